@@ -1,0 +1,60 @@
+/* The op table.  One file per op under src/ops/ fills one of these; the
+ * registry (src/ops/registry.c) lists them.  Adding an op touches one new
+ * file and one registry line. */
+#ifndef VMC_OP_H
+#define VMC_OP_H
+
+#include "graph/graph.h"
+
+/* Everything an op's forward/backward sees.  Shapes carry the planned batch
+ * size in d[0]; loops run over `batch` images (<= planned). */
+typedef struct vmc_opctx {
+  const vmc_graph *g;
+  const vmc_node *node;
+  int batch;
+  vmc_mode mode;
+  const float *x[VMC_MAX_INPUTS];
+  vmc_shape xs[VMC_MAX_INPUTS];
+  float *y;
+  vmc_shape ys;
+  /* backward only: gradient of the output, and gradients of the inputs to
+   * ACCUMULATE into (+=; the plan zeroes them).  dx[i] is NULL where the
+   * input needs no gradient (the image). */
+  const float *dy;
+  float *dx[VMC_MAX_INPUTS];
+  void *state;          /* state_bytes, kept from forward to backward */
+  uint8_t *scratch;     /* nthreads slices of scratch_bytes each */
+  size_t scratch_bytes; /* per thread */
+  int nthreads;
+  vmc_rng *rng;         /* for dropout */
+} vmc_opctx;
+
+typedef struct vmc_op {
+  const char *name;
+  int min_in, max_in;
+  int n_param_min, n_param_max;
+  /* Validate attrs and param shapes against input shapes; set output shape.
+   * Errors name the node. */
+  vmc_status (*infer)(const vmc_graph *g, const vmc_node *n, const vmc_shape *in,
+                      vmc_shape *out);
+  /* Per-node state kept from forward to backward (may be NULL: 0). */
+  size_t (*state_bytes)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
+                        vmc_mode mode);
+  /* Per-thread scratch needed by forward or backward (may be NULL: 0). */
+  size_t (*scratch_bytes)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
+                          vmc_mode mode, int nthreads);
+  void (*forward)(vmc_opctx *c);
+  void (*backward)(vmc_opctx *c); /* NULL: not differentiable */
+  /* Multiply-accumulates per image (NULL: 0). */
+  uint64_t (*macs)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out);
+} vmc_op;
+
+const vmc_op *vmc_op_find(const char *name);
+const vmc_op *const *vmc_op_all(int *count);
+
+/* Shared helpers for ops. */
+static inline int vmc_ceil_div(int a, int b) { return (a + b - 1) / b; }
+vmc_status vmc_op_check_param(const vmc_graph *g, const vmc_node *n, int idx,
+                              const vmc_shape *want);
+
+#endif

@@ -1,0 +1,32 @@
+/* A plan: a graph bound to a batch size and mode, every buffer in one arena. */
+#ifndef VMC_PLAN_H
+#define VMC_PLAN_H
+
+#include "graph/op.h"
+
+struct vmc_plan {
+  vmc_graph *g;
+  int batch;
+  vmc_mode mode;
+  int nthreads;
+  vmc_shape *shape; /* per value */
+  float **act;      /* per value */
+  float **grad;     /* per value, training only (NULL for the input) */
+  void **state;     /* per node */
+  uint8_t *scratch;
+  size_t scratch_bytes; /* per thread */
+  size_t grad_floats;   /* all value grads are one block: zeroed per step */
+  float *grad_block;
+  vmc_arena arena;
+  vmc_rng rng;
+  int last_n; /* images in the last forward */
+};
+
+/* Backward from the gradient of the logits (batch x classes, already in
+ * p->grad[g->output]).  Accumulates into the graph's parameter grads. */
+vmc_status vmc_plan_backward(vmc_plan *p);
+/* Gradient buffer of the logits. */
+float *vmc_plan_output_grad(vmc_plan *p);
+const vmc_shape *vmc_plan_value_shape(const vmc_plan *p, int value);
+
+#endif

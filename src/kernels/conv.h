@@ -1,0 +1,32 @@
+/* Convolution helpers: geometry, im2col/col2im, direct depthwise. */
+#ifndef VMC_KERNELS_CONV_H
+#define VMC_KERNELS_CONV_H
+
+#include "core/core.h"
+
+typedef struct vmc_conv_geom {
+  int c, h, w;       /* input channels (of one group), height, width */
+  int kh, kw, sh, sw, ph, pw, dh, dw;
+  int oh, ow;
+} vmc_conv_geom;
+
+/* Output size; <= 0 when the kernel does not fit. */
+static inline int vmc_conv_out(int in, int k, int s, int p, int d) {
+  int span = d * (k - 1) + 1;
+  if (in + 2 * p < span || s < 1) return 0;
+  return (in + 2 * p - span) / s + 1;
+}
+
+/* col[(c*kh + i)*kw + j][oy*ow + ox] = x[c][oy*sh - ph + i*dh][ox*sw - pw + j*dw] (0 outside). */
+void vmc_im2col(const float *x, const vmc_conv_geom *g, float *col);
+/* dx[c][...] += col[...]: the adjoint of vmc_im2col. */
+void vmc_col2im_add(const float *col, const vmc_conv_geom *g, float *dx);
+
+/* Depthwise: one channel at a time.  y = sum_ij w[i][j] * x[...] (+ bias). */
+void vmc_dwconv_forward(const float *x, const float *w, float bias, const vmc_conv_geom *g,
+                        float *y);
+/* dx += w-weighted scatter of dy; dw += x-weighted dy (kh*kw). */
+void vmc_dwconv_backward(const float *x, const float *w, const float *dy, const vmc_conv_geom *g,
+                         float *dx, float *dw);
+
+#endif

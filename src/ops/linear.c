@@ -1,0 +1,56 @@
+/* linear: y = x W^T + b.  x is (N,F) or (N,C,H,W) read as (N, C*H*W).
+ * attrs out_f; params [weight (out_f, F)] or [weight, bias (out_f)]. */
+#include "graph/op.h"
+#include "kernels/gemm.h"
+
+static int in_features(const vmc_shape *s) {
+  size_t f = vmc_shape_count(s) / (size_t)s->d[0];
+  return f > (1u << 30) ? -1 : (int)f;
+}
+
+static vmc_status linear_infer(const vmc_graph *g, const vmc_node *n, const vmc_shape *in,
+                               vmc_shape *out) {
+  int of = vmc_node_attr_i(n, "out_f", 0), F = in_features(&in[0]);
+  if (of < 1 || F < 1) return vmc_error(VMC_ERR_INVALID_ARG, "node '%s': bad out_f %d", n->name, of);
+  vmc_shape ws = vmc_shape2(of, F);
+  VMC_TRY(vmc_op_check_param(g, n, 0, &ws));
+  if (n->n_param > 1) {
+    vmc_shape bs = {1, {of}};
+    VMC_TRY(vmc_op_check_param(g, n, 1, &bs));
+  }
+  *out = vmc_shape2(in[0].d[0], of);
+  return VMC_OK;
+}
+
+static void linear_forward(vmc_opctx *c) {
+  const vmc_node *n = c->node;
+  const int N = c->batch, F = in_features(&c->xs[0]), O = c->ys.d[1];
+  const float *W = c->g->params[n->param[0]].data;
+  vmc_sgemm_mt(0, 1, N, O, F, 1.0f, c->x[0], F, W, F, 0.0f, c->y, O);
+  if (n->n_param > 1) {
+    const float *b = c->g->params[n->param[1]].data;
+    for (int i = 0; i < N; i++)
+      for (int o = 0; o < O; o++) c->y[(size_t)i * O + o] += b[o];
+  }
+}
+
+static void linear_backward(vmc_opctx *c) {
+  const vmc_node *n = c->node;
+  const int N = c->batch, F = in_features(&c->xs[0]), O = c->ys.d[1];
+  vmc_param *w = &c->g->params[n->param[0]];
+  vmc_sgemm_mt(1, 0, O, F, N, 1.0f, c->dy, O, c->x[0], F, 1.0f, w->grad, F);
+  if (n->n_param > 1) {
+    float *db = c->g->params[n->param[1]].grad;
+    for (int i = 0; i < N; i++)
+      for (int o = 0; o < O; o++) db[o] += c->dy[(size_t)i * O + o];
+  }
+  if (c->dx[0]) vmc_sgemm_mt(0, 0, N, F, O, 1.0f, c->dy, O, w->data, F, 1.0f, c->dx[0], F);
+}
+
+static uint64_t linear_macs(const vmc_node *n, const vmc_shape *in, const vmc_shape *out) {
+  return (uint64_t)in_features(&in[0]) * (uint64_t)out->d[1];
+}
+
+const vmc_op vmc_op_linear = {.name = "linear", .min_in = 1, .max_in = 1, .n_param_min = 1,
+                              .n_param_max = 2, .infer = linear_infer, .forward = linear_forward,
+                              .backward = linear_backward, .macs = linear_macs};

@@ -1,0 +1,100 @@
+/* Data-movement ops: add (two inputs of one shape), concat (along dim 1 of
+ * NCHW inputs), flatten ((N,C,H,W) -> (N, C*H*W)). */
+#include "graph/op.h"
+
+#include <string.h>
+
+static size_t per_image(const vmc_shape *s) { return vmc_shape_count(s) / (size_t)s->d[0]; }
+
+static vmc_status add_infer(const vmc_graph *g, const vmc_node *n, const vmc_shape *in,
+                            vmc_shape *out) {
+  if (!vmc_shape_eq(&in[0], &in[1])) {
+    char a[64], b[64];
+    return vmc_error(VMC_ERR_SHAPE, "node '%s': add of %s and %s", n->name,
+                     vmc_shape_str(&in[0], a, sizeof a), vmc_shape_str(&in[1], b, sizeof b));
+  }
+  *out = in[0];
+  return VMC_OK;
+}
+
+static void add_forward(vmc_opctx *c) {
+  const size_t n = per_image(&c->ys) * (size_t)c->batch;
+  const float *a = c->x[0], *b = c->x[1];
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+  for (size_t i = 0; i < n; i++) c->y[i] = a[i] + b[i];
+}
+
+static void add_backward(vmc_opctx *c) {
+  const size_t n = per_image(&c->ys) * (size_t)c->batch;
+  for (int k = 0; k < 2; k++) {
+    float *dx = c->dx[k];
+    if (!dx) continue;
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dx[i] += c->dy[i];
+  }
+}
+
+static vmc_status concat_infer(const vmc_graph *g, const vmc_node *n, const vmc_shape *in,
+                               vmc_shape *out) {
+  int C = 0;
+  for (int k = 0; k < n->n_in; k++) {
+    if (in[k].ndim != 4 || in[k].d[0] != in[0].d[0] || in[k].d[2] != in[0].d[2] ||
+        in[k].d[3] != in[0].d[3])
+      return vmc_error(VMC_ERR_SHAPE, "node '%s': concat inputs differ in N, H or W", n->name);
+    C += in[k].d[1];
+  }
+  *out = vmc_shape4(in[0].d[0], C, in[0].d[2], in[0].d[3]);
+  return VMC_OK;
+}
+
+static void concat_forward(vmc_opctx *c) {
+  const size_t out_img = per_image(&c->ys);
+  for (int b = 0; b < c->batch; b++) {
+    size_t off = 0;
+    for (int k = 0; k < c->node->n_in; k++) {
+      size_t m = per_image(&c->xs[k]);
+      memcpy(c->y + b * out_img + off, c->x[k] + b * m, m * sizeof(float));
+      off += m;
+    }
+  }
+}
+
+static void concat_backward(vmc_opctx *c) {
+  const size_t out_img = per_image(&c->ys);
+  for (int b = 0; b < c->batch; b++) {
+    size_t off = 0;
+    for (int k = 0; k < c->node->n_in; k++) {
+      size_t m = per_image(&c->xs[k]);
+      if (c->dx[k])
+        for (size_t i = 0; i < m; i++) c->dx[k][b * m + i] += c->dy[b * out_img + off + i];
+      off += m;
+    }
+  }
+}
+
+static vmc_status flatten_infer(const vmc_graph *g, const vmc_node *n, const vmc_shape *in,
+                                vmc_shape *out) {
+  size_t f = per_image(&in[0]);
+  if (f > (1u << 30)) return vmc_error(VMC_ERR_SHAPE, "node '%s': too large to flatten", n->name);
+  *out = vmc_shape2(in[0].d[0], (int)f);
+  return VMC_OK;
+}
+
+static void flatten_forward(vmc_opctx *c) {
+  memcpy(c->y, c->x[0], per_image(&c->ys) * (size_t)c->batch * sizeof(float));
+}
+
+static void flatten_backward(vmc_opctx *c) {
+  if (!c->dx[0]) return;
+  const size_t n = per_image(&c->ys) * (size_t)c->batch;
+  for (size_t i = 0; i < n; i++) c->dx[0][i] += c->dy[i];
+}
+
+const vmc_op vmc_op_add = {.name = "add", .min_in = 2, .max_in = 2, .infer = add_infer,
+                           .forward = add_forward, .backward = add_backward};
+const vmc_op vmc_op_concat = {.name = "concat", .min_in = 1, .max_in = VMC_MAX_INPUTS,
+                              .infer = concat_infer, .forward = concat_forward,
+                              .backward = concat_backward};
+const vmc_op vmc_op_flatten = {.name = "flatten", .min_in = 1, .max_in = 1,
+                               .infer = flatten_infer, .forward = flatten_forward,
+                               .backward = flatten_backward};

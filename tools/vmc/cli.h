@@ -1,0 +1,68 @@
+/* The vmc command-line tool: shared option handling and output helpers. */
+#ifndef VMC_CLI_H
+#define VMC_CLI_H
+
+#include "vmc.h"
+
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <stdio.h>
+
+typedef struct cli_common {
+  const char *data; /* --data NAME|PATH */
+  unsigned long long seed;
+  int threads;
+  int quiet, json;
+  int progress; /* progress bars: stderr is a terminal and not --quiet/--json */
+} cli_common;
+
+/* Long-option ids of the shared options (>= 1000 so short options stay free). */
+enum { OPT_DATA = 1000, OPT_SEED, OPT_THREADS, OPT_QUIET, OPT_JSON, OPT_HELP, OPT_CMD_BASE = 1100 };
+
+#define CLI_COMMON_OPTIONS                                                     \
+  {"data", required_argument, 0, OPT_DATA},                                    \
+      {"seed", required_argument, 0, OPT_SEED},                                \
+      {"threads", required_argument, 0, OPT_THREADS},                          \
+      {"quiet", no_argument, 0, OPT_QUIET}, {"json", no_argument, 0, OPT_JSON}, \
+      {"help", no_argument, 0, 'h'}
+
+#define CLI_COMMON_HELP                                                        \
+  "Common options:\n"                                                          \
+  "  --data NAME|PATH  fashion-mnist (Debian's copy or $VMC_DATA), mnist, cifar10,\n" \
+  "                    or a folder of IDX files, CIFAR-10 batches or class subfolders\n" \
+  "  --seed N          random seed (default 1)\n"                              \
+  "  --threads N       worker threads (default: one per core)\n"               \
+  "  --quiet           no progress bars or per-epoch lines\n"                  \
+  "  --json            print one JSON object on stdout instead of text\n"      \
+  "  -h, --help        this help\n"
+
+void cli_common_init(cli_common *c);
+/* Handles a shared option; returns 1 if it was one, 0 if not, -1 on a bad value. */
+int cli_common_opt(cli_common *c, int opt, const char *arg);
+/* Finishes setup (threads, progress) after parsing. */
+void cli_common_apply(cli_common *c);
+
+/* Strict number parsing: the whole string, in [lo, hi].  Print an error
+ * naming the option and return -1 on failure. */
+int cli_int(const char *opt, const char *arg, long lo, long hi, long *out);
+int cli_float(const char *opt, const char *arg, double lo, double hi, double *out);
+
+/* Error reporting: "vmc CMD: message: last error", returns exit status 1. */
+int cli_fail(const char *cmd, vmc_status s, const char *what);
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prints a cJSON object on stdout and frees it. */
+void cli_print_json(cJSON *o);
+
+/* Opens the data set named by the model's metadata or --data, and applies
+ * the model's normalisation if it records one. */
+vmc_status cli_open_data(const cli_common *c, const vmc_graph *g, vmc_split split,
+                         vmc_dataset **out);
+
+/* Subcommands. */
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

@@ -1,0 +1,81 @@
+/* vmc eval: accuracy and loss of a model on a data set split. */
+#include "cli.h"
+
+#include <string.h>
+
+#include "data/data.h"
+#include "train/train.h"
+
+static const char *const HELP =
+    "Usage: vmc eval MODEL.vmc [--data NAME|PATH] [options]\n\n"
+    "Top-1 accuracy and mean cross-entropy of the model on a data set split.\n"
+    "Without --data, the data set recorded in the model is used.\n\n"
+    "Options:\n"
+    "  --split test|train   (default test)\n"
+    "  --limit N            only the first N images\n"
+    "  --batch N            images per forward pass (default 256)\n\n" CLI_COMMON_HELP;
+
+enum { O_SPLIT = OPT_CMD_BASE, O_LIMIT, O_BATCH };
+
+int cmd_eval(int argc, char **argv) {
+  static const struct option opts[] = {CLI_COMMON_OPTIONS,
+                                       {"split", required_argument, 0, O_SPLIT},
+                                       {"limit", required_argument, 0, O_LIMIT},
+                                       {"batch", required_argument, 0, O_BATCH},
+                                       {0, 0, 0, 0}};
+  cli_common cc;
+  cli_common_init(&cc);
+  vmc_split split = VMC_SPLIT_TEST;
+  long limit = 0, batch = 256, opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    int r = cli_common_opt(&cc, (int)opt, optarg);
+    if (r < 0) return 2;
+    if (r) continue;
+    switch (opt) {
+    case 'h': fputs(HELP, stdout); return 0;
+    case O_SPLIT:
+      if (!strcmp(optarg, "test")) split = VMC_SPLIT_TEST;
+      else if (!strcmp(optarg, "train")) split = VMC_SPLIT_TRAIN;
+      else return cli_usage_error("eval", "--split '%s': expected test or train", optarg);
+      break;
+    case O_LIMIT: if (cli_int("--limit", optarg, 1, 1L << 30, &limit)) return 2; break;
+    case O_BATCH: if (cli_int("--batch", optarg, 1, 65536, &batch)) return 2; break;
+    default: return cli_usage_error("eval", "unknown option");
+    }
+  }
+  if (optind != argc - 1) return cli_usage_error("eval", "expected one MODEL.vmc argument");
+  const char *path = argv[optind];
+  cli_common_apply(&cc);
+  vmc_graph *g = NULL;
+  vmc_dataset *d = NULL;
+  vmc_status s = vmc_model_load(path, &g);
+  if (s) return cli_fail("eval", s, NULL);
+  s = cli_open_data(&cc, g, split, &d);
+  vmc_eval_result r;
+  if (!s) s = vmc_evaluate(g, d, (int)batch, (int)limit, cc.progress, &r);
+  if (s) {
+    vmc_graph_free(g);
+    vmc_dataset_free(d);
+    return cli_fail("eval", s, NULL);
+  }
+  if (cc.json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", path);
+    cJSON_AddStringToObject(o, "dataset", d->name);
+    cJSON_AddStringToObject(o, "split", split == VMC_SPLIT_TEST ? "test" : "train");
+    cJSON_AddNumberToObject(o, "images", r.n);
+    cJSON_AddNumberToObject(o, "accuracy", r.accuracy);
+    cJSON_AddNumberToObject(o, "loss", r.loss);
+    cJSON_AddNumberToObject(o, "seconds", r.seconds);
+    cJSON_AddNumberToObject(o, "images_per_sec", r.n / r.seconds);
+    cli_print_json(o);
+  } else {
+    printf("%s on %s/%s: accuracy %.2f%%  loss %.4f  (%d images, %.2f s, %.0f img/s)\n", path,
+           d->name, split == VMC_SPLIT_TEST ? "test" : "train", 100 * r.accuracy, r.loss, r.n,
+           r.seconds, r.n / r.seconds);
+  }
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+  return 0;
+}

@@ -1,0 +1,116 @@
+/* vmc info: layers, shapes, parameters, MACs and bytes of a model. */
+#include "cli.h"
+
+#include <string.h>
+#include <sys/stat.h>
+
+#include "graph/graph.h"
+#include "graph/op.h"
+
+static const char *const HELP =
+    "Usage: vmc info MODEL.vmc|ZOO-NAME [--json]\n\n"
+    "Lists every layer (op, output shape, parameters, MACs per image), the totals,\n"
+    "the weight bytes and the model's metadata (architecture, data set,\n"
+    "normalisation, accuracy, history).  A zoo name (e.g. resnet8) describes the\n"
+    "untrained architecture for 1x28x28 inputs.\n\n" CLI_COMMON_HELP;
+
+int cmd_info(int argc, char **argv) {
+  static const struct option opts[] = {CLI_COMMON_OPTIONS, {0, 0, 0, 0}};
+  cli_common cc;
+  cli_common_init(&cc);
+  int opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    int r = cli_common_opt(&cc, opt, optarg);
+    if (r < 0) return 2;
+    if (r) continue;
+    if (opt == 'h') {
+      fputs(HELP, stdout);
+      return 0;
+    }
+    return cli_usage_error("info", "unknown option");
+  }
+  if (optind != argc - 1) return cli_usage_error("info", "expected one MODEL.vmc argument");
+  const char *path = argv[optind];
+  vmc_graph *g = NULL;
+  vmc_status s;
+  long long file_bytes = -1;
+  struct stat st;
+  if (stat(path, &st) == 0) {
+    file_bytes = (long long)st.st_size;
+    s = vmc_model_load(path, &g);
+  } else {
+    s = vmc_zoo_build(path, 1, 28, 28, 10, cc.seed, &g);
+    if (s == VMC_ERR_NOT_FOUND)
+      s = vmc_error(VMC_ERR_NOT_FOUND, "%s: no such file, and not a zoo model", path);
+  }
+  if (s) return cli_fail("info", s, NULL);
+  vmc_node_stats *ns = vmc_malloc_plain((size_t)g->n_nodes * sizeof *ns);
+  vmc_shape *sh = vmc_malloc_plain((size_t)g->n_values * sizeof *sh);
+  uint64_t macs = 0, params = 0;
+  if (!ns || !sh) s = vmc_error(VMC_ERR_NOMEM, "info");
+  if (!s) s = vmc_graph_stats(g, ns, &macs, &params);
+  if (!s) s = vmc_graph_infer_shapes(g, 1, sh);
+  if (s) {
+    vmc_free(ns);
+    vmc_free(sh);
+    vmc_graph_free(g);
+    return cli_fail("info", s, NULL);
+  }
+  uint64_t weight_bytes = 0;
+  for (int i = 0; i < g->n_params; i++) weight_bytes += vmc_shape_count(&g->params[i].shape) * 4;
+  char buf[64];
+  if (cc.json) {
+    cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray(), *meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", path);
+    cJSON_AddStringToObject(o, "input", vmc_shape_str(&g->in_shape, buf, sizeof buf));
+    for (int i = 0; i < g->n_nodes; i++) {
+      cJSON *l = cJSON_CreateObject();
+      cJSON_AddStringToObject(l, "name", g->nodes[i].name);
+      cJSON_AddStringToObject(l, "op", g->nodes[i].op->name);
+      cJSON_AddStringToObject(l, "output", vmc_shape_str(&sh[g->nodes[i].out], buf, sizeof buf));
+      cJSON_AddNumberToObject(l, "params", (double)ns[i].params);
+      cJSON_AddNumberToObject(l, "macs", (double)ns[i].macs);
+      cJSON_AddItemToArray(layers, l);
+    }
+    cJSON_AddItemToObject(o, "layers", layers);
+    cJSON_AddNumberToObject(o, "params", (double)params);
+    cJSON_AddNumberToObject(o, "trainable_params", vmc_graph_num_params(g));
+    cJSON_AddNumberToObject(o, "macs", (double)macs);
+    cJSON_AddNumberToObject(o, "weight_bytes", (double)weight_bytes);
+    if (file_bytes >= 0) cJSON_AddNumberToObject(o, "file_bytes", (double)file_bytes);
+    for (int i = 0; i < g->n_meta; i++) cJSON_AddStringToObject(meta, g->meta[i].key, g->meta[i].value);
+    cJSON_AddItemToObject(o, "metadata", meta);
+    cli_print_json(o);
+  } else {
+    printf("%s: input %s\n\n", path, vmc_shape_str(&g->in_shape, buf, sizeof buf));
+    printf("%-28s %-10s %-16s %10s %12s\n", "layer", "op", "output", "params", "MACs");
+    for (int i = 0; i < g->n_nodes; i++)
+      printf("%-28s %-10s %-16s %10llu %12llu\n", g->nodes[i].name, g->nodes[i].op->name,
+             vmc_shape_str(&sh[g->nodes[i].out], buf, sizeof buf),
+             (unsigned long long)ns[i].params, (unsigned long long)ns[i].macs);
+    printf("\n%d layers, %llu parameters (%d trainable), %.2f M MACs per image, %.1f KiB of weights",
+           g->n_nodes, (unsigned long long)params, vmc_graph_num_params(g), macs / 1e6,
+           weight_bytes / 1024.0);
+    if (file_bytes >= 0) printf(", file %.1f KiB", file_bytes / 1024.0);
+    printf("\n");
+    for (int i = 0; i < g->n_meta; i++) {
+      if (!strcmp(g->meta[i].key, "history")) {
+        printf("history:\n");
+        const char *p = g->meta[i].value;
+        while (*p) {
+          const char *e = strchr(p, '\n');
+          int n = e ? (int)(e - p) : (int)strlen(p);
+          printf("  - %.*s\n", n, p);
+          p += n + (e ? 1 : 0);
+        }
+      } else {
+        printf("%s: %s\n", g->meta[i].key, g->meta[i].value);
+      }
+    }
+  }
+  vmc_free(ns);
+  vmc_free(sh);
+  vmc_graph_free(g);
+  return 0;
+}

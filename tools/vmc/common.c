@@ -1,0 +1,117 @@
+/* Shared option handling and output helpers of the CLI. */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "data/data.h"
+
+void cli_common_init(cli_common *c) {
+  memset(c, 0, sizeof *c);
+  c->seed = 1;
+}
+
+int cli_int(const char *opt, const char *arg, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(arg, &end, 10);
+  if (errno || end == arg || *end || v < lo || v > hi) {
+    fprintf(stderr, "vmc: %s '%s' must be an integer in %ld..%ld\n", opt, arg, lo, hi);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int cli_float(const char *opt, const char *arg, double lo, double hi, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(arg, &end);
+  if (errno || end == arg || *end || !isfinite(v) || v < lo || v > hi) {
+    fprintf(stderr, "vmc: %s '%s' must be a number in [%g, %g]\n", opt, arg, lo, hi);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int cli_common_opt(cli_common *c, int opt, const char *arg) {
+  long v;
+  switch (opt) {
+  case OPT_DATA: c->data = arg; return 1;
+  case OPT_SEED: {
+    char *end;
+    errno = 0;
+    unsigned long long s = strtoull(arg, &end, 10);
+    if (errno || end == arg || *end || arg[0] == '-') {
+      fprintf(stderr, "vmc: --seed '%s' must be a non-negative integer\n", arg);
+      return -1;
+    }
+    c->seed = s;
+    return 1;
+  }
+  case OPT_THREADS:
+    if (cli_int("--threads", arg, 1, 1024, &v)) return -1;
+    c->threads = (int)v;
+    return 1;
+  case OPT_QUIET: c->quiet = 1; return 1;
+  case OPT_JSON: c->json = 1; return 1;
+  default: return 0;
+  }
+}
+
+void cli_common_apply(cli_common *c) {
+  vmc_set_threads(c->threads);
+  c->progress = !c->quiet && !c->json && isatty(2);
+}
+
+int cli_fail(const char *cmd, vmc_status s, const char *what) {
+  const char *msg = vmc_last_error();
+  fprintf(stderr, "vmc %s: %s%s%s\n", cmd, what ? what : "", what ? ": " : "",
+          msg && *msg ? msg : vmc_status_str(s));
+  return 1;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "vmc %s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n(see vmc %s --help)\n", cmd);
+  va_end(ap);
+  return 2;
+}
+
+void cli_print_json(cJSON *o) {
+  char *s = cJSON_Print(o);
+  if (s) {
+    puts(s);
+    free(s);
+  }
+  cJSON_Delete(o);
+}
+
+vmc_status cli_open_data(const cli_common *c, const vmc_graph *g, vmc_split split,
+                         vmc_dataset **out) {
+  const char *spec = c->data ? c->data : g ? vmc_graph_meta(g, "dataset") : NULL;
+  if (!spec) spec = "fashion-mnist";
+  VMC_TRY(vmc_dataset_open(spec, split, out));
+  const char *m = g ? vmc_graph_meta(g, "normalize.mean") : NULL;
+  const char *s = g ? vmc_graph_meta(g, "normalize.std") : NULL;
+  if (m && s) {
+    float mean[3] = {0}, std[3] = {1, 1, 1};
+    int nm = sscanf(m, "%f,%f,%f", &mean[0], &mean[1], &mean[2]);
+    int ns = sscanf(s, "%f,%f,%f", &std[0], &std[1], &std[2]);
+    if (nm == (*out)->c && ns == (*out)->c)
+      for (int i = 0; i < nm; i++) {
+        if (!(std[i] > 0)) continue;
+        (*out)->mean[i] = mean[i];
+        (*out)->std[i] = std[i];
+      }
+  }
+  return VMC_OK;
+}
