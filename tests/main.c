@@ -1,6 +1,6 @@
 /* Test runner: `vmc_tests [substring ...]` runs the tests whose names
  * contain any substring (all by default). */
-#define _GNU_SOURCE
+
 #include "test.h"
 
 #include <stdarg.h>

@@ -1,0 +1,168 @@
+/* The vmc command line, end to end: help, bad options and files give a clear
+ * message and a non-zero exit, never a crash or a half-written output. */
+#include "test.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "vmc.h"
+
+static const char *vmc_bin(void) {
+  const char *b = getenv("VMC_BIN");
+  return b && *b ? b : "build/vmc";
+}
+
+/* Runs `vmc ARGS`, captures stdout+stderr into out; returns the exit code
+ * (128+signal when killed). */
+static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int run(char *out, size_t n, const char *fmt, ...) {
+  char args[2048], cmd[2300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t k = fread(out, 1, n - 1, p);
+  out[k] = 0;
+  int st = pclose(p);
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+static char g_out[1 << 16];
+
+static int have_binary(void) { return access(vmc_bin(), X_OK) == 0; }
+
+TEST(cli_help) {
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "--help"), 0);
+  CHECK(strstr(g_out, "train") && strstr(g_out, "bench"));
+  const char *cmds[] = {"train", "eval", "info", "bench"};
+  for (int i = 0; i < 4; i++) {
+    CHECK_EQ_INT(run(g_out, sizeof g_out, "%s --help", cmds[i]), 0);
+    CHECK(strstr(g_out, "Usage: vmc") != NULL);
+    CHECK(strstr(g_out, "--threads") != NULL);
+  }
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "frobnicate"), 2);
+  CHECK(strstr(g_out, "unknown command") != NULL);
+}
+
+TEST(cli_bad_options_fail_cleanly) {
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
+  char path[512];
+  snprintf(path, sizeof path, "%s/never.vmc", vmc_test_tmpdir());
+  static const char *bad[] = {
+      "train --model resnet8",                      /* no -o */
+      "train -o %s",                                /* no model */
+      "train --model resnet8 --epochs 0 -o %s",     /* absurd */
+      "train --model resnet8 --epochs -3 -o %s",
+      "train --model resnet8 --batch 0 -o %s",
+      "train --model resnet8 --lr abc -o %s",
+      "train --model resnet8 --lr 1e9 -o %s",
+      "train --model resnet8 --optimizer rmsprop -o %s",
+      "train --model resnet8 --threads 0 -o %s",
+      "train --model resnet8 --seed -1 -o %s",
+      "train --model nosuchnet --data fashion-mnist --limit-train 10 -o %s",
+      "train --model resnet8 --data /nonexistent/folder -o %s",
+      "train --model resnet8 --bogus -o %s",
+      "bench resnet8 --batch 0",
+      "bench resnet8 --repeats x",
+      "eval",
+      "info",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char args[1024];
+    snprintf(args, sizeof args, bad[i], path);
+    int rc = run(g_out, sizeof g_out, "%s", args);
+    if (!(rc == 1 || rc == 2)) vmc_test_fail(__FILE__, __LINE__, "'%s' exited %d", args, rc);
+    if (!strstr(g_out, "vmc")) vmc_test_fail(__FILE__, __LINE__, "'%s' printed no message", args);
+    CHECK(!exists(path));
+  }
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "train --model resnet8 --data /nonexistent/folder -o %s", path), 1);
+  CHECK(strstr(g_out, "/nonexistent/folder") != NULL);
+}
+
+TEST(cli_bad_model_files_fail_cleanly) {
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
+  const char *dir = vmc_test_tmpdir();
+  char empty[512], junk[512], missing[512];
+  snprintf(empty, sizeof empty, "%s/empty.vmc", dir);
+  snprintf(junk, sizeof junk, "%s/junk.vmc", dir);
+  snprintf(missing, sizeof missing, "%s/missing.vmc", dir);
+  FILE *f = fopen(empty, "wb");
+  REQUIRE(f);
+  fclose(f);
+  f = fopen(junk, "wb");
+  REQUIRE(f);
+  for (int i = 0; i < 5000; i++) fputc((i * 7919) & 0xff, f);
+  fclose(f);
+  const char *files[] = {empty, junk, missing};
+  const char *cmds[] = {"eval", "info", "bench"};
+  for (int i = 0; i < 3; i++)
+    for (int k = 0; k < 3; k++) {
+      int rc = run(g_out, sizeof g_out, "%s %s", cmds[k], files[i]);
+      if (rc != 1) vmc_test_fail(__FILE__, __LINE__, "%s %s exited %d: %s", cmds[k], files[i], rc, g_out);
+    }
+}
+
+/* The whole CLI on a slice of real Fashion-MNIST: train, eval, info, bench,
+ * resume, and a failing run that must leave the old output untouched. */
+TEST(cli_train_eval_info_bench_end_to_end) {
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
+  vmc_dataset *d = NULL;
+  if (vmc_dataset_open("fashion-mnist", VMC_SPLIT_TEST, &d) != VMC_OK)
+    SKIP("fashion-mnist not installed (apt-get install dataset-fashion-mnist)");
+  vmc_dataset_free(d);
+  const char *dir = vmc_test_tmpdir();
+  char model[512], ckpt[512];
+  snprintf(model, sizeof model, "%s/l5.vmc", dir);
+  snprintf(ckpt, sizeof ckpt, "%s/l5.ckpt", dir);
+  int rc = run(g_out, sizeof g_out,
+               "train --model lenet5 --data fashion-mnist --epochs 2 --limit-train 2000 "
+               "--limit-test 500 --lr 0.05 --batch 32 --checkpoint %s -o %s --json --quiet", ckpt, model);
+  REQUIRE(rc == 0);
+  CHECK(strstr(g_out, "\"test_accuracy\"") != NULL);
+  CHECK(exists(model) && exists(ckpt));
+  rc = run(g_out, sizeof g_out, "eval %s --limit 500 --json", model);
+  CHECK_EQ_INT(rc, 0);
+  const char *a = strstr(g_out, "\"accuracy\":");
+  REQUIRE(a);
+  CHECK(atof(a + 11) > 0.5);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "info %s --json", model), 0);
+  CHECK(strstr(g_out, "\"macs\"") && strstr(g_out, "conv1") && strstr(g_out, "history"));
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "info %s", model), 0);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --batch 4 --repeats 3 --warmup 1 --json", model), 0);
+  CHECK(strstr(g_out, "\"images_per_sec\"") != NULL);
+  /* Resume the 2-epoch checkpoint to 3 epochs. */
+  char model3[512];
+  snprintf(model3, sizeof model3, "%s/l5-3.vmc", dir);
+  rc = run(g_out, sizeof g_out,
+           "train --resume %s --epochs 3 --limit-train 2000 --limit-test 500 --lr 0.05 --batch 32 -o %s --quiet",
+           ckpt, model3);
+  CHECK_EQ_INT(rc, 0);
+  CHECK(exists(model3));
+  /* A failing run over an existing output leaves it byte-identical. */
+  struct stat before, after;
+  REQUIRE(stat(model, &before) == 0);
+  rc = run(g_out, sizeof g_out, "train --model lenet5 --data /nonexistent -o %s", model);
+  CHECK_EQ_INT(rc, 1);
+  REQUIRE(stat(model, &after) == 0);
+  CHECK(before.st_size == after.st_size && before.st_mtime == after.st_mtime);
+  /* A truncated copy of a real model is rejected. */
+  char cut[512], cmd[1200];
+  snprintf(cut, sizeof cut, "%s/cut.vmc", dir);
+  snprintf(cmd, sizeof cmd, "head -c %lld %s > %s", (long long)before.st_size / 2, model, cut);
+  REQUIRE(system(cmd) == 0);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "eval %s", cut), 1);
+  CHECK(strstr(g_out, "cut.vmc") != NULL);
+}
