@@ -12,9 +12,11 @@ typedef struct vmc_conv_geom {
 
 /* Output size; <= 0 when the kernel does not fit. */
 static inline int vmc_conv_out(int in, int k, int s, int p, int d) {
-  int span = d * (k - 1) + 1;
-  if (in + 2 * p < span || s < 1) return 0;
-  return (in + 2 * p - span) / s + 1;
+  if (in < 1 || k < 1 || s < 1 || p < 0 || d < 1) return 0;
+  int64_t span = (int64_t)d * (k - 1) + 1, padded = (int64_t)in + 2 * (int64_t)p;
+  if (padded < span) return 0;
+  int64_t o = (padded - span) / s + 1;
+  return o > (1 << 24) ? 0 : (int)o;
 }
 
 /* col[(c*kh + i)*kw + j][oy*ow + ox] = x[c][oy*sh - ph + i*dh][ox*sw - pw + j*dw] (0 outside). */

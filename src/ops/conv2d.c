@@ -36,8 +36,11 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   g->dw = vmc_node_attr_i(n, "dw", g->dh);
   g->oh = vmc_conv_out(g->h, g->kh, g->sh, g->ph, g->dh);
   g->ow = vmc_conv_out(g->w, g->kw, g->sw, g->pw, g->dw);
-  c.K = g->c * g->kh * g->kw;
-  c.P = g->oh * g->ow;
+  /* Attributes from a file may be absurd: products in 64 bits, and an
+   * out-of-range result leaves K or P 0 for conv_infer to reject. */
+  int64_t K = (int64_t)g->c * g->kh * g->kw, P = (int64_t)g->oh * g->ow;
+  c.K = (g->kh < 1 || g->kw < 1 || K < 1 || K > (1 << 28)) ? 0 : (int)K;
+  c.P = (P < 1 || P > (1 << 28)) ? 0 : (int)P;
   c.direct = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
   c.depthwise = g->c == 1 && c.ocg == 1;
   return c;
@@ -54,7 +57,7 @@ static vmc_status conv_infer(const vmc_graph *gr, const vmc_node *n, const vmc_s
   if (g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1 || g->ph < 0 || g->pw < 0 || g->dh < 1 ||
       g->dw < 1 || g->kh > 64 || g->kw > 64 || g->ph > 64 || g->pw > 64)
     return vmc_error(VMC_ERR_INVALID_ARG, "node '%s': bad kernel/stride/padding/dilation", n->name);
-  if (g->oh < 1 || g->ow < 1)
+  if (g->oh < 1 || g->ow < 1 || c.K < 1 || c.P < 1)
     return vmc_error(VMC_ERR_SHAPE, "node '%s': a %dx%d kernel does not fit a %dx%d input", n->name,
                      g->kh, g->kw, g->h, g->w);
   vmc_shape ws = vmc_shape4(c.oc, g->c, g->kh, g->kw);

@@ -28,8 +28,8 @@ static vmc_status pool_infer(const vmc_graph *gr, const vmc_node *n, const vmc_s
                              vmc_shape *out) {
   if (in[0].ndim != 4) return vmc_error(VMC_ERR_SHAPE, "node '%s': pooling needs NCHW input", n->name);
   vmc_conv_geom g = geom(n, &in[0]);
-  if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.ph < 0 || g.pw < 0 || 2 * g.ph > g.kh ||
-      2 * g.pw > g.kw)
+  if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.ph < 0 || g.pw < 0 || g.ph > g.kh / 2 ||
+      g.pw > g.kw / 2)
     return vmc_error(VMC_ERR_INVALID_ARG, "node '%s': bad pooling kernel/stride/padding", n->name);
   if (g.oh < 1 || g.ow < 1)
     return vmc_error(VMC_ERR_SHAPE, "node '%s': pooling window larger than the %dx%d input",

@@ -1,0 +1,68 @@
+/* Model files.  The .vmc format (src/io/vmcfile.c) is documented byte by byte
+ * in docs/file-format.md; the constants below are that document in code, so
+ * tests and future readers (checkpoints, tools) walk the same layout. */
+#ifndef VMC_IO_H
+#define VMC_IO_H
+
+#include "graph/graph.h"
+
+/* An extra named f32 tensor stored beside a model, e.g. optimizer state in a
+ * checkpoint.  shape.ndim may be 0 (a scalar: one element). */
+typedef struct vmc_blob {
+  char name[VMC_NAME_MAX];
+  vmc_shape shape;
+  float *data; /* vmc_alloc'd */
+} vmc_blob;
+
+/* Writes g (and n_extra extra blobs, which may be 0 / NULL) to path
+ * atomically: the bytes go to "<path>.tmp.<pid>", are fsync'ed and renamed
+ * over path.  On failure path is untouched and no temporary file remains.
+ * Extra names must be unique and differ from every parameter name.  The
+ * graph must pass vmc_graph_infer_shapes: no file the reader would reject is
+ * ever written. */
+vmc_status vmc_model_write(const vmc_graph *g, const vmc_blob *extra, int n_extra,
+                           const char *path);
+/* Reads a .vmc file.  With extra or n_extra NULL the extra blobs are checked
+ * but not returned; otherwise *extra (free with vmc_blobs_free) and *n_extra
+ * receive them (NULL and 0 when there are none).  On failure nothing is
+ * returned and nothing leaks. */
+vmc_status vmc_model_read(const char *path, vmc_graph **g, vmc_blob **extra, int *n_extra);
+/* The same from n bytes in memory; `what` names the source in messages. */
+vmc_status vmc_model_read_memory(const void *buf, size_t n, const char *what, vmc_graph **g,
+                                 vmc_blob **extra, int *n_extra);
+void vmc_blobs_free(vmc_blob *b, int n);
+
+/* ---- the .vmc layout (format version 1), all little-endian ------------- */
+#define VMC_FILE_MAGIC "VMCMODEL" /* 8 bytes, no NUL */
+#define VMC_FILE_VERSION 1u
+#define VMC_FILE_ALIGN 64u               /* tensor data and the data region */
+#define VMC_FILE_MAX_BYTES (4ull << 30)  /* readers reject larger files */
+#define VMC_FILE_MAX_COUNT 65536u        /* metadata entries, tensors, nodes */
+#define VMC_FILE_META_KEY_MAX 256u       /* key length < this */
+#define VMC_FILE_META_VALUE_MAX (16u << 20) /* value length < this */
+#define VMC_FILE_LINK_NONE 0xFFFFFFFFu
+
+/* Header: byte offsets of its fields. */
+enum {
+  VMC_FH_MAGIC = 0,         /* u8[8]  "VMCMODEL" */
+  VMC_FH_VERSION = 8,       /* u32    format version */
+  VMC_FH_HEADER_BYTES = 12, /* u32    96 */
+  VMC_FH_FILE_BYTES = 16,   /* u64    whole file, CRC included */
+  VMC_FH_N_META = 24,       /* u32 */
+  VMC_FH_N_TENSORS = 28,    /* u32    parameters + extras */
+  VMC_FH_N_NODES = 32,      /* u32 */
+  VMC_FH_FLAGS = 36,        /* u32    0 */
+  VMC_FH_META_OFF = 40,     /* u64    metadata section (= 96) */
+  VMC_FH_TENSORS_OFF = 48,  /* u64    tensor directory */
+  VMC_FH_GRAPH_OFF = 56,    /* u64    graph section */
+  VMC_FH_DATA_OFF = 64,     /* u64    data region, 64-aligned */
+  VMC_FH_RESERVED = 72,     /* u8[24] zero */
+  VMC_FILE_HEADER_BYTES = 96
+};
+
+/* Tensor directory entry: dtype is a vmc_dtype; role says what the tensor
+ * is; flags qualify it. */
+enum { VMC_TROLE_DATA = 0, VMC_TROLE_SCALE = 1, VMC_TROLE_ZERO_POINT = 2, VMC_TROLE_COUNT };
+enum { VMC_TFLAG_TRAINABLE = 1u << 0, VMC_TFLAG_EXTRA = 1u << 1, VMC_TFLAG_KNOWN = 3u };
+
+#endif

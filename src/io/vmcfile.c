@@ -1,0 +1,891 @@
+/* The .vmc model file: versioned, checksummed, 64-byte aligned tensor data,
+ * written atomically.  The byte layout is documented in docs/file-format.md
+ * and its constants live in io/io.h.
+ *
+ * Writing serialises the whole file into memory, then writes it to a temporary
+ * file that is fsync'ed and renamed over the destination.  Reading loads the
+ * whole file, checks the envelope (magic, version, size, CRC-32), then parses
+ * it with a bounds-checked cursor: every count, length, offset and dimension
+ * is checked before use, so a malformed file gives a status and a message
+ * naming the file (and the tensor or node), never a crash or a leak. */
+#include "io/io.h"
+
+#include "graph/op.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(VMC_FILE_MAGIC) - 1 == 8, "the magic is 8 bytes");
+_Static_assert(VMC_FH_RESERVED + 24 == VMC_FILE_HEADER_BYTES, "header layout");
+_Static_assert(sizeof(float) == 4, "f32 tensors");
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define VMC_HOST_LE 1
+#else
+#define VMC_HOST_LE 0
+#endif
+
+/* Smallest encodings, used to bound counts against section sizes. */
+enum {
+  MIN_META_BYTES = 4 + 1 + 4,              /* key of 1 byte, empty value */
+  MIN_TENSOR_BYTES = 4 + 1 + 6 * 4 + 2 * 8, /* 1-byte name, ndim 0 */
+  MIN_NODE_BYTES = 2 * (4 + 1) + 3 * 4     /* op, name, three zero counts */
+};
+
+/* ---- little-endian helpers ---------------------------------------------- */
+static uint32_t ld_u32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t ld_u64(const uint8_t *p) { return ld_u32(p) | (uint64_t)ld_u32(p + 4) << 32; }
+static void st_u32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void st_u64(uint8_t *p, uint64_t v) {
+  st_u32(p, (uint32_t)v);
+  st_u32(p + 4, (uint32_t)(v >> 32));
+}
+
+/* Re-sets the last error with "what: " in front of it. */
+static vmc_status wrap_error(vmc_status s, const char *what) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s", vmc_last_error());
+  return vmc_error(s, "%s: %s", what, msg);
+}
+
+/* The same for the reader: what the graph layer calls a bad argument is, in
+ * a file, a malformed file. */
+static vmc_status file_error(vmc_status s, const char *what) {
+  return wrap_error(s == VMC_ERR_INVALID_ARG ? VMC_ERR_FORMAT : s, what);
+}
+
+static bool name_ok(const char *s, size_t cap) {
+  size_t n = strnlen(s, cap);
+  return n >= 1 && n < cap;
+}
+
+/* ======================================================================== */
+/* Writing                                                                  */
+/* ======================================================================== */
+
+typedef struct wbuf {
+  uint8_t *p;
+  size_t n, cap;
+  bool oom;
+} wbuf;
+
+static void wb_need(wbuf *b, size_t k) {
+  if (b->oom || k <= b->cap - b->n) return;
+  size_t nc = b->cap ? b->cap : 4096;
+  while (nc - b->n < k) {
+    if (nc > SIZE_MAX / 2) {
+      b->oom = true;
+      return;
+    }
+    nc *= 2;
+  }
+  uint8_t *q = vmc_realloc_plain(b->p, nc);
+  if (!q) {
+    b->oom = true;
+    return;
+  }
+  b->p = q;
+  b->cap = nc;
+}
+static void wb_put(wbuf *b, const void *src, size_t k) {
+  wb_need(b, k);
+  if (b->oom || !k) return;
+  memcpy(b->p + b->n, src, k);
+  b->n += k;
+}
+static void wb_zeros(wbuf *b, size_t k) {
+  wb_need(b, k);
+  if (b->oom) return;
+  memset(b->p + b->n, 0, k);
+  b->n += k;
+}
+static void wb_u32(wbuf *b, uint32_t v) {
+  uint8_t t[4];
+  st_u32(t, v);
+  wb_put(b, t, 4);
+}
+static void wb_u64(wbuf *b, uint64_t v) {
+  uint8_t t[8];
+  st_u64(t, v);
+  wb_put(b, t, 8);
+}
+static void wb_f32(wbuf *b, float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  wb_u32(b, u);
+}
+static void wb_str(wbuf *b, const char *s) {
+  size_t n = strlen(s);
+  wb_u32(b, (uint32_t)n);
+  wb_put(b, s, n);
+}
+static void wb_f32s(wbuf *b, const float *x, size_t count) {
+#if VMC_HOST_LE
+  wb_put(b, x, count * 4);
+#else
+  for (size_t i = 0; i < count; i++) wb_f32(b, x[i]);
+#endif
+}
+static void wb_align(wbuf *b) { wb_zeros(b, vmc_align_up(b->n, VMC_FILE_ALIGN) - b->n); }
+
+/* Checks that g and the extras can be written and read back. */
+static vmc_status check_for_write(const vmc_graph *g, const vmc_blob *extra, int n_extra,
+                                  const char *path, uint64_t *data_bytes) {
+  if ((uint64_t)g->n_meta > VMC_FILE_MAX_COUNT || (uint64_t)g->n_nodes > VMC_FILE_MAX_COUNT ||
+      (uint64_t)g->n_params + (uint64_t)n_extra > VMC_FILE_MAX_COUNT)
+    return vmc_error(VMC_ERR_INVALID_ARG,
+                     "cannot save '%s': more than %u metadata entries, tensors or nodes", path,
+                     VMC_FILE_MAX_COUNT);
+  if (g->input < 0 || g->input >= g->n_values || strcmp(g->values[g->input].name, "input") ||
+      g->in_shape.ndim != 4)
+    return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': the graph has no image input 'input'",
+                     path);
+  if (g->output < 0 || g->output >= g->n_values)
+    return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': the graph has no output", path);
+  /* Never write a file the reader would reject: the graph must be valid. */
+  vmc_shape *shapes = vmc_malloc_plain((size_t)g->n_values * sizeof *shapes);
+  if (!shapes) return vmc_error(VMC_ERR_NOMEM, "saving '%s'", path);
+  vmc_status s = vmc_graph_infer_shapes(g, 1, shapes);
+  vmc_free(shapes);
+  if (s) {
+    char what[300];
+    snprintf(what, sizeof what, "cannot save '%s'", path);
+    return wrap_error(s, what);
+  }
+  for (int i = 0; i < g->n_meta; i++) {
+    size_t kn = strlen(g->meta[i].key), vn = strlen(g->meta[i].value);
+    if (kn < 1 || kn >= VMC_FILE_META_KEY_MAX || vn >= VMC_FILE_META_VALUE_MAX)
+      return vmc_error(VMC_ERR_INVALID_ARG,
+                       "cannot save '%s': metadata '%.64s' has a key of %zu or a value of %zu "
+                       "bytes (limits 1..%u, 0..%u)",
+                       path, g->meta[i].key, kn, vn, VMC_FILE_META_KEY_MAX - 1,
+                       VMC_FILE_META_VALUE_MAX - 1);
+  }
+  uint64_t total = 0;
+  for (int i = 0; i < g->n_params; i++) {
+    const vmc_param *p = &g->params[i];
+    if (!name_ok(p->name, VMC_NAME_MAX) || p->shape.ndim < 1 || p->shape.ndim > VMC_MAX_DIMS ||
+        !p->data)
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': parameter %d is malformed", path,
+                       i);
+    total += vmc_align_up(vmc_shape_count(&p->shape) * 4, VMC_FILE_ALIGN);
+  }
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    if (!name_ok(n->name, VMC_NAME_MAX) || !n->op || !name_ok(n->op->name, VMC_NAME_MAX) ||
+        n->out < 0 || n->out >= g->n_values || strcmp(g->values[n->out].name, n->name))
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': node %d is malformed", path, i);
+    for (int k = 0; k < n->n_attr; k++)
+      if (!name_ok(n->attr[k].key, VMC_ATTR_KEY_MAX))
+        return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': node '%s' has a bad attribute key",
+                         path, n->name);
+  }
+  for (int i = 0; i < n_extra; i++) {
+    const vmc_blob *e = &extra[i];
+    if (!name_ok(e->name, VMC_NAME_MAX))
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': extra tensor %d has a bad name",
+                       path, i);
+    bool dup = vmc_graph_find_param(g, e->name) >= 0;
+    for (int k = 0; k < i && !dup; k++) dup = !strcmp(extra[k].name, e->name);
+    if (dup)
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': tensor name '%s' is used twice",
+                       path, e->name);
+    if (e->shape.ndim < 0 || e->shape.ndim > VMC_MAX_DIMS)
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': extra tensor '%s' has %d dimensions",
+                       path, e->name, e->shape.ndim);
+    size_t count = 1;
+    for (int k = 0; k < e->shape.ndim; k++)
+      if (e->shape.d[k] < 1 || !vmc_mul_size(count, (size_t)e->shape.d[k], &count) ||
+          count > (VMC_FILE_MAX_BYTES >> 2))
+        return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': extra tensor '%s' has a bad shape",
+                         path, e->name);
+    if (!e->data)
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': extra tensor '%s' has no data", path,
+                       e->name);
+    total += vmc_align_up(count * 4, VMC_FILE_ALIGN);
+  }
+  if (total > VMC_FILE_MAX_BYTES)
+    return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': %llu bytes of tensors exceed the 4 GiB "
+                     "limit of a .vmc file", path, (unsigned long long)total);
+  *data_bytes = total;
+  return VMC_OK;
+}
+
+/* One tensor directory entry; returns the buffer position of its offset
+ * field, patched once the data is laid out. */
+static size_t wb_tensor_entry(wbuf *b, const char *name, const vmc_shape *shape, uint32_t flags) {
+  wb_str(b, name);
+  wb_u32(b, VMC_F32);
+  wb_u32(b, VMC_TROLE_DATA);
+  wb_u32(b, flags);
+  wb_u32(b, VMC_FILE_LINK_NONE);
+  wb_u32(b, 0); /* axis */
+  wb_u32(b, (uint32_t)shape->ndim);
+  for (int k = 0; k < shape->ndim; k++) wb_u32(b, (uint32_t)shape->d[k]);
+  size_t at = b->n;
+  wb_u64(b, 0);
+  wb_u64(b, (uint64_t)vmc_shape_count(shape) * 4);
+  return at;
+}
+
+static void wb_tensor_data(wbuf *b, size_t entry_at, const float *x, size_t count) {
+  wb_align(b);
+  if (!b->oom) st_u64(b->p + entry_at, b->n);
+  wb_f32s(b, x, count);
+}
+
+/* Serialises the whole file into b. */
+static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra, uint64_t data_bytes,
+                      wbuf *b, size_t *entry_at) {
+  wb_need(b, (size_t)data_bytes + 65536);
+  wb_zeros(b, VMC_FILE_HEADER_BYTES);
+  /* metadata */
+  size_t meta_off = b->n;
+  for (int i = 0; i < g->n_meta; i++) {
+    wb_str(b, g->meta[i].key);
+    wb_str(b, g->meta[i].value);
+  }
+  /* tensor directory: parameters in graph order, then extras */
+  size_t tensors_off = b->n;
+  int nt = 0;
+  for (int i = 0; i < g->n_params; i++)
+    entry_at[nt++] = wb_tensor_entry(b, g->params[i].name, &g->params[i].shape,
+                                     g->params[i].trainable ? VMC_TFLAG_TRAINABLE : 0);
+  for (int i = 0; i < n_extra; i++)
+    entry_at[nt++] = wb_tensor_entry(b, extra[i].name, &extra[i].shape, VMC_TFLAG_EXTRA);
+  /* graph */
+  size_t graph_off = b->n;
+  for (int k = 1; k < 4; k++) wb_u32(b, (uint32_t)g->in_shape.d[k]);
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    wb_str(b, n->op->name);
+    wb_str(b, n->name);
+    wb_u32(b, (uint32_t)n->n_in);
+    for (int k = 0; k < n->n_in; k++) wb_str(b, g->values[n->in[k]].name);
+    wb_u32(b, (uint32_t)n->n_attr);
+    for (int k = 0; k < n->n_attr; k++) {
+      wb_str(b, n->attr[k].key);
+      wb_u32(b, (uint32_t)n->attr[k].i);
+      wb_f32(b, n->attr[k].f);
+    }
+    wb_u32(b, (uint32_t)n->n_param);
+    for (int k = 0; k < n->n_param; k++) wb_str(b, g->params[n->param[k]].name);
+  }
+  wb_str(b, g->values[g->output].name);
+  /* data region */
+  wb_align(b);
+  size_t data_off = b->n;
+  nt = 0;
+  for (int i = 0; i < g->n_params; i++)
+    wb_tensor_data(b, entry_at[nt++], g->params[i].data, vmc_shape_count(&g->params[i].shape));
+  for (int i = 0; i < n_extra; i++)
+    wb_tensor_data(b, entry_at[nt++], extra[i].data, vmc_shape_count(&extra[i].shape));
+  if (b->oom) return;
+  /* header, then the CRC of everything before it */
+  uint8_t *h = b->p;
+  memcpy(h + VMC_FH_MAGIC, VMC_FILE_MAGIC, 8);
+  st_u32(h + VMC_FH_VERSION, VMC_FILE_VERSION);
+  st_u32(h + VMC_FH_HEADER_BYTES, VMC_FILE_HEADER_BYTES);
+  st_u64(h + VMC_FH_FILE_BYTES, (uint64_t)b->n + 4);
+  st_u32(h + VMC_FH_N_META, (uint32_t)g->n_meta);
+  st_u32(h + VMC_FH_N_TENSORS, (uint32_t)nt);
+  st_u32(h + VMC_FH_N_NODES, (uint32_t)g->n_nodes);
+  st_u32(h + VMC_FH_FLAGS, 0);
+  st_u64(h + VMC_FH_META_OFF, meta_off);
+  st_u64(h + VMC_FH_TENSORS_OFF, tensors_off);
+  st_u64(h + VMC_FH_GRAPH_OFF, graph_off);
+  st_u64(h + VMC_FH_DATA_OFF, data_off);
+  wb_u32(b, vmc_crc32(0, b->p, b->n));
+}
+
+/* Best effort: make the rename itself durable. */
+static void fsync_parent_dir(char *path_copy) {
+  char *slash = strrchr(path_copy, '/');
+  const char *dir = ".";
+  if (slash == path_copy) {
+    dir = "/";
+  } else if (slash) {
+    *slash = 0;
+    dir = path_copy;
+  }
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)fsync(fd);
+    close(fd);
+  }
+}
+
+/* Writes p[0..n) to path through "<path>.tmp.<pid>" + fsync + rename. */
+static vmc_status write_atomic(const char *path, const uint8_t *p, size_t n) {
+  size_t cap = strlen(path) + 32;
+  char *tmp = vmc_malloc_plain(cap);
+  if (!tmp) return vmc_error(VMC_ERR_NOMEM, "saving '%s'", path);
+  snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid());
+  vmc_status s = VMC_OK;
+  FILE *f = fopen(tmp, "wb");
+  if (!f) {
+    s = vmc_error(VMC_ERR_IO, "cannot save '%s': cannot create '%s': %s", path, tmp,
+                  strerror(errno));
+    vmc_free(tmp);
+    return s;
+  }
+  int err = 0;
+  if (fwrite(p, 1, n, f) != n || fflush(f) != 0 || fsync(fileno(f)) != 0) err = errno ? errno : EIO;
+  if (fclose(f) != 0 && !err) err = errno ? errno : EIO;
+  if (err) {
+    s = vmc_error(VMC_ERR_IO, "cannot save '%s': writing '%s' failed: %s", path, tmp,
+                  strerror(err));
+  } else if (rename(tmp, path) != 0) {
+    s = vmc_error(VMC_ERR_IO, "cannot save '%s': renaming '%s' over it failed: %s", path, tmp,
+                  strerror(errno));
+  }
+  if (s) {
+    remove(tmp);
+  } else {
+    snprintf(tmp, cap, "%s", path);
+    fsync_parent_dir(tmp);
+  }
+  vmc_free(tmp);
+  return s;
+}
+
+vmc_status vmc_model_write(const vmc_graph *g, const vmc_blob *extra, int n_extra,
+                           const char *path) {
+  if (!g || !path || !*path || n_extra < 0 || (n_extra > 0 && !extra))
+    return vmc_error(VMC_ERR_INVALID_ARG, "vmc_model_write: bad arguments");
+  uint64_t data_bytes = 0;
+  VMC_TRY(check_for_write(g, extra, n_extra, path, &data_bytes));
+  size_t *entry_at = vmc_malloc_plain((size_t)(g->n_params + n_extra) * sizeof *entry_at);
+  if (!entry_at) return vmc_error(VMC_ERR_NOMEM, "saving '%s'", path);
+  wbuf b = {0};
+  serialise(g, extra, n_extra, data_bytes, &b, entry_at);
+  vmc_free(entry_at);
+  vmc_status s;
+  if (b.oom)
+    s = vmc_error(VMC_ERR_NOMEM, "saving '%s': no memory to serialise the model", path);
+  else if ((uint64_t)b.n > VMC_FILE_MAX_BYTES)
+    s = vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': %zu bytes exceed the 4 GiB limit", path,
+                  b.n);
+  else
+    s = write_atomic(path, b.p, b.n);
+  vmc_free(b.p);
+  return s;
+}
+
+vmc_status vmc_model_save(const vmc_graph *g, const char *path) {
+  return vmc_model_write(g, NULL, 0, path);
+}
+
+/* ======================================================================== */
+/* Reading                                                                  */
+/* ======================================================================== */
+
+typedef struct header {
+  uint64_t file_bytes, meta_off, tensors_off, graph_off, data_off;
+  uint32_t n_meta, n_tensors, n_nodes;
+} header;
+
+/* A bounds-checked cursor over one section [pos, end) of the file. */
+typedef struct cursor {
+  const uint8_t *p;
+  size_t pos, end;
+  const char *what;    /* the file, for messages */
+  const char *section; /* "metadata", "tensor directory", "graph" */
+  char ctx[160];       /* the item being read, e.g. "node 3 ('conv1')" */
+} cursor;
+
+static vmc_status cur_fail(const cursor *c, vmc_status s, const char *fmt, ...) VMC_PRINTF(3, 4);
+static vmc_status cur_fail(const cursor *c, vmc_status s, const char *fmt, ...) {
+  char msg[320];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (c->ctx[0]) return vmc_error(s, "%s: %s: %s", c->what, c->ctx, msg);
+  return vmc_error(s, "%s: %s section: %s", c->what, c->section, msg);
+}
+
+static vmc_status cur_take(cursor *c, size_t k, const char *field, const uint8_t **out) {
+  if (k > c->end - c->pos)
+    return cur_fail(c, VMC_ERR_FORMAT, "%s runs past the end of the %s section (byte %zu)", field,
+                    c->section, c->end);
+  *out = c->p + c->pos;
+  c->pos += k;
+  return VMC_OK;
+}
+static vmc_status cur_u32(cursor *c, const char *field, uint32_t *v) {
+  const uint8_t *q = NULL;
+  VMC_TRY(cur_take(c, 4, field, &q));
+  *v = ld_u32(q);
+  return VMC_OK;
+}
+static vmc_status cur_u64(cursor *c, const char *field, uint64_t *v) {
+  const uint8_t *q = NULL;
+  VMC_TRY(cur_take(c, 8, field, &q));
+  *v = ld_u64(q);
+  return VMC_OK;
+}
+/* A length-prefixed string of min_len..max_len bytes without NUL. */
+static vmc_status cur_str(cursor *c, const char *field, size_t min_len, size_t max_len,
+                          const uint8_t **s, size_t *len) {
+  uint32_t n;
+  VMC_TRY(cur_u32(c, field, &n));
+  if (n < min_len || n > max_len)
+    return cur_fail(c, VMC_ERR_FORMAT, "%s has length %u, expected %zu..%zu", field, n, min_len,
+                    max_len);
+  VMC_TRY(cur_take(c, n, field, s));
+  if (memchr(*s, 0, n)) return cur_fail(c, VMC_ERR_FORMAT, "%s contains a NUL byte", field);
+  *len = n;
+  return VMC_OK;
+}
+/* A name into dst[cap] (1..cap-1 bytes, NUL-terminated). */
+static vmc_status cur_name(cursor *c, const char *field, char *dst, size_t cap) {
+  const uint8_t *s = NULL;
+  size_t n = 0;
+  VMC_TRY(cur_str(c, field, 1, cap - 1, &s, &n));
+  memcpy(dst, s, n);
+  dst[n] = 0;
+  return VMC_OK;
+}
+static vmc_status cur_done(const cursor *c) {
+  if (c->pos != c->end)
+    return vmc_error(VMC_ERR_FORMAT, "%s: %zu unexpected bytes at the end of the %s section",
+                     c->what, c->end - c->pos, c->section);
+  return VMC_OK;
+}
+
+static cursor cur_make(const uint8_t *p, uint64_t from, uint64_t to, const char *what,
+                       const char *section) {
+  cursor c = {.p = p, .pos = (size_t)from, .end = (size_t)to, .what = what, .section = section};
+  return c;
+}
+
+/* Magic, version, size, CRC and the header fields. */
+static vmc_status check_envelope(const uint8_t *p, size_t n, const char *what, header *h) {
+  if (n == 0) return vmc_error(VMC_ERR_FORMAT, "%s: empty file, not a .vmc model", what);
+  if ((uint64_t)n > VMC_FILE_MAX_BYTES)
+    return vmc_error(VMC_ERR_FORMAT, "%s: %zu bytes exceed the 4 GiB limit of a .vmc file", what,
+                     n);
+  if (memcmp(p, VMC_FILE_MAGIC, n < 8 ? n : 8))
+    return vmc_error(VMC_ERR_FORMAT, "%s: not a .vmc file (bad magic)", what);
+  if (n < VMC_FH_VERSION + 4)
+    return vmc_error(VMC_ERR_FORMAT, "%s: truncated: only %zu bytes", what, n);
+  uint32_t version = ld_u32(p + VMC_FH_VERSION);
+  if (version != VMC_FILE_VERSION)
+    return vmc_error(VMC_ERR_VERSION,
+                     "%s: .vmc format version %u is not supported (this build reads version %u%s)",
+                     what, version, VMC_FILE_VERSION,
+                     version > VMC_FILE_VERSION ? "; the file is from a newer vmc" : "");
+  if (n < VMC_FILE_HEADER_BYTES + 4)
+    return vmc_error(VMC_ERR_FORMAT, "%s: truncated: only %zu bytes, shorter than the header",
+                     what, n);
+  h->file_bytes = ld_u64(p + VMC_FH_FILE_BYTES);
+  if (h->file_bytes > n)
+    return vmc_error(VMC_ERR_FORMAT, "%s: truncated: %zu bytes of the %llu the header declares",
+                     what, n, (unsigned long long)h->file_bytes);
+  if (h->file_bytes < n)
+    return vmc_error(VMC_ERR_FORMAT, "%s: %zu bytes, but the header declares %llu", what, n,
+                     (unsigned long long)h->file_bytes);
+  uint32_t stored = ld_u32(p + n - 4), computed = vmc_crc32(0, p, n - 4);
+  if (stored != computed)
+    return vmc_error(VMC_ERR_FORMAT,
+                     "%s: checksum mismatch: the file is corrupted (stored CRC-32 %08x, "
+                     "computed %08x)",
+                     what, stored, computed);
+  /* The bytes are what was written; now check that what was written makes
+   * sense. */
+  if (ld_u32(p + VMC_FH_HEADER_BYTES) != VMC_FILE_HEADER_BYTES)
+    return vmc_error(VMC_ERR_FORMAT, "%s: header size %u, expected %d", what,
+                     ld_u32(p + VMC_FH_HEADER_BYTES), VMC_FILE_HEADER_BYTES);
+  if (ld_u32(p + VMC_FH_FLAGS) != 0)
+    return vmc_error(VMC_ERR_FORMAT, "%s: unknown header flags 0x%x", what,
+                     ld_u32(p + VMC_FH_FLAGS));
+  for (int i = VMC_FH_RESERVED; i < VMC_FILE_HEADER_BYTES; i++)
+    if (p[i]) return vmc_error(VMC_ERR_FORMAT, "%s: reserved header byte %d is not zero", what, i);
+  h->n_meta = ld_u32(p + VMC_FH_N_META);
+  h->n_tensors = ld_u32(p + VMC_FH_N_TENSORS);
+  h->n_nodes = ld_u32(p + VMC_FH_N_NODES);
+  if (h->n_meta > VMC_FILE_MAX_COUNT || h->n_tensors > VMC_FILE_MAX_COUNT ||
+      h->n_nodes > VMC_FILE_MAX_COUNT)
+    return vmc_error(VMC_ERR_FORMAT,
+                     "%s: %u metadata entries, %u tensors, %u nodes: more than the limit of %u",
+                     what, h->n_meta, h->n_tensors, h->n_nodes, VMC_FILE_MAX_COUNT);
+  h->meta_off = ld_u64(p + VMC_FH_META_OFF);
+  h->tensors_off = ld_u64(p + VMC_FH_TENSORS_OFF);
+  h->graph_off = ld_u64(p + VMC_FH_GRAPH_OFF);
+  h->data_off = ld_u64(p + VMC_FH_DATA_OFF);
+  if (h->meta_off != VMC_FILE_HEADER_BYTES || h->tensors_off < h->meta_off ||
+      h->graph_off < h->tensors_off || h->data_off < h->graph_off ||
+      h->data_off > h->file_bytes - 4 || h->data_off % VMC_FILE_ALIGN)
+    return vmc_error(VMC_ERR_FORMAT,
+                     "%s: bad section offsets (metadata %llu, tensors %llu, graph %llu, data %llu "
+                     "in %llu bytes)",
+                     what, (unsigned long long)h->meta_off, (unsigned long long)h->tensors_off,
+                     (unsigned long long)h->graph_off, (unsigned long long)h->data_off,
+                     (unsigned long long)h->file_bytes);
+  return VMC_OK;
+}
+
+/* A parsed tensor directory entry. */
+typedef struct tensor_ent {
+  char name[VMC_NAME_MAX];
+  uint32_t dtype, role, flags, link, axis;
+  vmc_shape shape;
+  uint64_t off, nbytes;
+} tensor_ent;
+
+typedef struct reader {
+  const uint8_t *p;
+  const char *what;
+  header h;
+  vmc_graph *g;
+  tensor_ent *ents;
+  vmc_blob *blobs; /* NULL when the caller does not want extras */
+  int n_blobs;
+} reader;
+
+static vmc_status read_meta(reader *r) {
+  cursor c = cur_make(r->p, r->h.meta_off, r->h.tensors_off, r->what, "metadata");
+  if (r->h.n_meta > (c.end - c.pos) / MIN_META_BYTES)
+    return cur_fail(&c, VMC_ERR_FORMAT, "%u entries do not fit in %zu bytes", r->h.n_meta,
+                    c.end - c.pos);
+  for (uint32_t i = 0; i < r->h.n_meta; i++) {
+    snprintf(c.ctx, sizeof c.ctx, "metadata entry %u", i);
+    char key[VMC_FILE_META_KEY_MAX];
+    VMC_TRY(cur_name(&c, "the key", key, sizeof key));
+    snprintf(c.ctx, sizeof c.ctx, "metadata '%.64s'", key);
+    const uint8_t *v = NULL;
+    size_t vn = 0;
+    VMC_TRY(cur_str(&c, "the value", 0, VMC_FILE_META_VALUE_MAX - 1, &v, &vn));
+    if (vmc_graph_meta(r->g, key)) return cur_fail(&c, VMC_ERR_FORMAT, "the key appears twice");
+    char *value = vmc_malloc_plain(vn + 1);
+    if (!value) return cur_fail(&c, VMC_ERR_NOMEM, "no memory for a %zu-byte value", vn);
+    memcpy(value, v, vn);
+    vmc_status s = vmc_graph_set_meta(r->g, key, value);
+    vmc_free(value);
+    if (s) return file_error(s, r->what);
+  }
+  return cur_done(&c);
+}
+
+static vmc_status read_tensor_entry(reader *r, cursor *c, uint32_t i, tensor_ent *e,
+                                    uint64_t *prev_end) {
+  snprintf(c->ctx, sizeof c->ctx, "tensor %u", i);
+  VMC_TRY(cur_name(c, "the name", e->name, sizeof e->name));
+  snprintf(c->ctx, sizeof c->ctx, "tensor %u ('%s')", i, e->name);
+  uint32_t ndim = 0;
+  VMC_TRY(cur_u32(c, "the dtype", &e->dtype));
+  VMC_TRY(cur_u32(c, "the role", &e->role));
+  VMC_TRY(cur_u32(c, "the flags", &e->flags));
+  VMC_TRY(cur_u32(c, "the link", &e->link));
+  VMC_TRY(cur_u32(c, "the axis", &e->axis));
+  VMC_TRY(cur_u32(c, "the number of dimensions", &ndim));
+  if (e->dtype >= VMC_DTYPE_COUNT)
+    return cur_fail(c, VMC_ERR_FORMAT, "unknown dtype %u", e->dtype);
+  if (e->role >= VMC_TROLE_COUNT) return cur_fail(c, VMC_ERR_FORMAT, "unknown role %u", e->role);
+  if (e->flags & ~(uint32_t)VMC_TFLAG_KNOWN)
+    return cur_fail(c, VMC_ERR_FORMAT, "unknown flags 0x%x", e->flags);
+  bool extra = e->flags & VMC_TFLAG_EXTRA;
+  if (extra && (e->flags & VMC_TFLAG_TRAINABLE))
+    return cur_fail(c, VMC_ERR_FORMAT, "an extra tensor cannot be trainable");
+  if (e->role == VMC_TROLE_DATA ? (e->link != VMC_FILE_LINK_NONE || e->axis != 0)
+                                : (e->link >= r->h.n_tensors || e->link == i))
+    return cur_fail(c, VMC_ERR_FORMAT, "bad link %u / axis %u for its role", e->link, e->axis);
+  if (ndim > VMC_MAX_DIMS || (ndim == 0 && !extra))
+    return cur_fail(c, VMC_ERR_FORMAT, "%u dimensions, expected %d..%d", ndim, extra ? 0 : 1,
+                    VMC_MAX_DIMS);
+  e->shape.ndim = (int)ndim;
+  size_t count = 1;
+  for (uint32_t k = 0; k < ndim; k++) {
+    uint32_t d = 0;
+    VMC_TRY(cur_u32(c, "a dimension", &d));
+    if (d < 1 || d > INT32_MAX)
+      return cur_fail(c, VMC_ERR_FORMAT, "dimension %u is %u, expected 1..%d", k, d, INT32_MAX);
+    e->shape.d[k] = (int)d;
+    if (!vmc_mul_size(count, d, &count) || count > 2 * VMC_FILE_MAX_BYTES)
+      return cur_fail(c, VMC_ERR_FORMAT, "too many elements for a .vmc file");
+  }
+  VMC_TRY(cur_u64(c, "the data offset", &e->off));
+  VMC_TRY(cur_u64(c, "the data length", &e->nbytes));
+  size_t want = vmc_dtype_bytes((vmc_dtype)e->dtype, count);
+  if (e->nbytes != want) {
+    char sh[64];
+    return cur_fail(c, VMC_ERR_FORMAT, "holds %llu bytes, but %s of shape %s needs %zu",
+                    (unsigned long long)e->nbytes, vmc_dtype_name((vmc_dtype)e->dtype),
+                    vmc_shape_str(&e->shape, sh, sizeof sh), want);
+  }
+  uint64_t region_end = r->h.file_bytes - 4;
+  if (e->off % VMC_FILE_ALIGN)
+    return cur_fail(c, VMC_ERR_FORMAT, "data offset %llu is not %u-byte aligned",
+                    (unsigned long long)e->off, VMC_FILE_ALIGN);
+  if (e->off < r->h.data_off || e->off > region_end || e->nbytes > region_end - e->off)
+    return cur_fail(c, VMC_ERR_FORMAT, "data [%llu, +%llu) lies outside the data region [%llu, %llu)",
+                    (unsigned long long)e->off, (unsigned long long)e->nbytes,
+                    (unsigned long long)r->h.data_off, (unsigned long long)region_end);
+  if (e->off < *prev_end)
+    return cur_fail(c, VMC_ERR_FORMAT,
+                    "data at %llu overlaps the previous tensor's (tensors are stored in "
+                    "directory order)",
+                    (unsigned long long)e->off);
+  *prev_end = e->off + e->nbytes;
+  return VMC_OK;
+}
+
+/* qsort has no context argument: the entries being sorted, per thread. */
+static _Thread_local const tensor_ent *t_sort_ents;
+static int cmp_ent_name(const void *a, const void *b) {
+  return strcmp(t_sort_ents[*(const uint32_t *)a].name, t_sort_ents[*(const uint32_t *)b].name);
+}
+
+static void load_f32(float *dst, const uint8_t *src, size_t count) {
+#if VMC_HOST_LE
+  memcpy(dst, src, count * 4);
+#else
+  for (size_t i = 0; i < count; i++) {
+    uint32_t u = ld_u32(src + 4 * i);
+    memcpy(&dst[i], &u, 4);
+  }
+#endif
+}
+
+static vmc_status read_tensors(reader *r, bool want_extras) {
+  cursor c = cur_make(r->p, r->h.tensors_off, r->h.graph_off, r->what, "tensor directory");
+  uint32_t nt = r->h.n_tensors;
+  if (nt > (c.end - c.pos) / MIN_TENSOR_BYTES)
+    return cur_fail(&c, VMC_ERR_FORMAT, "%u tensors do not fit in %zu bytes", nt, c.end - c.pos);
+  r->ents = vmc_malloc_plain((size_t)nt * sizeof *r->ents);
+  if (!r->ents) return vmc_error(VMC_ERR_NOMEM, "%s: tensor directory of %u entries", r->what, nt);
+  uint64_t prev_end = 0;
+  uint32_t n_extra = 0;
+  for (uint32_t i = 0; i < nt; i++) {
+    VMC_TRY(read_tensor_entry(r, &c, i, &r->ents[i], &prev_end));
+    n_extra += (r->ents[i].flags & VMC_TFLAG_EXTRA) != 0;
+  }
+  c.ctx[0] = 0;
+  VMC_TRY(cur_done(&c));
+  /* Names are unique across the directory. */
+  if (nt > 1) {
+    uint32_t *idx = vmc_malloc_plain((size_t)nt * sizeof *idx);
+    if (!idx) return vmc_error(VMC_ERR_NOMEM, "%s: tensor directory", r->what);
+    for (uint32_t i = 0; i < nt; i++) idx[i] = i;
+    t_sort_ents = r->ents;
+    qsort(idx, nt, sizeof *idx, cmp_ent_name);
+    t_sort_ents = NULL;
+    const char *dup = NULL;
+    for (uint32_t i = 1; i < nt && !dup; i++)
+      if (!strcmp(r->ents[idx[i]].name, r->ents[idx[i - 1]].name)) dup = r->ents[idx[i]].name;
+    vmc_status s = VMC_OK;
+    if (dup) s = vmc_error(VMC_ERR_FORMAT, "%s: two tensors are named '%s'", r->what, dup);
+    vmc_free(idx);
+    VMC_TRY(s);
+  }
+  /* This build holds f32 data tensors only. */
+  for (uint32_t i = 0; i < nt; i++) {
+    const tensor_ent *e = &r->ents[i];
+    if (e->dtype != VMC_F32 || e->role != VMC_TROLE_DATA)
+      return vmc_error(VMC_ERR_UNSUPPORTED,
+                       "%s: tensor '%s' is %s%s; this build loads f32 data tensors only", r->what,
+                       e->name, vmc_dtype_name((vmc_dtype)e->dtype),
+                       e->role == VMC_TROLE_SCALE        ? " (a scale)"
+                       : e->role == VMC_TROLE_ZERO_POINT ? " (a zero point)"
+                                                         : "");
+  }
+  if (want_extras && n_extra) {
+    r->blobs = vmc_malloc_plain((size_t)n_extra * sizeof *r->blobs);
+    if (!r->blobs) return vmc_error(VMC_ERR_NOMEM, "%s: %u extra tensors", r->what, n_extra);
+  }
+  for (uint32_t i = 0; i < nt; i++) {
+    const tensor_ent *e = &r->ents[i];
+    size_t count = vmc_shape_count(&e->shape);
+    float *dst;
+    if (e->flags & VMC_TFLAG_EXTRA) {
+      if (!r->blobs) continue;
+      vmc_blob *b = &r->blobs[r->n_blobs];
+      memcpy(b->name, e->name, sizeof b->name);
+      b->shape = e->shape;
+      b->data = vmc_alloc(count * 4);
+      if (!b->data) return vmc_error(VMC_ERR_NOMEM, "%s: tensor '%s'", r->what, e->name);
+      r->n_blobs++;
+      dst = b->data;
+    } else {
+      int id = 0;
+      vmc_status s = vmc_graph_add_param(r->g, e->name, e->shape,
+                                         (e->flags & VMC_TFLAG_TRAINABLE) != 0, &id);
+      if (s) return file_error(s, r->what);
+      dst = r->g->params[id].data;
+    }
+    load_f32(dst, r->p + e->off, count);
+  }
+  return VMC_OK;
+}
+
+static vmc_status read_node(reader *r, cursor *c, uint32_t i) {
+  char op_name[VMC_NAME_MAX], name[VMC_NAME_MAX], ref[VMC_NAME_MAX];
+  int in[VMC_MAX_INPUTS], params[VMC_MAX_PARAMS];
+  vmc_attr attrs[VMC_MAX_ATTRS];
+  uint32_t n_in = 0, n_attr = 0, n_param = 0;
+  snprintf(c->ctx, sizeof c->ctx, "node %u", i);
+  VMC_TRY(cur_name(c, "the op name", op_name, sizeof op_name));
+  VMC_TRY(cur_name(c, "the node name", name, sizeof name));
+  snprintf(c->ctx, sizeof c->ctx, "node %u ('%s', %s)", i, name, op_name);
+  VMC_TRY(cur_u32(c, "the number of inputs", &n_in));
+  if (n_in > VMC_MAX_INPUTS)
+    return cur_fail(c, VMC_ERR_FORMAT, "%u inputs, at most %d", n_in, VMC_MAX_INPUTS);
+  for (uint32_t k = 0; k < n_in; k++) {
+    VMC_TRY(cur_name(c, "an input name", ref, sizeof ref));
+    in[k] = vmc_graph_find_value(r->g, ref);
+    if (in[k] < 0)
+      return cur_fail(c, VMC_ERR_FORMAT, "input %u ('%s') is neither 'input' nor an earlier node",
+                      k, ref);
+  }
+  VMC_TRY(cur_u32(c, "the number of attributes", &n_attr));
+  if (n_attr > VMC_MAX_ATTRS)
+    return cur_fail(c, VMC_ERR_FORMAT, "%u attributes, at most %d", n_attr, VMC_MAX_ATTRS);
+  for (uint32_t k = 0; k < n_attr; k++) {
+    vmc_attr *a = &attrs[k];
+    uint32_t iv = 0, fv = 0;
+    memset(a, 0, sizeof *a);
+    VMC_TRY(cur_name(c, "an attribute key", a->key, sizeof a->key));
+    VMC_TRY(cur_u32(c, "an attribute value", &iv));
+    VMC_TRY(cur_u32(c, "an attribute value", &fv));
+    memcpy(&a->i, &iv, 4);
+    memcpy(&a->f, &fv, 4);
+    for (uint32_t j = 0; j < k; j++)
+      if (!strcmp(attrs[j].key, a->key))
+        return cur_fail(c, VMC_ERR_FORMAT, "attribute '%s' appears twice", a->key);
+  }
+  VMC_TRY(cur_u32(c, "the number of parameters", &n_param));
+  if (n_param > VMC_MAX_PARAMS)
+    return cur_fail(c, VMC_ERR_FORMAT, "%u parameters, at most %d", n_param, VMC_MAX_PARAMS);
+  for (uint32_t k = 0; k < n_param; k++) {
+    VMC_TRY(cur_name(c, "a parameter name", ref, sizeof ref));
+    params[k] = vmc_graph_find_param(r->g, ref);
+    if (params[k] < 0)
+      return cur_fail(c, VMC_ERR_FORMAT, "parameter '%s' is not in the tensor directory", ref);
+  }
+  if (!vmc_op_find(op_name))
+    return cur_fail(c, VMC_ERR_NOT_FOUND, "unknown op '%s' (not in this build of vmc)", op_name);
+  vmc_status s = vmc_graph_add_node(r->g, op_name, name, in, (int)n_in, attrs, (int)n_attr, params,
+                                    (int)n_param, NULL);
+  return s ? file_error(s, r->what) : VMC_OK;
+}
+
+static vmc_status read_graph(reader *r, cursor *c) {
+  if (r->h.n_nodes > (c->end - c->pos) / MIN_NODE_BYTES)
+    return cur_fail(c, VMC_ERR_FORMAT, "%u nodes do not fit in %zu bytes", r->h.n_nodes,
+                    c->end - c->pos);
+  for (uint32_t i = 0; i < r->h.n_nodes; i++) VMC_TRY(read_node(r, c, i));
+  snprintf(c->ctx, sizeof c->ctx, "graph output");
+  char out[VMC_NAME_MAX];
+  VMC_TRY(cur_name(c, "the output name", out, sizeof out));
+  r->g->output = vmc_graph_find_value(r->g, out);
+  if (r->g->output < 0) return cur_fail(c, VMC_ERR_FORMAT, "'%s' is not a value of the graph", out);
+  /* Up to data_offset: fewer than 64 zero bytes of padding. */
+  size_t pad = c->end - c->pos;
+  bool zero = pad < VMC_FILE_ALIGN;
+  for (size_t k = 0; k < pad && zero; k++) zero = c->p[c->pos + k] == 0;
+  if (!zero)
+    return vmc_error(VMC_ERR_FORMAT, "%s: %zu unexpected bytes after the graph section", r->what,
+                     pad);
+  vmc_shape *shapes = vmc_malloc_plain((size_t)r->g->n_values * sizeof *shapes);
+  if (!shapes) return vmc_error(VMC_ERR_NOMEM, "%s: shape inference", r->what);
+  vmc_status s = vmc_graph_infer_shapes(r->g, 1, shapes);
+  vmc_free(shapes);
+  return s ? file_error(s, r->what) : VMC_OK;
+}
+
+static vmc_status parse(reader *r, bool want_extras) {
+  cursor gc = cur_make(r->p, r->h.graph_off, r->h.data_off, r->what, "graph");
+  uint32_t dim[3] = {0, 0, 0};
+  snprintf(gc.ctx, sizeof gc.ctx, "graph input");
+  for (int k = 0; k < 3; k++) VMC_TRY(cur_u32(&gc, "the input shape", &dim[k]));
+  if (dim[0] > INT32_MAX || dim[1] > INT32_MAX || dim[2] > INT32_MAX)
+    return cur_fail(&gc, VMC_ERR_FORMAT, "input shape %ux%ux%u is out of range", dim[0], dim[1],
+                    dim[2]);
+  vmc_status s = vmc_graph_create((int)dim[0], (int)dim[1], (int)dim[2], &r->g);
+  if (s) return file_error(s, r->what);
+  VMC_TRY(read_meta(r));
+  VMC_TRY(read_tensors(r, want_extras));
+  return read_graph(r, &gc);
+}
+
+vmc_status vmc_model_read_memory(const void *buf, size_t n, const char *what, vmc_graph **out,
+                                 vmc_blob **extra, int *n_extra) {
+  if (out) *out = NULL;
+  if (extra) *extra = NULL;
+  if (n_extra) *n_extra = 0;
+  if (!what) what = "<memory>";
+  if (!out || (!buf && n))
+    return vmc_error(VMC_ERR_INVALID_ARG, "vmc_model_read_memory: bad arguments");
+  reader r = {.p = buf, .what = what};
+  vmc_status s = check_envelope(buf, n, what, &r.h);
+  if (s) return s;
+  bool want_extras = extra && n_extra;
+  s = parse(&r, want_extras);
+  vmc_free(r.ents);
+  if (s) {
+    vmc_graph_free(r.g);
+    vmc_blobs_free(r.blobs, r.n_blobs);
+    return s;
+  }
+  *out = r.g;
+  if (want_extras) {
+    *extra = r.blobs;
+    *n_extra = r.n_blobs;
+  }
+  return VMC_OK;
+}
+
+vmc_status vmc_model_read(const char *path, vmc_graph **out, vmc_blob **extra, int *n_extra) {
+  if (out) *out = NULL;
+  if (extra) *extra = NULL;
+  if (n_extra) *n_extra = 0;
+  if (!path || !out) return vmc_error(VMC_ERR_INVALID_ARG, "vmc_model_read: bad arguments");
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return vmc_error(errno == ENOENT ? VMC_ERR_NOT_FOUND : VMC_ERR_IO, "cannot open '%s': %s",
+                     path, strerror(errno));
+  struct stat st;
+  vmc_status s = VMC_OK;
+  uint8_t *buf = NULL;
+  size_t n = 0;
+  if (fstat(fileno(f), &st) != 0)
+    s = vmc_error(VMC_ERR_IO, "cannot stat '%s': %s", path, strerror(errno));
+  else if (!S_ISREG(st.st_mode))
+    s = vmc_error(VMC_ERR_IO, "'%s' is not a regular file", path);
+  else if ((uint64_t)st.st_size > VMC_FILE_MAX_BYTES)
+    s = vmc_error(VMC_ERR_FORMAT, "%s: %lld bytes exceed the 4 GiB limit of a .vmc file", path,
+                  (long long)st.st_size);
+  if (!s) {
+    n = (size_t)st.st_size;
+    buf = vmc_alloc(n);
+    if (!buf) s = vmc_error(VMC_ERR_NOMEM, "reading '%s' (%zu bytes)", path, n);
+  }
+  if (!s && fread(buf, 1, n, f) != n)
+    s = vmc_error(VMC_ERR_IO, "reading '%s' failed: %s", path,
+                  ferror(f) ? strerror(errno) : "the file shrank while being read");
+  fclose(f);
+  if (!s) s = vmc_model_read_memory(buf, n, path, out, extra, n_extra);
+  vmc_free(buf);
+  return s;
+}
+
+vmc_status vmc_model_load(const char *path, vmc_graph **out) {
+  return vmc_model_read(path, out, NULL, NULL);
+}
+
+void vmc_blobs_free(vmc_blob *b, int n) {
+  if (!b) return;
+  for (int i = 0; i < n; i++) vmc_free(b[i].data);
+  vmc_free(b);
+}

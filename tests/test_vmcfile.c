@@ -1,0 +1,804 @@
+/* The .vmc model file: round trip, layout, atomic writes, and a reader that
+ * rejects every malformed file cleanly (run these under ASan+UBSan). */
+#include "test.h"
+
+#include "core/core.h"
+#include "graph/graph.h"
+#include "io/io.h"
+
+#include <dirent.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static uint32_t rd32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+static void wr32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void wr64(uint8_t *p, uint64_t v) {
+  wr32(p, (uint32_t)v);
+  wr32(p + 4, (uint32_t)(v >> 32));
+}
+static void fix_crc(uint8_t *b, size_t n) { wr32(b + n - 4, vmc_crc32(0, b, n - 4)); }
+
+static void tmp_path(char *buf, size_t n, const char *name) {
+  snprintf(buf, n, "%s/%s", vmc_test_tmpdir(), name);
+}
+
+static uint8_t *slurp(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *b = malloc(len > 0 ? (size_t)len : 1);
+  if (b && fread(b, 1, (size_t)len, f) != (size_t)len) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  *n = (size_t)len;
+  return b;
+}
+
+static int spit(const char *path, const void *b, size_t n) {
+  FILE *f = fopen(path, "wb");
+  if (!f) return -1;
+  size_t w = n ? fwrite(b, 1, n, f) : 0;
+  return (fclose(f) == 0 && w == n) ? 0 : -1;
+}
+
+/* Entries of the test directory whose name contains ".tmp.". */
+static int count_temp_files(void) {
+  DIR *d = opendir(vmc_test_tmpdir());
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (strstr(e->d_name, ".tmp.")) n++;
+  closedir(d);
+  return n;
+}
+
+static vmc_status add_param(vmc_graph *g, const char *name, vmc_shape s, int trainable, int *id,
+                            vmc_rng *rng) {
+  vmc_status st = vmc_graph_add_param(g, name, s, trainable, id);
+  if (st) return st;
+  vmc_param *p = &g->params[*id];
+  for (size_t i = 0; i < vmc_shape_count(&s); i++) p->data[i] = vmc_rng_normal(rng);
+  return VMC_OK;
+}
+
+/* input 3x8x8 -> conv2d -> batchnorm -> relu -> maxpool -> gap -> flatten -> linear(5) */
+static vmc_status build_tiny(uint64_t seed, vmc_graph **out) {
+  vmc_graph *g;
+  vmc_rng rng;
+  vmc_rng_seed(&rng, seed);
+  VMC_TRY(vmc_graph_create(3, 8, 8, &g));
+  vmc_status s = VMC_OK;
+  int w, ga, be, rm, rv, fw, fb, v;
+  s = add_param(g, "conv1.weight", vmc_shape4(4, 3, 3, 3), 1, &w, &rng);
+  if (!s) s = add_param(g, "bn1.gamma", (vmc_shape){1, {4}}, 1, &ga, &rng);
+  if (!s) s = add_param(g, "bn1.beta", (vmc_shape){1, {4}}, 1, &be, &rng);
+  if (!s) s = add_param(g, "bn1.running_mean", (vmc_shape){1, {4}}, 0, &rm, &rng);
+  if (!s) s = add_param(g, "bn1.running_var", (vmc_shape){1, {4}}, 0, &rv, &rng);
+  if (!s) s = add_param(g, "fc.weight", vmc_shape2(5, 4), 1, &fw, &rng);
+  if (!s) s = add_param(g, "fc.bias", (vmc_shape){1, {5}}, 1, &fb, &rng);
+  if (s) goto fail;
+  for (int i = 0; i < 4; i++) g->params[rv].data[i] = 1.0f + (float)i;
+  /* Values whose bits a sloppy writer would lose. */
+  g->params[fb].data[0] = -0.0f;
+  g->params[fb].data[1] = 1e-40f; /* subnormal */
+  uint32_t nan_bits = 0x7fc12345u;
+  memcpy(&g->params[fb].data[2], &nan_bits, 4);
+  vmc_attr conv_attr[] = {vmc_attr_int("out_c", 4), vmc_attr_int("kh", 3),   vmc_attr_int("kw", 3),
+                          vmc_attr_int("sh", 1),    vmc_attr_int("sw", 1),   vmc_attr_int("ph", 1),
+                          vmc_attr_int("pw", 1),    vmc_attr_int("dh", 1),   vmc_attr_int("dw", 1),
+                          vmc_attr_int("groups", 1)};
+  vmc_attr bn_attr[] = {vmc_attr_float("eps", 1e-5f), vmc_attr_float("momentum", 0.1f)};
+  vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
+  vmc_attr pool_attr[] = {vmc_attr_int("kh", 2), vmc_attr_int("sh", 2)};
+  int bn_p[] = {ga, be, rm, rv}, fc_p[] = {fw, fb};
+  v = g->input;
+  s = vmc_graph_add_node(g, "conv2d", "conv1", &v, 1, conv_attr, 10, &w, 1, &v);
+  if (!s) s = vmc_graph_add_node(g, "batchnorm", "bn1", &v, 1, bn_attr, 2, bn_p, 4, &v);
+  if (!s) s = vmc_graph_add_node(g, "relu", "relu1", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "maxpool", "pool1", &v, 1, pool_attr, 2, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "gap", "gap", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "flatten", "flat", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "linear", "fc", &v, 1, fc_attr, 1, fc_p, 2, &v);
+  if (!s) s = vmc_graph_set_meta(g, "architecture", "tiny");
+  if (!s) s = vmc_graph_set_meta(g, "dataset", "\xc3\xbcnicode \xe2\x9c\x93");
+  if (!s) s = vmc_graph_set_meta(g, "empty", "");
+  if (!s) s = vmc_graph_add_history(g, "built by test_vmcfile");
+  if (!s) s = vmc_graph_add_history(g, "second line");
+  if (s) goto fail;
+  *out = g;
+  return VMC_OK;
+fail:
+  vmc_graph_free(g);
+  return s;
+}
+
+/* Two extras: a tensor and a scalar (ndim 0). */
+static void make_extras(vmc_blob *e, float *store) {
+  memset(e, 0, 2 * sizeof *e);
+  snprintf(e[0].name, sizeof e[0].name, "sgd.momentum.conv1.weight");
+  e[0].shape = vmc_shape4(4, 3, 3, 3);
+  e[0].data = store;
+  for (int i = 0; i < 108; i++) store[i] = (float)i * 0.25f - 3.0f;
+  snprintf(e[1].name, sizeof e[1].name, "epoch");
+  e[1].shape.ndim = 0;
+  e[1].data = store + 108;
+  store[108] = 7.0f;
+}
+
+static void check_same_graph(const vmc_graph *a, const vmc_graph *b) {
+  CHECK(vmc_shape_eq(&a->in_shape, &b->in_shape));
+  CHECK_EQ_INT(a->n_params, b->n_params);
+  CHECK_EQ_INT(a->n_nodes, b->n_nodes);
+  CHECK_EQ_INT(a->n_values, b->n_values);
+  CHECK_EQ_INT(a->n_meta, b->n_meta);
+  if (vmc_test_failed_now()) return;
+  CHECK(!strcmp(a->values[a->output].name, b->values[b->output].name));
+  CHECK(!strcmp(b->values[b->input].name, "input"));
+  for (int i = 0; i < a->n_params; i++) {
+    const vmc_param *p = &a->params[i], *q = &b->params[i];
+    CHECK(!strcmp(p->name, q->name));
+    CHECK(vmc_shape_eq(&p->shape, &q->shape));
+    CHECK_EQ_INT(p->trainable, q->trainable);
+    CHECK(!memcmp(p->data, q->data, vmc_shape_count(&p->shape) * sizeof(float)));
+  }
+  for (int i = 0; i < a->n_nodes; i++) {
+    const vmc_node *m = &a->nodes[i], *n = &b->nodes[i];
+    CHECK(!strcmp(m->name, n->name));
+    CHECK(m->op == n->op);
+    CHECK_EQ_INT(m->n_in, n->n_in);
+    for (int k = 0; k < m->n_in && k < n->n_in; k++)
+      CHECK(!strcmp(a->values[m->in[k]].name, b->values[n->in[k]].name));
+    CHECK_EQ_INT(m->n_attr, n->n_attr);
+    for (int k = 0; k < m->n_attr && k < n->n_attr; k++) {
+      CHECK(!strcmp(m->attr[k].key, n->attr[k].key));
+      CHECK_EQ_INT(m->attr[k].i, n->attr[k].i);
+      CHECK(!memcmp(&m->attr[k].f, &n->attr[k].f, sizeof(float)));
+    }
+    CHECK_EQ_INT(m->n_param, n->n_param);
+    for (int k = 0; k < m->n_param && k < n->n_param; k++)
+      CHECK(!strcmp(a->params[m->param[k]].name, b->params[n->param[k]].name));
+  }
+  for (int i = 0; i < a->n_meta; i++) {
+    CHECK(!strcmp(a->meta[i].key, b->meta[i].key));
+    CHECK(!strcmp(a->meta[i].value, b->meta[i].value));
+  }
+}
+
+/* The tiny model with its two extras, as file bytes (malloc'd). */
+static uint8_t *tiny_file(size_t *n) {
+  vmc_graph *g;
+  if (build_tiny(1, &g)) return NULL;
+  vmc_blob e[2];
+  float store[109];
+  make_extras(e, store);
+  char path[512];
+  tmp_path(path, sizeof path, "tiny_bytes.vmc");
+  vmc_status s = vmc_model_write(g, e, 2, path);
+  vmc_graph_free(g);
+  return s ? NULL : slurp(path, n);
+}
+
+/* Reads from memory as "corrupt.vmc": on failure checks that nothing was
+ * returned and that the message names the source. */
+static vmc_status try_read(const uint8_t *b, size_t n) {
+  vmc_graph *g = (vmc_graph *)1;
+  vmc_blob *e = (vmc_blob *)1;
+  int ne = -1;
+  vmc_status s = vmc_model_read_memory(b, n, "corrupt.vmc", &g, &e, &ne);
+  if (s == VMC_OK) {
+    vmc_graph_free(g);
+    vmc_blobs_free(e, ne);
+  } else {
+    CHECK(g == NULL && e == NULL && ne == 0);
+    CHECK(strstr(vmc_last_error(), "corrupt.vmc") != NULL);
+  }
+  return s;
+}
+
+/* Where the fields of a well-formed file are (walked independently of the
+ * reader, from docs/file-format.md). */
+typedef struct tensor_at {
+  size_t name, dtype, role, flags, link, axis, ndim, dims, off, nbytes;
+} tensor_at;
+typedef struct node_at {
+  size_t op, name, n_in, first_in, n_attr, n_param, first_param;
+} node_at;
+typedef struct layout {
+  size_t meta, tensors, graph, data, output;
+  int nt, nn;
+  tensor_at t[16];
+  node_at node[16];
+} layout;
+
+static size_t skip_str(const uint8_t *b, size_t at) { return at + 4 + rd32(b + at); }
+
+static void walk(const uint8_t *b, layout *L) {
+  memset(L, 0, sizeof *L);
+  L->meta = rd64(b + VMC_FH_META_OFF);
+  L->tensors = rd64(b + VMC_FH_TENSORS_OFF);
+  L->graph = rd64(b + VMC_FH_GRAPH_OFF);
+  L->data = rd64(b + VMC_FH_DATA_OFF);
+  L->nt = (int)rd32(b + VMC_FH_N_TENSORS);
+  L->nn = (int)rd32(b + VMC_FH_N_NODES);
+  size_t at = L->tensors;
+  for (int i = 0; i < L->nt && i < 16; i++) {
+    tensor_at *t = &L->t[i];
+    t->name = at;
+    at = skip_str(b, at);
+    t->dtype = at;
+    t->role = at + 4;
+    t->flags = at + 8;
+    t->link = at + 12;
+    t->axis = at + 16;
+    t->ndim = at + 20;
+    t->dims = at + 24;
+    at = t->dims + 4 * rd32(b + t->ndim);
+    t->off = at;
+    t->nbytes = at + 8;
+    at += 16;
+  }
+  at = L->graph + 12;
+  for (int i = 0; i < L->nn && i < 16; i++) {
+    node_at *n = &L->node[i];
+    n->op = at;
+    at = skip_str(b, at);
+    n->name = at;
+    at = skip_str(b, at);
+    n->n_in = at;
+    uint32_t k = rd32(b + at);
+    at += 4;
+    n->first_in = at;
+    while (k--) at = skip_str(b, at);
+    n->n_attr = at;
+    k = rd32(b + at);
+    at += 4;
+    while (k--) at = skip_str(b, at) + 8;
+    n->n_param = at;
+    k = rd32(b + at);
+    at += 4;
+    n->first_param = at;
+    while (k--) at = skip_str(b, at);
+  }
+  L->output = at;
+}
+
+/* ---- round trip ---------------------------------------------------------- */
+
+TEST(vmcfile_round_trip) {
+  vmc_graph *g, *h = NULL;
+  REQUIRE_OK(build_tiny(42, &g));
+  vmc_blob e[2];
+  float store[109];
+  make_extras(e, store);
+  char path[512];
+  tmp_path(path, sizeof path, "round.vmc");
+  CHECK_OK(vmc_model_write(g, e, 2, path));
+  vmc_blob *re = NULL;
+  int nre = 0;
+  CHECK_OK(vmc_model_read(path, &h, &re, &nre));
+  if (h) check_same_graph(g, h);
+  CHECK_EQ_INT(nre, 2);
+  if (re && nre == 2) {
+    for (int i = 0; i < 2; i++) {
+      CHECK(!strcmp(re[i].name, e[i].name));
+      CHECK(vmc_shape_eq(&re[i].shape, &e[i].shape));
+      CHECK(!memcmp(re[i].data, e[i].data, vmc_shape_count(&e[i].shape) * sizeof(float)));
+    }
+    CHECK_EQ_INT(re[1].shape.ndim, 0);
+  }
+  CHECK(!strcmp(vmc_graph_meta(h, "empty"), ""));
+  CHECK(!strcmp(vmc_graph_meta(h, "history"), "built by test_vmcfile\nsecond line"));
+  vmc_blobs_free(re, nre);
+  vmc_graph_free(h);
+  h = NULL;
+
+  /* vmc_model_load skips the extras. */
+  CHECK_OK(vmc_model_load(path, &h));
+  if (h) check_same_graph(g, h);
+  vmc_graph_free(h);
+  h = NULL;
+
+  /* save/load without extras; reading extras of a file with none. */
+  char path2[512];
+  tmp_path(path2, sizeof path2, "round2.vmc");
+  CHECK_OK(vmc_model_save(g, path2));
+  re = (vmc_blob *)1;
+  nre = -1;
+  CHECK_OK(vmc_model_read(path2, &h, &re, &nre));
+  CHECK(re == NULL && nre == 0);
+  if (h) check_same_graph(g, h);
+
+  /* The same graph gives the same bytes; a re-saved load gives them too. */
+  char path3[512];
+  tmp_path(path3, sizeof path3, "round3.vmc");
+  if (h) CHECK_OK(vmc_model_save(h, path3));
+  size_t n2 = 0, n3 = 0;
+  uint8_t *b2 = slurp(path2, &n2), *b3 = slurp(path3, &n3);
+  CHECK(b2 && b3 && n2 == n3 && !memcmp(b2, b3, n2));
+  const char *seed_dir = getenv("VMC_FUZZ_SEED_DIR"); /* seeds for tests/fuzz */
+  if (seed_dir && b2) {
+    char sp[512];
+    snprintf(sp, sizeof sp, "%s/tiny.vmc", seed_dir);
+    CHECK(spit(sp, b2, n2) == 0);
+  }
+  free(b2);
+  free(b3);
+  vmc_graph_free(h);
+  vmc_graph_free(g);
+}
+
+/* Every zoo model (residual adds, depthwise convs, ReLU6 ...) survives the
+ * file bit for bit. */
+TEST(vmcfile_zoo_round_trip) {
+  for (const char *const *name = vmc_zoo_names(); *name; name++) {
+    vmc_graph *g = NULL, *h = NULL;
+    CHECK_OK(vmc_zoo_build(*name, 1, 28, 28, 10, 5, &g));
+    if (!g) continue;
+    char path[512];
+    tmp_path(path, sizeof path, "zoo.vmc");
+    CHECK_OK(vmc_graph_set_meta(g, "architecture", *name));
+    CHECK_OK(vmc_model_save(g, path));
+    CHECK_OK(vmc_model_load(path, &h));
+    if (h) {
+      check_same_graph(g, h);
+      CHECK_EQ_INT(vmc_graph_num_params(g), vmc_graph_num_params(h));
+    }
+    vmc_graph_free(h);
+    vmc_graph_free(g);
+  }
+}
+
+TEST(vmcfile_layout_aligned) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  layout L;
+  walk(b, &L);
+  CHECK(!memcmp(b, VMC_FILE_MAGIC, 8));
+  CHECK_EQ_INT(rd32(b + VMC_FH_VERSION), 1);
+  CHECK_EQ_INT(rd64(b + VMC_FH_FILE_BYTES), n);
+  CHECK_EQ_INT(rd32(b + n - 4), vmc_crc32(0, b, n - 4));
+  CHECK_EQ_INT(L.nt, 9); /* 7 parameters + 2 extras */
+  CHECK_EQ_INT(L.data % 64, 0);
+  vmc_graph *g;
+  REQUIRE_OK(build_tiny(1, &g));
+  uint64_t prev_end = L.data;
+  for (int i = 0; i < L.nt; i++) {
+    uint64_t off = rd64(b + L.t[i].off), len = rd64(b + L.t[i].nbytes);
+    CHECK_EQ_INT(off % 64, 0);
+    CHECK(off >= prev_end && off + len <= n - 4);
+    prev_end = off + len;
+    CHECK_EQ_INT(rd32(b + L.t[i].dtype), VMC_F32);
+    uint32_t flags = rd32(b + L.t[i].flags);
+    if (i < g->n_params) {
+      CHECK(len == vmc_shape_count(&g->params[i].shape) * 4);
+      CHECK(!memcmp(b + off, g->params[i].data, len)); /* little-endian host */
+      CHECK_EQ_INT(flags, g->params[i].trainable ? VMC_TFLAG_TRAINABLE : 0);
+    } else {
+      CHECK_EQ_INT(flags, VMC_TFLAG_EXTRA);
+    }
+  }
+  vmc_graph_free(g);
+  free(b);
+}
+
+/* ---- atomic writes --------------------------------------------------------- */
+
+TEST(vmcfile_atomic_overwrite) {
+  vmc_graph *g, *g2;
+  REQUIRE_OK(build_tiny(7, &g));
+  if (build_tiny(8, &g2)) {
+    vmc_graph_free(g);
+    REQUIRE(0);
+  }
+  CHECK_OK(vmc_graph_set_meta(g2, "architecture", "different"));
+  char path[512], bad[512], dirpath[512];
+  tmp_path(path, sizeof path, "atomic.vmc");
+  CHECK_OK(vmc_model_save(g, path));
+  size_t n0 = 0, n1 = 0;
+  uint8_t *before = slurp(path, &n0);
+  CHECK(before != NULL);
+
+  /* A missing directory: IO error, nothing created. */
+  tmp_path(bad, sizeof bad, "no/such/dir/x.vmc");
+  CHECK_EQ_INT(vmc_model_save(g, bad), VMC_ERR_IO);
+  CHECK(strstr(vmc_last_error(), "x.vmc") != NULL);
+
+  /* Renaming over a directory fails after the temp file was written. */
+  tmp_path(dirpath, sizeof dirpath, "a_directory.vmc");
+  CHECK(mkdir(dirpath, 0700) == 0);
+  CHECK_EQ_INT(vmc_model_save(g, dirpath), VMC_ERR_IO);
+  CHECK_EQ_INT(count_temp_files(), 0);
+
+  /* Every allocation failure while saving g2 over path leaves path intact. */
+  int failures = 0;
+  for (long k = 0; k < 1000; k++) {
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_save(g2, path);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) break;
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    uint8_t *now = slurp(path, &n1);
+    CHECK(now && n1 == n0 && !memcmp(now, before, n0));
+    free(now);
+    CHECK_EQ_INT(count_temp_files(), 0);
+  }
+  CHECK(failures > 0);
+  /* The last iteration succeeded: the file is now g2. */
+  vmc_graph *h = NULL;
+  CHECK_OK(vmc_model_load(path, &h));
+  if (h) CHECK(!strcmp(vmc_graph_meta(h, "architecture"), "different"));
+  CHECK_EQ_INT(count_temp_files(), 0);
+  vmc_graph_free(h);
+  free(before);
+  vmc_graph_free(g);
+  vmc_graph_free(g2);
+}
+
+TEST(vmcfile_refuses_invalid_graph) {
+  vmc_graph *g;
+  REQUIRE_OK(vmc_graph_create(1, 4, 4, &g));
+  char path[512];
+  tmp_path(path, sizeof path, "empty_graph.vmc");
+  CHECK(vmc_model_save(g, path) != VMC_OK); /* no nodes, no output */
+  struct stat st;
+  CHECK(stat(path, &st) != 0);
+  vmc_graph_free(g);
+  REQUIRE_OK(build_tiny(3, &g));
+  vmc_blob e[2];
+  float store[109];
+  make_extras(e, store);
+  snprintf(e[1].name, sizeof e[1].name, "fc.bias"); /* clashes with a parameter */
+  CHECK_EQ_INT(vmc_model_write(g, e, 2, path), VMC_ERR_INVALID_ARG);
+  CHECK(stat(path, &st) != 0);
+  vmc_graph_free(g);
+}
+
+/* ---- reading bad files ------------------------------------------------------ */
+
+TEST(vmcfile_read_alloc_failures) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  int failures = 0;
+  for (long k = 0; k < 10000; k++) {
+    vmc_graph *g = NULL;
+    vmc_blob *e = NULL;
+    int ne = 0;
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_read_memory(b, n, "mem.vmc", &g, &e, &ne);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) {
+      CHECK_EQ_INT(ne, 2);
+      vmc_graph_free(g);
+      vmc_blobs_free(e, ne);
+      break;
+    }
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    CHECK(g == NULL && e == NULL && ne == 0);
+  }
+  CHECK(failures > 10);
+  /* Through a file: the first allocation is the file buffer. */
+  char path[512];
+  tmp_path(path, sizeof path, "alloc.vmc");
+  CHECK(spit(path, b, n) == 0);
+  vmc_graph *g = (vmc_graph *)1;
+  vmc_fail_alloc_after(0);
+  CHECK_EQ_INT(vmc_model_load(path, &g), VMC_ERR_NOMEM);
+  vmc_fail_alloc_after(-1);
+  CHECK(g == NULL);
+  CHECK(strstr(vmc_last_error(), "alloc.vmc") != NULL);
+  free(b);
+}
+
+TEST(vmcfile_reject_bad_files) {
+  char path[512];
+  vmc_graph *g = (vmc_graph *)1;
+  /* missing */
+  tmp_path(path, sizeof path, "missing.vmc");
+  CHECK_EQ_INT(vmc_model_load(path, &g), VMC_ERR_NOT_FOUND);
+  CHECK(g == NULL);
+  CHECK(strstr(vmc_last_error(), "missing.vmc") != NULL);
+  /* a directory */
+  CHECK_EQ_INT(vmc_model_load(vmc_test_tmpdir(), &g), VMC_ERR_IO);
+  /* empty */
+  tmp_path(path, sizeof path, "empty.vmc");
+  CHECK(spit(path, "", 0) == 0);
+  CHECK_EQ_INT(vmc_model_load(path, &g), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "empty.vmc") != NULL);
+  /* random bytes, with and without the magic in front */
+  uint8_t rnd[4096];
+  vmc_rng rng;
+  vmc_rng_seed(&rng, 99);
+  for (size_t i = 0; i < sizeof rnd; i++) rnd[i] = (uint8_t)vmc_rng_u64(&rng);
+  tmp_path(path, sizeof path, "random.vmc");
+  CHECK(spit(path, rnd, sizeof rnd) == 0);
+  CHECK_EQ_INT(vmc_model_load(path, &g), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "not a .vmc file") != NULL);
+  memcpy(rnd, VMC_FILE_MAGIC, 8);
+  CHECK(try_read(rnd, sizeof rnd) != VMC_OK);
+  wr32(rnd + 8, 1);
+  CHECK_EQ_INT(try_read(rnd, sizeof rnd), VMC_ERR_FORMAT);
+
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  uint8_t *c = malloc(n);
+  REQUIRE(c != NULL);
+  /* wrong magic */
+  memcpy(c, b, n);
+  c[3] ^= 0x20;
+  CHECK_EQ_INT(try_read(c, n), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "not a .vmc file") != NULL);
+  /* a future version, with a valid checksum */
+  memcpy(c, b, n);
+  wr32(c + VMC_FH_VERSION, 2);
+  fix_crc(c, n);
+  CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
+  CHECK(strstr(vmc_last_error(), "version 2") != NULL);
+  wr32(c + VMC_FH_VERSION, 0);
+  CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
+  /* trailing garbage */
+  uint8_t *longer = malloc(n + 16);
+  REQUIRE(longer != NULL);
+  memcpy(longer, b, n);
+  memset(longer + n, 0, 16);
+  CHECK_EQ_INT(try_read(longer, n + 16), VMC_ERR_FORMAT);
+  free(longer);
+  /* NULL buffer of length 0 */
+  CHECK_EQ_INT(try_read(NULL, 0), VMC_ERR_FORMAT);
+  free(c);
+  free(b);
+}
+
+TEST(vmcfile_truncation_everywhere) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  for (size_t len = 0; len < n; len++) {
+    /* A copy of exactly len bytes, so ASan sees any read past it. */
+    uint8_t *c = malloc(len ? len : 1);
+    REQUIRE(c != NULL);
+    memcpy(c, b, len);
+    vmc_status s = try_read(c, len);
+    free(c);
+    if (s == VMC_OK) {
+      vmc_test_fail(__FILE__, __LINE__, "truncated to %zu of %zu bytes, read OK", len, n);
+      break;
+    }
+  }
+  /* The same through a file on disk, at a few lengths. */
+  char path[512];
+  tmp_path(path, sizeof path, "trunc.vmc");
+  size_t lens[] = {1, 8, 12, 95, 96, 100, n / 2, n - 5, n - 1};
+  for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+    vmc_graph *g = NULL;
+    CHECK(spit(path, b, lens[i]) == 0);
+    CHECK_EQ_INT(vmc_model_load(path, &g), VMC_ERR_FORMAT);
+    CHECK(g == NULL);
+    CHECK(strstr(vmc_last_error(), "trunc.vmc") != NULL);
+    if (lens[i] >= 8) CHECK(strstr(vmc_last_error(), "truncated") != NULL);
+  }
+  free(b);
+}
+
+TEST(vmcfile_every_byte_flip) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  uint8_t *c = malloc(n);
+  REQUIRE(c != NULL);
+  memcpy(c, b, n);
+  const uint8_t masks[] = {0x01, 0x80, 0xff};
+  for (size_t i = 0; i < n; i++) {
+    for (int m = 0; m < 3; m++) {
+      c[i] ^= masks[m];
+      vmc_status s = try_read(c, n);
+      c[i] ^= masks[m];
+      if (s == VMC_OK) {
+        vmc_test_fail(__FILE__, __LINE__, "byte %zu ^ 0x%02x read OK", i, masks[m]);
+        continue;
+      }
+      /* Past magic, version and the size field only the CRC can tell. */
+      if (i >= VMC_FH_FILE_BYTES + 8 && !strstr(vmc_last_error(), "checksum mismatch"))
+        vmc_test_fail(__FILE__, __LINE__, "byte %zu: %s", i, vmc_last_error());
+    }
+  }
+  free(c);
+  free(b);
+}
+
+/* ---- the parser itself: corruptions with a valid CRC ------------------------- */
+
+typedef struct corruption {
+  const char *what;
+  size_t at;
+  int width;         /* 1, 4 or 8: the field at `at` is set to value */
+  uint64_t value;
+  vmc_status want;   /* VMC_OK: any failure */
+  const char *msg;   /* substring of the message, or NULL */
+  const char *bytes; /* else: these bytes are copied to `at` */
+  size_t at2;        /* and optionally a second field (width2 != 0) */
+  int width2;
+  uint64_t value2;
+} corruption;
+
+static void set_field(uint8_t *c, size_t at, int width, uint64_t v) {
+  if (width == 8) wr64(c + at, v);
+  else if (width == 4) wr32(c + at, (uint32_t)v);
+  else if (width == 1) c[at] = (uint8_t)v;
+}
+
+static void expect_rejected(const uint8_t *b, size_t n, const corruption *k) {
+  uint8_t *c = malloc(n);
+  if (!c) return;
+  memcpy(c, b, n);
+  if (k->bytes) memcpy(c + k->at, k->bytes, strlen(k->bytes));
+  else set_field(c, k->at, k->width, k->value);
+  set_field(c, k->at2, k->width2, k->value2);
+  fix_crc(c, n);
+  vmc_status s = try_read(c, n);
+  if (getenv("VMC_TEST_VERBOSE")) printf("  %-32s %s\n", k->what, vmc_last_error());
+  if (s == VMC_OK)
+    vmc_test_fail(__FILE__, __LINE__, "%s: read OK", k->what);
+  else if (k->want != VMC_OK && s != k->want)
+    vmc_test_fail(__FILE__, __LINE__, "%s: %s (%s)", k->what, vmc_status_str(s), vmc_last_error());
+  else if (k->msg && !strstr(vmc_last_error(), k->msg))
+    vmc_test_fail(__FILE__, __LINE__, "%s: message '%s' lacks '%s'", k->what, vmc_last_error(),
+                  k->msg);
+  free(c);
+}
+
+TEST(vmcfile_parser_rejects_bad_fields) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  layout L;
+  walk(b, &L);
+  REQUIRE(L.nt == 9 && L.nn == 7);
+  const tensor_at *w = &L.t[0], *bias = &L.t[6], *ex = &L.t[7];
+  const node_at *conv = &L.node[0], *bn = &L.node[1];
+  uint64_t w_off = rd64(b + w->off);
+  uint64_t t1_off = rd64(b + L.t[1].off);
+  const uint32_t BIG = 0xffffffffu;
+  const size_t attr1 = conv->n_attr + 4, attr2 = skip_str(b, attr1) + 8,
+               attr3 = skip_str(b, attr2) + 8;
+  const corruption cases[] = {
+      /* header */
+      {"huge metadata count", VMC_FH_N_META, 4, BIG, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"metadata count off by one", VMC_FH_N_META, 4, rd32(b + VMC_FH_N_META) + 1, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"huge tensor count", VMC_FH_N_TENSORS, 4, BIG, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"tensor count at the limit", VMC_FH_N_TENSORS, 4, VMC_FILE_MAX_COUNT, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"tensor count off by one", VMC_FH_N_TENSORS, 4, 10, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"huge node count", VMC_FH_N_NODES, 4, BIG, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"zero nodes", VMC_FH_N_NODES, 4, 0, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"header size", VMC_FH_HEADER_BYTES, 4, 64, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"header flags", VMC_FH_FLAGS, 4, 1, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"reserved byte", VMC_FH_RESERVED + 5, 1, 1, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"metadata offset", VMC_FH_META_OFF, 8, 100, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"tensors before metadata", VMC_FH_TENSORS_OFF, 8, 90, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"huge tensors offset", VMC_FH_TENSORS_OFF, 8, UINT64_MAX, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"graph offset past the end", VMC_FH_GRAPH_OFF, 8, n + 64, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"unaligned data offset", VMC_FH_DATA_OFF, 8, L.data + 4, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"data offset past the end", VMC_FH_DATA_OFF, 8, L.data + 1024 * 64, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"data offset earlier", VMC_FH_DATA_OFF, 8, L.data - 64, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"file size", VMC_FH_FILE_BYTES, 8, n - 1, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      /* metadata */
+      {"empty metadata key", L.meta, 4, 0, VMC_ERR_FORMAT, "metadata entry 0", NULL, 0, 0, 0},
+      {"huge metadata key", L.meta, 4, BIG, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"NUL in a metadata key", L.meta + 5, 1, 0, VMC_ERR_FORMAT, "NUL", NULL, 0, 0, 0},
+      {"huge metadata value", skip_str(b, L.meta), 4, BIG - 3, VMC_ERR_FORMAT, "architecture", NULL, 0, 0, 0},
+      /* tensor directory */
+      {"empty tensor name", w->name, 4, 0, VMC_ERR_FORMAT, "tensor 0", NULL, 0, 0, 0},
+      {"tensor name of 64 bytes", w->name, 4, 64, VMC_ERR_FORMAT, "tensor 0", NULL, 0, 0, 0},
+      {"huge tensor name", w->name, 4, BIG, VMC_ERR_FORMAT, "tensor 0", NULL, 0, 0, 0},
+      {"NUL in a tensor name", w->name + 4 + 3, 1, 0, VMC_ERR_FORMAT, "NUL", NULL, 0, 0, 0},
+      {"unknown dtype", w->dtype, 4, 99, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"s8 dtype, f32 length", w->dtype, 4, VMC_S8, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0}, /* length no longer fits */
+      {"unknown role", w->role, 4, 7, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"scale without link", w->role, 4, VMC_TROLE_SCALE, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"unknown flag", w->flags, 4, 0x10, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"trainable extra", ex->flags, 4, 3, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"link on data", w->link, 4, 1, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"axis on data", w->axis, 4, 1, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"five dimensions", w->ndim, 4, 5, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"huge ndim", w->ndim, 4, BIG, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"parameter of ndim 0", w->ndim, 4, 0, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"zero dimension", w->dims, 4, 0, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"huge dimension", w->dims, 4, 0x7fffffff, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"negative dimension", w->dims + 4, 4, BIG, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"dimension off by one", w->dims, 4, 5, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"huge byte length", w->nbytes, 8, UINT64_MAX, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"short byte length", w->nbytes, 8, 4, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"offset past the end", w->off, 8, (n + 63) / 64 * 64, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"huge offset", w->off, 8, UINT64_MAX - 63, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"unaligned offset", w->off, 8, w_off + 4, VMC_ERR_FORMAT, "aligned", NULL, 0, 0, 0},
+      {"offset inside the sections", w->off, 8, 0, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"overlapping tensors", L.t[1].off, 8, w_off, VMC_ERR_FORMAT, "overlaps", NULL, 0, 0, 0},
+      {"tensors out of order", w->off, 8, t1_off, VMC_ERR_FORMAT, "overlaps", NULL, 0, 0, 0},
+      {"tensor over the CRC", L.t[7].off, 8, rd64(b + L.t[8].off), VMC_ERR_FORMAT, "momentum", NULL, 0, 0, 0},
+      {"duplicate tensor name", L.t[1].name + 4, 0, 0, VMC_ERR_FORMAT, "named 'fc.weight'",
+       "fc.weight", 0, 0, 0}, /* bn1.gamma, also 9 bytes */
+      {"s8 tensor", w->dtype, 4, VMC_S8, VMC_ERR_UNSUPPORTED, "conv1.weight", NULL, w->nbytes, 8,
+       108},
+      {"s4 tensor", w->dtype, 4, VMC_S4, VMC_ERR_UNSUPPORTED, "s4", NULL, w->nbytes, 8, 54},
+      {"per-channel scale", L.t[1].role, 4, VMC_TROLE_SCALE, VMC_ERR_UNSUPPORTED, "scale", NULL,
+       L.t[1].link, 4, 0},
+      {"link to itself", L.t[1].role, 4, VMC_TROLE_SCALE, VMC_ERR_FORMAT, "link", NULL,
+       L.t[1].link, 4, 1},
+      {"parameter renamed", bias->name + 4, 1, 'F', VMC_ERR_FORMAT, "'fc.bias'", NULL, 0, 0, 0},
+      /* graph */
+      {"zero input channels", L.graph, 4, 0, VMC_ERR_FORMAT, "input shape", NULL, 0, 0, 0},
+      {"huge input height", L.graph + 4, 4, BIG, VMC_ERR_FORMAT, "input shape", NULL, 0, 0, 0},
+      {"unknown op", conv->op + 4, 1, 'k', VMC_ERR_NOT_FOUND, "unknown op 'konv2d'", NULL, 0, 0, 0},
+      {"huge op name", conv->op, 4, BIG, VMC_ERR_FORMAT, "node 0", NULL, 0, 0, 0},
+      {"node named 'input'", conv->name + 4, 0, 0, VMC_ERR_FORMAT, "twice", "input", 0, 0, 0},
+      {"too many inputs", conv->n_in, 4, 9, VMC_ERR_FORMAT, "node 0 ('conv1'", NULL, 0, 0, 0},
+      {"huge input count", conv->n_in, 4, BIG, VMC_ERR_FORMAT, "conv1", NULL, 0, 0, 0},
+      {"no inputs", conv->n_in, 4, 0, VMC_ERR_FORMAT, "conv1", NULL, 0, 0, 0},
+      {"undefined input", bn->first_in + 4, 1, 'X', VMC_ERR_FORMAT, "'Xonv1'", NULL, 0, 0, 0},
+      {"input from the future", conv->first_in + 4, 0, 0, VMC_ERR_FORMAT, "'relu1'", "relu1", 0, 0, 0},
+      {"huge attribute count", conv->n_attr, 4, BIG, VMC_ERR_FORMAT, "conv1", NULL, 0, 0, 0},
+      {"13 attributes", conv->n_attr, 4, 13, VMC_ERR_FORMAT, "conv1", NULL, 0, 0, 0},
+      {"attribute key of 16 bytes", attr1, 4, 16, VMC_ERR_FORMAT, "conv1", NULL, 0, 0, 0},
+      {"duplicate attribute", attr3 + 4 + 1, 1, 'h', VMC_ERR_FORMAT, "'kh' appears twice", NULL, 0, 0, 0},
+      {"bad attribute value", attr1 + 4 + 5, 4, 0, VMC_ERR_SHAPE, "conv1", NULL, 0, 0, 0}, /* out_c = 0 */
+      {"huge parameter count", conv->n_param, 4, BIG, VMC_ERR_FORMAT, "conv1", NULL, 0, 0, 0},
+      {"five parameters", bn->n_param, 4, 5, VMC_ERR_FORMAT, "bn1", NULL, 0, 0, 0},
+      {"parameter missing", conv->first_param + 4, 1, 'C', VMC_ERR_FORMAT, "'Conv1.weight'", NULL, 0, 0, 0},
+      {"parameter count below the op's", bn->n_param, 4, 3, VMC_ERR_FORMAT, "bn1", NULL, 0, 0, 0},
+      {"output undefined", L.output + 4, 1, 'F', VMC_ERR_FORMAT, "'Fc'", NULL, 0, 0, 0},
+      {"empty output name", L.output, 4, 0, VMC_ERR_FORMAT, "output", NULL, 0, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_rejected(b, n, &cases[i]);
+  free(b);
+}
+
+/* Every structural byte set to values a fuzzer likes, CRC fixed: never a
+ * crash, a leak, or a read outside the buffer (checked by ASan/UBSan). */
+TEST(vmcfile_parser_survives_field_sweep) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  layout L;
+  walk(b, &L);
+  uint8_t *c = malloc(n);
+  REQUIRE(c != NULL);
+  const uint64_t vals[] = {0, 1, 2, 3, 4, 5, 63, 64, 65, 0x7f, 0x80, 0xff, 0x7fffffff, 0x80000000u,
+                           0xffffffffu, n - 4, n, L.data, UINT64_MAX};
+  const int widths[] = {1, 4, 8};
+  long ok = 0, bad = 0;
+  for (size_t at = 0; at < L.data; at++) {
+    for (int wi = 0; wi < 3; wi++) {
+      if (at + (size_t)widths[wi] > L.data) continue;
+      for (size_t vi = 0; vi < sizeof vals / sizeof vals[0]; vi++) {
+        memcpy(c, b, n);
+        if (widths[wi] == 1) c[at] = (uint8_t)vals[vi];
+        else if (widths[wi] == 4) wr32(c + at, (uint32_t)vals[vi]);
+        else wr64(c + at, vals[vi]);
+        fix_crc(c, n);
+        if (try_read(c, n) == VMC_OK) ok++;
+        else bad++;
+      }
+    }
+  }
+  CHECK(bad > ok); /* most such changes break the file */
+  free(c);
+  free(b);
+}
