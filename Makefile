@@ -3,7 +3,7 @@
 # runs the README's main job.  CC=clang works too.
 CC      ?= cc
 SAN     ?= 0
-OPT     ?= -O2
+OPT     ?= -O3
 ifeq ($(SAN),1)
 BUILD   ?= build-san
 SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer

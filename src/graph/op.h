@@ -8,6 +8,19 @@
 
 /* Everything an op's forward/backward sees.  Shapes carry the planned batch
  * size in d[0]; loops run over `batch` images (<= planned). */
+typedef enum { VMC_ACT_NONE = 0, VMC_ACT_RELU, VMC_ACT_RELU6 } vmc_act;
+
+/* Bounds of the clamp of an activation: y = min(max(v, lo), hi) for lo = 0,
+ * and the gradient passes where lo < y < hi (PyTorch's rule at the kinks). */
+static inline float vmc_act_hi(vmc_act a) { return a == VMC_ACT_RELU6 ? 6.0f : __builtin_inff(); }
+static inline float vmc_act_lo(vmc_act a) { return a == VMC_ACT_NONE ? -__builtin_inff() : 0.0f; }
+
+/* Clamp that compiles to vector max/min (fminf/fmaxf are library calls). */
+static inline float vmc_clampf(float v, float lo, float hi) {
+  v = v > lo ? v : lo;
+  return v < hi ? v : hi;
+}
+
 typedef struct vmc_opctx {
   const vmc_graph *g;
   const vmc_node *node;
@@ -27,6 +40,9 @@ typedef struct vmc_opctx {
   size_t scratch_bytes; /* per thread */
   int nthreads;
   vmc_rng *rng;         /* for dropout */
+  /* Activation fused into this node by the plan (ops with can_fuse_act):
+   * forward clamps y; backward passes dy only where lo < y < hi. */
+  vmc_act act;
 } vmc_opctx;
 
 typedef struct vmc_op {
@@ -45,6 +61,9 @@ typedef struct vmc_op {
                           vmc_mode mode, int nthreads);
   void (*forward)(vmc_opctx *c);
   void (*backward)(vmc_opctx *c); /* NULL: not differentiable */
+  /* Nonzero: forward and backward honour vmc_opctx.act, so the plan may
+   * fold a following relu/relu6 into this node. */
+  int can_fuse_act;
   /* Multiply-accumulates per image (NULL: 0). */
   uint64_t (*macs)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out);
 } vmc_op;

@@ -2,6 +2,7 @@
  * op state and per-thread scratch sliced from one arena. */
 #include "graph/plan.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static size_t fbytes(const vmc_shape *s) { return vmc_shape_count(s) * sizeof(float); }
@@ -27,6 +28,40 @@ static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
   c->scratch_bytes = p->scratch_bytes;
   c->nthreads = p->nthreads;
   c->rng = &p->rng;
+  c->act = p->fused[node];
+}
+
+/* Fold each relu/relu6 into its producer when the producer supports it and
+ * is its only consumer: the relu's output shares the producer's buffers. */
+static void plan_fusions(vmc_plan *p) {
+  const vmc_graph *g = p->g;
+  for (int v = 0; v < g->n_values; v++) p->alias[v] = -1;
+  const char *off = getenv("VMC_NO_FUSION"); /* for tests and comparisons */
+  if (off && *off && strcmp(off, "0")) return;
+  int *uses = vmc_malloc_plain((size_t)g->n_values * sizeof *uses);
+  int *producer = vmc_malloc_plain((size_t)g->n_values * sizeof *producer);
+  if (!uses || !producer) goto done; /* no fusion: still correct */
+  for (int v = 0; v < g->n_values; v++) producer[v] = -1;
+  for (int i = 0; i < g->n_nodes; i++) {
+    for (int k = 0; k < g->nodes[i].n_in; k++) uses[g->nodes[i].in[k]]++;
+    producer[g->nodes[i].out] = i;
+  }
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    vmc_act a = !strcmp(n->op->name, "relu") ? VMC_ACT_RELU
+                : !strcmp(n->op->name, "relu6") ? VMC_ACT_RELU6 : VMC_ACT_NONE;
+    if (a == VMC_ACT_NONE) continue;
+    int v = n->in[0], pr = producer[v];
+    if (pr < 0 || !g->nodes[pr].op->can_fuse_act || p->fused[pr] != VMC_ACT_NONE || uses[v] != 1 ||
+        v == g->output || n->out == g->output)
+      continue;
+    p->fused[pr] = a;
+    p->skip[i] = 1;
+    p->alias[n->out] = v;
+  }
+done:
+  vmc_free(uses);
+  vmc_free(producer);
 }
 
 vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **out) {
@@ -44,8 +79,12 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
   p->shape = vmc_malloc_plain((size_t)g->n_values * sizeof *p->shape);
   p->act = vmc_malloc_plain((size_t)g->n_values * sizeof *p->act);
   p->state = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof *p->state);
+  p->fused = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof *p->fused);
+  p->skip = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1));
+  p->alias = vmc_malloc_plain((size_t)g->n_values * sizeof *p->alias);
   if (mode == VMC_MODE_TRAIN) p->grad = vmc_malloc_plain((size_t)g->n_values * sizeof *p->grad);
-  if (!p->shape || !p->act || !p->state || (mode == VMC_MODE_TRAIN && !p->grad)) {
+  if (!p->shape || !p->act || !p->state || !p->fused || !p->skip || !p->alias ||
+      (mode == VMC_MODE_TRAIN && !p->grad)) {
     vmc_plan_destroy(p);
     return vmc_error(VMC_ERR_NOMEM, "plan tables");
   }
@@ -55,9 +94,11 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
     vmc_plan_destroy(p);
     return s;
   }
+  plan_fusions(p);
   /* Sizes. */
   size_t total = 0, state_total = 0, grads = 0;
   for (int v = 0; v < g->n_values; v++) {
+    if (p->alias[v] >= 0) continue;
     total += vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
     if (p->grad && v != g->input) grads += vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
   }
@@ -79,12 +120,15 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
     vmc_plan_destroy(p);
     return s;
   }
-  for (int v = 0; v < g->n_values; v++) p->act[v] = vmc_arena_take(&p->arena, fbytes(&p->shape[v]));
+  /* An alias always follows the value it shares (node order). */
+  for (int v = 0; v < g->n_values; v++)
+    p->act[v] = p->alias[v] >= 0 ? p->act[p->alias[v]]
+                                 : vmc_arena_take(&p->arena, fbytes(&p->shape[v]));
   if (p->grad) {
-    p->grad_block = (float *)(p->arena.base + p->arena.used);
     for (int v = 0; v < g->n_values; v++)
-      if (v != g->input) p->grad[v] = vmc_arena_take(&p->arena, fbytes(&p->shape[v]));
-    p->grad_floats = grads / sizeof(float);
+      if (v != g->input)
+        p->grad[v] = p->alias[v] >= 0 ? p->grad[p->alias[v]]
+                                      : vmc_arena_take(&p->arena, fbytes(&p->shape[v]));
   }
   for (int i = 0; i < g->n_nodes; i++) {
     const vmc_node *n = &g->nodes[i];
@@ -105,6 +149,9 @@ void vmc_plan_destroy(vmc_plan *p) {
   vmc_free(p->act);
   vmc_free(p->grad);
   vmc_free(p->state);
+  vmc_free(p->fused);
+  vmc_free(p->skip);
+  vmc_free(p->alias);
   vmc_free(p);
 }
 
@@ -120,6 +167,7 @@ vmc_status vmc_plan_forward(vmc_plan *p, int n) {
     return vmc_error(VMC_ERR_INVALID_ARG, "forward of %d images on a plan for %d", n, p->batch);
   p->last_n = n;
   for (int i = 0; i < p->g->n_nodes; i++) {
+    if (p->skip[i]) continue;
     vmc_opctx c;
     fill_ctx(p, i, n, &c);
     p->g->nodes[i].op->forward(&c);
@@ -127,14 +175,21 @@ vmc_status vmc_plan_forward(vmc_plan *p, int n) {
   return VMC_OK;
 }
 
+/* The logits' gradient is set by the caller: never zero a buffer it shares. */
+static int is_output_alias(const vmc_plan *p, int v) {
+  return p->grad[v] == p->grad[p->g->output];
+}
+
 vmc_status vmc_plan_backward(vmc_plan *p) {
   if (!p->grad) return vmc_error(VMC_ERR_INVALID_ARG, "backward on an inference plan");
   if (p->last_n < 1) return vmc_error(VMC_ERR_INVALID_ARG, "backward before forward");
   const vmc_graph *g = p->g;
   for (int v = 0; v < g->n_values; v++)
-    if (p->grad[v] && v != g->output) memset(p->grad[v], 0, fbytes(&p->shape[v]));
+    if (p->grad[v] && v != g->output && p->alias[v] < 0 && !is_output_alias(p, v))
+      memset(p->grad[v], 0, fbytes(&p->shape[v]));
   for (int i = g->n_nodes - 1; i >= 0; i--) {
     const vmc_node *n = &g->nodes[i];
+    if (p->skip[i]) continue;
     if (!n->op->backward)
       return vmc_error(VMC_ERR_UNSUPPORTED, "op '%s' (node '%s') has no backward", n->op->name,
                        n->name);

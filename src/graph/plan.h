@@ -13,10 +13,11 @@ struct vmc_plan {
   float **act;      /* per value */
   float **grad;     /* per value, training only (NULL for the input) */
   void **state;     /* per node */
+  vmc_act *fused;   /* per node: activation fused into it */
+  uint8_t *skip;    /* per node: a relu folded into its producer */
+  int *alias;       /* per value: value whose buffers it shares, or -1 */
   uint8_t *scratch;
   size_t scratch_bytes; /* per thread */
-  size_t grad_floats;   /* all value grads are one block: zeroed per step */
-  float *grad_block;
   vmc_arena arena;
   vmc_rng rng;
   int last_n; /* images in the last forward */

@@ -27,7 +27,7 @@ static void clamp_backward(vmc_opctx *c, float hi) {
   float *dx = c->dx[0];
   if (!dx) return;
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
-  for (size_t i = 0; i < n; i++) dx[i] += (y[i] > 0 && y[i] < hi) ? dy[i] : 0.0f;
+  for (size_t i = 0; i < n; i++) dx[i] += ((y[i] > 0) & (y[i] < hi)) ? dy[i] : 0.0f;
 }
 
 static void relu_forward(vmc_opctx *c) { clamp_forward(c, __builtin_inff()); }

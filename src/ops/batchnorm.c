@@ -41,6 +41,7 @@ static void bn_forward(vmc_opctx *ctx) {
   float *rm = ctx->g->params[n->param[2]].data, *rv = ctx->g->params[n->param[3]].data;
   float *mean = ctx->state, *invstd = mean + C;
   const int train = ctx->mode == VMC_MODE_TRAIN;
+  const float hi = vmc_act_hi(ctx->act);
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads)
   for (int c = 0; c < C; c++) {
     float mu, is;
@@ -49,9 +50,11 @@ static void bn_forward(vmc_opctx *ctx) {
       for (int b = 0; b < N; b++) {
         const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
         float ps = 0, ps2 = 0;
+#pragma omp simd reduction(+ : ps)
         for (int i = 0; i < HW; i++) ps += x[i];
         s += ps;
         float pm = ps / (float)HW;
+#pragma omp simd reduction(+ : ps2)
         for (int i = 0; i < HW; i++) ps2 += (x[i] - pm) * (x[i] - pm);
         /* combine per-image sums of squares around the image mean */
         s2 += ps2 + (double)HW * pm * pm;
@@ -73,7 +76,10 @@ static void bn_forward(vmc_opctx *ctx) {
     for (int b = 0; b < N; b++) {
       const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
       float *y = ctx->y + ((size_t)b * C + c) * HW;
-      for (int i = 0; i < HW; i++) y[i] = a * x[i] + bb;
+      if (ctx->act == VMC_ACT_NONE)
+        for (int i = 0; i < HW; i++) y[i] = a * x[i] + bb;
+      else
+        for (int i = 0; i < HW; i++) y[i] = vmc_clampf(a * x[i] + bb, 0.0f, hi);
     }
   }
 }
@@ -87,6 +93,9 @@ static void bn_backward(vmc_opctx *ctx) {
   float *dgamma = ctx->g->params[n->param[0]].grad, *dbeta = ctx->g->params[n->param[1]].grad;
   const float *mean = ctx->state, *invstd = mean + C;
   const int train = ctx->mode == VMC_MODE_TRAIN;
+  const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
+  /* A fused activation: the gradient passes where lo < y < hi. */
+#define DY(i) (((yv[i] > lo) & (yv[i] < hi)) ? dy[i] : 0.0f)
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads)
   for (int c = 0; c < C; c++) {
     float mu = mean[c], is = invstd[c];
@@ -94,10 +103,13 @@ static void bn_backward(vmc_opctx *ctx) {
     for (int b = 0; b < N; b++) {
       const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
       const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
+      const float *yv = ctx->y + ((size_t)b * C + c) * HW;
       float a = 0, a2 = 0;
+#pragma omp simd reduction(+ : a, a2)
       for (int i = 0; i < HW; i++) {
-        a += dy[i];
-        a2 += dy[i] * (x[i] - mu);
+        float d = DY(i);
+        a += d;
+        a2 += d * (x[i] - mu);
       }
       sdy += a;
       sdyx += a2;
@@ -113,19 +125,23 @@ static void bn_backward(vmc_opctx *ctx) {
       for (int b = 0; b < N; b++) {
         const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
         const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
+        const float *yv = ctx->y + ((size_t)b * C + c) * HW;
         float *dx = ctx->dx[0] + ((size_t)b * C + c) * HW;
-        for (int i = 0; i < HW; i++) dx[i] += k * (dy[i] - m1 - (x[i] - mu) * is * m2);
+        for (int i = 0; i < HW; i++) dx[i] += k * (DY(i) - m1 - (x[i] - mu) * is * m2);
       }
     } else {
       for (int b = 0; b < N; b++) {
         const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
+        const float *yv = ctx->y + ((size_t)b * C + c) * HW;
         float *dx = ctx->dx[0] + ((size_t)b * C + c) * HW;
-        for (int i = 0; i < HW; i++) dx[i] += k * dy[i];
+        for (int i = 0; i < HW; i++) dx[i] += k * DY(i);
       }
     }
   }
+#undef DY
 }
 
 const vmc_op vmc_op_batchnorm = {
     .name = "batchnorm", .min_in = 1, .max_in = 1, .n_param_min = 4, .n_param_max = 4,
-    .infer = bn_infer, .state_bytes = bn_state, .forward = bn_forward, .backward = bn_backward};
+    .infer = bn_infer, .state_bytes = bn_state, .forward = bn_forward, .backward = bn_backward,
+    .can_fuse_act = 1};

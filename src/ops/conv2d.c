@@ -15,6 +15,12 @@ typedef struct {
   int K, P;        /* rows of col (cg*kh*kw), output pixels */
   int direct;      /* 1x1, stride 1, no pad: col is the input itself */
   int depthwise;
+  /* Stride-1 convs get dx as a convolution of dy with the rotated kernel
+   * (im2col of dy + one GEMM with K = out_c/groups*kh*kw) instead of a GEMM
+   * with K = out_c/groups and a col2im scatter: the better GEMM shape. */
+  int dx_by_conv;
+  vmc_conv_geom gt; /* geometry of that convolution: dy (ocg channels) -> dx */
+  int Kt;           /* rows of im2col(dy) */
 } conv_cfg;
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
@@ -43,6 +49,18 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   c.P = (P < 1 || P > (1 << 28)) ? 0 : (int)P;
   c.direct = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
   c.depthwise = g->c == 1 && c.ocg == 1;
+  vmc_conv_geom *t = &c.gt;
+  *t = *g;
+  t->c = c.ocg;
+  t->h = g->oh;
+  t->w = g->ow;
+  t->ph = g->dh * (g->kh - 1) - g->ph;
+  t->pw = g->dw * (g->kw - 1) - g->pw;
+  t->oh = vmc_conv_out(t->h, t->kh, 1, t->ph, t->dh);
+  t->ow = vmc_conv_out(t->w, t->kw, 1, t->pw, t->dw);
+  c.dx_by_conv = !c.direct && !c.depthwise && g->sh == 1 && g->sw == 1 && t->ph >= 0 &&
+                 t->pw >= 0 && t->oh == g->h && t->ow == g->w;
+  c.Kt = c.ocg * g->kh * g->kw;
   return c;
 }
 
@@ -75,9 +93,29 @@ static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_sha
   conv_cfg c = cfg_of(n, &in[0]);
   size_t col = (c.direct || c.depthwise) ? 0 : (size_t)c.K * c.P;
   size_t f = col;                                  /* forward: col */
-  if (mode == VMC_MODE_TRAIN)                      /* + dcol, + private dW, db */
-    f = 2 * col + (size_t)c.oc * c.K + (size_t)c.oc;
+  if (mode == VMC_MODE_TRAIN) {                    /* + dcol, + private dW, db */
+    size_t dcol = c.dx_by_conv ? (size_t)c.Kt * c.g.h * c.g.w : col;
+    f = col + dcol + (size_t)c.oc * c.K + (size_t)c.oc;
+  }
   return f * sizeof(float);
+}
+
+/* Training keeps the rotated, channel-swapped kernel for dx_by_conv:
+ * wt[g][c][o][i][j] = w[g][o][c][kh-1-i][kw-1-j]. */
+static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
+                         vmc_mode mode) {
+  conv_cfg c = cfg_of(n, &in[0]);
+  return mode == VMC_MODE_TRAIN && c.dx_by_conv ? (size_t)c.oc * c.K * sizeof(float) : 0;
+}
+
+static void rotate_kernel(const conv_cfg *c, const float *w, float *wt) {
+  const int kk = c->g.kh * c->g.kw;
+  for (int gi = 0; gi < c->groups; gi++)
+    for (int o = 0; o < c->ocg; o++)
+      for (int ci = 0; ci < c->g.c; ci++)
+        for (int k = 0; k < kk; k++)
+          wt[(((size_t)gi * c->g.c + ci) * c->ocg + o) * kk + (kk - 1 - k)] =
+              w[(((size_t)gi * c->ocg + o) * c->g.c + ci) * kk + k];
 }
 
 /* Images run in parallel, each on one thread with its own scratch; a batch
@@ -129,16 +167,19 @@ static void conv_backward(vmc_opctx *ctx) {
   const float *W = pw->data;
   const int C = ctx->xs[0].d[1], HW = c.g.h * c.g.w, par = IMAGE_LOOP_PARALLEL(ctx);
   const size_t col_n = (c.direct || c.depthwise) ? 0 : (size_t)c.K * c.P;
+  const size_t dcol_n = c.dx_by_conv ? (size_t)c.Kt * HW : col_n;
   const size_t wn = (size_t)c.oc * c.K;
   const int nt = par ? ctx->nthreads : 1;
   for (int t = 0; t < nt; t++) {
     float *base = (float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes);
-    memset(base + 2 * col_n, 0, (wn + (size_t)c.oc) * sizeof(float));
+    memset(base + col_n + dcol_n, 0, (wn + (size_t)c.oc) * sizeof(float));
   }
+  float *Wt = c.dx_by_conv ? ctx->state : NULL;
+  if (Wt && ctx->dx[0]) rotate_kernel(&c, W, Wt);
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (par)
   for (int b = 0; b < ctx->batch; b++) {
     float *base = (float *)(ctx->scratch + (size_t)omp_get_thread_num() * ctx->scratch_bytes);
-    float *col = base, *dcol = base + col_n, *dW = base + 2 * col_n, *dB = dW + wn;
+    float *col = base, *dcol = base + col_n, *dW = base + col_n + dcol_n, *dB = dW + wn;
     const float *x = ctx->x[0] + (size_t)b * C * HW;
     float *dx = ctx->dx[0] ? ctx->dx[0] + (size_t)b * C * HW : NULL;
     const float *dy = ctx->dy + (size_t)b * c.oc * c.P;
@@ -148,7 +189,7 @@ static void conv_backward(vmc_opctx *ctx) {
       const float *dyg = dy + (size_t)gi * c.ocg * c.P;
       const float *Wg = W + (size_t)gi * c.ocg * c.K;
       float *dWg = dW + (size_t)gi * c.ocg * c.K;
-      for (int o = 0; o < c.ocg; o++) {
+      for (int o = 0; pb && o < c.ocg; o++) {
         const float *r = dyg + (size_t)o * c.P;
         float s = 0;
         for (int p = 0; p < c.P; p++) s += r[p];
@@ -170,6 +211,10 @@ static void conv_backward(vmc_opctx *ctx) {
       if (!dxg) continue;
       if (c.direct) { /* dx += W^T · dY */
         gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, 1.0f, dxg, c.P);
+      } else if (c.dx_by_conv) { /* dx += rot(W)^T · im2col(dY) */
+        vmc_im2col(dyg, &c.gt, dcol);
+        gemm(0, 0, c.g.c, HW, c.Kt, 1.0f, Wt + (size_t)gi * c.g.c * c.Kt, c.Kt, dcol, HW, 1.0f,
+             dxg, HW);
       } else {
         gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, 0.0f, dcol, c.P);
         vmc_col2im_add(dcol, &c.g, dxg);
@@ -178,7 +223,7 @@ static void conv_backward(vmc_opctx *ctx) {
   }
   /* Reduce the private gradients in thread order: deterministic. */
   for (int t = 0; t < nt; t++) {
-    const float *dW = (const float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes) + 2 * col_n;
+    const float *dW = (const float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes) + col_n + dcol_n;
     for (size_t i = 0; i < wn; i++) pw->grad[i] += dW[i];
     if (pb)
       for (int o = 0; o < c.oc; o++) pb->grad[o] += dW[wn + (size_t)o];
@@ -192,5 +237,5 @@ static uint64_t conv_macs(const vmc_node *n, const vmc_shape *in, const vmc_shap
 
 const vmc_op vmc_op_conv2d = {
     .name = "conv2d", .min_in = 1, .max_in = 1, .n_param_min = 1, .n_param_max = 2,
-    .infer = conv_infer, .scratch_bytes = conv_scratch, .forward = conv_forward,
+    .infer = conv_infer, .state_bytes = conv_state, .scratch_bytes = conv_scratch, .forward = conv_forward,
     .backward = conv_backward, .macs = conv_macs};

@@ -2,6 +2,7 @@
  * NCHW inputs), flatten ((N,C,H,W) -> (N, C*H*W)). */
 #include "graph/op.h"
 
+#include <math.h>
 #include <string.h>
 
 static size_t per_image(const vmc_shape *s) { return vmc_shape_count(s) / (size_t)s->d[0]; }
@@ -20,17 +21,21 @@ static vmc_status add_infer(const vmc_graph *g, const vmc_node *n, const vmc_sha
 static void add_forward(vmc_opctx *c) {
   const size_t n = per_image(&c->ys) * (size_t)c->batch;
   const float *a = c->x[0], *b = c->x[1];
+  const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
-  for (size_t i = 0; i < n; i++) c->y[i] = a[i] + b[i];
+  for (size_t i = 0; i < n; i++) c->y[i] = vmc_clampf(a[i] + b[i], lo, hi);
 }
 
 static void add_backward(vmc_opctx *c) {
   const size_t n = per_image(&c->ys) * (size_t)c->batch;
-  for (int k = 0; k < 2; k++) {
-    float *dx = c->dx[k];
-    if (!dx) continue;
+  const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
+  const float *y = c->y, *dy = c->dy;
+  float *d0 = c->dx[0], *d1 = c->dx[1];
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
-    for (size_t i = 0; i < n; i++) dx[i] += c->dy[i];
+  for (size_t i = 0; i < n; i++) {
+    float d = ((y[i] > lo) & (y[i] < hi)) ? dy[i] : 0.0f;
+    if (d0) d0[i] += d;
+    if (d1) d1[i] += d;
   }
 }
 
@@ -91,7 +96,7 @@ static void flatten_backward(vmc_opctx *c) {
 }
 
 const vmc_op vmc_op_add = {.name = "add", .min_in = 2, .max_in = 2, .infer = add_infer,
-                           .forward = add_forward, .backward = add_backward};
+                           .forward = add_forward, .backward = add_backward, .can_fuse_act = 1};
 const vmc_op vmc_op_concat = {.name = "concat", .min_in = 1, .max_in = VMC_MAX_INPUTS,
                               .infer = concat_infer, .forward = concat_forward,
                               .backward = concat_backward};
