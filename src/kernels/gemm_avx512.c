@@ -1,0 +1,378 @@
+/* fp32 GEMM, AVX-512F: packed panels, cache blocking, 8x32 register tile.
+ *
+ * Layout (GotoBLAS/BLIS): for each NC-column block of op(B) and KC-deep slice
+ * of K, op(B) is packed into NR-column panels (k-major, NR floats per k); for
+ * each MC-row block of op(A), alpha*op(A) is packed into MR-row panels (MR
+ * floats per k).  Both transpose flags are absorbed by the packing (8x8
+ * in-register transposes where the panel is a transpose of stored rows), and
+ * panels are zero-padded to full MR/NR so the micro-kernel always reads whole
+ * tiles.  When B is not transposed and M is small (conv-shaped problems), the
+ * full NR-column panels are read from B in place: each packed panel would be
+ * reused only a few times, and the copy cost up to a third of the run.
+ * The micro-kernel keeps MR x NR accumulators in zmm registers and writes
+ * back whole rows with plain loads/stores and ragged ones with masked ones,
+ * so M and N remainders need no copy; smaller instances (4 rows, 16 columns)
+ * cover the ragged edges.
+ *
+ * Tile and blocks were picked by measurement on AMD Zen 4 (bench/bench_gemm.c;
+ * 12x32 and 14x32 tiles were no faster there, and 8 rows divide the channel
+ * counts of conv layers).  Override with -DGEMM512_MR=12 etc. to experiment.
+ *
+ * Needs AVX-512F/BW/VL/DQ (the flags this file is built with; packing uses
+ * 256-bit masked stores): call it only where vmc_isa_name() is "avx512".
+ *
+ * Reduction order: every C element is, for each KC slice in order, a chain of
+ * FMAs over k from a zero accumulator, then added to C.  That order depends
+ * only on K (never on M, N, the tile position or the thread count), which
+ * vmc_sgemm_mt relies on to be bit-identical to vmc_sgemm. */
+#include "kernels/gemm.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#ifndef GEMM512_MR
+#define GEMM512_MR 8 /* rows of the register tile */
+#endif
+#define NR 32 /* columns of the register tile: two zmm */
+#ifndef GEMM512_KC
+#define GEMM512_KC 384
+#endif
+#ifndef GEMM512_MC
+#define GEMM512_MC 96
+#endif
+#ifndef GEMM512_NC
+#define GEMM512_NC 1024
+#endif
+#ifndef GEMM512_DIRECT_B_MAX_M
+#define GEMM512_DIRECT_B_MAX_M 64
+#endif
+#define DIRECT_B_MAX_M GEMM512_DIRECT_B_MAX_M
+#define MR GEMM512_MR
+#define KC GEMM512_KC
+#define MC GEMM512_MC
+#define NC GEMM512_NC
+/* Full unrolling of the constant-trip loops over tile rows and vectors,
+ * which keeps the accumulators in registers (each compiler's spelling). */
+#if defined(__clang__)
+#define UNROLL_FULL _Pragma("unroll")
+#else
+#define UNROLL_FULL _Pragma("GCC unroll 16")
+#endif
+_Static_assert(MC % MR == 0, "MC must be a multiple of MR");
+_Static_assert(NC % NR == 0, "NC must be a multiple of NR");
+_Static_assert(MR <= 14, "MR x 2 accumulators + 2 B vectors must fit 32 zmm");
+
+/* Lane masks of the two zmm of an NR-wide row holding nr (<= 32) columns. */
+static inline __mmask16 mask_lo(int nr) {
+  return (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1u);
+}
+static inline __mmask16 mask_hi(int nr) {
+  return (__mmask16)(nr >= 32 ? 0xffffu : nr <= 16 ? 0u : (1u << (nr - 16)) - 1u);
+}
+
+/* Per-thread packing buffers, grown on first use and kept: the hot path does
+ * not allocate once a thread has seen its largest problem.  Capacities are in
+ * floats; they never exceed MC*KC (A) and KC*NC (B).  A thread-specific key's
+ * destructor frees them when a thread (an OpenMP worker) exits; the
+ * _Thread_local pointer is the fast path. */
+typedef struct pack_bufs {
+  float *a, *b;
+  size_t cap_a, cap_b;
+} pack_bufs;
+
+static _Thread_local pack_bufs *tl_bufs;
+static pthread_key_t g_bufs_key;
+static pthread_once_t g_bufs_once = PTHREAD_ONCE_INIT;
+static int g_bufs_key_ok;
+
+static void bufs_free(void *p) {
+  pack_bufs *pb = p;
+  free(pb->a);
+  free(pb->b);
+  free(pb);
+}
+static void bufs_key_init(void) {
+  g_bufs_key_ok = pthread_key_create(&g_bufs_key, bufs_free) == 0;
+}
+static pack_bufs *thread_bufs(void) {
+  if (tl_bufs) return tl_bufs;
+  pthread_once(&g_bufs_once, bufs_key_init);
+  pack_bufs *pb = g_bufs_key_ok ? calloc(1, sizeof *pb) : NULL;
+  if (!pb) return NULL;
+  if (pthread_setspecific(g_bufs_key, pb) != 0) {
+    free(pb);
+    return NULL;
+  }
+  return tl_bufs = pb;
+}
+
+static float *pack_buffer(float **buf, size_t *cap, size_t n) {
+  if (*cap >= n) return *buf;
+  size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+  float *p = aligned_alloc(64, bytes);
+  if (!p) return NULL;
+  free(*buf);
+  *buf = p;
+  *cap = bytes / sizeof(float);
+  return p;
+}
+
+/* In-register transpose of 8 rows of 8 floats. */
+static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* dst[k*dst_stride + r] = scale * src[r*src_stride + k] for r < rows (<= 8),
+ * zero for rows <= r < lanes (<= 8), k < kc: a strided transpose, 8x8 at a
+ * time.  Used for op(A) = A and op(B) = B^T, whose panels are transposes of
+ * the stored rows. */
+static void pack_transpose8(const float *src, size_t src_stride, int rows, int lanes,
+                            int kc, float scale, float *dst, size_t dst_stride) {
+  const __mmask8 m = (__mmask8)((1u << lanes) - 1u);
+  const __m256 vs = _mm256_set1_ps(scale);
+  int k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    __m256 r[8];
+    UNROLL_FULL
+    for (int i = 0; i < 8; i++)
+      r[i] = i < rows ? _mm256_loadu_ps(src + (size_t)i * src_stride + k)
+                      : _mm256_setzero_ps();
+    transpose8x8(r);
+    UNROLL_FULL
+    for (int t = 0; t < 8; t++)
+      _mm256_mask_storeu_ps(dst + (size_t)(k + t) * dst_stride, m,
+                            _mm256_mul_ps(vs, r[t]));
+  }
+  for (; k < kc; k++)
+    for (int i = 0; i < lanes; i++)
+      dst[(size_t)k * dst_stride + i] =
+          i < rows ? scale * src[(size_t)i * src_stride + k] : 0.0f;
+}
+
+/* dst <- alpha * op(A)[i0:i0+mc, k0:k0+kc] as MR-row panels, MR*kc floats
+ * each, zero rows below mc. */
+static void pack_a(int trans_a, const float *A, size_t lda, int i0, int k0,
+                   int mc, int kc, float alpha, float *dst) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int ip = 0; ip < mc; ip += MR) {
+    const int mr = mc - ip < MR ? mc - ip : MR;
+    float *d = dst + (size_t)ip * kc;
+    if (!trans_a) {
+      /* op(A)(i,k) = A[i*lda + k]: a transpose of MR stored rows. */
+      for (int r0 = 0; r0 < MR; r0 += 8) {
+        const int rows = mr - r0 < 0 ? 0 : mr - r0 > 8 ? 8 : mr - r0;
+        const int lanes = MR - r0 > 8 ? 8 : MR - r0;
+        pack_transpose8(A + (size_t)(i0 + ip + r0) * lda + k0, lda, rows, lanes, kc,
+                        alpha, d + r0, MR);
+      }
+    } else {
+      /* op(A)(i,k) = A[k*lda + i]: MR rows are contiguous for each k. */
+      const __mmask16 m = (__mmask16)((1u << mr) - 1u);
+      for (int k = 0; k < kc; k++) {
+        const float *s = A + (size_t)(k0 + k) * lda + i0 + ip;
+        __m512 v = _mm512_maskz_mul_ps(m, va, _mm512_maskz_loadu_ps(m, s));
+        /* MR <= 16: one masked store of MR lanes (zeros past mr). */
+        _mm512_mask_storeu_ps(d + (size_t)k * MR, (__mmask16)((1u << MR) - 1u), v);
+      }
+    }
+  }
+}
+
+/* dst <- op(B)[k0:k0+kc, j0:j0+nc] as NR-column panels, NR*kc floats each,
+ * zero columns past nc. */
+static void pack_b(int trans_b, const float *B, size_t ldb, int k0, int j0,
+                   int kc, int nc, float *dst) {
+  for (int jp = 0; jp < nc; jp += NR) {
+    const int nr = nc - jp < NR ? nc - jp : NR;
+    float *d = dst + (size_t)jp * kc;
+    if (!trans_b) {
+      /* op(B)(k,j) = B[k*ldb + j]: NR columns are contiguous for each k. */
+      const __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
+      for (int k = 0; k < kc; k++) {
+        const float *s = B + (size_t)(k0 + k) * ldb + j0 + jp;
+        _mm512_store_ps(d + (size_t)k * NR, _mm512_maskz_loadu_ps(m0, s));
+        _mm512_store_ps(d + (size_t)k * NR + 16, _mm512_maskz_loadu_ps(m1, s + 16));
+      }
+    } else {
+      /* op(B)(k,j) = B[j*ldb + k]: a transpose of NR stored rows. */
+      for (int c0 = 0; c0 < NR; c0 += 8) {
+        const int rows = nr - c0 < 0 ? 0 : nr - c0 > 8 ? 8 : nr - c0;
+        pack_transpose8(B + (size_t)(j0 + jp + c0) * ldb + k0, ldb, rows, 8, kc, 1.0f,
+                        d + c0, NR);
+      }
+    }
+  }
+}
+
+/* How the tile meets C: overwrite (first K slice, beta == 0), add (later
+ * slices or beta == 1), or scale-and-add (first slice, other beta). */
+enum { STORE_SET, STORE_ADD, STORE_BETA };
+
+/* C[0:mr, 0:nr] (op)= A-panel * B-panel over kc, computing MRE rows and NV
+ * zmm columns (the smallest instance covering mr, nr).  MRE and NV are
+ * compile-time constants in each instance below. */
+static inline __attribute__((always_inline)) void
+ukernel(const int MRE, const int NV, int kc, const float *restrict a,
+        const float *restrict b, size_t bs, float *restrict c, size_t ldc, int mr,
+        int nr, int mode, float beta) {
+  __m512 acc[MR][2];
+  UNROLL_FULL
+  for (int r = 0; r < MRE; r++) {
+    acc[r][0] = _mm512_setzero_ps();
+    acc[r][1] = _mm512_setzero_ps();
+  }
+  for (int k = 0; k < kc; k++) {
+    const __m512 b0 = _mm512_loadu_ps(b);
+    const __m512 b1 = NV > 1 ? _mm512_loadu_ps(b + 16) : b0;
+    UNROLL_FULL
+    for (int r = 0; r < MRE; r++) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+      acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
+      if (NV > 1) acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+    }
+    a += MR;
+    b += bs;
+  }
+  const __m512 vb = _mm512_set1_ps(beta);
+  if (nr == NV * 16) { /* full width: plain loads and stores */
+    UNROLL_FULL
+    for (int r = 0; r < MRE; r++) {
+      if (r >= mr) break;
+      float *cr = c + (size_t)r * ldc;
+      UNROLL_FULL
+      for (int v = 0; v < NV; v++) {
+        __m512 x = acc[r][v];
+        if (mode == STORE_ADD)
+          x = _mm512_add_ps(_mm512_loadu_ps(cr + 16 * v), x);
+        else if (mode == STORE_BETA)
+          x = _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16 * v), x);
+        _mm512_storeu_ps(cr + 16 * v, x);
+      }
+    }
+    return;
+  }
+  const __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
+  UNROLL_FULL
+  for (int r = 0; r < MRE; r++) {
+    if (r >= mr) break;
+    float *cr = c + (size_t)r * ldc;
+    UNROLL_FULL
+    for (int v = 0; v < NV; v++) {
+      const __mmask16 m = v ? m1 : m0;
+      __m512 x = acc[r][v];
+      if (mode == STORE_ADD)
+        x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + 16 * v), x);
+      else if (mode == STORE_BETA)
+        x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, cr + 16 * v), x);
+      _mm512_mask_storeu_ps(cr + 16 * v, m, x);
+    }
+  }
+}
+
+/* The instances, named by tile: sgemm_ukernel_<rows>x<cols>__avx512. */
+#define UKERNEL(rows, cols) UKERNEL_(rows, cols)
+#define UKERNEL_(rows, cols) sgemm_ukernel_##rows##x##cols##__avx512
+#define UKERNEL_INSTANCE(rows, cols)                                             \
+  static void UKERNEL(rows, cols)(int kc, const float *a, const float *b,      \
+                                  size_t bs, float *c, size_t ldc, int mr,     \
+                                  int nr, int mode, float beta) {              \
+    ukernel(rows, (cols) / 16, kc, a, b, bs, c, ldc, mr, nr, mode, beta);      \
+  }
+UKERNEL_INSTANCE(MR, 32)
+UKERNEL_INSTANCE(MR, 16)
+#if MR > 8
+UKERNEL_INSTANCE(8, 32)
+UKERNEL_INSTANCE(8, 16)
+#endif
+#if MR > 4
+UKERNEL_INSTANCE(4, 32)
+UKERNEL_INSTANCE(4, 16)
+#endif
+
+typedef void (*ukernel_fn)(int, const float *, const float *, size_t, float *, size_t,
+                           int, int, int, float);
+
+/* Smallest instance covering an mr x nr tile. */
+static ukernel_fn pick_ukernel(int mr, int nr) {
+  const int wide = nr > 16;
+#if MR > 4
+  if (mr <= 4) return wide ? UKERNEL(4, 32) : UKERNEL(4, 16);
+#endif
+#if MR > 8
+  if (mr <= 8) return wide ? UKERNEL(8, 32) : UKERNEL(8, 16);
+#endif
+  return wide ? UKERNEL(MR, 32) : UKERNEL(MR, 16);
+}
+
+void vmc_sgemm__avx512(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta,
+                       float *C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    vmc_sgemm__ref(trans_a, trans_b, M, N, 0, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  /* With few row panels a packed B panel is reused too few times to repay
+   * its copy: read untransposed B in place (full NR panels; the ragged last
+   * panel is still packed, zero-padded). */
+  const int direct_b = !trans_b && M <= DIRECT_B_MAX_M;
+  const int kc_max = K < KC ? K : KC;
+  const int mc_max = M < MC ? (M + MR - 1) / MR * MR : MC;
+  const int nc_max = direct_b ? NR : N < NC ? (N + NR - 1) / NR * NR : NC;
+  pack_bufs *bufs = thread_bufs();
+  float *pa = bufs ? pack_buffer(&bufs->a, &bufs->cap_a, (size_t)mc_max * kc_max) : NULL;
+  float *pb = bufs ? pack_buffer(&bufs->b, &bufs->cap_b, (size_t)nc_max * kc_max) : NULL;
+  if (!pa || !pb) { /* out of memory: the reference needs no buffers */
+    vmc_sgemm__ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  for (int jc = 0; jc < N; jc += NC) {
+    const int nc = N - jc < NC ? N - jc : NC;
+    const int nc_full = nc / NR * NR; /* columns read in place if direct_b */
+    for (int pc = 0; pc < K; pc += KC) {
+      const int kc = K - pc < KC ? K - pc : KC;
+      const int mode = pc > 0 || beta == 1.0f ? STORE_ADD
+                       : beta == 0.0f         ? STORE_SET
+                                              : STORE_BETA;
+      if (!direct_b)
+        pack_b(trans_b, B, (size_t)ldb, pc, jc, kc, nc, pb);
+      else if (nc_full < nc)
+        pack_b(trans_b, B, (size_t)ldb, pc, jc + nc_full, kc, nc - nc_full, pb);
+      for (int ic = 0; ic < M; ic += MC) {
+        const int mc = M - ic < MC ? M - ic : MC;
+        pack_a(trans_a, A, (size_t)lda, ic, pc, mc, kc, alpha, pa);
+        for (int jr = 0; jr < nc; jr += NR) {
+          const int nr = nc - jr < NR ? nc - jr : NR;
+          const float *b = pb + (size_t)jr * kc;
+          size_t bs = NR;
+          if (direct_b) {
+            b = jr < nc_full ? B + (size_t)pc * ldb + jc + jr : pb;
+            bs = jr < nc_full ? (size_t)ldb : NR;
+          }
+          for (int ir = 0; ir < mc; ir += MR) {
+            const int mr = mc - ir < MR ? mc - ir : MR;
+            float *c = C + (size_t)(ic + ir) * ldc + jc + jr;
+            pick_ukernel(mr, nr)(kc, pa + (size_t)ir * kc, b, bs, c, (size_t)ldc, mr, nr,
+                                 mode, beta);
+          }
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,291 @@
+/* fp32 GEMM: every variant the CPU runs against the scalar reference over edge
+ * shapes (M, N, K below/at/above the register tiles and cache blocks), all
+ * four transpose combinations, padded leading dimensions, alpha != 1 and
+ * beta in {0, 1, 0.5}; beta == 0 with C pre-filled with NaN; C's padding
+ * columns untouched; vmc_sgemm_mt bit-identical to vmc_sgemm.
+ *
+ * Tolerance, per element (i, j):
+ *   |C - C_ref| <= 1e-5 * (1 + |alpha| * sum_k |op(A)[i,k]| |op(B)[k,j]|
+ *                             + |beta * C_old[i,j]|)
+ * i.e. 1e-5 relative to the magnitude of the terms summed, which bounds the
+ * reordering and FMA-contraction differences between variants. */
+#include "kernels/gemm.h"
+#include "test.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef void (*sgemm_fn)(int, int, int, int, int, float, const float *, int,
+                         const float *, int, float, float *, int);
+
+typedef struct variant {
+  const char *name;
+  sgemm_fn fn;
+  unsigned needs; /* VMC_CPU_* bits */
+} variant;
+
+static const variant k_variants[] = {
+    {"avx2", vmc_sgemm__avx2, VMC_CPU_AVX2 | VMC_CPU_FMA},
+    /* the file is built with -mavx512bw/vl/dq too, as vmc_isa_name() requires */
+    {"avx512", vmc_sgemm__avx512,
+     VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_AVX2 | VMC_CPU_FMA},
+    {"dispatch", vmc_sgemm, 0},
+    {"mt", vmc_sgemm_mt, 0},
+};
+#define N_VARIANTS ((int)(sizeof k_variants / sizeof k_variants[0]))
+
+static uint32_t g_seed = 12345u;
+static float frand(void) { /* uniform in [-1, 1) */
+  g_seed = g_seed * 1664525u + 1013904223u;
+  return (float)(g_seed >> 8) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+
+/* One problem: stored operands (with padding), reference result, tolerance. */
+typedef struct problem {
+  int ta, tb, M, N, K, lda, ldb, ldc;
+  float alpha, beta;
+  float *A, *B, *C0, *ref, *tol;
+} problem;
+
+static size_t a_size(const problem *p) { return (size_t)(p->ta ? p->K : p->M) * p->lda; }
+static size_t b_size(const problem *p) { return (size_t)(p->tb ? p->N : p->K) * p->ldb; }
+static size_t c_size(const problem *p) { return (size_t)p->M * p->ldc; }
+
+/* Builds operands and the reference; returns 0 if out of memory. */
+static int problem_init(problem *p, int ta, int tb, int M, int N, int K, int pad,
+                        float alpha, float beta) {
+  *p = (problem){ta, tb, M, N, K, 0, 0, 0, alpha, beta, 0, 0, 0, 0, 0};
+  p->lda = (ta ? M : K) + pad;
+  p->ldb = (tb ? K : N) + pad;
+  p->ldc = N + pad;
+  p->A = alloc_floats(a_size(p));
+  p->B = alloc_floats(b_size(p));
+  p->C0 = alloc_floats(c_size(p));
+  p->ref = alloc_floats(c_size(p));
+  p->tol = alloc_floats(c_size(p));
+  float *absA = alloc_floats(a_size(p)), *absB = alloc_floats(b_size(p));
+  int ok = p->A && p->B && p->C0 && p->ref && p->tol && absA && absB;
+  if (ok) {
+    for (size_t i = 0; i < a_size(p); i++) absA[i] = fabsf(p->A[i] = frand());
+    for (size_t i = 0; i < b_size(p); i++) absB[i] = fabsf(p->B[i] = frand());
+    for (size_t i = 0; i < c_size(p); i++)
+      p->C0[i] = beta == 0.0f ? NAN : frand(); /* beta 0 must not read C */
+    memcpy(p->ref, p->C0, c_size(p) * sizeof(float));
+    vmc_sgemm__ref(ta, tb, M, N, K, alpha, p->A, p->lda, p->B, p->ldb, beta, p->ref,
+                   p->ldc);
+    /* |alpha| * sum_k |a||b| by the reference itself, then the bound. */
+    vmc_sgemm__ref(ta, tb, M, N, K, fabsf(alpha), absA, p->lda, absB, p->ldb, 0.0f,
+                   p->tol, p->ldc);
+    for (size_t i = 0; i < c_size(p); i++) {
+      float bc = beta == 0.0f ? 0.0f : fabsf(beta * p->C0[i]);
+      p->tol[i] = 1e-5f * (1.0f + p->tol[i] + bc);
+    }
+  }
+  free(absA);
+  free(absB);
+  return ok;
+}
+
+static void problem_free(problem *p) {
+  free(p->A);
+  free(p->B);
+  free(p->C0);
+  free(p->ref);
+  free(p->tol);
+}
+
+/* Runs fn on a copy of C0 and checks every element of the M x N block within
+ * tolerance and every padding column unchanged.  Returns the failure count. */
+static int check_variant(const problem *p, const variant *v) {
+  float *C = alloc_floats(c_size(p));
+  if (!C) {
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+    return 1;
+  }
+  memcpy(C, p->C0, c_size(p) * sizeof(float));
+  v->fn(p->ta, p->tb, p->M, p->N, p->K, p->alpha, p->A, p->lda, p->B, p->ldb,
+        p->beta, C, p->ldc);
+  int bad = 0;
+  for (int i = 0; i < p->M && bad < 3; i++) {
+    for (int j = 0; j < p->ldc && bad < 3; j++) {
+      size_t at = (size_t)i * p->ldc + j;
+      int ok = j < p->N ? fabsf(C[at] - p->ref[at]) <= p->tol[at]
+                        : memcmp(&C[at], &p->C0[at], sizeof(float)) == 0;
+      if (!ok) {
+        vmc_test_fail(__FILE__, __LINE__,
+                      "%s ta=%d tb=%d M=%d N=%d K=%d lda=%d ldb=%d ldc=%d alpha=%g "
+                      "beta=%g: C[%d,%d] = %.9g, ref %.9g (tol %.3g)%s",
+                      v->name, p->ta, p->tb, p->M, p->N, p->K, p->lda, p->ldb, p->ldc,
+                      p->alpha, p->beta, i, j, C[at], p->ref[at], p->tol[at],
+                      j < p->N ? "" : " [padding column changed]");
+        bad++;
+      }
+    }
+  }
+  free(C);
+  return bad;
+}
+
+static const int k_dims[] = {1, 2, 5, 6, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 129};
+#define N_DIMS ((int)(sizeof k_dims / sizeof k_dims[0]))
+static const float k_betas[] = {0.0f, 1.0f, 0.5f};
+
+/* Runs the variants the CPU supports (mask of k_variants) on one problem. */
+static int run_problem(unsigned which, int ta, int tb, int M, int N, int K, int pad,
+                       float alpha, float beta) {
+  problem p;
+  if (!problem_init(&p, ta, tb, M, N, K, pad, alpha, beta)) {
+    problem_free(&p);
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+    return 1;
+  }
+  int bad = 0;
+  for (int v = 0; v < N_VARIANTS; v++)
+    if (which & (1u << v)) bad += check_variant(&p, &k_variants[v]);
+  problem_free(&p);
+  return bad;
+}
+
+/* Every (M, N) pair of k_dims, two K per pair, rotating through the four
+ * transpose combinations, the three betas and three paddings. */
+static void sweep(unsigned which) {
+  int idx = 0;
+  for (int im = 0; im < N_DIMS; im++) {
+    for (int in = 0; in < N_DIMS; in++) {
+      for (int rep = 0; rep < 2; rep++, idx++) {
+        int K = k_dims[(im * 3 + in * 5 + rep * 7) % N_DIMS];
+        int t = idx % 4, pad = (idx / 4) % 3 * 3; /* 0, 3, 6 */
+        float beta = k_betas[(idx / 12 + rep) % 3];
+        float alpha = idx % 5 == 0 ? 1.0f : -0.75f;
+        if (run_problem(which, t & 1, t >> 1, k_dims[im], k_dims[in], K, pad, alpha,
+                        beta) > 0 &&
+            vmc_test_failed_now() >= 10)
+          return;
+      }
+    }
+  }
+  /* Problems crossing the cache blocks (KC, MC, NC of both SIMD files), and
+   * M above the in-place-B limit with N above NC. */
+  static const int big[][3] = {{13, 2100, 530}, {66, 1030, 100}, {301, 70, 300},
+                               {150, 97, 1025}};
+  for (int i = 0; i < 4; i++)
+    for (int t = 0; t < 4; t++)
+      run_problem(which, t & 1, t >> 1, big[i][0], big[i][1], big[i][2], 1 + t,
+                  t == 2 ? 1.0f : 1.5f, k_betas[(i + t) % 3]);
+}
+
+static unsigned variant_bit(const char *name) {
+  for (int v = 0; v < N_VARIANTS; v++)
+    if (strcmp(k_variants[v].name, name) == 0) return 1u << v;
+  return 0;
+}
+
+static int cpu_has(const char *name) {
+  for (int v = 0; v < N_VARIANTS; v++)
+    if (strcmp(k_variants[v].name, name) == 0)
+      return (vmc_cpu_features() & k_variants[v].needs) == k_variants[v].needs;
+  return 0;
+}
+
+TEST(gemm_ref_matches_double) {
+  /* The reference against a double-precision triple loop. */
+  static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 9, 33}, {6, 16, 129}};
+  for (int s = 0; s < 4; s++) {
+    for (int t = 0; t < 4; t++) {
+      problem p;
+      int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+      REQUIRE(problem_init(&p, t & 1, t >> 1, M, N, K, 2, 0.5f, 0.5f));
+      for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+          double sum = 0;
+          for (int k = 0; k < K; k++) {
+            double a = p.ta ? p.A[(size_t)k * p.lda + i] : p.A[(size_t)i * p.lda + k];
+            double b = p.tb ? p.B[(size_t)j * p.ldb + k] : p.B[(size_t)k * p.ldb + j];
+            sum += a * b;
+          }
+          size_t at = (size_t)i * p.ldc + j;
+          CHECK_NEAR(p.ref[at], 0.5 * sum + 0.5 * p.C0[at], p.tol[at]);
+        }
+      }
+      problem_free(&p);
+    }
+  }
+}
+
+TEST(gemm_avx2_vs_ref) {
+  if (!cpu_has("avx2")) SKIP("CPU lacks AVX2/FMA");
+  sweep(variant_bit("avx2"));
+}
+
+TEST(gemm_avx512_vs_ref) {
+  if (!cpu_has("avx512")) SKIP("CPU lacks AVX-512F/BW/VL");
+  sweep(variant_bit("avx512"));
+}
+
+TEST(gemm_dispatch_vs_ref) {
+  /* vmc_sgemm and vmc_sgemm_mt on a subset (the sweep runs the variants). */
+  unsigned which = variant_bit("dispatch") | variant_bit("mt");
+  static const int shapes[][3] = {{7, 33, 65}, {64, 784, 144}, {129, 17, 100},
+                                  {300, 40, 30}, {2, 1000, 50}};
+  for (int s = 0; s < 5; s++)
+    for (int t = 0; t < 4; t++)
+      run_problem(which, t & 1, t >> 1, shapes[s][0], shapes[s][1], shapes[s][2], t,
+                  0.5f, k_betas[(s + t) % 3]);
+}
+
+TEST(gemm_k0_and_alpha0_scale_c) {
+  /* K == 0 or alpha == 0: C = beta * C without reading A or B; beta == 0
+   * clears NaN. */
+  for (int v = -1; v < N_VARIANTS; v++) {
+    sgemm_fn fn = v < 0 ? vmc_sgemm__ref : k_variants[v].fn;
+    if (v >= 0 && (vmc_cpu_features() & k_variants[v].needs) != k_variants[v].needs)
+      continue;
+    for (int b = 0; b < 3; b++) {
+      float beta = k_betas[b];
+      float C[3 * 5];
+      for (int i = 0; i < 15; i++) C[i] = beta == 0.0f ? NAN : (float)i;
+      const float A[3 * 4] = {0}, B[4 * 5] = {0};
+      fn(0, 0, 3, 5, b == 2 ? 4 : 0, b == 2 ? 0.0f : 1.0f, A, 4, B, 5, beta, C, 5);
+      for (int i = 0; i < 15; i++) CHECK(C[i] == beta * (float)i);
+    }
+  }
+}
+
+TEST(gemm_mt_bit_identical) {
+  /* Shapes large enough to split (by N, and by M when N is small), each
+   * thread count: the K reduction order must not depend on the split. */
+  static const int shapes[][3] = {{64, 784, 144}, {16, 1000, 27}, {300, 40, 300},
+                                  {300, 10, 100}, {100, 129, 65}, {33, 2100, 17}};
+  const int threads_before = vmc_get_threads();
+  for (int s = 0; s < 6; s++) {
+    for (int t = 0; t < 4; t++) {
+      problem p;
+      REQUIRE(problem_init(&p, t & 1, t >> 1, shapes[s][0], shapes[s][1],
+                           shapes[s][2], 1, 1.25f, k_betas[(s + t) % 3]));
+      float *C1 = alloc_floats(c_size(&p)), *Cn = alloc_floats(c_size(&p));
+      REQUIRE(C1 && Cn);
+      memcpy(C1, p.C0, c_size(&p) * sizeof(float));
+      vmc_sgemm(p.ta, p.tb, p.M, p.N, p.K, p.alpha, p.A, p.lda, p.B, p.ldb, p.beta, C1,
+                p.ldc);
+      for (int nt = 1; nt <= 4; nt++) {
+        vmc_set_threads(nt);
+        memcpy(Cn, p.C0, c_size(&p) * sizeof(float));
+        vmc_sgemm_mt(p.ta, p.tb, p.M, p.N, p.K, p.alpha, p.A, p.lda, p.B, p.ldb,
+                     p.beta, Cn, p.ldc);
+        size_t diff = 0;
+        for (size_t i = 0; i < c_size(&p); i++)
+          diff += memcmp(&C1[i], &Cn[i], sizeof(float)) != 0;
+        if (diff)
+          vmc_test_fail(__FILE__, __LINE__,
+                        "threads=%d ta=%d tb=%d M=%d N=%d K=%d: %zu elements differ",
+                        nt, p.ta, p.tb, p.M, p.N, p.K, diff);
+      }
+      free(C1);
+      free(Cn);
+      problem_free(&p);
+    }
+  }
+  vmc_set_threads(threads_before);
+}
