@@ -43,6 +43,10 @@ typedef struct vmc_opctx {
   /* Activation fused into this node by the plan (ops with can_fuse_act):
    * forward clamps y; backward passes dy only where lo < y < hi. */
   vmc_act act;
+  /* dx_set[k]: this node is the only consumer of input k, and the plan did
+   * not zero dx[k]: the op writes it (=) instead of accumulating.  Only
+   * for ops with sets_dx; always 0 for the others. */
+  uint8_t dx_set[VMC_MAX_INPUTS];
 } vmc_opctx;
 
 typedef struct vmc_op {
@@ -64,6 +68,8 @@ typedef struct vmc_op {
   /* Nonzero: forward and backward honour vmc_opctx.act, so the plan may
    * fold a following relu/relu6 into this node. */
   int can_fuse_act;
+  /* Nonzero: backward honours vmc_opctx.dx_set. */
+  int sets_dx;
   /* Multiply-accumulates per image (NULL: 0). */
   uint64_t (*macs)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out);
 } vmc_op;

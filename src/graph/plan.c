@@ -29,6 +29,7 @@ static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
   c->nthreads = p->nthreads;
   c->rng = &p->rng;
   c->act = p->fused[node];
+  for (int k = 0; k < n->n_in; k++) c->dx_set[k] = p->dx_set ? (p->dx_set[node] >> k) & 1 : 0;
 }
 
 /* Fold each relu/relu6 into its producer when the producer supports it and
@@ -36,11 +37,16 @@ static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
 static void plan_fusions(vmc_plan *p) {
   const vmc_graph *g = p->g;
   for (int v = 0; v < g->n_values; v++) p->alias[v] = -1;
-  const char *off = getenv("VMC_NO_FUSION"); /* for tests and comparisons */
-  if (off && *off && strcmp(off, "0")) return;
+  /* VMC_NO_FUSION=1: plain execution (no folding, every gradient zeroed and
+   * accumulated), for tests and comparisons. */
+  const char *off = getenv("VMC_NO_FUSION");
+  int fuse = !(off && *off && strcmp(off, "0"));
   int *uses = vmc_malloc_plain((size_t)g->n_values * sizeof *uses);
   int *producer = vmc_malloc_plain((size_t)g->n_values * sizeof *producer);
-  if (!uses || !producer) goto done; /* no fusion: still correct */
+  if (!uses || !producer) { /* no fusion, zero everything: still correct */
+    for (int v = 0; p->grad && v < g->n_values; v++) p->zero_grad[v] = v != g->input && v != g->output;
+    goto done;
+  }
   for (int v = 0; v < g->n_values; v++) producer[v] = -1;
   for (int i = 0; i < g->n_nodes; i++) {
     for (int k = 0; k < g->nodes[i].n_in; k++) uses[g->nodes[i].in[k]]++;
@@ -50,7 +56,7 @@ static void plan_fusions(vmc_plan *p) {
     const vmc_node *n = &g->nodes[i];
     vmc_act a = !strcmp(n->op->name, "relu") ? VMC_ACT_RELU
                 : !strcmp(n->op->name, "relu6") ? VMC_ACT_RELU6 : VMC_ACT_NONE;
-    if (a == VMC_ACT_NONE) continue;
+    if (a == VMC_ACT_NONE || !fuse) continue;
     int v = n->in[0], pr = producer[v];
     if (pr < 0 || !g->nodes[pr].op->can_fuse_act || p->fused[pr] != VMC_ACT_NONE || uses[v] != 1 ||
         v == g->output || n->out == g->output)
@@ -58,6 +64,28 @@ static void plan_fusions(vmc_plan *p) {
     p->fused[pr] = a;
     p->skip[i] = 1;
     p->alias[n->out] = v;
+  }
+  /* Gradients: a buffer whose only reader-back is one node with sets_dx is
+   * written by it; every other buffer is zeroed before backward and
+   * accumulated into.  A folded relu's consumers write its producer's buffer. */
+  if (p->grad) {
+    int *consumer = producer; /* reuse: last consumer of each value */
+    for (int v = 0; v < g->n_values; v++) consumer[v] = -1;
+    for (int i = 0; i < g->n_nodes; i++)
+      for (int k = 0; k < g->nodes[i].n_in; k++) consumer[g->nodes[i].in[k]] = i;
+    for (int v = 0; v < g->n_values; v++) {
+      p->zero_grad[v] = v != g->input && v != g->output && p->alias[v] < 0;
+      if (!p->zero_grad[v] || !fuse) continue;
+      int e = v;
+      if (uses[e] == 1 && p->skip[consumer[e]]) e = g->nodes[consumer[e]].out;
+      if (e == g->output || uses[e] != 1) continue;
+      int ci = consumer[e];
+      const vmc_node *cn = &g->nodes[ci];
+      if (!cn->op->sets_dx || p->skip[ci]) continue;
+      for (int k = 0; k < cn->n_in; k++)
+        if (cn->in[k] == e) p->dx_set[ci] |= (uint8_t)(1u << k);
+      p->zero_grad[v] = 0;
+    }
   }
 done:
   vmc_free(uses);
@@ -82,8 +110,10 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
   p->fused = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof *p->fused);
   p->skip = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1));
   p->alias = vmc_malloc_plain((size_t)g->n_values * sizeof *p->alias);
+  p->zero_grad = vmc_malloc_plain((size_t)g->n_values);
+  p->dx_set = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1));
   if (mode == VMC_MODE_TRAIN) p->grad = vmc_malloc_plain((size_t)g->n_values * sizeof *p->grad);
-  if (!p->shape || !p->act || !p->state || !p->fused || !p->skip || !p->alias ||
+  if (!p->shape || !p->act || !p->state || !p->fused || !p->skip || !p->alias || !p->zero_grad || !p->dx_set ||
       (mode == VMC_MODE_TRAIN && !p->grad)) {
     vmc_plan_destroy(p);
     return vmc_error(VMC_ERR_NOMEM, "plan tables");
@@ -151,6 +181,8 @@ void vmc_plan_destroy(vmc_plan *p) {
   vmc_free(p->state);
   vmc_free(p->fused);
   vmc_free(p->skip);
+  vmc_free(p->zero_grad);
+  vmc_free(p->dx_set);
   vmc_free(p->alias);
   vmc_free(p);
 }
@@ -185,8 +217,7 @@ vmc_status vmc_plan_backward(vmc_plan *p) {
   if (p->last_n < 1) return vmc_error(VMC_ERR_INVALID_ARG, "backward before forward");
   const vmc_graph *g = p->g;
   for (int v = 0; v < g->n_values; v++)
-    if (p->grad[v] && v != g->output && p->alias[v] < 0 && !is_output_alias(p, v))
-      memset(p->grad[v], 0, fbytes(&p->shape[v]));
+    if (p->zero_grad[v] && !is_output_alias(p, v)) memset(p->grad[v], 0, fbytes(&p->shape[v]));
   for (int i = g->n_nodes - 1; i >= 0; i--) {
     const vmc_node *n = &g->nodes[i];
     if (p->skip[i]) continue;

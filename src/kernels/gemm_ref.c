@@ -42,3 +42,35 @@ void vmc_sgemm__ref(int trans_a, int trans_b, int M, int N, int K, float alpha,
     }
   }
 }
+
+/* Row-pointer B (gemm.h): the same per-element order as vmc_sgemm__ref, so
+ * the two agree bit for bit on a materialised B. */
+void vmc_sgemm_rows_off__ref(int trans_b, int M, int N, int K, float alpha,
+                             const float *A, int lda, const float *const *brow,
+                             size_t boff, float beta, float *C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  for (int i = 0; i < M; i++) {
+    float *c = C + (size_t)i * ldc;
+    const float *a = A + (size_t)i * lda;
+    for (int j = 0; j < N; j++) {
+      float sum = 0.0f;
+      if (trans_b) {
+        const float *b = brow[j] + boff;
+        for (int k = 0; k < K; k++) sum += a[k] * b[k];
+      } else {
+        for (int k = 0; k < K; k++) sum += a[k] * brow[k][boff + (size_t)j];
+      }
+      c[j] = beta == 0.0f ? alpha * sum : alpha * sum + beta * c[j];
+    }
+  }
+}
+
+void vmc_sgemm_rows__ref(int trans_b, int M, int N, int K, float alpha, const float *A,
+                         int lda, const float *const *brow, float beta, float *C,
+                         int ldc) {
+  vmc_sgemm_rows_off__ref(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
+}

@@ -26,8 +26,13 @@ static void clamp_backward(vmc_opctx *c, float hi) {
   const float *y = c->y, *dy = c->dy;
   float *dx = c->dx[0];
   if (!dx) return;
+  if (c->dx_set[0]) {
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
-  for (size_t i = 0; i < n; i++) dx[i] += ((y[i] > 0) & (y[i] < hi)) ? dy[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) dx[i] = ((y[i] > 0) & (y[i] < hi)) ? dy[i] : 0.0f;
+  } else {
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dx[i] += ((y[i] > 0) & (y[i] < hi)) ? dy[i] : 0.0f;
+  }
 }
 
 static void relu_forward(vmc_opctx *c) { clamp_forward(c, __builtin_inff()); }
@@ -36,6 +41,6 @@ static void relu6_forward(vmc_opctx *c) { clamp_forward(c, 6.0f); }
 static void relu6_backward(vmc_opctx *c) { clamp_backward(c, 6.0f); }
 
 const vmc_op vmc_op_relu = {.name = "relu", .min_in = 1, .max_in = 1, .infer = act_infer,
-                            .forward = relu_forward, .backward = relu_backward};
+                            .forward = relu_forward, .backward = relu_backward, .sets_dx = 1};
 const vmc_op vmc_op_relu6 = {.name = "relu6", .min_in = 1, .max_in = 1, .infer = act_infer,
-                             .forward = relu6_forward, .backward = relu6_backward};
+                             .forward = relu6_forward, .backward = relu6_backward, .sets_dx = 1};

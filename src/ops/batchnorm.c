@@ -127,14 +127,20 @@ static void bn_backward(vmc_opctx *ctx) {
         const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
         const float *yv = ctx->y + ((size_t)b * C + c) * HW;
         float *dx = ctx->dx[0] + ((size_t)b * C + c) * HW;
-        for (int i = 0; i < HW; i++) dx[i] += k * (DY(i) - m1 - (x[i] - mu) * is * m2);
+        if (ctx->dx_set[0])
+          for (int i = 0; i < HW; i++) dx[i] = k * (DY(i) - m1 - (x[i] - mu) * is * m2);
+        else
+          for (int i = 0; i < HW; i++) dx[i] += k * (DY(i) - m1 - (x[i] - mu) * is * m2);
       }
     } else {
       for (int b = 0; b < N; b++) {
         const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
         const float *yv = ctx->y + ((size_t)b * C + c) * HW;
         float *dx = ctx->dx[0] + ((size_t)b * C + c) * HW;
-        for (int i = 0; i < HW; i++) dx[i] += k * DY(i);
+        if (ctx->dx_set[0])
+          for (int i = 0; i < HW; i++) dx[i] = k * DY(i);
+        else
+          for (int i = 0; i < HW; i++) dx[i] += k * DY(i);
       }
     }
   }
@@ -144,4 +150,4 @@ static void bn_backward(vmc_opctx *ctx) {
 const vmc_op vmc_op_batchnorm = {
     .name = "batchnorm", .min_in = 1, .max_in = 1, .n_param_min = 4, .n_param_max = 4,
     .infer = bn_infer, .state_bytes = bn_state, .forward = bn_forward, .backward = bn_backward,
-    .can_fuse_act = 1};
+    .can_fuse_act = 1, .sets_dx = 1};

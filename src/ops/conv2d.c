@@ -183,6 +183,10 @@ static void conv_backward(vmc_opctx *ctx) {
     const float *x = ctx->x[0] + (size_t)b * C * HW;
     float *dx = ctx->dx[0] ? ctx->dx[0] + (size_t)b * C * HW : NULL;
     const float *dy = ctx->dy + (size_t)b * c.oc * c.P;
+    /* dx_set: GEMM paths overwrite (beta 0); scatter paths start from 0. */
+    const float dx_beta = ctx->dx_set[0] ? 0.0f : 1.0f;
+    if (dx && ctx->dx_set[0] && (c.depthwise || !(c.direct || c.dx_by_conv)))
+      memset(dx, 0, (size_t)C * HW * sizeof(float));
     for (int gi = 0; gi < c.groups; gi++) {
       const float *xg = x + (size_t)gi * c.g.c * HW;
       float *dxg = dx ? dx + (size_t)gi * c.g.c * HW : NULL;
@@ -210,10 +214,10 @@ static void conv_backward(vmc_opctx *ctx) {
       gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, src, c.P, 1.0f, dWg, c.K);
       if (!dxg) continue;
       if (c.direct) { /* dx += W^T · dY */
-        gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, 1.0f, dxg, c.P);
+        gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, dx_beta, dxg, c.P);
       } else if (c.dx_by_conv) { /* dx += rot(W)^T · im2col(dY) */
         vmc_im2col(dyg, &c.gt, dcol);
-        gemm(0, 0, c.g.c, HW, c.Kt, 1.0f, Wt + (size_t)gi * c.g.c * c.Kt, c.Kt, dcol, HW, 1.0f,
+        gemm(0, 0, c.g.c, HW, c.Kt, 1.0f, Wt + (size_t)gi * c.g.c * c.Kt, c.Kt, dcol, HW, dx_beta,
              dxg, HW);
       } else {
         gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, 0.0f, dcol, c.P);
@@ -237,5 +241,5 @@ static uint64_t conv_macs(const vmc_node *n, const vmc_shape *in, const vmc_shap
 
 const vmc_op vmc_op_conv2d = {
     .name = "conv2d", .min_in = 1, .max_in = 1, .n_param_min = 1, .n_param_max = 2,
-    .infer = conv_infer, .state_bytes = conv_state, .scratch_bytes = conv_scratch, .forward = conv_forward,
+    .sets_dx = 1, .infer = conv_infer, .state_bytes = conv_state, .scratch_bytes = conv_scratch, .forward = conv_forward,
     .backward = conv_backward, .macs = conv_macs};

@@ -44,7 +44,8 @@ static void linear_backward(vmc_opctx *c) {
     for (int i = 0; i < N; i++)
       for (int o = 0; o < O; o++) db[o] += c->dy[(size_t)i * O + o];
   }
-  if (c->dx[0]) vmc_sgemm_mt(0, 0, N, F, O, 1.0f, c->dy, O, w->data, F, 1.0f, c->dx[0], F);
+  if (c->dx[0])
+    vmc_sgemm_mt(0, 0, N, F, O, 1.0f, c->dy, O, w->data, F, c->dx_set[0] ? 0.0f : 1.0f, c->dx[0], F);
 }
 
 static uint64_t linear_macs(const vmc_node *n, const vmc_shape *in, const vmc_shape *out) {
@@ -53,4 +54,4 @@ static uint64_t linear_macs(const vmc_node *n, const vmc_shape *in, const vmc_sh
 
 const vmc_op vmc_op_linear = {.name = "linear", .min_in = 1, .max_in = 1, .n_param_min = 1,
                               .n_param_max = 2, .infer = linear_infer, .forward = linear_forward,
-                              .backward = linear_backward, .macs = linear_macs};
+                              .backward = linear_backward, .macs = linear_macs, .sets_dx = 1};

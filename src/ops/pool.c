@@ -163,7 +163,10 @@ static void gap_backward(vmc_opctx *c) {
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (planes > 256)
   for (int p = 0; p < planes; p++) {
     float *dx = c->dx[0] + (size_t)p * HW, v = c->dy[p] * inv;
-    for (int i = 0; i < HW; i++) dx[i] += v;
+    if (c->dx_set[0])
+      for (int i = 0; i < HW; i++) dx[i] = v;
+    else
+      for (int i = 0; i < HW; i++) dx[i] += v;
   }
 }
 
@@ -173,4 +176,4 @@ const vmc_op vmc_op_maxpool = {.name = "maxpool", .min_in = 1, .max_in = 1, .inf
 const vmc_op vmc_op_avgpool = {.name = "avgpool", .min_in = 1, .max_in = 1, .infer = pool_infer,
                                .forward = avgpool_forward, .backward = avgpool_backward};
 const vmc_op vmc_op_gap = {.name = "gap", .min_in = 1, .max_in = 1, .infer = gap_infer,
-                           .forward = gap_forward, .backward = gap_backward,};
+                           .forward = gap_forward, .backward = gap_backward, .sets_dx = 1};

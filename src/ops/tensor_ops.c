@@ -31,11 +31,12 @@ static void add_backward(vmc_opctx *c) {
   const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
   const float *y = c->y, *dy = c->dy;
   float *d0 = c->dx[0], *d1 = c->dx[1];
+  const int s0 = c->dx_set[0], s1 = c->dx_set[1];
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
   for (size_t i = 0; i < n; i++) {
     float d = ((y[i] > lo) & (y[i] < hi)) ? dy[i] : 0.0f;
-    if (d0) d0[i] += d;
-    if (d1) d1[i] += d;
+    if (d0) d0[i] = s0 ? d : d0[i] + d;
+    if (d1) d1[i] = s1 ? d : d1[i] + d;
   }
 }
 
@@ -92,14 +93,19 @@ static void flatten_forward(vmc_opctx *c) {
 static void flatten_backward(vmc_opctx *c) {
   if (!c->dx[0]) return;
   const size_t n = per_image(&c->ys) * (size_t)c->batch;
+  if (c->dx_set[0]) {
+    memcpy(c->dx[0], c->dy, n * sizeof(float));
+    return;
+  }
   for (size_t i = 0; i < n; i++) c->dx[0][i] += c->dy[i];
 }
 
 const vmc_op vmc_op_add = {.name = "add", .min_in = 2, .max_in = 2, .infer = add_infer,
-                           .forward = add_forward, .backward = add_backward, .can_fuse_act = 1};
+                           .forward = add_forward, .backward = add_backward, .can_fuse_act = 1,
+                           .sets_dx = 1};
 const vmc_op vmc_op_concat = {.name = "concat", .min_in = 1, .max_in = VMC_MAX_INPUTS,
                               .infer = concat_infer, .forward = concat_forward,
                               .backward = concat_backward};
 const vmc_op vmc_op_flatten = {.name = "flatten", .min_in = 1, .max_in = 1,
                                .infer = flatten_infer, .forward = flatten_forward,
-                               .backward = flatten_backward};
+                               .backward = flatten_backward, .sets_dx = 1};
