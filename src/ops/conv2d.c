@@ -1,7 +1,19 @@
 /* conv2d: attrs out_c, kh, kw, sh, sw, ph, pw, dh, dw, groups;
  * params [weight (out_c, C/groups, kh, kw)] or [weight, bias (out_c)].
- * im2col + GEMM per image and group; 1x1 stride-1 convs skip im2col;
- * depthwise (one input and one output channel per group) runs direct. */
+ *
+ * Per image and group, one of four strategies:
+ *   DIRECT     1x1, stride 1, no padding: the input is the GEMM operand.
+ *   DEPTHWISE  one input and one output channel per group: direct loops.
+ *   WIDE       stride 1: no im2col.  The input is copied once into a
+ *              zero-padded plane (width Wp = W + 2pw); every row of the
+ *              virtual im2col matrix is then a contiguous slice of that
+ *              plane (vmc_sgemm_rows), computed over a "wide" output grid
+ *              OH x Wp whose last Wp - OW columns are discarded.  Backward
+ *              uses the same trick: dW from a wide dY, and dx as the
+ *              convolution of the padded dY with the rotated kernel.
+ *   IM2COL     everything else (strided convs): im2col + GEMM, col2im.
+ * Images run in parallel, one per thread with its own scratch; a batch
+ * smaller than the thread count runs images in turn with threaded GEMMs. */
 #include "graph/op.h"
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
@@ -9,22 +21,25 @@
 #include <omp.h>
 #include <string.h>
 
+enum { DIRECT, DEPTHWISE, WIDE, IM2COL };
+
 typedef struct {
   int groups, oc, ocg;
   vmc_conv_geom g; /* per group */
-  int K, P;        /* rows of col (cg*kh*kw), output pixels */
-  int direct;      /* 1x1, stride 1, no pad: col is the input itself */
-  int depthwise;
-  /* Stride-1 convs get dx as a convolution of dy with the rotated kernel
-   * (im2col of dy + one GEMM with K = out_c/groups*kh*kw) instead of a GEMM
-   * with K = out_c/groups and a col2im scatter: the better GEMM shape. */
-  int dx_by_conv;
-  vmc_conv_geom gt; /* geometry of that convolution: dy (ocg channels) -> dx */
-  int Kt;           /* rows of im2col(dy) */
+  int K, P;        /* rows of the im2col matrix (cg*kh*kw), output pixels */
+  int kind;
+  /* WIDE: padded input plane, wide output grid */
+  int hp, wp, nw;   /* padded height/width, nw = oh*wp */
+  size_t plane;     /* hp*wp, + slack after the last channel */
+  /* WIDE backward: dx = conv(pad(dY), rot(W)) */
+  int hq, wq, nq;   /* padded dY height/width, nq = h*wq */
+  int pth, ptw;     /* its padding */
+  int bwd_wide;     /* that convolution is possible (padding >= 0) */
 } conv_cfg;
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   conv_cfg c;
+  memset(&c, 0, sizeof c);
   c.groups = vmc_node_attr_i(n, "groups", 1);
   c.oc = vmc_node_attr_i(n, "out_c", 0);
   c.ocg = c.groups > 0 ? c.oc / c.groups : 0;
@@ -47,20 +62,29 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   int64_t K = (int64_t)g->c * g->kh * g->kw, P = (int64_t)g->oh * g->ow;
   c.K = (g->kh < 1 || g->kw < 1 || K < 1 || K > (1 << 28)) ? 0 : (int)K;
   c.P = (P < 1 || P > (1 << 28)) ? 0 : (int)P;
-  c.direct = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
-  c.depthwise = g->c == 1 && c.ocg == 1;
-  vmc_conv_geom *t = &c.gt;
-  *t = *g;
-  t->c = c.ocg;
-  t->h = g->oh;
-  t->w = g->ow;
-  t->ph = g->dh * (g->kh - 1) - g->ph;
-  t->pw = g->dw * (g->kw - 1) - g->pw;
-  t->oh = vmc_conv_out(t->h, t->kh, 1, t->ph, t->dh);
-  t->ow = vmc_conv_out(t->w, t->kw, 1, t->pw, t->dw);
-  c.dx_by_conv = !c.direct && !c.depthwise && g->sh == 1 && g->sw == 1 && t->ph >= 0 &&
-                 t->pw >= 0 && t->oh == g->h && t->ow == g->w;
-  c.Kt = c.ocg * g->kh * g->kw;
+  if (!c.K || !c.P || g->kh > 64 || g->kw > 64 || g->ph > 64 || g->pw > 64 || g->dh > 64 ||
+      g->dw > 64 || g->ph < 0 || g->pw < 0)
+    return c; /* conv_infer rejects it */
+  if (g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0)
+    c.kind = DIRECT;
+  else if (g->c == 1 && c.ocg == 1)
+    c.kind = DEPTHWISE;
+  else if (g->sh == 1 && g->sw == 1)
+    c.kind = WIDE;
+  else
+    c.kind = IM2COL;
+  if (c.kind == WIDE) {
+    c.hp = g->h + 2 * g->ph;
+    c.wp = g->w + 2 * g->pw;
+    c.nw = g->oh * c.wp;
+    c.plane = (size_t)c.hp * c.wp;
+    c.pth = g->dh * (g->kh - 1) - g->ph;
+    c.ptw = g->dw * (g->kw - 1) - g->pw;
+    c.bwd_wide = c.pth >= 0 && c.ptw >= 0;
+    c.hq = g->oh + 2 * c.pth;
+    c.wq = g->ow + 2 * c.ptw;
+    c.nq = g->h * c.wq;
+  }
   return c;
 }
 
@@ -73,7 +97,7 @@ static vmc_status conv_infer(const vmc_graph *gr, const vmc_node *n, const vmc_s
     return vmc_error(VMC_ERR_SHAPE, "node '%s': %d input and %d output channels do not split into %d groups",
                      n->name, in[0].d[1], c.oc, c.groups);
   if (g->kh < 1 || g->kw < 1 || g->sh < 1 || g->sw < 1 || g->ph < 0 || g->pw < 0 || g->dh < 1 ||
-      g->dw < 1 || g->kh > 64 || g->kw > 64 || g->ph > 64 || g->pw > 64)
+      g->dw < 1 || g->kh > 64 || g->kw > 64 || g->ph > 64 || g->pw > 64 || g->dh > 64 || g->dw > 64)
     return vmc_error(VMC_ERR_INVALID_ARG, "node '%s': bad kernel/stride/padding/dilation", n->name);
   if (g->oh < 1 || g->ow < 1 || c.K < 1 || c.P < 1)
     return vmc_error(VMC_ERR_SHAPE, "node '%s': a %dx%d kernel does not fit a %dx%d input", n->name,
@@ -88,24 +112,60 @@ static vmc_status conv_infer(const vmc_graph *gr, const vmc_node *n, const vmc_s
   return VMC_OK;
 }
 
+/* ---- per-thread scratch layout (floats; pointer tables at the end) ---- */
+typedef struct {
+  size_t a, b, c, d; /* sizes of four float regions */
+  size_t rows;       /* pointers */
+} scratch_plan;
+
+static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
+  scratch_plan s = {0};
+  const vmc_conv_geom *g = &c->g;
+  const size_t slack = (size_t)(g->kw - 1) * g->dw + 16;
+  const size_t xp = (size_t)g->c * c->plane + slack;
+  switch (c->kind) {
+  case WIDE:
+    if (mode != VMC_MODE_TRAIN) {
+      s.a = xp;                        /* padded input */
+      s.b = (size_t)c->ocg * c->nw;    /* wide output */
+      s.rows = (size_t)c->K;
+    } else {
+      s.a = xp;                                      /* padded input */
+      s.b = (size_t)c->ocg * c->nw;                  /* wide output / wide dY */
+      s.c = c->bwd_wide ? (size_t)c->ocg * c->hq * c->wq + slack : (size_t)c->K * c->P;
+      s.d = c->bwd_wide ? (size_t)g->c * c->nq : 0;  /* wide dx */
+      size_t kt = (size_t)c->ocg * g->kh * g->kw;
+      s.rows = (size_t)c->K > kt ? (size_t)c->K : kt;
+    }
+    break;
+  case IM2COL:
+    s.a = (size_t)c->K * c->P;                              /* col */
+    s.b = mode == VMC_MODE_TRAIN ? (size_t)c->K * c->P : 0; /* dcol */
+    break;
+  default:
+    break;
+  }
+  return s;
+}
+
+static size_t dw_floats(const conv_cfg *c) { return (size_t)c->oc * c->K + (size_t)c->oc; }
+
 static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                            vmc_mode mode, int nthreads) {
   conv_cfg c = cfg_of(n, &in[0]);
-  size_t col = (c.direct || c.depthwise) ? 0 : (size_t)c.K * c.P;
-  size_t f = col;                                  /* forward: col */
-  if (mode == VMC_MODE_TRAIN) {                    /* + dcol, + private dW, db */
-    size_t dcol = c.dx_by_conv ? (size_t)c.Kt * c.g.h * c.g.w : col;
-    f = col + dcol + (size_t)c.oc * c.K + (size_t)c.oc;
-  }
-  return f * sizeof(float);
+  scratch_plan s = scratch_of(&c, mode);
+  size_t f = s.a + s.b + s.c + s.d + (mode == VMC_MODE_TRAIN ? dw_floats(&c) : 0);
+  return vmc_align_up(f * sizeof(float), 64) + s.rows * sizeof(float *);
 }
 
-/* Training keeps the rotated, channel-swapped kernel for dx_by_conv:
+/* Training keeps the rotated, channel-swapped kernel for the WIDE dx:
  * wt[g][c][o][i][j] = w[g][o][c][kh-1-i][kw-1-j]. */
 static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                          vmc_mode mode) {
   conv_cfg c = cfg_of(n, &in[0]);
-  return mode == VMC_MODE_TRAIN && c.dx_by_conv ? (size_t)c.oc * c.K * sizeof(float) : 0;
+  return mode == VMC_MODE_TRAIN && c.kind == WIDE && c.bwd_wide
+             ? (size_t)c.oc * c.K * sizeof(float)
+             : 0;
 }
 
 static void rotate_kernel(const conv_cfg *c, const float *w, float *wt) {
@@ -118,78 +178,190 @@ static void rotate_kernel(const conv_cfg *c, const float *w, float *wt) {
               w[(((size_t)gi * c->ocg + o) * c->g.c + ci) * kk + k];
 }
 
-/* Images run in parallel, each on one thread with its own scratch; a batch
- * smaller than the thread count runs images in turn with threaded GEMMs. */
+/* Copies `ch` planes of h x w into planes of hp x wp at (top, left); zero
+ * borders, and `slack` zero floats after the last plane. */
+static void pad_planes(const float *x, int ch, int h, int w, int top, int left, int hp, int wp,
+                       size_t slack, float *xp) {
+  for (int c = 0; c < ch; c++) {
+    float *dst = xp + (size_t)c * hp * wp;
+    const float *src = x + (size_t)c * h * w;
+    memset(dst, 0, sizeof(float) * (size_t)top * wp);
+    for (int y = 0; y < h; y++) {
+      float *r = dst + (size_t)(top + y) * wp;
+      memset(r, 0, sizeof(float) * (size_t)left);
+      memcpy(r + left, src + (size_t)y * w, sizeof(float) * (size_t)w);
+      memset(r + left + w, 0, sizeof(float) * (size_t)(wp - left - w));
+    }
+    memset(dst + (size_t)(top + h) * wp, 0, sizeof(float) * (size_t)(hp - top - h) * wp);
+  }
+  memset(xp + (size_t)ch * hp * wp, 0, sizeof(float) * slack);
+}
+
+/* Row pointers of the virtual im2col matrix over padded planes:
+ * row (c, i, j) = xp + c*plane + i*dh*wp + j*dw. */
+static void plane_rows(const float *xp, int ch, size_t plane, int wp, const vmc_conv_geom *g,
+                       const float **rows) {
+  for (int c = 0; c < ch; c++)
+    for (int i = 0; i < g->kh; i++)
+      for (int j = 0; j < g->kw; j++)
+        *rows++ = xp + (size_t)c * plane + (size_t)i * g->dh * wp + (size_t)j * g->dw;
+}
+
+typedef void (*gemm_fn)(int, int, int, int, int, float, const float *, int, const float *, int,
+                        float, float *, int);
+typedef void (*gemm_rows_fn)(int, int, int, int, float, const float *, int, const float *const *,
+                             float, float *, int);
+
 #define IMAGE_LOOP_PARALLEL(ctx) ((ctx)->batch >= (ctx)->nthreads && (ctx)->nthreads > 1)
+
+static float *thread_scratch(const vmc_opctx *ctx) {
+  return (float *)(ctx->scratch + (size_t)omp_get_thread_num() * ctx->scratch_bytes);
+}
+
+/* The row-pointer table sits at the end of the thread's scratch slice. */
+static const float **thread_rows(const vmc_opctx *ctx, const scratch_plan *s, float *base) {
+  return (const float **)((uint8_t *)base + ctx->scratch_bytes - s->rows * sizeof(float *));
+}
 
 static void conv_forward(vmc_opctx *ctx) {
   const vmc_node *n = ctx->node;
   conv_cfg c = cfg_of(n, &ctx->xs[0]);
+  const vmc_conv_geom *g = &c.g;
+  scratch_plan sp = scratch_of(&c, ctx->mode);
   const float *W = ctx->g->params[n->param[0]].data;
   const float *B = n->n_param > 1 ? ctx->g->params[n->param[1]].data : NULL;
-  const int C = ctx->xs[0].d[1], HW = c.g.h * c.g.w, par = IMAGE_LOOP_PARALLEL(ctx);
+  const int C = ctx->xs[0].d[1], HW = g->h * g->w, par = IMAGE_LOOP_PARALLEL(ctx);
+  const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
+  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
+  gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (par)
   for (int b = 0; b < ctx->batch; b++) {
-    float *col = (float *)(ctx->scratch + (size_t)omp_get_thread_num() * ctx->scratch_bytes);
+    float *base = thread_scratch(ctx);
     const float *x = ctx->x[0] + (size_t)b * C * HW;
     float *y = ctx->y + (size_t)b * c.oc * c.P;
     for (int gi = 0; gi < c.groups; gi++) {
-      const float *xg = x + (size_t)gi * c.g.c * HW;
+      const float *xg = x + (size_t)gi * g->c * HW;
       float *yg = y + (size_t)gi * c.ocg * c.P;
       const float *Wg = W + (size_t)gi * c.ocg * c.K;
-      if (c.depthwise) {
-        vmc_dwconv_forward(xg, Wg, B ? B[gi] : 0.0f, &c.g, yg);
-        continue;
+      switch (c.kind) {
+      case DEPTHWISE:
+        vmc_dwconv_forward(xg, Wg, B ? B[gi] : 0.0f, g, yg);
+        break;
+      case DIRECT:
+        gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, xg, c.P, 0.0f, yg, c.P);
+        break;
+      case IM2COL:
+        vmc_im2col(xg, g, base);
+        gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, base, c.P, 0.0f, yg, c.P);
+        break;
+      case WIDE: {
+        float *xp = base, *yw = base + sp.a;
+        const float **rows = thread_rows(ctx, &sp, base);
+        pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
+                   xp);
+        plane_rows(xp, g->c, c.plane, c.wp, g, rows);
+        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw);
+        for (int o = 0; o < c.ocg; o++)
+          for (int r = 0; r < g->oh; r++)
+            memcpy(yg + (size_t)o * c.P + (size_t)r * g->ow, yw + (size_t)o * c.nw + (size_t)r * c.wp,
+                   sizeof(float) * (size_t)g->ow);
+        break;
       }
-      const float *src = xg;
-      if (!c.direct) {
-        vmc_im2col(xg, &c.g, col);
-        src = col;
       }
-      if (par)
-        vmc_sgemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, src, c.P, 0.0f, yg, c.P);
-      else
-        vmc_sgemm_mt(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, src, c.P, 0.0f, yg, c.P);
-      if (B)
+      if (B && c.kind != DEPTHWISE)
         for (int o = 0; o < c.ocg; o++) {
           float bv = B[gi * c.ocg + o], *yr = yg + (size_t)o * c.P;
           for (int p = 0; p < c.P; p++) yr[p] += bv;
         }
     }
+    if (ctx->act != VMC_ACT_NONE) {
+      const size_t m = (size_t)c.oc * c.P;
+      for (size_t i = 0; i < m; i++) y[i] = vmc_clampf(y[i], lo, hi);
+    }
   }
+}
+
+/* WIDE backward of one image and group: dW (+)= dYw · rows^T, and dx from
+ * the padded dY convolved with the rotated kernel. */
+static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp,
+                          float *base, const float *xg, const float *dyg, const float *Wtg,
+                          float *dxg, float dx_beta, float *dWg, int par) {
+  const vmc_conv_geom *g = &c->g;
+  gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
+  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
+  float *xp = base, *dyw = base + sp->a, *third = dyw + sp->b, *dxw = third + sp->c;
+  const float **rows = thread_rows(ctx, sp, base);
+  const size_t slack = (size_t)(g->kw - 1) * g->dw + 16;
+  pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c->hp, c->wp, slack, xp);
+  plane_rows(xp, g->c, c->plane, c->wp, g, rows);
+  /* wide dY: oh x wp with zero columns past ow */
+  pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->wp, 0, dyw);
+  gemm_rows(1, c->ocg, c->K, c->nw, 1.0f, dyw, c->nw, rows, 1.0f, dWg, c->K);
+  if (!dxg) return;
+  if (!c->bwd_wide) { /* general: dcol = W^T dY, col2im */
+    const float *Wg = Wtg; /* caller passes the plain kernel here */
+    if (dx_beta == 0.0f) memset(dxg, 0, sizeof(float) * (size_t)g->c * g->h * g->w);
+    gemm(1, 0, c->K, c->P, c->ocg, 1.0f, Wg, c->K, dyg, c->P, 0.0f, third, c->P);
+    vmc_col2im_add(third, g, dxg);
+    return;
+  }
+  vmc_conv_geom gt = *g;
+  gt.c = c->ocg;
+  pad_planes(dyg, c->ocg, g->oh, g->ow, c->pth, c->ptw, c->hq, c->wq, slack, third);
+  plane_rows(third, c->ocg, (size_t)c->hq * c->wq, c->wq, &gt, rows);
+  const int kt = c->ocg * g->kh * g->kw;
+  gemm_rows(0, g->c, c->nq, kt, 1.0f, Wtg, kt, rows, 0.0f, dxw, c->nq);
+  for (int ci = 0; ci < g->c; ci++)
+    for (int r = 0; r < g->h; r++) {
+      float *d = dxg + (size_t)ci * g->h * g->w + (size_t)r * g->w;
+      const float *s = dxw + (size_t)ci * c->nq + (size_t)r * c->wq;
+      if (dx_beta == 0.0f)
+        memcpy(d, s, sizeof(float) * (size_t)g->w);
+      else
+        for (int k = 0; k < g->w; k++) d[k] += s[k];
+    }
 }
 
 static void conv_backward(vmc_opctx *ctx) {
   const vmc_node *n = ctx->node;
   conv_cfg c = cfg_of(n, &ctx->xs[0]);
+  const vmc_conv_geom *g = &c.g;
+  scratch_plan sp = scratch_of(&c, ctx->mode);
   vmc_param *pw = &ctx->g->params[n->param[0]];
   vmc_param *pb = n->n_param > 1 ? &ctx->g->params[n->param[1]] : NULL;
   const float *W = pw->data;
-  const int C = ctx->xs[0].d[1], HW = c.g.h * c.g.w, par = IMAGE_LOOP_PARALLEL(ctx);
-  const size_t col_n = (c.direct || c.depthwise) ? 0 : (size_t)c.K * c.P;
-  const size_t dcol_n = c.dx_by_conv ? (size_t)c.Kt * HW : col_n;
-  const size_t wn = (size_t)c.oc * c.K;
+  const int C = ctx->xs[0].d[1], HW = g->h * g->w, par = IMAGE_LOOP_PARALLEL(ctx);
+  const size_t wn = (size_t)c.oc * c.K, priv = sp.a + sp.b + sp.c + sp.d;
   const int nt = par ? ctx->nthreads : 1;
+  const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
+  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
   for (int t = 0; t < nt; t++) {
     float *base = (float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes);
-    memset(base + col_n + dcol_n, 0, (wn + (size_t)c.oc) * sizeof(float));
+    memset(base + priv, 0, dw_floats(&c) * sizeof(float));
   }
-  float *Wt = c.dx_by_conv ? ctx->state : NULL;
+  float *Wt = c.kind == WIDE && c.bwd_wide ? ctx->state : NULL;
   if (Wt && ctx->dx[0]) rotate_kernel(&c, W, Wt);
+  /* A fused activation masks dY in place: the output is not needed again. */
+  if (ctx->act != VMC_ACT_NONE) {
+    float *dy = (float *)ctx->dy;
+    const float *y = ctx->y;
+    const size_t m = (size_t)ctx->batch * c.oc * c.P;
+    for (size_t i = 0; i < m; i++) dy[i] = ((y[i] > lo) & (y[i] < hi)) ? dy[i] : 0.0f;
+  }
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (par)
   for (int b = 0; b < ctx->batch; b++) {
-    float *base = (float *)(ctx->scratch + (size_t)omp_get_thread_num() * ctx->scratch_bytes);
-    float *col = base, *dcol = base + col_n, *dW = base + col_n + dcol_n, *dB = dW + wn;
+    float *base = thread_scratch(ctx);
+    float *dW = base + priv, *dB = dW + wn;
     const float *x = ctx->x[0] + (size_t)b * C * HW;
     float *dx = ctx->dx[0] ? ctx->dx[0] + (size_t)b * C * HW : NULL;
     const float *dy = ctx->dy + (size_t)b * c.oc * c.P;
     /* dx_set: GEMM paths overwrite (beta 0); scatter paths start from 0. */
     const float dx_beta = ctx->dx_set[0] ? 0.0f : 1.0f;
-    if (dx && ctx->dx_set[0] && (c.depthwise || !(c.direct || c.dx_by_conv)))
+    if (dx && ctx->dx_set[0] && (c.kind == DEPTHWISE || c.kind == IM2COL))
       memset(dx, 0, (size_t)C * HW * sizeof(float));
     for (int gi = 0; gi < c.groups; gi++) {
-      const float *xg = x + (size_t)gi * c.g.c * HW;
-      float *dxg = dx ? dx + (size_t)gi * c.g.c * HW : NULL;
+      const float *xg = x + (size_t)gi * g->c * HW;
+      float *dxg = dx ? dx + (size_t)gi * g->c * HW : NULL;
       const float *dyg = dy + (size_t)gi * c.ocg * c.P;
       const float *Wg = W + (size_t)gi * c.ocg * c.K;
       float *dWg = dW + (size_t)gi * c.ocg * c.K;
@@ -199,35 +371,34 @@ static void conv_backward(vmc_opctx *ctx) {
         for (int p = 0; p < c.P; p++) s += r[p];
         dB[gi * c.ocg + o] += s;
       }
-      if (c.depthwise) {
-        vmc_dwconv_backward(xg, Wg, dyg, &c.g, dxg, dWg);
-        continue;
-      }
-      const float *src = xg;
-      if (!c.direct) {
-        vmc_im2col(xg, &c.g, col);
-        src = col;
-      }
-      void (*gemm)(int, int, int, int, int, float, const float *, int, const float *, int, float,
-                   float *, int) = par ? vmc_sgemm : vmc_sgemm_mt;
-      /* dW += dY · col^T */
-      gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, src, c.P, 1.0f, dWg, c.K);
-      if (!dxg) continue;
-      if (c.direct) { /* dx += W^T · dY */
-        gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, dx_beta, dxg, c.P);
-      } else if (c.dx_by_conv) { /* dx += rot(W)^T · im2col(dY) */
-        vmc_im2col(dyg, &c.gt, dcol);
-        gemm(0, 0, c.g.c, HW, c.Kt, 1.0f, Wt + (size_t)gi * c.g.c * c.Kt, c.Kt, dcol, HW, dx_beta,
-             dxg, HW);
-      } else {
+      switch (c.kind) {
+      case DEPTHWISE:
+        vmc_dwconv_backward(xg, Wg, dyg, g, dxg, dWg);
+        break;
+      case DIRECT: /* dW += dY · x^T, dx (+)= W^T · dY */
+        gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, xg, c.P, 1.0f, dWg, c.K);
+        if (dxg) gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, dx_beta, dxg, c.P);
+        break;
+      case IM2COL: {
+        float *col = base, *dcol = base + sp.a;
+        vmc_im2col(xg, g, col);
+        gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, col, c.P, 1.0f, dWg, c.K);
+        if (!dxg) break;
         gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, 0.0f, dcol, c.P);
-        vmc_col2im_add(dcol, &c.g, dxg);
+        vmc_col2im_add(dcol, g, dxg);
+        break;
+      }
+      case WIDE:
+        wide_backward(ctx, &c, &sp, base, xg, dyg,
+                      Wt ? Wt + (size_t)gi * g->c * c.ocg * g->kh * g->kw : Wg, dxg, dx_beta,
+                      dWg, par);
+        break;
       }
     }
   }
   /* Reduce the private gradients in thread order: deterministic. */
   for (int t = 0; t < nt; t++) {
-    const float *dW = (const float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes) + col_n + dcol_n;
+    const float *dW = (const float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes) + priv;
     for (size_t i = 0; i < wn; i++) pw->grad[i] += dW[i];
     if (pb)
       for (int o = 0; o < c.oc; o++) pb->grad[o] += dW[wn + (size_t)o];
@@ -241,5 +412,6 @@ static uint64_t conv_macs(const vmc_node *n, const vmc_shape *in, const vmc_shap
 
 const vmc_op vmc_op_conv2d = {
     .name = "conv2d", .min_in = 1, .max_in = 1, .n_param_min = 1, .n_param_max = 2,
-    .sets_dx = 1, .infer = conv_infer, .state_bytes = conv_state, .scratch_bytes = conv_scratch, .forward = conv_forward,
-    .backward = conv_backward, .macs = conv_macs};
+    .sets_dx = 1, .can_fuse_act = 1, .infer = conv_infer, .state_bytes = conv_state,
+    .scratch_bytes = conv_scratch, .forward = conv_forward, .backward = conv_backward,
+    .macs = conv_macs};
