@@ -5,6 +5,11 @@
  *
  *   build/bench/bench_gemm [--all] [--threads N]
  *
+ * A second table times vmc_sgemm_rows (B given by row pointers into a padded
+ * plane, as an im2col-free conv reads it) against vmc_sgemm on the same B
+ * materialised, per ISA, for the forward, weight- and input-gradient GEMMs
+ * of 3x3 pad-1 convs; "rows/mat" is the best rows over the best sgemm.
+ *
  * Each cell is the median of 7 timed batches, each batch repeated to take
  * about 20 ms.  The reference is skipped (-) above 256^3 multiply-adds unless
  * --all: it takes seconds there. */
@@ -66,6 +71,112 @@ static void print_cell(double g) {
     printf(" %8.1f", g);
   else
     printf(" %8s", "-");
+}
+
+/* One row-pointer problem and its materialised twin (see rows_table). */
+typedef struct rows_case {
+  int tb, M, N, K, lda;
+  const float *A, *Bm;       /* Bm: (tb ? N : K) rows of (tb ? K : N) floats */
+  const float *const *rows;
+  float *C;
+} rows_case;
+
+/* Median GFLOP/s of rows_fn (or, if NULL, plain_fn on the materialised B). */
+static double measure_rows(void (*rows_fn)(int, int, int, int, float, const float *, int,
+                                           const float *const *, float, float *, int),
+                           sgemm_fn plain_fn, const rows_case *c) {
+  const int ldb = c->tb ? c->K : c->N;
+  enum { BATCHES = 7 };
+  double t[BATCHES], once = 0;
+  int reps = 1;
+  for (int b = -1; b < BATCHES; b++) { /* b == -1: warm-up, sizes reps */
+    double t0 = now_s();
+    for (int r = 0; r < reps; r++) {
+      if (rows_fn)
+        rows_fn(c->tb, c->M, c->N, c->K, 1.0f, c->A, c->lda, c->rows, 0.0f, c->C, c->N);
+      else
+        plain_fn(0, c->tb, c->M, c->N, c->K, 1.0f, c->A, c->lda, c->Bm, ldb, 0.0f, c->C,
+                 c->N);
+    }
+    if (b < 0) {
+      once = now_s() - t0;
+      reps = once > 0 ? (int)(0.02 / once) : 1000;
+      reps = reps < 1 ? 1 : reps > 1000 ? 1000 : reps;
+    } else {
+      t[b] = (now_s() - t0) / reps;
+    }
+  }
+  qsort(t, BATCHES, sizeof t[0], cmp_double);
+  return 2.0 * c->M * c->N * c->K / t[BATCHES / 2] / 1e9;
+}
+
+/* vmc_sgemm_rows vs vmc_sgemm on the materialised B for conv GEMMs: a
+ * C_in x (H+2) x (W+2) padded plane X, whose tap (c, di, dj) is the row
+ * X + c*plane + di*(W+2) + dj, read for H*(W+2) floats (the "wide" output
+ * grid, two junk columns per row). */
+static int rows_table(int has_avx2, int has_avx512) {
+  static const struct {
+    int tb, co, ci, H, W;
+    const char *what;
+  } cases[] = {
+      {0, 16, 16, 28, 28, "fwd 16->16 28x28"}, {0, 32, 16, 28, 28, "fwd 16->32 28x28"},
+      {0, 32, 32, 14, 14, "fwd 32->32 14x14"}, {0, 64, 64, 7, 7, "fwd 64->64 7x7"},
+      {1, 16, 16, 28, 28, "dW 16->16 28x28"},  {1, 32, 32, 14, 14, "dW 32->32 14x14"},
+      {1, 64, 64, 7, 7, "dW 64->64 7x7"},      {0, 16, 16, 28, 28, "dX 16->16 28x28"},
+  };
+  printf("\nsgemm_rows vs sgemm on the materialised B, GFLOP/s (mat = sgemm, rows = "
+         "sgemm_rows)\n");
+  printf("%-18s %2s %5s %5s %5s %8s %8s %8s %8s %8s %8s %8s\n", "problem", "tr", "M", "N",
+         "K", "mat2", "rows2", "mat512", "rows512", "mat_mt", "rows_mt", "rows/mat");
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const int tb = cases[i].tb, Wp = cases[i].W + 2, plane = (cases[i].H + 2) * Wp;
+    const int grid = cases[i].H * Wp, taps = cases[i].ci * 9;
+    /* fwd: C[co, grid] = W[co, taps] rows; dW: C[co, taps] = dY[co, grid] rows^T
+     * with dY stored plane-strided; dX: as fwd (rotated kernel, in = out). */
+    rows_case c = {tb, cases[i].co, tb ? taps : grid, tb ? grid : taps,
+                   tb ? plane : taps, NULL, NULL, NULL, NULL};
+    const int nrows = taps, len = grid;
+    const size_t nx = (size_t)cases[i].ci * plane + 2; /* last tap reads 2 past */
+    float *X = malloc(nx * sizeof *X), *A = malloc((size_t)c.M * c.lda * sizeof *A);
+    float *Bm = malloc((size_t)nrows * len * sizeof *Bm);
+    const float **rows = malloc((size_t)nrows * sizeof *rows);
+    c.C = malloc((size_t)c.M * c.N * sizeof *c.C);
+    if (!X || !A || !Bm || !rows || !c.C) {
+      fprintf(stderr, "out of memory\n");
+      return 1;
+    }
+    unsigned seed = 7;
+    for (size_t j = 0; j < nx; j++) X[j] = uniform(&seed);
+    for (size_t j = 0; j < (size_t)c.M * c.lda; j++) A[j] = uniform(&seed);
+    for (int r = 0; r < nrows; r++) {
+      rows[r] = X + (size_t)(r / 9) * plane + (size_t)(r % 9 / 3) * Wp + r % 3;
+      memcpy(Bm + (size_t)r * len, rows[r], (size_t)len * sizeof *Bm);
+    }
+    c.A = A, c.Bm = Bm, c.rows = rows;
+    double m2 = has_avx2 ? measure_rows(NULL, vmc_sgemm__avx2, &c) : 0;
+    double r2 = has_avx2 ? measure_rows(vmc_sgemm_rows__avx2, NULL, &c) : 0;
+    double m5 = has_avx512 ? measure_rows(NULL, vmc_sgemm__avx512, &c) : 0;
+    double r5 = has_avx512 ? measure_rows(vmc_sgemm_rows__avx512, NULL, &c) : 0;
+    double mmt = measure_rows(NULL, vmc_sgemm_mt, &c);
+    double rmt = measure_rows(vmc_sgemm_rows_mt, NULL, &c);
+    double mst = measure_rows(NULL, vmc_sgemm, &c);
+    double rst = measure_rows(vmc_sgemm_rows, NULL, &c);
+    printf("%-18s %c%c %5d %5d %5d", cases[i].what, 'n', tb ? 't' : 'n', c.M, c.N, c.K);
+    print_cell(m2);
+    print_cell(r2);
+    print_cell(m5);
+    print_cell(r5);
+    print_cell(mmt);
+    print_cell(rmt);
+    printf(" %7.2fx\n", fmax(fmax(r2, r5), rst) / fmax(fmax(m2, m5), mst));
+    fflush(stdout);
+    free(X);
+    free(A);
+    free(Bm);
+    free(rows);
+    free(c.C);
+  }
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -138,5 +249,5 @@ int main(int argc, char **argv) {
     free(B);
     free(C);
   }
-  return 0;
+  return rows_table(has_avx2, has_avx512);
 }

@@ -289,3 +289,342 @@ TEST(gemm_mt_bit_identical) {
   }
   vmc_set_threads(threads_before);
 }
+
+/* ---- vmc_sgemm_rows: B given by row pointers ------------------------------
+ * The rows (K of them, N floats each, when trans_b == 0; N of K floats when
+ * trans_b == 1) are laid out like the taps of a 3x3 conv over a padded plane:
+ * row r starts at (r / 9) * plane + (r % 9 / 3) * width + r % 3 of one
+ * buffer, so neighbouring rows overlap, and the buffer ends exactly where the
+ * last row does.  With `separate`, each row is its own exact malloc instead,
+ * so ASan catches a read past any row's end.  The variants are checked
+ * against vmc_sgemm_rows__ref within the tolerance above (from the
+ * materialised B), and bit for bit against vmc_sgemm's variant of the same
+ * ISA on the materialised B (same tiles, blocks and reduction order); the
+ * reference bit for bit against vmc_sgemm__ref. */
+
+typedef void (*sgemm_rows_fn)(int, int, int, int, float, const float *, int,
+                              const float *const *, float, float *, int);
+
+typedef struct rows_variant {
+  const char *name;
+  sgemm_rows_fn fn;
+  sgemm_fn peer; /* vmc_sgemm variant giving the same bits */
+  unsigned needs;
+} rows_variant;
+
+static const rows_variant k_rows_variants[] = {
+    {"avx2", vmc_sgemm_rows__avx2, vmc_sgemm__avx2, VMC_CPU_AVX2 | VMC_CPU_FMA},
+    {"avx512", vmc_sgemm_rows__avx512, vmc_sgemm__avx512,
+     VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_AVX2 | VMC_CPU_FMA},
+    {"dispatch", vmc_sgemm_rows, vmc_sgemm, 0},
+    {"mt", vmc_sgemm_rows_mt, vmc_sgemm, 0},
+};
+#define N_ROWS_VARIANTS ((int)(sizeof k_rows_variants / sizeof k_rows_variants[0]))
+
+typedef struct rows_problem {
+  int tb, M, N, K, lda, ldc, nrows, len, separate;
+  float alpha, beta;
+  float *A, *C0, *ref, *tol, *Bm; /* Bm: nrows x len, the materialised rows */
+  float *buf;                     /* the shared buffer (!separate) */
+  float **own;                    /* per-row buffers (separate) */
+  const float **rows;
+} rows_problem;
+
+static void rows_problem_free(rows_problem *p) {
+  free(p->A);
+  free(p->C0);
+  free(p->ref);
+  free(p->tol);
+  free(p->Bm);
+  free(p->buf);
+  if (p->own)
+    for (int r = 0; r < p->nrows; r++) free(p->own[r]);
+  free(p->own);
+  free(p->rows);
+}
+
+/* Builds the rows, A (lda), C (ldc = N + cpad), the reference and the
+ * tolerance; width/plane place the rows (see above).  Returns 0 if out of
+ * memory or if the reference differs from vmc_sgemm__ref on Bm. */
+static int rows_problem_init(rows_problem *p, int tb, int M, int N, int K, int lda,
+                             int cpad, float alpha, float beta, int separate, int width,
+                             int plane) {
+  *p = (rows_problem){0};
+  p->tb = tb, p->M = M, p->N = N, p->K = K, p->lda = lda, p->ldc = N + cpad;
+  p->alpha = alpha, p->beta = beta, p->separate = separate;
+  p->nrows = tb ? N : K;
+  p->len = tb ? K : N;
+  const size_t na = (size_t)M * lda, nc = (size_t)M * p->ldc;
+  const size_t nb = (size_t)p->nrows * p->len;
+  p->A = alloc_floats(na);
+  p->C0 = alloc_floats(nc);
+  p->ref = alloc_floats(nc);
+  p->tol = alloc_floats(nc);
+  p->Bm = alloc_floats(nb);
+  p->rows = malloc((size_t)(p->nrows ? p->nrows : 1) * sizeof *p->rows);
+  float *absA = alloc_floats(na), *absB = alloc_floats(nb);
+  int ok = p->A && p->C0 && p->ref && p->tol && p->Bm && p->rows && absA && absB;
+  if (ok && separate) {
+    p->own = calloc((size_t)(p->nrows ? p->nrows : 1), sizeof *p->own);
+    ok = p->own != NULL;
+    for (int r = 0; ok && r < p->nrows; r++) {
+      ok = (p->own[r] = alloc_floats((size_t)p->len)) != NULL;
+      for (int i = 0; ok && i < p->len; i++) p->own[r][i] = frand();
+      p->rows[r] = p->own[r];
+    }
+  } else if (ok) {
+    size_t last = 0;
+    for (int r = 0; r < p->nrows; r++) {
+      size_t at = (size_t)(r / 9) * plane + (size_t)(r % 9 / 3) * width + r % 3;
+      last = at > last ? at : last;
+    }
+    const size_t size = p->nrows ? last + (size_t)p->len : 0;
+    ok = (p->buf = alloc_floats(size)) != NULL;
+    for (size_t i = 0; ok && i < size; i++) p->buf[i] = frand();
+    for (int r = 0; ok && r < p->nrows; r++)
+      p->rows[r] = p->buf + (size_t)(r / 9) * plane + (size_t)(r % 9 / 3) * width + r % 3;
+  }
+  if (ok) {
+    for (int r = 0; r < p->nrows; r++)
+      for (int i = 0; i < p->len; i++) {
+        float v = p->rows[r][i];
+        p->Bm[(size_t)r * p->len + i] = v;
+        absB[(size_t)r * p->len + i] = fabsf(v);
+      }
+    for (size_t i = 0; i < na; i++) absA[i] = fabsf(p->A[i] = frand());
+    for (size_t i = 0; i < nc; i++) p->C0[i] = beta == 0.0f ? NAN : frand();
+    memcpy(p->ref, p->C0, nc * sizeof(float));
+    vmc_sgemm_rows__ref(tb, M, N, K, alpha, p->A, lda, p->rows, beta, p->ref, p->ldc);
+    vmc_sgemm__ref(0, tb, M, N, K, fabsf(alpha), absA, lda, absB, p->len, 0.0f, p->tol,
+                   p->ldc);
+    for (size_t i = 0; i < nc; i++) {
+      float bc = beta == 0.0f ? 0.0f : fabsf(beta * p->C0[i]);
+      p->tol[i] = 1e-5f * (1.0f + p->tol[i] + bc);
+    }
+    /* The reference is vmc_sgemm__ref's arithmetic on the materialised B. */
+    float *C = alloc_floats(nc);
+    ok = C != NULL;
+    if (ok) {
+      memcpy(C, p->C0, nc * sizeof(float));
+      vmc_sgemm__ref(0, tb, M, N, K, alpha, p->A, lda, p->Bm, p->len, beta, C, p->ldc);
+      if (memcmp(C, p->ref, nc * sizeof(float)) != 0) {
+        vmc_test_fail(__FILE__, __LINE__,
+                      "rows ref != sgemm ref: tb=%d M=%d N=%d K=%d separate=%d", tb, M,
+                      N, K, separate);
+        ok = 0;
+      }
+    }
+    free(C);
+  }
+  free(absA);
+  free(absB);
+  return ok;
+}
+
+/* Runs v on a copy of C0: every element within tolerance of the reference,
+ * equal to v->peer's on the materialised B, padding columns untouched. */
+static int check_rows_variant(const rows_problem *p, const rows_variant *v) {
+  const size_t nc = (size_t)p->M * p->ldc;
+  float *C = alloc_floats(nc), *P = alloc_floats(nc);
+  if (!C || !P) {
+    free(C);
+    free(P);
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+    return 1;
+  }
+  memcpy(C, p->C0, nc * sizeof(float));
+  memcpy(P, p->C0, nc * sizeof(float));
+  v->fn(p->tb, p->M, p->N, p->K, p->alpha, p->A, p->lda, (const float *const *)p->rows,
+        p->beta, C, p->ldc);
+  v->peer(0, p->tb, p->M, p->N, p->K, p->alpha, p->A, p->lda, p->Bm, p->len, p->beta,
+          P, p->ldc);
+  int bad = 0;
+  for (int i = 0; i < p->M && bad < 3; i++) {
+    for (int j = 0; j < p->ldc && bad < 3; j++) {
+      size_t at = (size_t)i * p->ldc + j;
+      const char *why = NULL;
+      if (j >= p->N && memcmp(&C[at], &p->C0[at], sizeof(float)) != 0)
+        why = " [padding column changed]";
+      else if (j < p->N && !(fabsf(C[at] - p->ref[at]) <= p->tol[at]))
+        why = "";
+      else if (j < p->N && memcmp(&C[at], &P[at], sizeof(float)) != 0)
+        why = " [differs from sgemm on the materialised B]";
+      if (why) {
+        vmc_test_fail(__FILE__, __LINE__,
+                      "rows %s tb=%d M=%d N=%d K=%d lda=%d ldc=%d alpha=%g beta=%g "
+                      "separate=%d: C[%d,%d] = %.9g, ref %.9g (tol %.3g), sgemm %.9g%s",
+                      v->name, p->tb, p->M, p->N, p->K, p->lda, p->ldc, p->alpha,
+                      p->beta, p->separate, i, j, C[at], p->ref[at], p->tol[at], P[at],
+                      why);
+        bad++;
+      }
+    }
+  }
+  free(C);
+  free(P);
+  return bad;
+}
+
+static int rows_cpu_has(const rows_variant *v) {
+  return (vmc_cpu_features() & v->needs) == v->needs;
+}
+
+static int run_rows_problem(unsigned which, int tb, int M, int N, int K, int apad,
+                            int cpad, float alpha, float beta, int separate, int width,
+                            int plane) {
+  rows_problem p;
+  if (!rows_problem_init(&p, tb, M, N, K, K + apad, cpad, alpha, beta, separate, width,
+                         plane)) {
+    rows_problem_free(&p);
+    vmc_test_fail(__FILE__, __LINE__, "out of memory or reference mismatch");
+    return 1;
+  }
+  int bad = 0;
+  for (int v = 0; v < N_ROWS_VARIANTS; v++)
+    if ((which & (1u << v)) && rows_cpu_has(&k_rows_variants[v]))
+      bad += check_rows_variant(&p, &k_rows_variants[v]);
+  rows_problem_free(&p);
+  return bad;
+}
+
+static unsigned rows_variant_bit(const char *name) {
+  for (int v = 0; v < N_ROWS_VARIANTS; v++)
+    if (strcmp(k_rows_variants[v].name, name) == 0) return 1u << v;
+  return 0;
+}
+
+/* Every (M, N) pair of k_dims, two K per pair, alternating trans_b, shared
+ * and separate rows, betas, paddings and row spacings; then problems
+ * crossing the cache blocks and the in-place-B limit. */
+static void rows_sweep(unsigned which) {
+  int idx = 0;
+  for (int im = 0; im < N_DIMS; im++) {
+    for (int in = 0; in < N_DIMS; in++) {
+      for (int rep = 0; rep < 2; rep++, idx++) {
+        int K = k_dims[(im * 3 + in * 5 + rep * 7) % N_DIMS];
+        int tb = idx % 2, separate = idx / 2 % 2, pad = (idx / 4) % 3 * 3;
+        int width = 3 + idx % 5; /* rows overlap: shifts 0,1,2,w,w+1,.. */
+        float beta = k_betas[(idx / 12 + rep) % 3];
+        float alpha = idx % 5 == 0 ? 1.0f : -0.75f;
+        if (run_rows_problem(which, tb, k_dims[im], k_dims[in], K, pad, pad, alpha, beta,
+                             separate, width, 3 * width + 1) > 0 &&
+            vmc_test_failed_now() >= 10)
+          return;
+      }
+    }
+  }
+  static const int big[][3] = {{13, 2100, 530}, {66, 1030, 100}, {301, 70, 300},
+                               {150, 97, 1025}, {64, 100, 400}, {65, 100, 400}};
+  for (int i = 0; i < 6; i++)
+    for (int t = 0; t < 4; t++)
+      run_rows_problem(which, t & 1, big[i][0], big[i][1], big[i][2], 1 + t, t,
+                       t == 2 ? 1.0f : 1.5f, k_betas[(i + t) % 3], t >> 1, 9, 31);
+}
+
+TEST(gemm_rows_ref_vs_sgemm_ref) {
+  /* rows_problem_init checks the reference against vmc_sgemm__ref on the
+   * materialised B, bit for bit; no other variant runs. */
+  static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 9, 33}, {6, 16, 129}};
+  for (int s = 0; s < 4; s++)
+    for (int t = 0; t < 4; t++)
+      run_rows_problem(0, t & 1, shapes[s][0], shapes[s][1], shapes[s][2], 2, 2, 0.5f,
+                       k_betas[t % 3], t >> 1, 4, 13);
+}
+
+TEST(gemm_rows_avx2_vs_ref) {
+  if (!rows_cpu_has(&k_rows_variants[0])) SKIP("CPU lacks AVX2/FMA");
+  rows_sweep(rows_variant_bit("avx2"));
+}
+
+TEST(gemm_rows_avx512_vs_ref) {
+  if (!rows_cpu_has(&k_rows_variants[1])) SKIP("CPU lacks AVX-512F/BW/VL");
+  rows_sweep(rows_variant_bit("avx512"));
+}
+
+/* The conv shapes of gemm.h, rows as in the padded plane of an HxW image
+ * (width W + 2, plane (H + 2) * (W + 2), N or K = H * (W + 2)). */
+static const int k_conv_rows[][4] = {/* C_out, C_in, H, W */
+                                     {16, 16, 28, 28},
+                                     {32, 32, 14, 14},
+                                     {64, 64, 7, 7},
+                                     {16, 3, 5, 4}};
+
+TEST(gemm_rows_dispatch_conv_shapes) {
+  unsigned which = ~0u; /* every variant the CPU has */
+  for (int s = 0; s < 4; s++) {
+    const int co = k_conv_rows[s][0], ci = k_conv_rows[s][1];
+    const int H = k_conv_rows[s][2], Wp = k_conv_rows[s][3] + 2, plane = (H + 2) * Wp;
+    const int grid = H * Wp, taps = ci * 9;
+    for (int sep = 0; sep < 2; sep++) {
+      /* forward: C[co, grid] = W[co, taps] * rows; input gradient likewise */
+      run_rows_problem(which, 0, co, grid, taps, 0, 0, 1.0f, 0.0f, sep, Wp, plane);
+      run_rows_problem(which, 0, ci, grid, co * 9, 0, 1, 1.0f, 1.0f, sep, Wp, plane);
+      /* weight gradient: dW[co, taps] += dY[co, grid] (lda = plane) * rows^T */
+      run_rows_problem(which, 1, co, taps, grid, plane - grid, 0, 1.0f, 1.0f, sep, Wp,
+                       plane);
+      run_rows_problem(which, 1, co, taps, grid, plane - grid, 3, -0.5f, 0.0f, sep, Wp,
+                       plane);
+    }
+  }
+}
+
+TEST(gemm_rows_k0_and_alpha0_scale_c) {
+  /* K == 0 or alpha == 0: C = beta * C without reading A or the rows (which
+   * hold NaN); beta == 0 clears NaN. */
+  float nanrow[8];
+  for (int i = 0; i < 8; i++) nanrow[i] = NAN;
+  const float *rows[8];
+  for (int i = 0; i < 8; i++) rows[i] = nanrow;
+  const float A[3 * 4] = {0};
+  for (int v = -1; v < N_ROWS_VARIANTS; v++) {
+    sgemm_rows_fn fn = v < 0 ? vmc_sgemm_rows__ref : k_rows_variants[v].fn;
+    if (v >= 0 && !rows_cpu_has(&k_rows_variants[v])) continue;
+    for (int tb = 0; tb < 2; tb++) {
+      for (int b = 0; b < 3; b++) {
+        float beta = k_betas[b];
+        float C[3 * 5];
+        for (int i = 0; i < 15; i++) C[i] = beta == 0.0f ? NAN : (float)i;
+        fn(tb, 3, 5, b == 2 ? 4 : 0, b == 2 ? 0.0f : 1.0f, A, 4, rows, beta, C, 5);
+        for (int i = 0; i < 15; i++) CHECK(C[i] == beta * (float)i);
+      }
+    }
+  }
+}
+
+TEST(gemm_rows_mt_bit_identical) {
+  /* vmc_sgemm_rows_mt at 1..4 threads equals vmc_sgemm_rows bit for bit,
+   * splitting by N (row offsets, or row pointers when trans_b) and by M. */
+  static const int shapes[][4] = {/* tb, M, N, K */
+                                  {0, 16, 840, 144}, {1, 16, 144, 840}, {0, 64, 63, 576},
+                                  {1, 64, 576, 63},  {0, 300, 10, 100}, {1, 300, 10, 100},
+                                  {0, 33, 2100, 17}, {1, 100, 129, 65}};
+  const int threads_before = vmc_get_threads();
+  for (int s = 0; s < 8; s++) {
+    rows_problem p;
+    REQUIRE(rows_problem_init(&p, shapes[s][0], shapes[s][1], shapes[s][2],
+                              shapes[s][3], shapes[s][3] + 5, 1, 1.25f,
+                              k_betas[s % 3], s % 2, 30, 900));
+    const size_t nc = (size_t)p.M * p.ldc;
+    float *C1 = alloc_floats(nc), *Cn = alloc_floats(nc);
+    REQUIRE(C1 && Cn);
+    memcpy(C1, p.C0, nc * sizeof(float));
+    vmc_sgemm_rows(p.tb, p.M, p.N, p.K, p.alpha, p.A, p.lda, (const float *const *)p.rows,
+                   p.beta, C1, p.ldc);
+    for (int nt = 1; nt <= 4; nt++) {
+      vmc_set_threads(nt);
+      memcpy(Cn, p.C0, nc * sizeof(float));
+      vmc_sgemm_rows_mt(p.tb, p.M, p.N, p.K, p.alpha, p.A, p.lda,
+                        (const float *const *)p.rows, p.beta, Cn, p.ldc);
+      size_t diff = 0;
+      for (size_t i = 0; i < nc; i++) diff += memcmp(&C1[i], &Cn[i], sizeof(float)) != 0;
+      if (diff)
+        vmc_test_fail(__FILE__, __LINE__,
+                      "threads=%d tb=%d M=%d N=%d K=%d: %zu elements differ", nt, p.tb,
+                      p.M, p.N, p.K, diff);
+    }
+    free(C1);
+    free(Cn);
+    rows_problem_free(&p);
+  }
+  vmc_set_threads(threads_before);
+}

@@ -90,3 +90,58 @@ void vmc_sgemm_mt(int trans_a, int trans_b, int M, int N, int K, float alpha,
     }
   }
 }
+
+/* Row-pointer B (gemm.h): the same ISA choice, tiles and split. */
+typedef void (*sgemm_rows_off_fn)(int, int, int, int, float, const float *, int,
+                                  const float *const *, size_t, float, float *, int);
+
+static sgemm_rows_off_fn sgemm_rows_variant(int *mr, int *nr) {
+  const sgemm_fn f = sgemm_variant();
+  tile_of(f, mr, nr);
+  if (f == vmc_sgemm__avx512) return vmc_sgemm_rows_off__avx512;
+  if (f == vmc_sgemm__avx2) return vmc_sgemm_rows_off__avx2;
+  return vmc_sgemm_rows_off__ref;
+}
+
+void vmc_sgemm_rows(int trans_b, int M, int N, int K, float alpha, const float *A,
+                    int lda, const float *const *brow, float beta, float *C, int ldc) {
+  int mr, nr;
+  sgemm_rows_variant(&mr, &nr)(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
+}
+
+void vmc_sgemm_rows_mt(int trans_b, int M, int N, int K, float alpha, const float *A,
+                       int lda, const float *const *brow, float beta, float *C,
+                       int ldc) {
+  int mr, nr;
+  const sgemm_rows_off_fn f = sgemm_rows_variant(&mr, &nr);
+  if (M <= 0 || N <= 0) return;
+  const int nt = vmc_get_threads();
+  if (nt <= 1 || omp_in_parallel() || (double)M * N * (K > 0 ? K : 1) < MT_MIN_WORK) {
+    f(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
+    return;
+  }
+  /* As vmc_sgemm_mt.  A column block reads the rows at an offset (trans_b
+   * == 0) or from its own row pointers (trans_b == 1). */
+  const int by_n = (N + nr - 1) / nr >= nt || N >= M;
+  const int len = by_n ? N : M, align = by_n ? nr : mr;
+  const int units = (len + align - 1) / align;
+  const int per = (units + nt - 1) / nt;
+  const int block = per * align, nblocks = (units + per - 1) / per;
+  if (nblocks <= 1) {
+    f(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
+    return;
+  }
+#pragma omp parallel for num_threads(nblocks) schedule(static, 1)
+  for (int t = 0; t < nblocks; t++) {
+    const int lo = t * block, n = len - lo < block ? len - lo : block;
+    if (by_n) {
+      if (trans_b)
+        f(trans_b, M, n, K, alpha, A, lda, brow + lo, 0, beta, C + lo, ldc);
+      else
+        f(trans_b, M, n, K, alpha, A, lda, brow, (size_t)lo, beta, C + lo, ldc);
+    } else {
+      f(trans_b, n, N, K, alpha, A + (size_t)lo * lda, lda, brow, 0, beta,
+        C + (size_t)lo * ldc, ldc);
+    }
+  }
+}
