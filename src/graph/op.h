@@ -21,6 +21,12 @@ static inline float vmc_clampf(float v, float lo, float hi) {
   return v < hi ? v : hi;
 }
 
+/* Gradient through the clamp.  dy is passed by value so the load is
+ * unconditional and the loops around it vectorise (a blend, not a branch). */
+static inline float vmc_act_grad(float y, float dy, float lo, float hi) {
+  return ((y > lo) & (y < hi)) ? dy : 0.0f;
+}
+
 typedef struct vmc_opctx {
   const vmc_graph *g;
   const vmc_node *node;

@@ -28,10 +28,10 @@ static void clamp_backward(vmc_opctx *c, float hi) {
   if (!dx) return;
   if (c->dx_set[0]) {
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
-    for (size_t i = 0; i < n; i++) dx[i] = ((y[i] > 0) & (y[i] < hi)) ? dy[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) dx[i] = vmc_act_grad(y[i], dy[i], 0.0f, hi);
   } else {
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
-    for (size_t i = 0; i < n; i++) dx[i] += ((y[i] > 0) & (y[i] < hi)) ? dy[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) dx[i] += vmc_act_grad(y[i], dy[i], 0.0f, hi);
   }
 }
 

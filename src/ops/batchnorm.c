@@ -95,7 +95,7 @@ static void bn_backward(vmc_opctx *ctx) {
   const int train = ctx->mode == VMC_MODE_TRAIN;
   const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
   /* A fused activation: the gradient passes where lo < y < hi. */
-#define DY(i) (((yv[i] > lo) & (yv[i] < hi)) ? dy[i] : 0.0f)
+#define DY(i) vmc_act_grad(yv[i], dy[i], lo, hi)
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads)
   for (int c = 0; c < C; c++) {
     float mu = mean[c], is = invstd[c];

@@ -346,7 +346,7 @@ static void conv_backward(vmc_opctx *ctx) {
     float *dy = (float *)ctx->dy;
     const float *y = ctx->y;
     const size_t m = (size_t)ctx->batch * c.oc * c.P;
-    for (size_t i = 0; i < m; i++) dy[i] = ((y[i] > lo) & (y[i] < hi)) ? dy[i] : 0.0f;
+    for (size_t i = 0; i < m; i++) dy[i] = vmc_act_grad(y[i], dy[i], lo, hi);
   }
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (par)
   for (int b = 0; b < ctx->batch; b++) {

@@ -34,7 +34,7 @@ static void add_backward(vmc_opctx *c) {
   const int s0 = c->dx_set[0], s1 = c->dx_set[1];
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
   for (size_t i = 0; i < n; i++) {
-    float d = ((y[i] > lo) & (y[i] < hi)) ? dy[i] : 0.0f;
+    float d = vmc_act_grad(y[i], dy[i], lo, hi);
     if (d0) d0[i] = s0 ? d : d0[i] + d;
     if (d1) d1[i] = s1 ? d : d1[i] + d;
   }
