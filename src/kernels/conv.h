@@ -31,4 +31,15 @@ void vmc_dwconv_forward(const float *x, const float *w, float bias, const vmc_co
 void vmc_dwconv_backward(const float *x, const float *w, const float *dy, const vmc_conv_geom *g,
                          float *dx, float *dw);
 
+/* Depthwise with stride 1 over one zero-padded plane of width wp (the
+ * "wide" layout of conv2d): yw[n] = bias + sum_ij w_ij * xp[n + i*dh*wp + j*dw]
+ * for n < oh*wp; the columns ox >= ow of each wide row are garbage.  xp must
+ * be readable (kw-1)*dw floats past the plane. */
+void vmc_dwconv_wide_forward(const float *xp, int wp, const float *w, float bias,
+                             const vmc_conv_geom *g, float *yw);
+/* Its adjoint: dw_ij += sum_n dyw[n] * xp[n + off_ij] and
+ * dxp[n + off_ij] += w_ij * dyw[n]; dyw must be 0 in the garbage columns. */
+void vmc_dwconv_wide_backward(const float *xp, int wp, const float *w, const float *dyw,
+                              const vmc_conv_geom *g, float *dxp, float *dw);
+
 #endif

@@ -125,3 +125,30 @@ void vmc_dwconv_backward(const float *x, const float *w, const float *dy, const 
     }
   }
 }
+
+void vmc_dwconv_wide_forward(const float *xp, int wp, const float *w, float bias,
+                             const vmc_conv_geom *g, float *yw) {
+  const int n = g->oh * wp;
+  for (int k = 0; k < n; k++) yw[k] = bias;
+  for (int i = 0; i < g->kh; i++)
+    for (int j = 0; j < g->kw; j++) {
+      const float wv = w[i * g->kw + j], *src = xp + (size_t)i * g->dh * wp + (size_t)j * g->dw;
+      for (int k = 0; k < n; k++) yw[k] += wv * src[k];
+    }
+}
+
+void vmc_dwconv_wide_backward(const float *xp, int wp, const float *w, const float *dyw,
+                              const vmc_conv_geom *g, float *dxp, float *dw) {
+  const int n = g->oh * wp;
+  for (int i = 0; i < g->kh; i++)
+    for (int j = 0; j < g->kw; j++) {
+      const size_t off = (size_t)i * g->dh * wp + (size_t)j * g->dw;
+      const float wv = w[i * g->kw + j], *src = xp + off;
+      float acc = 0, *dst = dxp ? dxp + off : NULL;
+#pragma omp simd reduction(+ : acc)
+      for (int k = 0; k < n; k++) acc += dyw[k] * src[k];
+      dw[i * g->kw + j] += acc;
+      if (dst)
+        for (int k = 0; k < n; k++) dst[k] += wv * dyw[k];
+    }
+}

@@ -35,6 +35,7 @@ typedef struct {
   int hq, wq, nq;   /* padded dY height/width, nq = h*wq */
   int pth, ptw;     /* its padding */
   int bwd_wide;     /* that convolution is possible (padding >= 0) */
+  int dw_wide;      /* DEPTHWISE with stride 1: also over a padded plane */
 } conv_cfg;
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
@@ -73,7 +74,8 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.kind = WIDE;
   else
     c.kind = IM2COL;
-  if (c.kind == WIDE) {
+  c.dw_wide = c.kind == DEPTHWISE && g->sh == 1 && g->sw == 1;
+  if (c.kind == WIDE || c.dw_wide) {
     c.hp = g->h + 2 * g->ph;
     c.wp = g->w + 2 * g->pw;
     c.nw = g->oh * c.wp;
@@ -136,6 +138,13 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
       s.d = c->bwd_wide ? (size_t)g->c * c->nq : 0;  /* wide dx */
       size_t kt = (size_t)c->ocg * g->kh * g->kw;
       s.rows = (size_t)c->K > kt ? (size_t)c->K : kt;
+    }
+    break;
+  case DEPTHWISE:
+    if (c->dw_wide) {
+      s.a = c->plane + slack;                                      /* padded input */
+      s.b = (size_t)c->nw;                                         /* wide y / dY */
+      s.c = mode == VMC_MODE_TRAIN ? c->plane + slack : 0;         /* padded dx */
     }
     break;
   case IM2COL:
@@ -245,7 +254,15 @@ static void conv_forward(vmc_opctx *ctx) {
       const float *Wg = W + (size_t)gi * c.ocg * c.K;
       switch (c.kind) {
       case DEPTHWISE:
-        vmc_dwconv_forward(xg, Wg, B ? B[gi] : 0.0f, g, yg);
+        if (c.dw_wide) {
+          float *xp = base, *yw = base + sp.a;
+          pad_planes(xg, 1, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - c.plane, xp);
+          vmc_dwconv_wide_forward(xp, c.wp, Wg, B ? B[gi] : 0.0f, g, yw);
+          for (int r = 0; r < g->oh; r++)
+            memcpy(yg + (size_t)r * g->ow, yw + (size_t)r * c.wp, sizeof(float) * (size_t)g->ow);
+        } else {
+          vmc_dwconv_forward(xg, Wg, B ? B[gi] : 0.0f, g, yg);
+        }
         break;
       case DIRECT:
         gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, xg, c.P, 0.0f, yg, c.P);
@@ -373,7 +390,21 @@ static void conv_backward(vmc_opctx *ctx) {
       }
       switch (c.kind) {
       case DEPTHWISE:
-        vmc_dwconv_backward(xg, Wg, dyg, g, dxg, dWg);
+        if (c.dw_wide) {
+          float *xp = base, *dyw = base + sp.a, *dxp = dyw + sp.b;
+          const size_t slack = sp.a - c.plane;
+          pad_planes(xg, 1, g->h, g->w, g->ph, g->pw, c.hp, c.wp, slack, xp);
+          pad_planes(dyg, 1, g->oh, g->ow, 0, 0, g->oh, c.wp, 0, dyw);
+          if (dxg) memset(dxp, 0, sizeof(float) * sp.c);
+          vmc_dwconv_wide_backward(xp, c.wp, Wg, dyw, g, dxg ? dxp : NULL, dWg);
+          for (int r = 0; dxg && r < g->h; r++) { /* dx (+)= the interior of dxp */
+            const float *src = dxp + (size_t)(r + g->ph) * c.wp + g->pw;
+            float *d = dxg + (size_t)r * g->w;
+            for (int k = 0; k < g->w; k++) d[k] += src[k];
+          }
+        } else {
+          vmc_dwconv_backward(xg, Wg, dyg, g, dxg, dWg);
+        }
         break;
       case DIRECT: /* dW += dY · x^T, dx (+)= W^T · dY */
         gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, xg, c.P, 1.0f, dWg, c.K);
