@@ -15,7 +15,7 @@ echo "| model | epochs | recipe | test accuracy | best epoch accuracy | wall tim
 echo "|---|---:|---|---:|---:|---:|---:|"
 for m in "$@"; do
   case $m in
-    lenet5) epochs=10; extra="--no-augment"; recipe="default, no augmentation" ;;
+    lenet5) epochs=10; extra=""; recipe="default" ;;
     resnet8) epochs=8; extra=""; recipe="default" ;;
     *) epochs=15; extra=""; recipe="default" ;;
   esac

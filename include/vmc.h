@@ -123,7 +123,7 @@ typedef struct vmc_train_config {
   int step_size; float gamma;        /* step schedule, in epochs */
   float warmup_frac;                 /* one-cycle: fraction rising */
   float label_smoothing;
-  int augment;                       /* random crop (pad 2) + h-flip */
+  int augment;                       /* random crop (crop_pad) + h-flip; off by default */
   int crop_pad;
   int flip;                          /* horizontal flip on/off */
   uint64_t seed;

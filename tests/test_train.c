@@ -32,6 +32,7 @@ static void small_config(vmc_train_config *c) {
   c->epochs = 2;
   c->batch = 16;
   c->lr = 0.05f;
+  c->augment = 1; /* exercises the data RNG, which resume must restore */
   c->quiet = 1;
 }
 

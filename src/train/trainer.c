@@ -29,7 +29,7 @@ void vmc_train_config_default(vmc_train_config *c) {
   c->step_size = 30;
   c->gamma = 0.1f;
   c->warmup_frac = 0.25f;
-  c->augment = 1;
+  c->augment = 0; /* measured: short Fashion-MNIST schedules do better without */
   c->crop_pad = 2;
   c->flip = 1;
   c->seed = 1;
