@@ -90,6 +90,8 @@ TEST(cli_bad_options_fail_cleanly) {
   }
   CHECK_EQ_INT(run(g_out, sizeof g_out, "train --model resnet8 --data /nonexistent/folder -o %s", path), 1);
   CHECK(strstr(g_out, "/nonexistent/folder") != NULL);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "train --model nosuchnet -o %s", path), 2);
+  CHECK(strstr(g_out, "nosuchnet") != NULL);
 }
 
 TEST(cli_bad_model_files_fail_cleanly) {

@@ -107,6 +107,16 @@ TEST(train_resume_matches_uninterrupted_run) {
   REQUIRE_OK(vmc_train(resumed, d, NULL, &c2, NULL, NULL, NULL, &r));
   CHECK_EQ_INT(r.epochs_run, 1);
   CHECK(same_weights(full, resumed));
+  /* Another optimizer or batch than the checkpoint's: a clear error. */
+  vmc_train_config c3 = c2;
+  c3.epochs = 4;
+  c3.optimizer = VMC_OPT_ADAMW;
+  CHECK(vmc_train(resumed, d, NULL, &c3, NULL, NULL, NULL, &r) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "sgd") != NULL);
+  c3 = c2;
+  c3.epochs = 4;
+  c3.batch = 8;
+  CHECK(vmc_train(resumed, d, NULL, &c3, NULL, NULL, NULL, &r) == VMC_ERR_INVALID_ARG);
   /* Nothing left to do: a clear error. */
   c2.epochs = 2;
   CHECK(vmc_train(resumed, d, NULL, &c2, NULL, NULL, NULL, &r) == VMC_ERR_INVALID_ARG);
@@ -278,4 +288,28 @@ TEST(train_optimizer_adamw_and_momentum) {
   CHECK_NEAR(g->params[0].data[0], 0.855, 1e-6);
   vmc_optim_free(o);
   vmc_graph_free(g);
+}
+
+/* A frozen (non-trainable) parameter has no gradient: training skips it. */
+TEST(train_frozen_parameters_stay_put) {
+  vmc_dataset *d = synthetic(32, 2);
+  REQUIRE(d);
+  vmc_graph *g = NULL;
+  REQUIRE_OK(vmc_zoo_build("lenet5", 1, 12, 12, 4, 1, &g));
+  const char *frozen[] = {"conv1.weight", "conv1.bias", "fc3.weight", "fc3.bias"};
+  float before[4];
+  for (int k = 0; k < 4; k++) {
+    int i = vmc_graph_find_param(g, frozen[k]);
+    REQUIRE(i >= 0);
+    g->params[i].trainable = 0;
+    before[k] = g->params[i].data[0];
+  }
+  vmc_train_config c;
+  small_config(&c);
+  vmc_train_result r;
+  CHECK_OK(vmc_train(g, d, NULL, &c, NULL, NULL, NULL, &r));
+  for (int k = 0; k < 4; k++) CHECK(g->params[vmc_graph_find_param(g, frozen[k])].data[0] == before[k]);
+  CHECK(g->params[vmc_graph_find_param(g, "conv2.weight")].data[0] != 0);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
 }

@@ -3,6 +3,7 @@
 
 #include <cpuid.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +33,7 @@ static unsigned g_features;
 static const char *g_isa;
 static char g_names[128];
 
-static void init_once(void) {
-  if (__atomic_load_n(&g_isa, __ATOMIC_ACQUIRE)) return;
+static void init_all(void) {
   unsigned f = detect();
   static const struct { unsigned bit; const char *name; } names[] = {
       {VMC_CPU_AVX2, "avx2"},         {VMC_CPU_FMA, "fma"},
@@ -60,6 +60,9 @@ static void init_once(void) {
   memcpy(g_names, buf, sizeof g_names);
   __atomic_store_n(&g_isa, best, __ATOMIC_RELEASE);
 }
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static void init_once(void) { pthread_once(&g_once, init_all); }
 
 unsigned vmc_cpu_features(void) {
   init_once();

@@ -94,8 +94,9 @@ static void bn_backward(vmc_opctx *ctx) {
   const float *mean = ctx->state, *invstd = mean + C;
   const int train = ctx->mode == VMC_MODE_TRAIN;
   const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
+  const int fused = ctx->act != VMC_ACT_NONE;
   /* A fused activation: the gradient passes where lo < y < hi. */
-#define DY(i) vmc_act_grad(yv[i], dy[i], lo, hi)
+#define DY(i) (fused ? vmc_act_grad(yv[i], dy[i], lo, hi) : dy[i])
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads)
   for (int c = 0; c < C; c++) {
     float mu = mean[c], is = invstd[c];

@@ -18,7 +18,6 @@
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
 
-#include <omp.h>
 #include <string.h>
 
 enum { DIRECT, DEPTHWISE, WIDE, IM2COL };
@@ -223,9 +222,17 @@ typedef void (*gemm_rows_fn)(int, int, int, int, float, const float *, int, cons
 
 #define IMAGE_LOOP_PARALLEL(ctx) ((ctx)->batch >= (ctx)->nthreads && (ctx)->nthreads > 1)
 
-static float *thread_scratch(const vmc_opctx *ctx) {
-  return (float *)(ctx->scratch + (size_t)omp_get_thread_num() * ctx->scratch_bytes);
+static float *slice_scratch(const vmc_opctx *ctx, int t) {
+  return (float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes);
 }
+
+/* Images split into nt fixed chunks, chunk t on scratch slice t: results do
+ * not depend on how many threads OpenMP actually delivers. */
+#define FOR_IMAGE_CHUNKS(ctx, nt, t, b)                                          \
+  _Pragma("omp parallel for schedule(static, 1) num_threads(nt)")              \
+  for (int t = 0; t < (nt); t++)                                               \
+    for (int b = (int)((long)(ctx)->batch * t / (nt));                         \
+         b < (int)((long)(ctx)->batch * (t + 1) / (nt)); b++)
 
 /* The row-pointer table sits at the end of the thread's scratch slice. */
 static const float **thread_rows(const vmc_opctx *ctx, const scratch_plan *s, float *base) {
@@ -243,9 +250,9 @@ static void conv_forward(vmc_opctx *ctx) {
   const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
   gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
   gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
-#pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (par)
-  for (int b = 0; b < ctx->batch; b++) {
-    float *base = thread_scratch(ctx);
+  const int nt = par ? ctx->nthreads : 1;
+  FOR_IMAGE_CHUNKS(ctx, nt, t, b) {
+    float *base = slice_scratch(ctx, t);
     const float *x = ctx->x[0] + (size_t)b * C * HW;
     float *y = ctx->y + (size_t)b * c.oc * c.P;
     for (int gi = 0; gi < c.groups; gi++) {
@@ -365,9 +372,8 @@ static void conv_backward(vmc_opctx *ctx) {
     const size_t m = (size_t)ctx->batch * c.oc * c.P;
     for (size_t i = 0; i < m; i++) dy[i] = vmc_act_grad(y[i], dy[i], lo, hi);
   }
-#pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (par)
-  for (int b = 0; b < ctx->batch; b++) {
-    float *base = thread_scratch(ctx);
+  FOR_IMAGE_CHUNKS(ctx, nt, t, b) {
+    float *base = slice_scratch(ctx, t);
     float *dW = base + priv, *dB = dW + wn;
     const float *x = ctx->x[0] + (size_t)b * C * HW;
     float *dx = ctx->dx[0] ? ctx->dx[0] + (size_t)b * C * HW : NULL;
@@ -430,8 +436,8 @@ static void conv_backward(vmc_opctx *ctx) {
   /* Reduce the private gradients in thread order: deterministic. */
   for (int t = 0; t < nt; t++) {
     const float *dW = (const float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes) + priv;
-    for (size_t i = 0; i < wn; i++) pw->grad[i] += dW[i];
-    if (pb)
+    for (size_t i = 0; pw->grad && i < wn; i++) pw->grad[i] += dW[i];
+    if (pb && pb->grad)
       for (int o = 0; o < c.oc; o++) pb->grad[o] += dW[wn + (size_t)o];
   }
 }

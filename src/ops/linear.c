@@ -38,9 +38,10 @@ static void linear_backward(vmc_opctx *c) {
   const vmc_node *n = c->node;
   const int N = c->batch, F = in_features(&c->xs[0]), O = c->ys.d[1];
   vmc_param *w = &c->g->params[n->param[0]];
-  vmc_sgemm_mt(1, 0, O, F, N, 1.0f, c->dy, O, c->x[0], F, 1.0f, w->grad, F);
-  if (n->n_param > 1) {
-    float *db = c->g->params[n->param[1]].grad;
+  /* A frozen (non-trainable) parameter has no gradient buffer. */
+  if (w->grad) vmc_sgemm_mt(1, 0, O, F, N, 1.0f, c->dy, O, c->x[0], F, 1.0f, w->grad, F);
+  float *db = n->n_param > 1 ? c->g->params[n->param[1]].grad : NULL;
+  if (db) {
     for (int i = 0; i < N; i++)
       for (int o = 0; o < O; o++) db[o] += c->dy[(size_t)i * O + o];
   }

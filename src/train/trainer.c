@@ -106,7 +106,7 @@ static vmc_status rng_from_hex(const char *s, vmc_rng *r) {
     part[16] = 0;
     char *end;
     r->s[i] = strtoull(part, &end, 16);
-    if (*end) return vmc_error(VMC_ERR_FORMAT, "checkpoint RNG state is malformed");
+    if (*end || !((part[0] >= '0' && part[0] <= '9') || (part[0] >= 'a' && part[0] <= 'f'))) return vmc_error(VMC_ERR_FORMAT, "checkpoint RNG state is malformed");
   }
   r->has_spare = 0;
   return VMC_OK;
@@ -118,13 +118,18 @@ static vmc_status save_checkpoint(vmc_graph *g, const vmc_optimizer *o, const vm
   vmc_blob *b = vmc_malloc_plain((size_t)(2 * g->n_params + 1) * sizeof *b);
   if (!b) return vmc_error(VMC_ERR_NOMEM, "checkpoint");
   for (int i = 0; i < g->n_params; i++) {
+    if (strlen(g->params[i].name) + 2 >= VMC_NAME_MAX) {
+      vmc_free(b);
+      return vmc_error(VMC_ERR_INVALID_ARG, "parameter name '%s' is too long for a checkpoint",
+                       g->params[i].name);
+    }
     if (o->m[i]) {
-      snprintf(b[n].name, VMC_NAME_MAX, "m:%.60s", g->params[i].name);
+      snprintf(b[n].name, VMC_NAME_MAX, "m:%s", g->params[i].name);
       b[n].shape = g->params[i].shape;
       b[n++].data = o->m[i];
     }
     if (o->v[i]) {
-      snprintf(b[n].name, VMC_NAME_MAX, "v:%.60s", g->params[i].name);
+      snprintf(b[n].name, VMC_NAME_MAX, "v:%s", g->params[i].name);
       b[n].shape = g->params[i].shape;
       b[n++].data = o->v[i];
     }
@@ -141,20 +146,52 @@ static vmc_status save_checkpoint(vmc_graph *g, const vmc_optimizer *o, const vm
   if (!s) s = vmc_graph_set_meta(g, "checkpoint.rng.dropout", buf);
   snprintf(buf, sizeof buf, "%d", c->epochs);
   if (!s) s = vmc_graph_set_meta(g, "checkpoint.epochs_total", buf);
+  snprintf(buf, sizeof buf, "%d", c->batch);
+  if (!s) s = vmc_graph_set_meta(g, "checkpoint.batch", buf);
+  if (!s) s = vmc_graph_set_meta(g, "checkpoint.optimizer", c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd");
+  snprintf(buf, sizeof buf, "%.9g", c->lr);
+  if (!s) s = vmc_graph_set_meta(g, "checkpoint.lr", buf);
+  snprintf(buf, sizeof buf, "%.9g", c->weight_decay);
+  if (!s) s = vmc_graph_set_meta(g, "checkpoint.weight_decay", buf);
   if (!s) s = vmc_model_write(g, b, n, c->checkpoint);
   vmc_free(b);
   return s;
 }
 
-static vmc_status load_checkpoint(vmc_graph *g, vmc_optimizer *o, const char *path,
-                                  int *epochs_done, vmc_rng *data_rng, vmc_rng *plan_rng) {
+/* A whole decimal number in [lo, hi] from checkpoint metadata. */
+static vmc_status meta_long(const vmc_graph *g, const char *key, long lo, long hi, const char *path,
+                            long *out) {
+  const char *v = vmc_graph_meta(g, key);
+  char *end;
+  long x = v ? strtol(v, &end, 10) : 0;
+  if (!v || !*v || *end || x < lo || x > hi)
+    return vmc_error(VMC_ERR_FORMAT, "checkpoint %s: '%s' is missing or out of range", path, key);
+  *out = x;
+  return VMC_OK;
+}
+
+static vmc_status load_checkpoint(vmc_graph *g, vmc_optimizer *o, const vmc_train_config *c,
+                                  const char *path, int *epochs_done, vmc_rng *data_rng,
+                                  vmc_rng *plan_rng) {
   vmc_graph *cg = NULL;
   vmc_blob *b = NULL;
   int nb = 0;
   VMC_TRY(vmc_model_read(path, &cg, &b, &nb));
   vmc_status s = VMC_OK;
-  const char *ep = vmc_graph_meta(cg, "checkpoint.epoch"), *st = vmc_graph_meta(cg, "checkpoint.step");
-  if (!ep || !st) s = vmc_error(VMC_ERR_FORMAT, "%s is a model, not a training checkpoint", path);
+  long ep = 0, st = 0, batch = 0;
+  if (!vmc_graph_meta(cg, "checkpoint.epoch"))
+    s = vmc_error(VMC_ERR_FORMAT, "%s is a model, not a training checkpoint", path);
+  if (!s) s = meta_long(cg, "checkpoint.epoch", 0, 100000, path, &ep);
+  if (!s) s = meta_long(cg, "checkpoint.step", 0, 1L << 40, path, &st);
+  if (!s) s = meta_long(cg, "checkpoint.batch", 1, 65536, path, &batch);
+  const char *opt = vmc_graph_meta(cg, "checkpoint.optimizer");
+  const char *want = c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd";
+  if (!s && (!opt || strcmp(opt, want)))
+    s = vmc_error(VMC_ERR_INVALID_ARG, "checkpoint %s was trained with %s, not %s", path,
+                  opt ? opt : "?", want);
+  if (!s && batch != c->batch)
+    s = vmc_error(VMC_ERR_INVALID_ARG, "checkpoint %s was trained with batch %ld, not %d", path,
+                  batch, c->batch);
   if (!s && cg->n_params != g->n_params)
     s = vmc_error(VMC_ERR_SHAPE, "checkpoint %s holds a different model", path);
   for (int i = 0; i < g->n_params && !s; i++) {
@@ -167,6 +204,9 @@ static vmc_status load_checkpoint(vmc_graph *g, vmc_optimizer *o, const char *pa
     memcpy(g->params[i].data, cg->params[j].data,
            vmc_shape_count(&g->params[i].shape) * sizeof(float));
   }
+  int restored = 0, want_blobs = 0;
+  for (int i = 0; i < g->n_params; i++)
+    want_blobs += (o->m[i] != NULL) + (o->v[i] != NULL);
   for (int k = 0; k < nb && !s; k++) {
     if (strlen(b[k].name) < 3 || b[k].name[1] != ':') continue;
     int i = vmc_graph_find_param(g, b[k].name + 2);
@@ -177,10 +217,14 @@ static vmc_status load_checkpoint(vmc_graph *g, vmc_optimizer *o, const char *pa
       break;
     }
     memcpy(dst, b[k].data, vmc_shape_count(&b[k].shape) * sizeof(float));
+    restored++;
   }
+  if (!s && restored != want_blobs)
+    s = vmc_error(VMC_ERR_FORMAT, "checkpoint %s holds %d of the %d optimizer state tensors", path,
+                  restored, want_blobs);
   if (!s) {
-    *epochs_done = atoi(ep);
-    o->step = atol(st);
+    *epochs_done = (int)ep;
+    o->step = st;
     s = rng_from_hex(vmc_graph_meta(cg, "checkpoint.rng.data"), data_rng);
   }
   if (!s) s = rng_from_hex(vmc_graph_meta(cg, "checkpoint.rng.dropout"), plan_rng);
@@ -258,7 +302,7 @@ vmc_status vmc_train(vmc_graph *g, const vmc_dataset *train, const vmc_dataset *
   vmc_rng_seed(&rng, c->seed);
   if (t.p) vmc_rng_seed(&t.p->rng, c->seed ^ 0xd20b0u);
   int start_epoch = 0;
-  if (!s && c->resume) s = load_checkpoint(g, t.o, c->resume, &start_epoch, &rng, &t.p->rng);
+  if (!s && c->resume) s = load_checkpoint(g, t.o, c, c->resume, &start_epoch, &rng, &t.p->rng);
   if (!s && start_epoch >= c->epochs)
     s = vmc_error(VMC_ERR_INVALID_ARG, "checkpoint %s already has %d epochs; ask for more with --epochs",
                   c->resume, start_epoch);

@@ -38,7 +38,8 @@ static const char *const HELP =
     "  --limit-train N       use only the first N training images\n"
     "  --limit-test N        evaluate on only the first N test images\n"
     "  --checkpoint FILE     write a checkpoint (weights, optimizer, RNG) each epoch\n"
-    "  --resume FILE         continue a checkpoint exactly (same --epochs total)\n"
+    "  --resume FILE         continue a checkpoint exactly (its --epochs total, batch and\n"
+    "                        optimizer; a larger --epochs extends the run)\n"
     "  --no-eval             skip the per-epoch test evaluation\n\n" CLI_COMMON_HELP;
 
 enum {
@@ -81,11 +82,11 @@ static vmc_status data_meta(vmc_graph *g, const vmc_dataset *d) {
   char mean[64], std[64], cls[16];
   snprintf(cls, sizeof cls, "%d", d->n_classes);
   if (d->c == 1) {
-    snprintf(mean, sizeof mean, "%.4f", d->mean[0]);
-    snprintf(std, sizeof std, "%.4f", d->std[0]);
+    snprintf(mean, sizeof mean, "%.9g", d->mean[0]);
+    snprintf(std, sizeof std, "%.9g", d->std[0]);
   } else {
-    snprintf(mean, sizeof mean, "%.4f,%.4f,%.4f", d->mean[0], d->mean[1], d->mean[2]);
-    snprintf(std, sizeof std, "%.4f,%.4f,%.4f", d->std[0], d->std[1], d->std[2]);
+    snprintf(mean, sizeof mean, "%.9g,%.9g,%.9g", d->mean[0], d->mean[1], d->mean[2]);
+    snprintf(std, sizeof std, "%.9g,%.9g,%.9g", d->std[0], d->std[1], d->std[2]);
   }
   VMC_TRY(vmc_graph_set_meta(g, "dataset", d->name[0] ? d->name : d->source));
   VMC_TRY(vmc_graph_set_meta(g, "classes", cls));
@@ -139,7 +140,7 @@ int cmd_train(int argc, char **argv) {
   vmc_train_config c;
   vmc_train_config_default(&c);
   const char *model = NULL, *out = NULL;
-  int lr_set = 0, wd_set = 0, no_eval = 0, opt;
+  int lr_set = 0, wd_set = 0, no_eval = 0, epochs_set = 0, batch_set = 0, opt_set = 0, opt;
   long v;
   double f;
   optind = 1;
@@ -151,13 +152,14 @@ int cmd_train(int argc, char **argv) {
     case 'h': fputs(HELP, stdout); return 0;
     case 'o': out = optarg; break;
     case O_MODEL: model = optarg; break;
-    case O_EPOCHS: if (cli_int("--epochs", optarg, 1, 100000, &v)) return 2; c.epochs = (int)v; break;
-    case O_BATCH: if (cli_int("--batch", optarg, 1, 65536, &v)) return 2; c.batch = (int)v; break;
+    case O_EPOCHS: if (cli_int("--epochs", optarg, 1, 100000, &v)) return 2; c.epochs = (int)v; epochs_set = 1; break;
+    case O_BATCH: if (cli_int("--batch", optarg, 1, 65536, &v)) return 2; c.batch = (int)v; batch_set = 1; break;
     case O_LR: if (cli_float("--lr", optarg, 1e-8, 10, &f)) return 2; c.lr = (float)f; lr_set = 1; break;
     case O_MOM: if (cli_float("--momentum", optarg, 0, 0.999, &f)) return 2; c.momentum = (float)f; break;
     case O_NONEST: c.nesterov = 0; break;
     case O_WD: if (cli_float("--wd", optarg, 0, 0.5, &f)) return 2; c.weight_decay = (float)f; wd_set = 1; break;
     case O_OPT:
+      opt_set = 1;
       if (!strcmp(optarg, "sgd")) c.optimizer = VMC_OPT_SGD;
       else if (!strcmp(optarg, "adamw")) c.optimizer = VMC_OPT_ADAMW;
       else return cli_usage_error("train", "--optimizer '%s': expected sgd or adamw", optarg);
@@ -187,9 +189,11 @@ int cmd_train(int argc, char **argv) {
   if (optind < argc) return cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
   if (!out) return cli_usage_error("train", "missing -o OUT.vmc");
   if (!model && !c.resume) return cli_usage_error("train", "missing --model NAME (or --resume CKPT)");
-  if (c.optimizer == VMC_OPT_ADAMW) {
-    if (!lr_set) c.lr = 1e-3f;
-    if (!wd_set) c.weight_decay = 0.05f;
+  if (model) {
+    int known = 0;
+    for (const char *const *z = vmc_zoo_names(); *z; z++) known |= !strcmp(*z, model);
+    if (!known)
+      return cli_usage_error("train", "unknown --model '%s' (lenet5, resnet8, resnet20, mobilenetv2-tiny)", model);
   }
   cli_common_apply(&cc);
   c.seed = cc.seed;
@@ -207,6 +211,19 @@ int cmd_train(int argc, char **argv) {
       return cli_usage_error("train", "--model %s does not match the checkpoint's architecture", model);
     }
     model = vmc_graph_meta(g, "architecture") ? vmc_graph_meta(g, "architecture") : "model";
+    /* The schedule spans the whole run: continue with the checkpoint's total. */
+    const char *total = vmc_graph_meta(g, "checkpoint.epochs_total");
+    if (!epochs_set && total && atoi(total) > 0) c.epochs = atoi(total);
+    const char *cb = vmc_graph_meta(g, "checkpoint.batch"), *co = vmc_graph_meta(g, "checkpoint.optimizer");
+    if (!batch_set && cb && atoi(cb) > 0) c.batch = atoi(cb);
+    if (!opt_set && co) c.optimizer = strcmp(co, "adamw") ? VMC_OPT_SGD : VMC_OPT_ADAMW;
+    const char *cl = vmc_graph_meta(g, "checkpoint.lr"), *cw = vmc_graph_meta(g, "checkpoint.weight_decay");
+    if (!lr_set && cl && atof(cl) > 0) c.lr = (float)atof(cl), lr_set = 1;
+    if (!wd_set && cw && atof(cw) >= 0) c.weight_decay = (float)atof(cw), wd_set = 1;
+  }
+  if (c.optimizer == VMC_OPT_ADAMW) {
+    if (!lr_set) c.lr = 1e-3f;
+    if (!wd_set) c.weight_decay = 0.05f;
   }
   s = cli_open_data(&cc, g, VMC_SPLIT_TRAIN, &train);
   if (s) goto fail;
