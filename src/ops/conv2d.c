@@ -228,80 +228,90 @@ static float *slice_scratch(const vmc_opctx *ctx, int t) {
 
 /* Images split into nt fixed chunks, chunk t on scratch slice t: results do
  * not depend on how many threads OpenMP actually delivers. */
-#define FOR_IMAGE_CHUNKS(ctx, nt, t, b)                                          \
-  _Pragma("omp parallel for schedule(static, 1) num_threads(nt)")              \
-  for (int t = 0; t < (nt); t++)                                               \
-    for (int b = (int)((long)(ctx)->batch * t / (nt));                         \
-         b < (int)((long)(ctx)->batch * (t + 1) / (nt)); b++)
+static inline int chunk_lo(int batch, int t, int nt) { return (int)((long)batch * t / nt); }
 
 /* The row-pointer table sits at the end of the thread's scratch slice. */
 static const float **thread_rows(const vmc_opctx *ctx, const scratch_plan *s, float *base) {
   return (const float **)((uint8_t *)base + ctx->scratch_bytes - s->rows * sizeof(float *));
 }
 
-static void conv_forward(vmc_opctx *ctx) {
+/* One image: every group, bias, fused activation.  par: images run in
+ * parallel (single-threaded GEMMs); otherwise the GEMMs are threaded. */
+static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
+                          int b, float *base, int par) {
   const vmc_node *n = ctx->node;
-  conv_cfg c = cfg_of(n, &ctx->xs[0]);
+  const conv_cfg c = *cp;
+  const scratch_plan sp = *spp;
   const vmc_conv_geom *g = &c.g;
-  scratch_plan sp = scratch_of(&c, ctx->mode);
   const float *W = ctx->g->params[n->param[0]].data;
   const float *B = n->n_param > 1 ? ctx->g->params[n->param[1]].data : NULL;
-  const int C = ctx->xs[0].d[1], HW = g->h * g->w, par = IMAGE_LOOP_PARALLEL(ctx);
+  const int C = ctx->xs[0].d[1], HW = g->h * g->w;
   const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
   gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
   gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
-  const int nt = par ? ctx->nthreads : 1;
-  FOR_IMAGE_CHUNKS(ctx, nt, t, b) {
-    float *base = slice_scratch(ctx, t);
-    const float *x = ctx->x[0] + (size_t)b * C * HW;
-    float *y = ctx->y + (size_t)b * c.oc * c.P;
-    for (int gi = 0; gi < c.groups; gi++) {
-      const float *xg = x + (size_t)gi * g->c * HW;
-      float *yg = y + (size_t)gi * c.ocg * c.P;
-      const float *Wg = W + (size_t)gi * c.ocg * c.K;
-      switch (c.kind) {
-      case DEPTHWISE:
-        if (c.dw_wide) {
-          float *xp = base, *yw = base + sp.a;
-          pad_planes(xg, 1, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - c.plane, xp);
-          vmc_dwconv_wide_forward(xp, c.wp, Wg, B ? B[gi] : 0.0f, g, yw);
-          for (int r = 0; r < g->oh; r++)
-            memcpy(yg + (size_t)r * g->ow, yw + (size_t)r * c.wp, sizeof(float) * (size_t)g->ow);
-        } else {
-          vmc_dwconv_forward(xg, Wg, B ? B[gi] : 0.0f, g, yg);
-        }
-        break;
-      case DIRECT:
-        gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, xg, c.P, 0.0f, yg, c.P);
-        break;
-      case IM2COL:
-        vmc_im2col(xg, g, base);
-        gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, base, c.P, 0.0f, yg, c.P);
-        break;
-      case WIDE: {
+  const float *x = ctx->x[0] + (size_t)b * C * HW;
+  float *y = ctx->y + (size_t)b * c.oc * c.P;
+  for (int gi = 0; gi < c.groups; gi++) {
+    const float *xg = x + (size_t)gi * g->c * HW;
+    float *yg = y + (size_t)gi * c.ocg * c.P;
+    const float *Wg = W + (size_t)gi * c.ocg * c.K;
+    switch (c.kind) {
+    case DEPTHWISE:
+      if (c.dw_wide) {
         float *xp = base, *yw = base + sp.a;
-        const float **rows = thread_rows(ctx, &sp, base);
-        pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
-                   xp);
-        plane_rows(xp, g->c, c.plane, c.wp, g, rows);
-        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw);
-        for (int o = 0; o < c.ocg; o++)
-          for (int r = 0; r < g->oh; r++)
-            memcpy(yg + (size_t)o * c.P + (size_t)r * g->ow, yw + (size_t)o * c.nw + (size_t)r * c.wp,
-                   sizeof(float) * (size_t)g->ow);
-        break;
+        pad_planes(xg, 1, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - c.plane, xp);
+        vmc_dwconv_wide_forward(xp, c.wp, Wg, B ? B[gi] : 0.0f, g, yw);
+        for (int r = 0; r < g->oh; r++)
+          memcpy(yg + (size_t)r * g->ow, yw + (size_t)r * c.wp, sizeof(float) * (size_t)g->ow);
+      } else {
+        vmc_dwconv_forward(xg, Wg, B ? B[gi] : 0.0f, g, yg);
       }
+      break;
+    case DIRECT:
+      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, xg, c.P, 0.0f, yg, c.P);
+      break;
+    case IM2COL:
+      vmc_im2col(xg, g, base);
+      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, base, c.P, 0.0f, yg, c.P);
+      break;
+    case WIDE: {
+      float *xp = base, *yw = base + sp.a;
+      const float **rows = thread_rows(ctx, &sp, base);
+      pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
+                 xp);
+      plane_rows(xp, g->c, c.plane, c.wp, g, rows);
+      gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw);
+      for (int o = 0; o < c.ocg; o++)
+        for (int r = 0; r < g->oh; r++)
+          memcpy(yg + (size_t)o * c.P + (size_t)r * g->ow, yw + (size_t)o * c.nw + (size_t)r * c.wp,
+                 sizeof(float) * (size_t)g->ow);
+      break;
+    }
+    }
+    if (B && c.kind != DEPTHWISE)
+      for (int o = 0; o < c.ocg; o++) {
+        float bv = B[gi * c.ocg + o], *yr = yg + (size_t)o * c.P;
+        for (int p = 0; p < c.P; p++) yr[p] += bv;
       }
-      if (B && c.kind != DEPTHWISE)
-        for (int o = 0; o < c.ocg; o++) {
-          float bv = B[gi * c.ocg + o], *yr = yg + (size_t)o * c.P;
-          for (int p = 0; p < c.P; p++) yr[p] += bv;
-        }
-    }
-    if (ctx->act != VMC_ACT_NONE) {
-      const size_t m = (size_t)c.oc * c.P;
-      for (size_t i = 0; i < m; i++) y[i] = vmc_clampf(y[i], lo, hi);
-    }
+  }
+  if (ctx->act != VMC_ACT_NONE) {
+    const size_t m = (size_t)c.oc * c.P;
+    for (size_t i = 0; i < m; i++) y[i] = vmc_clampf(y[i], lo, hi);
+  }
+}
+
+static void conv_forward(vmc_opctx *ctx) {
+  conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
+  scratch_plan sp = scratch_of(&c, ctx->mode);
+  if (IMAGE_LOOP_PARALLEL(ctx)) {
+    const int nt = ctx->nthreads;
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+    for (int t = 0; t < nt; t++)
+      for (int b = chunk_lo(ctx->batch, t, nt); b < chunk_lo(ctx->batch, t + 1, nt); b++)
+        forward_image(ctx, &c, &sp, b, slice_scratch(ctx, t), 1);
+  } else {
+    /* No enclosing parallel region: the threaded GEMMs get the whole team. */
+    for (int b = 0; b < ctx->batch; b++) forward_image(ctx, &c, &sp, b, slice_scratch(ctx, 0), 0);
   }
 }
 
@@ -346,25 +356,94 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
     }
 }
 
+/* One image's share of the backward: private dW/dB, and dx. */
+static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
+                           int b, float *base, int par, const float *Wt) {
+  const vmc_node *n = ctx->node;
+  const conv_cfg c = *cp;
+  const scratch_plan sp = *spp;
+  const vmc_conv_geom *g = &c.g;
+  const vmc_param *pb = n->n_param > 1 ? &ctx->g->params[n->param[1]] : NULL;
+  const float *W = ctx->g->params[n->param[0]].data;
+  const int C = ctx->xs[0].d[1], HW = g->h * g->w;
+  const size_t wn = (size_t)c.oc * c.K, priv = sp.a + sp.b + sp.c + sp.d;
+  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
+  float *dW = base + priv, *dB = dW + wn;
+  const float *x = ctx->x[0] + (size_t)b * C * HW;
+  float *dx = ctx->dx[0] ? ctx->dx[0] + (size_t)b * C * HW : NULL;
+  const float *dy = ctx->dy + (size_t)b * c.oc * c.P;
+  /* dx_set: GEMM paths overwrite (beta 0); scatter paths start from 0. */
+  const float dx_beta = ctx->dx_set[0] ? 0.0f : 1.0f;
+  if (dx && ctx->dx_set[0] && (c.kind == DEPTHWISE || c.kind == IM2COL))
+    memset(dx, 0, (size_t)C * HW * sizeof(float));
+  for (int gi = 0; gi < c.groups; gi++) {
+    const float *xg = x + (size_t)gi * g->c * HW;
+    float *dxg = dx ? dx + (size_t)gi * g->c * HW : NULL;
+    const float *dyg = dy + (size_t)gi * c.ocg * c.P;
+    const float *Wg = W + (size_t)gi * c.ocg * c.K;
+    float *dWg = dW + (size_t)gi * c.ocg * c.K;
+    for (int o = 0; pb && o < c.ocg; o++) {
+      const float *r = dyg + (size_t)o * c.P;
+      float s = 0;
+      for (int p = 0; p < c.P; p++) s += r[p];
+      dB[gi * c.ocg + o] += s;
+    }
+    switch (c.kind) {
+    case DEPTHWISE:
+      if (c.dw_wide) {
+        float *xp = base, *dyw = base + sp.a, *dxp = dyw + sp.b;
+        const size_t slack = sp.a - c.plane;
+        pad_planes(xg, 1, g->h, g->w, g->ph, g->pw, c.hp, c.wp, slack, xp);
+        pad_planes(dyg, 1, g->oh, g->ow, 0, 0, g->oh, c.wp, 0, dyw);
+        if (dxg) memset(dxp, 0, sizeof(float) * sp.c);
+        vmc_dwconv_wide_backward(xp, c.wp, Wg, dyw, g, dxg ? dxp : NULL, dWg);
+        for (int r = 0; dxg && r < g->h; r++) { /* dx (+)= the interior of dxp */
+          const float *src = dxp + (size_t)(r + g->ph) * c.wp + g->pw;
+          float *d = dxg + (size_t)r * g->w;
+          for (int k = 0; k < g->w; k++) d[k] += src[k];
+        }
+      } else {
+        vmc_dwconv_backward(xg, Wg, dyg, g, dxg, dWg);
+      }
+      break;
+    case DIRECT: /* dW += dY · x^T, dx (+)= W^T · dY */
+      gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, xg, c.P, 1.0f, dWg, c.K);
+      if (dxg) gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, dx_beta, dxg, c.P);
+      break;
+    case IM2COL: {
+      float *col = base, *dcol = base + sp.a;
+      vmc_im2col(xg, g, col);
+      gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, col, c.P, 1.0f, dWg, c.K);
+      if (!dxg) break;
+      gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, 0.0f, dcol, c.P);
+      vmc_col2im_add(dcol, g, dxg);
+      break;
+    }
+    case WIDE:
+      wide_backward(ctx, &c, &sp, base, xg, dyg,
+                    Wt ? Wt + (size_t)gi * g->c * c.ocg * g->kh * g->kw : Wg, dxg, dx_beta,
+                    dWg, par);
+      break;
+    }
+  }
+}
+
 static void conv_backward(vmc_opctx *ctx) {
   const vmc_node *n = ctx->node;
   conv_cfg c = cfg_of(n, &ctx->xs[0]);
-  const vmc_conv_geom *g = &c.g;
   scratch_plan sp = scratch_of(&c, ctx->mode);
   vmc_param *pw = &ctx->g->params[n->param[0]];
   vmc_param *pb = n->n_param > 1 ? &ctx->g->params[n->param[1]] : NULL;
-  const float *W = pw->data;
-  const int C = ctx->xs[0].d[1], HW = g->h * g->w, par = IMAGE_LOOP_PARALLEL(ctx);
+  const int par = IMAGE_LOOP_PARALLEL(ctx);
   const size_t wn = (size_t)c.oc * c.K, priv = sp.a + sp.b + sp.c + sp.d;
   const int nt = par ? ctx->nthreads : 1;
   const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
-  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
   for (int t = 0; t < nt; t++) {
     float *base = (float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes);
     memset(base + priv, 0, dw_floats(&c) * sizeof(float));
   }
   float *Wt = c.kind == WIDE && c.bwd_wide ? ctx->state : NULL;
-  if (Wt && ctx->dx[0]) rotate_kernel(&c, W, Wt);
+  if (Wt && ctx->dx[0]) rotate_kernel(&c, pw->data, Wt);
   /* A fused activation masks dY in place: the output is not needed again. */
   if (ctx->act != VMC_ACT_NONE) {
     float *dy = (float *)ctx->dy;
@@ -372,66 +451,13 @@ static void conv_backward(vmc_opctx *ctx) {
     const size_t m = (size_t)ctx->batch * c.oc * c.P;
     for (size_t i = 0; i < m; i++) dy[i] = vmc_act_grad(y[i], dy[i], lo, hi);
   }
-  FOR_IMAGE_CHUNKS(ctx, nt, t, b) {
-    float *base = slice_scratch(ctx, t);
-    float *dW = base + priv, *dB = dW + wn;
-    const float *x = ctx->x[0] + (size_t)b * C * HW;
-    float *dx = ctx->dx[0] ? ctx->dx[0] + (size_t)b * C * HW : NULL;
-    const float *dy = ctx->dy + (size_t)b * c.oc * c.P;
-    /* dx_set: GEMM paths overwrite (beta 0); scatter paths start from 0. */
-    const float dx_beta = ctx->dx_set[0] ? 0.0f : 1.0f;
-    if (dx && ctx->dx_set[0] && (c.kind == DEPTHWISE || c.kind == IM2COL))
-      memset(dx, 0, (size_t)C * HW * sizeof(float));
-    for (int gi = 0; gi < c.groups; gi++) {
-      const float *xg = x + (size_t)gi * g->c * HW;
-      float *dxg = dx ? dx + (size_t)gi * g->c * HW : NULL;
-      const float *dyg = dy + (size_t)gi * c.ocg * c.P;
-      const float *Wg = W + (size_t)gi * c.ocg * c.K;
-      float *dWg = dW + (size_t)gi * c.ocg * c.K;
-      for (int o = 0; pb && o < c.ocg; o++) {
-        const float *r = dyg + (size_t)o * c.P;
-        float s = 0;
-        for (int p = 0; p < c.P; p++) s += r[p];
-        dB[gi * c.ocg + o] += s;
-      }
-      switch (c.kind) {
-      case DEPTHWISE:
-        if (c.dw_wide) {
-          float *xp = base, *dyw = base + sp.a, *dxp = dyw + sp.b;
-          const size_t slack = sp.a - c.plane;
-          pad_planes(xg, 1, g->h, g->w, g->ph, g->pw, c.hp, c.wp, slack, xp);
-          pad_planes(dyg, 1, g->oh, g->ow, 0, 0, g->oh, c.wp, 0, dyw);
-          if (dxg) memset(dxp, 0, sizeof(float) * sp.c);
-          vmc_dwconv_wide_backward(xp, c.wp, Wg, dyw, g, dxg ? dxp : NULL, dWg);
-          for (int r = 0; dxg && r < g->h; r++) { /* dx (+)= the interior of dxp */
-            const float *src = dxp + (size_t)(r + g->ph) * c.wp + g->pw;
-            float *d = dxg + (size_t)r * g->w;
-            for (int k = 0; k < g->w; k++) d[k] += src[k];
-          }
-        } else {
-          vmc_dwconv_backward(xg, Wg, dyg, g, dxg, dWg);
-        }
-        break;
-      case DIRECT: /* dW += dY · x^T, dx (+)= W^T · dY */
-        gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, xg, c.P, 1.0f, dWg, c.K);
-        if (dxg) gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, dx_beta, dxg, c.P);
-        break;
-      case IM2COL: {
-        float *col = base, *dcol = base + sp.a;
-        vmc_im2col(xg, g, col);
-        gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, col, c.P, 1.0f, dWg, c.K);
-        if (!dxg) break;
-        gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, 0.0f, dcol, c.P);
-        vmc_col2im_add(dcol, g, dxg);
-        break;
-      }
-      case WIDE:
-        wide_backward(ctx, &c, &sp, base, xg, dyg,
-                      Wt ? Wt + (size_t)gi * g->c * c.ocg * g->kh * g->kw : Wg, dxg, dx_beta,
-                      dWg, par);
-        break;
-      }
-    }
+  if (par) {
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+    for (int t = 0; t < nt; t++)
+      for (int b = chunk_lo(ctx->batch, t, nt); b < chunk_lo(ctx->batch, t + 1, nt); b++)
+        backward_image(ctx, &c, &sp, b, slice_scratch(ctx, t), 1, Wt);
+  } else {
+    for (int b = 0; b < ctx->batch; b++) backward_image(ctx, &c, &sp, b, slice_scratch(ctx, 0), 0, Wt);
   }
   /* Reduce the private gradients in thread order: deterministic. */
   for (int t = 0; t < nt; t++) {
