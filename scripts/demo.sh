@@ -13,8 +13,9 @@ THREADS=${VMC_THREADS:-$(nproc)}
 mkdir -p "$OUT"
 FP32="$OUT/$MODEL.vmc"
 
-# Reads a numeric field from a JSON object printed by vmc --json.
-field() { sed -n "s/.*\"$2\":[[:space:]]*\([-0-9.e+]*\).*/\1/p" "$1" | head -n 1; }
+# Reads a numeric field of a JSON object printed by vmc --json (the last
+# occurrence: the top-level totals follow the per-layer entries in info.json).
+field() { sed -n "s/.*\"$2\":[[:space:]]*\([-0-9.e+]*\).*/\1/p" "$1" | tail -n 1; }
 
 echo "== train $MODEL on fashion-mnist for $EPOCHS epochs ($THREADS threads)"
 "$VMC" train --model "$MODEL" --data fashion-mnist --epochs "$EPOCHS" --threads "$THREADS" \
