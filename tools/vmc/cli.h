@@ -59,6 +59,11 @@ void cli_print_json(cJSON *o);
 vmc_status cli_open_data(const cli_common *c, const vmc_graph *g, vmc_split split,
                          vmc_dataset **out);
 
+/* A model from a .vmc file, or a zoo name (untrained, 1x28x28, 10 classes).
+ * file_bytes (may be NULL) gets the file's size, or -1 for a zoo model. */
+vmc_status cli_load_model(const char *path, unsigned long long seed, vmc_graph **g,
+                          long long *file_bytes);
+
 /* Subcommands. */
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);

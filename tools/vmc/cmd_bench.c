@@ -3,7 +3,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "graph/graph.h"
 
@@ -89,9 +88,7 @@ int cmd_bench(int argc, char **argv) {
   const char *path = argv[optind];
   cli_common_apply(&cc);
   vmc_graph *g = NULL;
-  struct stat st;
-  vmc_status s = stat(path, &st) == 0 ? vmc_model_load(path, &g)
-                                      : vmc_zoo_build(path, 1, 28, 28, 10, cc.seed, &g);
+  vmc_status s = cli_load_model(path, cc.seed, &g, NULL);
   if (s) return cli_fail("bench", s, NULL);
   bench_row rows[2];
   int nrows = batch == 1 ? 1 : 2;

@@ -2,7 +2,6 @@
 #include "cli.h"
 
 #include <string.h>
-#include <sys/stat.h>
 
 #include "graph/graph.h"
 #include "graph/op.h"
@@ -33,17 +32,8 @@ int cmd_info(int argc, char **argv) {
   if (optind != argc - 1) return cli_usage_error("info", "expected one MODEL.vmc argument");
   const char *path = argv[optind];
   vmc_graph *g = NULL;
-  vmc_status s;
-  long long file_bytes = -1;
-  struct stat st;
-  if (stat(path, &st) == 0) {
-    file_bytes = (long long)st.st_size;
-    s = vmc_model_load(path, &g);
-  } else {
-    s = vmc_zoo_build(path, 1, 28, 28, 10, cc.seed, &g);
-    if (s == VMC_ERR_NOT_FOUND)
-      s = vmc_error(VMC_ERR_NOT_FOUND, "%s: no such file, and not a zoo model", path);
-  }
+  long long file_bytes;
+  vmc_status s = cli_load_model(path, cc.seed, &g, &file_bytes);
   if (s) return cli_fail("info", s, NULL);
   vmc_node_stats *ns = vmc_malloc_plain((size_t)g->n_nodes * sizeof *ns);
   vmc_shape *sh = vmc_malloc_plain((size_t)g->n_values * sizeof *sh);

@@ -10,6 +10,8 @@
 
 #include "data/data.h"
 
+#include <sys/stat.h>
+
 void cli_common_init(cli_common *c) {
   memset(c, 0, sizeof *c);
   c->seed = 1;
@@ -93,6 +95,20 @@ void cli_print_json(cJSON *o) {
     free(s);
   }
   cJSON_Delete(o);
+}
+
+vmc_status cli_load_model(const char *path, unsigned long long seed, vmc_graph **g,
+                          long long *file_bytes) {
+  struct stat st;
+  if (file_bytes) *file_bytes = -1;
+  if (stat(path, &st) == 0) {
+    if (file_bytes) *file_bytes = (long long)st.st_size;
+    return vmc_model_load(path, g);
+  }
+  vmc_status s = vmc_zoo_build(path, 1, 28, 28, 10, seed, g);
+  if (s == VMC_ERR_NOT_FOUND)
+    s = vmc_error(VMC_ERR_NOT_FOUND, "%s: no such file, and not a zoo model", path);
+  return s;
 }
 
 vmc_status cli_open_data(const cli_common *c, const vmc_graph *g, vmc_split split,
