@@ -7,6 +7,8 @@
 
 #include <math.h>
 
+#define LANES 8 /* partial sums per reduction */
+
 static void dims(const vmc_shape *s, int *C, int *HW) {
   *C = s->d[1];
   *HW = s->ndim == 4 ? s->d[2] * s->d[3] : 1;
@@ -105,15 +107,25 @@ static void bn_backward(vmc_opctx *ctx) {
       const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
       const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
       const float *yv = ctx->y + ((size_t)b * C + c) * HW;
-      float a = 0, a2 = 0;
-#pragma omp simd reduction(+ : a, a2)
-      for (int i = 0; i < HW; i++) {
+      /* Fixed lanes, summed in a fixed order: the same bits whatever the
+       * compiler vectorises (fused and unfused plans must agree). */
+      float la[LANES] = {0}, lb[LANES] = {0};
+      int i = 0;
+      for (; i + LANES <= HW; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+          float d = DY(i + l);
+          la[l] += d;
+          lb[l] += d * (x[i + l] - mu);
+        }
+      for (; i < HW; i++) {
         float d = DY(i);
-        a += d;
-        a2 += d * (x[i] - mu);
+        la[0] += d;
+        lb[0] += d * (x[i] - mu);
       }
-      sdy += a;
-      sdyx += a2;
+      for (int l = 0; l < LANES; l++) {
+        sdy += la[l];
+        sdyx += lb[l];
+      }
     }
     sdyx *= is; /* sum dy * xhat */
     if (dgamma) dgamma[c] += (float)sdyx;
