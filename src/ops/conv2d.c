@@ -205,6 +205,21 @@ static void pad_planes(const float *x, int ch, int h, int w, int top, int left, 
   memset(xp + (size_t)ch * hp * wp, 0, sizeof(float) * slack);
 }
 
+/* The inverse of pad_planes: `ch` planes of h x w taken at (top, left) from
+ * planes of `plane` floats and row stride wp; written (add 0) or added. */
+static void crop_planes(const float *src, int ch, size_t plane, int wp, int top, int left, int h,
+                        int w, float *dst, int add) {
+  for (int c = 0; c < ch; c++)
+    for (int y = 0; y < h; y++) {
+      const float *s = src + (size_t)c * plane + (size_t)(top + y) * wp + left;
+      float *d = dst + ((size_t)c * h + y) * w;
+      if (add)
+        for (int k = 0; k < w; k++) d[k] += s[k];
+      else
+        memcpy(d, s, sizeof(float) * (size_t)w);
+    }
+}
+
 /* Row pointers of the virtual im2col matrix over padded planes:
  * row (c, i, j) = xp + c*plane + i*dh*wp + j*dw. */
 static void plane_rows(const float *xp, int ch, size_t plane, int wp, const vmc_conv_geom *g,
@@ -261,8 +276,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
         float *xp = base, *yw = base + sp.a;
         pad_planes(xg, 1, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - c.plane, xp);
         vmc_dwconv_wide_forward(xp, c.wp, Wg, B ? B[gi] : 0.0f, g, yw);
-        for (int r = 0; r < g->oh; r++)
-          memcpy(yg + (size_t)r * g->ow, yw + (size_t)r * c.wp, sizeof(float) * (size_t)g->ow);
+        crop_planes(yw, 1, (size_t)c.nw, c.wp, 0, 0, g->oh, g->ow, yg, 0);
       } else {
         vmc_dwconv_forward(xg, Wg, B ? B[gi] : 0.0f, g, yg);
       }
@@ -281,10 +295,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
                  xp);
       plane_rows(xp, g->c, c.plane, c.wp, g, rows);
       gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw);
-      for (int o = 0; o < c.ocg; o++)
-        for (int r = 0; r < g->oh; r++)
-          memcpy(yg + (size_t)o * c.P + (size_t)r * g->ow, yw + (size_t)o * c.nw + (size_t)r * c.wp,
-                 sizeof(float) * (size_t)g->ow);
+      crop_planes(yw, c.ocg, (size_t)c.nw, c.wp, 0, 0, g->oh, g->ow, yg, 0);
       break;
     }
     }
@@ -345,15 +356,7 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   plane_rows(third, c->ocg, (size_t)c->hq * c->wq, c->wq, &gt, rows);
   const int kt = c->ocg * g->kh * g->kw;
   gemm_rows(0, g->c, c->nq, kt, 1.0f, Wtg, kt, rows, 0.0f, dxw, c->nq);
-  for (int ci = 0; ci < g->c; ci++)
-    for (int r = 0; r < g->h; r++) {
-      float *d = dxg + (size_t)ci * g->h * g->w + (size_t)r * g->w;
-      const float *s = dxw + (size_t)ci * c->nq + (size_t)r * c->wq;
-      if (dx_beta == 0.0f)
-        memcpy(d, s, sizeof(float) * (size_t)g->w);
-      else
-        for (int k = 0; k < g->w; k++) d[k] += s[k];
-    }
+  crop_planes(dxw, g->c, (size_t)c->nq, c->wq, 0, 0, g->h, g->w, dxg, dx_beta != 0.0f);
 }
 
 /* One image's share of the backward: private dW/dB, and dx. */
@@ -397,11 +400,7 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
         pad_planes(dyg, 1, g->oh, g->ow, 0, 0, g->oh, c.wp, 0, dyw);
         if (dxg) memset(dxp, 0, sizeof(float) * sp.c);
         vmc_dwconv_wide_backward(xp, c.wp, Wg, dyw, g, dxg ? dxp : NULL, dWg);
-        for (int r = 0; dxg && r < g->h; r++) { /* dx (+)= the interior of dxp */
-          const float *src = dxp + (size_t)(r + g->ph) * c.wp + g->pw;
-          float *d = dxg + (size_t)r * g->w;
-          for (int k = 0; k < g->w; k++) d[k] += src[k];
-        }
+        if (dxg) crop_planes(dxp, 1, c.plane, c.wp, g->ph, g->pw, g->h, g->w, dxg, 1);
       } else {
         vmc_dwconv_backward(xg, Wg, dyg, g, dxg, dWg);
       }
