@@ -207,17 +207,12 @@ vmc_status vmc_plan_forward(vmc_plan *p, int n) {
   return VMC_OK;
 }
 
-/* The logits' gradient is set by the caller: never zero a buffer it shares. */
-static int is_output_alias(const vmc_plan *p, int v) {
-  return p->grad[v] == p->grad[p->g->output];
-}
-
 vmc_status vmc_plan_backward(vmc_plan *p) {
   if (!p->grad) return vmc_error(VMC_ERR_INVALID_ARG, "backward on an inference plan");
   if (p->last_n < 1) return vmc_error(VMC_ERR_INVALID_ARG, "backward before forward");
   const vmc_graph *g = p->g;
   for (int v = 0; v < g->n_values; v++)
-    if (p->zero_grad[v] && !is_output_alias(p, v)) memset(p->grad[v], 0, fbytes(&p->shape[v]));
+    if (p->zero_grad[v]) memset(p->grad[v], 0, fbytes(&p->shape[v]));
   for (int i = g->n_nodes - 1; i >= 0; i--) {
     const vmc_node *n = &g->nodes[i];
     if (p->skip[i]) continue;
