@@ -13,7 +13,7 @@ static void clamp_forward(vmc_opctx *c, float hi) {
   const size_t n = count(c);
   const float *x = c->x[0];
   float *y = c->y;
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
   for (size_t i = 0; i < n; i++) {
     float v = x[i] > 0 ? x[i] : 0.0f;
     y[i] = v < hi ? v : hi;
@@ -27,10 +27,10 @@ static void clamp_backward(vmc_opctx *c, float hi) {
   float *dx = c->dx[0];
   if (!dx) return;
   if (c->dx_set[0]) {
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
     for (size_t i = 0; i < n; i++) dx[i] = vmc_act_grad(y[i], dy[i], 0.0f, hi);
   } else {
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
     for (size_t i = 0; i < n; i++) dx[i] += vmc_act_grad(y[i], dy[i], 0.0f, hi);
   }
 }

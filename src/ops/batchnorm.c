@@ -44,7 +44,7 @@ static void bn_forward(vmc_opctx *ctx) {
   float *mean = ctx->state, *invstd = mean + C;
   const int train = ctx->mode == VMC_MODE_TRAIN;
   const float hi = vmc_act_hi(ctx->act);
-#pragma omp parallel for schedule(static) num_threads(ctx->nthreads)
+#pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (ctx->nthreads > 1)
   for (int c = 0; c < C; c++) {
     float mu, is;
     if (train) {
@@ -99,7 +99,7 @@ static void bn_backward(vmc_opctx *ctx) {
   const int fused = ctx->act != VMC_ACT_NONE;
   /* A fused activation: the gradient passes where lo < y < hi. */
 #define DY(i) (fused ? vmc_act_grad(yv[i], dy[i], lo, hi) : dy[i])
-#pragma omp parallel for schedule(static) num_threads(ctx->nthreads)
+#pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (ctx->nthreads > 1)
   for (int c = 0; c < C; c++) {
     float mu = mean[c], is = invstd[c];
     double sdy = 0, sdyx = 0;

@@ -48,7 +48,7 @@ static void maxpool_forward(vmc_opctx *c) {
   vmc_conv_geom g = geom(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   int32_t *arg = c->mode == VMC_MODE_TRAIN ? c->state : NULL;
-#pragma omp parallel for schedule(static) num_threads(c->nthreads)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
   for (int p = 0; p < planes; p++) {
     const float *x = c->x[0] + (size_t)p * g.h * g.w;
     float *y = c->y + (size_t)p * OP;
@@ -80,7 +80,7 @@ static void maxpool_backward(vmc_opctx *c) {
   vmc_conv_geom g = geom(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   const int32_t *arg = c->state;
-#pragma omp parallel for schedule(static) num_threads(c->nthreads)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
   for (int p = 0; p < planes; p++) {
     float *dx = c->dx[0] + (size_t)p * g.h * g.w;
     const float *dy = c->dy + (size_t)p * OP;
@@ -93,7 +93,7 @@ static void avgpool_forward(vmc_opctx *c) {
   vmc_conv_geom g = geom(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   const float inv = 1.0f / (float)(g.kh * g.kw);
-#pragma omp parallel for schedule(static) num_threads(c->nthreads)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
   for (int p = 0; p < planes; p++) {
     const float *x = c->x[0] + (size_t)p * g.h * g.w;
     float *y = c->y + (size_t)p * OP;
@@ -118,7 +118,7 @@ static void avgpool_backward(vmc_opctx *c) {
   vmc_conv_geom g = geom(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   const float inv = 1.0f / (float)(g.kh * g.kw);
-#pragma omp parallel for schedule(static) num_threads(c->nthreads)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
   for (int p = 0; p < planes; p++) {
     float *dx = c->dx[0] + (size_t)p * g.h * g.w;
     const float *dy = c->dy + (size_t)p * OP;
@@ -147,7 +147,7 @@ static vmc_status gap_infer(const vmc_graph *gr, const vmc_node *n, const vmc_sh
 static void gap_forward(vmc_opctx *c) {
   const int planes = c->batch * c->xs[0].d[1], HW = c->xs[0].d[2] * c->xs[0].d[3];
   const float inv = 1.0f / (float)HW;
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (planes > 256)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && planes > 256)
   for (int p = 0; p < planes; p++) {
     const float *x = c->x[0] + (size_t)p * HW;
     float s = 0;
@@ -160,7 +160,7 @@ static void gap_backward(vmc_opctx *c) {
   if (!c->dx[0]) return;
   const int planes = c->batch * c->xs[0].d[1], HW = c->xs[0].d[2] * c->xs[0].d[3];
   const float inv = 1.0f / (float)HW;
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (planes > 256)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && planes > 256)
   for (int p = 0; p < planes; p++) {
     float *dx = c->dx[0] + (size_t)p * HW, v = c->dy[p] * inv;
     if (c->dx_set[0])

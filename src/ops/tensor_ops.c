@@ -23,11 +23,11 @@ static void add_forward(vmc_opctx *c) {
   const float *a = c->x[0], *b = c->x[1];
   const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
   if (c->act == VMC_ACT_NONE) {
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
     for (size_t i = 0; i < n; i++) c->y[i] = a[i] + b[i];
     return;
   }
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
   for (size_t i = 0; i < n; i++) c->y[i] = vmc_clampf(a[i] + b[i], lo, hi);
 }
 
@@ -37,7 +37,7 @@ static void add_backward(vmc_opctx *c) {
   const float *y = c->y, *dy = c->dy;
   float *d0 = c->dx[0], *d1 = c->dx[1];
   const int s0 = c->dx_set[0], s1 = c->dx_set[1];
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
   for (size_t i = 0; i < n; i++) {
     float d = c->act == VMC_ACT_NONE ? dy[i] : vmc_act_grad(y[i], dy[i], lo, hi);
     if (d0) d0[i] = s0 ? d : d0[i] + d;
