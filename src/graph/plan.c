@@ -2,6 +2,8 @@
  * op state and per-thread scratch sliced from one arena. */
 #include "graph/plan.h"
 
+#include "graph/fold.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,13 +36,20 @@ static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
 
 /* Fold each relu/relu6 into its producer when the producer supports it and
  * is its only consumer: the relu's output shares the producer's buffers. */
-static void plan_fusions(vmc_plan *p) {
+/* VMC_NO_FUSION=1: plain execution (no folding, every gradient zeroed and
+ * accumulated, inference batch by batch), for tests and comparisons. */
+static int fusion_enabled(void) {
+  const char *off = getenv("VMC_NO_FUSION");
+  return !(off && *off && strcmp(off, "0"));
+}
+
+/* folded_into (inference, may be NULL): per node, the conv a batchnorm was
+ * folded into (fold.h), or -1.  Such a batchnorm is skipped and its output
+ * shares the conv's buffer, so a following relu folds into the conv. */
+static void plan_fusions(vmc_plan *p, const int *folded_into) {
   const vmc_graph *g = p->g;
   for (int v = 0; v < g->n_values; v++) p->alias[v] = -1;
-  /* VMC_NO_FUSION=1: plain execution (no folding, every gradient zeroed and
-   * accumulated), for tests and comparisons. */
-  const char *off = getenv("VMC_NO_FUSION");
-  int fuse = !(off && *off && strcmp(off, "0"));
+  int fuse = fusion_enabled();
   int *uses = vmc_malloc_plain((size_t)g->n_values * sizeof *uses);
   int *producer = vmc_malloc_plain((size_t)g->n_values * sizeof *producer);
   if (!uses || !producer) { /* no fusion, zero everything: still correct */
@@ -51,6 +60,12 @@ static void plan_fusions(vmc_plan *p) {
   for (int i = 0; i < g->n_nodes; i++) {
     for (int k = 0; k < g->nodes[i].n_in; k++) uses[g->nodes[i].in[k]]++;
     producer[g->nodes[i].out] = i;
+  }
+  for (int i = 0; folded_into && i < g->n_nodes; i++) {
+    if (folded_into[i] < 0) continue;
+    p->skip[i] = 1;
+    p->alias[g->nodes[i].out] = g->nodes[i].in[0];
+    producer[g->nodes[i].out] = folded_into[i];
   }
   for (int i = 0; i < g->n_nodes; i++) {
     const vmc_node *n = &g->nodes[i];
@@ -92,16 +107,82 @@ done:
   vmc_free(producer);
 }
 
-vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **out) {
+/* Root of a value's alias chain: the value that owns the buffer. */
+static int alias_root(const vmc_plan *p, int v) {
+  while (p->alias[v] >= 0) v = p->alias[v];
+  return v;
+}
+
+/* Inference: activation buffers share memory where their lives do not
+ * overlap.  A buffer lives from the node that writes it to the last node
+ * that reads it (the input from before the first node, the output to the
+ * end); an op's output never overlaps its inputs, which are alive while it
+ * runs.  Greedy first fit in node order.  off[v] is set for buffer owners;
+ * returns the bytes needed, or 0 when out of memory (caller falls back to
+ * one buffer each). */
+static size_t plan_offsets(const vmc_plan *p, size_t *off) {
+  const vmc_graph *g = p->g;
+  const int nv = g->n_values;
+  int *start = vmc_malloc_plain((size_t)nv * sizeof *start);
+  int *end = vmc_malloc_plain((size_t)nv * sizeof *end);
+  int *placed = vmc_malloc_plain((size_t)nv * sizeof *placed);
+  size_t total = 0;
+  if (!start || !end || !placed) goto done;
+  for (int v = 0; v < nv; v++) start[v] = g->n_nodes + 1, end[v] = -2;
+  start[g->input] = -1;
+  end[alias_root(p, g->output)] = g->n_nodes;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (p->skip[i]) continue;
+    const vmc_node *n = &g->nodes[i];
+    const int r = alias_root(p, n->out);
+    if (i < start[r]) start[r] = i;
+    for (int k = 0; k < n->n_in; k++) {
+      const int q = alias_root(p, n->in[k]);
+      if (i > end[q]) end[q] = i;
+    }
+  }
+  int n_placed = 0;
+  for (int v = 0; v < nv; v++) { /* values are numbered in node order */
+    if (p->alias[v] >= 0) continue;
+    if (end[v] < start[v]) end[v] = start[v]; /* written, never read */
+    const size_t size = vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
+    /* Lowest offset (0 or the end of a live neighbour) clear of every
+     * buffer alive at the same time. */
+    size_t best = (size_t)-1;
+    for (int c = -1; c < n_placed; c++) {
+      const size_t o = c < 0 ? 0 : off[placed[c]] + vmc_align_up(fbytes(&p->shape[placed[c]]), VMC_ALIGN);
+      if (o >= best) continue;
+      int clear = 1;
+      for (int j = 0; j < n_placed && clear; j++) {
+        const int u = placed[j];
+        const size_t us = vmc_align_up(fbytes(&p->shape[u]), VMC_ALIGN);
+        const int live = start[u] <= end[v] && start[v] <= end[u];
+        clear = !live || o + size <= off[u] || off[u] + us <= o;
+      }
+      if (clear) best = o;
+    }
+    off[v] = best;
+    placed[n_placed++] = v;
+    if (best + size > total) total = best + size;
+  }
+done:
+  vmc_free(start);
+  vmc_free(end);
+  vmc_free(placed);
+  return total;
+}
+
+/* One plan on g (already folded for inference).  nthreads: the team its
+ * ops use. */
+static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthreads,
+                             const int *folded_into, vmc_plan **out) {
   *out = NULL;
-  if (batch < 1 || batch > (1 << 20))
-    return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
   vmc_plan *p = vmc_malloc_plain(sizeof *p);
   if (!p) return vmc_error(VMC_ERR_NOMEM, "plan");
   p->g = g;
   p->batch = batch;
   p->mode = mode;
-  p->nthreads = vmc_get_threads();
+  p->nthreads = nthreads;
   vmc_rng_seed(&p->rng, 0x5eed);
   vmc_status s = VMC_OK;
   p->shape = vmc_malloc_plain((size_t)g->n_values * sizeof *p->shape);
@@ -112,24 +193,28 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
   p->alias = vmc_malloc_plain((size_t)g->n_values * sizeof *p->alias);
   p->zero_grad = vmc_malloc_plain((size_t)g->n_values);
   p->dx_set = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1));
+  size_t *off = mode == VMC_MODE_INFER && fusion_enabled() ? vmc_malloc_plain((size_t)g->n_values * sizeof *off) : NULL;
   if (mode == VMC_MODE_TRAIN) p->grad = vmc_malloc_plain((size_t)g->n_values * sizeof *p->grad);
   if (!p->shape || !p->act || !p->state || !p->fused || !p->skip || !p->alias || !p->zero_grad || !p->dx_set ||
       (mode == VMC_MODE_TRAIN && !p->grad)) {
+    vmc_free(off);
     vmc_plan_destroy(p);
     return vmc_error(VMC_ERR_NOMEM, "plan tables");
   }
   s = vmc_graph_infer_shapes(g, batch, p->shape);
   if (!s && mode == VMC_MODE_TRAIN) s = vmc_graph_alloc_grads(g);
   if (s) {
+    vmc_free(off);
     vmc_plan_destroy(p);
     return s;
   }
-  plan_fusions(p);
+  plan_fusions(p, folded_into);
   /* Sizes. */
-  size_t total = 0, state_total = 0, grads = 0;
+  size_t acts = off ? plan_offsets(p, off) : 0, state_total = 0, grads = 0;
+  const int shared = acts > 0;
   for (int v = 0; v < g->n_values; v++) {
     if (p->alias[v] >= 0) continue;
-    total += vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
+    if (!shared) acts += vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
     if (p->grad && v != g->input) grads += vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
   }
   for (int i = 0; i < g->n_nodes; i++) {
@@ -144,16 +229,19 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
     }
   }
   p->scratch_bytes = vmc_align_up(p->scratch_bytes, VMC_ALIGN);
-  total += grads + state_total + p->scratch_bytes * (size_t)p->nthreads;
-  s = vmc_arena_init(&p->arena, total);
+  s = vmc_arena_init(&p->arena, acts + grads + state_total + p->scratch_bytes * (size_t)p->nthreads);
   if (s) {
+    vmc_free(off);
     vmc_plan_destroy(p);
     return s;
   }
   /* An alias always follows the value it shares (node order). */
+  uint8_t *act_base = shared ? vmc_arena_take(&p->arena, acts) : NULL;
   for (int v = 0; v < g->n_values; v++)
     p->act[v] = p->alias[v] >= 0 ? p->act[p->alias[v]]
+                : shared         ? (float *)(act_base + off[v])
                                  : vmc_arena_take(&p->arena, fbytes(&p->shape[v]));
+  vmc_free(off);
   if (p->grad) {
     for (int v = 0; v < g->n_values; v++)
       if (v != g->input)
@@ -172,8 +260,76 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
   return VMC_OK;
 }
 
+/* Inference of a batch runs image by image, each thread through the whole
+ * network on its own images with its own batch-1 plan: the activations of
+ * one image stay in the core's cache, where a batch-wide layer would stream
+ * them through memory.  The outer plan holds only the batch's input and
+ * output. */
+static vmc_status plan_per_image(vmc_plan *p, const int *folded_into) {
+  const vmc_graph *g = p->g;
+  const int nt = p->nthreads < p->batch ? p->nthreads : p->batch;
+  p->sub = vmc_malloc_plain((size_t)nt * sizeof *p->sub);
+  p->alias = vmc_malloc_plain((size_t)g->n_values * sizeof *p->alias);
+  if (!p->sub || !p->alias) return vmc_error(VMC_ERR_NOMEM, "plan tables");
+  for (int v = 0; v < g->n_values; v++) p->alias[v] = -1;
+  for (int t = 0; t < nt; t++) {
+    /* The first also runs single images with the whole team. */
+    VMC_TRY(plan_build(p->g, 1, VMC_MODE_INFER, t ? 1 : p->nthreads, folded_into, &p->sub[t]));
+    p->n_sub = t + 1;
+  }
+  const size_t in = fbytes(&p->shape[g->input]), outb = fbytes(&p->shape[g->output]);
+  VMC_TRY(vmc_arena_init(&p->arena, vmc_align_up(in, VMC_ALIGN) + vmc_align_up(outb, VMC_ALIGN)));
+  p->act[g->input] = vmc_arena_take(&p->arena, in);
+  p->act[g->output] = vmc_arena_take(&p->arena, outb);
+  return VMC_OK;
+}
+
+vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **out) {
+  *out = NULL;
+  if (batch < 1 || batch > (1 << 20))
+    return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
+  const int nthreads = vmc_get_threads();
+  if (mode != VMC_MODE_INFER || !fusion_enabled())
+    return plan_build(g, batch, mode, nthreads, NULL, out);
+  /* Inference: a private copy of the weights with BatchNorm folded into the
+   * convolutions (the plan keeps the weights it was made with). */
+  vmc_graph *own;
+  VMC_TRY(vmc_graph_clone(g, &own));
+  int *folded = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof *folded);
+  vmc_status s = folded ? vmc_graph_fold_bn(own, folded, NULL) : vmc_error(VMC_ERR_NOMEM, "plan");
+  vmc_plan *p = NULL;
+  if (!s && batch == 1) s = plan_build(own, 1, mode, nthreads, folded, &p);
+  if (!s && batch > 1) {
+    p = vmc_malloc_plain(sizeof *p);
+    if (!p) s = vmc_error(VMC_ERR_NOMEM, "plan");
+  }
+  if (!s && batch > 1) {
+    p->g = own;
+    p->batch = batch;
+    p->mode = mode;
+    p->nthreads = nthreads;
+    p->shape = vmc_malloc_plain((size_t)g->n_values * sizeof *p->shape);
+    p->act = vmc_malloc_plain((size_t)g->n_values * sizeof *p->act);
+    s = !p->shape || !p->act ? vmc_error(VMC_ERR_NOMEM, "plan tables")
+                             : vmc_graph_infer_shapes(own, batch, p->shape);
+    if (!s) s = plan_per_image(p, folded);
+  }
+  vmc_free(folded);
+  if (s) {
+    if (p) p->owned = own;
+    else vmc_graph_free(own);
+    vmc_plan_destroy(p);
+    return s;
+  }
+  p->owned = own;
+  *out = p;
+  return VMC_OK;
+}
+
 void vmc_plan_destroy(vmc_plan *p) {
   if (!p) return;
+  for (int t = 0; t < p->n_sub; t++) vmc_plan_destroy(p->sub[t]);
+  vmc_free(p->sub);
   vmc_arena_release(&p->arena);
   vmc_free(p->shape);
   vmc_free(p->act);
@@ -184,6 +340,7 @@ void vmc_plan_destroy(vmc_plan *p) {
   vmc_free(p->zero_grad);
   vmc_free(p->dx_set);
   vmc_free(p->alias);
+  if (p->owned) vmc_graph_free(p->owned);
   vmc_free(p);
 }
 
@@ -191,19 +348,52 @@ float *vmc_plan_input(vmc_plan *p) { return p->act[p->g->input]; }
 const float *vmc_plan_output(const vmc_plan *p) { return p->act[p->g->output]; }
 float *vmc_plan_output_grad(vmc_plan *p) { return p->grad ? p->grad[p->g->output] : NULL; }
 int vmc_plan_batch(const vmc_plan *p) { return p->batch; }
-size_t vmc_plan_arena_bytes(const vmc_plan *p) { return p->arena.size; }
+size_t vmc_plan_arena_bytes(const vmc_plan *p) {
+  size_t n = p->arena.size;
+  for (int t = 0; t < p->n_sub; t++) n += vmc_plan_arena_bytes(p->sub[t]);
+  return n;
+}
 const vmc_shape *vmc_plan_value_shape(const vmc_plan *p, int value) { return &p->shape[value]; }
+
+/* Every node of a plan for n images, its ops on nthreads threads. */
+static void run_nodes(vmc_plan *p, int n, int nthreads) {
+  for (int i = 0; i < p->g->n_nodes; i++) {
+    if (p->skip[i]) continue;
+    vmc_opctx c;
+    fill_ctx(p, i, n, &c);
+    c.nthreads = nthreads;
+    p->g->nodes[i].op->forward(&c);
+  }
+}
+
+/* Images [lo, hi) of the outer plan p through sub-plan s. */
+static void run_images(vmc_plan *p, vmc_plan *s, int lo, int hi, int nthreads) {
+  const vmc_graph *g = p->g;
+  const size_t in = vmc_shape_count(&s->shape[g->input]);
+  const size_t outn = vmc_shape_count(&s->shape[g->output]);
+  for (int b = lo; b < hi; b++) {
+    memcpy(s->act[g->input], p->act[g->input] + (size_t)b * in, in * sizeof(float));
+    run_nodes(s, 1, nthreads);
+    memcpy(p->act[g->output] + (size_t)b * outn, s->act[g->output], outn * sizeof(float));
+  }
+}
 
 vmc_status vmc_plan_forward(vmc_plan *p, int n) {
   if (n < 1 || n > p->batch)
     return vmc_error(VMC_ERR_INVALID_ARG, "forward of %d images on a plan for %d", n, p->batch);
   p->last_n = n;
-  for (int i = 0; i < p->g->n_nodes; i++) {
-    if (p->skip[i]) continue;
-    vmc_opctx c;
-    fill_ctx(p, i, n, &c);
-    p->g->nodes[i].op->forward(&c);
+  if (!p->n_sub) {
+    run_nodes(p, n, p->nthreads);
+    return VMC_OK;
   }
+  const int nt = p->n_sub < n ? p->n_sub : n;
+  if (nt <= 1) {
+    run_images(p, p->sub[0], 0, n, p->nthreads);
+    return VMC_OK;
+  }
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; t++)
+    run_images(p, p->sub[t], (int)((int64_t)n * t / nt), (int)((int64_t)n * (t + 1) / nt), 1);
   return VMC_OK;
 }
 

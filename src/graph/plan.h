@@ -23,6 +23,12 @@ struct vmc_plan {
   vmc_arena arena;
   vmc_rng rng;
   int last_n; /* images in the last forward */
+  /* Inference (see plan.c): the plan's own folded copy of the graph, and
+   * per-thread batch-1 plans on it when batch > 1 (then act[] holds only
+   * the input and the output). */
+  vmc_graph *owned;
+  struct vmc_plan **sub;
+  int n_sub;
 };
 
 /* Backward from the gradient of the logits (batch x classes, already in

@@ -1,0 +1,134 @@
+/* Inference plans: BatchNorm folded into convolutions, activation buffers
+ * shared by liveness, batches run image by image on per-thread plans.  All
+ * of it must give the plain batch execution's results (VMC_NO_FUSION=1). */
+#include "test.h"
+
+#include <stdlib.h>
+
+#include "graph/fold.h"
+#include "graph/plan.h"
+
+/* A zoo model with non-trivial BatchNorm statistics and affine terms, so
+ * that folding has something to fold. */
+static vmc_graph *model(const char *name) {
+  vmc_graph *g = NULL;
+  if (vmc_zoo_build(name, 1, 28, 28, 10, 7, &g)) return NULL;
+  vmc_rng r;
+  vmc_rng_seed(&r, 11);
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    if (strcmp(n->op->name, "batchnorm")) continue;
+    for (int k = 0; k < 4; k++) {
+      vmc_param *p = &g->params[n->param[k]];
+      for (size_t j = 0; j < vmc_shape_count(&p->shape); j++) {
+        float u = vmc_rng_uniform(&r);
+        p->data[j] = k == 3 ? 0.5f + u : k == 0 ? 0.5f + u : u - 0.5f;
+      }
+    }
+  }
+  return g;
+}
+
+/* Logits of n images (seeded N(0,1) pixels) through a plan for batch b. */
+static float *logits(vmc_graph *g, int b, int n, int threads, size_t *count, size_t *arena) {
+  vmc_set_threads(threads);
+  vmc_plan *p = NULL;
+  if (vmc_plan_create(g, b, VMC_MODE_INFER, &p)) return NULL;
+  const size_t in = vmc_shape_count(&g->in_shape);
+  const vmc_shape *os = vmc_plan_value_shape(p, g->output);
+  const size_t k = vmc_shape_count(os) / (size_t)os->d[0];
+  float *out = malloc((size_t)n * k * sizeof(float));
+  vmc_rng r;
+  vmc_rng_seed(&r, 3);
+  for (int off = 0; out && off < n; off += b) {
+    const int m = n - off < b ? n - off : b;
+    float *x = vmc_plan_input(p);
+    for (size_t i = 0; i < (size_t)m * in; i++) x[i] = vmc_rng_normal(&r);
+    if (vmc_plan_forward(p, m)) {
+      free(out);
+      out = NULL;
+      break;
+    }
+    memcpy(out + (size_t)off * k, vmc_plan_output(p), (size_t)m * k * sizeof(float));
+  }
+  *count = (size_t)n * k;
+  if (arena) *arena = vmc_plan_arena_bytes(p);
+  vmc_plan_destroy(p);
+  vmc_set_threads(0);
+  return out;
+}
+
+static float max_rel_diff(const float *a, const float *b, size_t n) {
+  float scale = 1e-3f, d = 0;
+  for (size_t i = 0; i < n; i++) scale = fmaxf(scale, fabsf(a[i]));
+  for (size_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+  return d / scale;
+}
+
+TEST(plan_infer_folded_per_image_matches_plain) {
+  const char *models[] = {"lenet5", "resnet8", "resnet20", "mobilenetv2-tiny"};
+  for (int m = 0; m < 4; m++) {
+    vmc_graph *g = model(models[m]);
+    REQUIRE(g);
+    size_t n0, n1, n2, n3, n4;
+    setenv("VMC_NO_FUSION", "1", 1);
+    float *plain = logits(g, 7, 7, 2, &n0, NULL);
+    unsetenv("VMC_NO_FUSION");
+    float *one = logits(g, 7, 7, 1, &n1, NULL);   /* per image, one thread */
+    float *two = logits(g, 7, 7, 2, &n2, NULL);   /* per image, two plans */
+    float *three = logits(g, 4, 7, 3, &n3, NULL); /* ragged last batch */
+    float *single = logits(g, 1, 7, 2, &n4, NULL); /* batch-1 plan, threaded ops */
+    REQUIRE(plain && one && two && three && single);
+    REQUIRE(n0 == n1 && n1 == n2 && n2 == n3 && n3 == n4);
+    /* Folding reassociates the BatchNorm arithmetic: close, not equal. */
+    float d = max_rel_diff(plain, one, n0);
+    if (d > 1e-4f) vmc_test_fail(__FILE__, __LINE__, "%s: folded vs plain %g", models[m], d);
+    /* The same plan per image whatever the thread count. */
+    CHECK(memcmp(one, two, n0 * sizeof(float)) == 0);
+    CHECK(memcmp(one, three, n0 * sizeof(float)) == 0);
+    CHECK(memcmp(one, single, n0 * sizeof(float)) == 0);
+    /* Plans fold a copy: the model's own weights are untouched. */
+    setenv("VMC_NO_FUSION", "1", 1);
+    float *again = logits(g, 7, 7, 2, &n1, NULL);
+    unsetenv("VMC_NO_FUSION");
+    CHECK(again && memcmp(again, plain, n0 * sizeof(float)) == 0);
+    free(plain), free(one), free(two), free(three), free(single), free(again);
+    vmc_graph_free(g);
+  }
+}
+
+TEST(plan_infer_shares_activation_buffers) {
+  vmc_graph *g = model("resnet20");
+  REQUIRE(g);
+  size_t n, shared, plain;
+  float *a = logits(g, 1, 1, 1, &n, &shared);
+  setenv("VMC_NO_FUSION", "1", 1);
+  float *b = logits(g, 1, 1, 1, &n, &plain);
+  unsetenv("VMC_NO_FUSION");
+  REQUIRE(a && b);
+  /* resnet20 keeps ~60 activations; a few are alive at once. */
+  if (!(shared * 4 < plain))
+    vmc_test_fail(__FILE__, __LINE__, "arena %zu bytes shared vs %zu plain", shared, plain);
+  free(a), free(b);
+  vmc_graph_free(g);
+}
+
+TEST(plan_fold_bn_only_where_exact) {
+  vmc_graph *g = model("resnet8");
+  REQUIRE(g);
+  int *into = malloc((size_t)g->n_nodes * sizeof *into), count = 0;
+  REQUIRE(into);
+  CHECK_OK(vmc_graph_fold_bn(g, into, &count));
+  int bns = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    if (strcmp(n->op->name, "batchnorm")) continue;
+    bns++;
+    REQUIRE(into[i] >= 0);
+    const vmc_node *c = &g->nodes[into[i]];
+    CHECK(!strcmp(c->op->name, "conv2d") && c->out == n->in[0] && c->n_param == 2);
+  }
+  CHECK(count == bns && bns == 9);
+  free(into);
+  vmc_graph_free(g);
+}
