@@ -170,13 +170,17 @@ vmc_status vmc_train(vmc_graph *g, const vmc_dataset *train, const vmc_dataset *
                      void *cb_user, vmc_train_result *result);
 
 typedef struct vmc_eval_result {
-  int n;
+  int n, classes;
   float loss, accuracy;
   double seconds;
 } vmc_eval_result;
 /* Accuracy and loss on the first `limit` images (0: all). */
 vmc_status vmc_evaluate(vmc_graph *g, const vmc_dataset *d, int batch, int limit,
                         int show_progress, vmc_eval_result *r);
+/* The same, also returning the logits: *logits (malloc'd, free() it) holds
+ * r->n rows of r->classes floats in data set order. */
+vmc_status vmc_evaluate_logits(vmc_graph *g, const vmc_dataset *d, int batch, int limit,
+                               int show_progress, vmc_eval_result *r, float **logits);
 
 #ifdef __cplusplus
 }

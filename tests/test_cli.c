@@ -168,3 +168,68 @@ TEST(cli_train_eval_info_bench_end_to_end) {
   CHECK_EQ_INT(run(g_out, sizeof g_out, "eval %s", cut), 1);
   CHECK(strstr(g_out, "cut.vmc") != NULL);
 }
+
+/* Reads the logit columns of `vmc eval --logits` output; returns the count. */
+static size_t read_logits(const char *path, float *z, size_t cap) {
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char line[4096];
+  size_t n = 0;
+  if (!fgets(line, sizeof line, f)) n = 0; /* header */
+  while (fgets(line, sizeof line, f)) {
+    char *p = line;
+    for (int col = 0; *p && *p != '\n'; col++) {
+      char *end;
+      float v = strtof(p, &end);
+      if (col >= 3 && n < cap) z[n++] = v;
+      p = *end == ',' ? end + 1 : end;
+    }
+  }
+  fclose(f);
+  return n;
+}
+
+/* One binary, every ISA path it can run on this CPU (VMC_ISA), the same
+ * outputs for every zoo model (fp32: within 1e-4 of the logits' scale). */
+TEST(cli_zoo_same_outputs_on_every_isa) {
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
+  vmc_dataset *d = NULL;
+  if (vmc_dataset_open("fashion-mnist", VMC_SPLIT_TEST, &d) != VMC_OK)
+    SKIP("fashion-mnist not installed (apt-get install dataset-fashion-mnist)");
+  vmc_dataset_free(d);
+  const unsigned f = vmc_cpu_features();
+  const char *isas[3] = {"ref", NULL, NULL};
+  if ((f & (VMC_CPU_AVX2 | VMC_CPU_FMA)) == (VMC_CPU_AVX2 | VMC_CPU_FMA)) isas[1] = "avx2";
+  if (!strcmp(vmc_isa_name(), "avx512")) isas[2] = "avx512";
+  const char *models[] = {"lenet5", "resnet8", "resnet20", "mobilenetv2-tiny"};
+  enum { IMAGES = 12, CAP = IMAGES * 10 };
+  const char *dir = vmc_test_tmpdir();
+  for (int m = 0; m < 4; m++) {
+    float ref[CAP], z[CAP];
+    size_t nref = 0;
+    for (int i = 0; i < 3; i++) {
+      if (!isas[i]) continue;
+      char path[512];
+      snprintf(path, sizeof path, "%s/%s-%s.csv", dir, models[m], isas[i]);
+      setenv("VMC_ISA", isas[i], 1); /* run() passes the environment on */
+      int rc = run(g_out, sizeof g_out,
+               "eval %s --data fashion-mnist --limit %d --batch 5 --seed 3 --logits %s --quiet",
+               models[m], IMAGES, path);
+      unsetenv("VMC_ISA");
+      if (rc != 0) vmc_test_fail(__FILE__, __LINE__, "VMC_ISA=%s: %s", isas[i], g_out);
+      REQUIRE(rc == 0);
+      size_t n = read_logits(path, i == 0 ? ref : z, CAP);
+      REQUIRE(n == CAP);
+      if (i == 0) {
+        nref = n;
+        continue;
+      }
+      float scale = 1e-3f, diff = 0;
+      for (size_t j = 0; j < nref; j++) scale = fmaxf(scale, fabsf(ref[j]));
+      for (size_t j = 0; j < nref; j++) diff = fmaxf(diff, fabsf(ref[j] - z[j]));
+      if (diff > 1e-4f * scale)
+        vmc_test_fail(__FILE__, __LINE__, "%s: %s differs from ref by %g (scale %g)", models[m],
+                      isas[i], diff, scale);
+    }
+  }
+}

@@ -44,7 +44,13 @@ static int argmax(const float *z, int k) {
 
 vmc_status vmc_evaluate(vmc_graph *g, const vmc_dataset *d, int batch, int limit,
                         int show_progress, vmc_eval_result *r) {
+  return vmc_evaluate_logits(g, d, batch, limit, show_progress, r, NULL);
+}
+
+vmc_status vmc_evaluate_logits(vmc_graph *g, const vmc_dataset *d, int batch, int limit,
+                               int show_progress, vmc_eval_result *r, float **logits) {
   memset(r, 0, sizeof *r);
+  if (logits) *logits = NULL;
   int n = d->n;
   if (limit > 0 && limit < n) n = limit;
   if (d->c != g->in_shape.d[1] || d->h != g->in_shape.d[2] || d->w != g->in_shape.d[3])
@@ -57,9 +63,11 @@ vmc_status vmc_evaluate(vmc_graph *g, const vmc_dataset *d, int batch, int limit
   const int k = (int)(vmc_shape_count(os) / (size_t)os->d[0]);
   int *idx = vmc_malloc_plain((size_t)batch * sizeof *idx);
   int *y = vmc_malloc_plain((size_t)batch * sizeof *y);
-  if (!idx || !y) {
+  float *all = logits ? malloc((size_t)n * k * sizeof *all) : NULL;
+  if (!idx || !y || (logits && !all)) {
     vmc_free(idx);
     vmc_free(y);
+    free(all);
     vmc_plan_destroy(p);
     return vmc_error(VMC_ERR_NOMEM, "evaluation");
   }
@@ -73,6 +81,7 @@ vmc_status vmc_evaluate(vmc_graph *g, const vmc_dataset *d, int batch, int limit
     vmc_dataset_batch(d, idx, m, NULL, NULL, vmc_plan_input(p), y);
     vmc_plan_forward(p, m);
     const float *z = vmc_plan_output(p);
+    if (all) memcpy(all + (size_t)off * k, z, (size_t)m * k * sizeof *all);
     for (int i = 0; i < m; i++) {
       if (y[i] >= k) continue; /* label the model cannot predict: counts as wrong */
       correct += argmax(z + (size_t)i * k, k) == y[i];
@@ -82,6 +91,8 @@ vmc_status vmc_evaluate(vmc_graph *g, const vmc_dataset *d, int batch, int limit
   }
   vmc_progress_finish(&bar);
   r->n = n;
+  r->classes = k;
+  if (logits) *logits = all;
   r->accuracy = (float)((double)correct / n);
   r->loss = (float)(loss / n);
   r->seconds = vmc_now() - t0;
