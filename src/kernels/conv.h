@@ -42,4 +42,17 @@ void vmc_dwconv_wide_forward(const float *xp, int wp, const float *w, float bias
 void vmc_dwconv_wide_backward(const float *xp, int wp, const float *w, const float *dyw,
                               const vmc_conv_geom *g, float *dxp, float *dw);
 
+/* The variants of the two above (dwconv.c picks one by vmc_isa_name()):
+ * __ref makes one pass per tap; the SIMD ones block in registers
+ * (dwconv_simd.h) and use FMA, so they agree with __ref to rounding. */
+#define VMC_DWCONV_WIDE_VARIANT(sfx)                                                    \
+  void vmc_dwconv_wide_forward__##sfx(const float *xp, int wp, const float *w, float bias, \
+                                      const vmc_conv_geom *g, float *yw);                 \
+  void vmc_dwconv_wide_backward__##sfx(const float *xp, int wp, const float *w,           \
+                                       const float *dyw, const vmc_conv_geom *g,          \
+                                       float *dxp, float *dw);
+VMC_DWCONV_WIDE_VARIANT(ref)
+VMC_DWCONV_WIDE_VARIANT(avx2)
+VMC_DWCONV_WIDE_VARIANT(avx512)
+
 #endif

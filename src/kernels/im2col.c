@@ -126,7 +126,7 @@ void vmc_dwconv_backward(const float *x, const float *w, const float *dy, const 
   }
 }
 
-void vmc_dwconv_wide_forward(const float *xp, int wp, const float *w, float bias,
+void vmc_dwconv_wide_forward__ref(const float *xp, int wp, const float *w, float bias,
                              const vmc_conv_geom *g, float *yw) {
   const int n = g->oh * wp;
   for (int k = 0; k < n; k++) yw[k] = bias;
@@ -137,7 +137,7 @@ void vmc_dwconv_wide_forward(const float *xp, int wp, const float *w, float bias
     }
 }
 
-void vmc_dwconv_wide_backward(const float *xp, int wp, const float *w, const float *dyw,
+void vmc_dwconv_wide_backward__ref(const float *xp, int wp, const float *w, const float *dyw,
                               const vmc_conv_geom *g, float *dxp, float *dw) {
   const int n = g->oh * wp;
   for (int i = 0; i < g->kh; i++)
