@@ -33,16 +33,26 @@ void FN(vmc_dwconv_wide_forward)(const float *xp, int wp, const float *w, float 
   }
   const int n = g->oh * wp;
   int k = 0;
-  for (; k + 2 * VL <= n; k += 2 * VL) {
-    vec a0 = VSET1(bias), a1 = a0;
+  /* Four independent chains per tap sweep: enough to cover FMA latency. */
+  for (; k + 4 * VL <= n; k += 4 * VL) {
+    vec a0 = VSET1(bias), a1 = a0, a2 = a0, a3 = a0;
     for (int t = 0; t < taps; t++) {
       const vec wv = VSET1(w[t]);
       const float *s = xp + off[t] + k;
       a0 = VFMA(wv, VLOAD(s), a0);
       a1 = VFMA(wv, VLOAD(s + VL), a1);
+      a2 = VFMA(wv, VLOAD(s + 2 * VL), a2);
+      a3 = VFMA(wv, VLOAD(s + 3 * VL), a3);
     }
     VSTORE(yw + k, a0);
     VSTORE(yw + k + VL, a1);
+    VSTORE(yw + k + 2 * VL, a2);
+    VSTORE(yw + k + 3 * VL, a3);
+  }
+  for (; k + VL <= n; k += VL) {
+    vec a0 = VSET1(bias);
+    for (int t = 0; t < taps; t++) a0 = VFMA(VSET1(w[t]), VLOAD(xp + off[t] + k), a0);
+    VSTORE(yw + k, a0);
   }
   for (; k < n; k++) {
     float a = bias;
@@ -87,6 +97,22 @@ void FN(vmc_dwconv_wide_backward)(const float *xp, int wp, const float *w, const
     for (int t = 0; t < taps; t++)
       if (mpos >= off[t] && mpos - off[t] < (size_t)n) a = __builtin_fmaf(w[t], dyw[mpos - off[t]], a);
     dxp[mpos] = a;
+  }
+  for (; mpos + 4 * VL <= last; mpos += 4 * VL) {
+    vec a0 = VLOAD(dxp + mpos), a1 = VLOAD(dxp + mpos + VL);
+    vec a2 = VLOAD(dxp + mpos + 2 * VL), a3 = VLOAD(dxp + mpos + 3 * VL);
+    for (int t = 0; t < taps; t++) {
+      const vec wv = VSET1(w[t]);
+      const float *s = dyw + mpos - off[t];
+      a0 = VFMA(wv, VLOAD(s), a0);
+      a1 = VFMA(wv, VLOAD(s + VL), a1);
+      a2 = VFMA(wv, VLOAD(s + 2 * VL), a2);
+      a3 = VFMA(wv, VLOAD(s + 3 * VL), a3);
+    }
+    VSTORE(dxp + mpos, a0);
+    VSTORE(dxp + mpos + VL, a1);
+    VSTORE(dxp + mpos + 2 * VL, a2);
+    VSTORE(dxp + mpos + 3 * VL, a3);
   }
   for (; mpos + VL <= last; mpos += VL) {
     vec a = VLOAD(dxp + mpos);
