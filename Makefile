@@ -66,7 +66,7 @@ $(BUILD)/vmc_tests: $(TEST_OBJ) $(BUILD)/libvmc.a
 	$(CC) -o $@ $(TEST_OBJ) $(BUILD)/libvmc.a $(LDLIBS) $(STB_LIB)
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libvmc.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libvmc.a $(LDLIBS) $(STB_LIB)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -o $@ $< $(BUILD)/libvmc.a $(LDLIBS) $(STB_LIB) -ldl
 
 # The README's test command: installs what it needs, builds, runs every test.
 test: deps
@@ -89,4 +89,4 @@ fixtures:
 clean:
 	rm -rf build build-san
 
--include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TOOL_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BENCH_BIN:=.d)
