@@ -4,10 +4,9 @@
  * params [gamma, beta, running_mean, running_var] each (C).
  * Training uses batch statistics; inference the running ones. */
 #include "graph/op.h"
+#include "kernels/bn.h"
 
 #include <math.h>
-
-#define LANES 8 /* partial sums per reduction */
 
 static void dims(const vmc_shape *s, int *C, int *HW) {
   *C = s->d[1];
@@ -27,12 +26,22 @@ static vmc_status bn_infer(const vmc_graph *g, const vmc_node *n, const vmc_shap
   return VMC_OK;
 }
 
-/* state: batch mean and 1/sqrt(var+eps) per channel. */
+/* state per channel: the mean and 1/sqrt(var+eps) used, and the forward's
+ * a, b (v = a*x + b), from which backward recomputes a fused activation's
+ * mask without reading y. */
 static size_t bn_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                        vmc_mode mode) {
-  return 2 * (size_t)in[0].d[1] * sizeof(float);
+  return 4 * (size_t)in[0].d[1] * sizeof(float);
 }
 
+static void act_of(vmc_act act, vmc_bn_chan *ch) {
+  ch->clamp = act != VMC_ACT_NONE;
+  ch->lo = vmc_act_lo(act);
+  ch->hi = vmc_act_hi(act);
+}
+
+/* Channels run in parallel, each in one kernel call (kernels/bn.h: a fixed
+ * reduction order), so the bits do not depend on the thread count. */
 static void bn_forward(vmc_opctx *ctx) {
   const vmc_node *n = ctx->node;
   int C, HW;
@@ -41,27 +50,22 @@ static void bn_forward(vmc_opctx *ctx) {
   float eps = vmc_node_attr_f(n, "eps", 1e-5f), mom = vmc_node_attr_f(n, "momentum", 0.1f);
   const float *gamma = ctx->g->params[n->param[0]].data, *beta = ctx->g->params[n->param[1]].data;
   float *rm = ctx->g->params[n->param[2]].data, *rv = ctx->g->params[n->param[3]].data;
-  float *mean = ctx->state, *invstd = mean + C;
+  float *mean = ctx->state, *invstd = mean + C, *sa = invstd + C, *sb = sa + C;
   const int train = ctx->mode == VMC_MODE_TRAIN;
-  const float hi = vmc_act_hi(ctx->act);
+  const vmc_bn_kernels *k = vmc_bn_kernels_best();
+  const vmc_bn_planes pl = {N, HW, (size_t)C * HW};
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (ctx->nthreads > 1)
   for (int c = 0; c < C; c++) {
+    const float *xc = ctx->x[0] + (size_t)c * HW;
     float mu, is;
     if (train) {
-      double s = 0, s2 = 0;
-      for (int b = 0; b < N; b++) {
-        const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
-        float ps = 0, ps2 = 0;
-#pragma omp simd reduction(+ : ps)
-        for (int i = 0; i < HW; i++) ps += x[i];
-        s += ps;
-        float pm = ps / (float)HW;
-#pragma omp simd reduction(+ : ps2)
-        for (int i = 0; i < HW; i++) ps2 += (x[i] - pm) * (x[i] - pm);
-        /* combine per-image sums of squares around the image mean */
-        s2 += ps2 + (double)HW * pm * pm;
-      }
-      double cnt = (double)N * HW, m = s / cnt, var = s2 / cnt - m * m;
+      /* sums shifted by the first plane's mean: no cancellation */
+      double s0 = 0;
+      for (int i = 0; i < HW; i++) s0 += xc[i];
+      const float shift = (float)(s0 / HW);
+      double s1, s2;
+      k->stats(xc, &pl, shift, &s1, &s2);
+      double cnt = (double)N * HW, d = s1 / cnt, m = shift + d, var = s2 / cnt - d * d;
       if (var < 0) var = 0;
       mu = (float)m;
       is = (float)(1.0 / sqrt(var + eps));
@@ -72,17 +76,16 @@ static void bn_forward(vmc_opctx *ctx) {
       mu = rm[c];
       is = 1.0f / sqrtf(rv[c] + eps);
     }
+    vmc_bn_chan ch = {0};
+    act_of(ctx->act, &ch);
+    ch.mu = mu;
+    ch.a = gamma[c] * is;
+    ch.b = beta[c] - mu * ch.a;
     mean[c] = mu;
     invstd[c] = is;
-    float a = gamma[c] * is, bb = beta[c] - mu * a;
-    for (int b = 0; b < N; b++) {
-      const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
-      float *y = ctx->y + ((size_t)b * C + c) * HW;
-      if (ctx->act == VMC_ACT_NONE)
-        for (int i = 0; i < HW; i++) y[i] = a * x[i] + bb;
-      else
-        for (int i = 0; i < HW; i++) y[i] = vmc_clampf(a * x[i] + bb, 0.0f, hi);
-    }
+    sa[c] = ch.a;
+    sb[c] = ch.b;
+    k->apply(xc, &pl, &ch, ctx->y + (size_t)c * HW);
   }
 }
 
@@ -93,71 +96,37 @@ static void bn_backward(vmc_opctx *ctx) {
   const int N = ctx->batch;
   const float *gamma = ctx->g->params[n->param[0]].data;
   float *dgamma = ctx->g->params[n->param[0]].grad, *dbeta = ctx->g->params[n->param[1]].grad;
-  const float *mean = ctx->state, *invstd = mean + C;
+  const float *mean = ctx->state, *invstd = mean + C, *sa = invstd + C, *sb = sa + C;
   const int train = ctx->mode == VMC_MODE_TRAIN;
-  const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
-  const int fused = ctx->act != VMC_ACT_NONE;
-  /* A fused activation: the gradient passes where lo < y < hi. */
-#define DY(i) (fused ? vmc_act_grad(yv[i], dy[i], lo, hi) : dy[i])
+  const vmc_bn_kernels *k = vmc_bn_kernels_best();
+  const vmc_bn_planes pl = {N, HW, (size_t)C * HW};
 #pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (ctx->nthreads > 1)
   for (int c = 0; c < C; c++) {
-    float mu = mean[c], is = invstd[c];
-    double sdy = 0, sdyx = 0;
-    for (int b = 0; b < N; b++) {
-      const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
-      const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
-      const float *yv = ctx->y + ((size_t)b * C + c) * HW;
-      /* Fixed lanes, summed in a fixed order: the same bits whatever the
-       * compiler vectorises (fused and unfused plans must agree). */
-      float la[LANES] = {0}, lb[LANES] = {0};
-      int i = 0;
-      for (; i + LANES <= HW; i += LANES)
-        for (int l = 0; l < LANES; l++) {
-          float d = DY(i + l);
-          la[l] += d;
-          lb[l] += d * (x[i + l] - mu);
-        }
-      for (; i < HW; i++) {
-        float d = DY(i);
-        la[0] += d;
-        lb[0] += d * (x[i] - mu);
-      }
-      for (int l = 0; l < LANES; l++) {
-        sdy += la[l];
-        sdyx += lb[l];
-      }
-    }
+    vmc_bn_chan ch = {0};
+    act_of(ctx->act, &ch);
+    ch.mu = mean[c];
+    ch.a = sa[c];
+    ch.b = sb[c];
+    const float is = invstd[c];
+    /* d = dy masked by a fused activation: sum d, sum d*(x - mu) */
+    const size_t off = (size_t)c * HW;
+    double sdy, sdyx;
+    k->bwd_sums(ctx->x[0] + off, ctx->dy + off, &pl, &ch, &sdy, &sdyx);
     sdyx *= is; /* sum dy * xhat */
     if (dgamma) dgamma[c] += (float)sdyx;
     if (dbeta) dbeta[c] += (float)sdy;
     if (!ctx->dx[0]) continue;
-    float k = gamma[c] * is;
+    /* train: dx = gamma*is/M * (M*dy - sum(dy) - xhat*sum(dy*xhat));
+     * inference statistics are constants: dx = gamma*is*dy. */
+    ch.k = gamma[c] * is;
+    ch.use_x = train;
     if (train) {
-      /* dx = gamma*is/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)) */
-      float cnt = (float)N * HW, m1 = (float)(sdy / cnt), m2 = (float)(sdyx / cnt);
-      for (int b = 0; b < N; b++) {
-        const float *x = ctx->x[0] + ((size_t)b * C + c) * HW;
-        const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
-        const float *yv = ctx->y + ((size_t)b * C + c) * HW;
-        float *dx = ctx->dx[0] + ((size_t)b * C + c) * HW;
-        if (ctx->dx_set[0])
-          for (int i = 0; i < HW; i++) dx[i] = k * (DY(i) - m1 - (x[i] - mu) * is * m2);
-        else
-          for (int i = 0; i < HW; i++) dx[i] += k * (DY(i) - m1 - (x[i] - mu) * is * m2);
-      }
-    } else {
-      for (int b = 0; b < N; b++) {
-        const float *dy = ctx->dy + ((size_t)b * C + c) * HW;
-        const float *yv = ctx->y + ((size_t)b * C + c) * HW;
-        float *dx = ctx->dx[0] + ((size_t)b * C + c) * HW;
-        if (ctx->dx_set[0])
-          for (int i = 0; i < HW; i++) dx[i] = k * DY(i);
-        else
-          for (int i = 0; i < HW; i++) dx[i] += k * DY(i);
-      }
+      double cnt = (double)N * HW;
+      ch.c1 = (float)((double)ch.k * (sdy / cnt));
+      ch.c2 = (float)((double)ch.k * is * (sdyx / cnt));
     }
+    k->bwd_dx(ctx->x[0] + off, ctx->dy + off, &pl, &ch, ctx->dx[0] + off, !ctx->dx_set[0]);
   }
-#undef DY
 }
 
 const vmc_op vmc_op_batchnorm = {
