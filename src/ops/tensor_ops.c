@@ -31,17 +31,48 @@ static void add_forward(vmc_opctx *c) {
   for (size_t i = 0; i < n; i++) c->y[i] = vmc_clampf(a[i] + b[i], lo, hi);
 }
 
+/* The gradient of both inputs is dy (masked by a fused activation): per
+ * span of L1-sized blocks, the masked dy once, then a copy (dx_set) or an
+ * add into each input's gradient.  Every loop is branch-free and
+ * vectorises; two inputs that share a buffer (add(x, x)) receive it twice. */
+#define ADD_SPAN 1024
+
+static void add_grad_span(const vmc_opctx *c, size_t lo_i, size_t hi_i) {
+  const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
+  float buf[ADD_SPAN];
+  for (size_t i0 = lo_i; i0 < hi_i; i0 += ADD_SPAN) {
+    const size_t m = hi_i - i0 < ADD_SPAN ? hi_i - i0 : ADD_SPAN;
+    const float *d = c->dy + i0;
+    if (c->act != VMC_ACT_NONE) {
+      const float *y = c->y + i0;
+      for (size_t k = 0; k < m; k++) buf[k] = vmc_act_grad(y[k], d[k], lo, hi);
+      d = buf;
+    }
+    for (int j = 0; j < 2; j++) {
+      float *dx = c->dx[j] ? c->dx[j] + i0 : NULL;
+      if (!dx) continue;
+      if (c->dx_set[j])
+        memcpy(dx, d, m * sizeof(float));
+      else
+        for (size_t k = 0; k < m; k++) dx[k] += d[k];
+    }
+  }
+}
+
 static void add_backward(vmc_opctx *c) {
   const size_t n = per_image(&c->ys) * (size_t)c->batch;
-  const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
-  const float *y = c->y, *dy = c->dy;
-  float *d0 = c->dx[0], *d1 = c->dx[1];
-  const int s0 = c->dx_set[0], s1 = c->dx_set[1];
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
-  for (size_t i = 0; i < n; i++) {
-    float d = c->act == VMC_ACT_NONE ? dy[i] : vmc_act_grad(y[i], dy[i], lo, hi);
-    if (d0) d0[i] = s0 ? d : d0[i] + d;
-    if (d1) d1[i] = s1 ? d : d1[i] + d;
+  if (!c->dx[0] && !c->dx[1]) return;
+  const int nt = c->nthreads > 1 && n > 65536 ? c->nthreads : 1;
+  if (nt == 1) {
+    add_grad_span(c, 0, n);
+    return;
+  }
+  /* Fixed spans per thread, cut at multiples of 16 floats. */
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; t++) {
+    size_t a = (n * (size_t)t / (size_t)nt) & ~(size_t)15, b = n * (size_t)(t + 1) / (size_t)nt;
+    if (t + 1 < nt) b &= ~(size_t)15;
+    add_grad_span(c, a, b);
   }
 }
 
