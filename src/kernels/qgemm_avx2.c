@@ -1,0 +1,293 @@
+/* int8 kernels, AVX2 (no VNNI): the 6x16 GEMM and the depthwise convolution.
+ *
+ * No saturating step: vpmaddubsw would multiply u8 x s8 pairs and add them
+ * into s16 with saturation (255*127 + 255*127 > 32767), so instead both
+ * operands are widened to s16 and multiplied with vpmaddwd, whose sums of two
+ * products (|sum| <= 65280) are exact s32, then added into s32 accumulators.
+ *
+ * GEMM.  A is packed at plan time as s16 in 6-row panels, 2 consecutive k of
+ * each row per 32-bit group (mr = 6, ka = 2, a_bytes = 2).  Per call, B is
+ * packed one 16-pixel panel at a time into this thread's scratch buffer: for
+ * each k pair, 16 lanes of (B[2p][n], B[2p+1][n]) zero-extended to s16 (zeros
+ * past K and N).  The micro-kernel keeps 6 x 2 ymm accumulators over the
+ * whole of K and applies the epilogue from registers (qgemm.h); the ragged
+ * right edge goes through a small buffer.
+ *
+ * Needs AVX2 (the file is built with -mavx2 -mfma): vmc_qgemm_best() calls it
+ * only where vmc_isa_name() is at least "avx2". */
+#include "kernels/qgemm.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define MR 6
+#define NR 16
+
+#if defined(__clang__)
+#define UNROLL_FULL _Pragma("unroll")
+#else
+#define UNROLL_FULL _Pragma("GCC unroll 16")
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
+                      int ldb, const vmc_qepi *epi, void *C, int ldc);
+
+const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16__avx2 = {
+    .name = "qgemm_u8s8s32_6x16__avx2",
+    .needs = VMC_CPU_AVX2 | VMC_CPU_FMA,
+    .mr = MR,
+    .nr = NR,
+    .ka = 2,
+    .a_bytes = 2,
+    .run = qgemm_run,
+};
+
+typedef struct epi_ctx {
+  vmc_qout out;
+  const int32_t *bias;
+  const float *scale;
+  int per_tensor;
+  __m256 lo, hi;
+  __m256i zp;
+} epi_ctx;
+
+static void epi_init(epi_ctx *e, const vmc_qepi *q) {
+  const vmc_qepi_prep p = vmc_qepi_prepare(q);
+  e->out = q->out;
+  e->bias = q->bias;
+  e->scale = q->scale;
+  e->per_tensor = q->per_tensor;
+  e->lo = _mm256_set1_ps(p.lo);
+  e->hi = _mm256_set1_ps(p.hi);
+  e->zp = _mm256_set1_epi32(p.zp);
+}
+
+/* Stores 8 lanes (acc + bias already added) at y, the first n of them. */
+INLINE void store8(const epi_ctx *e, const vmc_qout OUT, __m256i t, __m256 s, void *y,
+                   int n) {
+  union {
+    __m256i v;
+    uint8_t b[32];
+  } tmp;
+  if (OUT == VMC_QOUT_S32) {
+    tmp.v = t;
+  } else if (OUT == VMC_QOUT_F32) {
+    tmp.v = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(t), s));
+  } else {
+    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(t), s);
+    f = _mm256_min_ps(_mm256_max_ps(f, e->lo), e->hi);
+    const __m256i i = _mm256_add_epi32(_mm256_cvtps_epi32(f), e->zp);
+    /* In the output type's range after the clamp: the packs are exact. */
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i),
+                                      _mm256_extracti128_si256(i, 1));
+    const __m128i b = OUT == VMC_QOUT_U8 ? _mm_packus_epi16(w, w) : _mm_packs_epi16(w, w);
+    if (n >= 8) {
+      _mm_storel_epi64((__m128i *)y, b);
+      return;
+    }
+    _mm_storel_epi64((__m128i *)tmp.b, b);
+    memcpy(y, tmp.b, (size_t)(n > 0 ? n : 0));
+    return;
+  }
+  if (n >= 8)
+    _mm256_storeu_si256((__m256i *)y, tmp.v);
+  else
+    memcpy(y, tmp.b, (size_t)(n > 0 ? n : 0) * 4);
+}
+
+/* C rows m0..m0+mr-1, columns 0..nr-1 (nr <= NVE * 8) = epi(A-panel x
+ * B-panel) over kp k-pairs. */
+INLINE void ukernel(const int MRE, const int NVE, const vmc_qout OUT, int kp, const uint8_t *restrict a,
+                    const uint8_t *restrict b, const epi_ctx *e, int m0,
+                    uint8_t *restrict c, size_t ldc_bytes, int mr, int nr) {
+  __m256i acc[MR][2];
+  /* The accumulators start at the bias (rows past mr: zero, unread). */
+  UNROLL_FULL
+  for (int r = 0; r < MRE; r++) {
+    const __m256i vb = _mm256_set1_epi32(e->bias && r < mr ? e->bias[m0 + r] : 0);
+    UNROLL_FULL
+    for (int v = 0; v < NVE; v++) acc[r][v] = vb;
+  }
+  for (int q = 0; q < kp; q++) {
+    __m256i bv[2];
+    UNROLL_FULL
+    for (int v = 0; v < NVE; v++) bv[v] = _mm256_load_si256((const __m256i *)(b + 32 * v));
+    UNROLL_FULL
+    for (int r = 0; r < MRE; r++) {
+      int32_t w;
+      memcpy(&w, a + 4 * r, sizeof w);
+      const __m256i av = _mm256_set1_epi32(w);
+      UNROLL_FULL
+      for (int v = 0; v < NVE; v++)
+        acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(bv[v], av));
+    }
+    a += MR * 4;
+    b += NR * 4;
+  }
+  const size_t osz = vmc_qout_bytes(OUT);
+  UNROLL_FULL
+  for (int r = 0; r < MRE; r++) {
+    if (r >= mr) continue; /* no early exit: clang unrolls fully */
+    const int m = m0 + r;
+    const __m256 vs = _mm256_set1_ps(OUT == VMC_QOUT_S32 ? 0.0f
+                                     : e->scale[e->per_tensor ? 0 : m]);
+    uint8_t *cr = c + (size_t)r * ldc_bytes;
+    UNROLL_FULL
+    for (int v = 0; v < NVE; v++)
+      store8(e, OUT, acc[r][v], vs, cr + (size_t)(8 * v) * osz, nr - 8 * v);
+  }
+}
+
+typedef void (*ukernel_fn)(int, const uint8_t *, const uint8_t *, const epi_ctx *, int,
+                           uint8_t *, size_t, int, int);
+
+/* The instances: qgemm_ukernel_<rows>x<pixels>_<out>__avx2, one per output
+ * kind so the write-back has no branches. */
+#define UKERNEL(rows, px, out) qgemm_ukernel_##rows##x##px##_##out##__avx2
+#define UKERNEL_INSTANCE(rows, px, out, OUT)                                      \
+  static void UKERNEL(rows, px, out)(int kp, const uint8_t *a, const uint8_t *b,  \
+                                     const epi_ctx *e, int m0, uint8_t *c,        \
+                                     size_t ldc_bytes, int mr, int nr) {          \
+    ukernel(rows, (px) / 8, OUT, kp, a, b, e, m0, c, ldc_bytes, mr, nr);          \
+  }
+#define UKERNEL_OUTS(rows, px)                                                    \
+  UKERNEL_INSTANCE(rows, px, u8, VMC_QOUT_U8)                                     \
+  UKERNEL_INSTANCE(rows, px, s8, VMC_QOUT_S8)                                     \
+  UKERNEL_INSTANCE(rows, px, s32, VMC_QOUT_S32)                                   \
+  UKERNEL_INSTANCE(rows, px, f32, VMC_QOUT_F32)                                   \
+  static const ukernel_fn ukernels_##rows##x##px[4] = {                           \
+      UKERNEL(rows, px, u8), UKERNEL(rows, px, s8), UKERNEL(rows, px, s32),        \
+      UKERNEL(rows, px, f32)};
+UKERNEL_OUTS(6, 16)
+UKERNEL_OUTS(6, 8)
+UKERNEL_OUTS(4, 16)
+UKERNEL_OUTS(4, 8)
+UKERNEL_OUTS(2, 16)
+UKERNEL_OUTS(2, 8)
+_Static_assert(VMC_QOUT_U8 == 0 && VMC_QOUT_S8 == 1 && VMC_QOUT_S32 == 2 &&
+                   VMC_QOUT_F32 == 3,
+               "ukernels_* tables are indexed by vmc_qout");
+
+/* Smallest instance covering an mr x nr tile. */
+static ukernel_fn pick_ukernel(int mr, int nr, vmc_qout out) {
+  const int wide = nr > 8;
+  if (mr <= 2) return wide ? ukernels_2x16[out] : ukernels_2x8[out];
+  if (mr <= 4) return wide ? ukernels_4x16[out] : ukernels_4x8[out];
+  return wide ? ukernels_6x16[out] : ukernels_6x8[out];
+}
+
+/* dst <- B[0:K, 0:nr] (nr <= 16) as one panel: for each k pair, 16 lanes of
+ * two s16. */
+static void pack_b(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
+  const int kp = (K + 1) / 2;
+  for (int q = 0; q < kp; q++) {
+    __m128i x[2];
+    for (int i = 0; i < 2; i++) {
+      const int k = 2 * q + i;
+      if (k >= K) {
+        x[i] = _mm_setzero_si128();
+      } else if (nr >= 16) {
+        x[i] = _mm_loadu_si128((const __m128i *)(B + (size_t)k * ldb));
+      } else {
+        uint8_t t[16] = {0};
+        memcpy(t, B + (size_t)k * ldb, (size_t)nr);
+        x[i] = _mm_loadu_si128((const __m128i *)t);
+      }
+    }
+    uint8_t *d = dst + (size_t)q * NR * 4;
+    _mm256_store_si256((__m256i *)d, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x[0], x[1])));
+    _mm256_store_si256((__m256i *)(d + 32),
+                       _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(x[0], x[1])));
+  }
+}
+
+static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
+                      int ldb, const vmc_qepi *epi, void *C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K < 0) K = 0;
+  const int kp = (K + 1) / 2;
+  uint8_t *pb = vmc_qscratch((size_t)(kp > 0 ? kp : 1) * NR * 4);
+  if (!pb) {
+    vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32_6x16__avx2, M, N, K, packed_a, B, ldb,
+                            epi, C, ldc);
+    return;
+  }
+  epi_ctx e;
+  epi_init(&e, epi);
+  const size_t osz = vmc_qout_bytes(epi->out), ldc_bytes = (size_t)ldc * osz;
+  const size_t a_panel = (size_t)kp * MR * 4;
+  const uint8_t *A = packed_a;
+  for (int j = 0; j < N; j += NR) {
+    const int nr = N - j < NR ? N - j : NR;
+    pack_b(B + j, (size_t)ldb, K, nr, pb);
+    const ukernel_fn full = pick_ukernel(MR, nr, epi->out);
+    for (int i = 0; i < M; i += MR) {
+      const int mr = M - i < MR ? M - i : MR;
+      uint8_t *c = (uint8_t *)C + (size_t)i * ldc_bytes + (size_t)j * osz;
+      (mr == MR ? full : pick_ukernel(mr, nr, epi->out))(
+          kp, A + (size_t)(i / MR) * a_panel, pb, &e, i, c, ldc_bytes, mr, nr);
+    }
+  }
+}
+
+/* ---- depthwise ----------------------------------------------------------------
+ * As vmc_qdwconv__avx512 with 8 outputs per vector: the plane is copied once
+ * into scratch with its x_zp padding and slack, each tap of 8 outputs is one
+ * load (8 bytes for stride 1, 16 for stride 2 with every other byte kept),
+ * products exact in s32 via vpmaddwd. */
+void vmc_qdwconv__avx2(const vmc_qdw_params *p, const uint8_t *x, const int8_t *wk,
+                       const vmc_qepi *epi, void *y) {
+  const int oh = vmc_qdw_out_h(p), ow = vmc_qdw_out_w(p);
+  if (oh <= 0 || ow <= 0) return;
+  if ((p->sh != 1 && p->sh != 2) || (p->sw != 1 && p->sw != 2) || p->kh * p->kw > 64) {
+    vmc_qdwconv__ref(p, x, wk, epi, y);
+    return;
+  }
+  const int hp = (oh - 1) * p->sh + p->kh, wp = (ow - 1) * p->sw + p->kw;
+  const int wpad = wp + 32; /* a load may run 16 past the last tap */
+  uint8_t *P = vmc_qscratch((size_t)hp * (size_t)wpad);
+  if (!P) {
+    vmc_qdwconv__ref(p, x, wk, epi, y);
+    return;
+  }
+  for (int r = 0; r < hp; r++) {
+    uint8_t *d = P + (size_t)r * wpad;
+    const int iy = r - p->ph;
+    memset(d, p->x_zp, (size_t)wpad);
+    if (iy < 0 || iy >= p->h) continue;
+    const int x0 = p->pw, n = p->w < wp - x0 ? p->w : wp - x0;
+    if (n > 0) memcpy(d + x0, x + (size_t)iy * (size_t)p->w, (size_t)n);
+  }
+
+  epi_ctx e;
+  epi_init(&e, epi);
+  const int taps = p->kh * p->kw;
+  __m256i wv[64];
+  for (int t = 0; t < taps; t++) wv[t] = _mm256_set1_epi32((uint16_t)(int16_t)wk[t]);
+  const __m256i vb = _mm256_set1_epi32(epi->bias ? epi->bias[0] : 0);
+  const __m256 vs = _mm256_set1_ps(epi->out == VMC_QOUT_S32 ? 0.0f : epi->scale[0]);
+  const size_t osz = vmc_qout_bytes(epi->out);
+  const __m256i lo16 = _mm256_set1_epi32(0xffff);
+  for (int oy = 0; oy < oh; oy++) {
+    const uint8_t *row = P + (size_t)oy * p->sh * wpad;
+    uint8_t *yr = (uint8_t *)y + (size_t)oy * ow * osz;
+    for (int ox = 0; ox < ow; ox += 8) {
+      __m256i acc = vb;
+      const uint8_t *base = row + (size_t)ox * p->sw;
+      for (int i = 0; i < p->kh; i++) {
+        const uint8_t *s = base + (size_t)i * wpad;
+        for (int j = 0; j < p->kw; j++) {
+          __m256i xv;
+          if (p->sw == 1)
+            xv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(s + j)));
+          else
+            xv = _mm256_and_si256(
+                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + j))), lo16);
+          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv[i * p->kw + j]));
+        }
+      }
+      store8(&e, e.out, acc, vs, yr + (size_t)ox * osz, ow - ox);
+    }
+  }
+}

@@ -1,0 +1,389 @@
+/* int8 kernels, AVX-512 VNNI (vpdpbusd): the 8x32 GEMM and the depthwise
+ * convolution.
+ *
+ * GEMM.  A is packed at plan time in 8-row panels, 4 consecutive k of each
+ * row per 32-bit group (mr = 8, ka = 4: 32 bytes per k-quad).  Per call, B is
+ * packed one panel of up to 32 pixels at a time into this thread's scratch
+ * buffer, k-quad-major: for each k-quad, 32-bit lanes holding
+ * B[4q..4q+3][n] (zeros past K and past N), the u8 operand vpdpbusd
+ * multiplies with 4 s8 weights broadcast from A.  The panel (32 x K bytes)
+ * stays in L1 while every 8-row panel of A streams past it, so each B byte is
+ * packed once per call however large M is.  The micro-kernel keeps 8 x 2 zmm
+ * accumulators over the whole of K, so the epilogue is applied straight from
+ * registers; rows past M are computed on A's zero padding and not stored.
+ *
+ * Packing is the cost that M (16 to 64 in small conv nets) does not amortise,
+ * so it is kept to in-lane byte and word unpacks: a 32-pixel panel holds, per
+ * k-quad, zmm 0 = pixels {0-3, 16-19, 4-7, 20-23} and zmm 1 = pixels
+ * {8-11, 24-27, 12-15, 28-31}, the order the unpacks leave them in, and the
+ * write-back restores pixel order (one vpermd on the packed bytes, or two
+ * 128-bit lane shuffles on 32-bit outputs).  A last panel of at most 16
+ * pixels is packed in pixel order and runs one zmm per row.  Each output
+ * kind has its own micro-kernel instance, so the write-back has no branches
+ * but the ragged-edge mask.
+ *
+ * On AMD Zen 4 (bench/bench_qgemm.c) this tile runs square GEMMs at about
+ * 90% of the measured vpdpbusd peak, so a wider one has little to win; the
+ * conv shapes (M 16..64, K 16..576) lose their remaining time to packing B
+ * and to the epilogue, both per output, not per multiply-add.
+ *
+ * Needs AVX512F/BW/VL and AVX512-VNNI: vmc_qgemm_best() calls it only where
+ * vmc_isa_name() is "avx512" and the CPU has VNNI. */
+#include "kernels/qgemm.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define MR 8
+#define NR 32
+
+#if defined(__clang__)
+#define UNROLL_FULL _Pragma("unroll")
+#else
+#define UNROLL_FULL _Pragma("GCC unroll 16")
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
+                      int ldb, const vmc_qepi *epi, void *C, int ldc);
+
+const vmc_qgemm_variant vmc_qgemm_u8s8s32_8x32__avx512vnni = {
+    .name = "qgemm_u8s8s32_8x32__avx512vnni",
+    .needs = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL |
+             VMC_CPU_AVX512VNNI | VMC_CPU_AVX2 | VMC_CPU_FMA,
+    .mr = MR,
+    .nr = NR,
+    .ka = 4,
+    .a_bytes = 1,
+    .run = qgemm_run,
+};
+
+/* The epilogue's per-call constants (qgemm.h). */
+typedef struct epi_ctx {
+  vmc_qout out;
+  const int32_t *bias;
+  const float *scale;
+  int per_tensor;
+  __m512 lo, hi;
+  __m512i zp;
+} epi_ctx;
+
+static void epi_init(epi_ctx *e, const vmc_qepi *q) {
+  const vmc_qepi_prep p = vmc_qepi_prepare(q);
+  e->out = q->out;
+  e->bias = q->bias;
+  e->scale = q->scale;
+  e->per_tensor = q->per_tensor;
+  e->lo = _mm512_set1_ps(p.lo);
+  e->hi = _mm512_set1_ps(p.hi);
+  e->zp = _mm512_set1_epi32(p.zp);
+}
+
+static inline __mmask16 mask16(int n) {
+  return (__mmask16)(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
+}
+static inline __mmask32 mask32(int n) {
+  return (__mmask32)(n >= 32 ? 0xffffffffu : n <= 0 ? 0u : (1u << n) - 1u);
+}
+
+/* U8/S8: round(clamp(t * s)) + zp, 16 lanes of s32 (qgemm.h). */
+INLINE __m512i requant16(const epi_ctx *e, __m512i t, __m512 s) {
+  __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(t), s);
+  f = _mm512_min_ps(_mm512_max_ps(f, e->lo), e->hi);
+  return _mm512_add_epi32(_mm512_cvtps_epi32(f), e->zp);
+}
+
+/* Stores 16 lanes in pixel order (acc + bias already added) at y, the first
+ * n of them (n >= 16: all, with a plain store). */
+INLINE void store16(const epi_ctx *e, const vmc_qout OUT, __m512i t, __m512 s, void *y,
+                    int n) {
+  const __mmask16 k = mask16(n);
+  if (OUT == VMC_QOUT_S32) {
+    if (n >= 16)
+      _mm512_storeu_si512(y, t);
+    else
+      _mm512_mask_storeu_epi32(y, k, t);
+  } else if (OUT == VMC_QOUT_F32) {
+    const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(t), s);
+    if (n >= 16)
+      _mm512_storeu_ps(y, f);
+    else
+      _mm512_mask_storeu_ps(y, k, f);
+  } else {
+    /* In the output type's range after the clamp: vpmovdb's truncation is
+     * exact for U8 and S8 alike. */
+    const __m128i b = _mm512_cvtepi32_epi8(requant16(e, t, s));
+    if (n >= 16)
+      _mm_storeu_si128((__m128i *)y, b);
+    else
+      _mm_mask_storeu_epi8(y, k, b);
+  }
+}
+
+/* Stores one row of a 32-pixel panel, t0 = pixels {0-3, 16-19, 4-7, 20-23},
+ * t1 = {8-11, 24-27, 12-15, 28-31} (acc + bias), in pixel order at y, the
+ * first n (<= 32) of them. */
+INLINE void store32(const epi_ctx *e, const vmc_qout OUT, __m512i t0, __m512i t1,
+                    __m512 s, void *y, int n) {
+  if (OUT == VMC_QOUT_U8 || OUT == VMC_QOUT_S8) {
+    /* Per 128-bit lane L the packs leave (4-byte groups) t0.L, t1.L, twice:
+     * lane 0 = pixels 0-3, 8-11; 1 = 16-19, 24-27; 2 = 4-7, 12-15;
+     * 3 = 20-23, 28-31.  Values are in range, so no pack saturates. */
+    const __m512i w = _mm512_packs_epi32(requant16(e, t0, s), requant16(e, t1, s));
+    const __m512i b = OUT == VMC_QOUT_U8 ? _mm512_packus_epi16(w, w) : _mm512_packs_epi16(w, w);
+    const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i r = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, b));
+    if (n >= 32)
+      _mm256_storeu_si256((__m256i *)y, r);
+    else
+      _mm256_mask_storeu_epi8(y, mask32(n), r);
+    return;
+  }
+  if (OUT == VMC_QOUT_F32) {
+    t0 = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(t0), s));
+    t1 = _mm512_castps_si512(_mm512_mul_ps(_mm512_cvtepi32_ps(t1), s));
+  }
+  /* 128-bit lanes: pixels 0-15 = t0.0, t0.2, t1.0, t1.2; 16-31 = t0.1, t0.3,
+   * t1.1, t1.3. */
+  const __m512i lo = _mm512_shuffle_i32x4(t0, t1, 0x88);
+  const __m512i hi = _mm512_shuffle_i32x4(t0, t1, 0xdd);
+  int32_t *d = y;
+  if (n >= 32) {
+    _mm512_storeu_si512(d, lo);
+    _mm512_storeu_si512(d + 16, hi);
+  } else {
+    _mm512_mask_storeu_epi32(d, mask16(n), lo);
+    _mm512_mask_storeu_epi32(d + 16, mask16(n - 16), hi);
+  }
+}
+
+/* C rows m0..m0+mr-1, columns 0..nr-1 = epi(A-panel x B-panel) over kq
+ * k-quads.  MRE rows, NVE zmm per row (2: a 32-pixel panel, 1: a 16-pixel
+ * one) and the output kind are compile-time constants in each instance. */
+INLINE void ukernel(const int MRE, const int NVE, const vmc_qout OUT, int kq,
+                    const uint8_t *restrict a, const uint8_t *restrict b,
+                    const epi_ctx *e, int m0, uint8_t *restrict c, size_t ldc_bytes,
+                    int mr, int nr) {
+  /* The accumulators start at the bias (rows past mr: zero, unread). */
+  __m512i acc[MR][2];
+  UNROLL_FULL
+  for (int r = 0; r < MRE; r++) {
+    const __m512i vb = _mm512_set1_epi32(e->bias && r < mr ? e->bias[m0 + r] : 0);
+    UNROLL_FULL
+    for (int v = 0; v < NVE; v++) acc[r][v] = vb;
+  }
+  for (int q = 0; q < kq; q++) {
+    __m512i bv[2];
+    UNROLL_FULL
+    for (int v = 0; v < NVE; v++) bv[v] = _mm512_load_si512(b + 64 * v);
+    UNROLL_FULL
+    for (int r = 0; r < MRE; r++) {
+      int32_t w;
+      memcpy(&w, a + 4 * r, sizeof w);
+      const __m512i av = _mm512_set1_epi32(w);
+      UNROLL_FULL
+      for (int v = 0; v < NVE; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], bv[v], av);
+    }
+    a += MR * 4;
+    b += NVE * 64;
+  }
+  UNROLL_FULL
+  for (int r = 0; r < MRE; r++) {
+    if (r >= mr) continue; /* no early exit: clang unrolls fully */
+    const int m = m0 + r;
+    const __m512 vs = _mm512_set1_ps(OUT == VMC_QOUT_S32 ? 0.0f
+                                     : e->scale[e->per_tensor ? 0 : m]);
+    uint8_t *cr = c + (size_t)r * ldc_bytes;
+    if (NVE == 2)
+      store32(e, OUT, acc[r][0], acc[r][1], vs, cr, nr);
+    else
+      store16(e, OUT, acc[r][0], vs, cr, nr);
+  }
+}
+
+typedef void (*ukernel_fn)(int, const uint8_t *, const uint8_t *, const epi_ctx *, int,
+                           uint8_t *, size_t, int, int);
+
+/* The instances: qgemm_ukernel_<rows>x<pixels>_<out>__avx512vnni. */
+#define UKERNEL(rows, px, out) qgemm_ukernel_##rows##x##px##_##out##__avx512vnni
+#define UKERNEL_INSTANCE(rows, px, out, OUT)                                      \
+  static void UKERNEL(rows, px, out)(int kq, const uint8_t *a, const uint8_t *b,  \
+                                     const epi_ctx *e, int m0, uint8_t *c,        \
+                                     size_t ldc_bytes, int mr, int nr) {          \
+    ukernel(rows, (px) / 16, OUT, kq, a, b, e, m0, c, ldc_bytes, mr, nr);         \
+  }
+#define UKERNEL_OUTS(rows, px)                                                    \
+  UKERNEL_INSTANCE(rows, px, u8, VMC_QOUT_U8)                                     \
+  UKERNEL_INSTANCE(rows, px, s8, VMC_QOUT_S8)                                     \
+  UKERNEL_INSTANCE(rows, px, s32, VMC_QOUT_S32)                                   \
+  UKERNEL_INSTANCE(rows, px, f32, VMC_QOUT_F32)                                   \
+  static const ukernel_fn ukernels_##rows##x##px[4] = {                           \
+      UKERNEL(rows, px, u8), UKERNEL(rows, px, s8), UKERNEL(rows, px, s32),        \
+      UKERNEL(rows, px, f32)};
+UKERNEL_OUTS(8, 32)
+UKERNEL_OUTS(8, 16)
+UKERNEL_OUTS(4, 32)
+UKERNEL_OUTS(4, 16)
+_Static_assert(VMC_QOUT_U8 == 0 && VMC_QOUT_S8 == 1 && VMC_QOUT_S32 == 2 &&
+                   VMC_QOUT_F32 == 3,
+               "ukernels_* tables are indexed by vmc_qout");
+
+/* Smallest instance covering an mr x nr tile. */
+static ukernel_fn pick_ukernel(int mr, int nr, vmc_qout out) {
+  if (mr <= 4) return nr > 16 ? ukernels_4x32[out] : ukernels_4x16[out];
+  return nr > 16 ? ukernels_8x32[out] : ukernels_8x16[out];
+}
+
+/* One k-quad of a 32-pixel panel from rows x[0..3] (32 pixels each) into
+ * dst (128 bytes, the lane order above). */
+INLINE void quads32(const __m256i x[4], uint8_t *dst) {
+  const __m256i p01l = _mm256_unpacklo_epi8(x[0], x[1]), p01h = _mm256_unpackhi_epi8(x[0], x[1]);
+  const __m256i p23l = _mm256_unpacklo_epi8(x[2], x[3]), p23h = _mm256_unpackhi_epi8(x[2], x[3]);
+  /* pixels 0-3 | 16-19, 4-7 | 20-23, 8-11 | 24-27, 12-15 | 28-31 */
+  _mm256_store_si256((__m256i *)dst, _mm256_unpacklo_epi16(p01l, p23l));
+  _mm256_store_si256((__m256i *)(dst + 32), _mm256_unpackhi_epi16(p01l, p23l));
+  _mm256_store_si256((__m256i *)(dst + 64), _mm256_unpacklo_epi16(p01h, p23h));
+  _mm256_store_si256((__m256i *)(dst + 96), _mm256_unpackhi_epi16(p01h, p23h));
+}
+
+/* dst <- B[0:K, 0:nr] (16 < nr <= 32) as a 32-pixel panel. */
+static void pack_b32(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
+  const int kfull = K / 4, kq = (K + 3) / 4;
+  const __mmask32 m = mask32(nr);
+  int q = 0;
+  if (nr == 32) {
+    for (; q < kfull; q++, B += 4 * ldb, dst += 128) {
+      __m256i x[4];
+      UNROLL_FULL
+      for (int i = 0; i < 4; i++) x[i] = _mm256_loadu_si256((const __m256i *)(B + i * ldb));
+      quads32(x, dst);
+    }
+  } else {
+    for (; q < kfull; q++, B += 4 * ldb, dst += 128) {
+      __m256i x[4];
+      UNROLL_FULL
+      for (int i = 0; i < 4; i++) x[i] = _mm256_maskz_loadu_epi8(m, B + i * ldb);
+      quads32(x, dst);
+    }
+  }
+  if (q < kq) { /* the last 1..3 rows, zeros after them */
+    __m256i x[4];
+    for (int i = 0; i < 4; i++)
+      x[i] = 4 * q + i < K ? _mm256_maskz_loadu_epi8(m, B + i * ldb) : _mm256_setzero_si256();
+    quads32(x, dst);
+  }
+}
+
+/* dst <- B[0:K, 0:nr] (nr <= 16) as a 16-pixel panel in pixel order. */
+static void pack_b16(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
+  const int kq = (K + 3) / 4;
+  const __mmask16 m = mask16(nr);
+  for (int q = 0; q < kq; q++, B += 4 * ldb, dst += 64) {
+    __m128i x[4];
+    for (int i = 0; i < 4; i++)
+      x[i] = 4 * q + i < K ? _mm_maskz_loadu_epi8(m, B + i * ldb) : _mm_setzero_si128();
+    const __m128i p01l = _mm_unpacklo_epi8(x[0], x[1]), p01h = _mm_unpackhi_epi8(x[0], x[1]);
+    const __m128i p23l = _mm_unpacklo_epi8(x[2], x[3]), p23h = _mm_unpackhi_epi8(x[2], x[3]);
+    _mm_store_si128((__m128i *)dst, _mm_unpacklo_epi16(p01l, p23l));
+    _mm_store_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(p01l, p23l));
+    _mm_store_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(p01h, p23h));
+    _mm_store_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(p01h, p23h));
+  }
+}
+
+static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
+                      int ldb, const vmc_qepi *epi, void *C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K < 0) K = 0;
+  const int kq = (K + 3) / 4;
+  uint8_t *pb = vmc_qscratch((size_t)(kq > 0 ? kq : 1) * NR * 4);
+  if (!pb) {
+    vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32_8x32__avx512vnni, M, N, K, packed_a, B,
+                            ldb, epi, C, ldc);
+    return;
+  }
+  epi_ctx e;
+  epi_init(&e, epi);
+  const size_t osz = vmc_qout_bytes(epi->out), ldc_bytes = (size_t)ldc * osz;
+  const size_t a_panel = (size_t)kq * MR * 4;
+  const uint8_t *A = packed_a;
+  for (int j = 0; j < N; j += NR) {
+    const int nr = N - j < NR ? N - j : NR;
+    if (nr > 16)
+      pack_b32(B + j, (size_t)ldb, K, nr, pb);
+    else
+      pack_b16(B + j, (size_t)ldb, K, nr, pb);
+    const ukernel_fn full = pick_ukernel(MR, nr, epi->out);
+    for (int i = 0; i < M; i += MR) {
+      const int mr = M - i < MR ? M - i : MR;
+      uint8_t *c = (uint8_t *)C + (size_t)i * ldc_bytes + (size_t)j * osz;
+      (mr == MR ? full : pick_ukernel(mr, nr, epi->out))(
+          kq, A + (size_t)(i / MR) * a_panel, pb, &e, i, c, ldc_bytes, mr, nr);
+    }
+  }
+}
+
+/* ---- depthwise ----------------------------------------------------------------
+ * The plane is copied once into this thread's scratch with its padding (x_zp)
+ * and 64 bytes of slack after it, so every tap of 16 outputs is one
+ * unmasked load: 16 bytes for stride 1, 32 for stride 2 (every other byte
+ * kept).  Products are exact in s32 (vpmaddwd of the zero-extended u8 with
+ * the weight in the low 16 bits); lanes past the row's end read slack or the
+ * next row and are not stored. */
+void vmc_qdwconv__avx512(const vmc_qdw_params *p, const uint8_t *x, const int8_t *wk,
+                         const vmc_qepi *epi, void *y) {
+  const int oh = vmc_qdw_out_h(p), ow = vmc_qdw_out_w(p);
+  if (oh <= 0 || ow <= 0) return;
+  if ((p->sh != 1 && p->sh != 2) || (p->sw != 1 && p->sw != 2) || p->kh * p->kw > 64) {
+    vmc_qdwconv__ref(p, x, wk, epi, y);
+    return;
+  }
+  /* Rows the outputs read: oh of them (stride sh), each kh high. */
+  const int hp = (oh - 1) * p->sh + p->kh, wp = (ow - 1) * p->sw + p->kw;
+  const int wpad = wp + 64; /* a load may run 32 past the last tap */
+  uint8_t *P = vmc_qscratch((size_t)hp * (size_t)wpad + 64);
+  if (!P) {
+    vmc_qdwconv__ref(p, x, wk, epi, y);
+    return;
+  }
+  for (int r = 0; r < hp; r++) {
+    uint8_t *d = P + (size_t)r * wpad;
+    const int iy = r - p->ph;
+    memset(d, p->x_zp, (size_t)wpad);
+    if (iy < 0 || iy >= p->h) continue;
+    const int x0 = p->pw, n = p->w < wp - x0 ? p->w : wp - x0;
+    if (n > 0) memcpy(d + x0, x + (size_t)iy * (size_t)p->w, (size_t)n);
+  }
+  memset(P + (size_t)hp * wpad, p->x_zp, 64);
+
+  epi_ctx e;
+  epi_init(&e, epi);
+  const int taps = p->kh * p->kw;
+  __m512i wv[64];
+  for (int t = 0; t < taps; t++) wv[t] = _mm512_set1_epi32((uint16_t)(int16_t)wk[t]);
+  const __m512i vb = _mm512_set1_epi32(epi->bias ? epi->bias[0] : 0);
+  const __m512 vs = _mm512_set1_ps(epi->out == VMC_QOUT_S32 ? 0.0f : epi->scale[0]);
+  const size_t osz = vmc_qout_bytes(epi->out);
+  const __m512i lo16 = _mm512_set1_epi32(0xffff);
+  for (int oy = 0; oy < oh; oy++) {
+    const uint8_t *row = P + (size_t)oy * p->sh * wpad;
+    uint8_t *yr = (uint8_t *)y + (size_t)oy * ow * osz;
+    for (int ox = 0; ox < ow; ox += 16) {
+      __m512i acc = vb;
+      const uint8_t *base = row + (size_t)ox * p->sw;
+      for (int i = 0; i < p->kh; i++) {
+        const uint8_t *s = base + (size_t)i * wpad;
+        for (int j = 0; j < p->kw; j++) {
+          __m512i xv;
+          if (p->sw == 1)
+            xv = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(s + j)));
+          else
+            xv = _mm512_and_si512(
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(s + j))), lo16);
+          acc = _mm512_add_epi32(acc, _mm512_madd_epi16(xv, wv[i * p->kw + j]));
+        }
+      }
+      store16(&e, e.out, acc, vs, yr + (size_t)ox * osz, ow - ox);
+    }
+  }
+}
