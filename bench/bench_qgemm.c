@@ -1,0 +1,247 @@
+/* int8 GEMM benchmark: GOP/s (2 ops per multiply-add) of each int8 variant
+ * the CPU runs, single-thread, and of vmc_qgemm_mt on vmc_get_threads()
+ * threads, next to the fp32 vmc_sgemm / vmc_sgemm_mt GFLOP/s on the same
+ * shape (same M, N, K, untransposed); "x1" is the best single-thread int8
+ * over vmc_sgemm, "xmt" vmc_qgemm_mt over vmc_sgemm_mt.
+ *
+ *   build/bench/bench_qgemm [--all] [--threads N] [--out u8|s8|s32|f32]
+ *
+ * Shapes: square, and the convolutions of resnet8/resnet20 on 28x28
+ * Fashion-MNIST (M = output channels, N = output pixels per image, or per
+ * batch of 8 where marked, K = 9 * C_in, or C_in for the 1x1 shortcuts).
+ * int8 times include packing B (every call does it) but not packing A (plan
+ * time).  The epilogue requantizes to u8 with per-row scales unless --out.
+ *
+ * Each cell is the median of 7 timed batches, each batch repeated to take
+ * about 20 ms.  The reference is skipped (-) above 64^3 multiply-adds unless
+ * --all.  Where the CPU has AVX-512 VNNI the header also gives the measured
+ * vpdpbusd peak of one core (a register-only loop) and the last column the
+ * fraction of it the best single-thread int8 variant reaches. */
+#include "kernels/gemm.h"
+#include "kernels/qgemm.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static unsigned g_seed = 1;
+static unsigned rnd(void) {
+  g_seed = g_seed * 1103515245u + 12345u;
+  return g_seed >> 16;
+}
+
+/* One timed problem: int8 operands (A packed per variant) and fp32 twins. */
+typedef struct bench_case {
+  int M, N, K;
+  const int8_t *A;
+  const uint8_t *B;
+  const float *Af, *Bf;
+  vmc_qepi epi;
+  void *C;
+  float *Cf;
+} bench_case;
+
+/* what: 0 the variant v single-thread, 1 vmc_qgemm_mt (v = best), 2 vmc_sgemm,
+ * 3 vmc_sgemm_mt.  Median G(FL)OP/s. */
+static double measure(const bench_case *c, const vmc_qgemm_variant *v, int what) {
+  void *pa = NULL;
+  if (what < 2) {
+    pa = malloc(vmc_qgemm_packed_a_size(v, c->M, c->K) + 1);
+    if (!pa) return 0;
+    vmc_qgemm_pack_a(v, c->M, c->K, c->A, c->K, pa);
+  }
+  enum { BATCHES = 7 };
+  double t[BATCHES];
+  int reps = 1;
+  for (int b = -1; b < BATCHES; b++) { /* b == -1: warm-up, sizes reps */
+    const double t0 = now_s();
+    for (int r = 0; r < reps; r++) {
+      switch (what) {
+      case 0: v->run(c->M, c->N, c->K, pa, c->B, c->N, &c->epi, c->C, c->N); break;
+      case 1: vmc_qgemm_run_mt(v, c->M, c->N, c->K, pa, c->B, c->N, &c->epi, c->C, c->N); break;
+      case 2:
+        vmc_sgemm(0, 0, c->M, c->N, c->K, 1.0f, c->Af, c->K, c->Bf, c->N, 0.0f, c->Cf, c->N);
+        break;
+      default:
+        vmc_sgemm_mt(0, 0, c->M, c->N, c->K, 1.0f, c->Af, c->K, c->Bf, c->N, 0.0f, c->Cf,
+                     c->N);
+      }
+    }
+    const double dt = now_s() - t0;
+    if (b < 0) {
+      reps = dt > 0 ? (int)(0.02 / dt) : 1000;
+      reps = reps < 1 ? 1 : reps > 100000 ? 100000 : reps;
+    } else {
+      t[b] = dt / reps;
+    }
+  }
+  free(pa);
+  qsort(t, BATCHES, sizeof t[0], cmp_double);
+  return 2.0 * c->M * c->N * c->K / t[BATCHES / 2] / 1e9;
+}
+
+/* One core's vpdpbusd peak, GOP/s: 16 independent zmm accumulators in
+ * registers (more than latency x throughput on current cores). */
+#define PEAK_ACCS(X)                                                             \
+  X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+__attribute__((target("avx512f,avx512vnni"), noinline)) static double vnni_peak(void) {
+#define DECL(i) __m512i acc##i = _mm512_set1_epi32(i);
+  PEAK_ACCS(DECL)
+  const __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x01ff01ff);
+  double best = 0;
+  for (int trial = 0; trial < 5; trial++) {
+    const long iters = 400000;
+    const double t0 = now_s();
+    for (long it = 0; it < iters; it++) {
+#define STEP(i) acc##i = _mm512_dpbusd_epi32(acc##i, a, b);
+      PEAK_ACCS(STEP)
+      __asm__ volatile("" : "+v"(acc0), "+v"(acc1), "+v"(acc2), "+v"(acc3), "+v"(acc4),
+                       "+v"(acc5), "+v"(acc6), "+v"(acc7));
+    }
+    const double dt = now_s() - t0;
+    const double g = (double)iters * 16 * 64 * 2 / dt / 1e9; /* 64 MACs per op */
+    if (g > best) best = g;
+  }
+#define SUM(i) s = _mm512_add_epi32(s, acc##i);
+  __m512i s = _mm512_setzero_si512();
+  PEAK_ACCS(SUM)
+  int32_t sink[16];
+  _mm512_storeu_si512(sink, s);
+  return sink[0] == 42 ? best + 1e-9 : best; /* keep the sums alive */
+#undef DECL
+#undef STEP
+#undef SUM
+}
+
+static void print_cell(double g) {
+  if (g > 0)
+    printf(" %7.1f", g);
+  else
+    printf(" %7s", "-");
+}
+
+int main(int argc, char **argv) {
+  int all = 0;
+  vmc_qout out = VMC_QOUT_U8;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--all")) {
+      all = 1;
+    } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+      vmc_set_threads(atoi(argv[++i]));
+    } else if (!strcmp(argv[i], "--out") && i + 1 < argc) {
+      const char *o = argv[++i];
+      out = !strcmp(o, "s8") ? VMC_QOUT_S8 : !strcmp(o, "s32") ? VMC_QOUT_S32
+            : !strcmp(o, "f32") ? VMC_QOUT_F32 : VMC_QOUT_U8;
+    } else {
+      fprintf(stderr, "usage: %s [--all] [--threads N] [--out u8|s8|s32|f32]\n", argv[0]);
+      return 2;
+    }
+  }
+  static const struct {
+    int M, N, K;
+    const char *what;
+  } shapes[] = {
+      {256, 256, 256, "square"},
+      {512, 512, 512, "square"},
+      {768, 768, 768, "square"},
+      {1024, 1024, 1024, "square"},
+      {16, 784, 144, "conv 16->16 28x28"},
+      {32, 196, 144, "conv 16->32 s2 14x14"},
+      {32, 196, 288, "conv 32->32 14x14"},
+      {64, 49, 288, "conv 32->64 s2 7x7"},
+      {64, 49, 576, "conv 64->64 7x7"},
+      {32, 196, 16, "1x1 16->32 14x14"},
+      {64, 49, 32, "1x1 32->64 7x7"},
+      {16, 784 * 8, 144, "conv 16->16 28x28 b8"},
+      {32, 196 * 8, 288, "conv 32->32 14x14 b8"},
+      {64, 49 * 8, 576, "conv 64->64 7x7 b8"},
+  };
+  const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
+  const vmc_qgemm_variant *best = vmc_qgemm_best();
+  const int has_vnni512 = vmc_qgemm_variant_ok(&vmc_qgemm_u8s8s32_8x32__avx512vnni);
+  const double peak = has_vnni512 ? vnni_peak() : 0;
+  printf("int8 GEMM GOP/s vs fp32 GFLOP/s (isa %s, cpu: %s; best %s; mt on %d threads; "
+         "median of 7)\n",
+         vmc_isa_name(), vmc_cpu_features_str(), best->name, vmc_get_threads());
+  if (peak > 0) printf("vpdpbusd zmm peak, one core: %.1f GOP/s\n", peak);
+  printf("%-22s %5s %5s %5s", "problem", "M", "N", "K");
+  for (int v = 0; v < vmc_qgemm_variant_count; v++) {
+    const char *n = vmc_qgemm_variants[v]->name;
+    const char *isa = strstr(n, "__");
+    printf(" %7.7s", isa ? isa + 2 : n);
+  }
+  printf(" %7s %7s %7s %6s %6s %6s\n", "q_mt", "sgemm", "sg_mt", "x1", "xmt", "%peak");
+  for (int i = 0; i < n_shapes; i++) {
+    const int M = shapes[i].M, N = shapes[i].N, K = shapes[i].K;
+    int8_t *A = malloc((size_t)M * K);
+    uint8_t *B = malloc((size_t)K * N);
+    float *Af = malloc((size_t)M * K * sizeof *Af), *Bf = malloc((size_t)K * N * sizeof *Bf);
+    float *Cf = malloc((size_t)M * N * sizeof *Cf), *scale = malloc((size_t)M * sizeof *scale);
+    int32_t *bias = malloc((size_t)M * sizeof *bias);
+    void *C = malloc((size_t)M * N * 4);
+    if (!A || !B || !Af || !Bf || !Cf || !scale || !bias || !C) {
+      fprintf(stderr, "out of memory\n");
+      return 1;
+    }
+    for (size_t j = 0; j < (size_t)M * K; j++) {
+      A[j] = (int8_t)(rnd() & 0xff);
+      Af[j] = (float)A[j] / 128.0f;
+    }
+    for (size_t j = 0; j < (size_t)K * N; j++) {
+      B[j] = (uint8_t)(rnd() & 0xff);
+      Bf[j] = (float)B[j] / 256.0f;
+    }
+    for (int m = 0; m < M; m++) {
+      bias[m] = (int32_t)(rnd() % 20001) - 10000;
+      scale[m] = 1.0f / (float)(1000 + rnd() % 5000);
+    }
+    const bench_case c = {M, N, K, A, B, Af, Bf,
+                          {bias, scale, 0, 3, 3, 255, out}, C, Cf};
+    printf("%-22s %5d %5d %5d", shapes[i].what, M, N, K);
+    double best1 = 0;
+    for (int v = 0; v < vmc_qgemm_variant_count; v++) {
+      const vmc_qgemm_variant *vv = vmc_qgemm_variants[v];
+      const int skip = !vmc_qgemm_variant_ok(vv) ||
+                       (vv == &vmc_qgemm_u8s8s32__ref && !all &&
+                        (double)M * N * K > 64.0 * 64 * 64);
+      const double g = skip ? 0 : measure(&c, vv, 0);
+      if (g > best1) best1 = g;
+      print_cell(g);
+      fflush(stdout);
+    }
+    const double gmt = measure(&c, best, 1), gs = measure(&c, best, 2);
+    const double gsmt = measure(&c, best, 3);
+    print_cell(gmt);
+    print_cell(gs);
+    print_cell(gsmt);
+    printf(" %5.2fx %5.2fx", best1 / gs, gmt / gsmt);
+    if (peak > 0)
+      printf(" %5.0f%%\n", 100.0 * best1 / peak);
+    else
+      printf(" %6s\n", "-");
+    fflush(stdout);
+    free(A);
+    free(B);
+    free(Af);
+    free(Bf);
+    free(Cf);
+    free(scale);
+    free(bias);
+    free(C);
+  }
+  return 0;
+}
