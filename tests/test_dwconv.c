@@ -82,3 +82,31 @@ TEST(dwconv_wide_variants_match_reference) {
     free(dxs), free(dws);
   }
 }
+
+/* The strided forward (unpadded input, compact output). */
+TEST(dwconv_strided_forward_matches_reference) {
+  if (strcmp(vmc_isa_name(), "avx512")) SKIP("needs AVX-512");
+  /* kh, kw, stride, pad, dilation, h, w */
+  const int cases[][7] = {{3, 3, 2, 1, 1, 28, 28}, {3, 3, 2, 1, 1, 14, 14}, {5, 5, 2, 2, 1, 15, 15},
+                          {3, 3, 2, 0, 1, 7, 9},   {3, 3, 2, 1, 2, 40, 70}, {1, 1, 2, 0, 1, 5, 33},
+                          {3, 3, 1, 1, 1, 9, 9},   {3, 3, 3, 1, 1, 11, 11}, {3, 5, 2, 2, 1, 3, 2}};
+  vmc_rng r;
+  vmc_rng_seed(&r, 9);
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    const int *k = cases[c];
+    vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
+                       .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
+    g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
+    g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+    REQUIRE(g.oh > 0 && g.ow > 0);
+    const size_t n = (size_t)g.oh * g.ow;
+    float *x = randv((size_t)g.h * g.w, &r), *w = randv((size_t)g.kh * g.kw, &r);
+    float *y0 = malloc(n * 4), *y1 = malloc(n * 4);
+    REQUIRE(x && w && y0 && y1);
+    vmc_dwconv_forward__ref(x, w, -0.5f, &g, y0);
+    vmc_dwconv_forward__avx512(x, w, -0.5f, &g, y1);
+    const float e = rel(y0, y1, n);
+    if (e > 1e-5f) vmc_test_fail(__FILE__, __LINE__, "case %zu: %g", c, e);
+    free(x), free(w), free(y0), free(y1);
+  }
+}

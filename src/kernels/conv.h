@@ -51,6 +51,12 @@ void vmc_dwconv_wide_backward(const float *xp, int wp, const float *w, const flo
   void vmc_dwconv_wide_backward__##sfx(const float *xp, int wp, const float *w,           \
                                        const float *dyw, const vmc_conv_geom *g,          \
                                        float *dxp, float *dw);
+/* vmc_dwconv_forward's variants: __avx512 handles stride-2 rows with
+ * register accumulators (and defers other strides to __ref). */
+void vmc_dwconv_forward__ref(const float *x, const float *w, float bias, const vmc_conv_geom *g,
+                             float *y);
+void vmc_dwconv_forward__avx512(const float *x, const float *w, float bias,
+                                const vmc_conv_geom *g, float *y);
 VMC_DWCONV_WIDE_VARIANT(ref)
 VMC_DWCONV_WIDE_VARIANT(avx2)
 VMC_DWCONV_WIDE_VARIANT(avx512)

@@ -1,4 +1,4 @@
-/* Depthwise "wide" convolution: the ISA variant, chosen once. */
+/* Depthwise convolution: the ISA variants, chosen once. */
 #include "kernels/conv.h"
 
 #include <string.h>
@@ -32,4 +32,12 @@ void vmc_dwconv_wide_backward(const float *xp, int wp, const float *w, const flo
   bwd_fn b;
   pick(&f, &b);
   b(xp, wp, w, dyw, g, dxp, dw);
+}
+
+void vmc_dwconv_forward(const float *x, const float *w, float bias, const vmc_conv_geom *g,
+                        float *y) {
+  if (!strcmp(vmc_isa_name(), "avx512"))
+    vmc_dwconv_forward__avx512(x, w, bias, g, y);
+  else
+    vmc_dwconv_forward__ref(x, w, bias, g, y);
 }

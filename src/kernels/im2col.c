@@ -75,8 +75,8 @@ static void valid_range(int off, int s, int w, int ow, int *lo, int *hi) {
   *hi = b;
 }
 
-void vmc_dwconv_forward(const float *x, const float *w, float bias, const vmc_conv_geom *g,
-                        float *y) {
+void vmc_dwconv_forward__ref(const float *x, const float *w, float bias, const vmc_conv_geom *g,
+                             float *y) {
   const int ow = g->ow;
   for (int oy = 0; oy < g->oh; oy++) {
     float *yr = y + (size_t)oy * ow;
