@@ -85,6 +85,13 @@ static const gcase k_cases[] = {
     CONV("conv_1x1_s2",         3, 3, 7, 7, 4, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0),
     CONV("conv_3x5_p1x2_s1x2",  2, 2, 6, 9, 3, 3, 5, 1, 2, 1, 2, 1, 1, 1, 1),
     CONV("conv_5x5_p2",         2, 2, 7, 7, 2, 5, 5, 1, 1, 2, 2, 1, 1, 1, 1),
+    /* strided convs: conv2d's PHASE strategy (strides <= 4), then IM2COL */
+    CONV("conv_3x3_s3_p1",      3, 2, 8, 8, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 0),
+    CONV("conv_3x3_s2_d2_g2",   2, 4, 9, 9, 4, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1),
+    CONV("conv_2x2_s2x3_p1x0",  2, 3, 7, 8, 2, 2, 2, 2, 3, 1, 0, 1, 1, 1, 0),
+    CONV("conv_5x5_s4_p2",      2, 2, 13, 10, 2, 5, 5, 4, 4, 2, 2, 1, 1, 1, 1),
+    CONV("conv_1x1_s2_p1",      3, 3, 6, 6, 2, 1, 1, 2, 2, 1, 1, 1, 1, 1, 0),
+    CONV("conv_3x3_s5_p1",      2, 2, 11, 11, 3, 3, 3, 5, 5, 1, 1, 1, 1, 1, 0),
     BN("bn_4d_train", VMC_MODE_TRAIN, S4(3, 4, 3, 3), 4),
     BN("bn_2d_train", VMC_MODE_TRAIN, S2(8, 5), 5),
     BN("bn_4d_eval", VMC_MODE_INFER, S4(3, 4, 3, 3), 4),

@@ -11,7 +11,17 @@
  *              OH x Wp whose last Wp - OW columns are discarded.  Backward
  *              uses the same trick: dW from a wide dY, and dx as the
  *              convolution of the padded dY with the rotated kernel.
- *   IM2COL     everything else (strided convs): im2col + GEMM, col2im.
+ *   PHASE      strides up to 4: no im2col either.  The zero-padded input is
+ *              split once into its stride phases (plane (r, s) holds the
+ *              padded pixels (sh*u + r, sw*v + s)), each phh x phw.  Tap
+ *              (i, j) reads phase ((i*dh) % sh, (j*dw) % sw) shifted by
+ *              ((i*dh) / sh, (j*dw) / sw), a contiguous slice over the wide
+ *              output grid OH x phw, so the WIDE machinery applies: one
+ *              vmc_sgemm_rows, dW from a wide dY.  dx: dcol = W^T dYw added
+ *              row by row into phase planes at the same slices, then the
+ *              phases merged back into the image.  Only the phases some tap
+ *              reads are built (a 1x1 stride-2 conv: one, a plain GEMM).
+ *   IM2COL     everything else (larger strides): im2col + GEMM, col2im.
  * Images run in parallel, one per thread with its own scratch; a batch
  * smaller than the thread count runs images in turn with threaded GEMMs. */
 #include "graph/op.h"
@@ -20,7 +30,9 @@
 
 #include <string.h>
 
-enum { DIRECT, DEPTHWISE, WIDE, IM2COL };
+enum { DIRECT, DEPTHWISE, WIDE, PHASE, IM2COL };
+
+#define MAX_PHASE 4 /* strides up to this take PHASE */
 
 typedef struct {
   int groups, oc, ocg;
@@ -35,6 +47,10 @@ typedef struct {
   int pth, ptw;     /* its padding */
   int bwd_wide;     /* that convolution is possible (padding >= 0) */
   int dw_wide;      /* DEPTHWISE with stride 1: also over a padded plane */
+  /* PHASE: phase planes phh x phw (plane = phh*phw), nw = oh*phw; nslots
+   * of the sh*sw phases are built, phase (r, s) in slot[r][s] (-1: unused) */
+  int phh, phw, nslots;
+  signed char slot[MAX_PHASE][MAX_PHASE];
 } conv_cfg;
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
@@ -71,6 +87,8 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.kind = DEPTHWISE;
   else if (g->sh == 1 && g->sw == 1)
     c.kind = WIDE;
+  else if (g->sh <= MAX_PHASE && g->sw <= MAX_PHASE)
+    c.kind = PHASE;
   else
     c.kind = IM2COL;
   c.dw_wide = c.kind == DEPTHWISE && g->sh == 1 && g->sw == 1;
@@ -85,6 +103,18 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.hq = g->oh + 2 * c.pth;
     c.wq = g->ow + 2 * c.ptw;
     c.nq = g->h * c.wq;
+  }
+  if (c.kind == PHASE) {
+    c.phh = vmc_ceil_div(g->h + 2 * g->ph, g->sh);
+    c.phw = vmc_ceil_div(g->w + 2 * g->pw, g->sw);
+    c.plane = (size_t)c.phh * c.phw;
+    c.nw = g->oh * c.phw; /* phw >= ow + the largest column shift: rows stay in their plane row */
+    memset(c.slot, -1, sizeof c.slot);
+    for (int i = 0; i < g->kh; i++)
+      for (int j = 0; j < g->kw; j++) {
+        signed char *sl = &c.slot[(i * g->dh) % g->sh][(j * g->dw) % g->sw];
+        if (*sl < 0) *sl = (signed char)c.nslots++;
+      }
   }
   return c;
 }
@@ -146,6 +176,15 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
       s.c = mode == VMC_MODE_TRAIN ? c->plane + slack : 0;         /* padded dx */
     }
     break;
+  case PHASE: {
+    const size_t xq = (size_t)g->c * c->nslots * c->plane + slack;
+    s.a = xq;                                             /* phase planes */
+    s.b = (size_t)c->ocg * c->nw;                         /* wide output / wide dY */
+    s.c = mode == VMC_MODE_TRAIN ? (size_t)c->K * c->nw : 0; /* dcol */
+    s.d = mode == VMC_MODE_TRAIN ? xq : 0;                /* phase-plane gradient */
+    s.rows = (size_t)c->K;
+    break;
+  }
   case IM2COL:
     s.a = (size_t)c->K * c->P;                              /* col */
     s.b = mode == VMC_MODE_TRAIN ? (size_t)c->K * c->P : 0; /* dcol */
@@ -230,6 +269,84 @@ static void plane_rows(const float *xp, int ch, size_t plane, int wp, const vmc_
         *rows++ = xp + (size_t)c * plane + (size_t)i * g->dh * wp + (size_t)j * g->dw;
 }
 
+/* PHASE: the phase planes of `ch` channels of h x w (zero padding and
+ * zeros past the padded image), channel-major, slot order within a
+ * channel; `slack` zero floats after the last plane. */
+static void phase_split(const float *x, int ch, const conv_cfg *c, size_t slack, float *xq) {
+  const vmc_conv_geom *g = &c->g;
+  const int sh = g->sh, sw = g->sw;
+  for (int ci = 0; ci < ch; ci++)
+    for (int r = 0; r < sh; r++)
+      for (int s = 0; s < sw; s++) {
+        if (c->slot[r][s] < 0) continue;
+        float *dst = xq + ((size_t)ci * c->nslots + c->slot[r][s]) * c->plane;
+        /* columns v with 0 <= sw*v + s - pw < w */
+        const int off = s - g->pw;
+        const int v0 = off >= 0 ? 0 : vmc_ceil_div(-off, sw);
+        int v1 = g->w - off <= 0 ? 0 : vmc_ceil_div(g->w - off, sw);
+        if (v1 > c->phw) v1 = c->phw;
+        for (int u = 0; u < c->phh; u++) {
+          float *d = dst + (size_t)u * c->phw;
+          const int y = sh * u + r - g->ph;
+          if (y < 0 || y >= g->h || v0 >= v1) {
+            memset(d, 0, sizeof(float) * (size_t)c->phw);
+            continue;
+          }
+          const float *src = x + ((size_t)ci * g->h + y) * g->w;
+          for (int v = 0; v < v0; v++) d[v] = 0;
+          if (sw == 2)
+            for (int v = v0; v < v1; v++) d[v] = src[2 * v + off];
+          else
+            for (int v = v0; v < v1; v++) d[v] = src[sw * v + off];
+          for (int v = v1; v < c->phw; v++) d[v] = 0;
+        }
+      }
+  memset(xq + (size_t)ch * c->nslots * c->plane, 0, sizeof(float) * slack);
+}
+
+/* Row (ci, i, j) of the virtual im2col matrix over phase planes. */
+static const float *phase_row(const float *xq, const conv_cfg *c, int ci, int i, int j) {
+  const vmc_conv_geom *g = &c->g;
+  const int di = i * g->dh, dj = j * g->dw;
+  return xq + ((size_t)ci * c->nslots + c->slot[di % g->sh][dj % g->sw]) * c->plane +
+         (size_t)(di / g->sh) * c->phw + (size_t)(dj / g->sw);
+}
+
+static void phase_rows(const float *xq, int ch, const conv_cfg *c, const float **rows) {
+  for (int ci = 0; ci < ch; ci++)
+    for (int i = 0; i < c->g.kh; i++)
+      for (int j = 0; j < c->g.kw; j++) *rows++ = phase_row(xq, c, ci, i, j);
+}
+
+/* The adjoint of phase_split: dx (=, or += with add) the phase planes'
+ * gradient at each pixel's phase position; pixels no tap reads get 0. */
+static void phase_merge(const float *dq, int ch, const conv_cfg *c, float *dx, int add) {
+  const vmc_conv_geom *g = &c->g;
+  const int sh = g->sh, sw = g->sw;
+  for (int ci = 0; ci < ch; ci++)
+    for (int y = 0; y < g->h; y++) {
+      const int yy = y + g->ph, r = yy % sh, u = yy / sh;
+      float *d = dx + ((size_t)ci * g->h + y) * g->w;
+      for (int s = 0; s < sw; s++) {
+        /* columns x = sw*v + s - pw in [0, w) */
+        const int off = s - g->pw;
+        const int v0 = off >= 0 ? 0 : vmc_ceil_div(-off, sw);
+        const int v1 = g->w - off <= 0 ? 0 : vmc_ceil_div(g->w - off, sw);
+        if (c->slot[r][s] < 0) {
+          if (!add)
+            for (int v = v0; v < v1; v++) d[sw * v + off] = 0;
+          continue;
+        }
+        const float *src =
+            dq + ((size_t)ci * c->nslots + c->slot[r][s]) * c->plane + (size_t)u * c->phw;
+        if (add)
+          for (int v = v0; v < v1; v++) d[sw * v + off] += src[v];
+        else
+          for (int v = v0; v < v1; v++) d[sw * v + off] = src[v];
+      }
+    }
+}
+
 typedef void (*gemm_fn)(int, int, int, int, int, float, const float *, int, const float *, int,
                         float, float *, int);
 typedef void (*gemm_rows_fn)(int, int, int, int, float, const float *, int, const float *const *,
@@ -288,6 +405,19 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       vmc_im2col(xg, g, base);
       gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, base, c.P, 0.0f, yg, c.P);
       break;
+    case PHASE: {
+      float *xq = base, *yw = base + sp.a;
+      const float **rows = thread_rows(ctx, &sp, base);
+      phase_split(xg, g->c, &c, sp.a - (size_t)g->c * c.nslots * c.plane, xq);
+      phase_rows(xq, g->c, &c, rows);
+      if (c.phw == g->ow) { /* no garbage columns: straight into y */
+        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yg, c.P);
+      } else {
+        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw);
+        crop_planes(yw, c.ocg, (size_t)c.nw, c.phw, 0, 0, g->oh, g->ow, yg, 0);
+      }
+      break;
+    }
     case WIDE: {
       float *xp = base, *yw = base + sp.a;
       const float **rows = thread_rows(ctx, &sp, base);
@@ -359,6 +489,48 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   crop_planes(dxw, g->c, (size_t)c->nq, c->wq, 0, 0, g->h, g->w, dxg, dx_beta != 0.0f);
 }
 
+/* PHASE backward of one image and group: dW (+)= dYw · rows^T; dcol =
+ * W^T dYw added into the phase planes' gradient along the same rows, then
+ * merged into dx. */
+static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp,
+                           float *base, const float *xg, const float *dyg, const float *Wg,
+                           float *dxg, int dx_add, float *dWg, int par) {
+  const vmc_conv_geom *g = &c->g;
+  gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
+  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
+  float *xq = base, *dyw = base + sp->a, *dcol = dyw + sp->b, *dq = dcol + sp->c;
+  const float **rows = thread_rows(ctx, sp, base);
+  const size_t slack = sp->a - (size_t)g->c * c->nslots * c->plane;
+  phase_split(xg, g->c, c, slack, xq);
+  phase_rows(xq, g->c, c, rows);
+  /* wide dY: oh x phw, zero past ow */
+  const float *dw = dyg;
+  if (c->phw != g->ow) {
+    pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->phw, 0, dyw);
+    dw = dyw;
+  }
+  gemm_rows(1, c->ocg, c->K, c->nw, 1.0f, dw, c->nw, rows, 1.0f, dWg, c->K);
+  if (!dxg) return;
+  if (c->K == g->c) {
+    /* one tap, at shift 0: dcol is the phase planes' gradient itself */
+    gemm(1, 0, g->c, c->nw, c->ocg, 1.0f, Wg, c->K, dw, c->nw, 0.0f, dq, (int)c->plane);
+    for (int ci = 0; ci < g->c; ci++)
+      memset(dq + (size_t)ci * c->plane + c->nw, 0, sizeof(float) * (c->plane - (size_t)c->nw));
+  } else {
+    /* dcol's garbage columns are 0 (dYw's are): adding whole rows is exact */
+    gemm(1, 0, c->K, c->nw, c->ocg, 1.0f, Wg, c->K, dw, c->nw, 0.0f, dcol, c->nw);
+    memset(dq, 0, sizeof(float) * sp->d);
+    for (int ci = 0, k = 0; ci < g->c; ci++)
+      for (int i = 0; i < g->kh; i++)
+        for (int j = 0; j < g->kw; j++, k++) {
+          float *dst = (float *)phase_row(dq, c, ci, i, j);
+          const float *src = dcol + (size_t)k * c->nw;
+          for (int n = 0; n < c->nw; n++) dst[n] += src[n];
+        }
+  }
+  phase_merge(dq, g->c, c, dxg, dx_add);
+}
+
 /* One image's share of the backward: private dW/dB, and dx. */
 static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                            int b, float *base, int par, const float *Wt) {
@@ -418,6 +590,9 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
       vmc_col2im_add(dcol, g, dxg);
       break;
     }
+    case PHASE:
+      phase_backward(ctx, &c, &sp, base, xg, dyg, Wg, dxg, dx_beta != 0.0f, dWg, par);
+      break;
     case WIDE:
       wide_backward(ctx, &c, &sp, base, xg, dyg,
                     Wt ? Wt + (size_t)gi * g->c * c.ocg * g->kh * g->kw : Wg, dxg, dx_beta,
