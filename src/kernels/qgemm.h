@@ -8,7 +8,7 @@
  * B: u8 activations, K x N row-major (ldb >= N), read in place: each call
  *    packs it into the layout its variant wants (the VNNI ones: 4 consecutive
  *    k of one pixel per 32-bit lane, pixels across lanes; AVX2: 2 k per lane
- *    as s16), K padded with zeros to a multiple of 4.
+ *    as s16), K padded with zeros to the variant's k group (4, or 2).
  * That is the NCHW convolution layout: M = output channels, N = pixels,
  * K = C_in*kh*kw (im2col rows), or K = C_in for a 1x1 convolution.
  * C: M x N row-major, ldc >= N elements of the output type.
@@ -42,8 +42,8 @@
  * and + zp.  Rounding is monotonic and the bounds are integers, so this equals
  * the formula above for every finite value, never overflows the conversion,
  * and maps NaN (possible only with a non-finite scale) to lo'.  zero_point
- * must lie in [-2^16, 2^16] (it is clamped there) and should lie in the
- * output type's range.  vmc_qepi_requant below is that rule in scalar C: the
+ * is clamped to [-2^16, 2^16] (which keeps every conversion in range) and
+ * should lie in the output type's range.  vmc_qepi_requant below is that rule in scalar C: the
  * reference calls it, and the SIMD write-backs are tested against it.
  *
  * ---- Variants ----------------------------------------------------------------
@@ -213,8 +213,8 @@ void *vmc_qscratch(size_t bytes);
  * y is oh x ow contiguous, oh = (h + 2ph - kh) / sh + 1, ow likewise (0 if
  * the padded plane is smaller than the kernel).  The epilogue is the GEMM's
  * with this channel's bias and scale: bias[0], scale[0] (row m = 0).
- * SIMD variants handle strides 1 and 2 (others run the reference); all are
- * bit-identical to the reference. */
+ * SIMD variants handle strides 1 and 2 and kernels of up to 64 taps (others
+ * run the reference); all are bit-identical to the reference. */
 typedef struct vmc_qdw_params {
   int h, w;   /* input plane */
   int kh, kw; /* kernel */
