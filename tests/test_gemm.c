@@ -628,3 +628,479 @@ TEST(gemm_rows_mt_bit_identical) {
   }
   vmc_set_threads(threads_before);
 }
+
+/* ---- Fused epilogue and pre-packed A --------------------------------------
+ * Every variant (through its vmc_sgemm_run__*), and the dispatched and _mt
+ * entries, against the reference with an epilogue: bias, residual, clamp,
+ * all three.  Tolerance as above plus |bias| + |res| (the clamp is
+ * 1-Lipschitz).  alpha == 1 exercises the in-place A paths.  Then the
+ * bit-identity promises: _mt == single thread, rows == materialised, packed
+ * == unpacked of the same variant, each with an epilogue. */
+
+typedef void (*run_fn)(const vmc_gemm_args *);
+
+static void run_dispatch(const vmc_gemm_args *g) {
+  vmc_sgemm_epi(g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B,
+                g->ldb, g->beta, g->C, g->ldc, g->epi);
+}
+static void run_dispatch_mt(const vmc_gemm_args *g) {
+  vmc_sgemm_epi_mt(g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B,
+                   g->ldb, g->beta, g->C, g->ldc, g->epi);
+}
+
+typedef struct run_variant {
+  const char *name;
+  run_fn fn;
+  unsigned needs;
+  int variant; /* VMC_GEMM_*, or -1 for the dispatching entries */
+} run_variant;
+
+static const run_variant k_run_variants[] = {
+    {"ref", vmc_sgemm_run__ref, 0, VMC_GEMM_REF},
+    {"avx2", vmc_sgemm_run__avx2, VMC_CPU_AVX2 | VMC_CPU_FMA, VMC_GEMM_AVX2},
+    {"avx512", vmc_sgemm_run__avx512,
+     VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_AVX2 | VMC_CPU_FMA,
+     VMC_GEMM_AVX512},
+    {"dispatch", run_dispatch, 0, -1},
+    {"mt", run_dispatch_mt, 0, -1},
+};
+#define N_RUN_VARIANTS ((int)(sizeof k_run_variants / sizeof k_run_variants[0]))
+
+static int run_cpu_has(const run_variant *v) {
+  return (vmc_cpu_features() & v->needs) == v->needs;
+}
+
+/* Epilogue kinds: 0 bias, 1 residual, 2 ReLU, 3 bias + residual + clamp. */
+#define N_EPI_KINDS 4
+
+typedef struct epi_problem {
+  problem p;
+  float *bias, *res; /* M, and M x ldr (ldr = N + 2) */
+  vmc_gemm_epi epi;
+} epi_problem;
+
+static void epi_problem_free(epi_problem *e) {
+  problem_free(&e->p);
+  free(e->bias);
+  free(e->res);
+}
+
+/* problem_init, then an epilogue of the given kind, the reference recomputed
+ * with it and the tolerance widened.  Returns 0 if out of memory. */
+static int epi_problem_init(epi_problem *e, int ta, int tb, int M, int N, int K, int pad,
+                            float alpha, float beta, int kind) {
+  *e = (epi_problem){0};
+  if (!problem_init(&e->p, ta, tb, M, N, K, pad, alpha, beta)) return 0;
+  problem *p = &e->p;
+  const int ldr = N + 2;
+  e->bias = alloc_floats((size_t)M);
+  e->res = alloc_floats((size_t)M * ldr);
+  if (!e->bias || !e->res) return 0;
+  for (int i = 0; i < M; i++) e->bias[i] = frand();
+  for (size_t i = 0; i < (size_t)M * ldr; i++) e->res[i] = frand();
+  e->epi = VMC_GEMM_EPI_NONE;
+  if (kind == 0 || kind == 3) e->epi.bias = e->bias;
+  if (kind == 1 || kind == 3) e->epi.res = e->res, e->epi.ldr = ldr;
+  if (kind == 2) e->epi.lo = 0.0f;
+  if (kind == 3) e->epi.lo = -0.25f, e->epi.hi = 0.3f;
+  memcpy(p->ref, p->C0, c_size(p) * sizeof(float));
+  const vmc_gemm_args g = {.trans_a = ta, .trans_b = tb, .M = M, .N = N, .K = K,
+                           .alpha = alpha, .A = p->A, .lda = p->lda, .B = p->B,
+                           .ldb = p->ldb, .beta = beta, .C = p->ref, .ldc = p->ldc,
+                           .epi = &e->epi};
+  vmc_sgemm_run__ref(&g);
+  for (int i = 0; i < M; i++)
+    for (int j = 0; j < N; j++) {
+      float extra = 0.0f;
+      if (e->epi.bias) extra += fabsf(e->bias[i]);
+      if (e->epi.res) extra += fabsf(e->res[(size_t)i * ldr + j]);
+      p->tol[(size_t)i * p->ldc + j] += 1e-5f * extra;
+    }
+  return 1;
+}
+
+static vmc_gemm_args epi_args(const epi_problem *e, float *C) {
+  const problem *p = &e->p;
+  return (vmc_gemm_args){.trans_a = p->ta, .trans_b = p->tb, .M = p->M, .N = p->N,
+                         .K = p->K, .alpha = p->alpha, .A = p->A, .lda = p->lda,
+                         .B = p->B, .ldb = p->ldb, .beta = p->beta, .C = C,
+                         .ldc = p->ldc, .epi = &e->epi};
+}
+
+/* Runs v on a copy of C0: within tolerance of the reference, padding
+ * columns untouched.  Returns the failure count. */
+static int check_epi_variant(const epi_problem *e, const run_variant *v, int kind) {
+  const problem *p = &e->p;
+  float *C = alloc_floats(c_size(p));
+  if (!C) {
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+    return 1;
+  }
+  memcpy(C, p->C0, c_size(p) * sizeof(float));
+  const vmc_gemm_args g = epi_args(e, C);
+  v->fn(&g);
+  int bad = 0;
+  for (int i = 0; i < p->M && bad < 3; i++) {
+    for (int j = 0; j < p->ldc && bad < 3; j++) {
+      size_t at = (size_t)i * p->ldc + j;
+      int ok = j < p->N ? fabsf(C[at] - p->ref[at]) <= p->tol[at]
+                        : memcmp(&C[at], &p->C0[at], sizeof(float)) == 0;
+      if (!ok) {
+        vmc_test_fail(__FILE__, __LINE__,
+                      "epi %s kind=%d ta=%d tb=%d M=%d N=%d K=%d alpha=%g beta=%g: "
+                      "C[%d,%d] = %.9g, ref %.9g (tol %.3g)%s",
+                      v->name, kind, p->ta, p->tb, p->M, p->N, p->K, p->alpha, p->beta, i,
+                      j, C[at], p->ref[at], p->tol[at],
+                      j < p->N ? "" : " [padding column changed]");
+        bad++;
+      }
+    }
+  }
+  free(C);
+  return bad;
+}
+
+static int run_epi_problem(int ta, int tb, int M, int N, int K, int pad, float alpha,
+                           float beta, int kind) {
+  epi_problem e;
+  if (!epi_problem_init(&e, ta, tb, M, N, K, pad, alpha, beta, kind)) {
+    epi_problem_free(&e);
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+    return 1;
+  }
+  int bad = 0;
+  for (int v = 1; v < N_RUN_VARIANTS; v++)
+    if (run_cpu_has(&k_run_variants[v])) bad += check_epi_variant(&e, &k_run_variants[v], kind);
+  epi_problem_free(&e);
+  return bad;
+}
+
+TEST(gemm_epi_vs_ref) {
+  /* Every (M, N) pair of a subset of k_dims (tile edges of both SIMD files),
+   * K rotating through them, every transpose pair, beta, epilogue kind, and
+   * alpha 1 (in-place A) or not. */
+  static const int dims[] = {1, 5, 6, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 100};
+  const int nd = (int)(sizeof dims / sizeof dims[0]);
+  int idx = 0;
+  for (int im = 0; im < nd; im++) {
+    for (int in = 0; in < nd; in++, idx++) {
+      const int K = dims[(im * 3 + in * 5) % nd], t = idx % 4;
+      const float alpha = idx % 3 == 2 ? -0.75f : 1.0f;
+      if (run_epi_problem(t & 1, t >> 1, dims[im], dims[in], K, idx % 3, alpha,
+                          k_betas[idx / 4 % 3], idx % N_EPI_KINDS) > 0 &&
+          vmc_test_failed_now() >= 10)
+        return;
+    }
+  }
+  /* Across the cache blocks: several K slices (the epilogue only in the
+   * last), N past NC, M past MC and the in-place-B limit. */
+  static const int big[][3] = {{13, 2100, 530}, {150, 97, 1025}, {70, 40, 800},
+                               {300, 16, 300}};
+  for (int i = 0; i < 4; i++)
+    for (int t = 0; t < 4; t++)
+      run_epi_problem(t & 1, t >> 1, big[i][0], big[i][1], big[i][2], t, t == 1 ? -1.5f : 1.0f,
+                      k_betas[(i + t) % 3], (i + t) % N_EPI_KINDS);
+}
+
+TEST(gemm_epi_k0_alpha0_nan) {
+  /* K == 0 or alpha == 0: C = clamp(beta * C + bias + res) without reading A
+   * or B; NaN in the sum passes the clamp; infinities are clamped. */
+  for (int v = 0; v < N_RUN_VARIANTS; v++) {
+    const run_variant *rv = &k_run_variants[v];
+    if (!run_cpu_has(rv)) continue;
+    const float bias[2] = {0.5f, -2.0f}, res[2 * 3] = {1, 2, 3, -1, -2, -3};
+    vmc_gemm_epi e = VMC_GEMM_EPI_NONE;
+    e.bias = bias, e.res = res, e.ldr = 3, e.lo = -1.0f, e.hi = 2.0f;
+    for (int b = 0; b < 3; b++) {
+      float C[2 * 3], want[2 * 3];
+      for (int i = 0; i < 6; i++) {
+        C[i] = b == 0 ? NAN : (float)i - 2.0f;
+        float x = b == 0 ? 0.0f : k_betas[b] * C[i];
+        x = x + bias[i / 3];
+        x = x + res[i];
+        want[i] = x < -1.0f ? -1.0f : x > 2.0f ? 2.0f : x;
+      }
+      const float A[2 * 4] = {0}, B[4 * 3] = {0};
+      const vmc_gemm_args g = {.M = 2, .N = 3, .K = b == 2 ? 4 : 0,
+                               .alpha = b == 2 ? 0.0f : 1.0f, .A = A, .lda = 4, .B = B,
+                               .ldb = 3, .beta = k_betas[b], .C = C, .ldc = 3, .epi = &e};
+      rv->fn(&g);
+      for (int i = 0; i < 6; i++) CHECK(C[i] == want[i]);
+    }
+    /* NaN and infinities through a full GEMM: A row 0 has a NaN, row 1 an
+     * infinity (times positive B), row 2 a minus infinity. */
+    float A[3 * 5], B[5 * 20], C[3 * 20];
+    for (int i = 0; i < 15; i++) A[i] = 0.25f;
+    for (int i = 0; i < 100; i++) B[i] = 0.5f;
+    A[2] = NAN, A[5 + 3] = INFINITY, A[10 + 1] = -INFINITY;
+    vmc_gemm_epi relu6 = VMC_GEMM_EPI_NONE;
+    relu6.lo = 0.0f, relu6.hi = 6.0f;
+    const vmc_gemm_args g = {.M = 3, .N = 20, .K = 5, .alpha = 1.0f, .A = A, .lda = 5,
+                             .B = B, .ldb = 20, .beta = 0.0f, .C = C, .ldc = 20,
+                             .epi = &relu6};
+    rv->fn(&g);
+    for (int j = 0; j < 20; j++) {
+      CHECK(isnan(C[j]));
+      CHECK(C[20 + j] == 6.0f);
+      CHECK(C[40 + j] == 0.0f);
+    }
+  }
+}
+
+/* n elements of X and Y differing in bits. */
+static size_t bits_differ(const float *X, const float *Y, size_t n) {
+  size_t d = 0;
+  for (size_t i = 0; i < n; i++) d += memcmp(&X[i], &Y[i], sizeof(float)) != 0;
+  return d;
+}
+
+TEST(gemm_epi_mt_bit_identical) {
+  /* vmc_sgemm_epi_mt at 1..4 threads equals vmc_sgemm_epi bit for bit (the
+   * split moves bias and residual with the block). */
+  static const int shapes[][3] = {{64, 784, 144}, {300, 40, 300}, {300, 10, 100},
+                                  {33, 2100, 17}, {2000, 16, 144}};
+  const int threads_before = vmc_get_threads();
+  for (int s = 0; s < 5; s++) {
+    for (int t = 0; t < 4; t++) {
+      epi_problem e;
+      REQUIRE(epi_problem_init(&e, t & 1, t >> 1, shapes[s][0], shapes[s][1],
+                               shapes[s][2], 1, t == 3 ? 1.25f : 1.0f, k_betas[(s + t) % 3],
+                               (s + t) % N_EPI_KINDS));
+      const problem *p = &e.p;
+      float *C1 = alloc_floats(c_size(p)), *Cn = alloc_floats(c_size(p));
+      REQUIRE(C1 && Cn);
+      memcpy(C1, p->C0, c_size(p) * sizeof(float));
+      vmc_gemm_args g = epi_args(&e, C1);
+      run_dispatch(&g);
+      for (int nt = 1; nt <= 4; nt++) {
+        vmc_set_threads(nt);
+        memcpy(Cn, p->C0, c_size(p) * sizeof(float));
+        g.C = Cn;
+        run_dispatch_mt(&g);
+        const size_t diff = bits_differ(C1, Cn, c_size(p));
+        if (diff)
+          vmc_test_fail(__FILE__, __LINE__,
+                        "threads=%d ta=%d tb=%d M=%d N=%d K=%d: %zu elements differ", nt,
+                        p->ta, p->tb, p->M, p->N, p->K, diff);
+      }
+      free(C1);
+      free(Cn);
+      epi_problem_free(&e);
+    }
+  }
+  vmc_set_threads(threads_before);
+}
+
+TEST(gemm_rows_epi_bit_identical) {
+  /* vmc_sgemm_rows_epi(_mt) equals vmc_sgemm_epi on the materialised B (each
+   * variant through vmc_sgemm_run__*, rows vs matrix), with every epilogue
+   * kind. */
+  static const int shapes[][4] = {/* tb, M, N, K */
+                                  {0, 16, 840, 144}, {1, 16, 144, 840}, {0, 64, 63, 576},
+                                  {1, 64, 576, 63},  {0, 300, 10, 100}, {1, 9, 17, 33}};
+  const int threads_before = vmc_get_threads();
+  for (int s = 0; s < 6; s++) {
+    rows_problem rp;
+    REQUIRE(rows_problem_init(&rp, shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3],
+                              shapes[s][3] + 3, 1, s == 2 ? 0.5f : 1.0f, k_betas[s % 3],
+                              s % 2, 30, 900));
+    const size_t nc = (size_t)rp.M * rp.ldc;
+    float *bias = alloc_floats((size_t)rp.M), *res = alloc_floats((size_t)rp.M * rp.N);
+    float *C1 = alloc_floats(nc), *C2 = alloc_floats(nc);
+    REQUIRE(bias && res && C1 && C2);
+    for (int i = 0; i < rp.M; i++) bias[i] = frand();
+    for (size_t i = 0; i < (size_t)rp.M * rp.N; i++) res[i] = frand();
+    vmc_gemm_epi e = VMC_GEMM_EPI_NONE;
+    e.bias = s % 4 != 1 ? bias : NULL;
+    e.res = s % 4 != 2 ? res : NULL;
+    e.ldr = rp.N, e.lo = -0.5f, e.hi = s % 2 ? 0.5f : INFINITY;
+    for (int v = 0; v < N_RUN_VARIANTS; v++) {
+      const run_variant *rv = &k_run_variants[v];
+      if (!run_cpu_has(rv)) continue;
+      vmc_gemm_args g = {.trans_b = rp.tb, .M = rp.M, .N = rp.N, .K = rp.K,
+                         .alpha = rp.alpha, .A = rp.A, .lda = rp.lda, .beta = rp.beta,
+                         .ldc = rp.ldc, .epi = &e};
+      memcpy(C1, rp.C0, nc * sizeof(float));
+      memcpy(C2, rp.C0, nc * sizeof(float));
+      g.B = rp.Bm, g.ldb = rp.len, g.C = C1;
+      rv->fn(&g); /* the matrix */
+      const float *const *rows = (const float *const *)rp.rows;
+      if (rv->variant >= 0) {
+        g.B = NULL, g.brow = rows, g.C = C2;
+        rv->fn(&g);
+      } else if (rv->fn == run_dispatch) {
+        vmc_sgemm_rows_epi(rp.tb, rp.M, rp.N, rp.K, rp.alpha, rp.A, rp.lda, rows, rp.beta,
+                           C2, rp.ldc, &e);
+      } else {
+        for (int nt = 1; nt <= 3; nt++) {
+          vmc_set_threads(nt);
+          memcpy(C2, rp.C0, nc * sizeof(float));
+          vmc_sgemm_rows_epi_mt(rp.tb, rp.M, rp.N, rp.K, rp.alpha, rp.A, rp.lda, rows,
+                                rp.beta, C2, rp.ldc, &e);
+          if (bits_differ(C1, C2, nc)) break;
+        }
+      }
+      const size_t diff = bits_differ(C1, C2, nc);
+      if (diff)
+        vmc_test_fail(__FILE__, __LINE__, "rows epi %s tb=%d M=%d N=%d K=%d: %zu differ",
+                      rv->name, rp.tb, rp.M, rp.N, rp.K, diff);
+    }
+    free(bias);
+    free(res);
+    free(C1);
+    free(C2);
+    rows_problem_free(&rp);
+  }
+  vmc_set_threads(threads_before);
+}
+
+/* The packed entries (plain and row-pointer, single and _mt) against the
+ * unpacked call of the pack's variant, bit for bit, on one problem. */
+static void check_packed(int which, const run_variant *rv, const epi_problem *e,
+                         const rows_problem *rp) {
+  const problem *p = &e->p;
+  vmc_sgemm_packed_a pk;
+  vmc_status st = vmc_sgemm_pack_a_variant(which, p->ta, p->M, p->K, p->alpha, p->A,
+                                           p->lda, NULL, 0, &pk);
+  if (st != VMC_OK) {
+    vmc_test_fail(__FILE__, __LINE__, "pack_a: %s", vmc_last_error());
+    return;
+  }
+  CHECK_EQ_INT(pk.bytes, vmc_sgemm_pack_a_bytes_variant(which, p->M, p->K));
+  float *want = alloc_floats(c_size(p)), *got = alloc_floats(c_size(p));
+  if (!want || !got) {
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+  } else {
+    memcpy(want, p->C0, c_size(p) * sizeof(float));
+    const vmc_gemm_args g = epi_args(e, want);
+    rv->fn(&g);
+    for (int form = 0; form < 2; form++) {
+      memcpy(got, p->C0, c_size(p) * sizeof(float));
+      if (form == 0)
+        vmc_sgemm_packed(&pk, p->tb, p->N, p->B, p->ldb, p->beta, got, p->ldc, &e->epi);
+      else
+        vmc_sgemm_packed_mt(&pk, p->tb, p->N, p->B, p->ldb, p->beta, got, p->ldc, &e->epi);
+      const size_t diff = bits_differ(want, got, c_size(p));
+      if (diff)
+        vmc_test_fail(__FILE__, __LINE__,
+                      "packed%s %s ta=%d tb=%d M=%d N=%d K=%d alpha=%g: %zu differ",
+                      form ? "_mt" : "", rv->name, p->ta, p->tb, p->M, p->N, p->K,
+                      p->alpha, diff);
+    }
+  }
+  free(want);
+  free(got);
+  vmc_sgemm_packed_a_free(&pk);
+  if (!rp) return;
+  /* Row pointers: the pack of the rows problem's A (not transposed). */
+  st = vmc_sgemm_pack_a_variant(which, 0, rp->M, rp->K, rp->alpha, rp->A, rp->lda, NULL, 0,
+                                &pk);
+  if (st != VMC_OK) {
+    vmc_test_fail(__FILE__, __LINE__, "pack_a: %s", vmc_last_error());
+    return;
+  }
+  const size_t nc = (size_t)rp->M * rp->ldc;
+  want = alloc_floats(nc), got = alloc_floats(nc);
+  if (want && got) {
+    vmc_gemm_epi ep = VMC_GEMM_EPI_NONE;
+    ep.lo = -0.5f;
+    ep.bias = rp->A; /* any M floats */
+    memcpy(want, rp->C0, nc * sizeof(float));
+    const vmc_gemm_args g = {.trans_b = rp->tb, .M = rp->M, .N = rp->N, .K = rp->K,
+                             .alpha = rp->alpha, .A = rp->A, .lda = rp->lda,
+                             .brow = (const float *const *)rp->rows, .beta = rp->beta,
+                             .C = want, .ldc = rp->ldc, .epi = &ep};
+    rv->fn(&g);
+    for (int form = 0; form < 2; form++) {
+      memcpy(got, rp->C0, nc * sizeof(float));
+      if (form == 0)
+        vmc_sgemm_rows_packed(&pk, rp->tb, rp->N, (const float *const *)rp->rows, rp->beta,
+                              got, rp->ldc, &ep);
+      else
+        vmc_sgemm_rows_packed_mt(&pk, rp->tb, rp->N, (const float *const *)rp->rows,
+                                 rp->beta, got, rp->ldc, &ep);
+      const size_t diff = bits_differ(want, got, nc);
+      if (diff)
+        vmc_test_fail(__FILE__, __LINE__, "rows_packed%s %s tb=%d M=%d N=%d K=%d: %zu differ",
+                      form ? "_mt" : "", rv->name, rp->tb, rp->M, rp->N, rp->K, diff);
+    }
+  }
+  free(want);
+  free(got);
+  vmc_sgemm_packed_a_free(&pk);
+}
+
+TEST(gemm_packed_bit_identical) {
+  /* M, N, K below, at and above the tiles and blocks (KC 256 / 384, MC 96,
+   * NC 1024), both transposes of A and B, alpha 1 (whose unpacked call may
+   * read A in place) and not, every epilogue kind, on 1 and 3 threads. */
+  static const int shapes[][3] = {{1, 1, 1},     {5, 17, 7},    {8, 16, 9},
+                                  {9, 33, 385},  {17, 70, 800}, {100, 9, 257},
+                                  {129, 1030, 40}, {300, 16, 144}, {64, 49, 576}};
+  const int threads_before = vmc_get_threads();
+  for (int v = 0; v < 3; v++) {
+    const run_variant *rv = &k_run_variants[v];
+    if (!run_cpu_has(rv)) continue;
+    for (int s = 0; s < 9; s++) {
+      for (int t = 0; t < 4; t++) {
+        vmc_set_threads(t % 2 ? 3 : 1);
+        const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        const float alpha = (s + t) % 2 ? 1.0f : -0.75f;
+        epi_problem e;
+        rows_problem rp;
+        REQUIRE(epi_problem_init(&e, t & 1, t >> 1, M, N, K, t, alpha, k_betas[(s + t) % 3],
+                                 (s + t) % N_EPI_KINDS));
+        const int with_rows = t < 2;
+        if (with_rows)
+          REQUIRE(rows_problem_init(&rp, t, M, N, K, K + 1, 2, alpha, k_betas[s % 3], 0, 7,
+                                    23));
+        check_packed(rv->variant, rv, &e, with_rows ? &rp : NULL);
+        epi_problem_free(&e);
+        if (with_rows) rows_problem_free(&rp);
+      }
+    }
+  }
+  vmc_set_threads(threads_before);
+}
+
+TEST(gemm_pack_a_buffers_and_errors) {
+  /* A caller's buffer (the arena case) gives the same pack as an allocated
+   * one; a small or misaligned buffer, a bad variant or shape is refused; an
+   * allocation failure is VMC_ERR_NOMEM; M or K == 0 packs nothing and the
+   * GEMM is C = beta * C + epilogue. */
+  float A[20 * 30];
+  for (int i = 0; i < 600; i++) A[i] = frand();
+  vmc_sgemm_packed_a p1, p2;
+  REQUIRE_OK(vmc_sgemm_pack_a(1, 20, 30, 0.5f, A, 20, NULL, 0, &p1));
+  const size_t bytes = vmc_sgemm_pack_a_bytes(20, 30);
+  CHECK_EQ_INT(p1.bytes, bytes);
+  CHECK(p1.owned != NULL && p1.M == 20 && p1.K == 30 && p1.alpha == 0.5f);
+  void *buf = vmc_alloc(bytes + 64);
+  REQUIRE(buf);
+  REQUIRE_OK(vmc_sgemm_pack_a(1, 20, 30, 0.5f, A, 20, buf, bytes, &p2));
+  CHECK(p2.owned == NULL && p2.data == buf);
+  CHECK(memcmp(p1.data, p2.data, bytes) == 0);
+  vmc_sgemm_packed_a_free(&p2); /* the caller's buffer: not freed */
+  CHECK(vmc_sgemm_pack_a(1, 20, 30, 0.5f, A, 20, buf, bytes - 4, &p2) ==
+        VMC_ERR_INVALID_ARG);
+  CHECK(vmc_sgemm_pack_a(1, 20, 30, 0.5f, A, 20, (char *)buf + 4, bytes, &p2) ==
+        VMC_ERR_INVALID_ARG);
+  CHECK(vmc_sgemm_pack_a(0, 20, 30, 0.5f, A, 29, NULL, 0, &p2) == VMC_ERR_INVALID_ARG);
+  CHECK(vmc_sgemm_pack_a(0, -1, 30, 0.5f, A, 30, NULL, 0, &p2) == VMC_ERR_INVALID_ARG);
+  CHECK(vmc_sgemm_pack_a_variant(7, 0, 2, 2, 1.0f, A, 2, NULL, 0, &p2) ==
+        VMC_ERR_INVALID_ARG);
+  vmc_free(buf);
+  vmc_sgemm_packed_a_free(&p1);
+  vmc_sgemm_packed_a_free(NULL);
+  vmc_fail_alloc_after(0);
+  CHECK(vmc_sgemm_pack_a(0, 20, 30, 1.0f, A, 30, NULL, 0, &p1) == VMC_ERR_NOMEM);
+  vmc_fail_alloc_after(-1);
+  REQUIRE_OK(vmc_sgemm_pack_a(0, 3, 0, 1.0f, NULL, 0, NULL, 0, &p1));
+  const float bias[3] = {1, 2, 3};
+  vmc_gemm_epi e = VMC_GEMM_EPI_NONE;
+  e.bias = bias;
+  float C[3 * 2] = {1, 1, 1, 1, 1, 1};
+  vmc_sgemm_packed(&p1, 0, 2, NULL, 2, 0.5f, C, 2, &e);
+  for (int i = 0; i < 6; i++) CHECK(C[i] == 0.5f + bias[i / 2]);
+  vmc_sgemm_packed_a_free(&p1);
+}

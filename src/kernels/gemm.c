@@ -1,40 +1,49 @@
-/* fp32 GEMM dispatch: picks the ISA variant once (vmc_isa_name()) and splits
- * vmc_sgemm_mt over OpenMP threads.
+/* fp32 GEMM dispatch: picks the ISA variant once (vmc_isa_name()), splits the
+ * _mt entries over OpenMP threads, and packs A for the _packed entries.
  *
  * Determinism: every variant reduces each C element over K in an order that
  * depends only on K (see gemm_avx512.c), so running the same variant on a
- * sub-block of rows or columns gives bit-identical elements.  vmc_sgemm_mt
- * therefore gives exactly vmc_sgemm's result for any thread count. */
+ * sub-block of rows or columns gives bit-identical elements, and the
+ * epilogue is per element.  The _mt entries therefore give exactly the
+ * single-thread result for any thread count. */
 #include "kernels/gemm.h"
 
 #include <omp.h>
 #include <stdatomic.h>
 #include <string.h>
 
-typedef void (*sgemm_fn)(int, int, int, int, int, float, const float *, int,
-                         const float *, int, float, float *, int);
+typedef void (*run_fn)(const vmc_gemm_args *);
 
-/* Chosen once; a race between first callers stores the same pointer twice. */
-static _Atomic(sgemm_fn) g_sgemm;
+static const run_fn k_run[] = {vmc_sgemm_run__ref, vmc_sgemm_run__avx2,
+                               vmc_sgemm_run__avx512};
+_Static_assert(sizeof k_run / sizeof k_run[0] == VMC_GEMM_AVX512 + 1,
+               "one run function per VMC_GEMM_* variant");
 
-static sgemm_fn sgemm_variant(void) {
-  sgemm_fn f = atomic_load_explicit(&g_sgemm, memory_order_acquire);
-  if (f) return f;
+/* Chosen once; a race between first callers stores the same value twice. */
+static _Atomic int g_variant = -1;
+
+static int dispatched_variant(void) {
+  int v = atomic_load_explicit(&g_variant, memory_order_acquire);
+  if (v >= 0) return v;
   const char *isa = vmc_isa_name();
-  if (strcmp(isa, "avx512") == 0)
-    f = vmc_sgemm__avx512;
-  else if (strcmp(isa, "avx2") == 0)
-    f = vmc_sgemm__avx2;
-  else
-    f = vmc_sgemm__ref;
-  atomic_store_explicit(&g_sgemm, f, memory_order_release);
-  return f;
+  v = strcmp(isa, "avx512") == 0 ? VMC_GEMM_AVX512
+      : strcmp(isa, "avx2") == 0 ? VMC_GEMM_AVX2
+                                 : VMC_GEMM_REF;
+  atomic_store_explicit(&g_variant, v, memory_order_release);
+  return v;
 }
 
-void vmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
-               const float *A, int lda, const float *B, int ldb, float beta,
-               float *C, int ldc) {
-  sgemm_variant()(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+/* Whether the CPU runs a variant (VMC_ISA may have chosen a lower one). */
+static int cpu_runs(int variant) {
+  const unsigned f = vmc_cpu_features();
+  const unsigned avx2 = VMC_CPU_AVX2 | VMC_CPU_FMA;
+  const unsigned avx512 = avx2 | VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL;
+  switch (variant) {
+  case VMC_GEMM_REF: return 1;
+  case VMC_GEMM_AVX2: return (f & avx2) == avx2;
+  case VMC_GEMM_AVX512: return (f & avx512) == avx512;
+  default: return 0;
+  }
 }
 
 /* Below this many multiply-adds a thread team costs more than it saves: on
@@ -44,104 +53,247 @@ void vmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
 /* Block granularity of a variant: its register tile's rows, and 16 columns
  * (a whole 8x16 or 6x16 instance), so no thread's block ends in a ragged
  * micro-tile. */
-static void tile_of(sgemm_fn f, int *mr, int *nr) {
-  if (f == vmc_sgemm__avx512) {
+static void tile_of(int variant, int *mr, int *nr) {
+  if (variant == VMC_GEMM_AVX512) {
     *mr = 8, *nr = 16;
-  } else if (f == vmc_sgemm__avx2) {
+  } else if (variant == VMC_GEMM_AVX2) {
     *mr = 6, *nr = 16;
   } else {
     *mr = 1, *nr = 1;
   }
 }
 
-void vmc_sgemm_mt(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                  const float *A, int lda, const float *B, int ldb, float beta,
-                  float *C, int ldc) {
-  const sgemm_fn f = sgemm_variant();
+/* Runs g on one variant, split over threads in whole tiles: N (the usual
+ * long side of conv GEMMs) unless it has fewer tiles than there are threads
+ * and M is longer. */
+static void run_mt(int variant, const vmc_gemm_args *g) {
+  const run_fn f = k_run[variant];
+  const int M = g->M, N = g->N, K = g->pa ? g->pa->K : g->K;
   if (M <= 0 || N <= 0) return;
   const int nt = vmc_get_threads();
   if (nt <= 1 || omp_in_parallel() || (double)M * N * (K > 0 ? K : 1) < MT_MIN_WORK) {
-    f(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    f(g);
     return;
   }
   int mr, nr;
-  tile_of(f, &mr, &nr);
-  /* Split N (the usual long side of conv GEMMs) unless it has fewer tiles
-   * than there are threads and M is longer. */
+  tile_of(variant, &mr, &nr);
   const int by_n = (N + nr - 1) / nr >= nt || N >= M;
   const int len = by_n ? N : M, align = by_n ? nr : mr;
   const int units = (len + align - 1) / align;        /* whole tiles */
   const int per = (units + nt - 1) / nt;              /* tiles per block */
   const int block = per * align, nblocks = (units + per - 1) / per;
   if (nblocks <= 1) {
-    f(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    f(g);
     return;
   }
 #pragma omp parallel for num_threads(nblocks) schedule(static, 1)
   for (int t = 0; t < nblocks; t++) {
     const int lo = t * block, n = len - lo < block ? len - lo : block;
+    vmc_gemm_args s = *g;
+    vmc_gemm_epi e = g->epi ? *g->epi : VMC_GEMM_EPI_NONE;
     if (by_n) {
-      const float *Bt = B + (trans_b ? (size_t)lo * ldb : (size_t)lo);
-      f(trans_a, trans_b, M, n, K, alpha, A, lda, Bt, ldb, beta, C + lo, ldc);
+      s.N = n;
+      if (g->brow && g->trans_b)
+        s.brow = g->brow + lo;
+      else if (g->brow)
+        s.boff = g->boff + (size_t)lo;
+      else
+        s.B = g->B + (g->trans_b ? (size_t)lo * g->ldb : (size_t)lo);
+      s.C = g->C + lo;
+      if (e.res) e.res += lo;
     } else {
-      const float *At = A + (trans_a ? (size_t)lo : (size_t)lo * lda);
-      f(trans_a, trans_b, n, N, K, alpha, At, lda, B, ldb, beta,
-        C + (size_t)lo * ldc, ldc);
+      s.M = n;
+      if (g->pa)
+        s.pa_row = g->pa_row + lo;
+      else
+        s.A = g->A + (g->trans_a ? (size_t)lo : (size_t)lo * g->lda);
+      s.C = g->C + (size_t)lo * g->ldc;
+      if (e.bias) e.bias += lo;
+      if (e.res) e.res += (size_t)lo * e.ldr;
     }
+    s.epi = g->epi ? &e : NULL;
+    f(&s);
   }
 }
 
-/* Row-pointer B (gemm.h): the same ISA choice, tiles and split. */
-typedef void (*sgemm_rows_off_fn)(int, int, int, int, float, const float *, int,
-                                  const float *const *, size_t, float, float *, int);
+static vmc_gemm_args plain_args(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                                const float *A, int lda, const float *B, int ldb,
+                                float beta, float *C, int ldc, const vmc_gemm_epi *epi) {
+  return (vmc_gemm_args){.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K,
+                         .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb,
+                         .beta = beta, .C = C, .ldc = ldc, .epi = epi};
+}
 
-static sgemm_rows_off_fn sgemm_rows_variant(int *mr, int *nr) {
-  const sgemm_fn f = sgemm_variant();
-  tile_of(f, mr, nr);
-  if (f == vmc_sgemm__avx512) return vmc_sgemm_rows_off__avx512;
-  if (f == vmc_sgemm__avx2) return vmc_sgemm_rows_off__avx2;
-  return vmc_sgemm_rows_off__ref;
+static vmc_gemm_args rows_args(int trans_b, int M, int N, int K, float alpha,
+                               const float *A, int lda, const float *const *brow,
+                               float beta, float *C, int ldc, const vmc_gemm_epi *epi) {
+  return (vmc_gemm_args){.trans_b = trans_b, .M = M, .N = N, .K = K, .alpha = alpha,
+                         .A = A, .lda = lda, .brow = brow, .beta = beta, .C = C,
+                         .ldc = ldc, .epi = epi};
+}
+
+void vmc_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta,
+               float *C, int ldc) {
+  const vmc_gemm_args g =
+      plain_args(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+  k_run[dispatched_variant()](&g);
+}
+
+void vmc_sgemm_mt(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                  const float *A, int lda, const float *B, int ldb, float beta,
+                  float *C, int ldc) {
+  const vmc_gemm_args g =
+      plain_args(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+  run_mt(dispatched_variant(), &g);
+}
+
+void vmc_sgemm_epi(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta,
+                   float *C, int ldc, const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g =
+      plain_args(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi);
+  k_run[dispatched_variant()](&g);
+}
+
+void vmc_sgemm_epi_mt(int trans_a, int trans_b, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta,
+                      float *C, int ldc, const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g =
+      plain_args(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi);
+  run_mt(dispatched_variant(), &g);
 }
 
 void vmc_sgemm_rows(int trans_b, int M, int N, int K, float alpha, const float *A,
                     int lda, const float *const *brow, float beta, float *C, int ldc) {
-  int mr, nr;
-  sgemm_rows_variant(&mr, &nr)(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
+  const vmc_gemm_args g = rows_args(trans_b, M, N, K, alpha, A, lda, brow, beta, C, ldc, NULL);
+  k_run[dispatched_variant()](&g);
 }
 
 void vmc_sgemm_rows_mt(int trans_b, int M, int N, int K, float alpha, const float *A,
                        int lda, const float *const *brow, float beta, float *C,
                        int ldc) {
-  int mr, nr;
-  const sgemm_rows_off_fn f = sgemm_rows_variant(&mr, &nr);
-  if (M <= 0 || N <= 0) return;
-  const int nt = vmc_get_threads();
-  if (nt <= 1 || omp_in_parallel() || (double)M * N * (K > 0 ? K : 1) < MT_MIN_WORK) {
-    f(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
-    return;
+  const vmc_gemm_args g = rows_args(trans_b, M, N, K, alpha, A, lda, brow, beta, C, ldc, NULL);
+  run_mt(dispatched_variant(), &g);
+}
+
+void vmc_sgemm_rows_epi(int trans_b, int M, int N, int K, float alpha, const float *A,
+                        int lda, const float *const *brow, float beta, float *C, int ldc,
+                        const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g = rows_args(trans_b, M, N, K, alpha, A, lda, brow, beta, C, ldc, epi);
+  k_run[dispatched_variant()](&g);
+}
+
+void vmc_sgemm_rows_epi_mt(int trans_b, int M, int N, int K, float alpha,
+                           const float *A, int lda, const float *const *brow, float beta,
+                           float *C, int ldc, const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g = rows_args(trans_b, M, N, K, alpha, A, lda, brow, beta, C, ldc, epi);
+  run_mt(dispatched_variant(), &g);
+}
+
+/* ---- Pre-packed A ------------------------------------------------------- */
+
+static size_t pack_floats(int variant, int M, int K) {
+  switch (variant) {
+  case VMC_GEMM_AVX2: return vmc_sgemm_pack_a_floats__avx2(M, K);
+  case VMC_GEMM_AVX512: return vmc_sgemm_pack_a_floats__avx512(M, K);
+  default: return vmc_sgemm_pack_a_floats__ref(M, K);
   }
-  /* As vmc_sgemm_mt.  A column block reads the rows at an offset (trans_b
-   * == 0) or from its own row pointers (trans_b == 1). */
-  const int by_n = (N + nr - 1) / nr >= nt || N >= M;
-  const int len = by_n ? N : M, align = by_n ? nr : mr;
-  const int units = (len + align - 1) / align;
-  const int per = (units + nt - 1) / nt;
-  const int block = per * align, nblocks = (units + per - 1) / per;
-  if (nblocks <= 1) {
-    f(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
-    return;
+}
+
+size_t vmc_sgemm_pack_a_bytes_variant(int variant, int M, int K) {
+  return pack_floats(variant, M, K) * sizeof(float);
+}
+
+size_t vmc_sgemm_pack_a_bytes(int M, int K) {
+  return vmc_sgemm_pack_a_bytes_variant(dispatched_variant(), M, K);
+}
+
+vmc_status vmc_sgemm_pack_a_variant(int variant, int trans_a, int M, int K, float alpha,
+                                    const float *A, int lda, void *buf, size_t buf_bytes,
+                                    vmc_sgemm_packed_a *out) {
+  if (!out) return vmc_error(VMC_ERR_INVALID_ARG, "vmc_sgemm_pack_a: out is NULL");
+  *out = (vmc_sgemm_packed_a){0};
+  if (variant < VMC_GEMM_REF || variant > VMC_GEMM_AVX512)
+    return vmc_error(VMC_ERR_INVALID_ARG, "vmc_sgemm_pack_a: unknown variant %d", variant);
+  if (!cpu_runs(variant))
+    return vmc_error(VMC_ERR_UNSUPPORTED, "vmc_sgemm_pack_a: this CPU lacks variant %d",
+                     variant);
+  if (M < 0 || K < 0)
+    return vmc_error(VMC_ERR_INVALID_ARG, "vmc_sgemm_pack_a: M = %d, K = %d", M, K);
+  const int need_a = M > 0 && K > 0;
+  if (need_a && (!A || lda < (trans_a ? M : K)))
+    return vmc_error(VMC_ERR_INVALID_ARG, "vmc_sgemm_pack_a: A is NULL or lda %d < %d", lda,
+                     trans_a ? M : K);
+  const size_t bytes = vmc_sgemm_pack_a_bytes_variant(variant, M, K);
+  void *mem = buf;
+  if (!buf) {
+    mem = vmc_alloc(bytes);
+    if (!mem)
+      return vmc_error(VMC_ERR_NOMEM, "vmc_sgemm_pack_a: %zu bytes for a %d x %d pack",
+                       bytes, M, K);
+  } else if (buf_bytes < bytes || ((uintptr_t)buf & (VMC_ALIGN - 1))) {
+    return vmc_error(VMC_ERR_INVALID_ARG,
+                     "vmc_sgemm_pack_a: buffer of %zu bytes at %p; needs %zu, 64-byte aligned",
+                     buf_bytes, buf, bytes);
   }
-#pragma omp parallel for num_threads(nblocks) schedule(static, 1)
-  for (int t = 0; t < nblocks; t++) {
-    const int lo = t * block, n = len - lo < block ? len - lo : block;
-    if (by_n) {
-      if (trans_b)
-        f(trans_b, M, n, K, alpha, A, lda, brow + lo, 0, beta, C + lo, ldc);
-      else
-        f(trans_b, M, n, K, alpha, A, lda, brow, (size_t)lo, beta, C + lo, ldc);
-    } else {
-      f(trans_b, n, N, K, alpha, A + (size_t)lo * lda, lda, brow, 0, beta,
-        C + (size_t)lo * ldc, ldc);
-    }
+  float *dst = mem;
+  if (need_a) {
+    if (variant == VMC_GEMM_AVX512)
+      vmc_sgemm_pack_a__avx512(trans_a, M, K, alpha, A, lda, dst);
+    else if (variant == VMC_GEMM_AVX2)
+      vmc_sgemm_pack_a__avx2(trans_a, M, K, alpha, A, lda, dst);
+    else
+      vmc_sgemm_pack_a__ref(trans_a, M, K, alpha, A, lda, dst);
   }
+  *out = (vmc_sgemm_packed_a){.M = M, .K = K, .alpha = alpha, .variant = variant,
+                              .bytes = bytes, .data = dst, .owned = buf ? NULL : mem};
+  return VMC_OK;
+}
+
+vmc_status vmc_sgemm_pack_a(int trans_a, int M, int K, float alpha, const float *A,
+                            int lda, void *buf, size_t buf_bytes, vmc_sgemm_packed_a *out) {
+  return vmc_sgemm_pack_a_variant(dispatched_variant(), trans_a, M, K, alpha, A, lda, buf,
+                                  buf_bytes, out);
+}
+
+void vmc_sgemm_packed_a_free(vmc_sgemm_packed_a *p) {
+  if (!p) return;
+  vmc_free(p->owned);
+  *p = (vmc_sgemm_packed_a){0};
+}
+
+static vmc_gemm_args packed_args(const vmc_sgemm_packed_a *pa, int trans_b, int N,
+                                 const float *B, int ldb, const float *const *brow,
+                                 float beta, float *C, int ldc, const vmc_gemm_epi *epi) {
+  return (vmc_gemm_args){.trans_b = trans_b, .M = pa->M, .N = N, .K = pa->K,
+                         .alpha = pa->alpha, .pa = pa, .B = B, .ldb = ldb, .brow = brow,
+                         .beta = beta, .C = C, .ldc = ldc, .epi = epi};
+}
+
+void vmc_sgemm_packed(const vmc_sgemm_packed_a *pa, int trans_b, int N, const float *B,
+                      int ldb, float beta, float *C, int ldc, const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g = packed_args(pa, trans_b, N, B, ldb, NULL, beta, C, ldc, epi);
+  k_run[pa->variant](&g);
+}
+
+void vmc_sgemm_packed_mt(const vmc_sgemm_packed_a *pa, int trans_b, int N,
+                         const float *B, int ldb, float beta, float *C, int ldc,
+                         const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g = packed_args(pa, trans_b, N, B, ldb, NULL, beta, C, ldc, epi);
+  run_mt(pa->variant, &g);
+}
+
+void vmc_sgemm_rows_packed(const vmc_sgemm_packed_a *pa, int trans_b, int N,
+                           const float *const *brow, float beta, float *C, int ldc,
+                           const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g = packed_args(pa, trans_b, N, NULL, 0, brow, beta, C, ldc, epi);
+  k_run[pa->variant](&g);
+}
+
+void vmc_sgemm_rows_packed_mt(const vmc_sgemm_packed_a *pa, int trans_b, int N,
+                              const float *const *brow, float beta, float *C, int ldc,
+                              const vmc_gemm_epi *epi) {
+  const vmc_gemm_args g = packed_args(pa, trans_b, N, NULL, 0, brow, beta, C, ldc, epi);
+  run_mt(pa->variant, &g);
 }

@@ -1,22 +1,27 @@
 /* fp32 GEMM, AVX2+FMA: packed panels, cache blocking, 6x16 register tile.
  *
  * Same design as gemm_avx512.c (read its header): op(B) packed into NR-column
- * panels per (NC, KC) block, alpha*op(A) into MR-row panels per (MC, KC)
- * block, both transpose flags absorbed by the packing (8x8 in-register
- * transposes), zero padding to full tiles, B read in place when it is not
- * transposed and M is small, masked write-back for N remainders.
+ * panels per (NC, KC) block (a ragged last panel of at most 8 columns is 8
+ * wide), alpha*op(A) into MR-row panels per (MC, KC) block, both transpose
+ * flags absorbed by the packing (8x8 in-register transposes), zero padding to
+ * full tiles; B read in place when it is not transposed and M is small, A
+ * read in place when alpha == 1 and N is small, A pre-packed by
+ * vmc_sgemm_pack_a (slice pc at pc * Mp floats, Mp = M rounded up to MR);
+ * masked write-back for N remainders; the epilogue in the write-back of the
+ * last K slice.
  *
  * Reduction order: each C element is, per KC slice in order, a chain of FMAs
  * over k from a zero accumulator, then added to C; it depends only on K, so
- * vmc_sgemm_mt (which splits M or N) is bit-identical to vmc_sgemm.
+ * vmc_sgemm_mt (which splits M or N) is bit-identical to vmc_sgemm, and the
+ * packed, in-place and row-pointer paths give the same bits.
  *
- * vmc_sgemm_rows__avx2 (B given by row pointers, gemm.h) runs the same
- * driver: packing reads the rows through the pointers, and the in-place B
- * path uses micro-kernel instances that load one row pointer per k; results
- * are identical to vmc_sgemm__avx2's on the materialised B. */
+ * B given by row pointers (vmc_sgemm_rows, gemm.h) runs the same driver:
+ * packing reads the rows through the pointers, and the in-place B path uses
+ * micro-kernel instances that load one row pointer per k. */
 #include "kernels/gemm.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -37,7 +42,11 @@
 #ifndef GEMM256_DIRECT_B_MAX_M
 #define GEMM256_DIRECT_B_MAX_M 64
 #endif
+#ifndef GEMM256_DIRECT_A_MAX_N
+#define GEMM256_DIRECT_A_MAX_N 32
+#endif
 #define DIRECT_B_MAX_M GEMM256_DIRECT_B_MAX_M
+#define DIRECT_A_MAX_N GEMM256_DIRECT_A_MAX_N
 #define MR GEMM256_MR
 #define KC GEMM256_KC
 #define MC GEMM256_MC
@@ -172,55 +181,69 @@ static inline const float *bsrc_row(const bsrc *s, int r) {
 }
 
 /* dst <- alpha * op(A)[i0:i0+mc, k0:k0+kc] as MR-row panels, MR*kc floats
- * each, zero rows below mc. */
+ * each, zero rows below mc; may write PACK_SLACK floats past the end. */
 static void pack_a(int trans_a, const float *A, size_t lda, int i0, int k0,
                    int mc, int kc, float alpha, float *dst) {
-  const __m256 va = _mm256_set1_ps(alpha);
-  for (int ip = 0; ip < mc; ip += MR) {
-    const int mr = mc - ip < MR ? mc - ip : MR;
-    float *d = dst + (size_t)ip * kc;
-    if (!trans_a) {
+  if (!trans_a) {
+    for (int ip = 0; ip < mc; ip += MR) {
+      const int mr = mc - ip < MR ? mc - ip : MR;
       /* op(A)(i,k) = A[i*lda + k]: a transpose of MR stored rows. */
       const float *src[8];
       for (int i = 0; i < 8; i++)
         src[i] = A + (size_t)(i0 + ip + (i < mr ? i : 0)) * lda + k0;
-      pack_transpose8(src, mr, MR, kc, alpha, d, MR);
-    } else {
-      /* op(A)(i,k) = A[k*lda + i]: MR rows are contiguous for each k; the
-       * masked load leaves zeros past mr; 8-lane stores spill as in
-       * pack_transpose8. */
-      const __m256i m = lane_mask(mr);
-      for (int k = 0; k < kc; k++) {
-        const float *s = A + (size_t)(k0 + k) * lda + i0 + ip;
-        _mm256_storeu_ps(d + (size_t)k * MR, _mm256_mul_ps(va, _mm256_maskload_ps(s, m)));
-      }
+      pack_transpose8(src, mr, MR, kc, alpha, dst + (size_t)ip * kc, MR);
+    }
+    return;
+  }
+  /* op(A)(i,k) = A[k*lda + i]: the mc floats of stored row k scatter to the
+   * panels; k outermost, so A is read row after row.  The masked load leaves
+   * zeros past mr; 8-lane stores spill MR..7 into the next k of the same
+   * panel, written later, except at the last k, whose spill would land on
+   * the next panel's first k, already written: it stores MR lanes. */
+  const __m256 va = _mm256_set1_ps(alpha);
+  const __m256i exact = lane_mask(MR);
+  for (int k = 0; k < kc; k++) {
+    const float *s = A + (size_t)(k0 + k) * lda + i0;
+    for (int ip = 0; ip < mc; ip += MR) {
+      const int mr = mc - ip < MR ? mc - ip : MR;
+      const __m256 v = _mm256_mul_ps(va, _mm256_maskload_ps(s + ip, lane_mask(mr)));
+      float *d = dst + (size_t)ip * kc + (size_t)k * MR;
+      if (k + 1 < kc)
+        _mm256_storeu_ps(d, v);
+      else
+        _mm256_maskstore_ps(d, exact, v);
     }
   }
 }
 
-/* dst <- op(B)[k0:k0+kc, j0:j0+nc] as NR-column panels, NR*kc floats each,
- * zero columns past nc. */
+/* Width of the packed B panel starting at column jp of an nc-wide block: NR,
+ * or 8 for a ragged last panel of at most 8 columns. */
+static inline int panel_w(int nc, int jp) { return nc - jp <= 8 ? 8 : NR; }
+
+/* dst <- op(B)[k0:k0+kc, j0:j0+nc] as panels of panel_w columns (the one at
+ * column jp starts at dst + jp*kc), k-major, zero columns past nc. */
 static void pack_b(int trans_b, const bsrc *B, int k0, int j0, int kc, int nc,
                    float *dst) {
   for (int jp = 0; jp < nc; jp += NR) {
-    const int nr = nc - jp < NR ? nc - jp : NR;
+    const int nr = nc - jp < NR ? nc - jp : NR, w = panel_w(nc, jp);
     float *d = dst + (size_t)jp * kc;
     if (!trans_b) {
-      /* op(B)(k,j) = B[k*ldb + j]: NR columns are contiguous for each k. */
+      /* op(B)(k,j) = B[k*ldb + j]: the columns are contiguous for each k. */
       const __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
       for (int k = 0; k < kc; k++) {
         const float *s = bsrc_row(B, k0 + k) + j0 + jp;
-        _mm256_store_ps(d + (size_t)k * NR, _mm256_maskload_ps(s, m0));
-        _mm256_store_ps(d + (size_t)k * NR + 8, _mm256_maskload_ps(s + 8, m1));
+        _mm256_storeu_ps(d + (size_t)k * w, _mm256_maskload_ps(s, m0));
+        if (w > 8) _mm256_storeu_ps(d + (size_t)k * w + 8, _mm256_maskload_ps(s + 8, m1));
       }
     } else {
-      /* op(B)(k,j) = B[j*ldb + k]: a transpose of NR stored rows. */
-      for (int c0 = 0; c0 < NR; c0 += 8) {
+      /* op(B)(k,j) = B[j*ldb + k]: a transpose of w stored rows (8 lanes a
+       * row: no spill). */
+      for (int c0 = 0; c0 < w; c0 += 8) {
         const int rows = nr - c0 < 0 ? 0 : nr - c0 > 8 ? 8 : nr - c0;
         const float *src[8];
         for (int i = 0; i < 8; i++)
           src[i] = i < rows ? bsrc_row(B, j0 + jp + c0 + i) + k0 : NULL;
-        pack_transpose8(src, rows, 8, kc, 1.0f, d + c0, NR);
+        pack_transpose8(src, rows, 8, kc, 1.0f, d + c0, (size_t)w);
       }
     }
   }
@@ -230,46 +253,97 @@ static void pack_b(int trans_b, const bsrc *B, int k0, int j0, int kc, int nc,
  * slices or beta == 1), or scale-and-add (first slice, other beta). */
 enum { STORE_SET, STORE_ADD, STORE_BETA };
 
-/* C[0:mr, 0:nr] (op)= A-panel * B-panel over kc, computing MRE rows and NV
- * ymm columns; MRE, NV and ROWS are compile-time constants in each instance.
- * B rows are bs floats apart (NR when packed, ldb when read in place), or
- * with ROWS at brow[k] + bs (row pointers read in place). */
+/* The epilogue as one tile sees it: bias at the tile's first row, res at its
+ * first element; clamp unless the bounds are infinite. */
+typedef struct tile_epi {
+  const float *bias, *res;
+  size_t ldr;
+  float lo, hi;
+  int clamp;
+} tile_epi;
+
+/* One micro-kernel call; operands as in gemm_avx512.c: op(A) row r at depth
+ * k is a[k*as + r] or ar[r][k]; op(B) row k is b + k*bs or brow[k] + bs. */
+typedef struct tile {
+  int kc;
+  const float *a;
+  size_t as;
+  const float *const *ar;
+  const float *b;
+  size_t bs;
+  const float *const *brow;
+  float *c;
+  size_t ldc;
+  int mr, nr, mode;
+  float beta;
+  const tile_epi *e; /* at this write-back, or NULL */
+} tile;
+
+static inline __attribute__((always_inline)) __m256
+epi_vec(__m256 x, const tile_epi *e, int r, int v, __m256i m, int full) {
+  if (e->bias) x = _mm256_add_ps(x, _mm256_set1_ps(e->bias[r]));
+  if (e->res) {
+    const float *p = e->res + (size_t)r * e->ldr + 8 * v;
+    x = _mm256_add_ps(x, full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m));
+  }
+  /* max(lo, x), min(hi, .): a NaN x is the second operand, so it passes. */
+  if (e->clamp)
+    x = _mm256_min_ps(_mm256_set1_ps(e->hi), _mm256_max_ps(_mm256_set1_ps(e->lo), x));
+  return x;
+}
+
+/* C[0:mr, 0:nr] (op)= A-tile * B-tile over kc, computing MRE rows and NV
+ * ymm columns; MRE, NV, AROWS and BROWS are compile-time constants in each
+ * instance. */
 static inline __attribute__((always_inline)) void
-ukernel(const int MRE, const int NV, const int ROWS, int kc, const float *restrict a,
-        const float *restrict b, size_t bs, const float *const *restrict brow,
-        float *restrict c, size_t ldc, int mr, int nr, int mode, float beta) {
+ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const tile *t) {
   __m256 acc[MR][2];
   UNROLL_FULL
   for (int r = 0; r < MRE; r++) {
     acc[r][0] = _mm256_setzero_ps();
     acc[r][1] = _mm256_setzero_ps();
   }
+  const float *restrict a = t->a;
+  const float *restrict b = t->b;
+  const float *const *restrict brow = t->brow;
+  const size_t as = t->as, bs = t->bs;
+  const float *ap[MR];
+  if (AROWS) {
+    UNROLL_FULL
+    for (int r = 0; r < MRE; r++) ap[r] = t->ar[r];
+  }
+  const int kc = t->kc;
   for (int k = 0; k < kc; k++) {
-    if (ROWS) b = brow[k] + bs;
-    const __m256 b0 = _mm256_loadu_ps(b);
-    const __m256 b1 = NV > 1 ? _mm256_loadu_ps(b + 8) : b0;
+    const float *bk = BROWS ? brow[k] + bs : b;
+    const __m256 b0 = _mm256_loadu_ps(bk);
+    const __m256 b1 = NV > 1 ? _mm256_loadu_ps(bk + 8) : b0;
     UNROLL_FULL
     for (int r = 0; r < MRE; r++) {
-      const __m256 ar = _mm256_broadcast_ss(a + r);
+      const __m256 ar = _mm256_broadcast_ss(AROWS ? ap[r] + k : a + r);
       acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
       if (NV > 1) acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
     }
-    a += MR;
-    if (!ROWS) b += bs;
+    if (!AROWS) a += as;
+    if (!BROWS) b += bs;
   }
-  const __m256 vb = _mm256_set1_ps(beta);
+  float *restrict c = t->c;
+  const size_t ldc = t->ldc;
+  const int mr = t->mr, nr = t->nr, mode = t->mode;
+  const tile_epi *e = t->e;
+  const __m256 vb = _mm256_set1_ps(t->beta);
   if (nr == NV * 8) { /* full width: plain loads and stores */
     UNROLL_FULL
     for (int r = 0; r < MRE; r++) {
-      if (r >= mr) break;
       float *cr = c + (size_t)r * ldc;
       UNROLL_FULL
       for (int v = 0; v < NV; v++) {
+        if (r >= mr) continue;
         __m256 x = acc[r][v];
         if (mode == STORE_ADD)
           x = _mm256_add_ps(_mm256_loadu_ps(cr + 8 * v), x);
         else if (mode == STORE_BETA)
           x = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8 * v), x);
+        if (e) x = epi_vec(x, e, r, v, _mm256_setzero_si256(), 1);
         _mm256_storeu_ps(cr + 8 * v, x);
       }
     }
@@ -278,147 +352,201 @@ ukernel(const int MRE, const int NV, const int ROWS, int kc, const float *restri
   const __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
   UNROLL_FULL
   for (int r = 0; r < MRE; r++) {
-    if (r >= mr) break;
     float *cr = c + (size_t)r * ldc;
     UNROLL_FULL
     for (int v = 0; v < NV; v++) {
+      if (r >= mr) continue;
       const __m256i m = v ? m1 : m0;
       __m256 x = acc[r][v];
       if (mode == STORE_ADD)
         x = _mm256_add_ps(_mm256_maskload_ps(cr + 8 * v, m), x);
       else if (mode == STORE_BETA)
         x = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8 * v, m), x);
+      if (e) x = epi_vec(x, e, r, v, m, 0);
       _mm256_maskstore_ps(cr + 8 * v, m, x);
     }
   }
 }
 
-/* The instances, named by tile: sgemm_ukernel_<rows>x<cols>__avx2, and
- * sgemm_rows_ukernel_<rows>x<cols>__avx2 reading B rows at brow[k] + off. */
-#define UKERNEL(rows, cols) UKERNEL_(rows, cols)
-#define UKERNEL_(rows, cols) sgemm_ukernel_##rows##x##cols##__avx2
-#define RUKERNEL(rows, cols) RUKERNEL_(rows, cols)
-#define RUKERNEL_(rows, cols) sgemm_rows_ukernel_##rows##x##cols##__avx2
-#define UKERNEL_INSTANCE(rows, cols)                                             \
-  static void UKERNEL(rows, cols)(int kc, const float *a, const float *b,      \
-                                  size_t bs, float *c, size_t ldc, int mr,     \
-                                  int nr, int mode, float beta) {              \
-    ukernel(rows, (cols) / 8, 0, kc, a, b, bs, NULL, c, ldc, mr, nr, mode,     \
-            beta);                                                             \
-  }                                                                            \
-  static void RUKERNEL(rows, cols)(int kc, const float *a,                     \
-                                   const float *const *brow, size_t off,       \
-                                   float *c, size_t ldc, int mr, int nr,       \
-                                   int mode, float beta) {                     \
-    ukernel(rows, (cols) / 8, 1, kc, a, NULL, off, brow, c, ldc, mr, nr, mode, \
-            beta);                                                             \
+/* The instances, named by tile and operand access:
+ * sgemm_ukernel_<rows>x<cols>_<a><b>__avx2, a and b being s (strided: packed
+ * or in place) or r (row pointers). */
+#define UKERNEL(rows, cols, a, b) UKERNEL_(rows, cols, a, b)
+#define UKERNEL_(rows, cols, a, b) sgemm_ukernel_##rows##x##cols##_##a##b##__avx2
+#define UKERNEL_INSTANCE(rows, cols, a, b, AROWS, BROWS)                         \
+  static void UKERNEL(rows, cols, a, b)(const tile *t) {                       \
+    ukernel(rows, (cols) / 8, AROWS, BROWS, t);                                \
   }
-UKERNEL_INSTANCE(MR, 16)
-UKERNEL_INSTANCE(MR, 8)
+#define UKERNEL_INSTANCES(rows, cols)                                            \
+  UKERNEL_INSTANCE(rows, cols, s, s, 0, 0)                                     \
+  UKERNEL_INSTANCE(rows, cols, s, r, 0, 1)                                     \
+  UKERNEL_INSTANCE(rows, cols, r, s, 1, 0)                                     \
+  UKERNEL_INSTANCE(rows, cols, r, r, 1, 1)
+UKERNEL_INSTANCES(MR, 16)
+UKERNEL_INSTANCES(MR, 8)
 #if MR > 4
-UKERNEL_INSTANCE(4, 16)
-UKERNEL_INSTANCE(4, 8)
+UKERNEL_INSTANCES(4, 16)
+UKERNEL_INSTANCES(4, 8)
 #endif
 #if MR > 2
-UKERNEL_INSTANCE(2, 16)
-UKERNEL_INSTANCE(2, 8)
+UKERNEL_INSTANCES(2, 16)
+UKERNEL_INSTANCES(2, 8)
 #endif
 
-typedef void (*ukernel_fn)(int, const float *, const float *, size_t, float *, size_t,
-                           int, int, int, float);
+typedef void (*ukernel_fn)(const tile *);
 
-typedef void (*rows_ukernel_fn)(int, const float *, const float *const *, size_t,
-                                float *, size_t, int, int, int, float);
-
-/* Smallest instance covering an mr x nr tile. */
-static ukernel_fn pick_ukernel(int mr, int nr) {
+/* Smallest instance covering an mr x nr tile, for A and B read by rows or
+ * strided. */
+#define PICK(rows, wide, arows, brows)                                          \
+  ((arows) ? ((brows) ? ((wide) ? UKERNEL(rows, 16, r, r) : UKERNEL(rows, 8, r, r))        \
+                      : ((wide) ? UKERNEL(rows, 16, r, s) : UKERNEL(rows, 8, r, s)))       \
+           : ((brows) ? ((wide) ? UKERNEL(rows, 16, s, r) : UKERNEL(rows, 8, s, r))        \
+                      : ((wide) ? UKERNEL(rows, 16, s, s) : UKERNEL(rows, 8, s, s))))
+static ukernel_fn pick_ukernel(int mr, int nr, int arows, int brows) {
   const int wide = nr > 8;
 #if MR > 2
-  if (mr <= 2) return wide ? UKERNEL(2, 16) : UKERNEL(2, 8);
+  if (mr <= 2) return PICK(2, wide, arows, brows);
 #endif
 #if MR > 4
-  if (mr <= 4) return wide ? UKERNEL(4, 16) : UKERNEL(4, 8);
+  if (mr <= 4) return PICK(4, wide, arows, brows);
 #endif
-  return wide ? UKERNEL(MR, 16) : UKERNEL(MR, 8);
+  return PICK(MR, wide, arows, brows);
 }
-static rows_ukernel_fn pick_rows_ukernel(int mr, int nr) {
-  const int wide = nr > 8;
+/* Rows an instance computes for mr rows (reading A in place must not go past
+ * them). */
+static int instance_rows(int mr) {
 #if MR > 2
-  if (mr <= 2) return wide ? RUKERNEL(2, 16) : RUKERNEL(2, 8);
+  if (mr <= 2) return 2;
 #endif
 #if MR > 4
-  if (mr <= 4) return wide ? RUKERNEL(4, 16) : RUKERNEL(4, 8);
+  if (mr <= 4) return 4;
 #endif
-  return wide ? RUKERNEL(MR, 16) : RUKERNEL(MR, 8);
+  return MR;
 }
 
-/* The driver of both entry points: op(B) from src (see bsrc). */
-static void sgemm_run(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                      const float *A, int lda, const bsrc *src, float beta, float *C,
-                      int ldc) {
+/* M rounded up to whole tiles: the row stride of a pre-packed slice. */
+static size_t packed_rows(int M) { return (size_t)(M + MR - 1) / MR * MR; }
+
+size_t vmc_sgemm_pack_a_floats__avx2(int M, int K) {
+  return M > 0 && K > 0 ? packed_rows(M) * (size_t)K + PACK_SLACK : 0;
+}
+
+void vmc_sgemm_pack_a__avx2(int trans_a, int M, int K, float alpha, const float *A, int lda,
+                            float *dst) {
+  if (M <= 0 || K <= 0) return;
+  const size_t mp = packed_rows(M);
+  /* Slices in order: a slice's spill lands on the next, packed after it. */
+  for (int pc = 0; pc < K; pc += KC) {
+    const int kc = K - pc < KC ? K - pc : KC;
+    pack_a(trans_a, A, (size_t)lda, 0, pc, M, kc, alpha, dst + (size_t)pc * mp);
+  }
+}
+
+/* The driver of every entry point (gemm.h's vmc_gemm_args). */
+void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
+  const int M = g->M, N = g->N;
   if (M <= 0 || N <= 0) return;
-  if (K <= 0 || alpha == 0.0f) K = 0; /* C = beta * C: the reference's job */
-  pack_bufs *bufs = K > 0 ? thread_bufs() : NULL;
-  /* With few row panels a packed B panel is reused too few times to repay
-   * its copy: read untransposed B in place (full NR panels; the ragged last
-   * panel is still packed, zero-padded). */
-  const int direct_b = !trans_b && M <= DIRECT_B_MAX_M;
-  const int kc_max = K < KC ? K : KC;
-  const int mc_max = M < MC ? (M + MR - 1) / MR * MR : MC;
-  const int nc_max = direct_b ? NR : N < NC ? (N + NR - 1) / NR * NR : NC;
-  const size_t na = (size_t)mc_max * kc_max + PACK_SLACK;
-  float *pa = bufs ? pack_buffer(&bufs->a, &bufs->cap_a, na) : NULL;
-  float *pb = bufs ? pack_buffer(&bufs->b, &bufs->cap_b, (size_t)nc_max * kc_max) : NULL;
-  if (!pa || !pb) { /* K == 0, or out of memory: the reference needs no buffers */
-    if (src->brow)
-      vmc_sgemm_rows_off__ref(trans_b, M, N, K, alpha, A, lda, src->brow, src->boff,
-                              beta, C, ldc);
-    else
-      vmc_sgemm__ref(trans_a, trans_b, M, N, K, alpha, A, lda, src->B, (int)src->ldb,
-                     beta, C, ldc);
+  const vmc_sgemm_packed_a *pre = g->pa;
+  const int K = pre ? pre->K : g->K;
+  const float alpha = pre ? pre->alpha : g->alpha, beta = g->beta;
+  const int trans_a = pre ? 0 : g->trans_a, trans_b = g->trans_b;
+  const bsrc src = {g->B, (size_t)g->ldb, g->brow, g->boff};
+  const size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
+  float *C = g->C;
+  if (K <= 0 || alpha == 0.0f) { /* C = beta * C (+ epilogue): the reference's job */
+    vmc_sgemm_run__ref(g);
     return;
+  }
+  const int direct_b = !trans_b && M <= DIRECT_B_MAX_M;
+  const int direct_a = !pre && alpha == 1.0f && N <= DIRECT_A_MAX_N;
+  const int kc_max = K < KC ? K : KC;
+  const int mc_max = direct_a ? MR : M < MC ? (M + MR - 1) / MR * MR : MC;
+  const int nc_max = direct_b ? NR : N < NC ? (N + NR - 1) / NR * NR : NC;
+  pack_bufs *bufs = thread_bufs();
+  float *pa = NULL, *pb = NULL;
+  if (bufs) {
+    const size_t na = (size_t)mc_max * kc_max + PACK_SLACK;
+    pa = pre ? NULL : pack_buffer(&bufs->a, &bufs->cap_a, na);
+    pb = pack_buffer(&bufs->b, &bufs->cap_b, (size_t)nc_max * kc_max);
+  }
+  if ((!pre && !pa) || !pb) { /* out of memory: the reference needs no buffers */
+    vmc_sgemm_run__ref(g);
+    return;
+  }
+  const size_t pre_mp = pre ? packed_rows(pre->M) : 0;
+  const vmc_gemm_epi *epi = g->epi;
+  tile_epi te = {0};
+  if (epi) {
+    te.ldr = (size_t)epi->ldr;
+    te.lo = epi->lo, te.hi = epi->hi;
+    te.clamp = !(epi->lo == -INFINITY && epi->hi == INFINITY);
   }
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = N - jc < NC ? N - jc : NC;
     const int nc_full = nc / NR * NR; /* columns read in place if direct_b */
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = K - pc < KC ? K - pc : KC;
-      const int mode = pc > 0 || beta == 1.0f ? STORE_ADD
-                       : beta == 0.0f         ? STORE_SET
-                                              : STORE_BETA;
+      const int last = pc + kc >= K;
+      tile t = {.kc = kc, .ldc = ldc, .beta = beta, .e = last && epi ? &te : NULL};
+      t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
       if (!direct_b)
-        pack_b(trans_b, src, pc, jc, kc, nc, pb);
+        pack_b(trans_b, &src, pc, jc, kc, nc, pb);
       else if (nc_full < nc)
-        pack_b(trans_b, src, pc, jc + nc_full, kc, nc - nc_full, pb);
+        pack_b(trans_b, &src, pc, jc + nc_full, kc, nc - nc_full, pb);
       for (int ic = 0; ic < M; ic += MC) {
         const int mc = M - ic < MC ? M - ic : MC;
-        pack_a(trans_a, A, (size_t)lda, ic, pc, mc, kc, alpha, pa);
+        const float *ablk = NULL; /* the block's packed panels */
+        if (pre)
+          ablk = pre->data + (size_t)pc * pre_mp + (size_t)(g->pa_row + ic) * kc;
+        else if (!direct_a) {
+          pack_a(trans_a, g->A, lda, ic, pc, mc, kc, alpha, pa);
+          ablk = pa;
+        }
         for (int jr = 0; jr < nc; jr += NR) {
-          const int nr = nc - jr < NR ? nc - jr : NR;
+          t.nr = nc - jr < NR ? nc - jr : NR;
           const int in_place = direct_b && jr < nc_full;
-          if (in_place && src->brow) {
-            /* Row pointers of this K slice; column offset folded in. */
-            const float *const *rows = src->brow + pc;
-            const size_t off = src->boff + (size_t)(jc + jr);
-            for (int ir = 0; ir < mc; ir += MR) {
-              const int mr = mc - ir < MR ? mc - ir : MR;
-              float *c = C + (size_t)(ic + ir) * ldc + jc + jr;
-              pick_rows_ukernel(mr, nr)(kc, pa + (size_t)ir * kc, rows, off, c,
-                                        (size_t)ldc, mr, nr, mode, beta);
-            }
-            continue;
-          }
-          const float *b = pb + (size_t)jr * kc;
-          size_t bs = NR;
-          if (direct_b) {
-            b = in_place ? src->B + (size_t)pc * src->ldb + jc + jr : pb;
-            bs = in_place ? src->ldb : NR;
+          int brows = 0;
+          if (in_place && src.brow) { /* row pointers of this K slice */
+            t.brow = src.brow + pc;
+            t.bs = src.boff + (size_t)(jc + jr);
+            brows = 1;
+          } else if (in_place) {
+            t.b = src.B + (size_t)pc * src.ldb + jc + jr;
+            t.bs = src.ldb;
+          } else if (direct_b) { /* the ragged last panel, packed alone */
+            t.b = pb;
+            t.bs = (size_t)panel_w(nc - nc_full, 0);
+          } else {
+            t.b = pb + (size_t)jr * kc;
+            t.bs = (size_t)panel_w(nc, jr);
           }
           for (int ir = 0; ir < mc; ir += MR) {
-            const int mr = mc - ir < MR ? mc - ir : MR;
-            float *c = C + (size_t)(ic + ir) * ldc + jc + jr;
-            pick_ukernel(mr, nr)(kc, pa + (size_t)ir * kc, b, bs, c, (size_t)ldc, mr, nr,
-                                 mode, beta);
+            const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
+            t.mr = mr;
+            t.c = C + (size_t)i * ldc + jc + jr;
+            int arows = 0;
+            const float *ap[MR];
+            if (ablk) {
+              t.a = ablk + (size_t)ir * kc;
+              t.as = MR;
+            } else if (!trans_a) { /* A's rows in place, clamped to the last */
+              for (int r = 0; r < MR; r++)
+                ap[r] = g->A + (size_t)(i + (r < mr ? r : mr - 1)) * lda + pc;
+              t.ar = ap;
+              arows = 1;
+            } else if (instance_rows(mr) == mr) { /* A^T: MR floats of row k */
+              t.a = g->A + (size_t)pc * lda + i;
+              t.as = lda;
+            } else { /* a ragged A^T tile would read past row k: pack it */
+              pack_a(1, g->A, lda, i, pc, mr, kc, 1.0f, pa);
+              t.a = pa;
+              t.as = MR;
+            }
+            if (t.e) {
+              te.bias = epi->bias ? epi->bias + i : NULL;
+              te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
+            }
+            pick_ukernel(mr, t.nr, arows, brows)(&t);
           }
         }
       }
@@ -429,19 +557,17 @@ static void sgemm_run(int trans_a, int trans_b, int M, int N, int K, float alpha
 void vmc_sgemm__avx2(int trans_a, int trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta,
                      float *C, int ldc) {
-  const bsrc src = {B, (size_t)ldb, NULL, 0};
-  sgemm_run(trans_a, trans_b, M, N, K, alpha, A, lda, &src, beta, C, ldc);
-}
-
-void vmc_sgemm_rows_off__avx2(int trans_b, int M, int N, int K, float alpha,
-                              const float *A, int lda, const float *const *brow,
-                              size_t boff, float beta, float *C, int ldc) {
-  const bsrc src = {NULL, 0, brow, boff};
-  sgemm_run(0, trans_b, M, N, K, alpha, A, lda, &src, beta, C, ldc);
+  const vmc_gemm_args g = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K,
+                           .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb,
+                           .beta = beta, .C = C, .ldc = ldc};
+  vmc_sgemm_run__avx2(&g);
 }
 
 void vmc_sgemm_rows__avx2(int trans_b, int M, int N, int K, float alpha, const float *A,
                           int lda, const float *const *brow, float beta, float *C,
                           int ldc) {
-  vmc_sgemm_rows_off__avx2(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
+  const vmc_gemm_args g = {.trans_b = trans_b, .M = M, .N = N, .K = K, .alpha = alpha,
+                           .A = A, .lda = lda, .brow = brow, .beta = beta, .C = C,
+                           .ldc = ldc};
+  vmc_sgemm_run__avx2(&g);
 }

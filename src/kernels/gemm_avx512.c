@@ -1,39 +1,55 @@
 /* fp32 GEMM, AVX-512F: packed panels, cache blocking, 8x32 register tile.
  *
  * Layout (GotoBLAS/BLIS): for each NC-column block of op(B) and KC-deep slice
- * of K, op(B) is packed into NR-column panels (k-major, NR floats per k); for
- * each MC-row block of op(A), alpha*op(A) is packed into MR-row panels (MR
- * floats per k).  Both transpose flags are absorbed by the packing (8x8
- * in-register transposes where the panel is a transpose of stored rows), and
- * panels are zero-padded to full MR/NR so the micro-kernel always reads whole
- * tiles.  When B is not transposed and M is small (conv-shaped problems), the
- * full NR-column panels are read from B in place: each packed panel would be
- * reused only a few times, and the copy cost up to a third of the run.
+ * of K, op(B) is packed into NR-column panels (k-major, NR floats per k; a
+ * ragged last panel of at most 16 columns is 16 wide); for each MC-row block
+ * of op(A), alpha*op(A) is packed into MR-row panels (MR floats per k).  Both
+ * transpose flags are absorbed by the packing (8x8 in-register transposes
+ * where the panel is a transpose of stored rows), and panels are zero-padded
+ * to full tiles, so the micro-kernel always reads whole tiles.
+ *
+ * Operands read in place instead of packed, where a packed panel would be
+ * reused too few times to repay its copy:
+ *  - B, when it is not transposed and M is small (conv-shaped problems):
+ *    full NR-column panels straight from B (the ragged last one is packed);
+ *  - A, when alpha == 1 and N is small (the batch-folded convs of NHWC
+ *    layouts, M in the tens of thousands, N = 16..64): the micro-kernel reads
+ *    op(A) from A's rows (one row pointer per tile row, clamped to the last
+ *    real row in a ragged tile) or, when A is transposed, MR consecutive
+ *    floats of stored row k (ragged tiles are packed).  alpha == 1 makes the
+ *    packed values A's own, so the sums are the packed path's bit for bit.
+ *  - A pre-packed by vmc_sgemm_pack_a: the panels of every (KC slice, row)
+ *    block laid out as pack_a writes them (slice pc at pc * Mp floats, Mp =
+ *    M rounded up to MR; row block i at i * kc within it).
  * The micro-kernel keeps MR x NR accumulators in zmm registers and writes
  * back whole rows with plain loads/stores and ragged ones with masked ones,
  * so M and N remainders need no copy; smaller instances (4 rows, 16 columns)
- * cover the ragged edges.
+ * cover the ragged edges.  The epilogue (bias, residual, clamp; gemm.h) is
+ * applied in the write-back of the last K slice.
  *
- * Tile and blocks were picked by measurement on AMD Zen 4 (bench/bench_gemm.c;
- * 12x32 and 14x32 tiles were no faster there, and 8 rows divide the channel
- * counts of conv layers).  Override with -DGEMM512_MR=12 etc. to experiment.
+ * Tile and blocks were picked by measurement on AMD Zen 4 (bench/bench_gemm.c,
+ * bench/bench_blas.c; 12x32 and 14x32 tiles were no faster there, and 8 rows
+ * divide the channel counts of conv layers).  Override with -DGEMM512_MR=12
+ * etc. to experiment.
  *
  * Needs AVX-512F/BW/VL/DQ (the flags this file is built with; packing uses
  * 256-bit masked stores): call it only where vmc_isa_name() is "avx512".
  *
  * Reduction order: every C element is, for each KC slice in order, a chain of
  * FMAs over k from a zero accumulator, then added to C.  That order depends
- * only on K (never on M, N, the tile position or the thread count), which
- * vmc_sgemm_mt relies on to be bit-identical to vmc_sgemm.
+ * only on K (never on M, N, the tile position, which operand is packed or the
+ * thread count), which vmc_sgemm_mt relies on to be bit-identical to
+ * vmc_sgemm, and the packed and row-pointer entries to match the plain one.
  *
- * vmc_sgemm_rows__avx512 (B given by row pointers, gemm.h) runs the same
- * driver: packing reads the rows through the pointers (8 row pointers per 8x8
+ * B given by row pointers (vmc_sgemm_rows, gemm.h) runs the same driver:
+ * packing reads the rows through the pointers (8 row pointers per 8x8
  * transpose when trans_b), and the in-place B path reads brow[k] + n with a
- * micro-kernel instance that loads one row pointer per k.  Tiles, blocks and
- * reduction order are vmc_sgemm__avx512's, so the results are identical. */
+ * micro-kernel instance that loads one row pointer per k. */
 #include "kernels/gemm.h"
 
 #include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -53,7 +69,24 @@
 #ifndef GEMM512_DIRECT_B_MAX_M
 #define GEMM512_DIRECT_B_MAX_M 64
 #endif
+#ifndef GEMM512_DIRECT_A_MAX_N
+#define GEMM512_DIRECT_A_MAX_N 64
+#endif
+#ifndef GEMM512_PF_TILES
+#define GEMM512_PF_TILES 2
+#endif
+#ifndef GEMM512_PF_K
+#define GEMM512_PF_K 32
+#endif
+#ifndef GEMM512_DIRECT_A_TRANS
+#define GEMM512_DIRECT_A_TRANS 1
+#endif
 #define DIRECT_B_MAX_M GEMM512_DIRECT_B_MAX_M
+#define DIRECT_A_MAX_N GEMM512_DIRECT_A_MAX_N
+/* Prefetch distances of A read in place: tiles ahead (row pointers), rows of
+ * stored A^T ahead (strided). */
+#define PF_TILES GEMM512_PF_TILES
+#define PF_K GEMM512_PF_K
 #define MR GEMM512_MR
 #define KC GEMM512_KC
 #define MC GEMM512_MC
@@ -188,11 +221,10 @@ static inline const float *bsrc_row(const bsrc *s, int r) {
  * each, zero rows below mc. */
 static void pack_a(int trans_a, const float *A, size_t lda, int i0, int k0,
                    int mc, int kc, float alpha, float *dst) {
-  const __m512 va = _mm512_set1_ps(alpha);
-  for (int ip = 0; ip < mc; ip += MR) {
-    const int mr = mc - ip < MR ? mc - ip : MR;
-    float *d = dst + (size_t)ip * kc;
-    if (!trans_a) {
+  if (!trans_a) {
+    for (int ip = 0; ip < mc; ip += MR) {
+      const int mr = mc - ip < MR ? mc - ip : MR;
+      float *d = dst + (size_t)ip * kc;
       /* op(A)(i,k) = A[i*lda + k]: a transpose of MR stored rows. */
       for (int r0 = 0; r0 < MR; r0 += 8) {
         const int rows = mr - r0 < 0 ? 0 : mr - r0 > 8 ? 8 : mr - r0;
@@ -202,42 +234,52 @@ static void pack_a(int trans_a, const float *A, size_t lda, int i0, int k0,
           src[i] = A + (size_t)(i0 + ip + r0 + (i < rows ? i : 0)) * lda + k0;
         pack_transpose8(src, rows, lanes, kc, alpha, d + r0, MR);
       }
-    } else {
-      /* op(A)(i,k) = A[k*lda + i]: MR rows are contiguous for each k. */
+    }
+    return;
+  }
+  /* op(A)(i,k) = A[k*lda + i]: the mc floats of stored row k scatter to the
+   * panels; k outermost, so A is read row after row (prefetch-friendly). */
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __mmask16 full = (__mmask16)((1u << MR) - 1u);
+  for (int k = 0; k < kc; k++) {
+    const float *s = A + (size_t)(k0 + k) * lda + i0;
+    for (int ip = 0; ip < mc; ip += MR) {
+      const int mr = mc - ip < MR ? mc - ip : MR;
       const __mmask16 m = (__mmask16)((1u << mr) - 1u);
-      for (int k = 0; k < kc; k++) {
-        const float *s = A + (size_t)(k0 + k) * lda + i0 + ip;
-        __m512 v = _mm512_maskz_mul_ps(m, va, _mm512_maskz_loadu_ps(m, s));
-        /* MR <= 16: one masked store of MR lanes (zeros past mr). */
-        _mm512_mask_storeu_ps(d + (size_t)k * MR, (__mmask16)((1u << MR) - 1u), v);
-      }
+      const __m512 v = _mm512_maskz_mul_ps(m, va, _mm512_maskz_loadu_ps(m, s + ip));
+      /* MR <= 16: one masked store of MR lanes (zeros past mr). */
+      _mm512_mask_storeu_ps(dst + (size_t)ip * kc + (size_t)k * MR, full, v);
     }
   }
 }
 
-/* dst <- op(B)[k0:k0+kc, j0:j0+nc] as NR-column panels, NR*kc floats each,
- * zero columns past nc. */
+/* Width of the packed B panel starting at column jp of an nc-wide block: NR,
+ * or 16 for a ragged last panel of at most 16 columns. */
+static inline int panel_w(int nc, int jp) { return nc - jp <= 16 ? 16 : NR; }
+
+/* dst <- op(B)[k0:k0+kc, j0:j0+nc] as panels of panel_w columns (the one at
+ * column jp starts at dst + jp*kc), k-major, zero columns past nc. */
 static void pack_b(int trans_b, const bsrc *B, int k0, int j0, int kc, int nc,
                    float *dst) {
   for (int jp = 0; jp < nc; jp += NR) {
-    const int nr = nc - jp < NR ? nc - jp : NR;
+    const int nr = nc - jp < NR ? nc - jp : NR, w = panel_w(nc, jp);
     float *d = dst + (size_t)jp * kc;
     if (!trans_b) {
-      /* op(B)(k,j) = B[k*ldb + j]: NR columns are contiguous for each k. */
+      /* op(B)(k,j) = B[k*ldb + j]: the columns are contiguous for each k. */
       const __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
       for (int k = 0; k < kc; k++) {
         const float *s = bsrc_row(B, k0 + k) + j0 + jp;
-        _mm512_store_ps(d + (size_t)k * NR, _mm512_maskz_loadu_ps(m0, s));
-        _mm512_store_ps(d + (size_t)k * NR + 16, _mm512_maskz_loadu_ps(m1, s + 16));
+        _mm512_storeu_ps(d + (size_t)k * w, _mm512_maskz_loadu_ps(m0, s));
+        if (w > 16) _mm512_storeu_ps(d + (size_t)k * w + 16, _mm512_maskz_loadu_ps(m1, s + 16));
       }
     } else {
-      /* op(B)(k,j) = B[j*ldb + k]: a transpose of NR stored rows. */
-      for (int c0 = 0; c0 < NR; c0 += 8) {
+      /* op(B)(k,j) = B[j*ldb + k]: a transpose of w stored rows. */
+      for (int c0 = 0; c0 < w; c0 += 8) {
         const int rows = nr - c0 < 0 ? 0 : nr - c0 > 8 ? 8 : nr - c0;
         const float *src[8];
         for (int i = 0; i < 8; i++)
           src[i] = i < rows ? bsrc_row(B, j0 + jp + c0 + i) + k0 : NULL;
-        pack_transpose8(src, rows, 8, kc, 1.0f, d + c0, NR);
+        pack_transpose8(src, rows, 8, kc, 1.0f, d + c0, (size_t)w);
       }
     }
   }
@@ -247,46 +289,119 @@ static void pack_b(int trans_b, const bsrc *B, int k0, int j0, int kc, int nc,
  * slices or beta == 1), or scale-and-add (first slice, other beta). */
 enum { STORE_SET, STORE_ADD, STORE_BETA };
 
-/* C[0:mr, 0:nr] (op)= A-panel * B-panel over kc, computing MRE rows and NV
- * zmm columns (the smallest instance covering mr, nr).  MRE, NV and ROWS are
- * compile-time constants in each instance below.  B row k is at b + k*bs, or
- * with ROWS at brow[k] + bs (row pointers read in place). */
+/* The epilogue as one tile sees it: bias at the tile's first row, res at its
+ * first element; clamp unless the bounds are infinite. */
+typedef struct tile_epi {
+  const float *bias, *res;
+  size_t ldr;
+  float lo, hi;
+  int clamp;
+} tile_epi;
+
+/* One micro-kernel call.  op(A) row r at depth k is a[k*as + r] (a packed
+ * panel, as = MR; or transposed A in place, as = lda), or ar[r][k] (A's rows
+ * in place).  op(B) row k is b + k*bs (a packed panel, bs = its width; or B
+ * in place, bs = ldb), or brow[k] + bs (row pointers in place). */
+typedef struct tile {
+  int kc;
+  const float *a;
+  size_t as;
+  const float *const *ar;
+  const float *b;
+  size_t bs;
+  const float *const *brow;
+  float *c;
+  size_t ldc;
+  int mr, nr, mode;
+  float beta;
+  const tile_epi *e; /* at this write-back, or NULL */
+  /* A read in place: prefetch distance in floats, 0 for none.  Row pointers:
+   * from a row to the same row of the next tile (MR rows down), fetched a
+   * line per row every 16 k; strided: from row k to row k + PF_K. */
+  size_t pf;
+} tile;
+
+/* Prefetch of p + off floats, computed as an integer (the address may lie
+ * past the matrix: a prefetch never faults). */
+static inline __attribute__((always_inline)) void prefetch(const float *p, size_t off) {
+  _mm_prefetch((const char *)((uintptr_t)p + off * sizeof(float)), _MM_HINT_T0);
+}
+
+static inline __attribute__((always_inline)) __m512
+epi_vec(__m512 x, const tile_epi *e, int r, int v, __mmask16 m, int full) {
+  if (e->bias) x = _mm512_add_ps(x, _mm512_set1_ps(e->bias[r]));
+  if (e->res) {
+    const float *p = e->res + (size_t)r * e->ldr + 16 * v;
+    x = _mm512_add_ps(x, full ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p));
+  }
+  /* max(lo, x), min(hi, .): a NaN x is the second operand, so it passes. */
+  if (e->clamp)
+    x = _mm512_min_ps(_mm512_set1_ps(e->hi), _mm512_max_ps(_mm512_set1_ps(e->lo), x));
+  return x;
+}
+
+/* C[0:mr, 0:nr] (op)= A-tile * B-tile over kc, computing MRE rows and NV zmm
+ * columns (the smallest instance covering mr, nr).  MRE, NV, AROWS and BROWS
+ * are compile-time constants in each instance below. */
 static inline __attribute__((always_inline)) void
-ukernel(const int MRE, const int NV, const int ROWS, int kc, const float *restrict a,
-        const float *restrict b, size_t bs, const float *const *restrict brow,
-        float *restrict c, size_t ldc, int mr, int nr, int mode, float beta) {
+ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const tile *t) {
   __m512 acc[MR][2];
   UNROLL_FULL
   for (int r = 0; r < MRE; r++) {
     acc[r][0] = _mm512_setzero_ps();
     acc[r][1] = _mm512_setzero_ps();
   }
-  for (int k = 0; k < kc; k++) {
-    if (ROWS) b = brow[k] + bs;
-    const __m512 b0 = _mm512_loadu_ps(b);
-    const __m512 b1 = NV > 1 ? _mm512_loadu_ps(b + 16) : b0;
+  const float *restrict a = t->a;
+  const float *restrict b = t->b;
+  const float *const *restrict brow = t->brow;
+  const size_t as = t->as, bs = t->bs;
+  const float *ap[MR];
+  if (AROWS) {
     UNROLL_FULL
-    for (int r = 0; r < MRE; r++) {
-      const __m512 ar = _mm512_set1_ps(a[r]);
-      acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
-      if (NV > 1) acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
-    }
-    a += MR;
-    if (!ROWS) b += bs;
+    for (int r = 0; r < MRE; r++) ap[r] = t->ar[r];
   }
-  const __m512 vb = _mm512_set1_ps(beta);
+  const int kc = t->kc;
+  const size_t pf = t->pf;
+  for (int k0 = 0; k0 < kc; k0 += 16) {
+    /* A read in place streams from memory: fetch ahead (see tile.pf). */
+    if (AROWS && pf) {
+      UNROLL_FULL
+      for (int r = 0; r < MRE; r++) prefetch(ap[r], pf + (size_t)k0);
+    }
+    const int k1 = kc - k0 < 16 ? kc : k0 + 16;
+    for (int k = k0; k < k1; k++) {
+      if (!AROWS && pf) prefetch(a, pf);
+      const float *bk = BROWS ? brow[k] + bs : b;
+      const __m512 b0 = _mm512_loadu_ps(bk);
+      const __m512 b1 = NV > 1 ? _mm512_loadu_ps(bk + 16) : b0;
+      UNROLL_FULL
+      for (int r = 0; r < MRE; r++) {
+        const __m512 ar = _mm512_set1_ps(AROWS ? ap[r][k] : a[r]);
+        acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
+        if (NV > 1) acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+      }
+      if (!AROWS) a += as;
+      if (!BROWS) b += bs;
+    }
+  }
+  float *restrict c = t->c;
+  const size_t ldc = t->ldc;
+  const int mr = t->mr, nr = t->nr, mode = t->mode;
+  const tile_epi *e = t->e;
+  const __m512 vb = _mm512_set1_ps(t->beta);
   if (nr == NV * 16) { /* full width: plain loads and stores */
     UNROLL_FULL
     for (int r = 0; r < MRE; r++) {
-      if (r >= mr) break;
       float *cr = c + (size_t)r * ldc;
       UNROLL_FULL
       for (int v = 0; v < NV; v++) {
+        if (r >= mr) continue;
         __m512 x = acc[r][v];
         if (mode == STORE_ADD)
           x = _mm512_add_ps(_mm512_loadu_ps(cr + 16 * v), x);
         else if (mode == STORE_BETA)
           x = _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16 * v), x);
+        if (e) x = epi_vec(x, e, r, v, 0xffff, 1);
         _mm512_storeu_ps(cr + 16 * v, x);
       }
     }
@@ -295,146 +410,207 @@ ukernel(const int MRE, const int NV, const int ROWS, int kc, const float *restri
   const __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
   UNROLL_FULL
   for (int r = 0; r < MRE; r++) {
-    if (r >= mr) break;
     float *cr = c + (size_t)r * ldc;
     UNROLL_FULL
     for (int v = 0; v < NV; v++) {
+      if (r >= mr) continue;
       const __mmask16 m = v ? m1 : m0;
       __m512 x = acc[r][v];
       if (mode == STORE_ADD)
         x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + 16 * v), x);
       else if (mode == STORE_BETA)
         x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, cr + 16 * v), x);
+      if (e) x = epi_vec(x, e, r, v, m, 0);
       _mm512_mask_storeu_ps(cr + 16 * v, m, x);
     }
   }
 }
 
-/* The instances, named by tile: sgemm_ukernel_<rows>x<cols>__avx512, and
- * sgemm_rows_ukernel_<rows>x<cols>__avx512 reading B rows at brow[k] + off. */
-#define UKERNEL(rows, cols) UKERNEL_(rows, cols)
-#define UKERNEL_(rows, cols) sgemm_ukernel_##rows##x##cols##__avx512
-#define RUKERNEL(rows, cols) RUKERNEL_(rows, cols)
-#define RUKERNEL_(rows, cols) sgemm_rows_ukernel_##rows##x##cols##__avx512
-#define UKERNEL_INSTANCE(rows, cols)                                             \
-  static void UKERNEL(rows, cols)(int kc, const float *a, const float *b,      \
-                                  size_t bs, float *c, size_t ldc, int mr,     \
-                                  int nr, int mode, float beta) {              \
-    ukernel(rows, (cols) / 16, 0, kc, a, b, bs, NULL, c, ldc, mr, nr, mode,    \
-            beta);                                                             \
-  }                                                                            \
-  static void RUKERNEL(rows, cols)(int kc, const float *a,                     \
-                                   const float *const *brow, size_t off,       \
-                                   float *c, size_t ldc, int mr, int nr,       \
-                                   int mode, float beta) {                     \
-    ukernel(rows, (cols) / 16, 1, kc, a, NULL, off, brow, c, ldc, mr, nr,      \
-            mode, beta);                                                       \
+/* The instances, named by tile and operand access:
+ * sgemm_ukernel_<rows>x<cols>_<a><b>__avx512, a and b being s (strided:
+ * packed or in place) or r (row pointers). */
+#define UKERNEL(rows, cols, a, b) UKERNEL_(rows, cols, a, b)
+#define UKERNEL_(rows, cols, a, b) sgemm_ukernel_##rows##x##cols##_##a##b##__avx512
+#define UKERNEL_INSTANCE(rows, cols, a, b, AROWS, BROWS)                         \
+  static void UKERNEL(rows, cols, a, b)(const tile *t) {                       \
+    ukernel(rows, (cols) / 16, AROWS, BROWS, t);                               \
   }
-UKERNEL_INSTANCE(MR, 32)
-UKERNEL_INSTANCE(MR, 16)
+#define UKERNEL_INSTANCES(rows, cols)                                            \
+  UKERNEL_INSTANCE(rows, cols, s, s, 0, 0)                                     \
+  UKERNEL_INSTANCE(rows, cols, s, r, 0, 1)                                     \
+  UKERNEL_INSTANCE(rows, cols, r, s, 1, 0)                                     \
+  UKERNEL_INSTANCE(rows, cols, r, r, 1, 1)
+UKERNEL_INSTANCES(MR, 32)
+UKERNEL_INSTANCES(MR, 16)
 #if MR > 8
-UKERNEL_INSTANCE(8, 32)
-UKERNEL_INSTANCE(8, 16)
+UKERNEL_INSTANCES(8, 32)
+UKERNEL_INSTANCES(8, 16)
 #endif
 #if MR > 4
-UKERNEL_INSTANCE(4, 32)
-UKERNEL_INSTANCE(4, 16)
+UKERNEL_INSTANCES(4, 32)
+UKERNEL_INSTANCES(4, 16)
 #endif
 
-typedef void (*ukernel_fn)(int, const float *, const float *, size_t, float *, size_t,
-                           int, int, int, float);
+typedef void (*ukernel_fn)(const tile *);
 
-typedef void (*rows_ukernel_fn)(int, const float *, const float *const *, size_t,
-                                float *, size_t, int, int, int, float);
-
-/* Smallest instance covering an mr x nr tile. */
-static ukernel_fn pick_ukernel(int mr, int nr) {
+/* Smallest instance covering an mr x nr tile, for A and B read by rows or
+ * strided. */
+#define PICK(rows, wide, arows, brows)                                          \
+  ((arows) ? ((brows) ? ((wide) ? UKERNEL(rows, 32, r, r) : UKERNEL(rows, 16, r, r))       \
+                      : ((wide) ? UKERNEL(rows, 32, r, s) : UKERNEL(rows, 16, r, s)))      \
+           : ((brows) ? ((wide) ? UKERNEL(rows, 32, s, r) : UKERNEL(rows, 16, s, r))       \
+                      : ((wide) ? UKERNEL(rows, 32, s, s) : UKERNEL(rows, 16, s, s))))
+static ukernel_fn pick_ukernel(int mr, int nr, int arows, int brows) {
   const int wide = nr > 16;
 #if MR > 4
-  if (mr <= 4) return wide ? UKERNEL(4, 32) : UKERNEL(4, 16);
+  if (mr <= 4) return PICK(4, wide, arows, brows);
 #endif
 #if MR > 8
-  if (mr <= 8) return wide ? UKERNEL(8, 32) : UKERNEL(8, 16);
+  if (mr <= 8) return PICK(8, wide, arows, brows);
 #endif
-  return wide ? UKERNEL(MR, 32) : UKERNEL(MR, 16);
+  return PICK(MR, wide, arows, brows);
 }
-static rows_ukernel_fn pick_rows_ukernel(int mr, int nr) {
-  const int wide = nr > 16;
+/* Rows an instance computes for mr rows (reading A in place must not go past
+ * them). */
+static int instance_rows(int mr) {
 #if MR > 4
-  if (mr <= 4) return wide ? RUKERNEL(4, 32) : RUKERNEL(4, 16);
+  if (mr <= 4) return 4;
 #endif
 #if MR > 8
-  if (mr <= 8) return wide ? RUKERNEL(8, 32) : RUKERNEL(8, 16);
+  if (mr <= 8) return 8;
 #endif
-  return wide ? RUKERNEL(MR, 32) : RUKERNEL(MR, 16);
+  return MR;
 }
 
-/* The driver of both entry points: op(B) from src (see bsrc). */
-static void sgemm_run(int trans_a, int trans_b, int M, int N, int K, float alpha,
-                      const float *A, int lda, const bsrc *src, float beta, float *C,
-                      int ldc) {
+/* M rounded up to whole tiles: the row stride of a pre-packed slice. */
+static size_t packed_rows(int M) { return (size_t)(M + MR - 1) / MR * MR; }
+
+size_t vmc_sgemm_pack_a_floats__avx512(int M, int K) {
+  return M > 0 && K > 0 ? packed_rows(M) * (size_t)K : 0;
+}
+
+void vmc_sgemm_pack_a__avx512(int trans_a, int M, int K, float alpha, const float *A,
+                              int lda, float *dst) {
+  if (M <= 0 || K <= 0) return;
+  const size_t mp = packed_rows(M);
+  for (int pc = 0; pc < K; pc += KC) {
+    const int kc = K - pc < KC ? K - pc : KC;
+    pack_a(trans_a, A, (size_t)lda, 0, pc, M, kc, alpha, dst + (size_t)pc * mp);
+  }
+}
+
+/* The driver of every entry point (gemm.h's vmc_gemm_args). */
+void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
+  const int M = g->M, N = g->N;
   if (M <= 0 || N <= 0) return;
-  if (K <= 0 || alpha == 0.0f) K = 0; /* C = beta * C: the reference's job */
-  pack_bufs *bufs = K > 0 ? thread_bufs() : NULL;
+  const vmc_sgemm_packed_a *pre = g->pa;
+  const int K = pre ? pre->K : g->K;
+  const float alpha = pre ? pre->alpha : g->alpha, beta = g->beta;
+  const int trans_a = pre ? 0 : g->trans_a, trans_b = g->trans_b;
+  const bsrc src = {g->B, (size_t)g->ldb, g->brow, g->boff};
+  const size_t lda = (size_t)g->lda, ldc = (size_t)g->ldc;
+  float *C = g->C;
+  if (K <= 0 || alpha == 0.0f) { /* C = beta * C (+ epilogue): the reference's job */
+    vmc_sgemm_run__ref(g);
+    return;
+  }
   /* With few row panels a packed B panel is reused too few times to repay
    * its copy: read untransposed B in place (full NR panels; the ragged last
-   * panel is still packed, zero-padded). */
+   * panel is still packed, zero-padded).  Likewise A with few column panels
+   * (see the header). */
   const int direct_b = !trans_b && M <= DIRECT_B_MAX_M;
+  const int direct_a = !pre && alpha == 1.0f && N <= DIRECT_A_MAX_N &&
+                       (!trans_a || GEMM512_DIRECT_A_TRANS);
   const int kc_max = K < KC ? K : KC;
-  const int mc_max = M < MC ? (M + MR - 1) / MR * MR : MC;
+  const int mc_max = direct_a ? MR : M < MC ? (M + MR - 1) / MR * MR : MC;
   const int nc_max = direct_b ? NR : N < NC ? (N + NR - 1) / NR * NR : NC;
-  float *pa = bufs ? pack_buffer(&bufs->a, &bufs->cap_a, (size_t)mc_max * kc_max) : NULL;
-  float *pb = bufs ? pack_buffer(&bufs->b, &bufs->cap_b, (size_t)nc_max * kc_max) : NULL;
-  if (!pa || !pb) { /* K == 0, or out of memory: the reference needs no buffers */
-    if (src->brow)
-      vmc_sgemm_rows_off__ref(trans_b, M, N, K, alpha, A, lda, src->brow, src->boff,
-                              beta, C, ldc);
-    else
-      vmc_sgemm__ref(trans_a, trans_b, M, N, K, alpha, A, lda, src->B, (int)src->ldb,
-                     beta, C, ldc);
+  pack_bufs *bufs = thread_bufs();
+  float *pa = NULL, *pb = NULL;
+  if (bufs) {
+    pa = pre ? NULL : pack_buffer(&bufs->a, &bufs->cap_a, (size_t)mc_max * kc_max);
+    pb = pack_buffer(&bufs->b, &bufs->cap_b, (size_t)nc_max * kc_max);
+  }
+  if ((!pre && !pa) || !pb) { /* out of memory: the reference needs no buffers */
+    vmc_sgemm_run__ref(g);
     return;
+  }
+  const size_t pre_mp = pre ? packed_rows(pre->M) : 0;
+  const vmc_gemm_epi *epi = g->epi;
+  tile_epi te = {0};
+  if (epi) {
+    te.ldr = (size_t)epi->ldr;
+    te.lo = epi->lo, te.hi = epi->hi;
+    te.clamp = !(epi->lo == -INFINITY && epi->hi == INFINITY);
   }
   for (int jc = 0; jc < N; jc += NC) {
     const int nc = N - jc < NC ? N - jc : NC;
     const int nc_full = nc / NR * NR; /* columns read in place if direct_b */
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = K - pc < KC ? K - pc : KC;
-      const int mode = pc > 0 || beta == 1.0f ? STORE_ADD
-                       : beta == 0.0f         ? STORE_SET
-                                              : STORE_BETA;
+      const int last = pc + kc >= K;
+      tile t = {.kc = kc, .ldc = ldc, .beta = beta, .e = last && epi ? &te : NULL};
+      t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
       if (!direct_b)
-        pack_b(trans_b, src, pc, jc, kc, nc, pb);
+        pack_b(trans_b, &src, pc, jc, kc, nc, pb);
       else if (nc_full < nc)
-        pack_b(trans_b, src, pc, jc + nc_full, kc, nc - nc_full, pb);
+        pack_b(trans_b, &src, pc, jc + nc_full, kc, nc - nc_full, pb);
       for (int ic = 0; ic < M; ic += MC) {
         const int mc = M - ic < MC ? M - ic : MC;
-        pack_a(trans_a, A, (size_t)lda, ic, pc, mc, kc, alpha, pa);
+        const float *ablk = NULL; /* the block's packed panels */
+        if (pre)
+          ablk = pre->data + (size_t)pc * pre_mp + (size_t)(g->pa_row + ic) * kc;
+        else if (!direct_a) {
+          pack_a(trans_a, g->A, lda, ic, pc, mc, kc, alpha, pa);
+          ablk = pa;
+        }
         for (int jr = 0; jr < nc; jr += NR) {
-          const int nr = nc - jr < NR ? nc - jr : NR;
+          t.nr = nc - jr < NR ? nc - jr : NR;
           const int in_place = direct_b && jr < nc_full;
-          if (in_place && src->brow) {
-            /* Row pointers of this K slice; column offset folded in. */
-            const float *const *rows = src->brow + pc;
-            const size_t off = src->boff + (size_t)(jc + jr);
-            for (int ir = 0; ir < mc; ir += MR) {
-              const int mr = mc - ir < MR ? mc - ir : MR;
-              float *c = C + (size_t)(ic + ir) * ldc + jc + jr;
-              pick_rows_ukernel(mr, nr)(kc, pa + (size_t)ir * kc, rows, off, c,
-                                        (size_t)ldc, mr, nr, mode, beta);
-            }
-            continue;
-          }
-          const float *b = pb + (size_t)jr * kc;
-          size_t bs = NR;
-          if (direct_b) {
-            b = in_place ? src->B + (size_t)pc * src->ldb + jc + jr : pb;
-            bs = in_place ? src->ldb : NR;
+          int brows = 0;
+          if (in_place && src.brow) { /* row pointers of this K slice */
+            t.brow = src.brow + pc;
+            t.bs = src.boff + (size_t)(jc + jr);
+            brows = 1;
+          } else if (in_place) {
+            t.b = src.B + (size_t)pc * src.ldb + jc + jr;
+            t.bs = src.ldb;
+          } else if (direct_b) { /* the ragged last panel, packed alone */
+            t.b = pb;
+            t.bs = (size_t)panel_w(nc - nc_full, 0);
+          } else {
+            t.b = pb + (size_t)jr * kc;
+            t.bs = (size_t)panel_w(nc, jr);
           }
           for (int ir = 0; ir < mc; ir += MR) {
-            const int mr = mc - ir < MR ? mc - ir : MR;
-            float *c = C + (size_t)(ic + ir) * ldc + jc + jr;
-            pick_ukernel(mr, nr)(kc, pa + (size_t)ir * kc, b, bs, c, (size_t)ldc, mr, nr,
-                                 mode, beta);
+            const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
+            t.mr = mr;
+            t.c = C + (size_t)i * ldc + jc + jr;
+            int arows = 0;
+            const float *ap[MR];
+            t.pf = 0;
+            if (ablk) {
+              t.a = ablk + (size_t)ir * kc;
+              t.as = MR;
+            } else if (!trans_a) { /* A's rows in place, clamped to the last */
+              for (int r = 0; r < MR; r++)
+                ap[r] = g->A + (size_t)(i + (r < mr ? r : mr - 1)) * lda + pc;
+              t.ar = ap;
+              t.pf = PF_TILES * MR * lda;
+              arows = 1;
+            } else if (instance_rows(mr) == mr) { /* A^T: MR floats of row k */
+              t.a = g->A + (size_t)pc * lda + i;
+              t.as = lda;
+              t.pf = PF_K * lda;
+            } else { /* a ragged A^T tile would read past row k: pack it */
+              pack_a(1, g->A, lda, i, pc, mr, kc, 1.0f, pa);
+              t.a = pa;
+              t.as = MR;
+            }
+            if (t.e) {
+              te.bias = epi->bias ? epi->bias + i : NULL;
+              te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
+            }
+            pick_ukernel(mr, t.nr, arows, brows)(&t);
           }
         }
       }
@@ -445,19 +621,17 @@ static void sgemm_run(int trans_a, int trans_b, int M, int N, int K, float alpha
 void vmc_sgemm__avx512(int trans_a, int trans_b, int M, int N, int K, float alpha,
                        const float *A, int lda, const float *B, int ldb, float beta,
                        float *C, int ldc) {
-  const bsrc src = {B, (size_t)ldb, NULL, 0};
-  sgemm_run(trans_a, trans_b, M, N, K, alpha, A, lda, &src, beta, C, ldc);
-}
-
-void vmc_sgemm_rows_off__avx512(int trans_b, int M, int N, int K, float alpha,
-                                const float *A, int lda, const float *const *brow,
-                                size_t boff, float beta, float *C, int ldc) {
-  const bsrc src = {NULL, 0, brow, boff};
-  sgemm_run(0, trans_b, M, N, K, alpha, A, lda, &src, beta, C, ldc);
+  const vmc_gemm_args g = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K,
+                           .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb,
+                           .beta = beta, .C = C, .ldc = ldc};
+  vmc_sgemm_run__avx512(&g);
 }
 
 void vmc_sgemm_rows__avx512(int trans_b, int M, int N, int K, float alpha,
                             const float *A, int lda, const float *const *brow,
                             float beta, float *C, int ldc) {
-  vmc_sgemm_rows_off__avx512(trans_b, M, N, K, alpha, A, lda, brow, 0, beta, C, ldc);
+  const vmc_gemm_args g = {.trans_b = trans_b, .M = M, .N = N, .K = K, .alpha = alpha,
+                           .A = A, .lda = lda, .brow = brow, .beta = beta, .C = C,
+                           .ldc = ldc};
+  vmc_sgemm_run__avx512(&g);
 }
