@@ -27,12 +27,11 @@
 #include "graph/op.h"
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
+#include "kernels/planes.h"
 
 #include <string.h>
 
 enum { DIRECT, DEPTHWISE, WIDE, PHASE, IM2COL };
-
-#define MAX_PHASE 4 /* strides up to this take PHASE */
 
 typedef struct {
   int groups, oc, ocg;
@@ -47,10 +46,10 @@ typedef struct {
   int pth, ptw;     /* its padding */
   int bwd_wide;     /* that convolution is possible (padding >= 0) */
   int dw_wide;      /* DEPTHWISE with stride 1: also over a padded plane */
-  /* PHASE: phase planes phh x phw (plane = phh*phw), nw = oh*phw; nslots
-   * of the sh*sw phases are built, phase (r, s) in slot[r][s] (-1: unused) */
-  int phh, phw, nslots;
-  signed char slot[MAX_PHASE][MAX_PHASE];
+  /* PHASE: the phase planes (kernels/planes.h), plane = phh*phw floats,
+   * nw = oh*phw */
+  vmc_phase_geom pg;
+  int phw, nslots; /* copies of pg's */
 } conv_cfg;
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
@@ -87,7 +86,7 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.kind = DEPTHWISE;
   else if (g->sh == 1 && g->sw == 1)
     c.kind = WIDE;
-  else if (g->sh <= MAX_PHASE && g->sw <= MAX_PHASE)
+  else if (g->sh <= VMC_MAX_PHASE && g->sw <= VMC_MAX_PHASE)
     c.kind = PHASE;
   else
     c.kind = IM2COL;
@@ -105,16 +104,20 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.nq = g->h * c.wq;
   }
   if (c.kind == PHASE) {
-    c.phh = vmc_ceil_div(g->h + 2 * g->ph, g->sh);
-    c.phw = vmc_ceil_div(g->w + 2 * g->pw, g->sw);
-    c.plane = (size_t)c.phh * c.phw;
-    c.nw = g->oh * c.phw; /* phw >= ow + the largest column shift: rows stay in their plane row */
-    memset(c.slot, -1, sizeof c.slot);
+    vmc_phase_geom *q = &c.pg;
+    *q = (vmc_phase_geom){.h = g->h, .w = g->w, .top = g->ph, .left = g->pw, .sh = g->sh,
+                          .sw = g->sw, .phh = vmc_ceil_div(g->h + 2 * g->ph, g->sh),
+                          .phw = vmc_ceil_div(g->w + 2 * g->pw, g->sw)};
+    memset(q->slot, -1, sizeof q->slot);
     for (int i = 0; i < g->kh; i++)
       for (int j = 0; j < g->kw; j++) {
-        signed char *sl = &c.slot[(i * g->dh) % g->sh][(j * g->dw) % g->sw];
-        if (*sl < 0) *sl = (signed char)c.nslots++;
+        signed char *sl = &q->slot[(i * g->dh) % g->sh][(j * g->dw) % g->sw];
+        if (*sl < 0) *sl = (signed char)q->nslots++;
       }
+    c.phw = q->phw;
+    c.nslots = q->nslots;
+    c.plane = (size_t)q->phh * q->phw;
+    c.nw = g->oh * c.phw; /* phw >= ow + the largest column shift: rows stay in their plane row */
   }
   return c;
 }
@@ -225,38 +228,15 @@ static void rotate_kernel(const conv_cfg *c, const float *w, float *wt) {
               w[(((size_t)gi * c->ocg + o) * c->g.c + ci) * kk + k];
 }
 
-/* Copies `ch` planes of h x w into planes of hp x wp at (top, left); zero
- * borders, and `slack` zero floats after the last plane. */
+/* Zero-padded copies and crops (kernels/planes.h). */
 static void pad_planes(const float *x, int ch, int h, int w, int top, int left, int hp, int wp,
                        size_t slack, float *xp) {
-  for (int c = 0; c < ch; c++) {
-    float *dst = xp + (size_t)c * hp * wp;
-    const float *src = x + (size_t)c * h * w;
-    memset(dst, 0, sizeof(float) * (size_t)top * wp);
-    for (int y = 0; y < h; y++) {
-      float *r = dst + (size_t)(top + y) * wp;
-      memset(r, 0, sizeof(float) * (size_t)left);
-      memcpy(r + left, src + (size_t)y * w, sizeof(float) * (size_t)w);
-      memset(r + left + w, 0, sizeof(float) * (size_t)(wp - left - w));
-    }
-    memset(dst + (size_t)(top + h) * wp, 0, sizeof(float) * (size_t)(hp - top - h) * wp);
-  }
-  memset(xp + (size_t)ch * hp * wp, 0, sizeof(float) * slack);
+  vmc_planes_kernels_best()->pad(x, ch, h, w, top, left, hp, wp, slack, xp);
 }
 
-/* The inverse of pad_planes: `ch` planes of h x w taken at (top, left) from
- * planes of `plane` floats and row stride wp; written (add 0) or added. */
 static void crop_planes(const float *src, int ch, size_t plane, int wp, int top, int left, int h,
                         int w, float *dst, int add) {
-  for (int c = 0; c < ch; c++)
-    for (int y = 0; y < h; y++) {
-      const float *s = src + (size_t)c * plane + (size_t)(top + y) * wp + left;
-      float *d = dst + ((size_t)c * h + y) * w;
-      if (add)
-        for (int k = 0; k < w; k++) d[k] += s[k];
-      else
-        memcpy(d, s, sizeof(float) * (size_t)w);
-    }
+  vmc_planes_kernels_best()->crop(src, ch, plane, wp, top, left, h, w, dst, add);
 }
 
 /* Row pointers of the virtual im2col matrix over padded planes:
@@ -269,46 +249,11 @@ static void plane_rows(const float *xp, int ch, size_t plane, int wp, const vmc_
         *rows++ = xp + (size_t)c * plane + (size_t)i * g->dh * wp + (size_t)j * g->dw;
 }
 
-/* PHASE: the phase planes of `ch` channels of h x w (zero padding and
- * zeros past the padded image), channel-major, slot order within a
- * channel; `slack` zero floats after the last plane. */
-static void phase_split(const float *x, int ch, const conv_cfg *c, size_t slack, float *xq) {
-  const vmc_conv_geom *g = &c->g;
-  const int sh = g->sh, sw = g->sw;
-  for (int ci = 0; ci < ch; ci++)
-    for (int r = 0; r < sh; r++)
-      for (int s = 0; s < sw; s++) {
-        if (c->slot[r][s] < 0) continue;
-        float *dst = xq + ((size_t)ci * c->nslots + c->slot[r][s]) * c->plane;
-        /* columns v with 0 <= sw*v + s - pw < w */
-        const int off = s - g->pw;
-        const int v0 = off >= 0 ? 0 : vmc_ceil_div(-off, sw);
-        int v1 = g->w - off <= 0 ? 0 : vmc_ceil_div(g->w - off, sw);
-        if (v1 > c->phw) v1 = c->phw;
-        for (int u = 0; u < c->phh; u++) {
-          float *d = dst + (size_t)u * c->phw;
-          const int y = sh * u + r - g->ph;
-          if (y < 0 || y >= g->h || v0 >= v1) {
-            memset(d, 0, sizeof(float) * (size_t)c->phw);
-            continue;
-          }
-          const float *src = x + ((size_t)ci * g->h + y) * g->w;
-          for (int v = 0; v < v0; v++) d[v] = 0;
-          if (sw == 2)
-            for (int v = v0; v < v1; v++) d[v] = src[2 * v + off];
-          else
-            for (int v = v0; v < v1; v++) d[v] = src[sw * v + off];
-          for (int v = v1; v < c->phw; v++) d[v] = 0;
-        }
-      }
-  memset(xq + (size_t)ch * c->nslots * c->plane, 0, sizeof(float) * slack);
-}
-
 /* Row (ci, i, j) of the virtual im2col matrix over phase planes. */
 static const float *phase_row(const float *xq, const conv_cfg *c, int ci, int i, int j) {
   const vmc_conv_geom *g = &c->g;
   const int di = i * g->dh, dj = j * g->dw;
-  return xq + ((size_t)ci * c->nslots + c->slot[di % g->sh][dj % g->sw]) * c->plane +
+  return xq + ((size_t)ci * c->nslots + c->pg.slot[di % g->sh][dj % g->sw]) * c->plane +
          (size_t)(di / g->sh) * c->phw + (size_t)(dj / g->sw);
 }
 
@@ -316,35 +261,6 @@ static void phase_rows(const float *xq, int ch, const conv_cfg *c, const float *
   for (int ci = 0; ci < ch; ci++)
     for (int i = 0; i < c->g.kh; i++)
       for (int j = 0; j < c->g.kw; j++) *rows++ = phase_row(xq, c, ci, i, j);
-}
-
-/* The adjoint of phase_split: dx (=, or += with add) the phase planes'
- * gradient at each pixel's phase position; pixels no tap reads get 0. */
-static void phase_merge(const float *dq, int ch, const conv_cfg *c, float *dx, int add) {
-  const vmc_conv_geom *g = &c->g;
-  const int sh = g->sh, sw = g->sw;
-  for (int ci = 0; ci < ch; ci++)
-    for (int y = 0; y < g->h; y++) {
-      const int yy = y + g->ph, r = yy % sh, u = yy / sh;
-      float *d = dx + ((size_t)ci * g->h + y) * g->w;
-      for (int s = 0; s < sw; s++) {
-        /* columns x = sw*v + s - pw in [0, w) */
-        const int off = s - g->pw;
-        const int v0 = off >= 0 ? 0 : vmc_ceil_div(-off, sw);
-        const int v1 = g->w - off <= 0 ? 0 : vmc_ceil_div(g->w - off, sw);
-        if (c->slot[r][s] < 0) {
-          if (!add)
-            for (int v = v0; v < v1; v++) d[sw * v + off] = 0;
-          continue;
-        }
-        const float *src =
-            dq + ((size_t)ci * c->nslots + c->slot[r][s]) * c->plane + (size_t)u * c->phw;
-        if (add)
-          for (int v = v0; v < v1; v++) d[sw * v + off] += src[v];
-        else
-          for (int v = v0; v < v1; v++) d[sw * v + off] = src[v];
-      }
-    }
 }
 
 typedef void (*gemm_fn)(int, int, int, int, int, float, const float *, int, const float *, int,
@@ -408,7 +324,8 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
     case PHASE: {
       float *xq = base, *yw = base + sp.a;
       const float **rows = thread_rows(ctx, &sp, base);
-      phase_split(xg, g->c, &c, sp.a - (size_t)g->c * c.nslots * c.plane, xq);
+      vmc_planes_kernels_best()->phase_split(xg, g->c, &c.pg,
+                                             sp.a - (size_t)g->c * c.nslots * c.plane, xq);
       phase_rows(xq, g->c, &c, rows);
       if (c.phw == g->ow) { /* no garbage columns: straight into y */
         gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yg, c.P);
@@ -501,7 +418,8 @@ static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratc
   float *xq = base, *dyw = base + sp->a, *dcol = dyw + sp->b, *dq = dcol + sp->c;
   const float **rows = thread_rows(ctx, sp, base);
   const size_t slack = sp->a - (size_t)g->c * c->nslots * c->plane;
-  phase_split(xg, g->c, c, slack, xq);
+  const vmc_planes_kernels *pk = vmc_planes_kernels_best();
+  pk->phase_split(xg, g->c, &c->pg, slack, xq);
   phase_rows(xq, g->c, c, rows);
   /* wide dY: oh x phw, zero past ow */
   const float *dw = dyg;
@@ -528,7 +446,7 @@ static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratc
           for (int n = 0; n < c->nw; n++) dst[n] += src[n];
         }
   }
-  phase_merge(dq, g->c, c, dxg, dx_add);
+  pk->phase_merge(dq, g->c, &c->pg, dxg, dx_add);
 }
 
 /* One image's share of the backward: private dW/dB, and dx. */
