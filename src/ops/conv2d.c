@@ -263,6 +263,10 @@ static void phase_rows(const float *xq, int ch, const conv_cfg *c, const float *
       for (int j = 0; j < c->g.kw; j++) *rows++ = phase_row(xq, c, ci, i, j);
 }
 
+typedef void (*gemm_epi_fn)(int, int, int, int, int, float, const float *, int, const float *,
+                            int, float, float *, int, const vmc_gemm_epi *);
+typedef void (*gemm_rows_epi_fn)(int, int, int, int, float, const float *, int,
+                                 const float *const *, float, float *, int, const vmc_gemm_epi *);
 typedef void (*gemm_fn)(int, int, int, int, int, float, const float *, int, const float *, int,
                         float, float *, int);
 typedef void (*gemm_rows_fn)(int, int, int, int, float, const float *, int, const float *const *,
@@ -295,14 +299,19 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
   const float *B = n->n_param > 1 ? ctx->g->params[n->param[1]].data : NULL;
   const int C = ctx->xs[0].d[1], HW = g->h * g->w;
   const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
-  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
-  gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
+  gemm_epi_fn gemm = par ? vmc_sgemm_epi : vmc_sgemm_epi_mt;
+  gemm_rows_epi_fn gemm_rows = par ? vmc_sgemm_rows_epi : vmc_sgemm_rows_epi_mt;
+  /* Bias and activation are applied as the GEMM writes each output. */
+  vmc_gemm_epi epi = VMC_GEMM_EPI_NONE;
+  epi.lo = lo;
+  epi.hi = hi;
   const float *x = ctx->x[0] + (size_t)b * C * HW;
   float *y = ctx->y + (size_t)b * c.oc * c.P;
   for (int gi = 0; gi < c.groups; gi++) {
     const float *xg = x + (size_t)gi * g->c * HW;
     float *yg = y + (size_t)gi * c.ocg * c.P;
     const float *Wg = W + (size_t)gi * c.ocg * c.K;
+    epi.bias = B ? B + (size_t)gi * c.ocg : NULL;
     switch (c.kind) {
     case DEPTHWISE:
       if (c.dw_wide) {
@@ -315,11 +324,11 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       }
       break;
     case DIRECT:
-      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, xg, c.P, 0.0f, yg, c.P);
+      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, xg, c.P, 0.0f, yg, c.P, &epi);
       break;
     case IM2COL:
       vmc_im2col(xg, g, base);
-      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, base, c.P, 0.0f, yg, c.P);
+      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, base, c.P, 0.0f, yg, c.P, &epi);
       break;
     case PHASE: {
       float *xq = base, *yw = base + sp.a;
@@ -328,9 +337,9 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
                                              sp.a - (size_t)g->c * c.nslots * c.plane, xq);
       phase_rows(xq, g->c, &c, rows);
       if (c.phw == g->ow) { /* no garbage columns: straight into y */
-        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yg, c.P);
+        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yg, c.P, &epi);
       } else {
-        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw);
+        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw, &epi);
         crop_planes(yw, c.ocg, (size_t)c.nw, c.phw, 0, 0, g->oh, g->ow, yg, 0);
       }
       break;
@@ -341,18 +350,13 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
                  xp);
       plane_rows(xp, g->c, c.plane, c.wp, g, rows);
-      gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw);
+      gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw, &epi);
       crop_planes(yw, c.ocg, (size_t)c.nw, c.wp, 0, 0, g->oh, g->ow, yg, 0);
       break;
     }
     }
-    if (B && c.kind != DEPTHWISE)
-      for (int o = 0; o < c.ocg; o++) {
-        float bv = B[gi * c.ocg + o], *yr = yg + (size_t)o * c.P;
-        for (int p = 0; p < c.P; p++) yr[p] += bv;
-      }
   }
-  if (ctx->act != VMC_ACT_NONE) {
+  if (ctx->act != VMC_ACT_NONE && c.kind == DEPTHWISE) {
     const size_t m = (size_t)c.oc * c.P;
     for (size_t i = 0; i < m; i++) y[i] = vmc_clampf(y[i], lo, hi);
   }
