@@ -106,8 +106,9 @@ TEST(plan_infer_shares_activation_buffers) {
   float *b = logits(g, 1, 1, 1, &n, &plain);
   unsetenv("VMC_NO_FUSION");
   REQUIRE(a && b);
-  /* resnet20 keeps ~60 activations; a few are alive at once. */
-  if (!(shared * 4 < plain))
+  /* resnet20 keeps ~60 activations, a few alive at once (both arenas also
+   * hold the pre-packed weights). */
+  if (!(shared * 2 < plain))
     vmc_test_fail(__FILE__, __LINE__, "arena %zu bytes shared vs %zu plain", shared, plain);
   free(a), free(b);
   vmc_graph_free(g);

@@ -52,20 +52,23 @@ vmc_status vmc_graph_fold_bn(vmc_graph *g, int *folded_into, int *count) {
     if (ci < 0 || strcmp(g->nodes[ci].op->name, "conv2d") || uses[v] != 1 || v == g->output ||
         param_shared(g, g->nodes[ci].param[0]))
       continue;
-    const vmc_param *w = &g->params[g->nodes[ci].param[0]];
-    const int oc = w->shape.d[0];
-    const vmc_param *gamma = &g->params[bn->param[0]], *beta = &g->params[bn->param[1]];
-    const vmc_param *mean = &g->params[bn->param[2]], *var = &g->params[bn->param[3]];
-    if ((int)vmc_shape_count(&gamma->shape) != oc) continue; /* shape inference rejects it */
+    const int oc = g->params[g->nodes[ci].param[0]].shape.d[0];
+    int fits = 1; /* wrong sizes are rejected by shape inference, later */
+    for (int k = 0; k < 4; k++) fits &= (int)vmc_shape_count(&g->params[bn->param[k]].shape) == oc;
+    if (!fits) continue;
+    /* Adding a bias may move g->params: take pointers after it. */
     if (g->nodes[ci].n_param < 2 && (s = add_bias(g, ci, oc))) break;
     const vmc_node *conv = &g->nodes[ci];
-    float *wd = g->params[conv->param[0]].data, *bd = g->params[conv->param[1]].data;
+    const vmc_param *w = &g->params[conv->param[0]];
+    float *wd = w->data, *bd = g->params[conv->param[1]].data;
+    const float *gamma = g->params[bn->param[0]].data, *beta = g->params[bn->param[1]].data;
+    const float *mean = g->params[bn->param[2]].data, *var = g->params[bn->param[3]].data;
     const size_t per = vmc_shape_count(&w->shape) / (size_t)oc;
     const float eps = vmc_node_attr_f(bn, "eps", 1e-5f);
     for (int o = 0; o < oc; o++) {
       /* The same a and shift as batchnorm's inference forward. */
-      const float a = gamma->data[o] * (1.0f / sqrtf(var->data[o] + eps));
-      const float shift = beta->data[o] - mean->data[o] * a;
+      const float a = gamma[o] * (1.0f / sqrtf(var[o] + eps));
+      const float shift = beta[o] - mean[o] * a;
       for (size_t j = 0; j < per; j++) wd[(size_t)o * per + j] *= a;
       bd[o] = a * bd[o] + shift;
     }

@@ -256,6 +256,12 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
     p->state[i] = sb ? vmc_arena_take(&p->arena, sb) : NULL;
   }
   p->scratch = vmc_arena_take(&p->arena, p->scratch_bytes * (size_t)p->nthreads);
+  for (int i = 0; mode == VMC_MODE_INFER && i < g->n_nodes; i++) {
+    if (p->skip[i] || !g->nodes[i].op->prepare) continue;
+    vmc_opctx c;
+    fill_ctx(p, i, batch, &c);
+    g->nodes[i].op->prepare(&c);
+  }
   *out = p;
   return VMC_OK;
 }

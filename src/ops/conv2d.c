@@ -210,12 +210,31 @@ static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_sha
 
 /* Training keeps the rotated, channel-swapped kernel for the WIDE dx:
  * wt[g][c][o][i][j] = w[g][o][c][kh-1-i][kw-1-j]. */
+/* Inference: the weights of each group pre-packed for the GEMM (one
+ * vmc_sgemm_packed_a per group, then their panels). */
+static size_t packs_bytes(const conv_cfg *c) {
+  return vmc_align_up((size_t)c->groups * sizeof(vmc_sgemm_packed_a), VMC_ALIGN) +
+         (size_t)c->groups * vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, c->K), VMC_ALIGN);
+}
+
 static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                          vmc_mode mode) {
   conv_cfg c = cfg_of(n, &in[0]);
-  return mode == VMC_MODE_TRAIN && c.kind == WIDE && c.bwd_wide
-             ? (size_t)c.oc * c.K * sizeof(float)
-             : 0;
+  if (mode != VMC_MODE_TRAIN) return c.kind == DEPTHWISE ? 0 : packs_bytes(&c);
+  return c.kind == WIDE && c.bwd_wide ? (size_t)c.oc * c.K * sizeof(float) : 0;
+}
+
+static void conv_prepare(vmc_opctx *ctx) {
+  conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
+  if (c.kind == DEPTHWISE || !ctx->state) return;
+  vmc_sgemm_packed_a *pk = ctx->state;
+  uint8_t *data = (uint8_t *)ctx->state + vmc_align_up((size_t)c.groups * sizeof *pk, VMC_ALIGN);
+  const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(c.ocg, c.K), VMC_ALIGN);
+  const float *W = ctx->g->params[ctx->node->param[0]].data;
+  for (int gi = 0; gi < c.groups; gi++)
+    if (vmc_sgemm_pack_a(0, c.ocg, c.K, 1.0f, W + (size_t)gi * c.ocg * c.K, c.K,
+                         data + (size_t)gi * each, each, &pk[gi]))
+      pk[gi].data = NULL; /* cannot happen with a buffer this size: forward packs per call */
 }
 
 static void rotate_kernel(const conv_cfg *c, const float *w, float *wt) {
@@ -263,10 +282,6 @@ static void phase_rows(const float *xq, int ch, const conv_cfg *c, const float *
       for (int j = 0; j < c->g.kw; j++) *rows++ = phase_row(xq, c, ci, i, j);
 }
 
-typedef void (*gemm_epi_fn)(int, int, int, int, int, float, const float *, int, const float *,
-                            int, float, float *, int, const vmc_gemm_epi *);
-typedef void (*gemm_rows_epi_fn)(int, int, int, int, float, const float *, int,
-                                 const float *const *, float, float *, int, const vmc_gemm_epi *);
 typedef void (*gemm_fn)(int, int, int, int, int, float, const float *, int, const float *, int,
                         float, float *, int);
 typedef void (*gemm_rows_fn)(int, int, int, int, float, const float *, int, const float *const *,
@@ -289,6 +304,28 @@ static const float **thread_rows(const vmc_opctx *ctx, const scratch_plan *s, fl
 
 /* One image: every group, bias, fused activation.  par: images run in
  * parallel (single-threaded GEMMs); otherwise the GEMMs are threaded. */
+/* The forward GEMMs of one group, C = epi(Wg * B), from the pre-packed
+ * weights when the plan made them (inference), else from Wg.  par: the
+ * caller is one of several threads (single-threaded GEMM). */
+static void fwd_gemm(const vmc_sgemm_packed_a *pk, int par, const conv_cfg *c, const float *Wg,
+                     const float *Bm, float *C, const vmc_gemm_epi *epi) {
+  if (pk)
+    (par ? vmc_sgemm_packed : vmc_sgemm_packed_mt)(pk, 0, c->P, Bm, c->P, 0.0f, C, c->P, epi);
+  else
+    (par ? vmc_sgemm_epi : vmc_sgemm_epi_mt)(0, 0, c->ocg, c->P, c->K, 1.0f, Wg, c->K, Bm, c->P,
+                                             0.0f, C, c->P, epi);
+}
+
+static void fwd_gemm_rows(const vmc_sgemm_packed_a *pk, int par, const conv_cfg *c,
+                          const float *Wg, const float *const *rows, float *C, int ldc,
+                          const vmc_gemm_epi *epi) {
+  if (pk)
+    (par ? vmc_sgemm_rows_packed : vmc_sgemm_rows_packed_mt)(pk, 0, c->nw, rows, 0.0f, C, ldc, epi);
+  else
+    (par ? vmc_sgemm_rows_epi : vmc_sgemm_rows_epi_mt)(0, c->ocg, c->nw, c->K, 1.0f, Wg, c->K, rows,
+                                                       0.0f, C, ldc, epi);
+}
+
 static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                           int b, float *base, int par) {
   const vmc_node *n = ctx->node;
@@ -299,8 +336,6 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
   const float *B = n->n_param > 1 ? ctx->g->params[n->param[1]].data : NULL;
   const int C = ctx->xs[0].d[1], HW = g->h * g->w;
   const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
-  gemm_epi_fn gemm = par ? vmc_sgemm_epi : vmc_sgemm_epi_mt;
-  gemm_rows_epi_fn gemm_rows = par ? vmc_sgemm_rows_epi : vmc_sgemm_rows_epi_mt;
   /* Bias and activation are applied as the GEMM writes each output. */
   vmc_gemm_epi epi = VMC_GEMM_EPI_NONE;
   epi.lo = lo;
@@ -312,6 +347,10 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
     float *yg = y + (size_t)gi * c.ocg * c.P;
     const float *Wg = W + (size_t)gi * c.ocg * c.K;
     epi.bias = B ? B + (size_t)gi * c.ocg : NULL;
+    const vmc_sgemm_packed_a *pk = ctx->mode != VMC_MODE_TRAIN && ctx->state && c.kind != DEPTHWISE
+                                       ? (const vmc_sgemm_packed_a *)ctx->state + gi
+                                       : NULL;
+    if (pk && !pk->data) pk = NULL;
     switch (c.kind) {
     case DEPTHWISE:
       if (c.dw_wide) {
@@ -324,11 +363,11 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       }
       break;
     case DIRECT:
-      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, xg, c.P, 0.0f, yg, c.P, &epi);
+      fwd_gemm(pk, par, &c, Wg, xg, yg, &epi);
       break;
     case IM2COL:
       vmc_im2col(xg, g, base);
-      gemm(0, 0, c.ocg, c.P, c.K, 1.0f, Wg, c.K, base, c.P, 0.0f, yg, c.P, &epi);
+      fwd_gemm(pk, par, &c, Wg, base, yg, &epi);
       break;
     case PHASE: {
       float *xq = base, *yw = base + sp.a;
@@ -337,9 +376,9 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
                                              sp.a - (size_t)g->c * c.nslots * c.plane, xq);
       phase_rows(xq, g->c, &c, rows);
       if (c.phw == g->ow) { /* no garbage columns: straight into y */
-        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yg, c.P, &epi);
+        fwd_gemm_rows(pk, par, &c, Wg, rows, yg, c.P, &epi);
       } else {
-        gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw, &epi);
+        fwd_gemm_rows(pk, par, &c, Wg, rows, yw, c.nw, &epi);
         crop_planes(yw, c.ocg, (size_t)c.nw, c.phw, 0, 0, g->oh, g->ow, yg, 0);
       }
       break;
@@ -350,7 +389,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
                  xp);
       plane_rows(xp, g->c, c.plane, c.wp, g, rows);
-      gemm_rows(0, c.ocg, c.nw, c.K, 1.0f, Wg, c.K, rows, 0.0f, yw, c.nw, &epi);
+      fwd_gemm_rows(pk, par, &c, Wg, rows, yw, c.nw, &epi);
       crop_planes(yw, c.ocg, (size_t)c.nw, c.wp, 0, 0, g->oh, g->ow, yg, 0);
       break;
     }
@@ -571,6 +610,6 @@ static uint64_t conv_macs(const vmc_node *n, const vmc_shape *in, const vmc_shap
 
 const vmc_op vmc_op_conv2d = {
     .name = "conv2d", .min_in = 1, .max_in = 1, .n_param_min = 1, .n_param_max = 2,
-    .sets_dx = 1, .can_fuse_act = 1, .infer = conv_infer, .state_bytes = conv_state,
+    .sets_dx = 1, .can_fuse_act = 1, .infer = conv_infer, .state_bytes = conv_state, .prepare = conv_prepare,
     .scratch_bytes = conv_scratch, .forward = conv_forward, .backward = conv_backward,
     .macs = conv_macs};
