@@ -10,6 +10,11 @@
  * materialised, per ISA, for the forward, weight- and input-gradient GEMMs
  * of 3x3 pad-1 convs; "rows/mat" is the best rows over the best sgemm.
  *
+ * A third table times the inference forms on the NCHW conv GEMMs of one
+ * image: vmc_sgemm followed by a separate bias + ReLU pass, the same fused
+ * into the GEMM (vmc_sgemm_epi), and with A (the weights) packed once
+ * (vmc_sgemm_packed), single thread.
+ *
  * Each cell is the median of 7 timed batches, each batch repeated to take
  * about 20 ms.  The reference is skipped (-) above 256^3 multiply-adds unless
  * --all: it takes seconds there. */
@@ -179,6 +184,101 @@ static int rows_table(int has_avx2, int has_avx512) {
   return 0;
 }
 
+/* One inference form of a conv GEMM (see epi_table). */
+typedef struct epi_case {
+  int form; /* 0: sgemm + bias/ReLU pass, 1: sgemm_epi, 2: sgemm_packed */
+  int M, N, K;
+  const float *A, *B, *bias;
+  const vmc_sgemm_packed_a *pa;
+  float *C;
+} epi_case;
+
+static void epi_run(const epi_case *c) {
+  vmc_gemm_epi e = VMC_GEMM_EPI_NONE;
+  e.bias = c->bias, e.lo = 0.0f;
+  if (c->form == 0) {
+    vmc_sgemm(0, 0, c->M, c->N, c->K, 1.0f, c->A, c->K, c->B, c->N, 0.0f, c->C, c->N);
+    for (int i = 0; i < c->M; i++) {
+      float *row = c->C + (size_t)i * c->N;
+      const float b = c->bias[i];
+      for (int j = 0; j < c->N; j++) {
+        const float v = row[j] + b;
+        row[j] = v < 0.0f ? 0.0f : v;
+      }
+    }
+  } else if (c->form == 1) {
+    vmc_sgemm_epi(0, 0, c->M, c->N, c->K, 1.0f, c->A, c->K, c->B, c->N, 0.0f, c->C, c->N,
+                  &e);
+  } else {
+    vmc_sgemm_packed(c->pa, 0, c->N, c->B, c->N, 0.0f, c->C, c->N, &e);
+  }
+}
+
+static double measure_epi(const epi_case *c) {
+  enum { BATCHES = 7 };
+  double t[BATCHES];
+  int reps = 1;
+  for (int b = -1; b < BATCHES; b++) { /* b == -1: warm-up, sizes reps */
+    double t0 = now_s();
+    for (int r = 0; r < reps; r++) epi_run(c);
+    const double dt = now_s() - t0;
+    if (b < 0) {
+      reps = dt > 0 ? (int)(0.02 / dt) : 1000;
+      reps = reps < 1 ? 1 : reps > 1000 ? 1000 : reps;
+    } else {
+      t[b] = dt / reps;
+    }
+  }
+  qsort(t, BATCHES, sizeof t[0], cmp_double);
+  return 2.0 * c->M * c->N * c->K / t[BATCHES / 2] / 1e9;
+}
+
+/* Inference forms of the forward conv GEMMs (M = C_out, N = pixels, K =
+ * C_in * 9; bias + ReLU), single thread. */
+static int epi_table(void) {
+  static const int shapes[][3] = {{16, 784, 144}, {32, 196, 288}, {64, 49, 576},
+                                  {16, 784, 9},   {64, 49, 288}};
+  printf("\ninference forms, GFLOP/s (sgemm+pass: GEMM then a bias+ReLU loop; epi: "
+         "fused; packed: fused, weights packed once)\n");
+  printf("%-18s %5s %5s %5s %10s %10s %10s %9s\n", "conv fwd", "M", "N", "K", "sgemm+pass",
+         "epi", "packed", "best/pass");
+  for (int s = 0; s < 5; s++) {
+    const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+    float *A = malloc((size_t)M * K * sizeof *A), *B = malloc((size_t)K * N * sizeof *B);
+    float *bias = malloc((size_t)M * sizeof *bias), *C = malloc((size_t)M * N * sizeof *C);
+    if (!A || !B || !bias || !C) {
+      fprintf(stderr, "out of memory\n");
+      return 1;
+    }
+    unsigned seed = 3;
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = uniform(&seed);
+    for (size_t i = 0; i < (size_t)K * N; i++) B[i] = uniform(&seed);
+    for (int i = 0; i < M; i++) bias[i] = uniform(&seed);
+    vmc_sgemm_packed_a pa;
+    if (vmc_sgemm_pack_a(0, M, K, 1.0f, A, K, NULL, 0, &pa) != VMC_OK) {
+      fprintf(stderr, "pack: %s\n", vmc_last_error());
+      return 1;
+    }
+    epi_case c = {0, M, N, K, A, B, bias, &pa, C};
+    const double g0 = measure_epi(&c);
+    c.form = 1;
+    const double g1 = measure_epi(&c);
+    c.form = 2;
+    const double g2 = measure_epi(&c);
+    char what[32];
+    snprintf(what, sizeof what, "%dx%d k%d", M, N, K);
+    printf("%-18s %5d %5d %5d %10.1f %10.1f %10.1f %8.2fx\n", what, M, N, K, g0, g1, g2,
+           fmax(g1, g2) / g0);
+    fflush(stdout);
+    vmc_sgemm_packed_a_free(&pa);
+    free(A);
+    free(B);
+    free(bias);
+    free(C);
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   int all = 0;
   for (int i = 1; i < argc; i++) {
@@ -249,5 +349,6 @@ int main(int argc, char **argv) {
     free(B);
     free(C);
   }
-  return rows_table(has_avx2, has_avx512);
+  if (rows_table(has_avx2, has_avx512)) return 1;
+  return epi_table();
 }

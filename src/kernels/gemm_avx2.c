@@ -43,10 +43,20 @@
 #define GEMM256_DIRECT_B_MAX_M 64
 #endif
 #ifndef GEMM256_DIRECT_A_MAX_N
-#define GEMM256_DIRECT_A_MAX_N 32
+#define GEMM256_DIRECT_A_MAX_N 64
+#endif
+#ifndef GEMM256_PF_TILES
+#define GEMM256_PF_TILES 2
+#endif
+#ifndef GEMM256_PF_K
+#define GEMM256_PF_K 32
 #endif
 #define DIRECT_B_MAX_M GEMM256_DIRECT_B_MAX_M
 #define DIRECT_A_MAX_N GEMM256_DIRECT_A_MAX_N
+/* Prefetch distances of A read in place: tiles ahead (row pointers), rows of
+ * stored A^T ahead (strided). */
+#define PF_TILES GEMM256_PF_TILES
+#define PF_K GEMM256_PF_K
 #define MR GEMM256_MR
 #define KC GEMM256_KC
 #define MC GEMM256_MC
@@ -277,7 +287,17 @@ typedef struct tile {
   int mr, nr, mode;
   float beta;
   const tile_epi *e; /* at this write-back, or NULL */
+  /* A read in place: prefetch distance in floats, 0 for none.  Row pointers:
+   * from a row to the same row of a tile PF_TILES tiles down, a line per row
+   * every 16 k; strided: from row k to row k + PF_K. */
+  size_t pf;
 } tile;
+
+/* Prefetch of p + off floats, computed as an integer (the address may lie
+ * past the matrix: a prefetch never faults). */
+static inline __attribute__((always_inline)) void prefetch(const float *p, size_t off) {
+  _mm_prefetch((const char *)((uintptr_t)p + off * sizeof(float)), _MM_HINT_T0);
+}
 
 static inline __attribute__((always_inline)) __m256
 epi_vec(__m256 x, const tile_epi *e, int r, int v, __m256i m, int full) {
@@ -313,18 +333,28 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
     for (int r = 0; r < MRE; r++) ap[r] = t->ar[r];
   }
   const int kc = t->kc;
-  for (int k = 0; k < kc; k++) {
-    const float *bk = BROWS ? brow[k] + bs : b;
-    const __m256 b0 = _mm256_loadu_ps(bk);
-    const __m256 b1 = NV > 1 ? _mm256_loadu_ps(bk + 8) : b0;
-    UNROLL_FULL
-    for (int r = 0; r < MRE; r++) {
-      const __m256 ar = _mm256_broadcast_ss(AROWS ? ap[r] + k : a + r);
-      acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
-      if (NV > 1) acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+  const size_t pf = t->pf;
+  for (int k0 = 0; k0 < kc; k0 += 16) {
+    /* A read in place streams from memory: fetch ahead (see tile.pf). */
+    if (AROWS && pf) {
+      UNROLL_FULL
+      for (int r = 0; r < MRE; r++) prefetch(ap[r], pf + (size_t)k0);
     }
-    if (!AROWS) a += as;
-    if (!BROWS) b += bs;
+    const int k1 = kc - k0 < 16 ? kc : k0 + 16;
+    for (int k = k0; k < k1; k++) {
+      if (!AROWS && pf) prefetch(a, pf);
+      const float *bk = BROWS ? brow[k] + bs : b;
+      const __m256 b0 = _mm256_loadu_ps(bk);
+      const __m256 b1 = NV > 1 ? _mm256_loadu_ps(bk + 8) : b0;
+      UNROLL_FULL
+      for (int r = 0; r < MRE; r++) {
+        const __m256 ar = _mm256_broadcast_ss(AROWS ? ap[r] + k : a + r);
+        acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+        if (NV > 1) acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+      }
+      if (!AROWS) a += as;
+      if (!BROWS) b += bs;
+    }
   }
   float *restrict c = t->c;
   const size_t ldc = t->ldc;
@@ -526,6 +556,7 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
             t.c = C + (size_t)i * ldc + jc + jr;
             int arows = 0;
             const float *ap[MR];
+            t.pf = 0;
             if (ablk) {
               t.a = ablk + (size_t)ir * kc;
               t.as = MR;
@@ -533,10 +564,12 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
               for (int r = 0; r < MR; r++)
                 ap[r] = g->A + (size_t)(i + (r < mr ? r : mr - 1)) * lda + pc;
               t.ar = ap;
+              t.pf = PF_TILES * MR * lda;
               arows = 1;
             } else if (instance_rows(mr) == mr) { /* A^T: MR floats of row k */
               t.a = g->A + (size_t)pc * lda + i;
               t.as = lda;
+              t.pf = PF_K * lda;
             } else { /* a ragged A^T tile would read past row k: pack it */
               pack_a(1, g->A, lda, i, pc, mr, kc, 1.0f, pa);
               t.a = pa;
