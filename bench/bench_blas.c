@@ -110,9 +110,7 @@ static int batch_reps(int who, const problem *p, int nt) {
 
 /* Median GFLOP/s of vmc (gv) and OpenBLAS (go, 0 if absent) on p with nt
  * threads.  The timed batches alternate, vmc then OpenBLAS, so both see the
- * same background load; after an OpenBLAS batch on several threads its
- * workers, which spin for a while after a call, are left 0.1 s to sleep
- * before vmc runs again. */
+ * same background load. */
 static void measure(const problem *p, int nt, double *gv, double *go) {
   const int blas = g_ob.sgemm != NULL;
   const int rv = batch_reps(RUN_VMC, p, nt), ro = blas ? batch_reps(RUN_BLAS, p, nt) : 0;
@@ -124,7 +122,10 @@ static void measure(const problem *p, int nt, double *gv, double *go) {
       const double t0 = peak_now_s();
       for (int r = 0; r < reps; r++) run_once(who, p);
       (who == RUN_VMC ? tv : to)[b] = (peak_now_s() - t0) / reps;
-      if (who == RUN_BLAS && nt > 1) sleep_s(0.1);
+      /* Both libraries' idle workers spin a while after a call (libgomp
+       * some milliseconds, OpenBLAS up to ~0.1 s): let them sleep before
+       * the other library's batch. */
+      if (nt > 1) sleep_s(who == RUN_BLAS ? 0.1 : 0.02);
     }
   }
   const double flop = 2.0 * p->M * p->N * p->K;
