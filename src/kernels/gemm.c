@@ -63,9 +63,10 @@ static void tile_of(int variant, int *mr, int *nr) {
   }
 }
 
-/* Runs g on one variant, split over threads in whole tiles: N (the usual
- * long side of conv GEMMs) unless it has fewer tiles than there are threads
- * and M is longer. */
+/* Runs g on one variant, split over threads in whole tiles of the longer
+ * of M and N (each thread then reads its share of the larger operand and all
+ * of the smaller one), unless that side has fewer tiles than there are
+ * threads and the other has more. */
 static void run_mt(int variant, const vmc_gemm_args *g) {
   const run_fn f = k_run[variant];
   const int M = g->M, N = g->N, K = g->pa ? g->pa->K : g->K;
@@ -77,7 +78,9 @@ static void run_mt(int variant, const vmc_gemm_args *g) {
   }
   int mr, nr;
   tile_of(variant, &mr, &nr);
-  const int by_n = (N + nr - 1) / nr >= nt || N >= M;
+  const int n_tiles = (N + nr - 1) / nr, m_tiles = (M + mr - 1) / mr;
+  const int by_n = N >= M ? n_tiles >= nt || m_tiles < n_tiles
+                          : m_tiles < nt && n_tiles > m_tiles;
   const int len = by_n ? N : M, align = by_n ? nr : mr;
   const int units = (len + align - 1) / align;        /* whole tiles */
   const int per = (units + nt - 1) / nt;              /* tiles per block */
