@@ -20,90 +20,82 @@ static inline float masked(const vmc_bn_chan *c, float x, float dy) {
   return (v > c->lo && v < c->hi) ? dy : 0.0f;
 }
 
-/* The fixed reduction order of bn.h: float lanes per chunk, added to
- * double lanes after each. */
-typedef struct {
-  float f[2][L];
-  double d[2][L];
-} lanes2;
-
-static void flush(lanes2 *a) {
+/* The fixed reduction order of bn.h: float lanes per chunk, added to the
+ * plane's double lanes after each. */
+static void flush(float f[2][L], vmc_bn_acc *a) {
   for (int q = 0; q < 2; q++)
     for (int l = 0; l < L; l++) {
-      a->d[q][l] += a->f[q][l];
-      a->f[q][l] = 0;
+      a->l[q][l] += f[q][l];
+      f[q][l] = 0;
     }
 }
 
-static void stats_ref(const float *x, const vmc_bn_planes *p, float shift, double *s1,
-                      double *s2) {
-  lanes2 a = {0};
-  for (int b = 0; b < p->n; b++) {
-    const float *xb = x + (size_t)b * p->stride;
+static int chunk_end(int i0, int hw) { return hw - i0 < VMC_BN_CHUNK ? hw : i0 + VMC_BN_CHUNK; }
+
+static void stats_ref(const float *x, const vmc_bn_planes *p, const float *shift,
+                      vmc_bn_acc *acc) {
+  for (int k = 0; k < p->n; k++) {
+    const float *xk = x + (size_t)k * p->stride;
+    float f[2][L] = {{0}};
     for (int i0 = 0; i0 < p->hw; i0 += VMC_BN_CHUNK) {
-      const int end = p->hw - i0 < VMC_BN_CHUNK ? p->hw : i0 + VMC_BN_CHUNK;
-      for (int i = i0; i < end; i++) {
-        float d = xb[i] - shift;
+      for (int i = i0; i < chunk_end(i0, p->hw); i++) {
+        float d = xk[i] - shift[k];
         float d2 = d * d;
-        a.f[0][i % L] += d;
-        a.f[1][i % L] += d2;
+        f[0][i % L] += d;
+        f[1][i % L] += d2;
       }
-      flush(&a);
+      flush(f, &acc[k]);
     }
   }
-  *s1 = vmc_bn_lanes_sum(a.d[0]);
-  *s2 = vmc_bn_lanes_sum(a.d[1]);
 }
 
 static void apply_ref(const float *x, const vmc_bn_planes *p, const vmc_bn_chan *c, float *y) {
-  for (int b = 0; b < p->n; b++) {
-    const float *xb = x + (size_t)b * p->stride;
-    float *yb = y + (size_t)b * p->stride;
+  for (int k = 0; k < p->n; k++) {
+    const float *xk = x + (size_t)k * p->stride;
+    float *yk = y + (size_t)k * p->stride;
     for (int i = 0; i < p->hw; i++) {
-      float v = pre(c, xb[i]);
-      if (c->clamp) {
-        v = v > c->lo ? v : c->lo;
-        v = v < c->hi ? v : c->hi;
+      float v = pre(&c[k], xk[i]);
+      if (c[k].clamp) {
+        v = v > c[k].lo ? v : c[k].lo;
+        v = v < c[k].hi ? v : c[k].hi;
       }
-      yb[i] = v;
+      yk[i] = v;
     }
   }
 }
 
 static void bwd_sums_ref(const float *x, const float *dy, const vmc_bn_planes *p,
-                         const vmc_bn_chan *c, double *sdy, double *sdyx) {
-  lanes2 a = {0};
-  for (int b = 0; b < p->n; b++) {
-    const float *xb = x + (size_t)b * p->stride, *dyb = dy + (size_t)b * p->stride;
+                         const vmc_bn_chan *c, vmc_bn_acc *acc) {
+  for (int k = 0; k < p->n; k++) {
+    const float *xk = x + (size_t)k * p->stride, *dyk = dy + (size_t)k * p->stride;
+    float f[2][L] = {{0}};
     for (int i0 = 0; i0 < p->hw; i0 += VMC_BN_CHUNK) {
-      const int end = p->hw - i0 < VMC_BN_CHUNK ? p->hw : i0 + VMC_BN_CHUNK;
-      for (int i = i0; i < end; i++) {
-        float d = masked(c, xb[i], dyb[i]);
-        float t = d * (xb[i] - c->mu);
-        a.f[0][i % L] += d;
-        a.f[1][i % L] += t;
+      for (int i = i0; i < chunk_end(i0, p->hw); i++) {
+        float d = masked(&c[k], xk[i], dyk[i]);
+        float t = d * (xk[i] - c[k].mu);
+        f[0][i % L] += d;
+        f[1][i % L] += t;
       }
-      flush(&a);
+      flush(f, &acc[k]);
     }
   }
-  *sdy = vmc_bn_lanes_sum(a.d[0]);
-  *sdyx = vmc_bn_lanes_sum(a.d[1]);
 }
 
 static void bwd_dx_ref(const float *x, const float *dy, const vmc_bn_planes *p,
                        const vmc_bn_chan *c, float *dx, int accumulate) {
-  for (int b = 0; b < p->n; b++) {
-    const float *xb = x + (size_t)b * p->stride, *dyb = dy + (size_t)b * p->stride;
-    float *dxb = dx + (size_t)b * p->stride;
+  for (int k = 0; k < p->n; k++) {
+    const float *xk = x + (size_t)k * p->stride, *dyk = dy + (size_t)k * p->stride;
+    float *dxk = dx + (size_t)k * p->stride;
+    const vmc_bn_chan *ck = &c[k];
     for (int i = 0; i < p->hw; i++) {
-      float d = masked(c, xb[i], dyb[i]);
-      float r = c->k * d;
-      if (c->use_x) {
-        float t = (xb[i] - c->mu) * c->c2;
-        r = r - c->c1;
+      float d = masked(ck, xk[i], dyk[i]);
+      float r = ck->k * d;
+      if (ck->use_x) {
+        float t = (xk[i] - ck->mu) * ck->c2;
+        r = r - ck->c1;
         r = r - t;
       }
-      dxb[i] = accumulate ? dxb[i] + r : r;
+      dxk[i] = accumulate ? dxk[i] + r : r;
     }
   }
 }

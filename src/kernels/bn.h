@@ -1,14 +1,17 @@
-/* BatchNorm kernels over one channel: n image planes of hw contiguous
- * floats each, `stride` floats apart (NCHW: stride = C*H*W).  The op
- * (src/ops/batchnorm.c) runs channels in parallel, one call per channel.
+/* BatchNorm kernels over n image planes of hw contiguous floats, plane k at
+ * x + k*stride and belonging to its own channel k (the op passes the
+ * channels a thread owns, one image at a time: consecutive planes, so each
+ * call streams one contiguous block).  Each plane has its own constants
+ * and, for reductions, its own accumulator.
  *
  * Every variant reduces in the same fixed order, so all of them give the
  * same bits (tested), whatever the compiler: 16 float lanes, lane l summing
  * the plane's elements i = l (mod 16) in increasing i, over a chunk of at
  * most VMC_BN_CHUNK floats of one plane; after each chunk every lane is
- * added to its own double accumulator; at the end the 16 doubles are added
- * in lane order (vmc_bn_lanes_sum).  Products and sums are rounded
- * separately (no FMA contraction anywhere).
+ * added to its own double accumulator (vmc_bn_acc); the op feeds a
+ * channel's planes in image order and adds the 16 doubles in lane order at
+ * the end (vmc_bn_total).  Products and sums are rounded separately (no FMA
+ * contraction anywhere).
  *
  * A fused activation (relu/relu6 after the BN) is a clamp to [lo, hi]; its
  * gradient passes where lo < v < hi, v = a*x + b the pre-clamp value, which
@@ -34,24 +37,30 @@ typedef struct vmc_bn_chan {
   int use_x;
 } vmc_bn_chan;
 
-/* Where a channel's planes lie. */
+/* Where the planes lie. */
 typedef struct vmc_bn_planes {
-  int n;         /* planes (images) */
+  int n;         /* planes (channels) */
   int hw;        /* floats per plane */
   size_t stride; /* floats from one plane to the next */
 } vmc_bn_planes;
 
+/* One channel's reduction in progress: two quantities, 16 double lanes. */
+typedef struct vmc_bn_acc {
+  double l[2][VMC_BN_LANES];
+} vmc_bn_acc;
+
 typedef struct vmc_bn_kernels {
   const char *isa;
-  /* Shifted sums: *s1 = sum (x - shift), *s2 = sum (x - shift)^2.  With a
-   * shift near the mean (the op passes the first plane's mean) the
-   * variance s2/M - (s1/M)^2 loses no precision to cancellation. */
-  void (*stats)(const float *x, const vmc_bn_planes *p, float shift, double *s1, double *s2);
-  /* y = v, or clamped */
+  /* Shifted sums into acc[k]: quantity 0 sum (x - shift[k]), 1 sum of its
+   * square.  With a shift near the mean (the op passes the channel's first
+   * plane's mean) the variance s2/M - (s1/M)^2 loses nothing to
+   * cancellation. */
+  void (*stats)(const float *x, const vmc_bn_planes *p, const float *shift, vmc_bn_acc *acc);
+  /* y = v, or clamped, with plane k's constants c[k] */
   void (*apply)(const float *x, const vmc_bn_planes *p, const vmc_bn_chan *c, float *y);
-  /* *sdy = sum d, *sdyx = sum d*(x - mu) */
+  /* into acc[k]: quantity 0 sum d, 1 sum d*(x - mu) */
   void (*bwd_sums)(const float *x, const float *dy, const vmc_bn_planes *p, const vmc_bn_chan *c,
-                   double *sdy, double *sdyx);
+                   vmc_bn_acc *acc);
   /* dx = (accumulate: dx +) the formula above */
   void (*bwd_dx)(const float *x, const float *dy, const vmc_bn_planes *p, const vmc_bn_chan *c,
                  float *dx, int accumulate);
@@ -64,10 +73,10 @@ extern const vmc_bn_kernels vmc_bn_kernels__avx512;
 /* The variant vmc_isa_name() picks, chosen once. */
 const vmc_bn_kernels *vmc_bn_kernels_best(void);
 
-/* The lanes' total, added in lane order. */
-static inline double vmc_bn_lanes_sum(const double *l) {
+/* Quantity q's total: the lanes added in lane order. */
+static inline double vmc_bn_total(const vmc_bn_acc *a, int q) {
   double s = 0;
-  for (int i = 0; i < VMC_BN_LANES; i++) s += l[i];
+  for (int i = 0; i < VMC_BN_LANES; i++) s += a->l[q][i];
   return s;
 }
 

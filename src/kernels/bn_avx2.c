@@ -40,63 +40,43 @@ static inline v16 mask_add(v16 acc, v16 v, __m256i m0, __m256i m1) {
                _mm256_blendv_ps(acc.hi, _mm256_add_ps(acc.hi, v.hi), _mm256_castsi256_ps(m1))};
 }
 
-/* Double accumulators of the 16 float lanes, 4 per register. */
-typedef struct {
-  __m256d d[4];
-} dacc;
-
-static inline dacc dzero(void) {
-  dacc a;
-  for (int j = 0; j < 4; j++) a.d[j] = _mm256_setzero_pd();
-  return a;
-}
-
-static inline void flush(dacc *a, v16 *f) {
-  a->d[0] = _mm256_add_pd(a->d[0], _mm256_cvtps_pd(_mm256_castps256_ps128(f->lo)));
-  a->d[1] = _mm256_add_pd(a->d[1], _mm256_cvtps_pd(_mm256_extractf128_ps(f->lo, 1)));
-  a->d[2] = _mm256_add_pd(a->d[2], _mm256_cvtps_pd(_mm256_castps256_ps128(f->hi)));
-  a->d[3] = _mm256_add_pd(a->d[3], _mm256_cvtps_pd(_mm256_extractf128_ps(f->hi, 1)));
-  *f = zero();
-}
-
-static inline double total(dacc a) {
-  double l[VMC_BN_LANES];
-  for (int j = 0; j < 4; j++) _mm256_storeu_pd(l + 4 * j, a.d[j]);
-  return vmc_bn_lanes_sum(l);
+/* acc[4j..4j+3] += float lanes 4j..4j+3, in double. */
+static inline void flush(double *acc, v16 f) {
+  const __m128 q[4] = {_mm256_castps256_ps128(f.lo), _mm256_extractf128_ps(f.lo, 1),
+                       _mm256_castps256_ps128(f.hi), _mm256_extractf128_ps(f.hi, 1)};
+  for (int j = 0; j < 4; j++)
+    _mm256_storeu_pd(acc + 4 * j, _mm256_add_pd(_mm256_loadu_pd(acc + 4 * j), _mm256_cvtps_pd(q[j])));
 }
 
 static inline int chunk_end(int i0, int hw) {
   return hw - i0 < VMC_BN_CHUNK ? hw : i0 + VMC_BN_CHUNK;
 }
 
-static void stats_avx2(const float *x, const vmc_bn_planes *p, float shift, double *s1,
-                       double *s2) {
-  const v16 k = set1(shift);
-  v16 f1 = zero(), f2 = zero();
-  dacc d1 = dzero(), d2 = dzero();
-  for (int b = 0; b < p->n; b++) {
-    const float *xb = x + (size_t)b * p->stride;
+static void stats_avx2(const float *x, const vmc_bn_planes *p, const float *shift,
+                       vmc_bn_acc *acc) {
+  for (int k = 0; k < p->n; k++) {
+    const float *xk = x + (size_t)k * p->stride;
+    const v16 sh = set1(shift[k]);
     for (int i0 = 0; i0 < p->hw; i0 += VMC_BN_CHUNK) {
       const int end = chunk_end(i0, p->hw);
+      v16 f1 = zero(), f2 = zero();
       int i = i0;
       for (; i + 16 <= end; i += 16) {
-        v16 d = sub(load(xb + i), k);
+        v16 d = sub(load(xk + i), sh);
         f1 = add(f1, d);
         f2 = add(f2, mul(d, d));
       }
       if (i < end) {
         __m256i m0, m1;
         tail(end - i, &m0, &m1);
-        v16 d = sub(load_tail(xb + i, m0, m1), k);
+        v16 d = sub(load_tail(xk + i, m0, m1), sh);
         f1 = mask_add(f1, d, m0, m1);
         f2 = mask_add(f2, mul(d, d), m0, m1);
       }
-      flush(&d1, &f1);
-      flush(&d2, &f2);
+      flush(acc[k].l[0], f1);
+      flush(acc[k].l[1], f2);
     }
   }
-  *s1 = total(d1);
-  *s2 = total(d2);
 }
 
 static inline v16 fwd(v16 x, v16 a, v16 b) { return add(mul(a, x), b); }
@@ -108,24 +88,25 @@ static inline v16 clamp(v16 v, v16 lo, v16 hi) {
 }
 
 static void apply_avx2(const float *x, const vmc_bn_planes *p, const vmc_bn_chan *c, float *y) {
-  const v16 a = set1(c->a), b = set1(c->b), lo = set1(c->lo), hi = set1(c->hi);
   const int hw = p->hw;
   __m256i m0, m1;
   tail(hw % 16, &m0, &m1);
-  for (int im = 0; im < p->n; im++) {
-    const float *xb = x + (size_t)im * p->stride;
-    float *yb = y + (size_t)im * p->stride;
+  for (int k = 0; k < p->n; k++) {
+    const float *xk = x + (size_t)k * p->stride;
+    float *yk = y + (size_t)k * p->stride;
+    const v16 a = set1(c[k].a), b = set1(c[k].b), lo = set1(c[k].lo), hi = set1(c[k].hi);
+    const int cl = c[k].clamp;
     int i = 0;
     for (; i + 16 <= hw; i += 16) {
-      v16 v = fwd(load(xb + i), a, b);
-      if (c->clamp) v = clamp(v, lo, hi);
-      _mm256_storeu_ps(yb + i, v.lo);
-      _mm256_storeu_ps(yb + i + 8, v.hi);
+      v16 v = fwd(load(xk + i), a, b);
+      if (cl) v = clamp(v, lo, hi);
+      _mm256_storeu_ps(yk + i, v.lo);
+      _mm256_storeu_ps(yk + i + 8, v.hi);
     }
     if (i < hw) {
-      v16 v = fwd(load_tail(xb + i, m0, m1), a, b);
-      if (c->clamp) v = clamp(v, lo, hi);
-      store_tail(yb + i, m0, m1, v);
+      v16 v = fwd(load_tail(xk + i, m0, m1), a, b);
+      if (cl) v = clamp(v, lo, hi);
+      store_tail(yk + i, m0, m1, v);
     }
   }
 }
@@ -140,36 +121,34 @@ static inline v16 mask_dy(int clamped, v16 x, v16 dy, v16 a, v16 b, v16 lo, v16 
 }
 
 static void bwd_sums_avx2(const float *x, const float *dy, const vmc_bn_planes *p,
-                          const vmc_bn_chan *c, double *sdy, double *sdyx) {
-  const v16 a = set1(c->a), b = set1(c->b), lo = set1(c->lo), hi = set1(c->hi), mu = set1(c->mu);
-  const int cl = c->clamp;
-  v16 f1 = zero(), f2 = zero();
-  dacc d1 = dzero(), d2 = dzero();
-  for (int im = 0; im < p->n; im++) {
-    const float *xb = x + (size_t)im * p->stride, *dyb = dy + (size_t)im * p->stride;
+                          const vmc_bn_chan *c, vmc_bn_acc *acc) {
+  for (int k = 0; k < p->n; k++) {
+    const float *xk = x + (size_t)k * p->stride, *dyk = dy + (size_t)k * p->stride;
+    const v16 a = set1(c[k].a), b = set1(c[k].b), lo = set1(c[k].lo), hi = set1(c[k].hi);
+    const v16 mu = set1(c[k].mu);
+    const int cl = c[k].clamp;
     for (int i0 = 0; i0 < p->hw; i0 += VMC_BN_CHUNK) {
       const int end = chunk_end(i0, p->hw);
+      v16 f1 = zero(), f2 = zero();
       int i = i0;
       for (; i + 16 <= end; i += 16) {
-        v16 xv = load(xb + i);
-        v16 d = mask_dy(cl, xv, load(dyb + i), a, b, lo, hi);
+        v16 xv = load(xk + i);
+        v16 d = mask_dy(cl, xv, load(dyk + i), a, b, lo, hi);
         f1 = add(f1, d);
         f2 = add(f2, mul(d, sub(xv, mu)));
       }
       if (i < end) {
         __m256i m0, m1;
         tail(end - i, &m0, &m1);
-        v16 xv = load_tail(xb + i, m0, m1);
-        v16 d = mask_dy(cl, xv, load_tail(dyb + i, m0, m1), a, b, lo, hi);
+        v16 xv = load_tail(xk + i, m0, m1);
+        v16 d = mask_dy(cl, xv, load_tail(dyk + i, m0, m1), a, b, lo, hi);
         f1 = mask_add(f1, d, m0, m1);
         f2 = mask_add(f2, mul(d, sub(xv, mu)), m0, m1);
       }
-      flush(&d1, &f1);
-      flush(&d2, &f2);
+      flush(acc[k].l[0], f1);
+      flush(acc[k].l[1], f2);
     }
   }
-  *sdy = total(d1);
-  *sdyx = total(d2);
 }
 
 static inline v16 dx_of(int use_x, v16 xv, v16 d, v16 k, v16 c1, v16 c2, v16 mu) {
@@ -180,28 +159,30 @@ static inline v16 dx_of(int use_x, v16 xv, v16 d, v16 k, v16 c1, v16 c2, v16 mu)
 
 static void bwd_dx_avx2(const float *x, const float *dy, const vmc_bn_planes *p,
                         const vmc_bn_chan *c, float *dx, int accumulate) {
-  const v16 a = set1(c->a), b = set1(c->b), lo = set1(c->lo), hi = set1(c->hi), mu = set1(c->mu);
-  const v16 k = set1(c->k), c1 = set1(c->c1), c2 = set1(c->c2);
-  const int cl = c->clamp, ux = c->use_x, hw = p->hw;
+  const int hw = p->hw;
   __m256i m0, m1;
   tail(hw % 16, &m0, &m1);
-  for (int im = 0; im < p->n; im++) {
-    const float *xb = x + (size_t)im * p->stride, *dyb = dy + (size_t)im * p->stride;
-    float *dxb = dx + (size_t)im * p->stride;
+  for (int kk = 0; kk < p->n; kk++) {
+    const float *xk = x + (size_t)kk * p->stride, *dyk = dy + (size_t)kk * p->stride;
+    float *dxk = dx + (size_t)kk * p->stride;
+    const vmc_bn_chan *ch = &c[kk];
+    const v16 a = set1(ch->a), b = set1(ch->b), lo = set1(ch->lo), hi = set1(ch->hi);
+    const v16 mu = set1(ch->mu), k = set1(ch->k), c1 = set1(ch->c1), c2 = set1(ch->c2);
+    const int cl = ch->clamp, ux = ch->use_x;
     int i = 0;
     for (; i + 16 <= hw; i += 16) {
-      v16 xv = load(xb + i);
-      v16 r = dx_of(ux, xv, mask_dy(cl, xv, load(dyb + i), a, b, lo, hi), k, c1, c2, mu);
-      if (accumulate) r = add(load(dxb + i), r);
-      _mm256_storeu_ps(dxb + i, r.lo);
-      _mm256_storeu_ps(dxb + i + 8, r.hi);
+      v16 xv = load(xk + i);
+      v16 r = dx_of(ux, xv, mask_dy(cl, xv, load(dyk + i), a, b, lo, hi), k, c1, c2, mu);
+      if (accumulate) r = add(load(dxk + i), r);
+      _mm256_storeu_ps(dxk + i, r.lo);
+      _mm256_storeu_ps(dxk + i + 8, r.hi);
     }
     if (i < hw) {
-      v16 xv = load_tail(xb + i, m0, m1);
-      v16 r = dx_of(ux, xv, mask_dy(cl, xv, load_tail(dyb + i, m0, m1), a, b, lo, hi), k, c1, c2,
+      v16 xv = load_tail(xk + i, m0, m1);
+      v16 r = dx_of(ux, xv, mask_dy(cl, xv, load_tail(dyk + i, m0, m1), a, b, lo, hi), k, c1, c2,
                     mu);
-      if (accumulate) r = add(load_tail(dxb + i, m0, m1), r);
-      store_tail(dxb + i, m0, m1, r);
+      if (accumulate) r = add(load_tail(dxk + i, m0, m1), r);
+      store_tail(dxk + i, m0, m1, r);
     }
   }
 }

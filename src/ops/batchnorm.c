@@ -7,6 +7,7 @@
 #include "kernels/bn.h"
 
 #include <math.h>
+#include <string.h>
 
 static void dims(const vmc_shape *s, int *C, int *HW) {
   *C = s->d[1];
@@ -34,102 +35,183 @@ static size_t bn_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *
   return 4 * (size_t)in[0].d[1] * sizeof(float);
 }
 
+/* Per-thread scratch: for each channel the thread owns, a reduction
+ * accumulator, the kernel constants and a shift. */
+static size_t per_chan(void) {
+  return sizeof(vmc_bn_acc) + sizeof(vmc_bn_chan) + sizeof(float);
+}
+
+static size_t bn_scratch(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
+                         vmc_mode mode, int nthreads) {
+  const int nt = nthreads > 1 ? nthreads : 1;
+  return vmc_align_up((size_t)vmc_ceil_div(in[0].d[1], nt) * per_chan(), 64);
+}
+
+typedef struct {
+  int c0, n; /* channels [c0, c0 + n) */
+  vmc_bn_acc *acc;
+  vmc_bn_chan *ch;
+  float *shift;
+} chan_block;
+
+/* Thread t of nt owns a fixed block of channels; each channel's planes are
+ * reduced in image order (kernels/bn.h), so the bits depend neither on the
+ * thread count nor on the split.  The kernels take the block's planes of one
+ * image at a time: one contiguous stretch of memory per call. */
+static chan_block block_of(const vmc_opctx *ctx, int C, int t, int nt) {
+  chan_block b;
+  b.c0 = (int)((long)C * t / nt);
+  b.n = (int)((long)C * (t + 1) / nt) - b.c0;
+  uint8_t *base = ctx->scratch + (size_t)t * ctx->scratch_bytes;
+  b.acc = (vmc_bn_acc *)base;
+  b.ch = (vmc_bn_chan *)(base + (size_t)b.n * sizeof(vmc_bn_acc));
+  b.shift = (float *)(base + (size_t)b.n * (sizeof(vmc_bn_acc) + sizeof(vmc_bn_chan)));
+  return b;
+}
+
+static int threads_for(const vmc_opctx *ctx, int C) {
+  return ctx->nthreads > 1 ? (ctx->nthreads < C ? ctx->nthreads : C) : 1;
+}
+
 static void act_of(vmc_act act, vmc_bn_chan *ch) {
   ch->clamp = act != VMC_ACT_NONE;
   ch->lo = vmc_act_lo(act);
   ch->hi = vmc_act_hi(act);
 }
 
-/* Channels run in parallel, each in one kernel call (kernels/bn.h: a fixed
- * reduction order), so the bits do not depend on the thread count. */
-static void bn_forward(vmc_opctx *ctx) {
+static void bn_forward_block(vmc_opctx *ctx, const chan_block *cb, int C, int HW) {
   const vmc_node *n = ctx->node;
-  int C, HW;
-  dims(&ctx->xs[0], &C, &HW);
   const int N = ctx->batch;
-  float eps = vmc_node_attr_f(n, "eps", 1e-5f), mom = vmc_node_attr_f(n, "momentum", 0.1f);
+  const float eps = vmc_node_attr_f(n, "eps", 1e-5f), mom = vmc_node_attr_f(n, "momentum", 0.1f);
   const float *gamma = ctx->g->params[n->param[0]].data, *beta = ctx->g->params[n->param[1]].data;
   float *rm = ctx->g->params[n->param[2]].data, *rv = ctx->g->params[n->param[3]].data;
   float *mean = ctx->state, *invstd = mean + C, *sa = invstd + C, *sb = sa + C;
-  const int train = ctx->mode == VMC_MODE_TRAIN;
   const vmc_bn_kernels *k = vmc_bn_kernels_best();
-  const vmc_bn_planes pl = {N, HW, (size_t)C * HW};
-#pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (ctx->nthreads > 1)
-  for (int c = 0; c < C; c++) {
-    const float *xc = ctx->x[0] + (size_t)c * HW;
-    float mu, is;
-    if (train) {
-      /* sums shifted by the first plane's mean: no cancellation */
+  const vmc_bn_planes pl = {cb->n, HW, (size_t)HW};
+  const size_t at = (size_t)cb->c0 * HW, img = (size_t)C * HW;
+  if (ctx->mode == VMC_MODE_TRAIN) {
+    /* sums shifted by each channel's first plane's mean: no cancellation */
+    for (int j = 0; j < cb->n; j++) {
+      const float *x0 = ctx->x[0] + at + (size_t)j * HW;
       double s0 = 0;
-      for (int i = 0; i < HW; i++) s0 += xc[i];
-      const float shift = (float)(s0 / HW);
-      double s1, s2;
-      k->stats(xc, &pl, shift, &s1, &s2);
-      double cnt = (double)N * HW, d = s1 / cnt, m = shift + d, var = s2 / cnt - d * d;
-      if (var < 0) var = 0;
-      mu = (float)m;
-      is = (float)(1.0 / sqrt(var + eps));
-      rm[c] = (1 - mom) * rm[c] + mom * (float)m;
-      double unb = cnt > 1 ? var * cnt / (cnt - 1) : var;
-      rv[c] = (1 - mom) * rv[c] + mom * (float)unb;
-    } else {
-      mu = rm[c];
-      is = 1.0f / sqrtf(rv[c] + eps);
+      for (int i = 0; i < HW; i++) s0 += x0[i];
+      cb->shift[j] = (float)(s0 / HW);
     }
-    vmc_bn_chan ch = {0};
-    act_of(ctx->act, &ch);
-    ch.mu = mu;
-    ch.a = gamma[c] * is;
-    ch.b = beta[c] - mu * ch.a;
-    mean[c] = mu;
-    invstd[c] = is;
-    sa[c] = ch.a;
-    sb[c] = ch.b;
-    k->apply(xc, &pl, &ch, ctx->y + (size_t)c * HW);
+    memset(cb->acc, 0, (size_t)cb->n * sizeof *cb->acc);
+    for (int b = 0; b < N; b++) k->stats(ctx->x[0] + b * img + at, &pl, cb->shift, cb->acc);
+    for (int j = 0; j < cb->n; j++) {
+      const int c = cb->c0 + j;
+      const double cnt = (double)N * HW, d = vmc_bn_total(&cb->acc[j], 0) / cnt;
+      const double m = cb->shift[j] + d;
+      double var = vmc_bn_total(&cb->acc[j], 1) / cnt - d * d;
+      if (var < 0) var = 0;
+      mean[c] = (float)m;
+      invstd[c] = (float)(1.0 / sqrt(var + eps));
+      rm[c] = (1 - mom) * rm[c] + mom * (float)m;
+      const double unb = cnt > 1 ? var * cnt / (cnt - 1) : var;
+      rv[c] = (1 - mom) * rv[c] + mom * (float)unb;
+    }
+  } else {
+    for (int c = cb->c0; c < cb->c0 + cb->n; c++) {
+      mean[c] = rm[c];
+      invstd[c] = 1.0f / sqrtf(rv[c] + eps);
+    }
+  }
+  for (int j = 0; j < cb->n; j++) {
+    const int c = cb->c0 + j;
+    vmc_bn_chan *ch = &cb->ch[j];
+    memset(ch, 0, sizeof *ch);
+    act_of(ctx->act, ch);
+    ch->mu = mean[c];
+    ch->a = gamma[c] * invstd[c];
+    ch->b = beta[c] - mean[c] * ch->a;
+    sa[c] = ch->a;
+    sb[c] = ch->b;
+  }
+  for (int b = 0; b < N; b++) k->apply(ctx->x[0] + b * img + at, &pl, cb->ch, ctx->y + b * img + at);
+}
+
+static void bn_forward(vmc_opctx *ctx) {
+  int C, HW;
+  dims(&ctx->xs[0], &C, &HW);
+  const int nt = threads_for(ctx, C);
+  if (nt == 1) {
+    chan_block cb = block_of(ctx, C, 0, 1);
+    bn_forward_block(ctx, &cb, C, HW);
+    return;
+  }
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; t++) {
+    chan_block cb = block_of(ctx, C, t, nt);
+    bn_forward_block(ctx, &cb, C, HW);
   }
 }
 
-static void bn_backward(vmc_opctx *ctx) {
+static void bn_backward_block(vmc_opctx *ctx, const chan_block *cb, int C, int HW) {
   const vmc_node *n = ctx->node;
-  int C, HW;
-  dims(&ctx->xs[0], &C, &HW);
   const int N = ctx->batch;
   const float *gamma = ctx->g->params[n->param[0]].data;
   float *dgamma = ctx->g->params[n->param[0]].grad, *dbeta = ctx->g->params[n->param[1]].grad;
   const float *mean = ctx->state, *invstd = mean + C, *sa = invstd + C, *sb = sa + C;
   const int train = ctx->mode == VMC_MODE_TRAIN;
   const vmc_bn_kernels *k = vmc_bn_kernels_best();
-  const vmc_bn_planes pl = {N, HW, (size_t)C * HW};
-#pragma omp parallel for schedule(static) num_threads(ctx->nthreads) if (ctx->nthreads > 1)
-  for (int c = 0; c < C; c++) {
-    vmc_bn_chan ch = {0};
-    act_of(ctx->act, &ch);
-    ch.mu = mean[c];
-    ch.a = sa[c];
-    ch.b = sb[c];
+  const vmc_bn_planes pl = {cb->n, HW, (size_t)HW};
+  const size_t at = (size_t)cb->c0 * HW, img = (size_t)C * HW;
+  for (int j = 0; j < cb->n; j++) {
+    const int c = cb->c0 + j;
+    vmc_bn_chan *ch = &cb->ch[j];
+    memset(ch, 0, sizeof *ch);
+    act_of(ctx->act, ch);
+    ch->mu = mean[c];
+    ch->a = sa[c];
+    ch->b = sb[c];
+  }
+  /* d = dy masked by a fused activation: sum d, sum d*(x - mu) */
+  memset(cb->acc, 0, (size_t)cb->n * sizeof *cb->acc);
+  for (int b = 0; b < N; b++)
+    k->bwd_sums(ctx->x[0] + b * img + at, ctx->dy + b * img + at, &pl, cb->ch, cb->acc);
+  for (int j = 0; j < cb->n; j++) {
+    const int c = cb->c0 + j;
+    vmc_bn_chan *ch = &cb->ch[j];
     const float is = invstd[c];
-    /* d = dy masked by a fused activation: sum d, sum d*(x - mu) */
-    const size_t off = (size_t)c * HW;
-    double sdy, sdyx;
-    k->bwd_sums(ctx->x[0] + off, ctx->dy + off, &pl, &ch, &sdy, &sdyx);
-    sdyx *= is; /* sum dy * xhat */
+    const double sdy = vmc_bn_total(&cb->acc[j], 0);
+    const double sdyx = vmc_bn_total(&cb->acc[j], 1) * is; /* sum dy * xhat */
     if (dgamma) dgamma[c] += (float)sdyx;
     if (dbeta) dbeta[c] += (float)sdy;
-    if (!ctx->dx[0]) continue;
     /* train: dx = gamma*is/M * (M*dy - sum(dy) - xhat*sum(dy*xhat));
      * inference statistics are constants: dx = gamma*is*dy. */
-    ch.k = gamma[c] * is;
-    ch.use_x = train;
+    ch->k = gamma[c] * is;
+    ch->use_x = train;
     if (train) {
-      double cnt = (double)N * HW;
-      ch.c1 = (float)((double)ch.k * (sdy / cnt));
-      ch.c2 = (float)((double)ch.k * is * (sdyx / cnt));
+      const double cnt = (double)N * HW;
+      ch->c1 = (float)((double)ch->k * (sdy / cnt));
+      ch->c2 = (float)((double)ch->k * is * (sdyx / cnt));
     }
-    k->bwd_dx(ctx->x[0] + off, ctx->dy + off, &pl, &ch, ctx->dx[0] + off, !ctx->dx_set[0]);
+  }
+  if (!ctx->dx[0]) return;
+  for (int b = 0; b < N; b++)
+    k->bwd_dx(ctx->x[0] + b * img + at, ctx->dy + b * img + at, &pl, cb->ch,
+              ctx->dx[0] + b * img + at, !ctx->dx_set[0]);
+}
+
+static void bn_backward(vmc_opctx *ctx) {
+  int C, HW;
+  dims(&ctx->xs[0], &C, &HW);
+  const int nt = threads_for(ctx, C);
+  if (nt == 1) {
+    chan_block cb = block_of(ctx, C, 0, 1);
+    bn_backward_block(ctx, &cb, C, HW);
+    return;
+  }
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; t++) {
+    chan_block cb = block_of(ctx, C, t, nt);
+    bn_backward_block(ctx, &cb, C, HW);
   }
 }
 
 const vmc_op vmc_op_batchnorm = {
     .name = "batchnorm", .min_in = 1, .max_in = 1, .n_param_min = 4, .n_param_max = 4,
-    .infer = bn_infer, .state_bytes = bn_state, .forward = bn_forward, .backward = bn_backward,
+    .infer = bn_infer, .state_bytes = bn_state, .scratch_bytes = bn_scratch,
+    .forward = bn_forward, .backward = bn_backward,
     .can_fuse_act = 1, .sets_dx = 1};
