@@ -85,6 +85,9 @@ static const gcase k_cases[] = {
     CONV("conv_1x1_s2",         3, 3, 7, 7, 4, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0),
     CONV("conv_3x5_p1x2_s1x2",  2, 2, 6, 9, 3, 3, 5, 1, 2, 1, 2, 1, 1, 1, 1),
     CONV("conv_5x5_p2",         2, 2, 7, 7, 2, 5, 5, 1, 1, 2, 2, 1, 1, 1, 1),
+    /* stride 1, padding other than "same" (WIDE without the shared dY copy) */
+    CONV("conv_3x3_p0",         2, 2, 6, 7, 3, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1),
+    CONV("conv_3x3_p2",         2, 2, 5, 5, 3, 3, 3, 1, 1, 2, 2, 1, 1, 1, 0),
     /* strided convs: conv2d's PHASE strategy (strides <= 4), then IM2COL */
     CONV("conv_3x3_s3_p1",      3, 2, 8, 8, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 0),
     CONV("conv_3x3_s2_d2_g2",   2, 4, 9, 9, 4, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1),

@@ -1,7 +1,7 @@
 /* conv2d: attrs out_c, kh, kw, sh, sw, ph, pw, dh, dw, groups;
  * params [weight (out_c, C/groups, kh, kw)] or [weight, bias (out_c)].
  *
- * Per image and group, one of four strategies:
+ * Per image and group, one of five strategies:
  *   DIRECT     1x1, stride 1, no padding: the input is the GEMM operand.
  *   DEPTHWISE  one input and one output channel per group: direct loops.
  *   WIDE       stride 1: no im2col.  The input is copied once into a
@@ -166,7 +166,9 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
     } else {
       s.a = xp;                                      /* padded input */
       s.b = (size_t)c->ocg * c->nw;                  /* wide output / wide dY */
-      s.c = c->bwd_wide ? (size_t)c->ocg * c->hq * c->wq + slack : (size_t)c->K * c->P;
+      /* padded dY (with room before it for wide_backward's shared layout), or dcol */
+      s.c = c->bwd_wide ? (size_t)c->pth * c->wq + c->ptw + (size_t)c->ocg * c->hq * c->wq + slack
+                        : (size_t)c->K * c->P;
       s.d = c->bwd_wide ? (size_t)g->c * c->nq : 0;  /* wide dx */
       size_t kt = (size_t)c->ocg * g->kh * g->kw;
       s.rows = (size_t)c->K > kt ? (size_t)c->K : kt;
@@ -429,9 +431,25 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   const size_t slack = (size_t)(g->kw - 1) * g->dw + 16;
   pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c->hp, c->wp, slack, xp);
   plane_rows(xp, g->c, c->plane, c->wp, g, rows);
-  /* wide dY: oh x wp with zero columns past ow */
-  pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->wp, 0, dyw);
-  gemm_rows(1, c->ocg, c->K, c->nw, 1.0f, dyw, c->nw, rows, 1.0f, dWg, c->K);
+  /* wide dY: oh x wp with zero columns past ow.  When the padded dY of the
+   * dx step has the same width (wq == wp: "same" padding), one copy serves
+   * both: planes of hq x wq, the wide dY's rows at the top of each, start
+   * pth*wq + ptw floats into the padded layout (the zero columns of one wide
+   * row are the right and left halo of the padded rows, the rows below it
+   * the bottom and top halo). */
+  const int share = c->bwd_wide && c->wq == c->wp;
+  const size_t pre = share ? (size_t)c->pth * c->wq + c->ptw : 0;
+  const float *dyA = dyw;
+  int lda = c->nw;
+  if (share) {
+    memset(third, 0, pre * sizeof(float));
+    pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, c->hq, c->wq, slack, third + pre);
+    dyA = third + pre;
+    lda = c->hq * c->wq;
+  } else {
+    pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->wp, 0, dyw);
+  }
+  gemm_rows(1, c->ocg, c->K, c->nw, 1.0f, dyA, lda, rows, 1.0f, dWg, c->K);
   if (!dxg) return;
   if (!c->bwd_wide) { /* general: dcol = W^T dY, col2im */
     const float *Wg = Wtg; /* caller passes the plain kernel here */
@@ -442,7 +460,7 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   }
   vmc_conv_geom gt = *g;
   gt.c = c->ocg;
-  pad_planes(dyg, c->ocg, g->oh, g->ow, c->pth, c->ptw, c->hq, c->wq, slack, third);
+  if (!share) pad_planes(dyg, c->ocg, g->oh, g->ow, c->pth, c->ptw, c->hq, c->wq, slack, third);
   plane_rows(third, c->ocg, (size_t)c->hq * c->wq, c->wq, &gt, rows);
   const int kt = c->ocg * g->kh * g->kw;
   gemm_rows(0, g->c, c->nq, kt, 1.0f, Wtg, kt, rows, 0.0f, dxw, c->nq);
