@@ -173,9 +173,10 @@ done:
 }
 
 /* One plan on g (already folded for inference).  nthreads: the team its
- * ops use. */
+ * ops use.  keep_all: every activation gets a buffer of its own (no shared
+ * memory), so each value stays readable after forward. */
 static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthreads,
-                             const int *folded_into, vmc_plan **out) {
+                             const int *folded_into, int keep_all, vmc_plan **out) {
   *out = NULL;
   vmc_plan *p = vmc_malloc_plain(sizeof *p);
   if (!p) return vmc_error(VMC_ERR_NOMEM, "plan");
@@ -193,7 +194,7 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
   p->alias = vmc_malloc_plain((size_t)g->n_values * sizeof *p->alias);
   p->zero_grad = vmc_malloc_plain((size_t)g->n_values);
   p->dx_set = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1));
-  size_t *off = mode == VMC_MODE_INFER && fusion_enabled() ? vmc_malloc_plain((size_t)g->n_values * sizeof *off) : NULL;
+  size_t *off = mode == VMC_MODE_INFER && fusion_enabled() && !keep_all ? vmc_malloc_plain((size_t)g->n_values * sizeof *off) : NULL;
   if (mode == VMC_MODE_TRAIN) p->grad = vmc_malloc_plain((size_t)g->n_values * sizeof *p->grad);
   if (!p->shape || !p->act || !p->state || !p->fused || !p->skip || !p->alias || !p->zero_grad || !p->dx_set ||
       (mode == VMC_MODE_TRAIN && !p->grad)) {
@@ -280,7 +281,7 @@ static vmc_status plan_per_image(vmc_plan *p, const int *folded_into) {
   for (int v = 0; v < g->n_values; v++) p->alias[v] = -1;
   for (int t = 0; t < nt; t++) {
     /* The first also runs single images with the whole team. */
-    VMC_TRY(plan_build(p->g, 1, VMC_MODE_INFER, t ? 1 : p->nthreads, folded_into, &p->sub[t]));
+    VMC_TRY(plan_build(p->g, 1, VMC_MODE_INFER, t ? 1 : p->nthreads, folded_into, 0, &p->sub[t]));
     p->n_sub = t + 1;
   }
   const size_t in = fbytes(&p->shape[g->input]), outb = fbytes(&p->shape[g->output]);
@@ -296,7 +297,7 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
     return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
   const int nthreads = vmc_get_threads();
   if (mode != VMC_MODE_INFER || !fusion_enabled())
-    return plan_build(g, batch, mode, nthreads, NULL, out);
+    return plan_build(g, batch, mode, nthreads, NULL, 0, out);
   /* Inference: a private copy of the weights with BatchNorm folded into the
    * convolutions (the plan keeps the weights it was made with). */
   vmc_graph *own;
@@ -304,7 +305,7 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
   int *folded = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof *folded);
   vmc_status s = folded ? vmc_graph_fold_bn(own, folded, NULL) : vmc_error(VMC_ERR_NOMEM, "plan");
   vmc_plan *p = NULL;
-  if (!s && batch == 1) s = plan_build(own, 1, mode, nthreads, folded, &p);
+  if (!s && batch == 1) s = plan_build(own, 1, mode, nthreads, folded, 0, &p);
   if (!s && batch > 1) {
     p = vmc_malloc_plain(sizeof *p);
     if (!p) s = vmc_error(VMC_ERR_NOMEM, "plan");
@@ -330,6 +331,18 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
   p->owned = own;
   *out = p;
   return VMC_OK;
+}
+
+vmc_status vmc_plan_create_observable(vmc_graph *g, int batch, vmc_plan **out) {
+  *out = NULL;
+  if (batch < 1 || batch > (1 << 20))
+    return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
+  return plan_build(g, batch, VMC_MODE_INFER, vmc_get_threads(), NULL, 1, out);
+}
+
+const float *vmc_plan_value(const vmc_plan *p, int value) {
+  if (value < 0 || value >= p->g->n_values) return NULL;
+  return p->act[value];
 }
 
 void vmc_plan_destroy(vmc_plan *p) {

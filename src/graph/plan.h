@@ -38,4 +38,15 @@ vmc_status vmc_plan_backward(vmc_plan *p);
 float *vmc_plan_output_grad(vmc_plan *p);
 const vmc_shape *vmc_plan_value_shape(const vmc_plan *p, int value);
 
+/* An inference plan that runs g as given, layer by layer over the whole
+ * batch: no BatchNorm folding, no private copy of the weights (recreate it
+ * after changing them), no shared activation memory, a relu still folded
+ * into its producer.  After vmc_plan_forward, vmc_plan_value(p, v) holds
+ * value v for the images run, for every v that a node reads (a folded
+ * relu's value: the clamped output).  For calibration observers. */
+vmc_status vmc_plan_create_observable(vmc_graph *g, int batch, vmc_plan **out);
+/* The activation buffer of value v (batch x its shape), NULL for a bad id.
+ * Only a plan from vmc_plan_create_observable keeps every value. */
+const float *vmc_plan_value(const vmc_plan *p, int value);
+
 #endif
