@@ -139,6 +139,21 @@ static const gcase k_cases[] = {
      {.op = "dropout", .mode = VMC_MODE_INFER, .n_in = 1, .in = {S2(3, 5)}, .n_attr = 1,
       .attr = {AF("p", 0.3f)}},
      GEN_UNIFORM},
+    /* fakequant's backward is the straight-through estimator.  On a grid much
+     * finer than the step (scale 2^-16) the op is the identity to within
+     * 1e-3 of a step, which the differences see; the second case clips to
+     * [0, 6] with inputs 0.1 away from both edges (dx = 0 outside).  The mask
+     * at a coarse grid's own scale is tested in test_ptq.c. */
+    {"fakequant_fine",
+     {.op = "fakequant", .mode = VMC_MODE_TRAIN, .n_in = 1, .in = {S4(3, 2, 3, 3)}, .n_attr = 4,
+      .attr = {AF("scale", 1.52587890625e-05f), AI("zero_point", 0), AI("qmin", -131072),
+               AI("qmax", 131072)}},
+     GEN_UNIFORM},
+    {"fakequant_clip",
+     {.op = "fakequant", .mode = VMC_MODE_TRAIN, .n_in = 1, .in = {S2(4, 9)}, .n_attr = 4,
+      .attr = {AF("scale", 6.103515625e-05f), AI("zero_point", 0), AI("qmin", 0),
+               AI("qmax", 98304)}},
+     GEN_RELU6},
 };
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -322,6 +337,7 @@ TEST(ops_grad_add) { check_op("add_"); }
 TEST(ops_grad_concat) { check_op("concat_"); }
 TEST(ops_grad_flatten) { check_op("flatten"); }
 TEST(ops_grad_dropout) { check_op("dropout_"); }
+TEST(ops_grad_fakequant) { check_op("fakequant_"); }
 
 /* Every registered op with a backward has at least one case above. */
 TEST(ops_grad_every_op_covered) {
