@@ -12,6 +12,7 @@ static const struct {
     {"eval", cmd_eval, "accuracy and loss of a model on a data set"},
     {"info", cmd_info, "layers, shapes, parameters, MACs and bytes of a model"},
     {"bench", cmd_bench, "inference latency and throughput at batch 1 and N"},
+    {"quantize", cmd_quantize, "post-training quantization (w8a8, w4a8), simulated in fp32"},
 };
 
 static void usage(FILE *f) {
@@ -19,12 +20,13 @@ static void usage(FILE *f) {
              "Usage: vmc COMMAND [options]   (vmc COMMAND --help for each)\n\nCommands:\n",
           VMC_VERSION_STRING);
   for (size_t i = 0; i < sizeof g_cmds / sizeof g_cmds[0]; i++)
-    fprintf(f, "  %-7s %s\n", g_cmds[i].name, g_cmds[i].what);
+    fprintf(f, "  %-8s %s\n", g_cmds[i].name, g_cmds[i].what);
   fprintf(f, "\nExamples:\n"
              "  vmc train --model resnet8 --data fashion-mnist --epochs 8 -o r8.vmc\n"
              "  vmc eval r8.vmc --data fashion-mnist --json\n"
              "  vmc bench r8.vmc --batch 64 --json\n"
-             "  vmc info r8.vmc --json\n");
+             "  vmc info r8.vmc --json\n"
+             "  vmc quantize r8.vmc --calib fashion-mnist --observer kl -o r8q.vmc --eval\n");
 }
 
 int main(int argc, char **argv) {

@@ -1,0 +1,324 @@
+/* vmc quantize: post-training quantization, simulated in fp32 (quant/ptq.h). */
+#include "cli.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/data.h"
+#include "graph/graph.h"
+#include "quant/ptq.h"
+
+static const char *const HELP =
+    "Usage: vmc quantize IN.vmc -o OUT.vmc [--calib NAME|PATH] [options]\n\n"
+    "Post-training quantization, simulated in fp32: BatchNorm is folded into the\n"
+    "convolutions, every conv/linear weight is replaced by its fake-quantized value\n"
+    "(symmetric, per output channel by default), and a fakequant node is inserted on\n"
+    "the input of every conv/linear with a range calibrated on the first N images of\n"
+    "the TRAINING split.  OUT.vmc is an ordinary model: `vmc eval OUT.vmc` measures\n"
+    "what the integer model will score.  The choices are recorded in its metadata\n"
+    "(\"quant\", \"history\").\n\n"
+    "Options:\n"
+    "  -o, --output FILE     the quantized model (written atomically; required)\n"
+    "  --calib NAME|PATH     calibration data set (default: --data, else the one the\n"
+    "                        model records)\n"
+    "  --calib-images N      calibration images (default 512)\n"
+    "  --calib-batch N       images per calibration forward pass (default 32; the\n"
+    "                        moving-average observer updates once per batch)\n"
+    "  --scheme w8a8|w4a8    weight bits (s8 or s4, symmetric) and 8-bit activations\n"
+    "                        (default w8a8)\n"
+    "  --act u8|s8           activation type: u8 asymmetric (default; zero point 0\n"
+    "                        after a ReLU) or s8 symmetric\n"
+    "  --observer KIND       activation range: minmax (default), ema (moving average\n"
+    "                        of per-batch min/max), percentile, mse, kl (TensorRT's\n"
+    "                        entropy calibration)\n"
+    "  --input-observer KIND the same for the model's input (default minmax: the\n"
+    "                        pixel grid, nearly lossless; 'same' follows --observer)\n"
+    "  --percentile P        for --observer percentile (default 99.99)\n"
+    "  --momentum M          for --observer ema (default 0.01)\n"
+    "  --bins N              histogram bins of percentile/mse/kl (default 2048)\n"
+    "  --per-channel         one weight scale per output channel (default)\n"
+    "  --per-tensor          one weight scale per tensor\n"
+    "  --float-bias          keep biases in fp32 (default: rounded to s32 codes of\n"
+    "                        scale s_w * s_x, as the integer runtime adds them)\n"
+    "  --eval                also evaluate the fp32 and the quantized model on the\n"
+    "                        test split and print both accuracies\n"
+    "  --eval-limit N        only the first N test images\n\n"
+    "Per layer it reports the activation range and qparams chosen, the share of\n"
+    "calibration values clipped, the SQNR of the activation and of the weights.\n\n"
+    "Example:\n"
+    "  vmc quantize r8.vmc --calib fashion-mnist --scheme w8a8 --observer kl -o r8q.vmc --eval\n\n"
+    CLI_COMMON_HELP;
+
+enum {
+  O_CALIB = OPT_CMD_BASE, O_CALIB_IMAGES, O_CALIB_BATCH, O_SCHEME, O_ACT, O_OBSERVER,
+  O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EVAL,
+  O_EVAL_LIMIT, O_INPUT_OBSERVER
+};
+
+/* Removes metadata entry key (if any). */
+static void meta_remove(vmc_graph *g, const char *key) {
+  for (int i = 0; i < g->n_meta; i++) {
+    if (strcmp(g->meta[i].key, key)) continue;
+    vmc_free(g->meta[i].key);
+    vmc_free(g->meta[i].value);
+    memmove(&g->meta[i], &g->meta[i + 1], (size_t)(g->n_meta - i - 1) * sizeof *g->meta);
+    g->n_meta--;
+    return;
+  }
+}
+
+/* JSON number, null where not finite (an SQNR of +inf: no error at all). */
+static void add_num(cJSON *o, const char *key, double v) {
+  if (isfinite(v)) cJSON_AddNumberToObject(o, key, v);
+  else cJSON_AddNullToObject(o, key);
+}
+
+static void print_layers(const vmc_ptq_report *r) {
+  printf("%-24s %-7s %-24s %-22s %-11s %4s %7s %9s %9s\n", "layer", "op", "reads",
+         "activation range", "scale", "zp", "clip%", "act SQNR", "w SQNR");
+  for (int i = 0; i < r->n_layers; i++) {
+    const vmc_ptq_layer *l = &r->layers[i];
+    char range[48], sq[16], wq[16];
+    const float lo = (float)(l->act.qmin - l->act.zero_point) * l->act.scale;
+    const float hi = (float)(l->act.qmax - l->act.zero_point) * l->act.scale;
+    snprintf(range, sizeof range, "[%.4g, %.4g]", lo, hi);
+    snprintf(sq, sizeof sq, isfinite(l->act_sqnr_db) ? "%.1f dB" : "exact", l->act_sqnr_db);
+    snprintf(wq, sizeof wq, isfinite(l->w_sqnr_db) ? "%.1f dB" : "exact", l->w_sqnr_db);
+    printf("%-24s %-7s %-24s %-22s %-11.5g %4d %7.3f %9s %9s\n", l->node, l->op, l->input, range,
+           l->act.scale, (int)l->act.zero_point, 100 * l->clipped, sq, wq);
+  }
+}
+
+int cmd_quantize(int argc, char **argv) {
+  static const struct option opts[] = {CLI_COMMON_OPTIONS,
+                                       {"output", required_argument, 0, 'o'},
+                                       {"calib", required_argument, 0, O_CALIB},
+                                       {"calib-images", required_argument, 0, O_CALIB_IMAGES},
+                                       {"calib-batch", required_argument, 0, O_CALIB_BATCH},
+                                       {"scheme", required_argument, 0, O_SCHEME},
+                                       {"act", required_argument, 0, O_ACT},
+                                       {"observer", required_argument, 0, O_OBSERVER},
+                                       {"input-observer", required_argument, 0, O_INPUT_OBSERVER},
+                                       {"percentile", required_argument, 0, O_PERCENTILE},
+                                       {"momentum", required_argument, 0, O_MOMENTUM},
+                                       {"bins", required_argument, 0, O_BINS},
+                                       {"per-channel", no_argument, 0, O_PER_CHANNEL},
+                                       {"per-tensor", no_argument, 0, O_PER_TENSOR},
+                                       {"float-bias", no_argument, 0, O_FLOAT_BIAS},
+                                       {"eval", no_argument, 0, O_EVAL},
+                                       {"eval-limit", required_argument, 0, O_EVAL_LIMIT},
+                                       {0, 0, 0, 0}};
+  cli_common cc;
+  cli_common_init(&cc);
+  vmc_ptq_opts po;
+  vmc_ptq_opts_default(&po);
+  const char *out_path = NULL, *calib = NULL, *scheme = "w8a8";
+  int do_eval = 0, granularity_set = 0, input_same = 0;
+  long v, eval_limit = 0;
+  double d;
+  int opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "ho:", opts, NULL)) != -1) {
+    int r = cli_common_opt(&cc, opt, optarg);
+    if (r < 0) return 2;
+    if (r) continue;
+    switch (opt) {
+    case 'h': fputs(HELP, stdout); return 0;
+    case 'o': out_path = optarg; break;
+    case O_CALIB: calib = optarg; break;
+    case O_CALIB_IMAGES:
+      if (cli_int("--calib-images", optarg, 1, 1L << 24, &v)) return 2;
+      po.calib_images = (int)v;
+      break;
+    case O_CALIB_BATCH:
+      if (cli_int("--calib-batch", optarg, 1, 4096, &v)) return 2;
+      po.batch = (int)v;
+      break;
+    case O_SCHEME:
+      if (!strcmp(optarg, "w8a8")) po.weight_scheme = VMC_QSCHEME_S8;
+      else if (!strcmp(optarg, "w4a8")) po.weight_scheme = VMC_QSCHEME_S4;
+      else if (!strcmp(optarg, "w8a4") || !strcmp(optarg, "w4a4"))
+        return cli_usage_error("quantize", "--scheme %s: 4-bit activations need "
+                               "quantization-aware training; post-training quantization "
+                               "supports w8a8 and w4a8", optarg);
+      else return cli_usage_error("quantize", "--scheme '%s': expected w8a8 or w4a8", optarg);
+      scheme = optarg;
+      break;
+    case O_ACT:
+      if (!strcmp(optarg, "u8")) po.act_scheme = VMC_QSCHEME_U8;
+      else if (!strcmp(optarg, "s8")) po.act_scheme = VMC_QSCHEME_S8;
+      else return cli_usage_error("quantize", "--act '%s': expected u8 or s8", optarg);
+      break;
+    case O_OBSERVER: {
+      vmc_observer_kind k;
+      if (vmc_observer_kind_from_name(optarg, &k))
+        return cli_usage_error("quantize", "--observer '%s': expected minmax, ema, percentile, "
+                               "mse or kl", optarg);
+      po.observer = k;
+      break;
+    }
+    case O_INPUT_OBSERVER: {
+      vmc_observer_kind k;
+      input_same = !strcmp(optarg, "same");
+      if (input_same) break;
+      if (vmc_observer_kind_from_name(optarg, &k))
+        return cli_usage_error("quantize", "--input-observer '%s': expected minmax, ema, "
+                               "percentile, mse, kl or same", optarg);
+      po.input_observer = k;
+      break;
+    }
+    case O_PERCENTILE:
+      if (cli_float("--percentile", optarg, 50, 100, &d)) return 2;
+      if (!(d > 50)) return cli_usage_error("quantize", "--percentile must be above 50");
+      po.obs.percentile = d;
+      break;
+    case O_MOMENTUM:
+      if (cli_float("--momentum", optarg, 0, 1, &d)) return 2;
+      if (!(d > 0)) return cli_usage_error("quantize", "--momentum must be above 0");
+      po.obs.momentum = (float)d;
+      break;
+    case O_BINS:
+      if (cli_int("--bins", optarg, 512, 8192, &v)) return 2;
+      if (v & (v - 1)) return cli_usage_error("quantize", "--bins %ld: expected a power of two", v);
+      po.obs.bins = (int)v;
+      break;
+    case O_PER_CHANNEL:
+    case O_PER_TENSOR:
+      if (granularity_set && po.per_channel != (opt == O_PER_CHANNEL))
+        return cli_usage_error("quantize", "--per-channel and --per-tensor exclude each other");
+      po.per_channel = opt == O_PER_CHANNEL;
+      granularity_set = 1;
+      break;
+    case O_FLOAT_BIAS: po.bias_s32 = 0; break;
+    case O_EVAL: do_eval = 1; break;
+    case O_EVAL_LIMIT:
+      if (cli_int("--eval-limit", optarg, 1, 1L << 30, &eval_limit)) return 2;
+      do_eval = 1;
+      break;
+    default: return cli_usage_error("quantize", "unknown option");
+    }
+  }
+  if (optind != argc - 1) return cli_usage_error("quantize", "expected one IN.vmc argument");
+  if (!out_path) return cli_usage_error("quantize", "no output file: give -o OUT.vmc");
+  if (input_same) po.input_observer = po.observer;
+  if (po.obs.percentile > 0 && po.observer != VMC_OBSERVER_PERCENTILE &&
+      po.input_observer != VMC_OBSERVER_PERCENTILE)
+    return cli_usage_error("quantize", "--percentile is for --observer percentile");
+  if (po.obs.momentum > 0 && po.observer != VMC_OBSERVER_MOVING_AVG &&
+      po.input_observer != VMC_OBSERVER_MOVING_AVG)
+    return cli_usage_error("quantize", "--momentum is for --observer ema");
+  if (po.obs.bins > 0 && po.observer < VMC_OBSERVER_PERCENTILE &&
+      po.input_observer < VMC_OBSERVER_PERCENTILE)
+    return cli_usage_error("quantize", "--bins is for the percentile, mse and kl observers");
+  const char *in_path = argv[optind];
+  if (calib) cc.data = calib;
+  cli_common_apply(&cc);
+
+  vmc_graph *g = NULL, *q = NULL;
+  vmc_dataset *train = NULL, *test = NULL;
+  vmc_ptq_report rep = {0};
+  vmc_eval_result ef = {0}, eq = {0};
+  vmc_status s = vmc_model_load(in_path, &g);
+  if (s) return cli_fail("quantize", s, NULL);
+  s = cli_open_data(&cc, g, VMC_SPLIT_TRAIN, &train);
+  if (!s) s = vmc_ptq_quantize(g, train, &po, &q, &rep);
+  if (!s && do_eval) s = cli_open_data(&cc, g, VMC_SPLIT_TEST, &test);
+  if (!s && do_eval) s = vmc_evaluate(g, test, 256, (int)eval_limit, cc.progress, &ef);
+  if (!s && do_eval) s = vmc_evaluate(q, test, 256, (int)eval_limit, cc.progress, &eq);
+  /* The float model's accuracy is not the quantized one's. */
+  const char *acc = q ? vmc_graph_meta(q, "accuracy") : NULL;
+  if (!s && acc) s = vmc_graph_set_meta(q, "accuracy.fp32", acc);
+  if (!s && q) meta_remove(q, "accuracy");
+  if (!s && do_eval && !eval_limit) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.4f", eq.accuracy);
+    s = vmc_graph_set_meta(q, "accuracy", buf);
+  }
+  if (!s) s = vmc_model_save(q, out_path);
+  if (s) {
+    int rc = cli_fail("quantize", s, NULL);
+    vmc_ptq_report_free(&rep);
+    vmc_graph_free(g);
+    vmc_graph_free(q);
+    vmc_dataset_free(train);
+    vmc_dataset_free(test);
+    return rc;
+  }
+  const char *obs = vmc_observer_kind_name(po.observer);
+  const char *act = po.act_scheme == VMC_QSCHEME_U8 ? "u8" : "s8";
+  const char *wsch = po.weight_scheme == VMC_QSCHEME_S8 ? "s8" : "s4";
+  if (cc.json) {
+    cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "model", in_path);
+    cJSON_AddStringToObject(o, "output", out_path);
+    cJSON_AddStringToObject(o, "scheme", scheme);
+    cJSON_AddStringToObject(o, "weights", wsch);
+    cJSON_AddStringToObject(o, "granularity", po.per_channel ? "per-channel" : "per-tensor");
+    cJSON_AddStringToObject(o, "activations", act);
+    cJSON_AddStringToObject(o, "observer", obs);
+    cJSON_AddStringToObject(o, "input_observer", vmc_observer_kind_name(po.input_observer));
+    cJSON_AddStringToObject(o, "bias", po.bias_s32 ? "s32" : "f32");
+    cJSON_AddStringToObject(o, "calib_data", train->name);
+    cJSON_AddNumberToObject(o, "calib_images", rep.calib_images);
+    cJSON_AddNumberToObject(o, "batchnorm_folded", rep.bn_folded);
+    cJSON_AddNumberToObject(o, "seconds", rep.seconds);
+    for (int i = 0; i < rep.n_layers; i++) {
+      const vmc_ptq_layer *l = &rep.layers[i];
+      cJSON *j = cJSON_CreateObject();
+      cJSON_AddStringToObject(j, "node", l->node);
+      cJSON_AddStringToObject(j, "op", l->op);
+      cJSON_AddStringToObject(j, "input", l->input);
+      cJSON_AddStringToObject(j, "quant_node", l->quant);
+      cJSON_AddStringToObject(j, "observer", vmc_observer_kind_name(l->observer));
+      cJSON_AddNumberToObject(j, "act_scale", l->act.scale);
+      cJSON_AddNumberToObject(j, "act_zero_point", l->act.zero_point);
+      cJSON_AddNumberToObject(j, "act_qmin", l->act.qmin);
+      cJSON_AddNumberToObject(j, "act_qmax", l->act.qmax);
+      cJSON_AddNumberToObject(j, "range_lo", l->lo);
+      cJSON_AddNumberToObject(j, "range_hi", l->hi);
+      cJSON_AddNumberToObject(j, "seen_min", l->seen_min);
+      cJSON_AddNumberToObject(j, "seen_max", l->seen_max);
+      cJSON_AddNumberToObject(j, "clipped", l->clipped);
+      add_num(j, "act_sqnr_db", l->act_sqnr_db);
+      cJSON_AddNumberToObject(j, "weight_blocks", l->channels);
+      add_num(j, "weight_sqnr_db", l->w_sqnr_db);
+      cJSON_AddNumberToObject(j, "weight_scale_min", l->w_scale_min);
+      cJSON_AddNumberToObject(j, "weight_scale_max", l->w_scale_max);
+      cJSON_AddItemToArray(layers, j);
+    }
+    cJSON_AddItemToObject(o, "layers", layers);
+    if (do_eval) {
+      cJSON *e = cJSON_CreateObject();
+      cJSON_AddStringToObject(e, "dataset", test->name);
+      cJSON_AddNumberToObject(e, "images", eq.n);
+      cJSON_AddNumberToObject(e, "fp32_accuracy", ef.accuracy);
+      cJSON_AddNumberToObject(e, "quant_accuracy", eq.accuracy);
+      cJSON_AddNumberToObject(e, "drop_points", 100.0 * ((double)ef.accuracy - eq.accuracy));
+      cJSON_AddNumberToObject(e, "fp32_loss", ef.loss);
+      cJSON_AddNumberToObject(e, "quant_loss", eq.loss);
+      cJSON_AddItemToObject(o, "eval", e);
+    }
+    cli_print_json(o);
+  } else if (!cc.quiet || do_eval) {
+    if (!cc.quiet) {
+      printf("%s -> %s: %s (weights %s %s, activations %s, %s observer, input %s, bias %s), "
+             "%d calibration images of %s/train, %d batchnorms folded, %.2f s\n\n",
+             in_path, out_path, scheme, wsch, po.per_channel ? "per-channel" : "per-tensor", act,
+             obs, vmc_observer_kind_name(po.input_observer), po.bias_s32 ? "s32" : "f32",
+             rep.calib_images, train->name, rep.bn_folded, rep.seconds);
+      print_layers(&rep);
+    }
+    if (do_eval)
+      printf("%stest accuracy on %s (%d images): fp32 %.2f%%, %s %.2f%% (drop %.2f points)\n",
+             cc.quiet ? "" : "\n", test->name, eq.n, 100 * ef.accuracy, scheme, 100 * eq.accuracy,
+             100.0 * ((double)ef.accuracy - eq.accuracy));
+  }
+  vmc_ptq_report_free(&rep);
+  vmc_graph_free(g);
+  vmc_graph_free(q);
+  vmc_dataset_free(train);
+  vmc_dataset_free(test);
+  return 0;
+}
