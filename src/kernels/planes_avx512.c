@@ -5,7 +5,6 @@
 #include "kernels/planes.h"
 
 #include <immintrin.h>
-#include <string.h>
 
 /* Lanes l with lo <= l < hi. */
 static inline __mmask16 range(int lo, int hi) {
@@ -15,12 +14,21 @@ static inline __mmask16 range(int lo, int hi) {
   return (__mmask16)((((1u << hi) - 1u) >> lo) << lo);
 }
 
+/* n zero floats: inline stores (the blocks are short; a memset call per
+ * plane border costs more than the stores). */
+static inline void zero(float *p, size_t n) {
+  const __m512 z = _mm512_setzero_ps();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(p + i, z);
+  if (i < n) _mm512_mask_storeu_ps(p + i, range(0, (int)(n - i)), z);
+}
+
 static void pad_avx512(const float *x, int ch, int h, int w, int top, int left, int hp, int wp,
                        size_t slack, float *xp) {
   for (int c = 0; c < ch; c++) {
     float *dst = xp + (size_t)c * hp * wp;
     const float *src = x + (size_t)c * h * w;
-    memset(dst, 0, sizeof(float) * (size_t)top * wp);
+    zero(dst, (size_t)top * wp);
     for (int y = 0; y < h; y++) {
       float *r = dst + (size_t)(top + y) * wp;
       const float *s = src + (size_t)y * w;
@@ -29,9 +37,9 @@ static void pad_avx512(const float *x, int ch, int h, int w, int top, int left, 
         _mm512_mask_storeu_ps(r + k, mo, _mm512_maskz_loadu_ps(mi, s + (k - left)));
       }
     }
-    memset(dst + (size_t)(top + h) * wp, 0, sizeof(float) * (size_t)(hp - top - h) * wp);
+    zero(dst + (size_t)(top + h) * wp, (size_t)(hp - top - h) * wp);
   }
-  memset(xp + (size_t)ch * hp * wp, 0, sizeof(float) * slack);
+  zero(xp + (size_t)ch * hp * wp, slack);
 }
 
 static void crop_avx512(const float *src, int ch, size_t plane, int wp, int top, int left, int h,
@@ -70,8 +78,8 @@ static void split_avx512(const float *x, int ch, const vmc_phase_geom *g, size_t
         float *d0 = phase_row(xq, ci, g, r, 0, u), *d1 = phase_row(xq, ci, g, r, 1, u);
         const int y = g->sh * u + r - g->top;
         if (y < 0 || y >= g->h) {
-          if (d0) memset(d0, 0, sizeof(float) * (size_t)phw);
-          if (d1) memset(d1, 0, sizeof(float) * (size_t)phw);
+          if (d0) zero(d0, (size_t)phw);
+          if (d1) zero(d1, (size_t)phw);
           continue;
         }
         const float *s = x + ((size_t)ci * g->h + y) * w;
@@ -86,7 +94,7 @@ static void split_avx512(const float *x, int ch, const vmc_phase_geom *g, size_t
           if (d1) _mm512_mask_storeu_ps(d1 + v0, mo, _mm512_permutex2var_ps(a, io, b));
         }
       }
-  memset(xq + (size_t)ch * g->nslots * g->phh * phw, 0, sizeof(float) * slack);
+  zero(xq + (size_t)ch * g->nslots * g->phh * phw, slack);
 }
 
 static void merge_avx512(const float *dq, int ch, const vmc_phase_geom *g, float *dx, int add) {
