@@ -24,13 +24,24 @@
  * The micro-kernel keeps MR x NR accumulators in zmm registers and writes
  * back whole rows with plain loads/stores and ragged ones with masked ones,
  * so M and N remainders need no copy; smaller instances (4 rows, 16 columns)
- * cover the ragged edges.  The epilogue (bias, residual, clamp; gemm.h) is
- * applied in the write-back of the last K slice.
+ * cover the ragged edges.  A packed B panel so narrow that most lanes would
+ * idle (N = 9 or 49: 9 of 16, 17 of 32 columns) goes to a kernel with the
+ * rows in the lanes instead (tkernel).  The epilogue (bias, residual, clamp;
+ * gemm.h) is applied in the write-back of the last K slice.
+ *
+ * A read in place streams from memory at M in the tens of thousands, so the
+ * micro-kernel prefetches it: A's rows PF_TILES tiles ahead, stored A^T PF_K
+ * rows ahead (50176x16x144: 40 -> 65 GFLOP/s on one Zen 4 core).
  *
  * Tile and blocks were picked by measurement on AMD Zen 4 (bench/bench_gemm.c,
  * bench/bench_blas.c; 12x32 and 14x32 tiles were no faster there, and 8 rows
  * divide the channel counts of conv layers).  Override with -DGEMM512_MR=12
- * etc. to experiment.
+ * etc. to experiment.  Tried there and not kept, no gain beyond the noise of
+ * a shared machine: KC 256/512 and MC 144/192 (squares within +-5 % of
+ * OpenBLAS either way); a 16x16 tile for A^T read in place with N <= 16
+ * (whole cache lines of each stored row); row-panel-outer tile order for
+ * short K; non-temporal stores of a large C; reading A in place for N > 64
+ * (slower: a packed panel is then reused enough).
  *
  * Needs AVX-512F/BW/VL/DQ (the flags this file is built with; packing uses
  * 256-bit masked stores): call it only where vmc_isa_name() is "avx512".
@@ -49,8 +60,8 @@
 
 #include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #ifndef GEMM512_MR
@@ -78,7 +89,7 @@
 #ifndef GEMM512_PF_K
 #define GEMM512_PF_K 32
 #endif
-#ifndef GEMM512_DIRECT_A_TRANS
+#ifndef GEMM512_DIRECT_A_TRANS /* 0: pack A^T even where it could be read in place */
 #define GEMM512_DIRECT_A_TRANS 1
 #endif
 #define DIRECT_B_MAX_M GEMM512_DIRECT_B_MAX_M
@@ -96,7 +107,7 @@
 #if defined(__clang__)
 #define UNROLL_FULL _Pragma("unroll")
 #else
-#define UNROLL_FULL _Pragma("GCC unroll 16")
+#define UNROLL_FULL _Pragma("GCC unroll 32")
 #endif
 _Static_assert(MC % MR == 0, "MC must be a multiple of MR");
 _Static_assert(NC % NR == 0, "NC must be a multiple of NR");
@@ -482,6 +493,78 @@ static int instance_rows(int mr) {
   return MR;
 }
 
+#if MR == 8
+/* Few columns: the tile the other way round.  A tile of nr <= 24 columns
+ * whose width would leave most of a zmm idle (9 of 16 lanes, 17 of 32) is
+ * computed with the rows in the lanes instead: one ymm accumulator per
+ * column holds the tile's 8 rows, A's 8 floats of each k are one load (a
+ * packed panel, or stored A^T in place) and B's are broadcast from the
+ * packed panel (whose zero padding covers the NJ >= nr columns computed).
+ * Zen 4 runs ymm FMAs at the zmm rate.  Each product and sum is the same FMA
+ * as in ukernel (fma(a, b, acc) is fma(b, a, acc)), and the write-back does
+ * the same operations one element at a time (fmaf for beta), so the bits
+ * are the other kernels'. */
+#define TMAX 24
+static inline int narrow_panel(int nr) { return nr <= 12 || (nr >= 17 && nr <= TMAX); }
+
+static inline __attribute__((always_inline)) void tkernel(const int NJ, const tile *t) {
+  __m256 acc[TMAX];
+  UNROLL_FULL
+  for (int j = 0; j < NJ; j++) acc[j] = _mm256_setzero_ps();
+  const float *restrict a = t->a;
+  const float *restrict b = t->b;
+  const size_t as = t->as, bs = t->bs, pf = t->pf;
+  for (int k = 0; k < t->kc; k++) {
+    if (pf) prefetch(a, pf);
+    const __m256 av = _mm256_loadu_ps(a);
+    UNROLL_FULL
+    for (int j = 0; j < NJ; j++) acc[j] = _mm256_fmadd_ps(av, _mm256_set1_ps(b[j]), acc[j]);
+    a += as;
+    b += bs;
+  }
+  float tmp[TMAX][8];
+  UNROLL_FULL
+  for (int j = 0; j < NJ; j++) _mm256_storeu_ps(tmp[j], acc[j]);
+  const tile_epi *e = t->e;
+  const int nr = t->nr < NJ ? t->nr : NJ, mr = t->mr < 8 ? t->mr : 8;
+  for (int r = 0; r < mr; r++) {
+    float *cr = t->c + (size_t)r * t->ldc;
+    for (int j = 0; j < nr; j++) {
+      float x = tmp[j][r];
+      if (t->mode == STORE_ADD)
+        x = cr[j] + x;
+      else if (t->mode == STORE_BETA)
+        x = fmaf(t->beta, cr[j], x);
+      if (e) {
+        if (e->bias) x = x + e->bias[r];
+        if (e->res) x = x + e->res[(size_t)r * e->ldr + j];
+        if (e->clamp) {
+          x = x < e->lo ? e->lo : x;
+          x = x > e->hi ? e->hi : x;
+        }
+      }
+      cr[j] = x;
+    }
+  }
+}
+#define TKERNEL(nj) sgemm_tkernel_8x##nj##__avx512
+#define TKERNEL_INSTANCE(nj)                                                     \
+  static void TKERNEL(nj)(const tile *t) { tkernel(nj, t); }
+TKERNEL_INSTANCE(4)
+TKERNEL_INSTANCE(8)
+TKERNEL_INSTANCE(12)
+TKERNEL_INSTANCE(16)
+TKERNEL_INSTANCE(20)
+TKERNEL_INSTANCE(24)
+static ukernel_fn pick_tkernel(int nr) {
+  return nr <= 4 ? TKERNEL(4) : nr <= 8 ? TKERNEL(8) : nr <= 12 ? TKERNEL(12)
+         : nr <= 16 ? TKERNEL(16) : nr <= 20 ? TKERNEL(20) : TKERNEL(24);
+}
+#else
+static inline int narrow_panel(int nr) { return 0 * nr; }
+static ukernel_fn pick_tkernel(int nr) { return pick_ukernel(MR, nr, 0, 0); }
+#endif
+
 /* M rounded up to whole tiles: the row stride of a pre-packed slice. */
 static size_t packed_rows(int M) { return (size_t)(M + MR - 1) / MR * MR; }
 
@@ -519,8 +602,9 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
    * panel is still packed, zero-padded).  Likewise A with few column panels
    * (see the header). */
   const int direct_b = !trans_b && M <= DIRECT_B_MAX_M;
+  /* (A's rows in place do not feed the narrow-panel kernel: pack them.) */
   const int direct_a = !pre && alpha == 1.0f && N <= DIRECT_A_MAX_N &&
-                       (!trans_a || GEMM512_DIRECT_A_TRANS);
+                       (trans_a ? GEMM512_DIRECT_A_TRANS : !narrow_panel((N - 1) % NR + 1));
   const int kc_max = K < KC ? K : KC;
   const int mc_max = direct_a ? MR : M < MC ? (M + MR - 1) / MR * MR : MC;
   const int nc_max = direct_b ? NR : N < NC ? (N + NR - 1) / NR * NR : NC;
@@ -585,7 +669,7 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
             const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
             t.mr = mr;
             t.c = C + (size_t)i * ldc + jc + jr;
-            int arows = 0;
+            int arows = 0, a_full = 1; /* a_full: MR readable floats per k */
             const float *ap[MR];
             t.pf = 0;
             if (ablk) {
@@ -597,10 +681,12 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
               t.ar = ap;
               t.pf = PF_TILES * MR * lda;
               arows = 1;
+              a_full = 0;
             } else if (instance_rows(mr) == mr) { /* A^T: MR floats of row k */
               t.a = g->A + (size_t)pc * lda + i;
               t.as = lda;
               t.pf = PF_K * lda;
+              a_full = mr == MR;
             } else { /* a ragged A^T tile would read past row k: pack it */
               pack_a(1, g->A, lda, i, pc, mr, kc, 1.0f, pa);
               t.a = pa;
@@ -610,7 +696,11 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
               te.bias = epi->bias ? epi->bias + i : NULL;
               te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
             }
-            pick_ukernel(mr, t.nr, arows, brows)(&t);
+            /* A narrow packed B panel, and MR readable floats of A per k. */
+            if (narrow_panel(t.nr) && a_full && !brows)
+              pick_tkernel(t.nr)(&t);
+            else
+              pick_ukernel(mr, t.nr, arows, brows)(&t);
           }
         }
       }
