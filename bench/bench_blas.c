@@ -123,9 +123,9 @@ static void measure(const problem *p, int nt, double *gv, double *go) {
       for (int r = 0; r < reps; r++) run_once(who, p);
       (who == RUN_VMC ? tv : to)[b] = (peak_now_s() - t0) / reps;
       /* Both libraries' idle workers spin a while after a call (libgomp
-       * some milliseconds, OpenBLAS up to ~0.1 s): let them sleep before
-       * the other library's batch. */
-      if (nt > 1) sleep_s(who == RUN_BLAS ? 0.1 : 0.02);
+       * some milliseconds; OpenBLAS 2^28 TSC cycles, 103 ms at this VM's
+       * 2.6 GHz TSC): let them sleep before the other library's batch. */
+      if (nt > 1) sleep_s(who == RUN_BLAS ? 0.4 : 0.02);
     }
   }
   const double flop = 2.0 * p->M * p->N * p->K;
