@@ -72,6 +72,8 @@ vmc_status vmc_graph_fold_bn(vmc_graph *g, int *folded_into, int *count) {
       for (size_t j = 0; j < per; j++) wd[(size_t)o * per + j] *= a;
       bd[o] = a * bd[o] + shift;
     }
+    /* Scaled weights are no longer codes times their scales. */
+    vmc_param_set_quantized(g, conv->param[0], VMC_F32, NULL, 0);
     folded_into[i] = ci;
     if (count) ++*count;
   }

@@ -3,6 +3,8 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <float.h>
+#include <math.h>
 #include <string.h>
 
 static vmc_status grow(void **arr, int *cap, int need, size_t elem) {
@@ -49,6 +51,7 @@ void vmc_graph_free(vmc_graph *g) {
   for (int i = 0; i < g->n_params; i++) {
     vmc_free(g->params[i].data);
     vmc_free(g->params[i].grad);
+    vmc_free(g->params[i].qscale);
   }
   for (int i = 0; i < g->n_meta; i++) {
     vmc_free(g->meta[i].key);
@@ -196,6 +199,67 @@ vmc_status vmc_graph_alloc_grads(vmc_graph *g) {
   return VMC_OK;
 }
 
+vmc_status vmc_graph_copy_param(vmc_graph *g, const vmc_param *p, int *id) {
+  VMC_TRY(vmc_graph_add_param(g, p->name, p->shape, p->trainable, id));
+  memcpy(g->params[*id].data, p->data, vmc_shape_count(&p->shape) * sizeof(float));
+  if (p->store == VMC_F32) return VMC_OK;
+  return vmc_param_set_quantized(g, *id, p->store, p->qscale, p->n_qscale);
+}
+
+static size_t qblock(const vmc_param *p) {
+  return p->n_qscale > 1 ? vmc_shape_count(&p->shape) / (size_t)p->shape.d[0]
+                         : vmc_shape_count(&p->shape);
+}
+
+int vmc_param_code(const vmc_param *p, size_t i) {
+  const float s = p->qscale[i / qblock(p)];
+  return (int)nearbyintf(p->data[i] / s);
+}
+
+vmc_status vmc_param_set_quantized(vmc_graph *g, int id, vmc_dtype t, const float *scale,
+                                   int n_scale) {
+  if (id < 0 || id >= g->n_params) return vmc_error(VMC_ERR_INVALID_ARG, "no parameter %d", id);
+  vmc_param *p = &g->params[id];
+  if (t == VMC_F32) {
+    vmc_free(p->qscale);
+    p->qscale = NULL;
+    p->n_qscale = 0;
+    p->store = VMC_F32;
+    return VMC_OK;
+  }
+  if (t != VMC_S8 && t != VMC_S4)
+    return vmc_error(VMC_ERR_INVALID_ARG, "parameter '%s': stored as %s (s8 or s4 expected)",
+                     p->name, vmc_dtype_name(t));
+  if (!scale || (n_scale != 1 && n_scale != p->shape.d[0]))
+    return vmc_error(VMC_ERR_INVALID_ARG, "parameter '%s': %d scales for %d channels",
+                     p->name, n_scale, p->shape.d[0]);
+  const int qmax = t == VMC_S8 ? 127 : 7;
+  for (int c = 0; c < n_scale; c++)
+    if (!(scale[c] >= FLT_MIN && scale[c] <= FLT_MAX))
+      return vmc_error(VMC_ERR_INVALID_ARG, "parameter '%s': scale %d is %g", p->name, c,
+                       (double)scale[c]);
+  float *q = vmc_malloc_plain((size_t)n_scale * sizeof *q);
+  if (!q) return vmc_error(VMC_ERR_NOMEM, "parameter '%s'", p->name);
+  memcpy(q, scale, (size_t)n_scale * sizeof *q);
+  const vmc_param probe = {.shape = p->shape, .data = p->data, .n_qscale = n_scale, .qscale = q};
+  const size_t n = vmc_shape_count(&p->shape), blk = qblock(&probe);
+  for (size_t i = 0; i < n; i++) {
+    const float s = q[i / blk];
+    const int code = vmc_param_code(&probe, i);
+    if (code < -qmax || code > qmax || (float)code * s != p->data[i]) {
+      vmc_free(q);
+      return vmc_error(VMC_ERR_INVALID_ARG, "parameter '%s': element %zu (%g) is not a %s code "
+                       "times its scale %g", p->name, i, (double)p->data[i],
+                       vmc_dtype_name(t), (double)s);
+    }
+  }
+  vmc_free(p->qscale);
+  p->qscale = q;
+  p->n_qscale = n_scale;
+  p->store = t;
+  return VMC_OK;
+}
+
 void vmc_graph_zero_grads(vmc_graph *g) {
   for (int i = 0; i < g->n_params; i++)
     if (g->params[i].grad)
@@ -215,11 +279,7 @@ vmc_status vmc_graph_clone(const vmc_graph *g, vmc_graph **out) {
   vmc_status s = VMC_OK;
   for (int i = 0; i < g->n_params && !s; i++) {
     int id;
-    s = vmc_graph_add_param(c, g->params[i].name, g->params[i].shape, g->params[i].trainable,
-                            &id);
-    if (!s)
-      memcpy(c->params[id].data, g->params[i].data,
-             vmc_shape_count(&g->params[i].shape) * sizeof(float));
+    s = vmc_graph_copy_param(c, &g->params[i], &id);
   }
   /* Every value but the input is a node output: re-adding the nodes in
    * order re-creates the same value ids. */

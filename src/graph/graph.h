@@ -25,6 +25,15 @@ typedef struct vmc_param {
   float *data;   /* vmc_alloc'd, owned by the graph */
   float *grad;   /* NULL until vmc_graph_alloc_grads */
   int trainable; /* 0: a buffer (BatchNorm running statistics) */
+  /* How files store it.  VMC_F32 (the default), or VMC_S8 / VMC_S4 for a
+   * quantized weight: data[i] == code[i] * qscale[c] exactly, with c the
+   * index along d[0] (n_qscale == d[0], per channel) or 0 (n_qscale == 1,
+   * per tensor) and the codes symmetric (zero point 0) in -127..127 / -7..7.
+   * The .vmc writer stores the codes and scales (4x / ~8x smaller), the
+   * reader restores data bit for bit.  Set with vmc_param_set_quantized. */
+  vmc_dtype store;
+  int n_qscale;
+  float *qscale; /* vmc_malloc_plain'd, owned by the graph, or NULL */
 } vmc_param;
 
 typedef struct vmc_value {
@@ -78,6 +87,17 @@ vmc_status vmc_graph_add_node(vmc_graph *g, const char *op_name, const char *nam
  * valid; compute every value's shape for batch n into shapes (n_values). */
 vmc_status vmc_graph_infer_shapes(const vmc_graph *g, int batch, vmc_shape *shapes);
 vmc_status vmc_graph_alloc_grads(vmc_graph *g);
+/* Marks parameter id as stored quantized (see vmc_param.store): t is VMC_S8
+ * or VMC_S4 with n_scale scales (the param's d[0], or 1), or VMC_F32 (then
+ * scale/n_scale are ignored and the scales dropped).  Checks that every
+ * element is an in-range code times its scale; VMC_ERR_INVALID_ARG
+ * otherwise, and the param is unchanged. */
+vmc_status vmc_param_set_quantized(vmc_graph *g, int id, vmc_dtype t, const float *scale,
+                                   int n_scale);
+/* Adds a copy of p (data and storage, not the gradient) to g as *id. */
+vmc_status vmc_graph_copy_param(vmc_graph *g, const vmc_param *p, int *id);
+/* The code of element i of a quantized parameter (data / scale, exact). */
+int vmc_param_code(const vmc_param *p, size_t i);
 void vmc_graph_zero_grads(vmc_graph *g);
 /* Deep copy (weights included, grads not). */
 vmc_status vmc_graph_clone(const vmc_graph *g, vmc_graph **out);

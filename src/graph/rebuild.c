@@ -23,8 +23,7 @@ vmc_status vmc_graph_drop_nodes(const vmc_graph *g, const uint8_t *drop, vmc_gra
   for (int i = 0; i < g->n_params && !s; i++) {
     if (pmap[i] < 0) continue;
     const vmc_param *p = &g->params[i];
-    s = vmc_graph_add_param(c, p->name, p->shape, p->trainable, &pmap[i]);
-    if (!s) memcpy(c->params[pmap[i]].data, p->data, vmc_shape_count(&p->shape) * sizeof(float));
+    s = vmc_graph_copy_param(c, p, &pmap[i]);
   }
   map[g->input] = c->input;
   for (int i = 0; i < g->n_nodes && !s; i++) {

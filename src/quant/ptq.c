@@ -175,10 +175,7 @@ static vmc_status build_quantized(const vmc_graph *f, const int *site_of, site *
   vmc_status s = map ? VMC_OK : vmc_error(VMC_ERR_NOMEM, "ptq");
   for (int i = 0; i < f->n_params && !s; i++) {
     int id;
-    s = vmc_graph_add_param(q, f->params[i].name, f->params[i].shape, f->params[i].trainable, &id);
-    if (!s)
-      memcpy(q->params[id].data, f->params[i].data,
-             vmc_shape_count(&f->params[i].shape) * sizeof(float));
+    s = vmc_graph_copy_param(q, &f->params[i], &id);
   }
   if (!s) map[f->input] = q->input;
   for (int i = 0; i < f->n_nodes && !s; i++) {
@@ -243,6 +240,9 @@ static vmc_status quantize_weights(vmc_graph *q, const vmc_node *n, const vmc_pt
       if (wp[c].scale > l->w_scale_max) l->w_scale_max = wp[c].scale;
     }
     s = vmc_qfake_quantize(w->data, blocks, bk, wp, w->data);
+    /* Files store the codes and scales. */
+    if (!s) s = vmc_param_set_quantized(q, n->param[0], o->weight_scheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8,
+                                        wscale, blocks);
   }
   if (!s && o->bias_s32 && n->n_param > 1) {
     /* s32 codes with scale s_w[c] * s_x: what the integer runtime adds to its
