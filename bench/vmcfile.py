@@ -1,0 +1,210 @@
+"""A small reader of vmc's .vmc model file (docs/file-format.md, version 1), for the
+Python peer benchmarks: the metadata, and every tensor of the directory as a torch
+tensor (f32, s8, u8, s32; s4 unpacked to int8), with its role, link and axis.
+
+    import vmcfile
+    m = vmcfile.read("/work/models/resnet8.vmc")
+    m.meta["architecture"], m.tensors["conv1.weight"].shape, m.nodes[0]["op"]
+    model.load_state_dict(m.float_params(), strict=False)
+
+    python3 bench/vmcfile.py FILE ...            a summary of each file
+    python3 bench/vmcfile.py --meta KEY FILE     one metadata value (empty if absent)
+
+It checks the envelope (magic, version, size, CRC-32) and the bounds of every field it
+reads, and raises VmcFileError naming the file and the field on a malformed file.
+"""
+import struct
+import zlib
+
+import torch
+
+MAGIC = b"VMCMODEL"
+VERSION = 1
+HEADER_BYTES = 96
+DTYPES = {0: ("f32", 4), 1: ("s8", 1), 2: ("u8", 1), 3: ("s32", 4), 4: ("s4", None)}
+ROLES = {0: "data", 1: "scale", 2: "zero_point"}
+FLAG_TRAINABLE, FLAG_EXTRA = 1, 2
+
+
+class VmcFileError(ValueError):
+    pass
+
+
+class Tensor:
+    def __init__(self, name, dtype, role, flags, link, axis, dims, data):
+        self.name, self.dtype, self.role, self.flags = name, dtype, role, flags
+        self.link, self.axis, self.dims, self.data = link, axis, dims, data
+
+    @property
+    def shape(self):
+        return tuple(self.dims)
+
+
+class Model:
+    def __init__(self, path, meta, tensors, order, input_chw, nodes, output):
+        self.path, self.meta, self.tensors, self.order = path, meta, tensors, order
+        self.input_chw, self.nodes, self.output = input_chw, nodes, output
+
+    def float_params(self):
+        """{name: float32 tensor} of the graph's f32 data tensors (no extras)."""
+        return {n: t.data for n, t in self.tensors.items()
+                if t.dtype == "f32" and t.role == "data" and not t.flags & FLAG_EXTRA}
+
+
+class _Cursor:
+    def __init__(self, buf, pos, end, path, what):
+        self.buf, self.pos, self.end, self.path, self.what = buf, pos, end, path, what
+
+    def take(self, n, field):
+        if n < 0 or self.pos + n > self.end:
+            raise VmcFileError("%s: %s: %s runs past the end of the section"
+                               % (self.path, self.what, field))
+        b = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def u32(self, field):
+        return struct.unpack("<I", self.take(4, field))[0]
+
+    def i32(self, field):
+        return struct.unpack("<i", self.take(4, field))[0]
+
+    def f32(self, field):
+        return struct.unpack("<f", self.take(4, field))[0]
+
+    def u64(self, field):
+        return struct.unpack("<Q", self.take(8, field))[0]
+
+    def str(self, field, lo, hi):
+        n = self.u32(field + " length")
+        if not lo <= n <= hi:
+            raise VmcFileError("%s: %s: %s length %d outside %d..%d"
+                               % (self.path, self.what, field, n, lo, hi))
+        b = self.take(n, field)
+        if b"\0" in b:
+            raise VmcFileError("%s: %s: %s holds a NUL byte" % (self.path, self.what, field))
+        return b.decode("utf-8", "replace")
+
+
+def _tensor_data(buf, dtype, dims, off, nbytes):
+    count = 1
+    for d in dims:
+        count *= d
+    raw = bytearray(buf[off:off + nbytes])
+    if dtype == "f32":
+        return torch.frombuffer(raw, dtype=torch.float32).clone().view(*dims)
+    if dtype == "s8":
+        return torch.frombuffer(raw, dtype=torch.int8).clone().view(*dims)
+    if dtype == "u8":
+        return torch.frombuffer(raw, dtype=torch.uint8).clone().view(*dims)
+    if dtype == "s32":
+        return torch.frombuffer(raw, dtype=torch.int32).clone().view(*dims)
+    # s4: two per byte, low nibble first, two's complement
+    b = torch.frombuffer(raw, dtype=torch.uint8).to(torch.int16)
+    nib = torch.stack((b & 0xF, b >> 4), 1).flatten()[:count]
+    return torch.where(nib >= 8, nib - 16, nib).to(torch.int8).view(*dims)
+
+
+def read(path):
+    """The model in `path` (a Model); VmcFileError on any malformed input."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    if len(buf) < 8 or buf[:8] != MAGIC:
+        raise VmcFileError("%s: not a .vmc file" % path)
+    if len(buf) < HEADER_BYTES:
+        raise VmcFileError("%s: truncated header" % path)
+    (version, header_bytes, file_bytes, n_meta, n_tensors, n_nodes, flags,
+     meta_off, tens_off, graph_off, data_off) = struct.unpack_from("<IIQIIIIQQQQ", buf, 8)
+    if version != VERSION:
+        raise VmcFileError("%s: format version %d (this reader knows %d)"
+                           % (path, version, VERSION))
+    if header_bytes != HEADER_BYTES or file_bytes != len(buf):
+        raise VmcFileError("%s: truncated or trailing bytes (header says %d, file has %d)"
+                           % (path, file_bytes, len(buf)))
+    crc = struct.unpack_from("<I", buf, len(buf) - 4)[0]
+    if zlib.crc32(memoryview(buf)[:len(buf) - 4]) & 0xFFFFFFFF != crc:
+        raise VmcFileError("%s: checksum mismatch: the file is corrupted" % path)
+    if flags or any(buf[72:96]):
+        raise VmcFileError("%s: header flags or reserved bytes not zero" % path)
+    if not (meta_off == HEADER_BYTES <= tens_off <= graph_off <= data_off <= len(buf) - 4) \
+            or data_off % 64:
+        raise VmcFileError("%s: section offsets out of order or misaligned" % path)
+
+    c = _Cursor(buf, meta_off, tens_off, path, "metadata")
+    meta = {}
+    for _ in range(n_meta):
+        k = c.str("key", 1, 255)
+        meta[k] = c.str("value of " + k, 0, (1 << 24) - 1)
+    if c.pos != tens_off:
+        raise VmcFileError("%s: metadata section not consumed exactly" % path)
+
+    c = _Cursor(buf, tens_off, graph_off, path, "tensor directory")
+    tensors, order = {}, []
+    for i in range(n_tensors):
+        name = c.str("tensor %d name" % i, 1, 63)
+        code, role, tflags, link, axis, ndim = (c.u32(name + " " + f) for f in
+                                                ("dtype", "role", "flags", "link", "axis",
+                                                 "ndim"))
+        if code not in DTYPES or role not in ROLES or ndim > 4:
+            raise VmcFileError("%s: tensor %s: bad dtype %d, role %d or ndim %d"
+                               % (path, name, code, role, ndim))
+        dims = [c.u32(name + " dims") for _ in range(ndim)]
+        if any(d < 1 or d >= 1 << 31 for d in dims):
+            raise VmcFileError("%s: tensor %s: bad dimension %s" % (path, name, dims))
+        off, nbytes = c.u64(name + " offset"), c.u64(name + " nbytes")
+        dtype, size = DTYPES[code]
+        count = 1
+        for d in dims:
+            count *= d
+        want = (count + 1) // 2 if size is None else count * size
+        if nbytes != want or off % 64 or off < data_off or off + nbytes > len(buf) - 4:
+            raise VmcFileError("%s: tensor %s: data at %d (%d bytes) misplaced or sized wrong"
+                               % (path, name, off, nbytes))
+        if name in tensors:
+            raise VmcFileError("%s: tensor %s appears twice" % (path, name))
+        tensors[name] = Tensor(name, dtype, ROLES[role], tflags, link, axis, dims,
+                               _tensor_data(buf, dtype, dims, off, nbytes))
+        order.append(name)
+
+    c = _Cursor(buf, graph_off, data_off, path, "graph")
+    input_chw = (c.u32("input C"), c.u32("input H"), c.u32("input W"))
+    nodes = []
+    for i in range(n_nodes):
+        op = c.str("node %d op" % i, 1, 63)
+        name = c.str("node %d name" % i, 1, 63)
+        n_in = c.u32(name + " n_in")
+        if n_in > 8:
+            raise VmcFileError("%s: node %s: %d inputs" % (path, name, n_in))
+        inputs = [c.str(name + " input", 1, 63) for _ in range(n_in)]
+        n_attr = c.u32(name + " n_attr")
+        if n_attr > 12:
+            raise VmcFileError("%s: node %s: %d attributes" % (path, name, n_attr))
+        attrs = {}
+        for _ in range(n_attr):
+            key = c.str(name + " attribute key", 1, 15)
+            attrs[key] = (c.i32(name + " " + key), c.f32(name + " " + key))
+        n_param = c.u32(name + " n_param")
+        if n_param > 4:
+            raise VmcFileError("%s: node %s: %d parameters" % (path, name, n_param))
+        params = [c.str(name + " parameter", 1, 63) for _ in range(n_param)]
+        nodes.append({"op": op, "name": name, "inputs": inputs, "attrs": attrs,
+                      "params": params})
+    output = c.str("output name", 1, 63)
+    if data_off - c.pos >= 64 or any(buf[c.pos:data_off]):
+        raise VmcFileError("%s: bytes after the graph section are not alignment padding"
+                           % path)
+    return Model(path, meta, tensors, order, input_chw, nodes, output)
+
+
+if __name__ == "__main__":
+    import sys
+    args = sys.argv[1:]
+    if len(args) == 3 and args[0] == "--meta":  # vmcfile.py --meta KEY FILE: one value
+        print(read(args[2]).meta.get(args[1], ""))
+        sys.exit(0)
+    for p in args:
+        m = read(p)
+        print("%s: %d metadata, %d tensors, %d nodes, input %s, output %s"
+              % (p, len(m.meta), len(m.tensors), len(m.nodes), m.input_chw, m.output))
+        for k, v in m.meta.items():
+            print("  %s = %s" % (k, v if len(v) < 80 else v[:77] + "..."))
