@@ -1,6 +1,8 @@
-"""A small reader of vmc's .vmc model file (docs/file-format.md, version 1), for the
-Python peer benchmarks: the metadata, and every tensor of the directory as a torch
-tensor (f32, s8, u8, s32; s4 unpacked to int8), with its role, link and axis.
+"""A small reader of vmc's .vmc model file (docs/file-format.md, versions 1 and 2), for
+the Python peer benchmarks: the metadata, the graph, and every tensor of the directory as
+a torch tensor (f32, s8, u8, s32; s4 unpacked to int8).  A scale or zero-point tensor
+(role 1 / 2) is attached to the tensor it qualifies (.scale, .zero_point, .axis) rather
+than listed by name: version 2 gives an s8/s4 weight's scales the weight's own name.
 
     import vmcfile
     m = vmcfile.read("/work/models/resnet8.vmc")
@@ -19,7 +21,7 @@ import zlib
 import torch
 
 MAGIC = b"VMCMODEL"
-VERSION = 1
+VERSIONS = (1, 2)
 HEADER_BYTES = 96
 DTYPES = {0: ("f32", 4), 1: ("s8", 1), 2: ("u8", 1), 3: ("s32", 4), 4: ("s4", None)}
 ROLES = {0: "data", 1: "scale", 2: "zero_point"}
@@ -34,6 +36,21 @@ class Tensor:
     def __init__(self, name, dtype, role, flags, link, axis, dims, data):
         self.name, self.dtype, self.role, self.flags = name, dtype, role, flags
         self.link, self.axis, self.dims, self.data = link, axis, dims, data
+        self.scale = self.zero_point = None  # companions (torch tensors), if any
+        self.qaxis = 0
+
+    def dequantized(self):
+        """float32 values: the data itself, or (codes - zero point) x scale along
+        the companions' axis."""
+        if self.scale is None:
+            return self.data.float()
+        shape = [1] * len(self.dims)
+        if self.scale.numel() > 1:
+            shape[self.qaxis] = -1
+        v = self.data.float()
+        if self.zero_point is not None:
+            v = v - self.zero_point.float().view(shape)
+        return v * self.scale.float().view(shape)
 
     @property
     def shape(self):
@@ -46,9 +63,10 @@ class Model:
         self.input_chw, self.nodes, self.output = input_chw, nodes, output
 
     def float_params(self):
-        """{name: float32 tensor} of the graph's f32 data tensors (no extras)."""
-        return {n: t.data for n, t in self.tensors.items()
-                if t.dtype == "f32" and t.role == "data" and not t.flags & FLAG_EXTRA}
+        """{name: float32 tensor} of the graph's parameters (no extras); quantized
+        storage is dequantized."""
+        return {n: t.dequantized() for n, t in self.tensors.items()
+                if not t.flags & FLAG_EXTRA}
 
 
 class _Cursor:
@@ -115,9 +133,9 @@ def read(path):
         raise VmcFileError("%s: truncated header" % path)
     (version, header_bytes, file_bytes, n_meta, n_tensors, n_nodes, flags,
      meta_off, tens_off, graph_off, data_off) = struct.unpack_from("<IIQIIIIQQQQ", buf, 8)
-    if version != VERSION:
-        raise VmcFileError("%s: format version %d (this reader knows %d)"
-                           % (path, version, VERSION))
+    if version not in VERSIONS:
+        raise VmcFileError("%s: format version %d (this reader knows %s)"
+                           % (path, version, VERSIONS))
     if header_bytes != HEADER_BYTES or file_bytes != len(buf):
         raise VmcFileError("%s: truncated or trailing bytes (header says %d, file has %d)"
                            % (path, file_bytes, len(buf)))
@@ -139,7 +157,7 @@ def read(path):
         raise VmcFileError("%s: metadata section not consumed exactly" % path)
 
     c = _Cursor(buf, tens_off, graph_off, path, "tensor directory")
-    tensors, order = {}, []
+    tensors, order, by_index = {}, [], []
     for i in range(n_tensors):
         name = c.str("tensor %d name" % i, 1, 63)
         code, role, tflags, link, axis, ndim = (c.u32(name + " " + f) for f in
@@ -160,10 +178,23 @@ def read(path):
         if nbytes != want or off % 64 or off < data_off or off + nbytes > len(buf) - 4:
             raise VmcFileError("%s: tensor %s: data at %d (%d bytes) misplaced or sized wrong"
                                % (path, name, off, nbytes))
+        t = Tensor(name, dtype, ROLES[role], tflags, link, axis, dims,
+                   _tensor_data(buf, dtype, dims, off, nbytes))
+        by_index.append(t)
+        if role:  # a companion: attach it to the tensor it qualifies
+            if link >= i or by_index[link].role != "data" or axis >= len(by_index[link].dims):
+                raise VmcFileError("%s: tensor %s: link %d / axis %d name no earlier data "
+                                   "tensor" % (path, name, link, axis))
+            target = by_index[link]
+            if t.data.numel() not in (1, target.dims[axis]):
+                raise VmcFileError("%s: tensor %s: %d values for axis %d of %s"
+                                   % (path, name, t.data.numel(), axis, target.name))
+            setattr(target, "scale" if role == 1 else "zero_point", t.data.flatten())
+            target.qaxis = axis
+            continue
         if name in tensors:
             raise VmcFileError("%s: tensor %s appears twice" % (path, name))
-        tensors[name] = Tensor(name, dtype, ROLES[role], tflags, link, axis, dims,
-                               _tensor_data(buf, dtype, dims, off, nbytes))
+        tensors[name] = t
         order.append(name)
 
     c = _Cursor(buf, graph_off, data_off, path, "graph")
