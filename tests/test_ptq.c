@@ -404,6 +404,20 @@ TEST(ptq_observable_plan_keeps_every_value) {
 
 /* ---- the pass ---------------------------------------------------------------------- */
 
+static const vmc_node *producer(const vmc_graph *g, int v) {
+  for (int i = 0; i < g->n_nodes; i++)
+    if (g->nodes[i].out == v) return &g->nodes[i];
+  return NULL;
+}
+
+/* Node j is a relu reading a conv2d/linear/add (fused into it). */
+static int n_is_fused(const vmc_graph *g, int j) {
+  if (strcmp(g->nodes[j].op->name, "relu") && strcmp(g->nodes[j].op->name, "relu6")) return 0;
+  const vmc_node *p = producer(g, g->nodes[j].in[0]);
+  return p && (!strcmp(p->op->name, "conv2d") || !strcmp(p->op->name, "linear") ||
+               !strcmp(p->op->name, "add"));
+}
+
 static vmc_ptq_opts opts(vmc_qscheme w, int per_channel, vmc_observer_kind k, int images) {
   vmc_ptq_opts o;
   vmc_ptq_opts_default(&o);
@@ -424,22 +438,41 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
   vmc_ptq_report rep;
   REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
   CHECK(graph_sum(g) == before);
-  /* 10 conv/linear layers reading 8 distinct values; 9 batchnorms folded. */
+  /* 10 conv/linear layers; 9 batchnorms folded.  Quantized values: the
+   * input, the stem's output, per block the first relu, the second conv
+   * (read by the add), the add (+relu), and in stages 2 and 3 the
+   * downsample conv (13), and the global pool's output (read through
+   * flatten by fc). */
   CHECK_EQ_INT(rep.n_layers, 10);
   CHECK_EQ_INT(rep.bn_folded, 9);
   CHECK_EQ_INT(rep.calib_images, 36);
+  CHECK_EQ_INT(rep.n_sites, 14);
   CHECK_EQ_INT(count_op(q, "batchnorm"), 0);
-  CHECK_EQ_INT(count_op(q, "fakequant"), 8);
-  CHECK_EQ_INT(q->n_nodes, g->n_nodes - 9 + 8);
-  /* Every conv/linear reads a fakequant; the two stage-2 convs share one. */
+  CHECK_EQ_INT(count_op(q, "fakequant"), 14);
+  CHECK_EQ_INT(q->n_nodes, g->n_nodes - 9 + 14);
+  /* Every input of every node but relu and fakequant comes from a
+   * fakequant, or from a flatten reading one; each value a conv/add/pool
+   * computes is read by one fakequant, or by one relu read by one fakequant. */
   for (int i = 0; i < q->n_nodes; i++) {
     const vmc_node *n = &q->nodes[i];
-    if (strcmp(n->op->name, "conv2d") && strcmp(n->op->name, "linear")) continue;
-    const int v = n->in[0];
-    int prod = -1;
-    for (int j = 0; j < i; j++)
-      if (q->nodes[j].out == v) prod = j;
-    CHECK(prod >= 0 && !strcmp(q->nodes[prod].op->name, "fakequant"));
+    const char *op = n->op->name;
+    if (strcmp(op, "relu") && strcmp(op, "fakequant"))
+      for (int k = 0; k < n->n_in; k++) {
+        const vmc_node *p = producer(q, n->in[k]);
+        if (p && !strcmp(p->op->name, "flatten")) p = producer(q, p->in[0]);
+        CHECK(p && !strcmp(p->op->name, "fakequant"));
+      }
+    if (strcmp(op, "fakequant") && strcmp(op, "flatten") && n->out != q->output) {
+      int readers = 0, ok = 0;
+      for (int j = i + 1; j < q->n_nodes; j++)
+        for (int k = 0; k < q->nodes[j].n_in; k++)
+          if (q->nodes[j].in[k] == n->out) {
+            readers++;
+            ok = !strcmp(q->nodes[j].op->name, "fakequant") || n_is_fused(q, j);
+          }
+      CHECK_EQ_INT(readers, 1);
+      CHECK(ok);
+    }
   }
   const int shared = vmc_graph_find_value(q, "layer1.0.relu2.quant");
   CHECK(shared >= 0);
@@ -545,6 +578,57 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
 
 /* Every observer, both weight schemes and granularities, on the zoo's
  * residual, depthwise and plain models. */
+TEST(ptq_layer_rules_and_layer_sites) {
+  vmc_graph *g = model("resnet8"), *q = NULL;
+  vmc_dataset *d = images(8, 7);
+  REQUIRE(g && d);
+  /* Mixed precision: one layer 4-bit, one kept fp32, the rest 8-bit. */
+  const vmc_ptq_rule rules[2] = {{.node = "layer2.0.conv1", .weight_bits = 4, .quant_input = 1},
+                                 {.node = "fc", .weight_bits = 0, .quant_input = 1}};
+  vmc_ptq_opts o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 8);
+  o.rules = rules;
+  o.n_rules = 2;
+  vmc_ptq_report rep;
+  REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
+  for (int i = 0; i < rep.n_layers; i++) {
+    const vmc_ptq_layer *l = &rep.layers[i];
+    const vmc_param *w = &q->params[node_of(q, l->node)->param[0]];
+    const int want = !strcmp(l->node, "fc") ? 0 : !strcmp(l->node, "layer2.0.conv1") ? 4 : 8;
+    CHECK_EQ_INT(l->weight_bits, want);
+    CHECK_EQ_INT((int)w->store, want == 0 ? VMC_F32 : want == 4 ? VMC_S4 : VMC_S8);
+    CHECK_EQ_INT(w->n_qscale, want ? w->shape.d[0] : 0);
+  }
+  const char *meta = vmc_graph_meta(q, "quant");
+  CHECK(meta && strstr(meta, "\"node\":\"fc\",\"input\":\"flatten\",\"quant\":\"avgpool.quant\""));
+  CHECK(meta && strstr(meta, "\"weight\":{\"bits\":0}"));
+  vmc_ptq_report_free(&rep);
+  vmc_graph_free(q);
+  /* Without integer sites: only the layers' inputs, 8 distinct values; a
+   * layer may read its input in float. */
+  const vmc_ptq_rule flt = {.node = "layer1.0.conv1", .weight_bits = 8, .quant_input = 0};
+  o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 8);
+  o.integer_sites = 0;
+  REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
+  CHECK_EQ_INT(count_op(q, "fakequant"), 8);
+  CHECK_EQ_INT(rep.n_sites, 8);
+  vmc_ptq_report_free(&rep);
+  vmc_graph_free(q);
+  o.rules = &flt;
+  o.n_rules = 1;
+  REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
+  /* The stem's output was a site only for layer1.0.conv1, which reads it
+   * in float now. */
+  CHECK_EQ_INT(count_op(q, "fakequant"), 7);
+  const vmc_node *c1 = node_of(q, "layer1.0.conv1");
+  REQUIRE(c1);
+  CHECK(strcmp(producer(q, c1->in[0])->op->name, "fakequant"));
+  CHECK(rep.layers[1].quant[0] == 0);
+  vmc_ptq_report_free(&rep);
+  vmc_graph_free(q);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
+
 TEST(ptq_observers_schemes_and_models) {
   const char *models[] = {"lenet5", "resnet8", "mobilenetv2-tiny"};
   vmc_dataset *d = images(24, 4);
@@ -611,9 +695,27 @@ TEST(ptq_rejects_bad_requests) {
   CHECK(vmc_ptq_quantize(g, d, &o, &q, &rep) == VMC_ERR_INVALID_ARG);
   CHECK(strstr(vmc_last_error(), "weight scheme u8"));
   o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 4);
-  o.act_scheme = VMC_QSCHEME_U4;
+  o.act_scheme = VMC_QSCHEME_S4;
   CHECK(vmc_ptq_quantize(g, d, &o, &q, &rep) == VMC_ERR_UNSUPPORTED);
-  CHECK(strstr(vmc_last_error(), "activation scheme u4"));
+  CHECK(strstr(vmc_last_error(), "activation scheme s4"));
+  /* Layer rules: unknown node, bad bits, a float input the runtime cannot run. */
+  vmc_ptq_rule r = {.node = "nope", .weight_bits = 8, .quant_input = 1};
+  o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 4);
+  o.rules = &r;
+  o.n_rules = 1;
+  CHECK(vmc_ptq_quantize(g, d, &o, &q, &rep) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "'nope' is not a conv2d or linear"));
+  r.node = "layer1.0.bn1";
+  CHECK(vmc_ptq_quantize(g, d, &o, &q, &rep) == VMC_ERR_INVALID_ARG);
+  r.node = "conv1";
+  r.weight_bits = 2;
+  CHECK(vmc_ptq_quantize(g, d, &o, &q, &rep) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "2-bit weights"));
+  r.weight_bits = 8;
+  r.quant_input = 0;
+  CHECK(vmc_ptq_quantize(g, d, &o, &q, &rep) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "integer runtime"));
+  CHECK(q == NULL);
   o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 0);
   CHECK(vmc_ptq_quantize(g, d, &o, &q, &rep) == VMC_ERR_INVALID_ARG);
   o = opts(VMC_QSCHEME_S8, 1, (vmc_observer_kind)99, 4);

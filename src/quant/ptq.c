@@ -17,6 +17,7 @@ void vmc_ptq_opts_default(vmc_ptq_opts *o) {
   o->weight_scheme = VMC_QSCHEME_S8;
   o->per_channel = 1;
   o->act_scheme = VMC_QSCHEME_U8;
+  o->integer_sites = 1;
   o->observer = VMC_OBSERVER_MINMAX;
   o->input_observer = VMC_OBSERVER_MINMAX;
   o->calib_images = 512;
@@ -42,15 +43,50 @@ static int is_target(const vmc_node *n) {
          (!strcmp(n->op->name, "conv2d") || !strcmp(n->op->name, "linear"));
 }
 
+static int op_is(const vmc_node *n, const char *a, const char *b, const char *c) {
+  const char *o = n->op->name;
+  return !strcmp(o, a) || (b && !strcmp(o, b)) || (c && !strcmp(o, c));
+}
+
+/* The rule for node n, or NULL. */
+static const vmc_ptq_rule *rule_for(const vmc_ptq_opts *o, const char *node) {
+  for (int i = 0; i < o->n_rules; i++)
+    if (o->rules[i].node && !strcmp(o->rules[i].node, node)) return &o->rules[i];
+  return NULL;
+}
+
+static int layer_weight_bits(const vmc_ptq_opts *o, const vmc_node *n) {
+  const vmc_ptq_rule *r = rule_for(o, n->name);
+  return r ? r->weight_bits : o->weight_scheme == VMC_QSCHEME_S4 ? 4 : 8;
+}
+
 static vmc_status check_opts(const vmc_graph *g, const vmc_dataset *d, const vmc_ptq_opts *o) {
   const vmc_qscheme_info *ws = vmc_qscheme_get(o->weight_scheme);
   const vmc_qscheme_info *as = vmc_qscheme_get(o->act_scheme);
   if (!ws || !ws->symmetric)
     return vmc_error(VMC_ERR_INVALID_ARG, "ptq: weight scheme %s: weights take a symmetric "
                      "scheme (s8 or s4)", ws ? ws->name : "?");
-  if (!as || (o->act_scheme != VMC_QSCHEME_U8 && o->act_scheme != VMC_QSCHEME_S8))
-    return vmc_error(VMC_ERR_UNSUPPORTED, "ptq: activation scheme %s: post-training "
-                     "quantization takes u8 or s8 activations", as ? as->name : "?");
+  if (!as || o->act_scheme == VMC_QSCHEME_S4)
+    return vmc_error(VMC_ERR_UNSUPPORTED, "ptq: activation scheme %s: activations take "
+                     "u8, s8 or u4", as ? as->name : "?");
+  if (o->n_rules < 0 || (o->n_rules > 0 && !o->rules))
+    return vmc_error(VMC_ERR_INVALID_ARG, "ptq: %d layer rules", o->n_rules);
+  for (int i = 0; i < o->n_rules; i++) {
+    const vmc_ptq_rule *r = &o->rules[i];
+    int found = -1;
+    for (int j = 0; r->node && j < g->n_nodes && found < 0; j++)
+      if (!strcmp(g->nodes[j].name, r->node)) found = j;
+    if (found < 0 || !is_target(&g->nodes[found]))
+      return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer rule %d: '%s' is not a conv2d or "
+                       "linear node of the model", i, r->node ? r->node : "(null)");
+    if (r->weight_bits != 0 && r->weight_bits != 4 && r->weight_bits != 8)
+      return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer '%s': %d-bit weights (4, 8 or 0 for "
+                       "fp32)", r->node, r->weight_bits);
+    if (!r->quant_input && o->integer_sites)
+      return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer '%s' reads a float input, which the "
+                       "integer runtime cannot run (turn integer sites off to simulate it)",
+                       r->node);
+  }
   if ((int)o->observer < 0 || o->observer >= VMC_OBSERVER_KIND_COUNT ||
       (int)o->input_observer < 0 || o->input_observer >= VMC_OBSERVER_KIND_COUNT)
     return vmc_error(VMC_ERR_INVALID_ARG, "ptq: unknown observer kind %d",
@@ -87,6 +123,69 @@ typedef struct site {
   uint64_t n, clipped;
   int qvalue;           /* the fakequant node's value in the quantized graph */
 } site;
+
+/* Fills site_of and sites (value and qvalue = -1 only) as ptq.h describes;
+ * grid_of[v]: the site whose grid value v is on (a site's value, or one that
+ * flatten/dropout/maxpool kept on that grid), or -1. */
+static vmc_status find_sites(const vmc_graph *f, const vmc_ptq_opts *o, int *site_of,
+                             site *sites, int *n_sites, int *grid_of) {
+  int *readers = vmc_malloc_plain((size_t)f->n_values * sizeof *readers);
+  int *producer = vmc_malloc_plain((size_t)f->n_values * sizeof *producer);
+  int *site_id = vmc_malloc_plain((size_t)f->n_values * sizeof *site_id);
+  uint8_t *on_grid = vmc_malloc_plain((size_t)f->n_values);
+  if (!readers || !producer || !site_id || !on_grid) {
+    vmc_free(readers);
+    vmc_free(producer);
+    vmc_free(site_id);
+    vmc_free(on_grid);
+    return vmc_error(VMC_ERR_NOMEM, "ptq: sites");
+  }
+  for (int v = 0; v < f->n_values; v++)
+    readers[v] = 0, producer[v] = -1, site_id[v] = -1, on_grid[v] = 0, grid_of[v] = -1;
+  for (int i = 0; i < f->n_nodes; i++) {
+    producer[f->nodes[i].out] = i;
+    for (int k = 0; k < f->nodes[i].n_in; k++) readers[f->nodes[i].in[k]]++;
+  }
+  *n_sites = 0;
+  for (int i = 0; i < f->n_nodes; i++) {
+    const vmc_node *n = &f->nodes[i];
+    int all_grid = 1; /* every input is read quantized */
+    for (int k = 0; k < VMC_MAX_INPUTS; k++) site_of[i * VMC_MAX_INPUTS + k] = -1;
+    for (int k = 0; k < n->n_in; k++) {
+      const int v = n->in[k], pr = producer[v];
+      int want;
+      if (is_target(n)) {
+        const vmc_ptq_rule *r = rule_for(o, n->name);
+        want = !r || r->quant_input;
+      } else if (!o->integer_sites) {
+        want = 0;
+      } else if (op_is(n, "relu", "relu6", NULL) && pr >= 0 && readers[v] == 1 &&
+                 op_is(&f->nodes[pr], "conv2d", "linear", "add")) {
+        want = 0; /* fused into its producer; the site is the relu's output */
+      } else {
+        want = 1;
+      }
+      if (want && !on_grid[v]) {
+        if (site_id[v] < 0) {
+          site_id[v] = *n_sites;
+          sites[(*n_sites)++] = (site){.value = v, .qvalue = -1};
+        }
+        site_of[i * VMC_MAX_INPUTS + k] = site_id[v];
+        grid_of[v] = site_id[v];
+      }
+      all_grid &= want && (on_grid[v] || site_id[v] >= 0);
+    }
+    on_grid[n->out] = o->integer_sites && n->n_in == 1 && all_grid &&
+                      op_is(n, "flatten", "dropout", "maxpool");
+    if (on_grid[n->out]) grid_of[n->out] = grid_of[n->in[0]];
+  }
+  vmc_free(readers);
+  vmc_free(producer);
+  vmc_free(site_id);
+  vmc_free(on_grid);
+  return VMC_OK;
+}
+
 
 /* Second pass: the SQNR of each value against its fake quantization and the
  * fraction beyond half a step outside the grid. */
@@ -163,8 +262,8 @@ static void fq_name(const vmc_graph *f, const vmc_graph *q, const char *value, c
     len = snprintf(out, VMC_NAME_MAX, "quant.%d", k);
 }
 
-/* f's nodes in order, a fakequant node before the first conv2d/linear
- * reading each site's value; the same parameters (ids) and metadata.
+/* f's nodes in order, a fakequant node before the first node reading each
+ * site's value; the same parameters (ids) and metadata.
  * node_map[i]: the index in *out of f's node i. */
 static vmc_status build_quantized(const vmc_graph *f, const int *site_of, site *sites,
                                   vmc_graph **out, int *node_map) {
@@ -181,20 +280,21 @@ static vmc_status build_quantized(const vmc_graph *f, const int *site_of, site *
   for (int i = 0; i < f->n_nodes && !s; i++) {
     const vmc_node *n = &f->nodes[i];
     int in[VMC_MAX_INPUTS];
-    for (int k = 0; k < n->n_in; k++) in[k] = map[n->in[k]];
-    if (site_of[i] >= 0) {
-      site *st = &sites[site_of[i]];
+    for (int k = 0; k < n->n_in && !s; k++) {
+      in[k] = map[n->in[k]];
+      if (site_of[i * VMC_MAX_INPUTS + k] < 0) continue;
+      site *st = &sites[site_of[i * VMC_MAX_INPUTS + k]];
       if (st->qvalue < 0) {
         char name[VMC_NAME_MAX];
         fq_name(f, q, f->values[st->value].name, name);
         const vmc_attr a[4] = {vmc_attr_float("scale", st->qp.scale),
                                vmc_attr_int("zero_point", st->qp.zero_point),
                                vmc_attr_int("qmin", st->qp.qmin), vmc_attr_int("qmax", st->qp.qmax)};
-        s = vmc_graph_add_node(q, "fakequant", name, &in[0], 1, a, 4, NULL, 0, &st->qvalue);
-        if (s) break;
+        s = vmc_graph_add_node(q, "fakequant", name, &in[k], 1, a, 4, NULL, 0, &st->qvalue);
       }
-      in[0] = st->qvalue;
+      in[k] = st->qvalue;
     }
+    if (s) break;
     node_map[i] = q->n_nodes;
     s = vmc_graph_add_node(q, n->op->name, n->name, in, n->n_in, n->attr, n->n_attr, n->param,
                            n->n_param, &map[n->out]);
@@ -213,7 +313,8 @@ static vmc_status build_quantized(const vmc_graph *f, const int *site_of, site *
 /* Fake-quantizes node n's weight (and bias) in q; fills the layer's weight
  * fields; wscale (channels entries) gets the scale of each channel. */
 static vmc_status quantize_weights(vmc_graph *q, const vmc_node *n, const vmc_ptq_opts *o,
-                                   const vmc_qparams *act, vmc_ptq_layer *l, float *wscale) {
+                                   vmc_qscheme scheme, const vmc_qparams *act,
+                                   vmc_ptq_layer *l, float *wscale) {
   vmc_param *w = &q->params[n->param[0]];
   const int ch = w->shape.d[0];
   const size_t total = vmc_shape_count(&w->shape), k = total / (size_t)ch;
@@ -222,7 +323,7 @@ static vmc_status quantize_weights(vmc_graph *q, const vmc_node *n, const vmc_pt
   vmc_qparams *wp = vmc_malloc_plain((size_t)ch * sizeof *wp);
   int8_t *codes = vmc_malloc_plain(total);
   vmc_status s = !wp || !codes ? vmc_error(VMC_ERR_NOMEM, "ptq: weights of '%s'", n->name) : VMC_OK;
-  if (!s) s = vmc_quantize_weights(w->data, ch, k, o->weight_scheme, o->per_channel, wp, codes);
+  if (!s) s = vmc_quantize_weights(w->data, ch, k, scheme, o->per_channel, wp, codes);
   if (s) {
     char what[VMC_NAME_MAX + 32];
     snprintf(what, sizeof what, "weights of node '%s'", n->name);
@@ -241,10 +342,10 @@ static vmc_status quantize_weights(vmc_graph *q, const vmc_node *n, const vmc_pt
     }
     s = vmc_qfake_quantize(w->data, blocks, bk, wp, w->data);
     /* Files store the codes and scales. */
-    if (!s) s = vmc_param_set_quantized(q, n->param[0], o->weight_scheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8,
+    if (!s) s = vmc_param_set_quantized(q, n->param[0], scheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8,
                                         wscale, blocks);
   }
-  if (!s && o->bias_s32 && n->n_param > 1) {
+  if (!s && o->bias_s32 && act && n->n_param > 1) {
     /* s32 codes with scale s_w[c] * s_x: what the integer runtime adds to its
      * accumulators.  A product below FLT_MIN (not representable as a scale)
      * leaves that bias in float. */
@@ -305,7 +406,7 @@ static void sb_num(sbuf *b, double v) {
 static int weight_bits(vmc_qscheme s) { return s == VMC_QSCHEME_S4 ? 4 : 8; }
 
 static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_report *r,
-                             const float *const *wscales, const char *data_name) {
+                             const char *data_name) {
   const char *wn = vmc_qscheme_get(o->weight_scheme)->name, *an = vmc_qscheme_get(o->act_scheme)->name;
   const char *obs = vmc_observer_kind_name(o->observer);
   const char *iobs = vmc_observer_kind_name(o->input_observer);
@@ -325,27 +426,35 @@ static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_
   }
   if (o->observer >= VMC_OBSERVER_PERCENTILE || o->input_observer >= VMC_OBSERVER_PERCENTILE) sb_printf(&b, ",\"bins\":%d", o->obs.bins > 0 ? o->obs.bins : 2048);
   sb_printf(&b, "},\"bias\":\"%s\",\"calibration\":{\"data\":\"%s\",\"split\":\"train\","
-            "\"images\":%d,\"batch\":%d},\"batchnorm_folded\":%d,\"layers\":[",
-            o->bias_s32 ? "s32" : "f32", data_name, r->calib_images, o->batch, r->bn_folded);
+            "\"images\":%d,\"batch\":%d},\"batchnorm_folded\":%d,\"quantized_values\":%d,"
+            "\"layers\":[",
+            o->bias_s32 ? "s32" : "f32", data_name, r->calib_images, o->batch, r->bn_folded,
+            r->n_sites);
   for (int i = 0; i < r->n_layers; i++) {
     const vmc_ptq_layer *l = &r->layers[i];
-    sb_printf(&b, "%s{\"node\":\"%s\",\"input\":\"%s\",\"quant\":\"%s\",\"act\":{"
-              "\"observer\":\"%s\",\"scale\":", i ? "," : "", l->node, l->input, l->quant,
-              vmc_observer_kind_name(l->observer));
-    sb_num(&b, l->act.scale);
-    sb_printf(&b, ",\"zero_point\":%d,\"qmin\":%d,\"qmax\":%d,\"lo\":", (int)l->act.zero_point,
-              (int)l->act.qmin, (int)l->act.qmax);
-    sb_num(&b, l->lo);
-    sb_printf(&b, ",\"hi\":");
-    sb_num(&b, l->hi);
-    sb_printf(&b, "},\"weight\":{\"sqnr_db\":");
-    sb_num(&b, l->w_sqnr_db);
-    sb_printf(&b, ",\"scales\":[");
-    for (int c = 0; c < l->channels; c++) {
-      if (c) sb_printf(&b, ",");
-      sb_num(&b, wscales[i][c]);
+    sb_printf(&b, "%s{\"node\":\"%s\",\"input\":\"%s\"", i ? "," : "", l->node, l->input);
+    if (l->quant[0]) {
+      sb_printf(&b, ",\"quant\":\"%s\",\"act\":{\"observer\":\"%s\",\"scale\":", l->quant,
+                vmc_observer_kind_name(l->observer));
+      sb_num(&b, l->act.scale);
+      sb_printf(&b, ",\"zero_point\":%d,\"qmin\":%d,\"qmax\":%d,\"lo\":",
+                (int)l->act.zero_point, (int)l->act.qmin, (int)l->act.qmax);
+      sb_num(&b, l->lo);
+      sb_printf(&b, ",\"hi\":");
+      sb_num(&b, l->hi);
+      sb_printf(&b, "}");
     }
-    sb_printf(&b, "]}}");
+    /* The scales themselves are stored with the weight (vmc_param.qscale). */
+    sb_printf(&b, ",\"weight\":{\"bits\":%d", l->weight_bits);
+    if (l->weight_bits) {
+      sb_printf(&b, ",\"channels\":%d,\"sqnr_db\":", l->channels);
+      sb_num(&b, l->w_sqnr_db);
+      sb_printf(&b, ",\"scale_min\":");
+      sb_num(&b, l->w_scale_min);
+      sb_printf(&b, ",\"scale_max\":");
+      sb_num(&b, l->w_scale_max);
+    }
+    sb_printf(&b, "}}");
   }
   sb_printf(&b, "]}");
   vmc_status s = b.oom ? vmc_error(VMC_ERR_NOMEM, "ptq: metadata") : vmc_graph_set_meta(q, "quant", b.p);
@@ -373,36 +482,33 @@ vmc_status vmc_ptq_quantize(const vmc_graph *g, const vmc_dataset *calib, const 
   vmc_ptq_report rep = {0};
   vmc_graph *f = NULL, *q = NULL;
   site *sites = NULL;
-  int *site_of = NULL, *node_map = NULL, n_sites = 0;
-  float **wscales = NULL;
+  int *site_of = NULL, *node_map = NULL, *grid_of = NULL, n_sites = 0;
   uint8_t *done_param = NULL; /* per parameter of q: quantized */
   vmc_status s = vmc_graph_fold_bn_copy(g, &f, &rep.bn_folded);
   if (s) goto done;
-  /* Sites: the values conv2d/linear nodes read, one observer each. */
-  site_of = vmc_malloc_plain((size_t)f->n_nodes * sizeof *site_of);
-  sites = vmc_malloc_plain((size_t)f->n_nodes * sizeof *sites);
+  /* Sites (see ptq.h), one observer each; site_of[i * VMC_MAX_INPUTS + k]:
+   * the site node i reads as input k, or -1. */
+  site_of = vmc_malloc_plain((size_t)f->n_nodes * VMC_MAX_INPUTS * sizeof *site_of);
+  sites = vmc_malloc_plain(((size_t)f->n_values + 1) * sizeof *sites);
   node_map = vmc_malloc_plain((size_t)f->n_nodes * sizeof *node_map);
-  if (!site_of || !sites || !node_map) {
+  grid_of = vmc_malloc_plain((size_t)f->n_values * sizeof *grid_of);
+  if (!site_of || !sites || !node_map || !grid_of) {
     s = vmc_error(VMC_ERR_NOMEM, "ptq");
     goto done;
   }
+  if ((s = find_sites(f, &o, site_of, sites, &n_sites, grid_of))) goto done;
+  for (int i = 0; i < f->n_nodes; i++) rep.n_layers += is_target(&f->nodes[i]);
   vmc_observer_opts oo = o.obs;
   oo.scheme = o.act_scheme;
-  for (int i = 0; i < f->n_nodes && !s; i++) {
-    site_of[i] = -1;
-    if (!is_target(&f->nodes[i])) continue;
-    rep.n_layers++;
-    const int v = f->nodes[i].in[0];
-    int j = 0;
-    while (j < n_sites && sites[j].value != v) j++;
-    if (j == n_sites) {
-      sites[j] = (site){.value = v, .qvalue = -1};
-      s = vmc_observer_create(v == f->input ? o.input_observer : o.observer, &oo, &sites[j].obs);
-      if (s) s = wrap(s, "observer");
-      else n_sites++;
+  for (int j = 0; j < n_sites && !s; j++) {
+    s = vmc_observer_create(sites[j].value == f->input ? o.input_observer : o.observer, &oo,
+                            &sites[j].obs);
+    if (s) {
+      s = wrap(s, "observer");
+      n_sites = j; /* the ones to destroy */
     }
-    site_of[i] = j;
   }
+  rep.n_sites = n_sites;
   if (s) goto done;
   if (!rep.n_layers) {
     s = vmc_error(VMC_ERR_INVALID_ARG, "ptq: the model has no conv2d or linear node to quantize");
@@ -426,52 +532,56 @@ vmc_status vmc_ptq_quantize(const vmc_graph *g, const vmc_dataset *calib, const 
   if (s) goto done;
   /* Weights, and the report in node order. */
   rep.layers = vmc_malloc_plain((size_t)rep.n_layers * sizeof *rep.layers);
-  wscales = vmc_malloc_plain((size_t)rep.n_layers * sizeof *wscales);
   done_param = vmc_malloc_plain((size_t)q->n_params);
-  if (!rep.layers || !wscales || !done_param) {
+  if (rep.layers) memset(rep.layers, 0, (size_t)rep.n_layers * sizeof *rep.layers);
+  if (done_param) memset(done_param, 0, (size_t)q->n_params);
+  if (!rep.layers || !done_param) {
     s = vmc_error(VMC_ERR_NOMEM, "ptq");
     goto done;
   }
   for (int i = 0, li = 0; i < f->n_nodes && !s; i++) {
-    if (site_of[i] < 0) continue;
-    const site *st = &sites[site_of[i]];
+    if (!is_target(&f->nodes[i])) continue;
+    const int sid = site_of[i * VMC_MAX_INPUTS] >= 0 ? site_of[i * VMC_MAX_INPUTS]
+                    : grid_of[f->nodes[i].in[0]];
+    const site *st = sid >= 0 ? &sites[sid] : NULL;
     const vmc_node *n = &q->nodes[node_map[i]];
-    vmc_ptq_layer *l = &rep.layers[li];
+    vmc_ptq_layer *l = &rep.layers[li++];
     snprintf(l->node, sizeof l->node, "%s", n->name);
     snprintf(l->op, sizeof l->op, "%s", n->op->name);
-    snprintf(l->input, sizeof l->input, "%s", f->values[st->value].name);
-    snprintf(l->quant, sizeof l->quant, "%s", q->values[st->qvalue].name);
-    l->act = st->qp;
-    l->observer = st->value == f->input ? o.input_observer : o.observer;
-    l->lo = st->lo;
-    l->hi = st->hi;
-    l->seen_min = st->st.min;
-    l->seen_max = st->st.max;
-    l->act_sqnr_db = st->se2 > 0 ? 10 * log10(st->sx2 / st->se2) : INFINITY;
-    l->clipped = st->n ? (double)st->clipped / (double)st->n : 0;
-    const int ch = q->params[n->param[0]].shape.d[0];
-    wscales[li] = vmc_malloc_plain((size_t)ch * sizeof **wscales);
-    if (!wscales[li]) {
-      s = vmc_error(VMC_ERR_NOMEM, "ptq");
-      break;
+    snprintf(l->input, sizeof l->input, "%s", f->values[f->nodes[i].in[0]].name);
+    l->weight_bits = layer_weight_bits(&o, n);
+    if (st) {
+      snprintf(l->quant, sizeof l->quant, "%s", q->values[st->qvalue].name);
+      l->act = st->qp;
+      l->observer = st->value == f->input ? o.input_observer : o.observer;
+      l->lo = st->lo;
+      l->hi = st->hi;
+      l->seen_min = st->st.min;
+      l->seen_max = st->st.max;
+      l->act_sqnr_db = st->se2 > 0 ? 10 * log10(st->sx2 / st->se2) : INFINITY;
+      l->clipped = st->n ? (double)st->clipped / (double)st->n : 0;
     }
     if (done_param[n->param[0]]) /* a weight shared with an earlier node: already done */
       s = vmc_error(VMC_ERR_UNSUPPORTED, "ptq: node '%s' shares its weight '%s' with another "
                     "node", n->name, q->params[n->param[0]].name);
-    if (!s) s = quantize_weights(q, n, &o, &st->qp, l, wscales[li]);
+    const int ch = q->params[n->param[0]].shape.d[0];
+    float *wscale = vmc_malloc_plain((size_t)ch * sizeof *wscale);
+    if (!s && !wscale) s = vmc_error(VMC_ERR_NOMEM, "ptq");
+    if (!s && l->weight_bits)
+      s = quantize_weights(q, n, &o, l->weight_bits == 4 ? VMC_QSCHEME_S4 : VMC_QSCHEME_S8,
+                           st ? &st->qp : NULL, l, wscale);
+    vmc_free(wscale);
     done_param[n->param[0]] = 1;
     if (n->n_param > 1) done_param[n->param[1]] = 1;
-    li++;
   }
   rep.seconds = vmc_now() - t0;
-  if (!s) s = write_meta(q, &o, &rep, (const float *const *)wscales, calib->name[0] ? calib->name : calib->source);
+  if (!s) s = write_meta(q, &o, &rep, calib->name[0] ? calib->name : calib->source);
 done:
   for (int j = 0; j < n_sites; j++) vmc_observer_destroy(sites[j].obs);
-  for (int i = 0; wscales && i < rep.n_layers; i++) vmc_free(wscales[i]);
-  vmc_free(wscales);
   vmc_free(done_param);
   vmc_free(sites);
   vmc_free(site_of);
+  vmc_free(grid_of);
   vmc_free(node_map);
   vmc_graph_free(f);
   if (s) {
