@@ -4,9 +4,15 @@
 
 #include "core/core.h"
 #include "graph/graph.h"
+#include "graph/op.h"
+#include "graph/rebuild.h"
 #include "io/io.h"
+#include "kernels/qgemm.h"
+#include "quant/quant.h"
 
 #include <dirent.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -548,10 +554,15 @@ TEST(vmcfile_reject_bad_files) {
   CHECK(strstr(vmc_last_error(), "not a .vmc file") != NULL);
   /* a future version, with a valid checksum */
   memcpy(c, b, n);
-  wr32(c + VMC_FH_VERSION, 2);
+  wr32(c + VMC_FH_VERSION, VMC_FILE_VERSION + 1);
   fix_crc(c, n);
   CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
-  CHECK(strstr(vmc_last_error(), "version 2") != NULL);
+  CHECK(strstr(vmc_last_error(), "version 3") != NULL);
+  CHECK(strstr(vmc_last_error(), "newer vmc") != NULL);
+  /* a float model in a version 2 file is fine */
+  wr32(c + VMC_FH_VERSION, 2);
+  fix_crc(c, n);
+  CHECK_OK(try_read(c, n));
   wr32(c + VMC_FH_VERSION, 0);
   CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
   /* trailing garbage */
@@ -567,10 +578,8 @@ TEST(vmcfile_reject_bad_files) {
   free(b);
 }
 
-TEST(vmcfile_truncation_everywhere) {
-  size_t n = 0;
-  uint8_t *b = tiny_file(&n);
-  REQUIRE(b != NULL);
+/* Every prefix of the file b[0..n) is rejected. */
+static void check_truncations(const uint8_t *b, size_t n) {
   for (size_t len = 0; len < n; len++) {
     /* A copy of exactly len bytes, so ASan sees any read past it. */
     uint8_t *c = malloc(len ? len : 1);
@@ -583,6 +592,13 @@ TEST(vmcfile_truncation_everywhere) {
       break;
     }
   }
+}
+
+TEST(vmcfile_truncation_everywhere) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  check_truncations(b, n);
   /* The same through a file on disk, at a few lengths. */
   char path[512];
   tmp_path(path, sizeof path, "trunc.vmc");
@@ -598,10 +614,8 @@ TEST(vmcfile_truncation_everywhere) {
   free(b);
 }
 
-TEST(vmcfile_every_byte_flip) {
-  size_t n = 0;
-  uint8_t *b = tiny_file(&n);
-  REQUIRE(b != NULL);
+/* Every byte of b[0..n) flipped (three ways) is caught, by the CRC. */
+static void check_byte_flips(const uint8_t *b, size_t n) {
   uint8_t *c = malloc(n);
   REQUIRE(c != NULL);
   memcpy(c, b, n);
@@ -621,6 +635,13 @@ TEST(vmcfile_every_byte_flip) {
     }
   }
   free(c);
+}
+
+TEST(vmcfile_every_byte_flip) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  check_byte_flips(b, n);
   free(b);
 }
 
@@ -735,10 +756,14 @@ TEST(vmcfile_parser_rejects_bad_fields) {
       {"tensor over the CRC", L.t[7].off, 8, rd64(b + L.t[8].off), VMC_ERR_FORMAT, "momentum", NULL, 0, 0, 0},
       {"duplicate tensor name", L.t[1].name + 4, 0, 0, VMC_ERR_FORMAT, "named 'fc.weight'",
        "fc.weight", 0, 0, 0}, /* bn1.gamma, also 9 bytes */
-      {"s8 tensor", w->dtype, 4, VMC_S8, VMC_ERR_UNSUPPORTED, "conv1.weight", NULL, w->nbytes, 8,
-       108},
-      {"s4 tensor", w->dtype, 4, VMC_S4, VMC_ERR_UNSUPPORTED, "s4", NULL, w->nbytes, 8, 54},
-      {"per-channel scale", L.t[1].role, 4, VMC_TROLE_SCALE, VMC_ERR_UNSUPPORTED, "scale", NULL,
+      /* quantized tensors need version 2 and a scale tensor (more below) */
+      {"s8 tensor in version 1", w->dtype, 4, VMC_S8, VMC_ERR_FORMAT, "needs format version 2",
+       NULL, w->nbytes, 8, 108},
+      {"s4 tensor in version 1", w->dtype, 4, VMC_S4, VMC_ERR_FORMAT, "s4", NULL, w->nbytes, 8, 54},
+      {"u8 tensor", w->dtype, 4, VMC_U8, VMC_ERR_UNSUPPORTED, "u8", NULL, w->nbytes, 8, 108},
+      {"scale of an f32 tensor", L.t[1].role, 4, VMC_TROLE_SCALE, VMC_ERR_FORMAT, "scale", NULL,
+       L.t[1].link, 4, 0},
+      {"zero point", L.t[1].role, 4, VMC_TROLE_ZERO_POINT, VMC_ERR_UNSUPPORTED, "zero point", NULL,
        L.t[1].link, 4, 0},
       {"link to itself", L.t[1].role, 4, VMC_TROLE_SCALE, VMC_ERR_FORMAT, "link", NULL,
        L.t[1].link, 4, 1},
@@ -772,33 +797,469 @@ TEST(vmcfile_parser_rejects_bad_fields) {
 
 /* Every structural byte set to values a fuzzer likes, CRC fixed: never a
  * crash, a leak, or a read outside the buffer (checked by ASan/UBSan). */
-TEST(vmcfile_parser_survives_field_sweep) {
-  size_t n = 0;
-  uint8_t *b = tiny_file(&n);
-  REQUIRE(b != NULL);
+/* Sets every field position of b[0..end) (end <= n - 4) to those values;
+ * returns how many of the files were rejected, *ok how many were read. */
+static long field_sweep(const uint8_t *b, size_t n, size_t end, long *ok) {
   layout L;
   walk(b, &L);
   uint8_t *c = malloc(n);
-  REQUIRE(c != NULL);
-  const uint64_t vals[] = {0, 1, 2, 3, 4, 5, 63, 64, 65, 0x7f, 0x80, 0xff, 0x7fffffff, 0x80000000u,
-                           0xffffffffu, n - 4, n, L.data, UINT64_MAX};
+  if (!c) return 0;
+  const uint64_t vals[] = {0, 1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 0x7f, 0x80, 0xff, 0x7fffffff,
+                           0x80000000u, 0xffffffffu, n - 4, n, L.data, UINT64_MAX};
   const int widths[] = {1, 4, 8};
-  long ok = 0, bad = 0;
-  for (size_t at = 0; at < L.data; at++) {
+  long bad = 0;
+  *ok = 0;
+  for (size_t at = 0; at < end; at++) {
     for (int wi = 0; wi < 3; wi++) {
-      if (at + (size_t)widths[wi] > L.data) continue;
+      if (at + (size_t)widths[wi] > end) continue;
       for (size_t vi = 0; vi < sizeof vals / sizeof vals[0]; vi++) {
         memcpy(c, b, n);
         if (widths[wi] == 1) c[at] = (uint8_t)vals[vi];
         else if (widths[wi] == 4) wr32(c + at, (uint32_t)vals[vi]);
         else wr64(c + at, vals[vi]);
         fix_crc(c, n);
-        if (try_read(c, n) == VMC_OK) ok++;
+        if (try_read(c, n) == VMC_OK) (*ok)++;
         else bad++;
       }
     }
   }
-  CHECK(bad > ok); /* most such changes break the file */
   free(c);
+  return bad;
+}
+
+TEST(vmcfile_parser_survives_field_sweep) {
+  size_t n = 0;
+  uint8_t *b = tiny_file(&n);
+  REQUIRE(b != NULL);
+  layout L;
+  walk(b, &L);
+  long ok = 0, bad = field_sweep(b, n, L.data, &ok);
+  CHECK(bad > ok); /* most such changes break the file */
   free(b);
+}
+
+/* ---- quantized weights: s8 / s4 codes and their scales (version 2) ---------- */
+
+/* Makes parameter id nq scales times random codes (-qmax, qmax and 0 among
+ * them) and marks it stored as t. */
+static vmc_status quantize_param(vmc_graph *g, int id, vmc_dtype t, int nq, vmc_rng *rng) {
+  vmc_param *p = &g->params[id];
+  const int qmax = t == VMC_S8 ? 127 : 7;
+  float scale[8];
+  for (int c = 0; c < nq && c < 8; c++) scale[c] = 0.001f + 0.1f * vmc_rng_uniform(rng);
+  const size_t n = vmc_shape_count(&p->shape), blk = n / (size_t)nq;
+  for (size_t i = 0; i < n; i++) {
+    int code = (int)vmc_rng_below(rng, 2 * qmax + 1) - qmax;
+    if (i < 3) code = i == 0 ? -qmax : i == 1 ? qmax : 0;
+    p->data[i] = (float)code * scale[i / blk];
+  }
+  return vmc_param_set_quantized(g, id, t, scale, nq);
+}
+
+static vmc_status add_conv(vmc_graph *g, const char *name, int out_c, int k, int *w, int *v) {
+  vmc_attr a[] = {vmc_attr_int("out_c", out_c), vmc_attr_int("kh", k), vmc_attr_int("kw", k),
+                  vmc_attr_int("ph", k / 2), vmc_attr_int("pw", k / 2)};
+  return vmc_graph_add_node(g, "conv2d", name, v, 1, a, 5, w, 1, v);
+}
+
+/* input 3x8x8 -> conv1 3x3x3x3 (s4 per channel, 81 codes: an odd count) ->
+ * relu -> conv2 4x3x1x1 (s8 per tensor) -> relu -> gap -> flatten -> fc 5x4
+ * (s8 per channel) + f32 bias. */
+static vmc_status build_qtiny(uint64_t seed, vmc_graph **out) {
+  vmc_graph *g;
+  vmc_rng rng;
+  vmc_rng_seed(&rng, seed);
+  VMC_TRY(vmc_graph_create(3, 8, 8, &g));
+  int w1 = 0, w2 = 0, fw = 0, fb = 0, v = g->input;
+  vmc_status s = add_param(g, "conv1.weight", vmc_shape4(3, 3, 3, 3), 1, &w1, &rng);
+  if (!s) s = add_param(g, "conv2.weight", vmc_shape4(4, 3, 1, 1), 1, &w2, &rng);
+  if (!s) s = add_param(g, "fc.weight", vmc_shape2(5, 4), 1, &fw, &rng);
+  if (!s) s = add_param(g, "fc.bias", (vmc_shape){1, {5}}, 1, &fb, &rng);
+  if (!s) s = quantize_param(g, w1, VMC_S4, 3, &rng);
+  if (!s) s = quantize_param(g, w2, VMC_S8, 1, &rng);
+  if (!s) s = quantize_param(g, fw, VMC_S8, 5, &rng);
+  vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
+  int fc_p[] = {fw, fb};
+  if (!s) s = add_conv(g, "conv1", 3, 3, &w1, &v);
+  if (!s) s = vmc_graph_add_node(g, "relu", "relu1", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = add_conv(g, "conv2", 4, 1, &w2, &v);
+  if (!s) s = vmc_graph_add_node(g, "relu", "relu2", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "gap", "gap", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "flatten", "flat", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "linear", "fc", &v, 1, fc_attr, 1, fc_p, 2, &v);
+  if (!s) s = vmc_graph_set_meta(g, "architecture", "qtiny");
+  if (s) {
+    vmc_graph_free(g);
+    return s;
+  }
+  *out = g;
+  return VMC_OK;
+}
+
+static uint8_t *qtiny_file(size_t *n) {
+  vmc_graph *g;
+  if (build_qtiny(5, &g)) return NULL;
+  char path[512];
+  tmp_path(path, sizeof path, "qtiny_bytes.vmc");
+  vmc_status s = vmc_model_save(g, path);
+  vmc_graph_free(g);
+  return s ? NULL : slurp(path, n);
+}
+
+static void check_same_storage(const vmc_graph *a, const vmc_graph *b) {
+  for (int i = 0; i < a->n_params && i < b->n_params; i++) {
+    const vmc_param *p = &a->params[i], *q = &b->params[i];
+    CHECK_EQ_INT(p->store, q->store);
+    CHECK_EQ_INT(p->n_qscale, q->n_qscale);
+    if (p->n_qscale == q->n_qscale && p->n_qscale)
+      CHECK(!memcmp(p->qscale, q->qscale, (size_t)p->n_qscale * sizeof(float)));
+  }
+}
+
+/* Logits of 3 seeded images. */
+static void run_logits(vmc_graph *g, float *out) {
+  vmc_plan *p = NULL;
+  memset(out, 0, 15 * sizeof *out);
+  CHECK_OK(vmc_plan_create(g, 3, VMC_MODE_INFER, &p));
+  if (!p) return;
+  vmc_rng r;
+  vmc_rng_seed(&r, 11);
+  float *x = vmc_plan_input(p);
+  for (size_t i = 0; i < 3 * vmc_shape_count(&g->in_shape); i++) x[i] = vmc_rng_normal(&r);
+  CHECK_OK(vmc_plan_forward(p, 3));
+  memcpy(out, vmc_plan_output(p), 15 * sizeof *out);
+  vmc_plan_destroy(p);
+}
+
+TEST(vmcfile_quantized_round_trip) {
+  vmc_graph *g, *h = NULL;
+  REQUIRE_OK(build_qtiny(5, &g));
+  char path[512], path2[512];
+  tmp_path(path, sizeof path, "qround.vmc");
+  tmp_path(path2, sizeof path2, "qround2.vmc");
+  CHECK_OK(vmc_model_save(g, path));
+  CHECK_OK(vmc_model_load(path, &h));
+  if (h) {
+    check_same_graph(g, h); /* data bit for bit */
+    check_same_storage(g, h);
+    float y0[15], y1[15];
+    run_logits(g, y0);
+    run_logits(h, y1);
+    CHECK(!memcmp(y0, y1, sizeof y0));
+    /* Re-saving keeps the compression: the same bytes. */
+    CHECK_OK(vmc_model_save(h, path2));
+    size_t n1 = 0, n2 = 0;
+    uint8_t *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
+    CHECK(b1 && b2 && n1 == n2 && !memcmp(b1, b2, n1));
+    if (b1) CHECK_EQ_INT(rd32(b1 + VMC_FH_VERSION), 2);
+    const char *seed_dir = getenv("VMC_FUZZ_SEED_DIR"); /* seeds for tests/fuzz */
+    if (seed_dir && b1) {
+      char sp[512];
+      snprintf(sp, sizeof sp, "%s/qtiny.vmc", seed_dir);
+      CHECK(spit(sp, b1, n1) == 0);
+    }
+    free(b1);
+    free(b2);
+  }
+  vmc_graph_free(h);
+  /* A clone keeps the storage too; marking a weight f32 stores it as f32. */
+  vmc_graph *c = NULL;
+  CHECK_OK(vmc_graph_clone(g, &c));
+  if (c) {
+    CHECK_OK(vmc_param_set_quantized(c, 0, VMC_F32, NULL, 0));
+    CHECK_OK(vmc_model_save(c, path2));
+    h = NULL;
+    CHECK_OK(vmc_model_load(path2, &h));
+    if (h) {
+      check_same_graph(g, h);
+      CHECK_EQ_INT(h->params[0].store, VMC_F32);
+      CHECK_EQ_INT(h->params[1].store, VMC_S8);
+    }
+    vmc_graph_free(h);
+  }
+  vmc_graph_free(c);
+  vmc_graph_free(g);
+}
+
+TEST(vmcfile_quantized_layout) {
+  size_t n = 0;
+  uint8_t *b = qtiny_file(&n);
+  REQUIRE(b != NULL);
+  vmc_graph *g;
+  REQUIRE_OK(build_qtiny(5, &g));
+  layout L;
+  walk(b, &L);
+  CHECK_EQ_INT(rd32(b + VMC_FH_VERSION), 2);
+  REQUIRE(L.nt == 7); /* 4 parameters + 3 scale tensors */
+  /* directory index of each parameter, and of its scales (or -1) */
+  const int data_at[4] = {0, 2, 4, 6}, scale_at[4] = {1, 3, 5, -1};
+  uint64_t prev_end = L.data;
+  for (int i = 0; i < L.nt; i++) {
+    uint64_t off = rd64(b + L.t[i].off), len = rd64(b + L.t[i].nbytes);
+    CHECK_EQ_INT(off % 64, 0);
+    CHECK(off >= prev_end && off + len <= n - 4);
+    prev_end = off + len;
+  }
+  for (int k = 0; k < 4; k++) {
+    const vmc_param *p = &g->params[k];
+    const tensor_at *d = &L.t[data_at[k]];
+    const size_t count = vmc_shape_count(&p->shape);
+    const uint8_t *codes = b + rd64(b + d->off);
+    CHECK_EQ_INT(rd32(b + d->dtype), k < 3 ? (uint32_t)p->store : VMC_F32);
+    CHECK_EQ_INT(rd32(b + d->role), VMC_TROLE_DATA);
+    CHECK_EQ_INT(rd64(b + d->nbytes), vmc_dtype_bytes(k < 3 ? p->store : VMC_F32, count));
+    CHECK_EQ_INT(rd64(b + d->nbytes) + (k < 3 ? 4 * (uint64_t)p->n_qscale : 0),
+                 vmc_param_file_bytes(p));
+    for (size_t i = 0; k < 3 && i < count; i++) {
+      const int want = vmc_param_code(p, i);
+      const int got = p->store == VMC_S8 ? (int8_t)codes[i] : vmc_s4_get(codes, i);
+      if (got != want) {
+        vmc_test_fail(__FILE__, __LINE__, "%s code %zu: %d, want %d", p->name, i, got, want);
+        break;
+      }
+    }
+    if (p->store == VMC_S4) CHECK_EQ_INT(codes[count / 2] >> 4, 0); /* 81 codes */
+    if (scale_at[k] < 0) continue;
+    const tensor_at *sc = &L.t[scale_at[k]];
+    CHECK_EQ_INT(rd32(b + sc->name), strlen(p->name));
+    CHECK(!memcmp(b + sc->name + 4, p->name, strlen(p->name)));
+    CHECK_EQ_INT(rd32(b + sc->dtype), VMC_F32);
+    CHECK_EQ_INT(rd32(b + sc->role), VMC_TROLE_SCALE);
+    CHECK_EQ_INT(rd32(b + sc->flags), 0);
+    CHECK_EQ_INT(rd32(b + sc->link), data_at[k]);
+    CHECK_EQ_INT(rd32(b + sc->axis), 0);
+    CHECK_EQ_INT(rd32(b + sc->ndim), 1);
+    CHECK_EQ_INT(rd32(b + sc->dims), p->n_qscale);
+    CHECK_EQ_INT(rd64(b + sc->nbytes), 4 * (uint64_t)p->n_qscale);
+    CHECK(!memcmp(b + rd64(b + sc->off), p->qscale, 4 * (size_t)p->n_qscale));
+  }
+  vmc_graph_free(g);
+  free(b);
+}
+
+/* Writes a float's bits at b + at. */
+static uint64_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+TEST(vmcfile_quantized_rejects_bad_fields) {
+  size_t n = 0;
+  uint8_t *b = qtiny_file(&n);
+  REQUIRE(b != NULL);
+  layout L;
+  walk(b, &L);
+  REQUIRE(L.nt == 7);
+  const tensor_at *w1 = &L.t[0], *s1 = &L.t[1], *w2 = &L.t[2], *s2 = &L.t[3], *fw = &L.t[4],
+                  *fs = &L.t[5];
+  const uint64_t c1 = rd64(b + w1->off), c2 = rd64(b + w2->off), sc1 = rd64(b + s1->off),
+                 sc2 = rd64(b + s2->off);
+  /* conv2's codes: element 0 is -127 and 1 is 127 (quantize_param) */
+  const corruption cases[] = {
+      /* envelope */
+      {"quantized in version 1", VMC_FH_VERSION, 4, 1, VMC_ERR_FORMAT, "needs format version 2", NULL, 0, 0, 0},
+      {"version 3", VMC_FH_VERSION, 4, 3, VMC_ERR_VERSION, "version 3", NULL, 0, 0, 0},
+      /* codes */
+      {"s8 code -128", c2, 1, 0x80, VMC_ERR_FORMAT, "code -128", NULL, 0, 0, 0},
+      {"s4 code -8 (low nibble)", c1, 1, 0x08, VMC_ERR_FORMAT, "code -8", NULL, 0, 0, 0},
+      {"s4 code -8 (high nibble)", c1, 1, 0x89, VMC_ERR_FORMAT, "element 1 has code -8", NULL, 0, 0, 0},
+      {"s4 padding nibble", c1 + 40, 1, 0x10 | (b[c1 + 40] & 15), VMC_ERR_FORMAT, "high nibble", NULL, 0, 0, 0},
+      /* scales */
+      {"NaN scale", sc1, 4, 0x7fc00000u, VMC_ERR_FORMAT, "conv1.weight': scale 0", NULL, 0, 0, 0},
+      {"zero scale", sc1 + 4, 4, 0, VMC_ERR_FORMAT, "scale 1 is 0", NULL, 0, 0, 0},
+      {"negative scale", sc1 + 8, 4, f32_bits(-0.5f), VMC_ERR_FORMAT, "scale 2 is -0.5", NULL, 0, 0, 0},
+      {"-0 scale", sc2, 4, 0x80000000u, VMC_ERR_FORMAT, "conv2.weight': scale 0", NULL, 0, 0, 0},
+      {"infinite scale", sc2, 4, 0x7f800000u, VMC_ERR_FORMAT, "scale 0 is inf", NULL, 0, 0, 0},
+      {"subnormal scale", sc2, 4, f32_bits(1e-40f), VMC_ERR_FORMAT, "conv2.weight': scale 0", NULL, 0, 0, 0},
+      {"scale overflows a code", sc2, 4, f32_bits(FLT_MAX / 2), VMC_ERR_FORMAT, "overflows", NULL, 0, 0, 0},
+      /* the scale tensor's entry */
+      {"two scales for three channels", s1->dims, 4, 2, VMC_ERR_FORMAT, "expected 'conv1.weight', f32 [1] or [3]", NULL, s1->nbytes, 8, 8},
+      {"six scales for five channels", fs->dims, 4, 6, VMC_ERR_FORMAT, "[1] or [5]", NULL, fs->nbytes, 8, 24},
+      {"scale count vs length", s1->dims, 4, 1, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"s32 scales", s1->dtype, 4, VMC_S32, VMC_ERR_FORMAT, "s32", NULL, 0, 0, 0},
+      {"scale renamed", s1->name + 4, 1, 'C', VMC_ERR_FORMAT, "'Conv1.weight'", NULL, 0, 0, 0},
+      {"scale linked elsewhere", s2->link, 4, 0, VMC_ERR_FORMAT, "does not directly follow", NULL, 0, 0, 0},
+      {"scale linked to a scale", s2->link, 4, 1, VMC_ERR_FORMAT, "does not directly follow", NULL, 0, 0, 0},
+      {"scale linked forward", s1->link, 4, 2, VMC_ERR_FORMAT, "does not directly follow", NULL, 0, 0, 0},
+      {"scale link out of range", s1->link, 4, 7, VMC_ERR_FORMAT, "link", NULL, 0, 0, 0},
+      {"trainable scale", s1->flags, 4, VMC_TFLAG_TRAINABLE, VMC_ERR_FORMAT, "flags 1", NULL, 0, 0, 0},
+      {"extra scale", s1->flags, 4, VMC_TFLAG_EXTRA, VMC_ERR_FORMAT, "flags 2", NULL, 0, 0, 0},
+      {"scale along axis 1", s1->axis, 4, 1, VMC_ERR_FORMAT, "axis 1", NULL, 0, 0, 0},
+      {"zero-point companion", s1->role, 4, VMC_TROLE_ZERO_POINT, VMC_ERR_UNSUPPORTED, "zero point", NULL, 0, 0, 0},
+      {"scale made data", s1->role, 4, VMC_TROLE_DATA, VMC_ERR_FORMAT, "conv1.weight", NULL, s1->link, 4, VMC_FILE_LINK_NONE},
+      /* the data tensor's entry */
+      {"s4 codes read as s8", w1->dtype, 4, VMC_S8, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"s8 codes read as s4", w2->dtype, 4, VMC_S4, VMC_ERR_FORMAT, "conv2.weight", NULL, 0, 0, 0},
+      {"s8 codes as u8", fw->dtype, 4, VMC_U8, VMC_ERR_UNSUPPORTED, "u8", NULL, 0, 0, 0},
+      {"s8 codes as f32", fw->dtype, 4, VMC_F32, VMC_ERR_FORMAT, "fc.weight", NULL, fw->nbytes, 8, 80},
+      {"quantized extra", w1->flags, 4, VMC_TFLAG_EXTRA, VMC_ERR_FORMAT, "extra tensors are f32", NULL, 0, 0, 0},
+      {"short code length", w2->nbytes, 8, 11, VMC_ERR_FORMAT, "conv2.weight", NULL, 0, 0, 0},
+      {"codes over the scales", s2->off, 8, c2, VMC_ERR_FORMAT, "overlaps", NULL, 0, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_rejected(b, n, &cases[i]);
+  free(b);
+}
+
+TEST(vmcfile_quantized_corruption_sweeps) {
+  size_t n = 0;
+  uint8_t *b = qtiny_file(&n);
+  REQUIRE(b != NULL);
+  check_truncations(b, n);
+  check_byte_flips(b, n);
+  /* Fields of the sections and every byte of the data region (codes and
+   * scales), CRC fixed: rejected or read, never a crash or a leak. */
+  long ok = 0, bad = field_sweep(b, n, n - 4, &ok);
+  CHECK(bad > 0 && ok > 0);
+  free(b);
+}
+
+TEST(vmcfile_quantized_alloc_failures) {
+  size_t n = 0;
+  uint8_t *b = qtiny_file(&n);
+  REQUIRE(b != NULL);
+  int failures = 0;
+  for (long k = 0; k < 10000; k++) {
+    vmc_graph *g = NULL;
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_read_memory(b, n, "qmem.vmc", &g, NULL, NULL);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) {
+      vmc_graph_free(g);
+      break;
+    }
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    CHECK(g == NULL);
+  }
+  CHECK(failures > 10);
+  vmc_graph *g;
+  REQUIRE_OK(build_qtiny(5, &g));
+  char path[512];
+  tmp_path(path, sizeof path, "qalloc.vmc");
+  failures = 0;
+  for (long k = 0; k < 1000; k++) {
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_save(g, path);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) break;
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    struct stat st;
+    CHECK(stat(path, &st) != 0);
+    CHECK_EQ_INT(count_temp_files(), 0);
+  }
+  CHECK(failures > 0);
+  size_t n2 = 0;
+  uint8_t *b2 = slurp(path, &n2);
+  CHECK(b2 && n2 == n && !memcmp(b, b2, n));
+  free(b2);
+  vmc_graph_free(g);
+  free(b);
+}
+
+/* The writer never stores a weight that would not read back as it is. */
+TEST(vmcfile_quantized_refuses_inexact_weights) {
+  vmc_graph *g;
+  REQUIRE_OK(build_qtiny(5, &g));
+  char path[512];
+  tmp_path(path, sizeof path, "qinexact.vmc");
+  struct stat st;
+  vmc_param *p = &g->params[1]; /* conv2.weight, s8 per tensor */
+  const float keep = p->data[4];
+  p->data[4] += p->qscale[0] * 0.25f; /* e.g. trained after quantization */
+  CHECK_EQ_INT(vmc_model_save(g, path), VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "'conv2.weight'") && strstr(vmc_last_error(), "element 4"));
+  CHECK(stat(path, &st) != 0);
+  p->data[4] = keep;
+  p->data[0] = -128 * p->qscale[0]; /* out of range */
+  CHECK_EQ_INT(vmc_model_save(g, path), VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "-127..127") != NULL);
+  p->data[0] = -127 * p->qscale[0];
+  p->qscale[0] = NAN;
+  CHECK_EQ_INT(vmc_model_save(g, path), VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "scale 0") != NULL);
+  CHECK(stat(path, &st) != 0);
+  vmc_graph_free(g);
+}
+
+/* Bytes of a file's data region, of its tensor directory, and of the rest. */
+static void file_parts(const char *path, uint64_t *data, uint64_t *dir, uint64_t *rest) {
+  size_t n = 0;
+  uint8_t *b = slurp(path, &n);
+  *data = *dir = *rest = 0;
+  if (!b || n < VMC_FILE_HEADER_BYTES + 4) {
+    free(b);
+    return;
+  }
+  *data = n - 4 - rd64(b + VMC_FH_DATA_OFF);
+  *dir = rd64(b + VMC_FH_GRAPH_OFF) - rd64(b + VMC_FH_TENSORS_OFF);
+  *rest = n - *data - *dir;
+  free(b);
+}
+
+/* resnet8 with BatchNorm folded and every conv/linear weight quantized per
+ * channel: the data region shrinks to the targets (int8 <= 26 %, int4 <=
+ * 15 % of the f32 one) and the rest of the file grows only by the scale
+ * tensors' directory entries (and up to 63 bytes of alignment). */
+TEST(vmcfile_quantized_resnet8_size) {
+  vmc_graph *z = NULL, *f = NULL;
+  REQUIRE_OK(vmc_zoo_build("resnet8", 1, 28, 28, 10, 1, &z));
+  int folded = 0;
+  vmc_status st = vmc_graph_fold_bn_copy(z, &f, &folded);
+  vmc_graph_free(z);
+  REQUIRE_OK(st);
+  char fpath[512], qpath[512];
+  tmp_path(fpath, sizeof fpath, "r8_f32.vmc");
+  tmp_path(qpath, sizeof qpath, "r8_q.vmc");
+  CHECK_OK(vmc_model_save(f, fpath));
+  uint64_t fdata, fdir, frest;
+  file_parts(fpath, &fdata, &fdir, &frest);
+  for (int bits = 8; bits >= 4; bits -= 4) {
+    vmc_graph *q = NULL;
+    CHECK_OK(vmc_graph_clone(f, &q));
+    if (!q) break;
+    uint64_t dir_growth = 0;
+    for (int i = 0; i < q->n_nodes; i++) {
+      const vmc_node *nd = &q->nodes[i];
+      if (strcmp(nd->op->name, "conv2d") && strcmp(nd->op->name, "linear")) continue;
+      vmc_param *w = &q->params[nd->param[0]];
+      const int ch = w->shape.d[0];
+      const size_t k = vmc_shape_count(&w->shape) / (size_t)ch;
+      const vmc_qscheme scheme = bits == 8 ? VMC_QSCHEME_S8 : VMC_QSCHEME_S4;
+      vmc_qparams *qp = malloc((size_t)ch * sizeof *qp);
+      void *codes = malloc((size_t)ch * k);
+      float *scales = malloc((size_t)ch * sizeof *scales);
+      REQUIRE(qp && codes && scales);
+      CHECK_OK(vmc_quantize_weights(w->data, ch, k, scheme, 1, qp, codes));
+      CHECK_OK(vmc_qfake_quantize(w->data, ch, k, qp, w->data));
+      for (int c = 0; c < ch; c++) scales[c] = qp[c].scale;
+      CHECK_OK(vmc_param_set_quantized(q, nd->param[0], bits == 8 ? VMC_S8 : VMC_S4, scales, ch));
+      dir_growth += 4 + strlen(w->name) + 6 * 4 + 4 + 16; /* the scale tensor's entry */
+      free(qp);
+      free(codes);
+      free(scales);
+    }
+    CHECK_OK(vmc_model_save(q, qpath));
+    uint64_t qdata, qdir, qrest;
+    file_parts(qpath, &qdata, &qdir, &qrest);
+    const double ratio = (double)qdata / (double)fdata;
+    if (getenv("VMC_TEST_VERBOSE"))
+      printf("  resnet8 s%d: data %llu of %llu bytes (%.1f %%), file %llu of %llu (%.1f %%)\n",
+             bits, (unsigned long long)qdata, (unsigned long long)fdata, 100 * ratio,
+             (unsigned long long)(qdata + qdir + qrest), (unsigned long long)(fdata + fdir + frest),
+             100.0 * (double)(qdata + qdir + qrest) / (double)(fdata + fdir + frest));
+    CHECK(ratio <= (bits == 8 ? 0.26 : 0.15));
+    CHECK_EQ_INT(qdir, fdir + dir_growth);
+    CHECK(qrest >= frest - 63 && qrest <= frest + 63); /* padding before the data */
+    vmc_graph *h = NULL;
+    CHECK_OK(vmc_model_load(qpath, &h));
+    if (h) {
+      check_same_graph(q, h);
+      check_same_storage(q, h);
+    }
+    vmc_graph_free(h);
+    vmc_graph_free(q);
+  }
+  vmc_graph_free(f);
 }

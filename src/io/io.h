@@ -32,9 +32,17 @@ vmc_status vmc_model_read_memory(const void *buf, size_t n, const char *what, vm
                                  vmc_blob **extra, int *n_extra);
 void vmc_blobs_free(vmc_blob *b, int n);
 
-/* ---- the .vmc layout (format version 1), all little-endian ------------- */
+/* Bytes parameter p occupies in a .vmc data region, alignment padding
+ * excluded: 4 per element when stored as f32; for VMC_S8 / VMC_S4 storage
+ * the codes (1 byte, or half a byte rounded up, per element) plus 4 per
+ * scale. */
+uint64_t vmc_param_file_bytes(const vmc_param *p);
+
+/* ---- the .vmc layout (format version 2), all little-endian ------------- */
 #define VMC_FILE_MAGIC "VMCMODEL" /* 8 bytes, no NUL */
-#define VMC_FILE_VERSION 1u
+#define VMC_FILE_VERSION 2u       /* the newest this build reads; written when */
+                                  /* a file holds s8/s4 weights */
+#define VMC_FILE_VERSION_F32 1u   /* written when every tensor is f32 */
 #define VMC_FILE_ALIGN 64u               /* tensor data and the data region */
 #define VMC_FILE_MAX_BYTES (4ull << 30)  /* readers reject larger files */
 #define VMC_FILE_MAX_COUNT 65536u        /* metadata entries, tensors, nodes */
@@ -61,7 +69,10 @@ enum {
 };
 
 /* Tensor directory entry: dtype is a vmc_dtype; role says what the tensor
- * is; flags qualify it. */
+ * is; flags qualify it.  Version 2: an s8 / s4 data tensor (symmetric codes
+ * in -127..127 / -7..7) is followed directly by its scale tensor: role
+ * SCALE, f32, the same name, link = the data tensor's index, axis 0, shape
+ * [1] (per tensor) or [d0] (per channel along dimension 0), flags 0. */
 enum { VMC_TROLE_DATA = 0, VMC_TROLE_SCALE = 1, VMC_TROLE_ZERO_POINT = 2, VMC_TROLE_COUNT };
 enum { VMC_TFLAG_TRAINABLE = 1u << 0, VMC_TFLAG_EXTRA = 1u << 1, VMC_TFLAG_KNOWN = 3u };
 

@@ -7,14 +7,22 @@
  * whole file, checks the envelope (magic, version, size, CRC-32), then parses
  * it with a bounds-checked cursor: every count, length, offset and dimension
  * is checked before use, so a malformed file gives a status and a message
- * naming the file (and the tensor or node), never a crash or a leak. */
+ * naming the file (and the tensor or node), never a crash or a leak.
+ *
+ * Quantized weights (vmc_param.store VMC_S8 / VMC_S4) are stored as their
+ * codes followed by a companion tensor of f32 scales, in a version 2 file;
+ * a file whose tensors are all f32 is written as version 1, which every
+ * reader knows. */
 #include "io/io.h"
 
 #include "graph/op.h"
+#include "kernels/qgemm.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +75,57 @@ static vmc_status file_error(vmc_status s, const char *what) {
 static bool name_ok(const char *s, size_t cap) {
   size_t n = strnlen(s, cap);
   return n >= 1 && n < cap;
+}
+
+/* A tensor directory entry, as written and as parsed. */
+typedef struct tensor_ent {
+  char name[VMC_NAME_MAX];
+  uint32_t dtype, role, flags, link, axis;
+  vmc_shape shape;
+  uint64_t off, nbytes;
+} tensor_ent;
+
+/* ---- quantized storage ---------------------------------------------------- */
+
+static bool is_quantized(const vmc_param *p) { return p->store == VMC_S8 || p->store == VMC_S4; }
+static vmc_dtype file_dtype(const vmc_param *p) { return is_quantized(p) ? p->store : VMC_F32; }
+static int qmax_of(uint32_t dtype) { return dtype == VMC_S8 ? 127 : 7; }
+/* A usable scale: positive, normal and finite (false for NaN). */
+static bool scale_ok(float s) { return s >= FLT_MIN && s <= FLT_MAX; }
+
+uint64_t vmc_param_file_bytes(const vmc_param *p) {
+  const size_t count = vmc_shape_count(&p->shape);
+  uint64_t n = vmc_dtype_bytes(file_dtype(p), count);
+  if (is_quantized(p) && p->n_qscale > 0) n += (uint64_t)p->n_qscale * 4;
+  return n;
+}
+
+/* Checks that quantized parameter p is what the reader will restore: every
+ * element an in-range code times its scale; writes the codes to codes[]
+ * unless it is NULL. */
+static vmc_status param_codes(const vmc_param *p, int8_t *codes, const char *path) {
+  const int nq = p->n_qscale;
+  if (!p->qscale || (nq != 1 && nq != p->shape.d[0]))
+    return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': parameter '%s' is stored as %s with "
+                     "%d scales for %d channels", path, p->name, vmc_dtype_name(p->store), nq,
+                     p->shape.d[0]);
+  for (int c = 0; c < nq; c++)
+    if (!scale_ok(p->qscale[c]))
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': parameter '%s': scale %d is %g",
+                       path, p->name, c, (double)p->qscale[c]);
+  const size_t n = vmc_shape_count(&p->shape), blk = n / (size_t)nq;
+  const float qmax = (float)qmax_of(p->store);
+  for (size_t i = 0; i < n; i++) {
+    const float s = p->qscale[i / blk], v = p->data[i], r = nearbyintf(v / s);
+    if (!(r >= -qmax && r <= qmax) || r * s != v)
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': parameter '%s' is stored as %s, "
+                       "but element %zu (%g) is not a code in -%d..%d times its scale %g "
+                       "(re-quantize it or store it as f32)", path, p->name,
+                       vmc_dtype_name(p->store), i, (double)v, qmax_of(p->store), qmax_of(p->store),
+                       (double)s);
+    if (codes) codes[i] = (int8_t)r;
+  }
+  return VMC_OK;
 }
 
 /* ======================================================================== */
@@ -138,14 +197,26 @@ static void wb_f32s(wbuf *b, const float *x, size_t count) {
 }
 static void wb_align(wbuf *b) { wb_zeros(b, vmc_align_up(b->n, VMC_FILE_ALIGN) - b->n); }
 
+/* What check_for_write learns about the file to write. */
+typedef struct write_plan {
+  uint64_t data_bytes; /* the data region, padding included */
+  int n_tensors;       /* directory entries: parameters, scale tensors, extras */
+  size_t max_codes;    /* elements of the largest quantized parameter (0: none,
+                        * a version 1 file) */
+} write_plan;
+
+static vmc_status too_many(const char *path) {
+  return vmc_error(VMC_ERR_INVALID_ARG,
+                   "cannot save '%s': more than %u metadata entries, tensors or nodes", path,
+                   VMC_FILE_MAX_COUNT);
+}
+
 /* Checks that g and the extras can be written and read back. */
 static vmc_status check_for_write(const vmc_graph *g, const vmc_blob *extra, int n_extra,
-                                  const char *path, uint64_t *data_bytes) {
+                                  const char *path, write_plan *plan) {
   if ((uint64_t)g->n_meta > VMC_FILE_MAX_COUNT || (uint64_t)g->n_nodes > VMC_FILE_MAX_COUNT ||
       (uint64_t)g->n_params + (uint64_t)n_extra > VMC_FILE_MAX_COUNT)
-    return vmc_error(VMC_ERR_INVALID_ARG,
-                     "cannot save '%s': more than %u metadata entries, tensors or nodes", path,
-                     VMC_FILE_MAX_COUNT);
+    return too_many(path);
   if (g->input < 0 || g->input >= g->n_values || strcmp(g->values[g->input].name, "input") ||
       g->in_shape.ndim != 4)
     return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': the graph has no image input 'input'",
@@ -172,14 +243,26 @@ static vmc_status check_for_write(const vmc_graph *g, const vmc_blob *extra, int
                        VMC_FILE_META_VALUE_MAX - 1);
   }
   uint64_t total = 0;
+  uint64_t n_tensors = (uint64_t)g->n_params + (uint64_t)n_extra;
   for (int i = 0; i < g->n_params; i++) {
     const vmc_param *p = &g->params[i];
     if (!name_ok(p->name, VMC_NAME_MAX) || p->shape.ndim < 1 || p->shape.ndim > VMC_MAX_DIMS ||
         !p->data)
       return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': parameter %d is malformed", path,
                        i);
-    total += vmc_align_up(vmc_shape_count(&p->shape) * 4, VMC_FILE_ALIGN);
+    const size_t count = vmc_shape_count(&p->shape);
+    if (p->store != VMC_F32 && !is_quantized(p))
+      return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': parameter '%s' is stored as %s "
+                       "(f32, s8 or s4 expected)", path, p->name, vmc_dtype_name(p->store));
+    total += vmc_align_up(vmc_dtype_bytes(file_dtype(p), count), VMC_FILE_ALIGN);
+    if (is_quantized(p)) {
+      VMC_TRY(param_codes(p, NULL, path));
+      total += vmc_align_up((size_t)p->n_qscale * 4, VMC_FILE_ALIGN);
+      n_tensors++;
+      if (count > plan->max_codes) plan->max_codes = count;
+    }
   }
+  if (n_tensors > VMC_FILE_MAX_COUNT) return too_many(path);
   for (int i = 0; i < g->n_nodes; i++) {
     const vmc_node *n = &g->nodes[i];
     if (!name_ok(n->name, VMC_NAME_MAX) || !n->op || !name_ok(n->op->name, VMC_NAME_MAX) ||
@@ -217,37 +300,71 @@ static vmc_status check_for_write(const vmc_graph *g, const vmc_blob *extra, int
   if (total > VMC_FILE_MAX_BYTES)
     return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': %llu bytes of tensors exceed the 4 GiB "
                      "limit of a .vmc file", path, (unsigned long long)total);
-  *data_bytes = total;
+  plan->data_bytes = total;
+  plan->n_tensors = (int)n_tensors;
   return VMC_OK;
 }
 
-/* One tensor directory entry; returns the buffer position of its offset
- * field, patched once the data is laid out. */
-static size_t wb_tensor_entry(wbuf *b, const char *name, const vmc_shape *shape, uint32_t flags) {
-  wb_str(b, name);
-  wb_u32(b, VMC_F32);
-  wb_u32(b, VMC_TROLE_DATA);
-  wb_u32(b, flags);
-  wb_u32(b, VMC_FILE_LINK_NONE);
-  wb_u32(b, 0); /* axis */
-  wb_u32(b, (uint32_t)shape->ndim);
-  for (int k = 0; k < shape->ndim; k++) wb_u32(b, (uint32_t)shape->d[k]);
+/* One tensor directory entry (e->off is ignored); returns the buffer
+ * position of its offset field, patched once the data is laid out. */
+static size_t wb_tensor_entry(wbuf *b, const tensor_ent *e) {
+  wb_str(b, e->name);
+  wb_u32(b, e->dtype);
+  wb_u32(b, e->role);
+  wb_u32(b, e->flags);
+  wb_u32(b, e->link);
+  wb_u32(b, e->axis);
+  wb_u32(b, (uint32_t)e->shape.ndim);
+  for (int k = 0; k < e->shape.ndim; k++) wb_u32(b, (uint32_t)e->shape.d[k]);
   size_t at = b->n;
   wb_u64(b, 0);
-  wb_u64(b, (uint64_t)vmc_shape_count(shape) * 4);
+  wb_u64(b, e->nbytes);
   return at;
 }
 
-static void wb_tensor_data(wbuf *b, size_t entry_at, const float *x, size_t count) {
+/* An f32 data tensor (role data, no link). */
+static tensor_ent f32_entry(const char *name, const vmc_shape *shape, uint32_t flags) {
+  tensor_ent e = {.dtype = VMC_F32, .role = VMC_TROLE_DATA, .flags = flags,
+                  .link = VMC_FILE_LINK_NONE, .shape = *shape,
+                  .nbytes = (uint64_t)vmc_shape_count(shape) * 4};
+  snprintf(e.name, sizeof e.name, "%s", name);
+  return e;
+}
+
+/* Starts a tensor's data at the next aligned offset, noted in its entry. */
+static void wb_tensor_start(wbuf *b, size_t entry_at) {
   wb_align(b);
   if (!b->oom) st_u64(b->p + entry_at, b->n);
+}
+
+static void wb_tensor_data(wbuf *b, size_t entry_at, const float *x, size_t count) {
+  wb_tensor_start(b, entry_at);
   wb_f32s(b, x, count);
 }
 
+/* A quantized parameter's codes (s8, or s4 two per byte), then its scales;
+ * scratch holds its element count of bytes. */
+static void wb_quantized(wbuf *b, const size_t *entry_at, const vmc_param *p, int8_t *scratch) {
+  const size_t count = vmc_shape_count(&p->shape);
+  (void)param_codes(p, scratch, ""); /* checked by check_for_write */
+  wb_tensor_start(b, entry_at[0]);
+  if (p->store == VMC_S8) {
+    wb_put(b, scratch, count);
+  } else {
+    const size_t nb = vmc_dtype_bytes(VMC_S4, count);
+    wb_need(b, nb);
+    if (!b->oom) {
+      vmc_s4_pack(scratch, count, b->p + b->n);
+      b->n += nb;
+    }
+  }
+  wb_tensor_data(b, entry_at[1], p->qscale, (size_t)p->n_qscale);
+}
+
 /* Serialises the whole file into b. */
-static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra, uint64_t data_bytes,
-                      wbuf *b, size_t *entry_at) {
-  wb_need(b, (size_t)data_bytes + 65536);
+static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra,
+                      const write_plan *plan, int8_t *scratch, wbuf *b, size_t *entry_at) {
+  wb_need(b, (size_t)plan->data_bytes + 65536);
   wb_zeros(b, VMC_FILE_HEADER_BYTES);
   /* metadata */
   size_t meta_off = b->n;
@@ -258,11 +375,26 @@ static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra, ui
   /* tensor directory: parameters in graph order, then extras */
   size_t tensors_off = b->n;
   int nt = 0;
-  for (int i = 0; i < g->n_params; i++)
-    entry_at[nt++] = wb_tensor_entry(b, g->params[i].name, &g->params[i].shape,
-                                     g->params[i].trainable ? VMC_TFLAG_TRAINABLE : 0);
-  for (int i = 0; i < n_extra; i++)
-    entry_at[nt++] = wb_tensor_entry(b, extra[i].name, &extra[i].shape, VMC_TFLAG_EXTRA);
+  for (int i = 0; i < g->n_params; i++) {
+    const vmc_param *p = &g->params[i];
+    tensor_ent e = f32_entry(p->name, &p->shape, p->trainable ? VMC_TFLAG_TRAINABLE : 0);
+    if (is_quantized(p)) {
+      e.dtype = p->store;
+      e.nbytes = vmc_dtype_bytes(p->store, vmc_shape_count(&p->shape));
+      entry_at[nt++] = wb_tensor_entry(b, &e);
+      /* its scales: same name, linked to it, along axis 0 */
+      const vmc_shape qs = {1, {p->n_qscale}};
+      e = f32_entry(p->name, &qs, 0);
+      e.role = VMC_TROLE_SCALE;
+      e.link = (uint32_t)nt - 1;
+      e.axis = 0;
+    }
+    entry_at[nt++] = wb_tensor_entry(b, &e);
+  }
+  for (int i = 0; i < n_extra; i++) {
+    const tensor_ent e = f32_entry(extra[i].name, &extra[i].shape, VMC_TFLAG_EXTRA);
+    entry_at[nt++] = wb_tensor_entry(b, &e);
+  }
   /* graph */
   size_t graph_off = b->n;
   for (int k = 1; k < 4; k++) wb_u32(b, (uint32_t)g->in_shape.d[k]);
@@ -286,15 +418,22 @@ static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra, ui
   wb_align(b);
   size_t data_off = b->n;
   nt = 0;
-  for (int i = 0; i < g->n_params; i++)
-    wb_tensor_data(b, entry_at[nt++], g->params[i].data, vmc_shape_count(&g->params[i].shape));
+  for (int i = 0; i < g->n_params; i++) {
+    const vmc_param *p = &g->params[i];
+    if (is_quantized(p)) {
+      wb_quantized(b, entry_at + nt, p, scratch);
+      nt += 2;
+    } else {
+      wb_tensor_data(b, entry_at[nt++], p->data, vmc_shape_count(&p->shape));
+    }
+  }
   for (int i = 0; i < n_extra; i++)
     wb_tensor_data(b, entry_at[nt++], extra[i].data, vmc_shape_count(&extra[i].shape));
   if (b->oom) return;
   /* header, then the CRC of everything before it */
   uint8_t *h = b->p;
   memcpy(h + VMC_FH_MAGIC, VMC_FILE_MAGIC, 8);
-  st_u32(h + VMC_FH_VERSION, VMC_FILE_VERSION);
+  st_u32(h + VMC_FH_VERSION, plan->max_codes ? VMC_FILE_VERSION : VMC_FILE_VERSION_F32);
   st_u32(h + VMC_FH_HEADER_BYTES, VMC_FILE_HEADER_BYTES);
   st_u64(h + VMC_FH_FILE_BYTES, (uint64_t)b->n + 4);
   st_u32(h + VMC_FH_N_META, (uint32_t)g->n_meta);
@@ -363,13 +502,19 @@ vmc_status vmc_model_write(const vmc_graph *g, const vmc_blob *extra, int n_extr
                            const char *path) {
   if (!g || !path || !*path || n_extra < 0 || (n_extra > 0 && !extra))
     return vmc_error(VMC_ERR_INVALID_ARG, "vmc_model_write: bad arguments");
-  uint64_t data_bytes = 0;
-  VMC_TRY(check_for_write(g, extra, n_extra, path, &data_bytes));
-  size_t *entry_at = vmc_malloc_plain((size_t)(g->n_params + n_extra) * sizeof *entry_at);
-  if (!entry_at) return vmc_error(VMC_ERR_NOMEM, "saving '%s'", path);
+  write_plan plan = {0};
+  VMC_TRY(check_for_write(g, extra, n_extra, path, &plan));
+  size_t *entry_at = vmc_malloc_plain((size_t)plan.n_tensors * sizeof *entry_at);
+  int8_t *scratch = plan.max_codes ? vmc_malloc_plain(plan.max_codes) : NULL;
+  if (!entry_at || (plan.max_codes && !scratch)) {
+    vmc_free(entry_at);
+    vmc_free(scratch);
+    return vmc_error(VMC_ERR_NOMEM, "saving '%s'", path);
+  }
   wbuf b = {0};
-  serialise(g, extra, n_extra, data_bytes, &b, entry_at);
+  serialise(g, extra, n_extra, &plan, scratch, &b, entry_at);
   vmc_free(entry_at);
+  vmc_free(scratch);
   vmc_status s;
   if (b.oom)
     s = vmc_error(VMC_ERR_NOMEM, "saving '%s': no memory to serialise the model", path);
@@ -392,7 +537,7 @@ vmc_status vmc_model_save(const vmc_graph *g, const char *path) {
 
 typedef struct header {
   uint64_t file_bytes, meta_off, tensors_off, graph_off, data_off;
-  uint32_t n_meta, n_tensors, n_nodes;
+  uint32_t version, n_meta, n_tensors, n_nodes;
 } header;
 
 /* A bounds-checked cursor over one section [pos, end) of the file. */
@@ -481,11 +626,13 @@ static vmc_status check_envelope(const uint8_t *p, size_t n, const char *what, h
   if (n < VMC_FH_VERSION + 4)
     return vmc_error(VMC_ERR_FORMAT, "%s: truncated: only %zu bytes", what, n);
   uint32_t version = ld_u32(p + VMC_FH_VERSION);
-  if (version != VMC_FILE_VERSION)
+  if (version < VMC_FILE_VERSION_F32 || version > VMC_FILE_VERSION)
     return vmc_error(VMC_ERR_VERSION,
-                     "%s: .vmc format version %u is not supported (this build reads version %u%s)",
-                     what, version, VMC_FILE_VERSION,
+                     "%s: .vmc format version %u is not supported (this build reads versions "
+                     "%u..%u%s)",
+                     what, version, VMC_FILE_VERSION_F32, VMC_FILE_VERSION,
                      version > VMC_FILE_VERSION ? "; the file is from a newer vmc" : "");
+  h->version = version;
   if (n < VMC_FILE_HEADER_BYTES + 4)
     return vmc_error(VMC_ERR_FORMAT, "%s: truncated: only %zu bytes, shorter than the header",
                      what, n);
@@ -535,14 +682,6 @@ static vmc_status check_envelope(const uint8_t *p, size_t n, const char *what, h
                      (unsigned long long)h->file_bytes);
   return VMC_OK;
 }
-
-/* A parsed tensor directory entry. */
-typedef struct tensor_ent {
-  char name[VMC_NAME_MAX];
-  uint32_t dtype, role, flags, link, axis;
-  vmc_shape shape;
-  uint64_t off, nbytes;
-} tensor_ent;
 
 typedef struct reader {
   const uint8_t *p;
@@ -658,6 +797,87 @@ static void load_f32(float *dst, const uint8_t *src, size_t count) {
 #endif
 }
 
+/* The directory's dtypes and roles: f32 data tensors, and (version 2) s8 /
+ * s4 data tensors each followed directly by its scale tensor (io.h). */
+static vmc_status check_companions(const reader *r) {
+  const char *w = r->what;
+  for (uint32_t i = 0; i < r->h.n_tensors; i++)
+    if (r->ents[i].role == VMC_TROLE_ZERO_POINT)
+      return vmc_error(VMC_ERR_UNSUPPORTED, "%s: tensor %u ('%s') is a zero point; this build "
+                       "reads symmetric quantized weights only", w, i, r->ents[i].name);
+  for (uint32_t i = 0; i < r->h.n_tensors; i++) {
+    const tensor_ent *e = &r->ents[i];
+    const char *dt = vmc_dtype_name((vmc_dtype)e->dtype);
+    if (e->role == VMC_TROLE_DATA) {
+      if (e->dtype == VMC_F32) continue;
+      if (e->dtype != VMC_S8 && e->dtype != VMC_S4)
+        return vmc_error(VMC_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; this build loads f32, s8 "
+                         "and s4 tensors only", w, e->name, dt);
+      if (r->h.version < 2)
+        return vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s' is %s, which needs format version 2 "
+                         "(the file says version %u)", w, e->name, dt, r->h.version);
+      if (e->flags & VMC_TFLAG_EXTRA)
+        return vmc_error(VMC_ERR_FORMAT, "%s: extra tensor '%s' is %s; extra tensors are f32", w,
+                         e->name, dt);
+      if (i + 1 >= r->h.n_tensors || r->ents[i + 1].role != VMC_TROLE_SCALE)
+        return vmc_error(VMC_ERR_FORMAT, "%s: %s tensor '%s' is not followed by its scale tensor",
+                         w, dt, e->name);
+      continue;
+    }
+    const tensor_ent *d = i ? &r->ents[i - 1] : NULL; /* a scale qualifies the tensor before it */
+    if (!d || e->link != i - 1 || d->role != VMC_TROLE_DATA ||
+        (d->dtype != VMC_S8 && d->dtype != VMC_S4))
+      return vmc_error(VMC_ERR_FORMAT, "%s: scale tensor %u ('%s', link %u) does not directly "
+                       "follow the s8 or s4 tensor it qualifies", w, i, e->name, e->link);
+    if (strcmp(e->name, d->name) || e->dtype != VMC_F32 || e->flags || e->axis ||
+        e->shape.ndim != 1 || (e->shape.d[0] != 1 && e->shape.d[0] != d->shape.d[0])) {
+      char sh[64];
+      return vmc_error(VMC_ERR_FORMAT, "%s: the scale tensor of '%s' is '%s', %s %s, flags %u, "
+                       "axis %u; expected '%s', f32 [1] or [%d], flags 0, axis 0", w, d->name,
+                       e->name, dt, vmc_shape_str(&e->shape, sh, sizeof sh), e->flags, e->axis,
+                       d->name, d->shape.d[0]);
+    }
+  }
+  return VMC_OK;
+}
+
+/* Parameter id from s8 / s4 tensor e and its scale tensor sc: data = code *
+ * scale, and the storage recorded so a re-save keeps it. */
+static vmc_status load_quantized(reader *r, int id, const tensor_ent *e, const tensor_ent *sc) {
+  const size_t n = vmc_shape_count(&e->shape), nq = (size_t)sc->shape.d[0], blk = n / nq;
+  const int qmax = qmax_of(e->dtype);
+  const uint8_t *src = r->p + e->off;
+  float *dst = r->g->params[id].data, *scale = vmc_malloc_plain(nq * sizeof *scale);
+  if (!scale) return vmc_error(VMC_ERR_NOMEM, "%s: scales of tensor '%s'", r->what, e->name);
+  load_f32(scale, r->p + sc->off, nq);
+  vmc_status s = VMC_OK;
+  for (size_t c = 0; c < nq && !s; c++)
+    if (!scale_ok(scale[c]))
+      s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': scale %zu is %g, expected a positive "
+                    "finite normal number", r->what, e->name, c, (double)scale[c]);
+  for (size_t i = 0; i < n && !s; i++) {
+    const int code = e->dtype == VMC_S8 ? (int)src[i] - (src[i] >= 128 ? 256 : 0)
+                                        : vmc_s4_get(src, i);
+    const float v = (float)code * scale[i / blk];
+    if (code < -qmax || code > qmax)
+      s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': element %zu has code %d, outside -%d..%d",
+                    r->what, e->name, i, code, qmax, qmax);
+    else if (!isfinite(v))
+      s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': element %zu, code %d times scale %g, "
+                    "overflows", r->what, e->name, i, code, (double)scale[i / blk]);
+    dst[i] = v;
+  }
+  if (!s && e->dtype == VMC_S4 && (n & 1) && (src[n / 2] >> 4))
+    s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': the unused high nibble of its last byte is "
+                  "not zero", r->what, e->name);
+  if (!s) {
+    s = vmc_param_set_quantized(r->g, id, (vmc_dtype)e->dtype, scale, (int)nq);
+    if (s) s = file_error(s, r->what);
+  }
+  vmc_free(scale);
+  return s;
+}
+
 static vmc_status read_tensors(reader *r, bool want_extras) {
   cursor c = cur_make(r->p, r->h.tensors_off, r->h.graph_off, r->what, "tensor directory");
   uint32_t nt = r->h.n_tensors;
@@ -673,39 +893,28 @@ static vmc_status read_tensors(reader *r, bool want_extras) {
   }
   c.ctx[0] = 0;
   VMC_TRY(cur_done(&c));
-  /* Names are unique across the directory. */
-  if (nt > 1) {
-    uint32_t *idx = vmc_malloc_plain((size_t)nt * sizeof *idx);
-    if (!idx) return vmc_error(VMC_ERR_NOMEM, "%s: tensor directory", r->what);
-    for (uint32_t i = 0; i < nt; i++) idx[i] = i;
-    t_sort_ents = r->ents;
-    qsort(idx, nt, sizeof *idx, cmp_ent_name);
-    t_sort_ents = NULL;
-    const char *dup = NULL;
-    for (uint32_t i = 1; i < nt && !dup; i++)
-      if (!strcmp(r->ents[idx[i]].name, r->ents[idx[i - 1]].name)) dup = r->ents[idx[i]].name;
-    vmc_status s = VMC_OK;
-    if (dup) s = vmc_error(VMC_ERR_FORMAT, "%s: two tensors are named '%s'", r->what, dup);
-    vmc_free(idx);
-    VMC_TRY(s);
-  }
-  /* This build holds f32 data tensors only. */
-  for (uint32_t i = 0; i < nt; i++) {
-    const tensor_ent *e = &r->ents[i];
-    if (e->dtype != VMC_F32 || e->role != VMC_TROLE_DATA)
-      return vmc_error(VMC_ERR_UNSUPPORTED,
-                       "%s: tensor '%s' is %s%s; this build loads f32 data tensors only", r->what,
-                       e->name, vmc_dtype_name((vmc_dtype)e->dtype),
-                       e->role == VMC_TROLE_SCALE        ? " (a scale)"
-                       : e->role == VMC_TROLE_ZERO_POINT ? " (a zero point)"
-                                                         : "");
-  }
+  /* Data tensors' names are unique (a scale tensor bears its data's). */
+  uint32_t *idx = vmc_malloc_plain((size_t)(nt ? nt : 1) * sizeof *idx);
+  if (!idx) return vmc_error(VMC_ERR_NOMEM, "%s: tensor directory", r->what);
+  uint32_t nd = 0;
+  for (uint32_t i = 0; i < nt; i++)
+    if (r->ents[i].role == VMC_TROLE_DATA) idx[nd++] = i;
+  t_sort_ents = r->ents;
+  qsort(idx, nd, sizeof *idx, cmp_ent_name);
+  t_sort_ents = NULL;
+  const char *dup = NULL;
+  for (uint32_t i = 1; i < nd && !dup; i++)
+    if (!strcmp(r->ents[idx[i]].name, r->ents[idx[i - 1]].name)) dup = r->ents[idx[i]].name;
+  vmc_free(idx);
+  if (dup) return vmc_error(VMC_ERR_FORMAT, "%s: two tensors are named '%s'", r->what, dup);
+  VMC_TRY(check_companions(r));
   if (want_extras && n_extra) {
     r->blobs = vmc_malloc_plain((size_t)n_extra * sizeof *r->blobs);
     if (!r->blobs) return vmc_error(VMC_ERR_NOMEM, "%s: %u extra tensors", r->what, n_extra);
   }
   for (uint32_t i = 0; i < nt; i++) {
     const tensor_ent *e = &r->ents[i];
+    if (e->role != VMC_TROLE_DATA) continue; /* scales: read with their data */
     size_t count = vmc_shape_count(&e->shape);
     float *dst;
     if (e->flags & VMC_TFLAG_EXTRA) {
@@ -722,6 +931,10 @@ static vmc_status read_tensors(reader *r, bool want_extras) {
       vmc_status s = vmc_graph_add_param(r->g, e->name, e->shape,
                                          (e->flags & VMC_TFLAG_TRAINABLE) != 0, &id);
       if (s) return file_error(s, r->what);
+      if (e->dtype != VMC_F32) {
+        VMC_TRY(load_quantized(r, id, e, &r->ents[i + 1]));
+        continue;
+      }
       dst = r->g->params[id].data;
     }
     load_f32(dst, r->p + e->off, count);
