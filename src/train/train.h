@@ -30,4 +30,20 @@ void vmc_optim_free(vmc_optimizer *o);
 /* Learning rate at a global step (0-based) of total steps. */
 float vmc_sched_lr(const vmc_train_config *c, long step, long steps_per_epoch, long total_steps);
 
+/* An inference engine for vmc_evaluate_with: input holds batch x c x h x w
+ * normalised floats, output batch x classes logits after forward(self, n)
+ * of the first n images (a float plan, or the integer runtime). */
+typedef struct vmc_infer_fn {
+  void *self;
+  int batch, classes;
+  int c, h, w;
+  float *input;
+  const float *output;
+  vmc_status (*forward)(void *self, int n);
+} vmc_infer_fn;
+
+/* vmc_evaluate_logits on an engine (d's images must be c x h x w). */
+vmc_status vmc_evaluate_with(const vmc_infer_fn *f, const struct vmc_dataset *d, int limit,
+                             int show_progress, vmc_eval_result *r, float **logits);
+
 #endif

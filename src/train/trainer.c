@@ -47,20 +47,37 @@ vmc_status vmc_evaluate(vmc_graph *g, const vmc_dataset *d, int batch, int limit
   return vmc_evaluate_logits(g, d, batch, limit, show_progress, r, NULL);
 }
 
+static vmc_status plan_forward(void *self, int n) { return vmc_plan_forward(self, n); }
+
 vmc_status vmc_evaluate_logits(vmc_graph *g, const vmc_dataset *d, int batch, int limit,
                                int show_progress, vmc_eval_result *r, float **logits) {
   memset(r, 0, sizeof *r);
   if (logits) *logits = NULL;
-  int n = d->n;
-  if (limit > 0 && limit < n) n = limit;
-  if (d->c != g->in_shape.d[1] || d->h != g->in_shape.d[2] || d->w != g->in_shape.d[3])
-    return vmc_error(VMC_ERR_SHAPE, "data set images are %dx%dx%d but the model takes %dx%dx%d",
-                     d->c, d->h, d->w, g->in_shape.d[1], g->in_shape.d[2], g->in_shape.d[3]);
+  const int n = limit > 0 && limit < d->n ? limit : d->n;
   if (batch > n) batch = n;
   vmc_plan *p;
   VMC_TRY(vmc_plan_create(g, batch, VMC_MODE_INFER, &p));
   const vmc_shape *os = vmc_plan_value_shape(p, g->output);
-  const int k = (int)(vmc_shape_count(os) / (size_t)os->d[0]);
+  const vmc_infer_fn f = {.self = p, .batch = batch,
+                          .classes = (int)(vmc_shape_count(os) / (size_t)os->d[0]),
+                          .c = g->in_shape.d[1], .h = g->in_shape.d[2], .w = g->in_shape.d[3],
+                          .input = vmc_plan_input(p), .output = vmc_plan_output(p),
+                          .forward = plan_forward};
+  vmc_status s = vmc_evaluate_with(&f, d, limit, show_progress, r, logits);
+  vmc_plan_destroy(p);
+  return s;
+}
+
+vmc_status vmc_evaluate_with(const vmc_infer_fn *f, const vmc_dataset *d, int limit,
+                             int show_progress, vmc_eval_result *r, float **logits) {
+  memset(r, 0, sizeof *r);
+  if (logits) *logits = NULL;
+  int n = d->n;
+  if (limit > 0 && limit < n) n = limit;
+  if (d->c != f->c || d->h != f->h || d->w != f->w)
+    return vmc_error(VMC_ERR_SHAPE, "data set images are %dx%dx%d but the model takes %dx%dx%d",
+                     d->c, d->h, d->w, f->c, f->h, f->w);
+  const int batch = f->batch, k = f->classes;
   int *idx = vmc_malloc_plain((size_t)batch * sizeof *idx);
   int *y = vmc_malloc_plain((size_t)batch * sizeof *y);
   float *all = logits ? malloc((size_t)n * k * sizeof *all) : NULL;
@@ -68,19 +85,20 @@ vmc_status vmc_evaluate_logits(vmc_graph *g, const vmc_dataset *d, int batch, in
     vmc_free(idx);
     vmc_free(y);
     free(all);
-    vmc_plan_destroy(p);
     return vmc_error(VMC_ERR_NOMEM, "evaluation");
   }
   vmc_progress bar;
   vmc_progress_start(&bar, "eval", n, show_progress);
   double loss = 0, t0 = vmc_now();
   long correct = 0;
-  for (int off = 0; off < n; off += batch) {
+  vmc_status s = VMC_OK;
+  for (int off = 0; off < n && !s; off += batch) {
     int m = n - off < batch ? n - off : batch;
     for (int i = 0; i < m; i++) idx[i] = off + i;
-    vmc_dataset_batch(d, idx, m, NULL, NULL, vmc_plan_input(p), y);
-    vmc_plan_forward(p, m);
-    const float *z = vmc_plan_output(p);
+    vmc_dataset_batch(d, idx, m, NULL, NULL, f->input, y);
+    s = f->forward(f->self, m);
+    if (s) break;
+    const float *z = f->output;
     if (all) memcpy(all + (size_t)off * k, z, (size_t)m * k * sizeof *all);
     for (int i = 0; i < m; i++) {
       if (y[i] >= k) continue; /* label the model cannot predict: counts as wrong */
@@ -90,15 +108,18 @@ vmc_status vmc_evaluate_logits(vmc_graph *g, const vmc_dataset *d, int batch, in
     vmc_progress_update(&bar, off + m, NULL);
   }
   vmc_progress_finish(&bar);
+  vmc_free(idx);
+  vmc_free(y);
+  if (s) {
+    free(all);
+    return s;
+  }
   r->n = n;
   r->classes = k;
   if (logits) *logits = all;
   r->accuracy = (float)((double)correct / n);
   r->loss = (float)(loss / n);
   r->seconds = vmc_now() - t0;
-  vmc_free(idx);
-  vmc_free(y);
-  vmc_plan_destroy(p);
   return VMC_OK;
 }
 

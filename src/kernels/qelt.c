@@ -1,0 +1,207 @@
+/* int8 element-wise and pooling kernels (qelt.h).  Plain C loops that the
+ * compiler vectorises for the base ISA: one code path on every CPU. */
+#include "kernels/qelt.h"
+
+#include <string.h>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+/* dst[k] = src[k * stride] for k < n: a memcpy, or for stride 2 the even
+ * bytes of 32-byte blocks (SSE2, part of x86-64), or a plain loop. */
+static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
+  if (stride == 1) {
+    memcpy(dst, src, (size_t)n);
+    return;
+  }
+  int k = 0;
+#ifdef __SSE2__
+  if (stride == 2) {
+    const __m128i even = _mm_set1_epi16(0x00ff);
+    /* The last block reads src[2k + 31] = src[2 (k + 16) - 1], inside while k + 16 < n. */
+    for (; k + 16 < n; k += 16) {
+      const __m128i a = _mm_loadu_si128((const __m128i *)(src + 2 * k));
+      const __m128i b = _mm_loadu_si128((const __m128i *)(src + 2 * k + 16));
+      _mm_storeu_si128((__m128i *)(dst + k),
+                       _mm_packus_epi16(_mm_and_si128(a, even), _mm_and_si128(b, even)));
+    }
+  }
+#endif
+  for (; k < n; k++) dst[k] = src[(size_t)k * stride];
+}
+
+/* The loops read every parameter into a local first: y (u8) may alias the
+ * parameter structs, which would keep the compiler from vectorising. */
+void vmc_qquantize_f32(const float *x, size_t n, float inv, const vmc_qact *o, uint8_t *y) {
+  const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
+  const int32_t zp = o->zp;
+  for (size_t i = 0; i < n; i++) {
+    const float v = x[i] * inv;
+    y[i] = vmc_qround_u8(v == v ? v : 0.0f, lo, hi, zp);
+  }
+}
+
+void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y) {
+  const int32_t zp = a->zp;
+  const float s = a->scale;
+  for (size_t i = 0; i < n; i++) y[i] = (float)((int32_t)x[i] - zp) * s;
+}
+
+static void requant_u8(const uint8_t *restrict a, size_t n, float sa, int32_t za, float inv_o,
+                       float lo, float hi, int32_t zp, uint8_t *restrict y) {
+  for (size_t i = 0; i < n; i++)
+    y[i] = vmc_qround_u8((float)((int32_t)a[i] - za) * sa * inv_o, lo, hi, zp);
+}
+
+static void add_u8(const uint8_t *restrict a, const uint8_t *restrict b, size_t n, float sa,
+                   int32_t za, float sb, int32_t zb, float inv_o, float lo, float hi, int32_t zp,
+                   uint8_t *restrict y) {
+  for (size_t i = 0; i < n; i++) {
+    const float va = (float)((int32_t)a[i] - za) * sa, vb = (float)((int32_t)b[i] - zb) * sb;
+    y[i] = vmc_qround_u8((va + vb) * inv_o, lo, hi, zp);
+  }
+}
+
+void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const vmc_qact *qb,
+                 size_t n, float inv_o, const vmc_qact *o, uint8_t *y) {
+  const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
+  if (!b) requant_u8(a, n, qa->scale, qa->zp, inv_o, lo, hi, o->zp, y);
+  else add_u8(a, b, n, qa->scale, qa->zp, qb->scale, qb->zp, inv_o, lo, hi, o->zp, y);
+}
+
+void vmc_qmaxpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, uint8_t *y) {
+  const size_t in = (size_t)g->h * g->w, out = (size_t)g->oh * g->ow;
+  for (int p = 0; p < planes; p++) {
+    const uint8_t *xp = x + (size_t)p * in;
+    uint8_t *yp = y + (size_t)p * out;
+    for (int oy = 0; oy < g->oh; oy++)
+      for (int ox = 0; ox < g->ow; ox++) {
+        int best = 0;
+        for (int i = 0; i < g->kh; i++) {
+          const int iy = oy * g->sh - g->ph + i;
+          if (iy < 0 || iy >= g->h) continue;
+          for (int j = 0; j < g->kw; j++) {
+            const int ix = ox * g->sw - g->pw + j;
+            if (ix >= 0 && ix < g->w && xp[iy * g->w + ix] > best) best = xp[iy * g->w + ix];
+          }
+        }
+        yp[oy * g->ow + ox] = (uint8_t)best;
+      }
+  }
+}
+
+void vmc_qavgpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, int32_t x_zp,
+                     float scale, const vmc_qepi_prep *prep, uint8_t *y) {
+  const size_t in = (size_t)g->h * g->w, out = (size_t)g->oh * g->ow;
+  const int32_t win = g->kh * g->kw;
+  for (int p = 0; p < planes; p++) {
+    const uint8_t *xp = x + (size_t)p * in;
+    uint8_t *yp = y + (size_t)p * out;
+    for (int oy = 0; oy < g->oh; oy++)
+      for (int ox = 0; ox < g->ow; ox++) {
+        int32_t t = 0; /* sum of codes; padding adds zp (value 0) */
+        for (int i = 0; i < g->kh; i++) {
+          const int iy = oy * g->sh - g->ph + i;
+          if (iy < 0 || iy >= g->h) {
+            t += g->kw * x_zp;
+            continue;
+          }
+          for (int j = 0; j < g->kw; j++) {
+            const int ix = ox * g->sw - g->pw + j;
+            t += ix >= 0 && ix < g->w ? xp[iy * g->w + ix] : x_zp;
+          }
+        }
+        yp[oy * g->ow + ox] = (uint8_t)vmc_qepi_requant(t - win * x_zp, scale, prep);
+      }
+  }
+}
+
+void vmc_qim2col_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8_t *col) {
+  const int oh = g->oh, ow = g->ow;
+  for (int c = 0; c < g->c; c++)
+    for (int i = 0; i < g->kh; i++)
+      for (int j = 0; j < g->kw; j++) {
+        const uint8_t *xc = x + (size_t)c * g->h * g->w;
+        uint8_t *row = col + ((size_t)(c * g->kh + i) * g->kw + j) * (size_t)oh * ow;
+        /* Output columns whose input column is inside: ox in [x0, x1). */
+        const int off = j * g->dw - g->pw;
+        int x0 = off < 0 ? (-off + g->sw - 1) / g->sw : 0;
+        int x1 = g->w - off <= 0 ? 0 : (g->w - off + g->sw - 1) / g->sw;
+        if (x1 > ow) x1 = ow;
+        if (x0 > x1) x0 = x1;
+        for (int oy = 0; oy < oh; oy++) {
+          uint8_t *r = row + (size_t)oy * ow;
+          const int iy = oy * g->sh - g->ph + i * g->dh;
+          if (iy < 0 || iy >= g->h) {
+            memset(r, pad, (size_t)ow);
+            continue;
+          }
+          memset(r, pad, (size_t)x0);
+          const uint8_t *xr = xc + (size_t)iy * g->w; /* input column off + ox * sw */
+          if (x1 > x0) gather_u8(r + x0, xr + (off + x0 * g->sw), x1 - x0, g->sw);
+          memset(r + x1, pad, (size_t)(ow - x1));
+        }
+      }
+}
+
+/* Nonzero if some tap reads phase r of a dimension (kernel k, dilation d,
+ * stride st). */
+static int phase_read(int r, int k, int d, int st) {
+  for (int i = 0; i < k; i++)
+    if ((i * d) % st == r) return 1;
+  return 0;
+}
+
+void vmc_qphase_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8_t *xp) {
+  const int phh = vmc_qphase_h(g), phw = vmc_qphase_w(g), sh = g->sh, sw = g->sw;
+  const size_t plane = (size_t)phh * phw;
+  for (int t = 0; t < sw; t++) {
+    /* Phase columns v whose padded column sw*v + t is inside: [v0, v1). */
+    const int off = t - g->pw;
+    int v0 = off < 0 ? (-off + sw - 1) / sw : 0, v1 = (g->w - off + sw - 1) / sw;
+    if (v1 > phw) v1 = phw;
+    if (v0 > v1) v0 = v1;
+    const int keep_t = phase_read(t, g->kw, g->dw, sw);
+    for (int c = 0; c < g->c; c++)
+      for (int r = 0; r < sh; r++) {
+        uint8_t *p = xp + ((size_t)(c * sh + r) * sw + t) * plane;
+        if (!keep_t || !phase_read(r, g->kh, g->dh, sh)) {
+          memset(p, pad, plane);
+          continue;
+        }
+        const uint8_t *xc = x + (size_t)c * g->h * g->w;
+        for (int u = 0; u < phh; u++) {
+          uint8_t *row = p + (size_t)u * phw;
+          const int iy = u * sh + r - g->ph;
+          if (iy < 0 || iy >= g->h || v1 == v0) {
+            memset(row, pad, (size_t)phw);
+            continue;
+          }
+          const uint8_t *xr = xc + (size_t)iy * g->w; /* column off + v * sw */
+          memset(row, pad, (size_t)v0);
+          gather_u8(row + v0, xr + (off + v0 * sw), v1 - v0, sw);
+          memset(row + v1, pad, (size_t)(phw - v1));
+        }
+      }
+  }
+  const size_t all = (size_t)g->c * sh * sw * plane;
+  memset(xp + all, pad, vmc_qphase_bytes(g) - all);
+}
+
+void vmc_qwide_col_u8(const uint8_t *xp, const vmc_conv_geom *g, uint8_t *col) {
+  const int phw = vmc_qphase_w(g), sh = g->sh, sw = g->sw;
+  const size_t plane = (size_t)vmc_qphase_h(g) * phw, nw = (size_t)g->oh * phw;
+  for (int c = 0; c < g->c; c++)
+    for (int i = 0; i < g->kh; i++)
+      for (int j = 0; j < g->kw; j++) {
+        const int a = i * g->dh, b = j * g->dw;
+        const uint8_t *p = xp + ((size_t)(c * sh + a % sh) * sw + b % sw) * plane;
+        memcpy(col, p + (size_t)(a / sh) * phw + b / sw, nw);
+        col += nw;
+      }
+}
+
+void vmc_qcrop_u8(const uint8_t *yw, int rows, int oh, int wp, int ow, uint8_t *y) {
+  for (int r = 0; r < rows * oh; r++) memcpy(y + (size_t)r * ow, yw + (size_t)r * wp, (size_t)ow);
+}

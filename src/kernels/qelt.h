@@ -1,0 +1,86 @@
+/* int8 element-wise and pooling kernels of the integer runtime: quantize an
+ * fp32 image, dequantize, add with rescale (and requantize), max/average
+ * pooling, u8 im2col.
+ *
+ * Activations are u8 codes with a vmc_qact: x = (q - zp) * scale, codes kept
+ * in [lo, hi] (an s8 tensor is stored as u8 with 128 added to its codes, zero
+ * point and bounds: the value (q - zp) * scale is unchanged, and the GEMM,
+ * which reads u8, takes it as it is).
+ *
+ * The rounding rule is the one of quant.h and of the GEMM epilogue
+ * (vmc_qepi_requant): v relative to the zero point, clamped in fp32 to
+ * [lo - zp, hi - zp] (vmaxps/vminps order: NaN gives lo), rounded half to
+ * even, plus zp.  The rounding is done by adding and subtracting 1.5 * 2^23,
+ * exact for the clamped range (|v| <= 510), so the loops vectorise; every
+ * variant of the runtime calls these same scalar loops, so all ISAs agree. */
+#ifndef VMC_QELT_H
+#define VMC_QELT_H
+
+#include "kernels/conv.h"
+#include "kernels/qgemm.h"
+
+typedef struct vmc_qact {
+  float scale;
+  int32_t zp, lo, hi; /* stored (u8) units; 0 <= lo <= hi <= 255 */
+} vmc_qact;
+
+#define VMC_QROUND_MAGIC 12582912.0f /* 1.5 * 2^23 */
+
+/* The rule on a value v already divided by the scale. */
+static inline uint8_t vmc_qround_u8(float v, float lo_rel, float hi_rel, int32_t zp) {
+  v = v > lo_rel ? v : lo_rel;
+  v = v < hi_rel ? v : hi_rel;
+  return (uint8_t)((int32_t)((v + VMC_QROUND_MAGIC) - VMC_QROUND_MAGIC) + zp);
+}
+
+/* y = quantize(x) with o's parameters, inv = 1.0f / o->scale (NaN gives zp,
+ * as the fakequant op): bit for bit vmc_quantize1 for codes in 0..255. */
+void vmc_qquantize_f32(const float *x, size_t n, float inv, const vmc_qact *o, uint8_t *y);
+/* y = (x - zp) * scale. */
+void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y);
+/* y = quantize_o((a - za) * sa + (b - zb) * sb), the sum in fp32 as written
+ * (what a float add of the two dequantized tensors computes), inv_o =
+ * 1.0f / o->scale; b may be NULL (then y = quantize_o((a - za) * sa): a
+ * requantization, or a clamp when o has a's parameters and narrower bounds). */
+void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const vmc_qact *qb,
+                 size_t n, float inv_o, const vmc_qact *o, uint8_t *y);
+
+/* Max pooling of `planes` planes of g (padding is ignored, as the float op's
+ * -inf): codes are monotonic in the value, so the output keeps x's params. */
+void vmc_qmaxpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, uint8_t *y);
+/* Average pooling, the window's full size as divisor (padding counts as
+ * zero, i.e. as zp, PyTorch's default): t = sum over the window of (q - zp)
+ * (s32), y = vmc_qepi_requant(t, scale, prep) with scale = s_x / (kh * kw * s_y).
+ * Global average pooling is the window h x w. */
+void vmc_qavgpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, int32_t x_zp,
+                     float scale, const vmc_qepi_prep *prep, uint8_t *y);
+
+/* col[(c*kh + i)*kw + j][oy*ow + ox] = x[c][oy*sh - ph + i*dh][ox*sw - pw + j*dw],
+ * pad outside the plane (the input's zero point): vmc_im2col on u8. */
+void vmc_qim2col_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8_t *col);
+
+/* Convolution without short-row copies (the "wide" and "phase" layouts of
+ * conv2d's fp32 path).  The input, padded with pad (the zero point) to
+ * hp = h + 2ph rows and wp = w + 2pw columns, is split once into its stride
+ * phases: phase (r, t) of channel c holds the padded pixels (sh*u + r,
+ * sw*v + t), a plane of phh = ceil(hp / sh) rows and phw = ceil(wp / sw)
+ * columns, at ((c*sh + r)*sw + t) * phh*phw; phases no tap reads are left
+ * out (filled with pad), and vmc_qphase_bytes counts a little slack after
+ * the last (vmc_qphase_u8).  Row (c, i, j) of the virtual im2col matrix is
+ * then the contiguous slice of oh*phw bytes of phase ((i*dh) % sh, (j*dw) %
+ * sw) starting at ((i*dh) / sh) * phw + (j*dw) / sw (vmc_qwide_col_u8
+ * copies the K rows).  A GEMM over those oh*phw "wide" columns gives each
+ * output row phw - ow extra columns, which vmc_qcrop_u8 drops.  Stride 1 is
+ * the single phase: the padded image. */
+static inline int vmc_qphase_h(const vmc_conv_geom *g) { return (g->h + 2 * g->ph + g->sh - 1) / g->sh; }
+static inline int vmc_qphase_w(const vmc_conv_geom *g) { return (g->w + 2 * g->pw + g->sw - 1) / g->sw; }
+static inline size_t vmc_qphase_bytes(const vmc_conv_geom *g) {
+  return (size_t)g->c * g->sh * g->sw * vmc_qphase_h(g) * vmc_qphase_w(g) +
+         (size_t)((g->kw - 1) * g->dw / g->sw) + 1;
+}
+void vmc_qphase_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8_t *xp);
+void vmc_qwide_col_u8(const uint8_t *xp, const vmc_conv_geom *g, uint8_t *col);
+/* y[r][oy][ox] = yw[r][oy * wp + ox] for `rows` planes of oh x ow. */
+void vmc_qcrop_u8(const uint8_t *yw, int rows, int oh, int wp, int ow, uint8_t *y);
+
+#endif
