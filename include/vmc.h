@@ -147,6 +147,13 @@ typedef struct vmc_train_hooks {
                       float *dlogits);
   /* After the optimizer step (e.g. re-apply pruning masks). */
   vmc_status (*after_step)(void *user, vmc_plan *p, long step);
+  /* After forward, before the loss: the plan's activations of this batch
+   * are readable (e.g. range observers). */
+  vmc_status (*after_forward)(void *user, vmc_plan *p, long step);
+  /* After backward, before the optimizer step: the parameter gradients of
+   * this batch are complete (e.g. a straight-through mask, or swapping
+   * fake-quantized weights for the float weights the optimizer updates). */
+  vmc_status (*before_optim)(void *user, vmc_plan *p, long step);
 } vmc_train_hooks;
 
 typedef struct vmc_epoch_result {

@@ -366,6 +366,8 @@ vmc_status vmc_train(vmc_graph *g, const vmc_dataset *train, const vmc_dataset *
       if (hooks->before_step) s = hooks->before_step(hooks->user, t.p, step);
       if (s) break;
       vmc_plan_forward(t.p, m);
+      if (hooks->after_forward) s = hooks->after_forward(hooks->user, t.p, step);
+      if (s) break;
       const float *z = vmc_plan_output(t.p);
       float *dz = vmc_plan_output_grad(t.p);
       float loss = vmc_softmax_ce(z, t.y, m, k, c->label_smoothing, dz);
@@ -375,6 +377,8 @@ vmc_status vmc_train(vmc_graph *g, const vmc_dataset *train, const vmc_dataset *
       seen += m;
       vmc_graph_zero_grads(g);
       s = vmc_plan_backward(t.p);
+      if (s) break;
+      if (hooks->before_optim) s = hooks->before_optim(hooks->user, t.p, step);
       if (s) break;
       vmc_optim_step(t.o, lr);
       if (hooks->after_step) s = hooks->after_step(hooks->user, t.p, step);

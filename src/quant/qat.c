@@ -1,0 +1,549 @@
+/* Quantization-aware training (see qat.h). */
+#include "quant/qat.h"
+
+#include "data/data.h"
+#include "graph/rebuild.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void vmc_qat_opts_default(vmc_qat_opts *o) {
+  memset(o, 0, sizeof *o);
+  vmc_ptq_opts_default(&o->ptq);
+  vmc_train_config_default(&o->train);
+  o->train.epochs = 2;
+  o->train.lr = 0.003f;
+  o->train.sched = VMC_SCHED_COSINE;
+  o->freeze_observers_epoch = 1;
+  o->momentum = 0.01f;
+}
+
+void vmc_qat_report_free(vmc_qat_report *r) {
+  if (!r) return;
+  vmc_ptq_report_free(&r->ptq);
+  vmc_free(r->epoch);
+  memset(r, 0, sizeof *r);
+}
+
+/* ---- weights -------------------------------------------------------------------- */
+
+void vmc_qat_ste_mask(const float *w, int channels, size_t k, const vmc_qparams *params,
+                      float *grad) {
+  for (int c = 0; c < channels; c++) {
+    const vmc_qparams *p = &params[c];
+    const float inv = 1.0f / p->scale;
+    for (size_t j = (size_t)c * k; j < (size_t)(c + 1) * k; j++) {
+      const double r = nearbyint((double)(w[j] * inv)) + p->zero_point; /* NaN fails both */
+      if (!(r >= p->qmin && r <= p->qmax)) grad[j] = 0.0f;
+    }
+  }
+}
+
+vmc_status vmc_qat_fake_quantize_weights(const float *w, int channels, size_t k,
+                                         vmc_qscheme scheme, vmc_qparams *params, float *wq) {
+  const vmc_qscheme_info *si = vmc_qscheme_get(scheme);
+  if (!si || !si->symmetric)
+    return vmc_error(VMC_ERR_INVALID_ARG, "qat: weight scheme %s is not symmetric (s8 or s4)",
+                     si ? si->name : "?");
+  for (int c = 0; c < channels; c++) {
+    float amax = 0;
+    for (size_t j = (size_t)c * k; j < (size_t)(c + 1) * k; j++) {
+      if (!isfinite(w[j]))
+        return vmc_error(VMC_ERR_INVALID_ARG, "qat: weight %zu is not finite (training "
+                         "diverged? lower --lr)", j);
+      amax = fabsf(w[j]) > amax ? fabsf(w[j]) : amax;
+    }
+    VMC_TRY(vmc_qparams_from_range(-amax, amax, scheme, &params[c]));
+  }
+  return vmc_qfake_quantize(w, channels, k, params, wq);
+}
+
+/* A conv2d/linear node of the quantized graph and its float shadow weight. */
+typedef struct qweight {
+  int node;         /* in q */
+  int w, b;         /* parameter ids (b: -1 without a bias) */
+  int fq;           /* the fakequant node it reads, or -1 */
+  int blocks;       /* scales: output channels, or 1 per tensor */
+  size_t k;         /* weights per block */
+  float *shadow;    /* what the optimizer updates */
+  vmc_qparams *qp;  /* blocks entries: the scales fq(shadow) uses */
+} qweight;
+
+/* A fakequant node and its moving-average observer or learned scale. */
+typedef struct qobs {
+  int node;         /* in q */
+  vmc_qscheme scheme;
+  float lo, hi;     /* the moving average of the per-batch min and max */
+  int lsq;          /* the scale is learned (LSQ) */
+  int started;      /* LSQ: the scale has its initial value */
+  float velocity;   /* LSQ: SGD momentum buffer of the scale */
+  vmc_qparams next; /* what the next forward uses (set by after_step) */
+} qobs;
+
+typedef struct qat_state {
+  vmc_graph *q;
+  const vmc_qat_opts *o;
+  qweight *w;
+  int nw;
+  qobs *obs;
+  int nobs;
+  long freeze_step; /* observers update at steps < freeze_step (-1: always) */
+  long steps_per_epoch, total_steps; /* of the schedule (LSQ's learning rate) */
+  vmc_qscheme wscheme;
+  vmc_epoch_result *epochs;
+  int n_epochs;
+} qat_state;
+
+static void set_attr_f(vmc_node *n, const char *key, float v) {
+  for (int i = 0; i < n->n_attr; i++)
+    if (!strcmp(n->attr[i].key, key)) n->attr[i].f = v;
+}
+static void set_attr_i(vmc_node *n, const char *key, int32_t v) {
+  for (int i = 0; i < n->n_attr; i++)
+    if (!strcmp(n->attr[i].key, key)) n->attr[i].i = v;
+}
+
+static vmc_qparams fq_params(const vmc_node *n) {
+  vmc_qparams p = {vmc_node_attr_f(n, "scale", 1.0f), vmc_node_attr_i(n, "zero_point", 0),
+                   vmc_node_attr_i(n, "qmin", 0), vmc_node_attr_i(n, "qmax", 0)};
+  return p;
+}
+
+static void fq_set(vmc_node *n, const vmc_qparams *p) {
+  set_attr_f(n, "scale", p->scale);
+  set_attr_i(n, "zero_point", p->zero_point);
+  set_attr_i(n, "qmin", p->qmin);
+  set_attr_i(n, "qmax", p->qmax);
+}
+
+/* The scheme whose range a fakequant node uses. */
+static vmc_status fq_scheme(const vmc_node *n, vmc_qscheme *out) {
+  const vmc_qparams p = fq_params(n);
+  for (int s = 0; s < VMC_QSCHEME_COUNT; s++) {
+    const vmc_qscheme_info *si = vmc_qscheme_get((vmc_qscheme)s);
+    if (si->qmin == p.qmin && si->qmax == p.qmax) {
+      *out = (vmc_qscheme)s;
+      return VMC_OK;
+    }
+  }
+  return vmc_error(VMC_ERR_UNSUPPORTED, "qat: fakequant node '%s' has range [%d, %d], no "
+                   "known scheme's", n->name, (int)p.qmin, (int)p.qmax);
+}
+
+/* Index of the node called name, or -1. */
+static int node_index(const vmc_graph *g, const char *name) {
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!strcmp(g->nodes[i].name, name)) return i;
+  return -1;
+}
+
+static int is_layer(const vmc_node *n) {
+  return n->n_param >= 1 && (!strcmp(n->op->name, "conv2d") || !strcmp(n->op->name, "linear"));
+}
+
+/* Weights of q's conv2d/linear nodes: shadows from the folded float graph f
+ * (q's weights are already fake-quantized); the fakequant each one reads
+ * from the PTQ report. */
+static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq_report *pr) {
+  vmc_graph *q = st->q;
+  int n = 0;
+  for (int i = 0; i < q->n_nodes; i++) n += is_layer(&q->nodes[i]);
+  st->w = vmc_malloc_plain((size_t)(n ? n : 1) * sizeof *st->w);
+  if (!st->w) return vmc_error(VMC_ERR_NOMEM, "qat: weights");
+  for (int i = 0; i < q->n_nodes; i++) {
+    const vmc_node *nd = &q->nodes[i];
+    if (!is_layer(nd)) continue;
+    qweight *w = &st->w[st->nw++];
+    const vmc_param *pw = &q->params[nd->param[0]];
+    const size_t total = vmc_shape_count(&pw->shape);
+    w->node = i;
+    w->w = nd->param[0];
+    w->b = nd->n_param > 1 ? nd->param[1] : -1;
+    w->fq = -1;
+    for (int l = 0; l < pr->n_layers; l++)
+      if (!strcmp(pr->layers[l].node, nd->name)) w->fq = node_index(q, pr->layers[l].quant);
+    if (w->fq < 0 || strcmp(q->nodes[w->fq].op->name, "fakequant"))
+      return vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' reads no fakequant", nd->name);
+    w->blocks = st->o->ptq.per_channel ? pw->shape.d[0] : 1;
+    w->k = total / (size_t)w->blocks;
+    w->shadow = vmc_malloc_plain(total * sizeof *w->shadow);
+    w->qp = vmc_malloc_plain((size_t)w->blocks * sizeof *w->qp);
+    if (!w->shadow || !w->qp) return vmc_error(VMC_ERR_NOMEM, "qat: weights of '%s'", nd->name);
+    const int fi = vmc_graph_find_param(f, pw->name);
+    if (fi < 0 || !vmc_shape_eq(&f->params[fi].shape, &pw->shape))
+      return vmc_error(VMC_ERR_INTERNAL, "qat: weight '%s' of node '%s' has no float original",
+                       pw->name, nd->name);
+    memcpy(w->shadow, f->params[fi].data, total * sizeof *w->shadow);
+    /* Stored as float while it trains (the PTQ scales no longer hold). */
+    VMC_TRY(vmc_param_set_quantized(q, w->w, VMC_F32, NULL, 0));
+    VMC_TRY(vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, st->wscheme, w->qp,
+                                          pw->data));
+    if (w->b >= 0) { /* the float bias: trained in float, rounded at the end */
+      const int fb = vmc_graph_find_param(f, q->params[w->b].name);
+      if (fb < 0) return vmc_error(VMC_ERR_INTERNAL, "qat: bias '%s' has no float original",
+                                   q->params[w->b].name);
+      memcpy(q->params[w->b].data, f->params[fb].data,
+             vmc_shape_count(&q->params[w->b].shape) * sizeof(float));
+    }
+  }
+  if (!st->nw) return vmc_error(VMC_ERR_INVALID_ARG, "qat: the model has no conv2d or linear node");
+  return VMC_OK;
+}
+
+/* One observer per fakequant node, started at its calibrated range.  With
+ * 4-bit activations the nodes that a conv2d/linear reads move to u4 (the
+ * GEMM operands), except the one on the graph input (u8 pixels: the 8-bit
+ * grid is free); the others (residual add operands) stay 8-bit. */
+static vmc_status setup_observers(qat_state *st, vmc_qscheme act) {
+  vmc_graph *q = st->q;
+  st->obs = vmc_malloc_plain((size_t)(q->n_nodes ? q->n_nodes : 1) * sizeof *st->obs);
+  if (!st->obs) return vmc_error(VMC_ERR_NOMEM, "qat: observers");
+  for (int i = 0; i < q->n_nodes; i++) {
+    vmc_node *n = &q->nodes[i];
+    if (strcmp(n->op->name, "fakequant")) continue;
+    qobs *ob = &st->obs[st->nobs++];
+    ob->node = i;
+    const vmc_qparams p = fq_params(n);
+    ob->lo = (float)(p.qmin - p.zero_point) * p.scale;
+    ob->hi = (float)(p.qmax - p.zero_point) * p.scale;
+    VMC_TRY(fq_scheme(n, &ob->scheme));
+    int gemm_operand = 0;
+    for (int j = 0; j < st->nw; j++) gemm_operand |= st->w[j].fq == i;
+    gemm_operand &= n->in[0] != q->input;
+    if (act == VMC_QSCHEME_U4 && gemm_operand) {
+      vmc_qparams p4;
+      ob->scheme = VMC_QSCHEME_U4;
+      VMC_TRY(vmc_qparams_from_range(ob->lo, ob->hi, VMC_QSCHEME_U4, &p4));
+      fq_set(n, &p4);
+    }
+    ob->lsq = st->o->learn_act_scales && gemm_operand;
+    ob->next = fq_params(n);
+  }
+  return VMC_OK;
+}
+
+/* ---- the hooks ------------------------------------------------------------------ */
+
+/* Values a fakequant node read in the last forward: *n of them. */
+static const float *fq_input(const vmc_plan *p, const vmc_node *nd, size_t *n) {
+  const vmc_shape *sh = vmc_plan_value_shape(p, nd->in[0]);
+  *n = vmc_shape_count(sh) / (size_t)sh->d[0] * (size_t)p->last_n;
+  return vmc_plan_value(p, nd->in[0]);
+}
+
+/* LSQ's initial scale from the first batch: 2 mean|x| / sqrt(qmax - zp). */
+static void lsq_start(qobs *ob, const float *x, size_t cnt) {
+  double sum = 0;
+  size_t k = 0;
+  for (size_t i = 0; i < cnt; i++)
+    if (isfinite(x[i])) sum += fabsf(x[i]), k++;
+  const double s = k ? 2 * sum / (double)k / sqrt((double)(ob->next.qmax - ob->next.zero_point)) : 0;
+  if (s >= 1e-8 && s <= FLT_MAX) ob->next.scale = (float)s;
+  ob->started = 1;
+}
+
+/* Observers see this batch's inputs of the fakequant nodes; LSQ scales
+ * start from the first batch.  What they choose applies from the next
+ * forward (qat_after_step). */
+static vmc_status qat_after_forward(void *user, vmc_plan *p, long step) {
+  qat_state *st = user;
+  const int frozen = st->freeze_step >= 0 && step >= st->freeze_step;
+  const float m = st->o->momentum;
+  vmc_status s = VMC_OK;
+  for (int j = 0; j < st->nobs && !s; j++) {
+    qobs *ob = &st->obs[j];
+    vmc_node *n = &st->q->nodes[ob->node];
+    size_t cnt;
+    const float *x = fq_input(p, n, &cnt);
+    if (ob->lsq) {
+      if (!ob->started) lsq_start(ob, x, cnt);
+      continue;
+    }
+    if (frozen) continue;
+    float lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < cnt; i++) {
+      if (!isfinite(x[i])) continue;
+      lo = x[i] < lo ? x[i] : lo;
+      hi = x[i] > hi ? x[i] : hi;
+    }
+    if (lo > hi) continue; /* nothing finite: keep the range */
+    ob->lo += m * (lo - ob->lo);
+    ob->hi += m * (hi - ob->hi);
+    s = vmc_qparams_from_range(ob->lo, ob->hi, ob->scheme, &ob->next);
+    if (s) s = vmc_error(s, "qat: the range of fakequant '%s': %s", n->name, vmc_last_error());
+  }
+  return s;
+}
+
+/* LSQ (Esser et al. 2020): d fq(x) / ds is round(v) - v inside the grid
+ * (v = x / s) and the edge code (qmin - zp or qmax - zp) outside it (the
+ * op's STE mask: the rounded code decides), times the gradient scale
+ * 1 / sqrt(N * (qmax - zp)), N the values per image; one SGD step with
+ * momentum at the weights' learning rate. */
+static void lsq_step(qobs *ob, const vmc_plan *p, const vmc_node *n, const vmc_train_config *c,
+                     float lr) {
+  size_t cnt;
+  const float *x = fq_input(p, n, &cnt);
+  const float *dy = p->grad[n->out];
+  const vmc_qparams q = fq_params(n);
+  const float inv = 1.0f / q.scale;
+  const double lo = (double)q.qmin - q.zero_point, hi = (double)q.qmax - q.zero_point;
+  double ds = 0;
+  for (size_t i = 0; i < cnt; i++) {
+    const float v = x[i] * inv;
+    if (v != v) continue;
+    const double r = nearbyint((double)v);
+    ds += (double)dy[i] * (r < lo ? lo : r > hi ? hi : r - v);
+  }
+  const double per_image = (double)cnt / p->last_n;
+  ds /= sqrt(per_image * (hi > 1 ? hi : 1));
+  ob->velocity = c->momentum * ob->velocity + (float)ds;
+  const float s = ob->next.scale - lr * ob->velocity;
+  ob->next.scale = s > 1e-3f * ob->next.scale ? s : 1e-3f * ob->next.scale;
+}
+
+/* The gradient of fq(w) becomes the shadow's (STE), and the optimizer
+ * updates the shadow. */
+static vmc_status qat_before_optim(void *user, vmc_plan *p, long step) {
+  qat_state *st = user;
+  const float lr = vmc_sched_lr(&st->o->train, step, st->steps_per_epoch, st->total_steps);
+  for (int j = 0; j < st->nobs; j++)
+    if (st->obs[j].lsq) lsq_step(&st->obs[j], p, &st->q->nodes[st->obs[j].node], &st->o->train, lr);
+  for (int j = 0; j < st->nw; j++) {
+    qweight *w = &st->w[j];
+    vmc_param *pw = &st->q->params[w->w];
+    if (st->o->fixed_weight_scales) vmc_qat_ste_mask(w->shadow, w->blocks, w->k, w->qp, pw->grad);
+    memcpy(pw->data, w->shadow, (size_t)w->blocks * w->k * sizeof(float));
+  }
+  return VMC_OK;
+}
+
+/* The updated shadow is kept; the next forward reads fq(shadow) and the
+ * activation qparams chosen in this step. */
+static vmc_status qat_after_step(void *user, vmc_plan *p, long step) {
+  qat_state *st = user;
+  for (int j = 0; j < st->nobs; j++) fq_set(&st->q->nodes[st->obs[j].node], &st->obs[j].next);
+  for (int j = 0; j < st->nw; j++) {
+    qweight *w = &st->w[j];
+    vmc_param *pw = &st->q->params[w->w];
+    memcpy(w->shadow, pw->data, (size_t)w->blocks * w->k * sizeof(float));
+    vmc_status s = st->o->fixed_weight_scales
+                       ? vmc_qfake_quantize(w->shadow, w->blocks, w->k, w->qp, pw->data)
+                       : vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, st->wscheme,
+                                                       w->qp, pw->data);
+    if (s) return vmc_error(s, "qat: weight '%s' at step %ld: %s", pw->name, step, vmc_last_error());
+  }
+  return VMC_OK;
+}
+
+static void qat_on_epoch(void *user, const vmc_epoch_result *r) {
+  qat_state *st = user;
+  if (st->epochs) st->epochs[st->n_epochs++] = *r;
+  if (st->o->on_epoch) st->o->on_epoch(st->o->cb_user, r);
+}
+
+/* ---- the end: the PTQ graph's contract -------------------------------------------- */
+
+static vmc_status finish_weights(qat_state *st) {
+  vmc_graph *q = st->q;
+  float *scales = NULL;
+  vmc_status s = VMC_OK;
+  for (int j = 0; j < st->nw && !s; j++) {
+    qweight *w = &st->w[j];
+    vmc_free(scales);
+    scales = vmc_malloc_plain((size_t)w->blocks * sizeof *scales);
+    if (!scales) return vmc_error(VMC_ERR_NOMEM, "qat: scales");
+    for (int c = 0; c < w->blocks; c++) scales[c] = w->qp[c].scale;
+    s = vmc_param_set_quantized(q, w->w, st->wscheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8, scales,
+                                w->blocks);
+    if (s || w->b < 0 || !st->o->ptq.bias_s32) continue;
+    /* s32 codes of scale s_w[c] * s_x, as the PTQ pass rounds them (a
+     * product below FLT_MIN stays float). */
+    const float sx = fq_params(&q->nodes[w->fq]).scale;
+    float *b = q->params[w->b].data;
+    const int ch = q->params[w->b].shape.d[0];
+    for (int c = 0; c < ch && !s; c++) {
+      const vmc_qparams bq = {.scale = w->qp[w->blocks > 1 ? c : 0].scale * sx, .zero_point = 0,
+                              .qmin = INT32_MIN, .qmax = INT32_MAX};
+      if (bq.scale >= FLT_MIN && bq.scale <= FLT_MAX) s = vmc_qfake_quantize(&b[c], 1, 1, &bq, &b[c]);
+    }
+  }
+  vmc_free(scales);
+  return s;
+}
+
+static const char *sched_name(vmc_sched_kind k) {
+  return k == VMC_SCHED_COSINE ? "cosine" : k == VMC_SCHED_STEP ? "step"
+         : k == VMC_SCHED_ONECYCLE ? "onecycle" : "constant";
+}
+
+static void json_qp(FILE *f, const vmc_qparams *p, float lo, float hi) {
+  fprintf(f, "{\"scale\":%.9g,\"zero_point\":%d,\"qmin\":%d,\"qmax\":%d,\"lo\":%.9g,\"hi\":%.9g}",
+          (double)p->scale, (int)p->zero_point, (int)p->qmin, (int)p->qmax, (double)lo, (double)hi);
+}
+
+/* "quant" (method qat, the final qparams of every fakequant and layer) and
+ * a "history" line. */
+static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char *data_name,
+                             const char *scheme) {
+  const vmc_qat_opts *o = st->o;
+  const vmc_train_config *c = &o->train;
+  const vmc_qscheme_info *ws = vmc_qscheme_get(st->wscheme), *as = vmc_qscheme_get(o->ptq.act_scheme);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (!f) return vmc_error(VMC_ERR_NOMEM, "qat: metadata");
+  fprintf(f, "{\"method\":\"qat\",\"scheme\":\"%s\",\"weights\":{\"scheme\":\"%s\","
+          "\"granularity\":\"%s\",\"scales\":\"%s\"},\"activations\":{\"scheme\":\"%s\","
+          "\"input_scheme\":\"%s\",\"observer\":\"moving-avg\",\"momentum\":%.9g,"
+          "\"frozen_after_epoch\":%d,\"start\":\"%s\"},\"bias\":\"%s\",\"batchnorm_folded\":%d,"
+          "\"batchnorm\":\"folded from epoch 0\",\"calibration\":{\"data\":\"%s\","
+          "\"split\":\"train\",\"images\":%d},\"training\":{\"data\":\"%s\",\"epochs\":%d,"
+          "\"batch\":%d,\"optimizer\":\"%s\",\"lr\":%.9g,\"schedule\":\"%s\","
+          "\"weight_decay\":%.9g,\"seed\":%llu},\"layers\":[",
+          scheme, ws->name, o->ptq.per_channel ? "per-channel" : "per-tensor",
+          o->fixed_weight_scales ? "fixed (ptq)" : "max|w| per step", as->name,
+          o->ptq.act_scheme == VMC_QSCHEME_U4 ? "u8" : as->name, (double)o->momentum,
+          o->freeze_observers_epoch, vmc_observer_kind_name(o->ptq.observer),
+          o->ptq.bias_s32 ? "s32" : "f32", pr->bn_folded, data_name, pr->calib_images, data_name,
+          c->epochs, c->batch, c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd", (double)c->lr,
+          sched_name(c->sched), (double)c->weight_decay, (unsigned long long)c->seed);
+  for (int j = 0; j < st->nw; j++) {
+    const qweight *w = &st->w[j];
+    const vmc_node *n = &st->q->nodes[w->node];
+    fprintf(f, "%s{\"node\":\"%s\",\"input\":\"%s\",\"quant\":\"%s\",\"act\":", j ? "," : "",
+            n->name, w->fq >= 0 ? st->q->values[st->q->nodes[w->fq].in[0]].name : "",
+            w->fq >= 0 ? st->q->nodes[w->fq].name : "");
+    const qobs *ob = NULL;
+    for (int k = 0; k < st->nobs; k++)
+      if (st->obs[k].node == w->fq) ob = &st->obs[k];
+    if (ob) {
+      const vmc_qparams p = fq_params(&st->q->nodes[ob->node]);
+      json_qp(f, &p, ob->lo, ob->hi);
+    } else {
+      fprintf(f, "null");
+    }
+    fprintf(f, ",\"weight\":{\"scales\":[");
+    for (int k = 0; k < w->blocks; k++) fprintf(f, "%s%.9g", k ? "," : "", (double)w->qp[k].scale);
+    fprintf(f, "]}}");
+  }
+  fprintf(f, "],\"fakequant\":[");
+  for (int k = 0; k < st->nobs; k++) {
+    const vmc_node *n = &st->q->nodes[st->obs[k].node];
+    const vmc_qparams p = fq_params(n);
+    fprintf(f, "%s{\"node\":\"%s\",\"input\":\"%s\",\"qparams\":", k ? "," : "", n->name,
+            st->q->values[n->in[0]].name);
+    json_qp(f, &p, st->obs[k].lo, st->obs[k].hi);
+    fprintf(f, "}");
+  }
+  fprintf(f, "]}");
+  const int bad = ferror(f);
+  fclose(f);
+  vmc_status s = bad || !buf ? vmc_error(VMC_ERR_NOMEM, "qat: metadata")
+                             : vmc_graph_set_meta(st->q, "quant", buf);
+  free(buf);
+  if (s) return s;
+  char line[384];
+  const vmc_epoch_result *last = st->n_epochs ? &st->epochs[st->n_epochs - 1] : NULL;
+  char acc[48] = "";
+  if (last && last->test_acc >= 0) snprintf(acc, sizeof acc, ", test accuracy %.2f%%", 100.0 * last->test_acc);
+  snprintf(line, sizeof line, "qat %s: %d epochs on %s/train (%s lr %g %s, batch %d), weights %s "
+           "%s (%s), activations %s (moving-avg %g, frozen after epoch %d), batchnorm folded from "
+           "epoch 0%s", scheme, c->epochs, data_name, c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd",
+           (double)c->lr, sched_name(c->sched), c->batch, ws->name,
+           o->ptq.per_channel ? "per-channel" : "per-tensor",
+           o->fixed_weight_scales ? "fixed scales" : "scales from max|w| each step", as->name,
+           (double)o->momentum, o->freeze_observers_epoch, acc);
+  return vmc_graph_add_history(st->q, line);
+}
+
+/* ---- the pass ------------------------------------------------------------------- */
+
+static vmc_status check_opts(const vmc_qat_opts *o, const vmc_dataset *train) {
+  const vmc_qscheme a = o->ptq.act_scheme;
+  if (a != VMC_QSCHEME_U8 && a != VMC_QSCHEME_S8 && a != VMC_QSCHEME_U4) {
+    const vmc_qscheme_info *si = vmc_qscheme_get(a);
+    return vmc_error(VMC_ERR_UNSUPPORTED, "qat: activation scheme %s: expected u8, s8 or u4",
+                     si ? si->name : "?");
+  }
+  if (!(o->momentum > 0 && o->momentum <= 1))
+    return vmc_error(VMC_ERR_INVALID_ARG, "qat: observer momentum %g must be in (0, 1]",
+                     (double)o->momentum);
+  if (o->freeze_observers_epoch < -1 || o->freeze_observers_epoch > o->train.epochs)
+    return vmc_error(VMC_ERR_INVALID_ARG, "qat: --freeze-observers-epoch %d must be in 0..%d "
+                     "(the epochs), or -1 for never", o->freeze_observers_epoch, o->train.epochs);
+  if (o->train.checkpoint || o->train.resume)
+    return vmc_error(VMC_ERR_UNSUPPORTED, "qat: checkpoints do not hold the float shadow "
+                     "weights; QAT runs cannot be checkpointed or resumed");
+  if (!train || train->n < 1) return vmc_error(VMC_ERR_INVALID_ARG, "qat: no training images");
+  return VMC_OK;
+}
+
+static void free_state(qat_state *st) {
+  for (int j = 0; j < st->nw; j++) {
+    vmc_free(st->w[j].shadow);
+    vmc_free(st->w[j].qp);
+  }
+  vmc_free(st->w);
+  vmc_free(st->obs);
+}
+
+vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_dataset *test,
+                   const vmc_qat_opts *opts, vmc_graph **out, vmc_qat_report *report) {
+  *out = NULL;
+  if (report) memset(report, 0, sizeof *report);
+  vmc_qat_opts o;
+  if (opts) o = *opts;
+  else vmc_qat_opts_default(&o);
+  VMC_TRY(check_opts(&o, train));
+  const double t0 = vmc_now();
+  vmc_ptq_opts po = o.ptq;
+  if (po.act_scheme == VMC_QSCHEME_U4) po.act_scheme = VMC_QSCHEME_U8; /* calibrate on u8 */
+  vmc_ptq_report pr = {0};
+  vmc_graph *q = NULL, *f = NULL;
+  qat_state st = {.o = &o, .wscheme = o.ptq.weight_scheme};
+  vmc_status s = vmc_ptq_quantize(g, train, &po, &q, &pr);
+  if (!s) s = vmc_graph_fold_bn_copy(g, &f, NULL);
+  st.q = q;
+  if (!s) s = setup_weights(&st, f, &pr);
+  if (!s) s = setup_observers(&st, o.ptq.act_scheme);
+  st.epochs = vmc_malloc_plain((size_t)o.train.epochs * sizeof *st.epochs);
+  if (!s && !st.epochs) s = vmc_error(VMC_ERR_NOMEM, "qat");
+  if (!s) {
+    const int n_train = o.train.limit_train > 0 && o.train.limit_train < train->n
+                            ? o.train.limit_train : train->n;
+    const int batch = o.train.batch < n_train ? o.train.batch : n_train;
+    st.steps_per_epoch = (n_train + batch - 1) / batch;
+    st.total_steps = st.steps_per_epoch * o.train.epochs;
+    st.freeze_step = o.freeze_observers_epoch < 0 ? -1 : o.freeze_observers_epoch * st.steps_per_epoch;
+    const vmc_train_hooks hooks = {.user = &st, .after_forward = qat_after_forward,
+                                   .before_optim = qat_before_optim, .after_step = qat_after_step};
+    vmc_train_result tr;
+    s = vmc_train(q, train, test, &o.train, &hooks, qat_on_epoch, &st, &tr);
+  }
+  char scheme[8];
+  snprintf(scheme, sizeof scheme, "w%da%d", o.ptq.weight_scheme == VMC_QSCHEME_S4 ? 4 : 8,
+           o.ptq.act_scheme == VMC_QSCHEME_U4 ? 4 : 8);
+  if (!s) s = finish_weights(&st);
+  if (!s) s = write_meta(&st, &pr, train->name[0] ? train->name : train->source, scheme);
+  free_state(&st);
+  vmc_graph_free(f);
+  if (report) {
+    report->ptq = pr;
+    report->epochs = st.n_epochs;
+    report->epoch = st.epochs;
+    report->seconds = vmc_now() - t0;
+  } else {
+    vmc_ptq_report_free(&pr);
+    vmc_free(st.epochs);
+  }
+  if (s) {
+    vmc_graph_free(q);
+    return s;
+  }
+  *out = q;
+  return VMC_OK;
+}

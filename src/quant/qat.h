@@ -1,0 +1,85 @@
+/* Quantization-aware training (QAT), simulated in fp32.
+ *
+ * vmc_qat(g, train, test, opts) makes a new graph (g is not changed):
+ *  1. the starting point is vmc_ptq_quantize(g, train, &opts->ptq): BatchNorm
+ *     folded, activation ranges calibrated, per-channel (or per-tensor)
+ *     weight scales, fakequant nodes where the integer runtime quantizes.
+ *     4-bit activations (act_scheme VMC_QSCHEME_U4) start from the u8
+ *     calibration: each fakequant's u8 range [(qmin - zp) s, (qmax - zp) s]
+ *     is re-expressed on the u4 grid (vmc_qparams_from_range);
+ *  2. fine-tuning with vmc_train (opts->train: epochs, lr, schedule ...):
+ *     the optimizer updates float "shadow" weights (the folded float
+ *     weights at the start); each forward and backward sees
+ *     fq(w) = vmc_qfake_quantize(w) with scales re-derived from max |w| of
+ *     each output channel after every optimizer step (fixed_weight_scales:
+ *     the PTQ scales, kept).  Gradients pass straight through (STE) with
+ *     PyTorch's mask: zero where round(w / s) lies outside [qmin, qmax]
+ *     (vmc_qat_ste_mask; with max |w| scales nothing is outside).  Biases
+ *     train in float.  Activations keep the fakequant op's STE;
+ *  3. activation ranges: one moving-average min/max observer per fakequant
+ *     node (PyTorch's MovingAverageMinMaxObserver, momentum 0.01), started
+ *     at the calibrated range, fed the node's input after every training
+ *     forward; the node's scale and zero point follow it from the next
+ *     forward on (one batch later than PyTorch, which observes and then
+ *     quantizes inside the same forward).  Observers stop after epoch
+ *     freeze_observers_epoch (0: the calibrated ranges are kept throughout);
+ *  4. BatchNorm is folded from epoch 0 (statistics frozen from the start):
+ *     the model arrives trained, so its running statistics are those of the
+ *     data, and the weights that are fake-quantized are exactly the folded
+ *     ones the integer runtime uses;
+ *  5. at the end every conv2d/linear weight is fq(shadow) and marked
+ *     quantized (vmc_param_set_quantized), every bias re-rounded onto its
+ *     s32 grid (scale s_w[c] * s_x of the final scales), metadata "quant"
+ *     rewritten with method "qat" and the final qparams, and a "history"
+ *     line added: the same contract as a PTQ graph. */
+#ifndef VMC_QAT_H
+#define VMC_QAT_H
+
+#include "quant/ptq.h"
+#include "train/train.h"
+
+typedef struct vmc_qat_opts {
+  vmc_ptq_opts ptq;           /* the starting point; act_scheme may be U4 */
+  vmc_train_config train;     /* the fine-tuning run (epochs, lr, ...) */
+  int freeze_observers_epoch; /* observers update in epochs 1..E; -1: never freeze */
+  float momentum;             /* of the moving-average observers, in (0, 1] */
+  int fixed_weight_scales;    /* 1: keep the PTQ weight scales (STE mask active) */
+  int learn_act_scales;       /* LSQ for the conv2d/linear inputs (not the image) */
+  vmc_epoch_cb on_epoch;      /* per-epoch callback (may be NULL) */
+  void *cb_user;
+} vmc_qat_opts;
+
+/* Defaults: PTQ's defaults (s8 per channel, u8, min/max), SGD momentum 0.9
+ * Nesterov, lr 0.003 cosine, weight decay 5e-4, batch 128, 2 epochs,
+ * observers frozen after epoch 1, momentum 0.01, weight scales re-derived,
+ * activation scales by observers (learn_act_scales 0). */
+void vmc_qat_opts_default(vmc_qat_opts *o);
+
+typedef struct vmc_qat_report {
+  vmc_ptq_report ptq;         /* the starting point */
+  int epochs;                 /* run */
+  vmc_epoch_result *epoch;    /* per epoch (vmc_malloc_plain'd) */
+  double seconds;             /* the whole call */
+} vmc_qat_report;
+
+void vmc_qat_report_free(vmc_qat_report *r);
+
+/* The fine-tuned quantized copy of g in *out.  test may be NULL (no
+ * per-epoch evaluation).  report may be NULL (free with
+ * vmc_qat_report_free, also after an error).  Errors name the option. */
+vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_dataset *test,
+                   const vmc_qat_opts *opts, vmc_graph **out, vmc_qat_report *report);
+
+/* Straight-through gradient of fq(w) for `channels` blocks of k weights
+ * with params[c]: grad[i] stays where round(w[i] / s) + zp (unclamped) lies
+ * in [qmin, qmax], becomes 0 elsewhere (and for non-finite w). */
+void vmc_qat_ste_mask(const float *w, int channels, size_t k, const vmc_qparams *params,
+                      float *grad);
+
+/* The symmetric scheme's parameters from max |w| of each of `channels`
+ * blocks of k weights (vmc_quantize_weights' rule), then
+ * wq = fq(w) (wq may be w). */
+vmc_status vmc_qat_fake_quantize_weights(const float *w, int channels, size_t k,
+                                         vmc_qscheme scheme, vmc_qparams *params, float *wq);
+
+#endif

@@ -1,0 +1,334 @@
+/* Quantization-aware training (src/quant/qat.h): the straight-through mask
+ * against its definition, one QAT step against the STE update computed by
+ * hand, a few epochs lowering the loss and leaving valid codes, observer
+ * freezing, learned scales, bad options. */
+#include "data/data.h"
+#include "graph/plan.h"
+#include "quant/qat.h"
+#include "test.h"
+
+#include <float.h>
+#include <stdlib.h>
+
+/* n 28x28 images of a blob whose position and size give the label. */
+static vmc_dataset *blobs(int n, uint64_t seed) {
+  uint8_t *px = malloc((size_t)n * 784), *lab = malloc((size_t)n);
+  vmc_dataset *d = NULL;
+  vmc_rng r;
+  vmc_rng_seed(&r, seed);
+  for (int i = 0; px && lab && i < n; i++) {
+    const float cx = 6 + 16 * vmc_rng_uniform(&r), cy = 6 + 16 * vmc_rng_uniform(&r);
+    const float rad = 2 + 6 * vmc_rng_uniform(&r);
+    for (int y = 0; y < 28; y++)
+      for (int x = 0; x < 28; x++) {
+        const float d2 = ((x - cx) * (x - cx) + (y - cy) * (y - cy)) / (rad * rad);
+        const float v = 255.0f * expf(-d2) + 20.0f * vmc_rng_uniform(&r);
+        px[(size_t)i * 784 + y * 28 + x] = (uint8_t)(v > 255 ? 255 : v);
+      }
+    lab[i] = (uint8_t)((cx > 14) + 2 * (cy > 14) + 4 * (rad > 5));
+  }
+  if (px && lab) vmc_dataset_from_memory("blobs", n, 1, 28, 28, 10, px, lab, NULL, NULL, &d);
+  free(px);
+  free(lab);
+  return d;
+}
+
+static vmc_graph *lenet(void) {
+  vmc_graph *g = NULL;
+  return vmc_zoo_build("lenet5", 1, 28, 28, 10, 3, &g) ? NULL : g;
+}
+
+static const vmc_node *node_of(const vmc_graph *g, const char *name) {
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!strcmp(g->nodes[i].name, name)) return &g->nodes[i];
+  return NULL;
+}
+
+/* Small, quick defaults: SGD without momentum or decay, constant lr. */
+static void quick_opts(vmc_qat_opts *o, int epochs, int images) {
+  vmc_qat_opts_default(o);
+  o->ptq.calib_images = 64;
+  o->train.epochs = epochs;
+  o->train.batch = 32;
+  o->train.limit_train = images;
+  o->train.sched = VMC_SCHED_CONSTANT;
+  o->train.quiet = 1;
+  o->freeze_observers_epoch = -1;
+}
+
+TEST(qat_ste_mask_matches_definition) {
+  /* Two channels of s4 codes with scales that clip some weights. */
+  const vmc_qparams p[2] = {{0.1f, 0, -7, 7}, {0.25f, 0, -7, 7}};
+  float w[16], g[16];
+  vmc_rng r;
+  vmc_rng_seed(&r, 5);
+  for (int i = 0; i < 16; i++) w[i] = (vmc_rng_uniform(&r) - 0.5f) * 4.0f, g[i] = 1.0f + i;
+  w[0] = 0.74f;  /* round(7.4) = 7: kept */
+  w[1] = 0.76f;  /* round(7.6) = 8: clipped */
+  w[2] = -0.75f; /* -7.5 rounds to -8 (ties to even): clipped */
+  w[3] = NAN;
+  vmc_qat_ste_mask(w, 2, 8, p, g);
+  for (int i = 0; i < 16; i++) {
+    const double v = (double)(w[i] * (1.0f / p[i / 8].scale));
+    const double code = nearbyint(v);
+    const int inside = isfinite(v) && code >= -7 && code <= 7;
+    CHECK_EQ_INT(g[i] != 0.0f, inside);
+    if (inside) CHECK(g[i] == 1.0f + i);
+  }
+  CHECK(g[0] != 0 && g[1] == 0 && g[2] == 0 && g[3] == 0);
+  /* Weight fake quantization: max |w| per channel, then the rule. */
+  float wq[16], want[16];
+  vmc_qparams wp[2];
+  for (int i = 0; i < 16; i++) w[i] = (vmc_rng_uniform(&r) - 0.5f) * (i < 8 ? 1.0f : 3.0f);
+  REQUIRE_OK(vmc_qat_fake_quantize_weights(w, 2, 8, VMC_QSCHEME_S4, wp, wq));
+  for (int c = 0; c < 2; c++) {
+    float amax = 0;
+    for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(w[c * 8 + j]));
+    CHECK(wp[c].scale == amax / 7.0f || fabsf(wp[c].scale - amax / 7.0f) <= 1e-7f * amax);
+    CHECK_EQ_INT(wp[c].qmax, 7);
+  }
+  REQUIRE_OK(vmc_qfake_quantize(w, 2, 8, wp, want));
+  for (int i = 0; i < 16; i++) CHECK(wq[i] == want[i]);
+  /* With max |w| scales nothing is clipped: the mask keeps every gradient. */
+  for (int i = 0; i < 16; i++) g[i] = 1.0f;
+  vmc_qat_ste_mask(w, 2, 8, wp, g);
+  for (int i = 0; i < 16; i++) CHECK(g[i] == 1.0f);
+  w[5] = INFINITY;
+  CHECK(vmc_qat_fake_quantize_weights(w, 2, 8, VMC_QSCHEME_S4, wp, wq) == VMC_ERR_INVALID_ARG);
+  CHECK(vmc_qat_fake_quantize_weights(w, 2, 8, VMC_QSCHEME_U8, wp, wq) == VMC_ERR_INVALID_ARG);
+}
+
+/* One step of QAT (one batch, plain SGD, observers frozen) equals the STE
+ * update by hand: g = dL/d fq(w) on the PTQ graph, w' = w - lr g,
+ * result fq(w') with max |w'| scales. */
+TEST(qat_one_step_is_the_ste_update) {
+  vmc_graph *g = lenet();
+  vmc_dataset *d = blobs(32, 2);
+  REQUIRE(g && d);
+  vmc_qat_opts o;
+  quick_opts(&o, 1, 32);
+  o.train.momentum = 0;
+  o.train.nesterov = 0;
+  o.train.weight_decay = 0;
+  o.train.lr = 0.05f;
+  o.freeze_observers_epoch = 0;
+  vmc_graph *q = NULL, *p = NULL;
+  vmc_qat_report rep;
+  REQUIRE_OK(vmc_qat(g, d, NULL, &o, &q, &rep));
+  CHECK_EQ_INT(rep.epochs, 1);
+  /* By hand on the PTQ graph: its weights are fq(w) of the float ones. */
+  REQUIRE_OK(vmc_ptq_quantize(g, d, &o.ptq, &p, NULL));
+  /* QAT trains the biases in float: the same forward needs the float ones. */
+  for (int i = 0; i < p->n_nodes; i++) {
+    const vmc_node *n = &p->nodes[i];
+    if (n->n_param < 2 || (strcmp(n->op->name, "conv2d") && strcmp(n->op->name, "linear"))) continue;
+    const vmc_param *b = &p->params[n->param[1]];
+    memcpy(b->data, g->params[vmc_graph_find_param(g, b->name)].data,
+           vmc_shape_count(&b->shape) * sizeof(float));
+  }
+  vmc_plan *pl = NULL;
+  REQUIRE_OK(vmc_plan_create(p, 32, VMC_MODE_TRAIN, &pl));
+  int idx[32], y[32];
+  for (int i = 0; i < 32; i++) idx[i] = i;
+  vmc_dataset_batch(d, idx, 32, NULL, NULL, vmc_plan_input(pl), y);
+  REQUIRE_OK(vmc_plan_forward(pl, 32));
+  vmc_softmax_ce(vmc_plan_output(pl), y, 32, 10, 0, vmc_plan_output_grad(pl));
+  vmc_graph_zero_grads(p);
+  REQUIRE_OK(vmc_plan_backward(pl));
+  int checked = 0;
+  for (int i = 0; i < p->n_nodes; i++) {
+    const vmc_node *n = &p->nodes[i];
+    if (strcmp(n->op->name, "conv2d") && strcmp(n->op->name, "linear")) continue;
+    const vmc_param *pw = &p->params[n->param[0]];
+    const vmc_param *fw = &g->params[vmc_graph_find_param(g, pw->name)];
+    const vmc_param *qw = &q->params[vmc_graph_find_param(q, pw->name)];
+    const int ch = pw->shape.d[0];
+    const size_t total = vmc_shape_count(&pw->shape), k = total / (size_t)ch;
+    float *w1 = malloc(total * sizeof *w1), *want = malloc(total * sizeof *want);
+    vmc_qparams *qp = malloc((size_t)ch * sizeof *qp);
+    REQUIRE(w1 && want && qp);
+    for (size_t j = 0; j < total; j++) w1[j] = fw->data[j] - o.train.lr * pw->grad[j];
+    REQUIRE_OK(vmc_qat_fake_quantize_weights(w1, ch, k, VMC_QSCHEME_S8, qp, want));
+    CHECK(qw->store == VMC_S8 && qw->n_qscale == ch);
+    size_t moved = 0, off = 0;
+    for (size_t j = 0; j < total; j++) {
+      const float s = qp[j / k].scale;
+      off += fabsf(qw->data[j] - want[j]) > 0.5f * s; /* summation order may flip a tie */
+      moved += qw->data[j] != pw->data[j];
+      CHECK(fabsf(qw->data[j] - want[j]) <= 1.01f * s);
+    }
+    CHECK(off * 100 <= total); /* at most 1% one step apart */
+    CHECK(moved > 0);          /* the step changed codes */
+    for (int c = 0; c < ch; c++) CHECK_NEAR(qw->qscale[c], qp[c].scale, 1e-6 * qp[c].scale + 1e-12);
+    free(w1);
+    free(want);
+    free(qp);
+    checked++;
+  }
+  CHECK_EQ_INT(checked, 5);
+  /* Frozen observers: the activation qparams are the calibrated ones. */
+  for (int i = 0; i < p->n_nodes; i++) {
+    if (strcmp(p->nodes[i].op->name, "fakequant")) continue;
+    const vmc_node *a = &p->nodes[i], *b = node_of(q, a->name);
+    REQUIRE(b);
+    CHECK(vmc_node_attr_f(a, "scale", 0) == vmc_node_attr_f(b, "scale", 1));
+    CHECK_EQ_INT(vmc_node_attr_i(a, "zero_point", -1), vmc_node_attr_i(b, "zero_point", -2));
+  }
+  vmc_plan_destroy(pl);
+  vmc_qat_report_free(&rep);
+  vmc_graph_free(p);
+  vmc_graph_free(q);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
+
+/* Every weight an s8/s4 code times its scale, every bias on its s32 grid. */
+static void check_contract(const vmc_graph *q, vmc_dtype wt, int act_qmax) {
+  for (int i = 0; i < q->n_nodes; i++) {
+    const vmc_node *n = &q->nodes[i];
+    if (strcmp(n->op->name, "conv2d") && strcmp(n->op->name, "linear")) continue;
+    const vmc_param *w = &q->params[n->param[0]];
+    CHECK(w->store == wt);
+    const int lim = wt == VMC_S4 ? 7 : 127;
+    for (size_t j = 0; j < vmc_shape_count(&w->shape); j++) {
+      const int code = vmc_param_code(w, j);
+      CHECK(code >= -lim && code <= lim);
+    }
+    /* The fakequant it reads (through a flatten for the classifier). */
+    int v = n->in[0];
+    const vmc_node *src = NULL;
+    for (int hop = 0; hop < 4; hop++) {
+      for (int k = 0; k < q->n_nodes; k++)
+        if (q->nodes[k].out == v) src = &q->nodes[k];
+      if (!src || !strcmp(src->op->name, "fakequant")) break;
+      v = src->in[0];
+    }
+    REQUIRE(src && !strcmp(src->op->name, "fakequant"));
+    if (src->in[0] != q->input) CHECK_EQ_INT(vmc_node_attr_i(src, "qmax", 0), act_qmax);
+    else CHECK_EQ_INT(vmc_node_attr_i(src, "qmax", 0), 255); /* the image stays u8 */
+    if (n->n_param < 2) continue;
+    const float sx = vmc_node_attr_f(src, "scale", 0);
+    const float *b = q->params[n->param[1]].data;
+    for (int c = 0; c < q->params[n->param[1]].shape.d[0]; c++) {
+      const float sb = w->qscale[w->n_qscale > 1 ? c : 0] * sx;
+      const double code = (double)b[c] / sb;
+      CHECK(fabs(code - nearbyint(code)) < 1e-3 * fmax(1.0, fabs(code)));
+    }
+  }
+}
+
+TEST(qat_epochs_lower_the_loss_and_keep_codes) {
+  vmc_graph *g = lenet();
+  vmc_dataset *d = blobs(256, 3), *t = blobs(64, 4);
+  REQUIRE(g && d && t);
+  /* The float model: a few epochs so QAT starts from a trained one. */
+  vmc_train_config tc;
+  vmc_train_config_default(&tc);
+  tc.epochs = 3;
+  tc.batch = 32;
+  tc.quiet = 1;
+  vmc_train_result tr;
+  REQUIRE_OK(vmc_train(g, d, NULL, &tc, NULL, NULL, NULL, &tr));
+  static const struct {
+    vmc_qscheme w, a;
+    int lsq;
+  } cases[] = {{VMC_QSCHEME_S8, VMC_QSCHEME_U8, 0}, {VMC_QSCHEME_S4, VMC_QSCHEME_U4, 1},
+               {VMC_QSCHEME_S4, VMC_QSCHEME_U4, 0}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    vmc_qat_opts o;
+    quick_opts(&o, 3, 256);
+    o.ptq.weight_scheme = cases[c].w;
+    o.ptq.act_scheme = cases[c].a;
+    o.learn_act_scales = cases[c].lsq;
+    o.train.lr = 0.01f;
+    o.freeze_observers_epoch = 2;
+    vmc_graph *q = NULL;
+    vmc_qat_report rep;
+    REQUIRE_OK(vmc_qat(g, d, t, &o, &q, &rep));
+    REQUIRE(rep.epochs == 3);
+    CHECK(rep.epoch[2].train_loss < rep.epoch[0].train_loss);
+    for (int e = 0; e < 3; e++) CHECK(rep.epoch[e].test_acc >= 0);
+    check_contract(q, cases[c].w == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8,
+                   cases[c].a == VMC_QSCHEME_U4 ? 15 : 255);
+    const char *meta = vmc_graph_meta(q, "quant"), *hist = vmc_graph_meta(q, "history");
+    REQUIRE(meta && hist);
+    CHECK(strstr(meta, "\"method\":\"qat\"") != NULL);
+    CHECK(strstr(hist, cases[c].a == VMC_QSCHEME_U4 ? "qat w4a4" : "qat w8a8") != NULL);
+    /* Evaluating the result gives the last epoch's accuracy (the bias
+     * rounding moves it by a few images at most). */
+    vmc_eval_result ev;
+    REQUIRE_OK(vmc_evaluate(q, t, 64, 0, 0, &ev));
+    CHECK(fabsf(ev.accuracy - rep.epoch[2].test_acc) <= 3.0f / 64);
+    vmc_qat_report_free(&rep);
+    vmc_graph_free(q);
+  }
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+  vmc_dataset_free(t);
+}
+
+/* Observers frozen after epoch 1 of 2 end where a 1-epoch run ends. */
+TEST(qat_freezing_stops_observers) {
+  vmc_graph *g = lenet();
+  vmc_dataset *d = blobs(96, 6);
+  REQUIRE(g && d);
+  vmc_graph *q[3] = {NULL, NULL, NULL};
+  const int epochs[3] = {2, 1, 2}, freeze[3] = {1, -1, -1};
+  for (int r = 0; r < 3; r++) {
+    vmc_qat_opts o;
+    quick_opts(&o, epochs[r], 96);
+    o.freeze_observers_epoch = freeze[r];
+    o.momentum = 0.2f;
+    REQUIRE_OK(vmc_qat(g, d, NULL, &o, &q[r], NULL));
+  }
+  int n_fq = 0, moved = 0;
+  for (int i = 0; i < q[0]->n_nodes; i++) {
+    const vmc_node *a = &q[0]->nodes[i];
+    if (strcmp(a->op->name, "fakequant")) continue;
+    const vmc_node *b = node_of(q[1], a->name), *c = node_of(q[2], a->name);
+    REQUIRE(b && c);
+    CHECK(vmc_node_attr_f(a, "scale", 0) == vmc_node_attr_f(b, "scale", 1));
+    CHECK_EQ_INT(vmc_node_attr_i(a, "zero_point", -1), vmc_node_attr_i(b, "zero_point", -2));
+    moved += vmc_node_attr_f(a, "scale", 0) != vmc_node_attr_f(c, "scale", 0);
+    n_fq++;
+  }
+  CHECK(n_fq >= 4);
+  CHECK(moved > 0); /* unfrozen, the second epoch moves them */
+  for (int r = 0; r < 3; r++) vmc_graph_free(q[r]);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
+
+TEST(qat_rejects_bad_options) {
+  vmc_graph *g = lenet();
+  vmc_dataset *d = blobs(16, 7);
+  REQUIRE(g && d);
+  vmc_qat_opts o;
+  vmc_graph *q = (vmc_graph *)1;
+  quick_opts(&o, 1, 16);
+  o.ptq.act_scheme = VMC_QSCHEME_S4;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_UNSUPPORTED);
+  CHECK(strstr(vmc_last_error(), "s4") != NULL);
+  CHECK(q == NULL);
+  quick_opts(&o, 1, 16);
+  o.momentum = 0;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "momentum") != NULL);
+  quick_opts(&o, 2, 16);
+  o.freeze_observers_epoch = 3;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "--freeze-observers-epoch") != NULL);
+  quick_opts(&o, 1, 16);
+  o.train.checkpoint = "/tmp/never.vmc";
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_UNSUPPORTED);
+  quick_opts(&o, 1, 16);
+  o.ptq.weight_scheme = VMC_QSCHEME_U8;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) != VMC_OK);
+  CHECK(strstr(vmc_last_error(), "symmetric") != NULL);
+  quick_opts(&o, 1, 16);
+  o.train.lr = 1e9f;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "lr") != NULL);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
