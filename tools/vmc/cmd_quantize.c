@@ -8,6 +8,7 @@
 
 #include "data/data.h"
 #include "graph/graph.h"
+#include "quant/adaround.h"
 #include "quant/ptq.h"
 
 static const char *const HELP =
@@ -44,7 +45,13 @@ static const char *const HELP =
     "                        scale s_w * s_x, as the integer runtime adds them)\n"
     "  --eval                also evaluate the fp32 and the quantized model on the\n"
     "                        test split and print both accuracies\n"
-    "  --eval-limit N        only the first N test images\n\n"
+    "  --eval-limit N        only the first N test images\n"
+    "  --adaround            learned rounding of the weights (AdaRound): each conv/\n"
+    "                        linear weight rounds up or down so that the layer's\n"
+    "                        output on the calibration images (as the quantized\n"
+    "                        model feeds it) matches the float layer's; worth it\n"
+    "                        for 4-bit weights.  Scales and storage are unchanged\n"
+    "  --adaround-iters N    optimisation steps per layer (default 1000)\n\n"
     "Per layer it reports the activation range and qparams chosen, the share of\n"
     "calibration values clipped, the SQNR of the activation and of the weights.\n\n"
     "Example:\n"
@@ -54,7 +61,7 @@ static const char *const HELP =
 enum {
   O_CALIB = OPT_CMD_BASE, O_CALIB_IMAGES, O_CALIB_BATCH, O_SCHEME, O_ACT, O_OBSERVER,
   O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EVAL,
-  O_EVAL_LIMIT, O_INPUT_OBSERVER
+  O_EVAL_LIMIT, O_INPUT_OBSERVER, O_ADAROUND, O_ADAROUND_ITERS
 };
 
 /* Removes metadata entry key (if any). */
@@ -91,6 +98,49 @@ static void print_layers(const vmc_ptq_report *r) {
   }
 }
 
+/* Per layer: the output reconstruction error (mean over the calibration
+ * columns of the squared error summed over output channels) with the
+ * rounding to nearest, the learned rounding and the float weights. */
+static void print_adaround(const vmc_adaround_report *r) {
+  printf("\nlearned rounding (AdaRound), %d calibration images, %.2f s\n", r->calib_images,
+         r->seconds);
+  printf("%-24s %-7s %8s %11s %11s %11s %8s %7s\n", "layer", "op", "columns", "err nearest",
+         "err learned", "err float", "changed", "time");
+  for (int i = 0; i < r->n_layers; i++) {
+    const vmc_adaround_layer *l = &r->layers[i];
+    printf("%-24s %-7s %8d %11.4g %11.4g %11.4g %7.1f%% %6.1fs%s\n", l->node, l->op, l->columns,
+           l->err_nearest, l->err_learned, l->err_float, 100 * l->changed, l->seconds,
+           l->kept_nearest ? "  (worse: nearest kept)" : "");
+  }
+}
+
+static cJSON *adaround_json(const vmc_adaround_opts *o, const vmc_adaround_report *r) {
+  cJSON *a = cJSON_CreateObject(), *layers = cJSON_CreateArray();
+  cJSON_AddNumberToObject(a, "iters", o->iters);
+  cJSON_AddNumberToObject(a, "batch", o->batch);
+  cJSON_AddNumberToObject(a, "pixels", o->pixels);
+  cJSON_AddNumberToObject(a, "lr", o->lr);
+  cJSON_AddNumberToObject(a, "lambda", o->lambda);
+  cJSON_AddNumberToObject(a, "calib_images", r->calib_images);
+  cJSON_AddNumberToObject(a, "seconds", r->seconds);
+  for (int i = 0; i < r->n_layers; i++) {
+    const vmc_adaround_layer *l = &r->layers[i];
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "node", l->node);
+    cJSON_AddStringToObject(j, "op", l->op);
+    cJSON_AddNumberToObject(j, "columns", l->columns);
+    add_num(j, "err_nearest", l->err_nearest);
+    add_num(j, "err_learned", l->err_learned);
+    add_num(j, "err_float", l->err_float);
+    cJSON_AddNumberToObject(j, "changed", l->changed);
+    cJSON_AddBoolToObject(j, "kept_nearest", l->kept_nearest);
+    cJSON_AddNumberToObject(j, "seconds", l->seconds);
+    cJSON_AddItemToArray(layers, j);
+  }
+  cJSON_AddItemToObject(a, "layers", layers);
+  return a;
+}
+
 int cmd_quantize(int argc, char **argv) {
   static const struct option opts[] = {CLI_COMMON_OPTIONS,
                                        {"output", required_argument, 0, 'o'},
@@ -109,11 +159,16 @@ int cmd_quantize(int argc, char **argv) {
                                        {"float-bias", no_argument, 0, O_FLOAT_BIAS},
                                        {"eval", no_argument, 0, O_EVAL},
                                        {"eval-limit", required_argument, 0, O_EVAL_LIMIT},
+                                       {"adaround", no_argument, 0, O_ADAROUND},
+                                       {"adaround-iters", required_argument, 0, O_ADAROUND_ITERS},
                                        {0, 0, 0, 0}};
   cli_common cc;
   cli_common_init(&cc);
   vmc_ptq_opts po;
   vmc_ptq_opts_default(&po);
+  vmc_adaround_opts ao;
+  vmc_adaround_opts_default(&ao);
+  int adaround = 0, adaround_iters_set = 0;
   const char *out_path = NULL, *calib = NULL, *scheme = "w8a8";
   int do_eval = 0, granularity_set = 0, input_same = 0;
   long v, eval_limit = 0;
@@ -197,6 +252,12 @@ int cmd_quantize(int argc, char **argv) {
       if (cli_int("--eval-limit", optarg, 1, 1L << 30, &eval_limit)) return 2;
       do_eval = 1;
       break;
+    case O_ADAROUND: adaround = 1; break;
+    case O_ADAROUND_ITERS:
+      if (cli_int("--adaround-iters", optarg, 1, 1L << 24, &v)) return 2;
+      ao.iters = (int)v;
+      adaround_iters_set = 1;
+      break;
     default: return cli_usage_error("quantize", "unknown option");
     }
   }
@@ -212,6 +273,8 @@ int cmd_quantize(int argc, char **argv) {
   if (po.obs.bins > 0 && po.observer < VMC_OBSERVER_PERCENTILE &&
       po.input_observer < VMC_OBSERVER_PERCENTILE)
     return cli_usage_error("quantize", "--bins is for the percentile, mse and kl observers");
+  if (adaround_iters_set && !adaround)
+    return cli_usage_error("quantize", "--adaround-iters is for --adaround");
   const char *in_path = argv[optind];
   if (calib) cc.data = calib;
   cli_common_apply(&cc);
@@ -224,6 +287,13 @@ int cmd_quantize(int argc, char **argv) {
   if (s) return cli_fail("quantize", s, NULL);
   s = cli_open_data(&cc, g, VMC_SPLIT_TRAIN, &train);
   if (!s) s = vmc_ptq_quantize(g, train, &po, &q, &rep);
+  vmc_adaround_report arep = {0};
+  if (!s && adaround) {
+    ao.calib_images = po.calib_images;
+    ao.seed = cc.seed;
+    ao.progress = cc.progress;
+    s = vmc_adaround(g, q, train, &ao, &arep);
+  }
   if (!s && do_eval) s = cli_open_data(&cc, g, VMC_SPLIT_TEST, &test);
   if (!s && do_eval) s = vmc_evaluate(g, test, 256, (int)eval_limit, cc.progress, &ef);
   if (!s && do_eval) s = vmc_evaluate(q, test, 256, (int)eval_limit, cc.progress, &eq);
@@ -240,6 +310,7 @@ int cmd_quantize(int argc, char **argv) {
   if (s) {
     int rc = cli_fail("quantize", s, NULL);
     vmc_ptq_report_free(&rep);
+    vmc_adaround_report_free(&arep);
     vmc_graph_free(g);
     vmc_graph_free(q);
     vmc_dataset_free(train);
@@ -300,6 +371,7 @@ int cmd_quantize(int argc, char **argv) {
       cJSON_AddNumberToObject(e, "quant_loss", eq.loss);
       cJSON_AddItemToObject(o, "eval", e);
     }
+    if (adaround) cJSON_AddItemToObject(o, "adaround", adaround_json(&ao, &arep));
     cli_print_json(o);
   } else if (!cc.quiet || do_eval) {
     if (!cc.quiet) {
@@ -309,6 +381,7 @@ int cmd_quantize(int argc, char **argv) {
              obs, vmc_observer_kind_name(po.input_observer), po.bias_s32 ? "s32" : "f32",
              rep.calib_images, train->name, rep.bn_folded, rep.seconds);
       print_layers(&rep);
+      if (adaround) print_adaround(&arep);
     }
     if (do_eval)
       printf("%stest accuracy on %s (%d images): fp32 %.2f%%, %s %.2f%% (drop %.2f points)\n",
@@ -316,6 +389,7 @@ int cmd_quantize(int argc, char **argv) {
              100.0 * ((double)ef.accuracy - eq.accuracy));
   }
   vmc_ptq_report_free(&rep);
+  vmc_adaround_report_free(&arep);
   vmc_graph_free(g);
   vmc_graph_free(q);
   vmc_dataset_free(train);
