@@ -156,18 +156,23 @@ vmc_status vmc_sensitivity(const vmc_graph *g, const vmc_dataset *train, const v
     return vmc_error(VMC_ERR_INVALID_ARG, "sensitivity: %d held-out images, batch %d (both at "
                      "least 1)", o ? o->eval_images : 0, o ? o->batch : 0);
   const double t0 = vmc_now();
+  vmc_dataset *ho = NULL;
   vmc_graph *q[3] = {NULL, NULL, NULL}; /* fp32, 8-bit and 4-bit weights */
   vmc_ptq_report rep[3] = {{0}};
   vmc_ptq_rule *rules = NULL;
-  vmc_dataset *ho = NULL;
   float *ref = NULL;
   single c = {0};
+  /* The held-out slice first: no minutes of calibration before finding it empty. */
+  r->calib_images = o->ptq.calib_images < train->n ? o->ptq.calib_images : train->n;
+  r->eval_first = r->calib_images;
+  vmc_status s = o->ptq.calib_images >= 1 ? held_out(train, r->eval_first, o->eval_images, &ho)
+                                          : VMC_OK; /* PTQ rejects the count */
   vmc_ptq_opts po = o->ptq;
   po.integer_sites = 0;
   po.rules = NULL;
   po.n_rules = 0;
   po.weight_scheme = VMC_QSCHEME_S8;
-  vmc_status s = vmc_ptq_quantize(g, train, &po, &q[1], &rep[1]);
+  if (!s) s = vmc_ptq_quantize(g, train, &po, &q[1], &rep[1]);
   if (!s) {
     po.weight_scheme = VMC_QSCHEME_S4;
     s = vmc_ptq_quantize(g, train, &po, &q[2], &rep[2]);
@@ -186,9 +191,6 @@ vmc_status vmc_sensitivity(const vmc_graph *g, const vmc_dataset *train, const v
   }
   if (s) goto done;
   r->n_layers = nl;
-  r->calib_images = rep[1].calib_images;
-  r->eval_first = r->calib_images;
-  if ((s = held_out(train, r->eval_first, o->eval_images, &ho))) goto done;
   r->eval_images = ho->n;
   if ((s = single_init(&c, q[0], &rep[1]))) goto done;
   vmc_progress bar;
