@@ -11,11 +11,12 @@
  *        -fno-sanitize-recover=all -Iinclude -Isrc tests/fuzz/fuzz_vmcfile.c \
  *        build/fuzz/libvmc.a -fopenmp -lz -lm -o build/fuzz/fuzz_vmcfile
  *   mkdir -p build/fuzz/corpus
- *   VMC_FUZZ_SEED_DIR=build/fuzz/corpus build/vmc_tests vmcfile_round_trip
+ *   VMC_FUZZ_SEED_DIR=build/fuzz/corpus build/vmc_tests round_trip
  *   build/fuzz/fuzz_vmcfile -max_len=16384 build/fuzz/corpus
  *
- * (The round-trip test writes a small valid model, tiny.vmc, into
- * $VMC_FUZZ_SEED_DIR: a seed that gets the fuzzer past the CRC check.)
+ * (The round-trip tests write small valid models into $VMC_FUZZ_SEED_DIR:
+ * tiny.vmc, and qtiny.vmc with s8/s4 weights (format version 2); seeds that
+ * get the fuzzer past the CRC check.)
  * Mutations rarely keep the CRC-32 valid, so by default this target fixes the
  * CRC of every input before reading it: the parser behind the checksum is
  * what needs fuzzing.  Build with -DVMC_FUZZ_KEEP_CRC to fuzz the input

@@ -5,12 +5,28 @@
 
 #include "graph/graph.h"
 #include "graph/op.h"
+#include "io/io.h"
+
+/* How a file stores parameter p: "f32", "s8 per-channel", "s4 per-tensor". */
+static const char *storage_name(const vmc_param *p, char *buf, size_t n) {
+  if (p->store == VMC_F32) return "f32";
+  snprintf(buf, n, "%s %s", vmc_dtype_name(p->store), p->n_qscale > 1 ? "per-channel" : "per-tensor");
+  return buf;
+}
+
+/* Tensors, elements and file bytes (codes and scales) of one storage type. */
+typedef struct storage_total {
+  vmc_dtype store;
+  uint64_t tensors, elements, bytes;
+} storage_total;
 
 static const char *const HELP =
     "Usage: vmc info MODEL.vmc|ZOO-NAME [--json]\n\n"
     "Lists every layer (op, output shape, parameters, MACs per image), the totals,\n"
-    "the weight bytes and the model's metadata (architecture, data set,\n"
-    "normalisation, accuracy, history).  A zoo name (e.g. resnet8) describes the\n"
+    "the weight bytes, each parameter's storage in a .vmc file (f32, or s8 / s4\n"
+    "codes with per-channel or per-tensor scales) with the bytes by storage type,\n"
+    "and the model's metadata (architecture, data set, normalisation, accuracy,\n"
+    "history).  A zoo name (e.g. resnet8) describes the\n"
     "untrained architecture for 1x28x28 inputs.\n\n" CLI_COMMON_HELP;
 
 int cmd_info(int argc, char **argv) {
@@ -47,9 +63,20 @@ int cmd_info(int argc, char **argv) {
     vmc_graph_free(g);
     return cli_fail("info", s, NULL);
   }
-  uint64_t weight_bytes = 0;
-  for (int i = 0; i < g->n_params; i++) weight_bytes += vmc_shape_count(&g->params[i].shape) * 4;
-  char buf[64];
+  uint64_t weight_bytes = 0, stored_bytes = 0;
+  storage_total tot[3] = {{VMC_F32, 0, 0, 0}, {VMC_S8, 0, 0, 0}, {VMC_S4, 0, 0, 0}};
+  for (int i = 0; i < g->n_params; i++) {
+    const vmc_param *p = &g->params[i];
+    weight_bytes += vmc_shape_count(&p->shape) * 4;
+    stored_bytes += vmc_param_file_bytes(p);
+    for (int k = 0; k < 3; k++)
+      if (tot[k].store == p->store) {
+        tot[k].tensors++;
+        tot[k].elements += vmc_shape_count(&p->shape);
+        tot[k].bytes += vmc_param_file_bytes(p);
+      }
+  }
+  char buf[64], sbuf[32];
   if (cc.json) {
     cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray(), *meta = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", path);
@@ -68,6 +95,30 @@ int cmd_info(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "trainable_params", vmc_graph_num_params(g));
     cJSON_AddNumberToObject(o, "macs", (double)macs);
     cJSON_AddNumberToObject(o, "weight_bytes", (double)weight_bytes);
+    cJSON *params_j = cJSON_CreateArray(), *storage = cJSON_CreateObject();
+    for (int i = 0; i < g->n_params; i++) {
+      const vmc_param *p = &g->params[i];
+      cJSON *j = cJSON_CreateObject();
+      cJSON_AddStringToObject(j, "name", p->name);
+      cJSON_AddStringToObject(j, "shape", vmc_shape_str(&p->shape, buf, sizeof buf));
+      cJSON_AddStringToObject(j, "storage", vmc_dtype_name(p->store));
+      if (p->store != VMC_F32) {
+        cJSON_AddStringToObject(j, "granularity", p->n_qscale > 1 ? "per-channel" : "per-tensor");
+        cJSON_AddNumberToObject(j, "scales", p->n_qscale);
+      }
+      cJSON_AddNumberToObject(j, "bytes", (double)vmc_param_file_bytes(p));
+      cJSON_AddItemToArray(params_j, j);
+    }
+    cJSON_AddItemToObject(o, "parameters", params_j);
+    for (int k = 0; k < 3; k++) {
+      cJSON *t = cJSON_CreateObject();
+      cJSON_AddNumberToObject(t, "tensors", (double)tot[k].tensors);
+      cJSON_AddNumberToObject(t, "elements", (double)tot[k].elements);
+      cJSON_AddNumberToObject(t, "bytes", (double)tot[k].bytes);
+      cJSON_AddItemToObject(storage, vmc_dtype_name(tot[k].store), t);
+    }
+    cJSON_AddItemToObject(o, "storage", storage);
+    cJSON_AddNumberToObject(o, "stored_bytes", (double)stored_bytes);
     if (file_bytes >= 0) cJSON_AddNumberToObject(o, "file_bytes", (double)file_bytes);
     for (int i = 0; i < g->n_meta; i++) cJSON_AddStringToObject(meta, g->meta[i].key, g->meta[i].value);
     cJSON_AddItemToObject(o, "metadata", meta);
@@ -83,6 +134,21 @@ int cmd_info(int argc, char **argv) {
            g->n_nodes, (unsigned long long)params, vmc_graph_num_params(g), macs / 1e6,
            weight_bytes / 1024.0);
     if (file_bytes >= 0) printf(", file %.1f KiB", file_bytes / 1024.0);
+    printf("\n\n%-40s %-16s %-16s %10s\n", "parameter", "shape", "storage", "bytes");
+    for (int i = 0; i < g->n_params; i++) {
+      const vmc_param *p = &g->params[i];
+      printf("%-40s %-16s %-16s %10llu\n", p->name, vmc_shape_str(&p->shape, buf, sizeof buf),
+             storage_name(p, sbuf, sizeof sbuf), (unsigned long long)vmc_param_file_bytes(p));
+    }
+    printf("\nstored parameters: %.1f KiB (", stored_bytes / 1024.0);
+    for (int k = 0, first = 1; k < 3; k++)
+      if (tot[k].tensors) {
+        printf("%s%s %.1f KiB in %llu tensors", first ? "" : ", ", vmc_dtype_name(tot[k].store),
+               tot[k].bytes / 1024.0, (unsigned long long)tot[k].tensors);
+        first = 0;
+      }
+    printf(")");
+    if (file_bytes >= 0) printf("; file %lld bytes", file_bytes);
     printf("\n");
     for (int i = 0; i < g->n_meta; i++) {
       if (!strcmp(g->meta[i].key, "history")) {
