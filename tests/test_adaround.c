@@ -339,3 +339,66 @@ TEST(adaround_rejects_bad_requests) {
   vmc_dataset_free(d);
   vmc_dataset_free(d28);
 }
+
+/* ---- vmc quantize --adaround ------------------------------------------------------ */
+
+static const char *vmc_bin(void) {
+  const char *b = getenv("VMC_BIN");
+  return b && *b ? b : "build/vmc";
+}
+
+static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int run(char *out, size_t n, const char *fmt, ...) {
+  char args[2048], cmd[2300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t k = fread(out, 1, n - 1, p);
+  out[k] = 0;
+  int st = pclose(p);
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char g_out[1 << 16];
+
+TEST(adaround_cli) {
+  if (access(vmc_bin(), X_OK)) SKIP("vmc binary not built (set VMC_BIN)");
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize --help"), 0);
+  CHECK(strstr(g_out, "--adaround") && strstr(g_out, "--adaround-iters"));
+  vmc_dataset *probe = NULL;
+  if (vmc_dataset_open("fashion-mnist", VMC_SPLIT_TRAIN, &probe) != VMC_OK)
+    SKIP("fashion-mnist not installed (apt-get install dataset-fashion-mnist)");
+  vmc_dataset_free(probe);
+  const char *dir = vmc_test_tmpdir();
+  char in[512], out[512];
+  snprintf(in, sizeof in, "%s/ar_r8.vmc", dir);
+  snprintf(out, sizeof out, "%s/ar_r8q.vmc", dir);
+  vmc_graph *g = NULL;
+  REQUIRE_OK(vmc_zoo_build("resnet8", 1, 28, 28, 10, 3, &g));
+  REQUIRE_OK(vmc_graph_set_meta(g, "dataset", "fashion-mnist"));
+  REQUIRE_OK(vmc_model_save(g, in));
+  vmc_graph_free(g);
+  /* Usage errors write nothing. */
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s -o %s --adaround-iters 5", in, out), 2);
+  CHECK(strstr(g_out, "--adaround-iters is for --adaround") != NULL);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s -o %s --adaround --adaround-iters 0", in, out), 2);
+  CHECK(strstr(g_out, "--adaround-iters") != NULL);
+  CHECK(access(out, F_OK) != 0);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s -o %s --scheme w4a8 --calib-images 8 "
+                   "--adaround --adaround-iters 5 --json", in, out), 0);
+  CHECK(strstr(g_out, "\"adaround\"") && strstr(g_out, "\"err_nearest\"") &&
+        strstr(g_out, "\"err_learned\"") && strstr(g_out, "\"layer3.0.conv2\""));
+  vmc_graph *q = NULL;
+  REQUIRE_OK(vmc_model_load(out, &q));
+  const char *h = vmc_graph_meta(q, "history");
+  CHECK(h && strstr(h, "adaround: learned rounding of 10 layers"));
+  int s4 = 0;
+  for (int i = 0; i < q->n_params; i++) s4 += q->params[i].store == VMC_S4;
+  CHECK_EQ_INT(s4, 10);
+  vmc_graph_free(q);
+}

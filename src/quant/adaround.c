@@ -36,18 +36,32 @@ void vmc_adaround_report_free(vmc_adaround_report *r) {
 
 /* ---- the rounding function and its regulariser ----------------------------------- */
 
-static float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+/* h(V) and dh/dV from one sigmoid. */
+static inline void rsig(float v, float *h, float *dh) {
+  const float s = 1.0f / (1.0f + expf(-v));
+  const float raw = s * (VMC_ADAROUND_ZETA - VMC_ADAROUND_GAMMA) + VMC_ADAROUND_GAMMA;
+  *h = vmc_clampf(raw, 0.0f, 1.0f);
+  *dh = raw > 0.0f && raw < 1.0f ? s * (1.0f - s) * (VMC_ADAROUND_ZETA - VMC_ADAROUND_GAMMA) : 0.0f;
+}
+
+/* d/dV of 1 - |2h - 1|^beta, given h and dh/dV. */
+static inline float reg_grad(float h, float dh, float beta) {
+  const float u = 2.0f * h - 1.0f;
+  if (u == 0.0f || dh == 0.0f) return 0.0f;
+  const float du = powf(fabsf(u), beta - 1.0f) * (u > 0 ? 1.0f : -1.0f);
+  return -beta * du * 2.0f * dh;
+}
 
 float vmc_adaround_h(float v) {
-  return vmc_clampf(sigmoid(v) * (VMC_ADAROUND_ZETA - VMC_ADAROUND_GAMMA) + VMC_ADAROUND_GAMMA,
-                    0.0f, 1.0f);
+  float h, dh;
+  rsig(v, &h, &dh);
+  return h;
 }
 
 float vmc_adaround_dh(float v) {
-  const float s = sigmoid(v);
-  const float raw = s * (VMC_ADAROUND_ZETA - VMC_ADAROUND_GAMMA) + VMC_ADAROUND_GAMMA;
-  if (!(raw > 0.0f && raw < 1.0f)) return 0.0f;
-  return s * (1.0f - s) * (VMC_ADAROUND_ZETA - VMC_ADAROUND_GAMMA);
+  float h, dh;
+  rsig(v, &h, &dh);
+  return dh;
 }
 
 float vmc_adaround_v_init(float frac) {
@@ -61,10 +75,9 @@ float vmc_adaround_reg(float v, float beta) {
 }
 
 float vmc_adaround_reg_grad(float v, float beta) {
-  const float u = 2.0f * vmc_adaround_h(v) - 1.0f;
-  if (u == 0.0f) return 0.0f;
-  const float du = powf(fabsf(u), beta - 1.0f) * (u > 0 ? 1.0f : -1.0f);
-  return -beta * du * 2.0f * vmc_adaround_dh(v);
+  float h, dh;
+  rsig(v, &h, &dh);
+  return reg_grad(h, dh, beta);
 }
 
 float vmc_adaround_beta(const vmc_adaround_opts *o, int t, int n) {
@@ -273,9 +286,18 @@ static double recon_error(const layer *L, const layer_data *D, const float *W, c
 
 /* Scratch of one layer's optimisation. */
 typedef struct opt_buf {
-  float *V, *m, *v, *fl, *sc, *ws, *dw, *G; /* per weight */
+  float *V, *m, *v, *fl, *sc, *ws, *dw, *G; /* per weight: V, Adam's moments, floor(w/s),
+                                               s, w~, dw~/dV, dE/dw~ */
   float *Xb, *Tb, *Y;                      /* per batch */
 } opt_buf;
+
+/* w~ and dw~/dV of weight i from V[i] (and h, dh for the regulariser). */
+static inline void soft_weight(opt_buf *b, size_t i, float qmax, float *h, float *dh) {
+  rsig(b->V[i], h, dh);
+  const float u = b->fl[i] + *h;
+  b->ws[i] = b->sc[i] * vmc_clampf(u, -qmax, qmax);
+  b->dw[i] = u >= -qmax && u <= qmax ? b->sc[i] * *dh : 0.0f;
+}
 
 static void opt_buf_free(opt_buf *b) {
   float **p[] = {&b->V, &b->m, &b->v, &b->fl, &b->sc, &b->ws, &b->dw, &b->G, &b->Xb, &b->Tb, &b->Y};
@@ -312,19 +334,13 @@ static vmc_status learn(const layer *L, const layer_data *D, const vmc_adaround_
     b.sc[i] = sc;
     b.fl[i] = fl;
     b.V[i] = vmc_adaround_v_init(x - fl);
+    float h, dh;
+    soft_weight(&b, i, qmax, &h, &dh);
   }
   const double b1 = 0.9, b2 = 0.999;
   double b1t = 1, b2t = 1;
   for (int t = 0; t < o->iters; t++) {
     const float beta = vmc_adaround_beta(o, t, o->iters);
-    /* soft weights and dw~/dV */
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < nw; i++) {
-      const float u = b.fl[i] + vmc_adaround_h(b.V[i]);
-      const int inside = u >= -qmax && u <= qmax;
-      b.ws[i] = b.sc[i] * vmc_clampf(u, -qmax, qmax);
-      b.dw[i] = inside ? b.sc[i] * vmc_adaround_dh(b.V[i]) : 0.0f;
-    }
     /* a batch of columns, the residual, the gradient of the mean error */
     for (int j = 0; j < B; j++) {
       const size_t c = vmc_rng_below(rng, (uint32_t)D->cols);
@@ -334,18 +350,22 @@ static vmc_status learn(const layer *L, const layer_data *D, const vmc_adaround_
     layer_apply(L, B, b.Xb, b.ws, bq, b.Y);
     for (size_t i = 0; i < (size_t)B * L->rows; i++) b.Y[i] -= b.Tb[i];
     layer_grad(L, B, 2.0f / (float)B, b.Y, b.Xb, b.G);
-    /* Adam */
+    /* Adam on V, then w~ and dw~/dV for the next step (one parallel region:
+     * each costs a barrier) */
     b1t *= b1;
     b2t *= b2;
     const float lr = o->lr, lam = o->lambda;
     const float c1 = (float)(1.0 / (1.0 - b1t)), c2 = (float)(1.0 / (1.0 - b2t));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nw >= 4096)
     for (size_t i = 0; i < nw; i++) {
+      float h, dh;
+      rsig(b.V[i], &h, &dh);
       float gv = b.G[i] * b.dw[i];
-      if (beta > 0 && lam > 0) gv += lam * vmc_adaround_reg_grad(b.V[i], beta);
+      if (beta > 0 && lam > 0) gv += lam * reg_grad(h, dh, beta);
       b.m[i] = (float)b1 * b.m[i] + (float)(1 - b1) * gv;
       b.v[i] = (float)b2 * b.v[i] + (float)(1 - b2) * gv * gv;
       b.V[i] -= lr * (b.m[i] * c1) / (sqrtf(b.v[i] * c2) + 1e-8f);
+      soft_weight(&b, i, qmax, &h, &dh);
     }
     if (prog && (t % 16 == 15 || t == o->iters - 1))
       vmc_progress_update(prog, prog_base + t + 1, L->qn->name);
