@@ -4,11 +4,15 @@
  * cases, u4/s8 activations, s4 weights, and the errors of bad graphs. */
 #include "test.h"
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "data/data.h"
 #include "graph/plan.h"
+#include "kernels/conv.h"
 #include "kernels/qelt.h"
 #include "quant/ptq.h"
 #include "quant/qrt.h"
@@ -151,7 +155,6 @@ static void check_model(const char *name, vmc_qscheme w, vmc_qscheme act, double
   int agree;
   double rel;
   compare(sim, in, N_IMG, &agree, &rel);
-  if (getenv("QRT_VERBOSE")) printf("%s w%d a%d: %d/%d agree, rel %.4g\n", name, (int)w, (int)act, agree, N_IMG, rel);
   if (agree != N_IMG || rel > tol)
     vmc_test_fail(__FILE__, __LINE__, "%s (w %d, act %d): %d/%d decisions agree, logits differ "
                   "by %.3g of their range (tolerance %.3g)", name, (int)w, (int)act, agree, N_IMG,
@@ -170,7 +173,468 @@ TEST(qrt_mobilenetv2_matches_simulation) {
   check_model("mobilenetv2-tiny", VMC_QSCHEME_S8, VMC_QSCHEME_U8, 0.02);
 }
 TEST(qrt_lenet5_matches_simulation) { check_model("lenet5", VMC_QSCHEME_S8, VMC_QSCHEME_U8, 0.02); }
-TEST(qrt_s4_weights_and_s8_activations) {
+TEST(qrt_s4_weights_s8_and_u4_activations) {
   check_model("resnet8", VMC_QSCHEME_S4, VMC_QSCHEME_U8, 0.02);
   check_model("mobilenetv2-tiny", VMC_QSCHEME_S8, VMC_QSCHEME_S8, 0.02);
+  /* 16 levels: a code one step off moves the logits more. */
+  check_model("resnet8", VMC_QSCHEME_S8, VMC_QSCHEME_U4, 0.05);
+}
+
+static int same_floats(const float *a, const float *b, size_t n) {
+  return !memcmp(a, b, n * sizeof *a);
+}
+
+/* Every GEMM variant the CPU runs, every depthwise variant, and any batch
+ * split over threads: the reference's bits. */
+TEST(qrt_variants_batches_and_threads_bit_identical) {
+  static const char *const models[] = {"resnet8", "mobilenetv2-tiny"};
+  enum { N = 6 };
+  vmc_dataset *d = blobs(N, 5);
+  REQUIRE(d);
+  const unsigned cpu = vmc_cpu_features(), v512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW |
+                                                  VMC_CPU_AVX512VL | VMC_CPU_AVX512VNNI;
+  const vmc_qdwconv_fn dws[] = {vmc_qdwconv__ref, vmc_qdwconv__avx2, vmc_qdwconv__avx512};
+  const int dw_ok[] = {1, (cpu & VMC_CPU_AVX2) != 0, (cpu & v512) == v512};
+  const int threads = vmc_get_threads();
+  for (int m = 0; m < 2; m++) {
+    vmc_graph *q = quantized(models[m], VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
+    REQUIRE(q);
+    const vmc_qrt_opts ref = {&vmc_qgemm_u8s8s32__ref, vmc_qdwconv__ref};
+    float *want = int_logits(q, d, N, 1, &ref);
+    REQUIRE(want);
+    /* {gemm variant or -1 (best), depthwise variant or -1, threads, batch} */
+    int runs[32][4], nr = 0;
+    for (int v = 0; v < vmc_qgemm_variant_count; v++)
+      if (vmc_qgemm_variant_ok(vmc_qgemm_variants[v])) runs[nr][0] = v, runs[nr][1] = -1,
+                                                        runs[nr][2] = 2, runs[nr++][3] = N;
+    for (int k = 0; k < 3; k++)
+      if (dw_ok[k]) runs[nr][0] = -1, runs[nr][1] = k, runs[nr][2] = 1, runs[nr++][3] = 1;
+    static const int tb[][2] = {{1, N}, {2, 1}, {2, 4}};
+    for (int k = 0; k < 3; k++) runs[nr][0] = runs[nr][1] = -1, runs[nr][2] = tb[k][0], runs[nr++][3] = tb[k][1];
+    for (int i = 0; i < nr; i++) {
+      const vmc_qrt_opts o = {runs[i][0] < 0 ? NULL : vmc_qgemm_variants[runs[i][0]],
+                              runs[i][1] < 0 ? NULL : dws[runs[i][1]]};
+      vmc_set_threads(runs[i][2]);
+      float *got = int_logits(q, d, N, runs[i][3], &o);
+      if (!got || !same_floats(got, want, N * 10))
+        vmc_test_fail(__FILE__, __LINE__, "%s: gemm %d, depthwise %d, %d threads, batch %d: "
+                      "logits differ from the reference", models[m], runs[i][0], runs[i][1],
+                      runs[i][2], runs[i][3]);
+      free(got);
+    }
+    vmc_set_threads(threads);
+    free(want);
+    vmc_graph_free(q);
+  }
+  vmc_dataset_free(d);
+}
+
+/* ---- the element-wise kernels by hand ------------------------------------------------- */
+
+TEST(qrt_add_requant_by_hand) {
+  /* a: s 0.5 zp 10; b: s 0.25 zp 0; out: s 1 zp 5, codes 0..255. */
+  const vmc_qact qa = {0.5f, 10, 0, 255}, qb = {0.25f, 0, 0, 255}, qo = {1.0f, 5, 0, 255};
+  static const struct {
+    uint8_t a, b, y, relu;
+  } c[] = {
+      {13, 2, 7, 7},   /* 1.5 + 0.5 = 2 */
+      {11, 0, 5, 5},   /* 0.5: tie to even 0 */
+      {13, 0, 7, 7},   /* 1.5: tie to even 2 */
+      {15, 2, 8, 8},   /* 2.5 + 0.5 = 3 */
+      {0, 0, 0, 5},    /* -5: code 0; relu: the zero point */
+      {255, 255, 191, 191}, /* 122.5 + 63.75 = 186.25 */
+      {10, 6, 7, 7},   /* 1.5: tie to 2 */
+      {9, 3, 5, 5},    /* -0.5 + 0.75 = 0.25 */
+  };
+  const int n = (int)(sizeof c / sizeof c[0]);
+  uint8_t a[8], b[8], y[8];
+  for (int i = 0; i < n; i++) a[i] = c[i].a, b[i] = c[i].b;
+  vmc_qadd_u8(a, &qa, b, &qb, (size_t)n, 1.0f, &qo, y);
+  for (int i = 0; i < n; i++) CHECK_EQ_INT(y[i], c[i].y);
+  const vmc_qact relu = {1.0f, 5, 5, 255};
+  vmc_qadd_u8(a, &qa, b, &qb, (size_t)n, 1.0f, &relu, y);
+  for (int i = 0; i < n; i++) CHECK_EQ_INT(y[i], c[i].relu);
+  /* Requantization (b NULL): a's values onto s 0.25, zp 100, relu6 clamp at 6 / 0.25 = 24. */
+  const vmc_qact r6 = {0.25f, 100, 100, 124};
+  vmc_qadd_u8(a, &qa, NULL, NULL, (size_t)n, 4.0f, &r6, y);
+  static const uint8_t want_r6[] = {106, 102, 106, 110, 100, 124, 100, 100};
+  for (int i = 0; i < n; i++) CHECK_EQ_INT(y[i], want_r6[i]);
+  /* Quantize and dequantize: ties to even, NaN to the zero point, clamps. */
+  const float x[] = {0.5f, 1.5f, -0.5f, 2.5f, NAN, 1e9f, -1e9f, 3.0f};
+  vmc_qquantize_f32(x, 8, 1.0f, &qo, y);
+  static const uint8_t want_q[] = {5, 7, 5, 7, 5, 255, 0, 8};
+  for (int i = 0; i < 8; i++) CHECK_EQ_INT(y[i], want_q[i]);
+  float back[8];
+  vmc_qdequantize_u8(y, 8, &qa, back);
+  CHECK(back[0] == -2.5f && back[5] == 122.5f && back[6] == -5.0f);
+}
+
+TEST(qrt_pools_by_hand) {
+  /* One 3x3 plane, zero point 10. */
+  const uint8_t x[9] = {10, 11, 12, 14, 20, 10, 9, 9, 30};
+  vmc_conv_geom g = {.c = 1, .h = 3, .w = 3, .kh = 2, .kw = 2, .sh = 1, .sw = 1, .dh = 1, .dw = 1,
+                     .oh = 2, .ow = 2};
+  uint8_t y[9];
+  vmc_qmaxpool_u8(x, &g, 1, y);
+  CHECK(y[0] == 20 && y[1] == 20 && y[2] == 20 && y[3] == 30);
+  /* Average 2x2, output scale = input scale, zp 3: windows sum (q - 10) =
+   * 0+1+4+10 = 15 -> 3.75 -> 4; 1+2+10+0 = 13 -> 3.25 -> 3; 4+10-1-1 = 12 -> 3;
+   * 10+0-1+20 = 29 -> 7.25 -> 7. */
+  const vmc_qepi e = {.zero_point = 3, .lo = 0, .hi = 255, .out = VMC_QOUT_U8};
+  const vmc_qepi_prep prep = vmc_qepi_prepare(&e);
+  vmc_qavgpool_u8(x, &g, 1, 10, 0.25f, &prep, y);
+  CHECK(y[0] == 7 && y[1] == 6 && y[2] == 6 && y[3] == 10);
+  /* Padding 1, 2x2 stride 2 (PyTorch's divisor 4 counts the padding as 0):
+   * windows {10}, {11, 12}, {14, 9}, {20, 10, 9, 30}. */
+  g.ph = g.pw = 1;
+  g.sh = g.sw = 2;
+  vmc_qavgpool_u8(x, &g, 1, 10, 0.25f, &prep, y);
+  /* (0)/4 = 0; (1+2)/4 = 0.75 -> 1; (4-1)/4 = 0.75 -> 1; (10+0-1+20)/4 = 7.25 -> 7 */
+  CHECK(y[0] == 3 && y[1] == 4 && y[2] == 4 && y[3] == 10);
+  vmc_qmaxpool_u8(x, &g, 1, y);
+  CHECK(y[0] == 10 && y[1] == 12 && y[2] == 14 && y[3] == 30);
+  /* Global: (0+1+2+4+10+0-1-1+20) = 35 over 9, scale 1/9 of 1: 3.89 -> 4, + zp 3. */
+  const vmc_conv_geom gg = {.c = 1, .h = 3, .w = 3, .kh = 3, .kw = 3, .sh = 3, .sw = 3, .dh = 1,
+                            .dw = 1, .oh = 1, .ow = 1};
+  vmc_qavgpool_u8(x, &gg, 1, 10, 1.0f / 9.0f, &prep, y);
+  CHECK_EQ_INT(y[0], 7);
+}
+
+/* The u8 im2col against the fp32 one, and the phase/wide columns against
+ * the u8 im2col, over strides, dilations, paddings and odd shapes. */
+TEST(qrt_im2col_and_phase_layouts) {
+  static const int geo[][9] = {/* c, h, w, k, s, p, d, kw, sw */
+                               {3, 7, 9, 3, 1, 1, 1, 3, 1}, {2, 8, 8, 3, 2, 1, 1, 3, 2},
+                               {2, 9, 7, 3, 2, 0, 1, 3, 2}, {1, 10, 11, 5, 3, 2, 1, 5, 3},
+                               {2, 9, 9, 3, 1, 2, 2, 3, 1}, {3, 6, 10, 1, 2, 0, 1, 1, 2},
+                               {2, 11, 8, 2, 2, 1, 3, 3, 1}, {1, 5, 40, 3, 1, 1, 1, 3, 2}};
+  vmc_rng r;
+  vmc_rng_seed(&r, 3);
+  for (size_t t = 0; t < sizeof geo / sizeof geo[0]; t++) {
+    const int *q = geo[t];
+    vmc_conv_geom g = {.c = q[0], .h = q[1], .w = q[2], .kh = q[3], .kw = q[7], .sh = q[4],
+                       .sw = q[8], .ph = q[5], .pw = q[5], .dh = q[6], .dw = q[6]};
+    g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
+    g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+    REQUIRE(g.oh > 0 && g.ow > 0);
+    const size_t nx = (size_t)g.c * g.h * g.w, K = (size_t)g.c * g.kh * g.kw;
+    const size_t P = (size_t)g.oh * g.ow, nw = (size_t)g.oh * vmc_qphase_w(&g);
+    uint8_t *x = malloc(nx), *col = malloc(K * P), *xp = malloc(vmc_qphase_bytes(&g));
+    uint8_t *wide = malloc(K * nw);
+    float *xf = malloc(nx * sizeof *xf), *colf = malloc(K * P * sizeof *colf);
+    REQUIRE(x && col && xp && wide && xf && colf);
+    for (size_t i = 0; i < nx; i++) x[i] = (uint8_t)(1 + vmc_rng_below(&r, 255)), xf[i] = x[i];
+    vmc_qim2col_u8(x, &g, 0, col);
+    vmc_im2col(xf, &g, colf);
+    size_t bad = 0;
+    for (size_t i = 0; i < K * P; i++) bad += col[i] != (uint8_t)colf[i];
+    vmc_qim2col_u8(x, &g, 77, col); /* the zero point as padding */
+    vmc_qphase_u8(x, &g, 77, xp);
+    vmc_qwide_col_u8(xp, &g, wide);
+    for (size_t k = 0; k < K; k++)
+      for (int oy = 0; oy < g.oh; oy++)
+        for (int ox = 0; ox < g.ow; ox++) {
+          const uint8_t a = col[k * P + (size_t)oy * g.ow + ox];
+          bad += a != wide[k * nw + (size_t)oy * vmc_qphase_w(&g) + ox];
+          bad += colf[k * P + (size_t)oy * g.ow + ox] == 0.0f ? a != 77 : 0;
+        }
+    if (bad) vmc_test_fail(__FILE__, __LINE__, "geometry %zu: %zu bytes differ", t, bad);
+    /* The crop keeps the first ow of each wide row. */
+    uint8_t *crop = malloc(K * P);
+    REQUIRE(crop);
+    vmc_qcrop_u8(wide, (int)K, g.oh, vmc_qphase_w(&g), g.ow, crop);
+    CHECK(!memcmp(crop, col, K * P));
+    free(x), free(col), free(xp), free(wide), free(xf), free(colf), free(crop);
+  }
+}
+
+/* ---- hand-built graphs ---------------------------------------------------------------- */
+
+static int add_fq(vmc_graph *g, int in, const char *name, float s, int zp, int qmin, int qmax) {
+  const vmc_attr a[] = {vmc_attr_float("scale", s), vmc_attr_int("zero_point", zp),
+                        vmc_attr_int("qmin", qmin), vmc_attr_int("qmax", qmax)};
+  int out = -1;
+  if (vmc_graph_add_node(g, "fakequant", name, &in, 1, a, 4, NULL, 0, &out))
+    vmc_test_fail(__FILE__, __LINE__, "%s: %s", name, vmc_last_error());
+  return out;
+}
+
+static int add_op(vmc_graph *g, const char *op, const char *name, const int *in, int n_in,
+                  const vmc_attr *a, int na) {
+  int out = -1;
+  if (vmc_graph_add_node(g, op, name, in, n_in, a, na, NULL, 0, &out))
+    vmc_test_fail(__FILE__, __LINE__, "%s: %s", name, vmc_last_error());
+  return out;
+}
+
+/* A weight of `rows` x per codes (random, |code| <= qmax) times per-row
+ * scales, stored as dt (VMC_F32: not marked quantized), and a bias on the
+ * s32 grid of the input scale sx (as vmc quantize writes). */
+static void add_weights(vmc_graph *g, const char *name, vmc_shape ws, int qmax, vmc_dtype dt,
+                        float sx, vmc_rng *r, int *params) {
+  char nm[80];
+  snprintf(nm, sizeof nm, "%s.weight", name);
+  if (vmc_graph_add_param(g, nm, ws, 1, &params[0])) return;
+  snprintf(nm, sizeof nm, "%s.bias", name);
+  const vmc_shape bs = {1, {ws.d[0]}};
+  if (vmc_graph_add_param(g, nm, bs, 1, &params[1])) return;
+  const int rows = ws.d[0];
+  const size_t per = vmc_shape_count(&ws) / (size_t)rows;
+  float sc[64];
+  for (int m = 0; m < rows; m++) {
+    sc[m] = (0.6f + 0.2f * (float)(m % 3)) / (float)qmax / sqrtf((float)per);
+    for (size_t k = 0; k < per; k++)
+      g->params[params[0]].data[m * per + k] =
+          (float)((int)vmc_rng_below(r, (uint32_t)(2 * qmax + 1)) - qmax) * sc[m];
+    const double grid = (double)sc[m] * sx;
+    g->params[params[1]].data[m] = (float)(grid * nearbyint(0.1 * (vmc_rng_uniform(r) - 0.5) / grid));
+  }
+  if (dt != VMC_F32 && vmc_param_set_quantized(g, params[0], dt, sc, rows))
+    vmc_test_fail(__FILE__, __LINE__, "%s: %s", name, vmc_last_error());
+}
+
+static int add_conv(vmc_graph *g, int in, const char *name, int cin, int oc, int k, int s, int p,
+                    int d, int groups, vmc_dtype dt, float sx, vmc_rng *r) {
+  int params[2];
+  add_weights(g, name, vmc_shape4(oc, cin / groups, k, k), dt == VMC_S4 ? 7 : 127, dt, sx, r,
+              params);
+  const vmc_attr a[] = {vmc_attr_int("out_c", oc), vmc_attr_int("kh", k), vmc_attr_int("sh", s),
+                        vmc_attr_int("ph", p), vmc_attr_int("dh", d), vmc_attr_int("groups", groups)};
+  int out = -1;
+  if (vmc_graph_add_node(g, "conv2d", name, &in, 1, a, 6, params, 2, &out))
+    vmc_test_fail(__FILE__, __LINE__, "%s: %s", name, vmc_last_error());
+  return out;
+}
+
+static int add_linear(vmc_graph *g, int in, const char *name, int fin, int fout, float sx,
+                      vmc_rng *r) {
+  int params[2];
+  add_weights(g, name, vmc_shape2(fout, fin), 127, VMC_S8, sx, r, params);
+  const vmc_attr a[] = {vmc_attr_int("out_f", fout)};
+  int out = -1;
+  if (vmc_graph_add_node(g, "linear", name, &in, 1, a, 1, params, 2, &out))
+    vmc_test_fail(__FILE__, __LINE__, "%s: %s", name, vmc_last_error());
+  return out;
+}
+
+/* Grouped, dilated and strided convs (grouped GEMMs, a dilated depthwise
+ * one, stride-3 phases), s4 and s8 weights, a relu6 fused as the clamp, s8
+ * and u8 activations, maxpool, a padded avgpool, gap, flatten. */
+static vmc_graph *odd_graph(void) {
+  vmc_graph *g = NULL;
+  if (vmc_graph_create(4, 13, 11, &g)) return NULL;
+  vmc_rng r;
+  vmc_rng_seed(&r, 9);
+  int v = add_fq(g, g->input, "in.q", 0.03f, 120, 0, 255);
+  v = add_conv(g, v, "c1", 4, 6, 3, 1, 1, 1, 2, VMC_S8, 0.03f, &r);
+  v = add_op(g, "relu6", "c1.relu", &v, 1, NULL, 0);
+  v = add_fq(g, v, "c1.q", 0.03f, 0, 0, 255);
+  v = add_conv(g, v, "c2", 6, 6, 3, 1, 2, 2, 6, VMC_S4, 0.03f, &r);
+  v = add_fq(g, v, "c2.q", 0.02f, 0, -128, 127);
+  v = add_conv(g, v, "c3", 6, 8, 3, 3, 2, 1, 1, VMC_S8, 0.02f, &r);
+  v = add_fq(g, v, "c3.q", 0.02f, 130, 0, 255);
+  const vmc_attr mp[] = {vmc_attr_int("kh", 2)};
+  v = add_op(g, "maxpool", "mp", &v, 1, mp, 1);
+  const vmc_attr ap[] = {vmc_attr_int("kh", 2), vmc_attr_int("sh", 1), vmc_attr_int("ph", 1)};
+  v = add_op(g, "avgpool", "ap", &v, 1, ap, 3);
+  v = add_fq(g, v, "ap.q", 0.0123f, 128, 0, 255); /* not s_x / 2: no systematic ties */
+  v = add_op(g, "gap", "gap", &v, 1, NULL, 0);
+  v = add_op(g, "flatten", "flat", &v, 1, NULL, 0);
+  v = add_fq(g, v, "flat.q", 0.005f, 128, 0, 255);
+  add_linear(g, v, "fc", 8, 3, 0.005f, &r);
+  return g;
+}
+
+TEST(qrt_hand_graph_groups_dilation_strides) {
+  vmc_graph *g = odd_graph();
+  REQUIRE(g && !vmc_test_failed_now());
+  enum { N = 8 };
+  vmc_plan *p = NULL;
+  vmc_qrt *q = NULL;
+  REQUIRE_OK(vmc_plan_create(g, N, VMC_MODE_INFER, &p));
+  REQUIRE_OK(vmc_qrt_create(g, N, NULL, &q));
+  vmc_rng r;
+  vmc_rng_seed(&r, 4);
+  const size_t in = 4 * 13 * 11;
+  for (size_t i = 0; i < N * in; i++) vmc_qrt_input(q)[i] = vmc_plan_input(p)[i] = vmc_rng_normal(&r);
+  REQUIRE_OK(vmc_plan_forward(p, N));
+  REQUIRE_OK(vmc_qrt_forward(q, N));
+  CHECK_EQ_INT(vmc_qrt_classes(q), 3);
+  double amax = 0, dmax = 0;
+  for (int i = 0; i < N * 3; i++) {
+    amax = fmax(amax, fabs(vmc_plan_output(p)[i]));
+    dmax = fmax(dmax, fabs(vmc_plan_output(p)[i] - vmc_qrt_output(q)[i]));
+  }
+  if (!(dmax <= 0.02 * amax))
+    vmc_test_fail(__FILE__, __LINE__, "logits differ by %g (largest %g)", dmax, amax);
+  /* The steps it chose. */
+  char buf[160], all[2048] = "";
+  for (int i = 0; i < vmc_qrt_describe(q, -1, NULL, 0); i++) {
+    vmc_qrt_describe(q, i, buf, sizeof buf);
+    strncat(all, buf, sizeof all - strlen(all) - 2);
+    strcat(all, "\n");
+  }
+  CHECK(strstr(all, "c1 gemm 3x18x143 grouped im2col") != NULL);
+  CHECK(strstr(all, "c2 gemm 1x9x143 grouped im2col") != NULL); /* dilated depthwise */
+  CHECK(strstr(all, "c3 gemm 8x54x25 wide") != NULL);
+  CHECK(strstr(all, "fc linear") == NULL && strstr(all, "fc gemm 3x8x1 direct -> f32") != NULL);
+  if (vmc_test_failed_now()) printf("%s", all);
+  vmc_qrt_destroy(q);
+  vmc_plan_destroy(p);
+  vmc_graph_free(g);
+}
+
+/* Each bad graph is refused with a message naming the node and what is wrong. */
+TEST(qrt_bad_graphs) {
+  vmc_qrt *q = NULL;
+  /* A float model: its first conv reads the image without a fakequant. */
+  vmc_graph *g = zoo_model("resnet8");
+  REQUIRE(g);
+  CHECK_EQ_INT(vmc_qrt_create(g, 1, NULL, &q), VMC_ERR_UNSUPPORTED);
+  CHECK(strstr(vmc_last_error(), "'conv1' (conv2d)") && strstr(vmc_last_error(), "not quantized"));
+  CHECK(!vmc_graph_is_quantized(g) && q == NULL);
+  vmc_graph_free(g);
+  static const char *const want[] = {"reads the float output of 'c1'", "'cat' (concat): no integer",
+                                     "'c1' (conv2d): its weight is not stored quantized",
+                                     "'in.q' (fakequant): codes outside",
+                                     "'c1' (conv2d): its output is read by several nodes"};
+  for (int t = 0; t < 5; t++) {
+    vmc_rng r;
+    vmc_rng_seed(&r, 1);
+    REQUIRE_OK(vmc_graph_create(2, 6, 6, &g));
+    int v = add_fq(g, g->input, "in.q", 0.05f, 0, t == 3 ? -1000 : -128, 127);
+    int c = add_conv(g, v, "c1", 2, 2, 3, 1, 1, 1, 1, t == 2 ? VMC_F32 : VMC_S8, 0.05f, &r);
+    if (t == 0) c = add_conv(g, c, "c2", 2, 2, 1, 1, 0, 1, 1, VMC_S8, 0.05f, &r); /* no fakequant */
+    else c = add_fq(g, c, "c1.q", 0.05f, 0, -128, 127);
+    if (t == 1) {
+      const int two[2] = {c, v};
+      const vmc_attr a[] = {vmc_attr_int("axis", 1)};
+      c = add_op(g, "concat", "cat", two, 2, a, 0);
+      c = add_fq(g, c, "cat.q", 0.05f, 0, -128, 127);
+    }
+    if (t == 4) { /* an add of a float value */
+      const int two[2] = {c, g->nodes[1].out};
+      c = add_op(g, "add", "c2", two, 2, NULL, 0);
+      c = add_fq(g, c, "c2.q", 0.05f, 0, -128, 127);
+    }
+    add_op(g, "gap", "gap", &c, 1, NULL, 0);
+    REQUIRE(!vmc_test_failed_now());
+    const vmc_status s = vmc_qrt_create(g, 2, NULL, &q);
+    if (s != VMC_ERR_UNSUPPORTED || !strstr(vmc_last_error(), want[t]))
+      vmc_test_fail(__FILE__, __LINE__, "case %d: %s: '%s'", t, vmc_status_str(s), vmc_last_error());
+    vmc_qrt_destroy(q);
+    q = NULL;
+    vmc_graph_free(g);
+  }
+  /* Bad batch sizes. */
+  g = odd_graph();
+  REQUIRE(g);
+  CHECK_EQ_INT(vmc_qrt_create(g, 0, NULL, &q), VMC_ERR_INVALID_ARG);
+  REQUIRE_OK(vmc_qrt_create(g, 2, NULL, &q));
+  CHECK_EQ_INT(vmc_qrt_forward(q, 3), VMC_ERR_INVALID_ARG);
+  CHECK_EQ_INT(vmc_qrt_forward(q, 0), VMC_ERR_INVALID_ARG);
+  vmc_qrt_destroy(q);
+  vmc_graph_free(g);
+}
+
+/* Allocation failures anywhere in the lowering: an error, no leak, no crash. */
+TEST(qrt_allocation_failures) {
+  vmc_graph *g = odd_graph();
+  REQUIRE(g);
+  int failed = 0;
+  for (long k = 0; k < 400; k++) {
+    vmc_qrt *q = NULL;
+    vmc_fail_alloc_after(k);
+    const vmc_status s = vmc_qrt_create(g, 3, NULL, &q);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) {
+      vmc_qrt_destroy(q);
+      break;
+    }
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    CHECK(q == NULL);
+    failed++;
+  }
+  CHECK(failed > 10);
+  vmc_graph_free(g);
+}
+
+/* ---- the CLI ------------------------------------------------------------------------- */
+
+static const char *vmc_bin(void) {
+  const char *b = getenv("VMC_BIN");
+  return b && *b ? b : "build/vmc";
+}
+
+static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int run(char *out, size_t n, const char *fmt, ...) {
+  char args[2048], cmd[2300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t k = fread(out, 1, n - 1, p);
+  out[k] = 0;
+  int st = pclose(p);
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static double json_num(const char *out, const char *key) {
+  const char *p = strstr(out, key);
+  return p ? atof(p + strlen(key)) : NAN;
+}
+
+static char g_out[1 << 15];
+
+TEST(qrt_cli_eval_and_bench) {
+  if (access(vmc_bin(), X_OK)) SKIP("vmc binary not built (set VMC_BIN)");
+  vmc_dataset *probe = NULL;
+  if (vmc_dataset_open("fashion-mnist", VMC_SPLIT_TEST, &probe) != VMC_OK)
+    SKIP("fashion-mnist not installed (apt-get install dataset-fashion-mnist)");
+  vmc_dataset_free(probe);
+  vmc_dataset *d = blobs(16, 2);
+  REQUIRE(d);
+  vmc_graph *q = quantized("resnet8", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
+  vmc_graph *f = zoo_model("resnet8");
+  REQUIRE(q && f);
+  char qp[512], fp[512], lg[512];
+  snprintf(qp, sizeof qp, "%s/qrt_r8q.vmc", vmc_test_tmpdir());
+  snprintf(fp, sizeof fp, "%s/qrt_r8.vmc", vmc_test_tmpdir());
+  snprintf(lg, sizeof lg, "%s/qrt_logits.csv", vmc_test_tmpdir());
+  REQUIRE_OK(vmc_model_save(q, qp));
+  REQUIRE_OK(vmc_model_save(f, fp));
+  vmc_graph_free(q);
+  vmc_graph_free(f);
+  vmc_dataset_free(d);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "eval %s --data fashion-mnist --limit 300 --json", qp), 0);
+  CHECK(strstr(g_out, "\"runtime\":\t\"integer\"") != NULL);
+  const double acc_int = json_num(g_out, "\"accuracy\":");
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "eval %s --data fashion-mnist --limit 300 --json --simulate", qp), 0);
+  CHECK(strstr(g_out, "\"runtime\":\t\"fp32\"") != NULL);
+  CHECK_NEAR(acc_int, json_num(g_out, "\"accuracy\":"), 0.02);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "eval %s --data fashion-mnist --limit 20 --batch 7 --logits %s", qp, lg), 0);
+  CHECK(strstr(g_out, "integer runtime") != NULL);
+  FILE *csv = fopen(lg, "r");
+  int lines = 0;
+  for (int ch; csv && (ch = fgetc(csv)) != EOF;) lines += ch == '\n';
+  if (csv) fclose(csv);
+  CHECK_EQ_INT(lines, 21);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --vs %s --repeats 3 --warmup 1 --batch 4", qp, fp), 0);
+  CHECK(strstr(g_out, "integer") && strstr(g_out, "fp32") && strstr(g_out, "ratio") &&
+        strstr(g_out, "batch 4 images/s") && strstr(g_out, "s8 "));
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --simulate --repeats 2 --warmup 0 --batch 2 --json", qp), 0);
+  CHECK(strstr(g_out, "fp32 simulation") != NULL);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "VMC_ISA=ref %s bench %s --repeats 1 --warmup 0 --batch 1 2>&1", vmc_bin(), qp);
+  FILE *p = popen(cmd, "r");
+  REQUIRE(p);
+  const size_t k = fread(g_out, 1, sizeof g_out - 1, p);
+  g_out[k] = 0;
+  CHECK(pclose(p) == 0 && strstr(g_out, "integer, ") && strstr(g_out, "ref kernels"));
+  /* A model the runtime cannot lower: the error names the node. */
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 1 --warmup 0 --batch 1 --simulate --vs %s", fp, qp), 0);
 }

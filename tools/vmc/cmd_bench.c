@@ -1,22 +1,29 @@
-/* vmc bench: fp32 inference latency and throughput at batch 1 and N. */
+/* vmc bench: inference latency and throughput at batch 1 and N, on the fp32
+ * plan or the integer runtime; --vs compares two models side by side. */
 #include "cli.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "graph/graph.h"
+#include "quant/qrt.h"
 
 static const char *const HELP =
-    "Usage: vmc bench MODEL.vmc|ZOO-NAME [--batch N] [options]\n\n"
+    "Usage: vmc bench MODEL.vmc|ZOO-NAME [--batch N] [--vs OTHER.vmc] [options]\n\n"
     "Runs inference on random inputs: warm-up, then the median (and 10th/90th\n"
     "percentiles) of timed repeats, at batch 1 and at batch N.  Reports latency\n"
-    "per batch and throughput in images per second.\n\n"
+    "per batch and throughput in images per second.  A quantized model (one\n"
+    "with fakequant nodes) runs on the integer runtime.\n\n"
     "Options:\n"
     "  --batch N     the larger batch (default 64)\n"
     "  --repeats N   timed runs per batch size (default 50)\n"
-    "  --warmup N    untimed runs first (default 10)\n\n" CLI_COMMON_HELP;
+    "  --warmup N    untimed runs first (default 10)\n"
+    "  --simulate    run a quantized model's fp32 simulation instead\n"
+    "  --vs OTHER    also bench OTHER (e.g. the float model MODEL came from) and\n"
+    "                print both side by side: file size, parameter storage,\n"
+    "                batch-1 latency, batch-N throughput (medians), ratios\n\n" CLI_COMMON_HELP;
 
-enum { O_BATCH = OPT_CMD_BASE, O_REPEATS, O_WARMUP };
+enum { O_BATCH = OPT_CMD_BASE, O_REPEATS, O_WARMUP, O_SIMULATE, O_VS };
 
 typedef struct {
   int batch;
@@ -29,25 +36,55 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static vmc_status bench_batch(vmc_graph *g, int batch, int warmup, int repeats, uint64_t seed,
-                              bench_row *r) {
+/* The fp32 plan or the integer runtime, for one batch size. */
+typedef struct engine {
   vmc_plan *p;
-  VMC_TRY(vmc_plan_create(g, batch, VMC_MODE_INFER, &p));
+  vmc_qrt *q;
+} engine;
+
+static vmc_status engine_create(vmc_graph *g, int integer, int batch, engine *e) {
+  e->p = NULL;
+  e->q = NULL;
+  return integer ? vmc_qrt_create(g, batch, NULL, &e->q)
+                 : vmc_plan_create(g, batch, VMC_MODE_INFER, &e->p);
+}
+static float *engine_input(engine *e) { return e->q ? vmc_qrt_input(e->q) : vmc_plan_input(e->p); }
+static vmc_status engine_forward(engine *e, int n) {
+  return e->q ? vmc_qrt_forward(e->q, n) : vmc_plan_forward(e->p, n);
+}
+static size_t engine_bytes(const engine *e) {
+  return e->q ? vmc_qrt_arena_bytes(e->q) : vmc_plan_arena_bytes(e->p);
+}
+static void engine_destroy(engine *e) {
+  vmc_qrt_destroy(e->q);
+  vmc_plan_destroy(e->p);
+}
+
+static vmc_status bench_batch(vmc_graph *g, int integer, int batch, int warmup, int repeats,
+                              uint64_t seed, bench_row *r) {
+  engine e;
+  VMC_TRY(engine_create(g, integer, batch, &e));
   size_t n = (size_t)batch * g->in_shape.d[1] * g->in_shape.d[2] * g->in_shape.d[3];
   vmc_rng rng;
   vmc_rng_seed(&rng, seed);
-  float *x = vmc_plan_input(p);
+  float *x = engine_input(&e);
   for (size_t i = 0; i < n; i++) x[i] = vmc_rng_normal(&rng);
   double *t = vmc_malloc_plain((size_t)repeats * sizeof *t);
   if (!t) {
-    vmc_plan_destroy(p);
+    engine_destroy(&e);
     return vmc_error(VMC_ERR_NOMEM, "bench");
   }
-  for (int i = 0; i < warmup; i++) vmc_plan_forward(p, batch);
-  for (int i = 0; i < repeats; i++) {
+  vmc_status s = VMC_OK;
+  for (int i = 0; i < warmup && !s; i++) s = engine_forward(&e, batch);
+  for (int i = 0; i < repeats && !s; i++) {
     double t0 = vmc_now();
-    vmc_plan_forward(p, batch);
+    s = engine_forward(&e, batch);
     t[i] = (vmc_now() - t0) * 1e3;
+  }
+  if (s) {
+    vmc_free(t);
+    engine_destroy(&e);
+    return s;
   }
   qsort(t, (size_t)repeats, sizeof *t, cmp_double);
   r->batch = batch;
@@ -55,10 +92,100 @@ static vmc_status bench_batch(vmc_graph *g, int batch, int warmup, int repeats, 
   r->p10_ms = t[repeats / 10];
   r->p90_ms = t[(repeats * 9) / 10 < repeats ? (repeats * 9) / 10 : repeats - 1];
   r->images_per_sec = batch / (r->median_ms / 1e3);
-  r->arena_bytes = vmc_plan_arena_bytes(p);
+  r->arena_bytes = engine_bytes(&e);
   vmc_free(t);
-  vmc_plan_destroy(p);
+  engine_destroy(&e);
   return VMC_OK;
+}
+
+/* One model: loaded, its parameters' storage, its two rows. */
+typedef struct bench_model {
+  const char *path;
+  vmc_graph *g;
+  long long file_bytes;
+  int integer;
+  double param_bytes;            /* as the file stores them (codes, scales) */
+  double n_f32, n_s8, n_s4;      /* scalars per storage type */
+  bench_row rows[2];
+} bench_model;
+
+static void param_storage(bench_model *m) {
+  m->param_bytes = m->n_f32 = m->n_s8 = m->n_s4 = 0;
+  for (int i = 0; i < m->g->n_params; i++) {
+    const vmc_param *p = &m->g->params[i];
+    const double n = (double)vmc_shape_count(&p->shape);
+    if (p->store == VMC_S8) m->n_s8 += n, m->param_bytes += n + 4.0 * p->n_qscale;
+    else if (p->store == VMC_S4) m->n_s4 += n, m->param_bytes += (n + 1) / 2 + 4.0 * p->n_qscale;
+    else m->n_f32 += n, m->param_bytes += 4 * n;
+  }
+}
+
+static const char *storage_str(const bench_model *m, char *buf, size_t n) {
+  int k = 0;
+  buf[0] = 0;
+  if (m->n_s8) k += snprintf(buf + k, n - (size_t)k, "s8 %.0f ", m->n_s8);
+  if (m->n_s4 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, "s4 %.0f ", m->n_s4);
+  if (m->n_f32 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, "f32 %.0f", m->n_f32);
+  return buf;
+}
+
+static vmc_status bench_model_run(bench_model *m, int nrows, int batch, int warmup,
+                                  int repeats, uint64_t seed) {
+  param_storage(m);
+  for (int i = 0; i < nrows; i++)
+    VMC_TRY(bench_batch(m->g, m->integer, i == 0 ? 1 : batch, warmup, repeats, seed, &m->rows[i]));
+  return VMC_OK;
+}
+
+static const char *runtime_name(const bench_model *m) {
+  return m->integer ? "integer" : vmc_graph_is_quantized(m->g) ? "fp32 simulation" : "fp32";
+}
+
+static void print_vs(const bench_model *a, const bench_model *b, int nrows, int json) {
+  char sa[96], sb[96];
+  if (json) {
+    cJSON *o = cJSON_CreateObject();
+    const bench_model *ms[2] = {a, b};
+    const char *keys[2] = {"model", "vs"};
+    for (int k = 0; k < 2; k++) {
+      cJSON *r = cJSON_CreateObject();
+      cJSON_AddStringToObject(r, "path", ms[k]->path);
+      cJSON_AddStringToObject(r, "runtime", runtime_name(ms[k]));
+      cJSON_AddNumberToObject(r, "file_bytes", (double)ms[k]->file_bytes);
+      cJSON_AddNumberToObject(r, "param_bytes", ms[k]->param_bytes);
+      cJSON_AddStringToObject(r, "params", storage_str(ms[k], sa, sizeof sa));
+      cJSON_AddNumberToObject(r, "batch1_median_ms", ms[k]->rows[0].median_ms);
+      if (nrows > 1) cJSON_AddNumberToObject(r, "batch_images_per_sec", ms[k]->rows[1].images_per_sec);
+      cJSON_AddItemToObject(o, keys[k], r);
+    }
+    cJSON_AddNumberToObject(o, "threads", vmc_get_threads());
+    cJSON_AddStringToObject(o, "isa", vmc_isa_name());
+    cJSON_AddNumberToObject(o, "batch", nrows > 1 ? a->rows[1].batch : 1);
+    cJSON_AddNumberToObject(o, "size_ratio", (double)b->file_bytes / (double)a->file_bytes);
+    cJSON_AddNumberToObject(o, "latency_speedup", b->rows[0].median_ms / a->rows[0].median_ms);
+    if (nrows > 1)
+      cJSON_AddNumberToObject(o, "throughput_speedup",
+                              a->rows[1].images_per_sec / b->rows[1].images_per_sec);
+    cli_print_json(o);
+    return;
+  }
+  printf("%d threads, %s kernels, medians\n\n", vmc_get_threads(), vmc_isa_name());
+  printf("%-22s %24s %24s %9s\n", "", a->path, b->path, "ratio");
+  printf("%-22s %24s %24s\n", "runtime", runtime_name(a), runtime_name(b));
+  printf("%-22s %24.1f %24.1f %8.2fx\n", "file KiB", a->file_bytes / 1024.0,
+         b->file_bytes / 1024.0, (double)b->file_bytes / (double)a->file_bytes);
+  printf("%-22s %24.1f %24.1f %8.2fx\n", "parameters KiB", a->param_bytes / 1024.0,
+         b->param_bytes / 1024.0, b->param_bytes / a->param_bytes);
+  printf("%-22s %24s %24s\n", "parameter storage", storage_str(a, sa, sizeof sa),
+         storage_str(b, sb, sizeof sb));
+  printf("%-22s %24.4f %24.4f %8.2fx\n", "batch 1 latency ms", a->rows[0].median_ms,
+         b->rows[0].median_ms, b->rows[0].median_ms / a->rows[0].median_ms);
+  if (nrows > 1) {
+    char label[40];
+    snprintf(label, sizeof label, "batch %d images/s", a->rows[1].batch);
+    printf("%-22s %24.0f %24.0f %8.2fx\n", label, a->rows[1].images_per_sec,
+           b->rows[1].images_per_sec, a->rows[1].images_per_sec / b->rows[1].images_per_sec);
+  }
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -66,11 +193,14 @@ int cmd_bench(int argc, char **argv) {
                                        {"batch", required_argument, 0, O_BATCH},
                                        {"repeats", required_argument, 0, O_REPEATS},
                                        {"warmup", required_argument, 0, O_WARMUP},
+                                       {"simulate", no_argument, 0, O_SIMULATE},
+                                       {"vs", required_argument, 0, O_VS},
                                        {0, 0, 0, 0}};
   cli_common cc;
   cli_common_init(&cc);
   long batch = 64, repeats = 50, warmup = 10;
-  int opt;
+  int opt, simulate = 0;
+  const char *vs = NULL;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     int r = cli_common_opt(&cc, opt, optarg);
@@ -81,27 +211,38 @@ int cmd_bench(int argc, char **argv) {
     case O_BATCH: if (cli_int("--batch", optarg, 1, 4096, &batch)) return 2; break;
     case O_REPEATS: if (cli_int("--repeats", optarg, 1, 100000, &repeats)) return 2; break;
     case O_WARMUP: if (cli_int("--warmup", optarg, 0, 100000, &warmup)) return 2; break;
+    case O_SIMULATE: simulate = 1; break;
+    case O_VS: vs = optarg; break;
     default: return cli_usage_error("bench", "unknown option");
     }
   }
   if (optind != argc - 1) return cli_usage_error("bench", "expected one MODEL.vmc argument");
-  const char *path = argv[optind];
   cli_common_apply(&cc);
-  vmc_graph *g = NULL;
-  vmc_status s = cli_load_model(path, cc.seed, &g, NULL);
-  if (s) return cli_fail("bench", s, NULL);
-  bench_row rows[2];
-  int nrows = batch == 1 ? 1 : 2;
-  for (int i = 0; i < nrows && !s; i++)
-    s = bench_batch(g, i == 0 ? 1 : (int)batch, (int)warmup, (int)repeats, cc.seed, &rows[i]);
+  bench_model m[2];
+  memset(m, 0, sizeof m);
+  m[0].path = argv[optind];
+  m[1].path = vs;
+  const int nm = vs ? 2 : 1, nrows = batch == 1 ? 1 : 2;
+  vmc_status s = VMC_OK;
+  for (int k = 0; k < nm && !s; k++) {
+    s = cli_load_model(m[k].path, cc.seed, &m[k].g, &m[k].file_bytes);
+    if (!s) m[k].integer = !simulate && vmc_graph_is_quantized(m[k].g);
+    if (!s) s = bench_model_run(&m[k], nrows, (int)batch, (int)warmup, (int)repeats, cc.seed);
+  }
   if (s) {
-    vmc_graph_free(g);
+    vmc_graph_free(m[0].g);
+    vmc_graph_free(m[1].g);
     return cli_fail("bench", s, NULL);
   }
-  if (cc.json) {
+  const bench_row *rows = m[0].rows;
+  const char *path = m[0].path;
+  if (vs) {
+    print_vs(&m[0], &m[1], nrows, cc.json);
+  } else if (cc.json) {
     cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "model", path);
-    cJSON_AddStringToObject(o, "precision", "fp32");
+    cJSON_AddStringToObject(o, "precision", m[0].integer ? "int8" : "fp32");
+    cJSON_AddStringToObject(o, "runtime", runtime_name(&m[0]));
     cJSON_AddNumberToObject(o, "threads", vmc_get_threads());
     cJSON_AddStringToObject(o, "isa", vmc_isa_name());
     for (int i = 0; i < nrows; i++) {
@@ -117,14 +258,15 @@ int cmd_bench(int argc, char **argv) {
     cJSON_AddItemToObject(o, "results", arr);
     cli_print_json(o);
   } else {
-    printf("%s: fp32, %d threads, %s kernels, %ld warm-up + %ld timed runs\n\n", path,
-           vmc_get_threads(), vmc_isa_name(), warmup, repeats);
+    printf("%s: %s, %d threads, %s kernels, %ld warm-up + %ld timed runs\n\n", path,
+           runtime_name(&m[0]), vmc_get_threads(), vmc_isa_name(), warmup, repeats);
     printf("%6s %12s %12s %12s %14s %12s\n", "batch", "median ms", "p10 ms", "p90 ms", "images/s",
            "arena KiB");
     for (int i = 0; i < nrows; i++)
       printf("%6d %12.4f %12.4f %12.4f %14.0f %12.1f\n", rows[i].batch, rows[i].median_ms,
              rows[i].p10_ms, rows[i].p90_ms, rows[i].images_per_sec, rows[i].arena_bytes / 1024.0);
   }
-  vmc_graph_free(g);
+  vmc_graph_free(m[0].g);
+  vmc_graph_free(m[1].g);
   return 0;
 }

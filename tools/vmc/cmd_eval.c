@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "data/data.h"
+#include "quant/qrt.h"
 #include "train/train.h"
 
 static const char *const HELP =
@@ -18,11 +19,14 @@ static const char *const HELP =
     "  --split test|train   (default test)\n"
     "  --limit N            only the first N images\n"
     "  --batch N            images per forward pass (default 256)\n"
+    "  --simulate           a quantized model (one with fakequant nodes) runs on\n"
+    "                       the integer runtime by default; this runs its fp32\n"
+    "                       simulation instead\n"
     "  --logits FILE        also write every image's logits as CSV:\n"
     "                       index,label,predicted,logit_0,...  (written whole or\n"
     "                       not at all)\n\n" CLI_COMMON_HELP;
 
-enum { O_SPLIT = OPT_CMD_BASE, O_LIMIT, O_BATCH, O_LOGITS };
+enum { O_SPLIT = OPT_CMD_BASE, O_LIMIT, O_BATCH, O_LOGITS, O_SIMULATE };
 
 /* CSV of the logits, through a temporary file renamed into place. */
 static vmc_status write_logits(const char *path, const vmc_dataset *d, const float *z, int n,
@@ -54,18 +58,33 @@ static vmc_status write_logits(const char *path, const vmc_dataset *d, const flo
   return VMC_OK;
 }
 
+/* vmc_evaluate_logits on the integer runtime. */
+static vmc_status eval_integer(const vmc_graph *g, const vmc_dataset *d, int batch, int limit,
+                               int progress, vmc_eval_result *r, float **logits) {
+  const int n = limit > 0 && limit < d->n ? limit : d->n;
+  vmc_qrt *q;
+  VMC_TRY(vmc_qrt_create(g, batch < n ? batch : n, NULL, &q));
+  vmc_infer_fn f;
+  vmc_qrt_infer_fn(q, &f);
+  vmc_status s = vmc_evaluate_with(&f, d, limit, progress, r, logits);
+  vmc_qrt_destroy(q);
+  return s;
+}
+
 int cmd_eval(int argc, char **argv) {
   static const struct option opts[] = {CLI_COMMON_OPTIONS,
                                        {"split", required_argument, 0, O_SPLIT},
                                        {"limit", required_argument, 0, O_LIMIT},
                                        {"batch", required_argument, 0, O_BATCH},
                                        {"logits", required_argument, 0, O_LOGITS},
+                                       {"simulate", no_argument, 0, O_SIMULATE},
                                        {0, 0, 0, 0}};
   cli_common cc;
   cli_common_init(&cc);
   vmc_split split = VMC_SPLIT_TEST;
   long limit = 0, batch = 256, opt;
   const char *logits_path = NULL;
+  int simulate = 0;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     int r = cli_common_opt(&cc, (int)opt, optarg);
@@ -81,6 +100,7 @@ int cmd_eval(int argc, char **argv) {
     case O_LIMIT: if (cli_int("--limit", optarg, 1, 1L << 30, &limit)) return 2; break;
     case O_BATCH: if (cli_int("--batch", optarg, 1, 65536, &batch)) return 2; break;
     case O_LOGITS: logits_path = optarg; break;
+    case O_SIMULATE: simulate = 1; break;
     default: return cli_usage_error("eval", "unknown option");
     }
   }
@@ -95,7 +115,9 @@ int cmd_eval(int argc, char **argv) {
   s = cli_open_data(&cc, g, split, &d);
   vmc_eval_result r;
   float *z = NULL;
-  if (!s) s = vmc_evaluate_logits(g, d, (int)batch, (int)limit, cc.progress, &r, logits_path ? &z : NULL);
+  const int integer = !simulate && vmc_graph_is_quantized(g);
+  if (!s && integer) s = eval_integer(g, d, (int)batch, (int)limit, cc.progress, &r, logits_path ? &z : NULL);
+  else if (!s) s = vmc_evaluate_logits(g, d, (int)batch, (int)limit, cc.progress, &r, logits_path ? &z : NULL);
   if (!s && logits_path) s = write_logits(logits_path, d, z, r.n, r.classes);
   free(z);
   if (s) {
@@ -108,6 +130,7 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddStringToObject(o, "model", path);
     cJSON_AddStringToObject(o, "dataset", d->name);
     cJSON_AddStringToObject(o, "split", split == VMC_SPLIT_TEST ? "test" : "train");
+    cJSON_AddStringToObject(o, "runtime", integer ? "integer" : "fp32");
     cJSON_AddNumberToObject(o, "images", r.n);
     cJSON_AddNumberToObject(o, "accuracy", r.accuracy);
     cJSON_AddNumberToObject(o, "loss", r.loss);
@@ -115,9 +138,10 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "images_per_sec", r.n / r.seconds);
     cli_print_json(o);
   } else {
-    printf("%s on %s/%s: accuracy %.2f%%  loss %.4f  (%d images, %.2f s, %.0f img/s)\n", path,
-           d->name, split == VMC_SPLIT_TEST ? "test" : "train", 100 * r.accuracy, r.loss, r.n,
-           r.seconds, r.n / r.seconds);
+    printf("%s on %s/%s: accuracy %.2f%%  loss %.4f  (%d images, %.2f s, %.0f img/s, %s)\n",
+           path, d->name, split == VMC_SPLIT_TEST ? "test" : "train", 100 * r.accuracy, r.loss,
+           r.n, r.seconds, r.n / r.seconds,
+           integer ? "integer runtime" : vmc_graph_is_quantized(g) ? "fp32 simulation" : "fp32");
   }
   vmc_graph_free(g);
   vmc_dataset_free(d);
