@@ -8,8 +8,18 @@
 #include <emmintrin.h>
 #endif
 
-/* dst[k] = src[k * stride] for k < n: a memcpy, or for stride 2 the even
- * bytes of 32-byte blocks (SSE2, part of x86-64), or a plain loop. */
+#ifdef __SSE2__
+/* The even bytes of 32 bytes at p. */
+static inline __m128i even_bytes(const uint8_t *p) {
+  const __m128i even = _mm_set1_epi16(0x00ff);
+  const __m128i a = _mm_loadu_si128((const __m128i *)p), b = _mm_loadu_si128((const __m128i *)(p + 16));
+  return _mm_packus_epi16(_mm_and_si128(a, even), _mm_and_si128(b, even));
+}
+#endif
+
+/* dst[k] = src[k * stride] for k < n (reads nothing past src[(n-1) * stride]):
+ * a memcpy, for stride 2 the even bytes of 32-byte blocks (SSE2, part of
+ * x86-64) while a whole block is inside, else a plain loop. */
 static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
   if (stride == 1) {
     memcpy(dst, src, (size_t)n);
@@ -18,14 +28,8 @@ static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
   int k = 0;
 #ifdef __SSE2__
   if (stride == 2) {
-    const __m128i even = _mm_set1_epi16(0x00ff);
-    /* The last block reads src[2k + 31] = src[2 (k + 16) - 1], inside while k + 16 < n. */
-    for (; k + 16 < n; k += 16) {
-      const __m128i a = _mm_loadu_si128((const __m128i *)(src + 2 * k));
-      const __m128i b = _mm_loadu_si128((const __m128i *)(src + 2 * k + 16));
-      _mm_storeu_si128((__m128i *)(dst + k),
-                       _mm_packus_epi16(_mm_and_si128(a, even), _mm_and_si128(b, even)));
-    }
+    for (; k + 16 <= n - 1; k += 16) /* reads src[2k + 31] <= src[2 (n - 1) - 1] */
+      _mm_storeu_si128((__m128i *)(dst + k), even_bytes(src + 2 * k));
   }
 #endif
   for (; k < n; k++) dst[k] = src[(size_t)k * stride];
@@ -95,6 +99,15 @@ void vmc_qavgpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, int32
                      float scale, const vmc_qepi_prep *prep, uint8_t *y) {
   const size_t in = (size_t)g->h * g->w, out = (size_t)g->oh * g->ow;
   const int32_t win = g->kh * g->kw;
+  if (g->kh == g->h && g->kw == g->w && !g->ph && !g->pw) { /* global: one sum per plane */
+    for (int p = 0; p < planes; p++) {
+      const uint8_t *xp = x + (size_t)p * in;
+      int32_t t = 0;
+      for (size_t i = 0; i < in; i++) t += xp[i];
+      y[p] = (uint8_t)vmc_qepi_requant(t - win * x_zp, scale, prep);
+    }
+    return;
+  }
   for (int p = 0; p < planes; p++) {
     const uint8_t *xp = x + (size_t)p * in;
     uint8_t *yp = y + (size_t)p * out;
@@ -156,37 +169,30 @@ static int phase_read(int r, int k, int d, int st) {
 void vmc_qphase_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8_t *xp) {
   const int phh = vmc_qphase_h(g), phw = vmc_qphase_w(g), sh = g->sh, sw = g->sw;
   const size_t plane = (size_t)phh * phw;
+  /* Padding everywhere first (one pass), then the inside of each row. */
+  memset(xp, pad, vmc_qphase_bytes(g));
   for (int t = 0; t < sw; t++) {
+    if (!phase_read(t, g->kw, g->dw, sw)) continue;
     /* Phase columns v whose padded column sw*v + t is inside: [v0, v1). */
     const int off = t - g->pw;
     int v0 = off < 0 ? (-off + sw - 1) / sw : 0, v1 = (g->w - off + sw - 1) / sw;
     if (v1 > phw) v1 = phw;
-    if (v0 > v1) v0 = v1;
-    const int keep_t = phase_read(t, g->kw, g->dw, sw);
-    for (int c = 0; c < g->c; c++)
-      for (int r = 0; r < sh; r++) {
+    if (v0 >= v1) continue;
+    for (int r = 0; r < sh; r++) {
+      if (!phase_read(r, g->kh, g->dh, sh)) continue;
+      /* Phase rows u whose padded row sh*u + r is inside: [u0, u1). */
+      const int offy = r - g->ph;
+      const int u0 = offy < 0 ? (-offy + sh - 1) / sh : 0;
+      int u1 = (g->h - offy + sh - 1) / sh;
+      if (u1 > phh) u1 = phh;
+      for (int c = 0; c < g->c; c++) {
         uint8_t *p = xp + ((size_t)(c * sh + r) * sw + t) * plane;
-        if (!keep_t || !phase_read(r, g->kh, g->dh, sh)) {
-          memset(p, pad, plane);
-          continue;
-        }
-        const uint8_t *xc = x + (size_t)c * g->h * g->w;
-        for (int u = 0; u < phh; u++) {
-          uint8_t *row = p + (size_t)u * phw;
-          const int iy = u * sh + r - g->ph;
-          if (iy < 0 || iy >= g->h || v1 == v0) {
-            memset(row, pad, (size_t)phw);
-            continue;
-          }
-          const uint8_t *xr = xc + (size_t)iy * g->w; /* column off + v * sw */
-          memset(row, pad, (size_t)v0);
-          gather_u8(row + v0, xr + (off + v0 * sw), v1 - v0, sw);
-          memset(row + v1, pad, (size_t)(phw - v1));
-        }
+        const uint8_t *xc = x + (size_t)c * g->h * g->w + (off + v0 * sw);
+        for (int u = u0; u < u1; u++)
+          gather_u8(p + (size_t)u * phw + v0, xc + (size_t)(u * sh + offy) * g->w, v1 - v0, sw);
       }
+    }
   }
-  const size_t all = (size_t)g->c * sh * sw * plane;
-  memset(xp + all, pad, vmc_qphase_bytes(g) - all);
 }
 
 void vmc_qwide_col_u8(const uint8_t *xp, const vmc_conv_geom *g, uint8_t *col) {
