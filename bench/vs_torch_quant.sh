@@ -14,16 +14,16 @@
 # Usage: bench/vs_torch_quant.sh [THREADS] [MODEL.vmc ...]
 #   Without models it trains resnet8 (8 epochs), resnet20 and mobilenetv2-tiny (15 epochs)
 #   with the default recipe into $ZOO (kept: a rerun reuses them; about 2 hours on 2 cores).
-# env: VMC (build/vmc), OBSERVERS ("minmax kl mse"), SPEED ("resnet8 resnet20"),
+# env: VMC (build/vmc), OBSERVERS ("minmax kl mse"), SPEED ("resnet8 resnet20"; empty: none),
 #      REPEATS (3), ENGINE (onednn), ZOO (out/zoo)
-# Run `make` first.  Prints a markdown table.
+# Run `make` first.  Prints a markdown table, a row as each result is ready.
 set -eu
 cd "$(dirname "$0")/.."
 VMC=${VMC:-build/vmc}
 THREADS=${1:-$(nproc)}
 [ $# -gt 0 ] && shift
 OBSERVERS=${OBSERVERS:-minmax kl mse}
-SPEED=${SPEED:-resnet8 resnet20}
+SPEED=${SPEED-resnet8 resnet20}
 REPEATS=${REPEATS:-3}
 ENGINE=${ENGINE:-onednn}
 ZOO=${ZOO:-out/zoo}
@@ -58,8 +58,8 @@ echo "vmc: $($VMC --version); torch: $($PY -c 'import torch; print(torch.__versi
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
-ROWS=$TMP/rows
-: > "$ROWS"
+echo "| model | float accuracy vmc / PyTorch | observer vmc / PyTorch | vmc int8 (change) | PyTorch int8 (change) | vmc drop ≤ PyTorch's | vmc path | int8 b1 latency ms vmc / PyTorch (speed-up) | int8 b64 img/s vmc / PyTorch (ratio) |"
+echo "|---|---|---|---:|---:|---|---|---:|---:|"
 for model in "$@"; do
   arch=$($PY bench/vmcfile.py --meta architecture "$model")
   vf=$("$VMC" eval "$model" --data fashion-mnist --threads "$THREADS" --quiet --json | num accuracy)
@@ -106,14 +106,11 @@ for model in "$@"; do
       printf "| %.2f%% (%+.2f) | %.2f%% (%+.2f) | %s |", 100 * vq, -dv, 100 * tq, -dt,
              (dv <= dt + 1e-9 ? "yes" : "**no**") }')
     if [ $first = 1 ]; then
-      echo "| $arch | $(pct "$vf")% / $(pct "$tf")% | $obs / $pobs $row $path $speed_cells" >> "$ROWS"
+      echo "| $arch | $(pct "$vf")% / $(pct "$tf")% | $obs / $pobs $row $path $speed_cells"
     else
-      echo "| | | $obs / $pobs $row | | |" >> "$ROWS"
+      echo "| | | $obs / $pobs $row | | |"
     fi
     first=0
   done
 done
 
-echo "| model | float accuracy vmc / PyTorch | observer vmc / PyTorch | vmc int8 (change) | PyTorch int8 (change) | vmc drop ≤ PyTorch's | vmc path | int8 b1 latency ms vmc / PyTorch (speed-up) | int8 b64 img/s vmc / PyTorch (ratio) |"
-echo "|---|---|---|---:|---:|---|---|---:|---:|"
-cat "$ROWS"
