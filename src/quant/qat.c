@@ -69,6 +69,7 @@ typedef struct qweight {
   int blocks;       /* scales: output channels, or 1 per tensor */
   size_t k;         /* weights per block */
   float *shadow;    /* what the optimizer updates */
+  float *bshadow;   /* the float bias (NULL without one, or with float biases) */
   vmc_qparams *qp;  /* blocks entries: the scales fq(shadow) uses */
 } qweight;
 
@@ -181,12 +182,17 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
     VMC_TRY(vmc_param_set_quantized(q, w->w, VMC_F32, NULL, 0));
     VMC_TRY(vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, st->wscheme, w->qp,
                                           pw->data));
-    if (w->b >= 0) { /* the float bias: trained in float, rounded at the end */
+    if (w->b >= 0) { /* the float bias: the shadow of the s32 one */
       const int fb = vmc_graph_find_param(f, q->params[w->b].name);
+      const size_t nb = vmc_shape_count(&q->params[w->b].shape);
       if (fb < 0) return vmc_error(VMC_ERR_INTERNAL, "qat: bias '%s' has no float original",
                                    q->params[w->b].name);
-      memcpy(q->params[w->b].data, f->params[fb].data,
-             vmc_shape_count(&q->params[w->b].shape) * sizeof(float));
+      memcpy(q->params[w->b].data, f->params[fb].data, nb * sizeof(float));
+      if (st->o->ptq.bias_s32) {
+        w->bshadow = vmc_malloc_plain(nb * sizeof *w->bshadow);
+        if (!w->bshadow) return vmc_error(VMC_ERR_NOMEM, "qat: bias of '%s'", nd->name);
+        memcpy(w->bshadow, f->params[fb].data, nb * sizeof(float));
+      }
     }
   }
   if (!st->nw) return vmc_error(VMC_ERR_INVALID_ARG, "qat: the model has no conv2d or linear node");
@@ -223,6 +229,21 @@ static vmc_status setup_observers(qat_state *st, vmc_qscheme act) {
     ob->next = fq_params(n);
   }
   return VMC_OK;
+}
+
+/* The bias as the integer runtime adds it: s32 codes of scale s_w[c] * s_x
+ * (the scales of this step), as the PTQ pass rounds it; a product below
+ * FLT_MIN stays float. */
+static void quantize_bias(qat_state *st, const qweight *w) {
+  if (!w->bshadow) return;
+  vmc_param *pb = &st->q->params[w->b];
+  const float sx = fq_params(&st->q->nodes[w->fq]).scale;
+  for (int c = 0; c < pb->shape.d[0]; c++) {
+    const vmc_qparams bq = {.scale = w->qp[w->blocks > 1 ? c : 0].scale * sx, .zero_point = 0,
+                            .qmin = INT32_MIN, .qmax = INT32_MAX};
+    pb->data[c] = w->bshadow[c];
+    if (bq.scale >= FLT_MIN && bq.scale <= FLT_MAX) vmc_qfake_quantize(&w->bshadow[c], 1, 1, &bq, &pb->data[c]);
+  }
 }
 
 /* ---- the hooks ------------------------------------------------------------------ */
@@ -317,6 +338,8 @@ static vmc_status qat_before_optim(void *user, vmc_plan *p, long step) {
     vmc_param *pw = &st->q->params[w->w];
     if (st->o->fixed_weight_scales) vmc_qat_ste_mask(w->shadow, w->blocks, w->k, w->qp, pw->grad);
     memcpy(pw->data, w->shadow, (size_t)w->blocks * w->k * sizeof(float));
+    if (w->bshadow) /* the s32 grid is fine (about 1e-4 of the bias): plain STE */
+      memcpy(st->q->params[w->b].data, w->bshadow, (size_t)st->q->params[w->b].shape.d[0] * sizeof(float));
   }
   return VMC_OK;
 }
@@ -335,6 +358,10 @@ static vmc_status qat_after_step(void *user, vmc_plan *p, long step) {
                        : vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, st->wscheme,
                                                        w->qp, pw->data);
     if (s) return vmc_error(s, "qat: weight '%s' at step %ld: %s", pw->name, step, vmc_last_error());
+    if (w->bshadow) {
+      memcpy(w->bshadow, st->q->params[w->b].data, (size_t)st->q->params[w->b].shape.d[0] * sizeof(float));
+      quantize_bias(st, w);
+    }
   }
   return VMC_OK;
 }
@@ -347,6 +374,8 @@ static void qat_on_epoch(void *user, const vmc_epoch_result *r) {
 
 /* ---- the end: the PTQ graph's contract -------------------------------------------- */
 
+/* The weights' storage: codes times the final scales (the biases are on
+ * their grid since the last step). */
 static vmc_status finish_weights(qat_state *st) {
   vmc_graph *q = st->q;
   float *scales = NULL;
@@ -359,17 +388,6 @@ static vmc_status finish_weights(qat_state *st) {
     for (int c = 0; c < w->blocks; c++) scales[c] = w->qp[c].scale;
     s = vmc_param_set_quantized(q, w->w, st->wscheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8, scales,
                                 w->blocks);
-    if (s || w->b < 0 || !st->o->ptq.bias_s32) continue;
-    /* s32 codes of scale s_w[c] * s_x, as the PTQ pass rounds them (a
-     * product below FLT_MIN stays float). */
-    const float sx = fq_params(&q->nodes[w->fq]).scale;
-    float *b = q->params[w->b].data;
-    const int ch = q->params[w->b].shape.d[0];
-    for (int c = 0; c < ch && !s; c++) {
-      const vmc_qparams bq = {.scale = w->qp[w->blocks > 1 ? c : 0].scale * sx, .zero_point = 0,
-                              .qmin = INT32_MIN, .qmax = INT32_MAX};
-      if (bq.scale >= FLT_MIN && bq.scale <= FLT_MAX) s = vmc_qfake_quantize(&b[c], 1, 1, &bq, &b[c]);
-    }
   }
   vmc_free(scales);
   return s;
@@ -486,6 +504,7 @@ static void free_state(qat_state *st) {
   for (int j = 0; j < st->nw; j++) {
     vmc_free(st->w[j].shadow);
     vmc_free(st->w[j].qp);
+    vmc_free(st->w[j].bshadow);
   }
   vmc_free(st->w);
   vmc_free(st->obs);
@@ -510,6 +529,7 @@ vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_datas
   st.q = q;
   if (!s) s = setup_weights(&st, f, &pr);
   if (!s) s = setup_observers(&st, o.ptq.act_scheme);
+  for (int j = 0; j < st.nw && !s; j++) quantize_bias(&st, &st.w[j]);
   st.epochs = vmc_malloc_plain((size_t)o.train.epochs * sizeof *st.epochs);
   if (!s && !st.epochs) s = vmc_error(VMC_ERR_NOMEM, "qat");
   if (!s) {

@@ -15,7 +15,9 @@
  *     the PTQ scales, kept).  Gradients pass straight through (STE) with
  *     PyTorch's mask: zero where round(w / s) lies outside [qmin, qmax]
  *     (vmc_qat_ste_mask; with max |w| scales nothing is outside).  Biases
- *     train in float.  Activations keep the fakequant op's STE;
+ *     likewise: float shadows, each forward on their s32 grid (scale
+ *     s_w[c] * s_x of that step), plain STE.  Activations keep the
+ *     fakequant op's STE;
  *  3. activation ranges: one moving-average min/max observer per fakequant
  *     node (PyTorch's MovingAverageMinMaxObserver, momentum 0.01), started
  *     at the calibrated range, fed the node's input after every training
@@ -28,8 +30,8 @@
  *     data, and the weights that are fake-quantized are exactly the folded
  *     ones the integer runtime uses;
  *  5. at the end every conv2d/linear weight is fq(shadow) and marked
- *     quantized (vmc_param_set_quantized), every bias re-rounded onto its
- *     s32 grid (scale s_w[c] * s_x of the final scales), metadata "quant"
+ *     quantized (vmc_param_set_quantized), every bias on its s32 grid
+ *     (scale s_w[c] * s_x of the final scales), metadata "quant"
  *     rewritten with method "qat" and the final qparams, and a "history"
  *     line added: the same contract as a PTQ graph. */
 #ifndef VMC_QAT_H

@@ -64,11 +64,18 @@ vmc_status cli_open_data(const cli_common *c, const vmc_graph *g, vmc_split spli
 vmc_status cli_load_model(const char *path, unsigned long long seed, vmc_graph **g,
                           long long *file_bytes);
 
+/* Removes metadata entry key of g (if any). */
+void cli_meta_remove(vmc_graph *g, const char *key);
+
 /* Subcommands. */
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+/* vmc quantize --qat (cmd_quantize_qat.c): opts parsed by cmd_quantize. */
+struct vmc_qat_opts;
+int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path,
+                 struct vmc_qat_opts *qo, const char *scheme, int do_eval, long eval_limit);
 
 #endif

@@ -10,6 +10,7 @@
 #include "graph/graph.h"
 #include "quant/adaround.h"
 #include "quant/ptq.h"
+#include "quant/qat.h"
 
 static const char *const HELP =
     "Usage: vmc quantize IN.vmc -o OUT.vmc [--calib NAME|PATH] [options]\n\n"
@@ -52,6 +53,28 @@ static const char *const HELP =
     "                        model feeds it) matches the float layer's; worth it\n"
     "                        for 4-bit weights.  Scales and storage are unchanged\n"
     "  --adaround-iters N    optimisation steps per layer (default 1000)\n\n"
+    "Quantization-aware training (--qat): starts from the post-training quantized\n"
+    "model above and fine-tunes it with fake-quantized weights and activations\n"
+    "(float shadow weights, straight-through gradients, activation ranges from\n"
+    "moving averages or learned); BatchNorm is folded from epoch 0.  Evaluates on\n"
+    "the test split after each epoch (--eval-limit: the first N images).\n"
+    "  --qat                 quantization-aware training (needed for w8a4, w4a4)\n"
+    "  --scheme w8a4|w4a4    4-bit activations (u4) on the conv/linear inputs; the\n"
+    "                        image and the residual add operands stay u8\n"
+    "  --epochs N            epochs (default 2)\n"
+    "  --lr X                SGD learning rate, cosine schedule (default 0.003)\n"
+    "  --batch N             batch size (default 128)\n"
+    "  --act-ranges ema|lsq  scales of the conv/linear inputs: moving averages of\n"
+    "                        min/max (default for 8 bits) or learned (LSQ, default\n"
+    "                        for 4 bits); the other fakequants follow averages\n"
+    "  --freeze-observers-epoch E  the moving averages follow the data during\n"
+    "                        epochs 1..E, then stay fixed (default 1; 0: the\n"
+    "                        calibrated ranges throughout)\n"
+    "  --freeze-bn-epoch 0   BatchNorm is folded (frozen) from epoch 0; no other\n"
+    "                        value is supported\n"
+    "  --fixed-weight-scales keep the calibrated weight scales (default: from\n"
+    "                        max |w| of each channel after every step)\n"
+    "  --limit-train N       train on the first N images only\n\n"
     "Per layer it reports the activation range and qparams chosen, the share of\n"
     "calibration values clipped, the SQNR of the activation and of the weights.\n\n"
     "Example:\n"
@@ -61,20 +84,9 @@ static const char *const HELP =
 enum {
   O_CALIB = OPT_CMD_BASE, O_CALIB_IMAGES, O_CALIB_BATCH, O_SCHEME, O_ACT, O_OBSERVER,
   O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EVAL,
-  O_EVAL_LIMIT, O_INPUT_OBSERVER, O_ADAROUND, O_ADAROUND_ITERS
+  O_EVAL_LIMIT, O_INPUT_OBSERVER, O_ADAROUND, O_ADAROUND_ITERS, O_QAT, O_EPOCHS, O_LR, O_BATCH,
+  O_FREEZE_OBS, O_FREEZE_BN, O_FIXED_WSCALES, O_LIMIT_TRAIN, O_ACT_RANGES
 };
-
-/* Removes metadata entry key (if any). */
-static void meta_remove(vmc_graph *g, const char *key) {
-  for (int i = 0; i < g->n_meta; i++) {
-    if (strcmp(g->meta[i].key, key)) continue;
-    vmc_free(g->meta[i].key);
-    vmc_free(g->meta[i].value);
-    memmove(&g->meta[i], &g->meta[i + 1], (size_t)(g->n_meta - i - 1) * sizeof *g->meta);
-    g->n_meta--;
-    return;
-  }
-}
 
 /* JSON number, null where not finite (an SQNR of +inf: no error at all). */
 static void add_num(cJSON *o, const char *key, double v) {
@@ -161,6 +173,15 @@ int cmd_quantize(int argc, char **argv) {
                                        {"eval-limit", required_argument, 0, O_EVAL_LIMIT},
                                        {"adaround", no_argument, 0, O_ADAROUND},
                                        {"adaround-iters", required_argument, 0, O_ADAROUND_ITERS},
+                                       {"qat", no_argument, 0, O_QAT},
+                                       {"epochs", required_argument, 0, O_EPOCHS},
+                                       {"lr", required_argument, 0, O_LR},
+                                       {"batch", required_argument, 0, O_BATCH},
+                                       {"freeze-observers-epoch", required_argument, 0, O_FREEZE_OBS},
+                                       {"freeze-bn-epoch", required_argument, 0, O_FREEZE_BN},
+                                       {"fixed-weight-scales", no_argument, 0, O_FIXED_WSCALES},
+                                       {"limit-train", required_argument, 0, O_LIMIT_TRAIN},
+                                       {"act-ranges", required_argument, 0, O_ACT_RANGES},
                                        {0, 0, 0, 0}};
   cli_common cc;
   cli_common_init(&cc);
@@ -171,6 +192,9 @@ int cmd_quantize(int argc, char **argv) {
   int adaround = 0, adaround_iters_set = 0;
   const char *out_path = NULL, *calib = NULL, *scheme = "w8a8";
   int do_eval = 0, granularity_set = 0, input_same = 0;
+  int qat = 0, a4 = 0, qat_flag = 0, act_ranges = -1; /* act_ranges: 0 ema, 1 lsq, -1 by scheme */
+  vmc_qat_opts qo;
+  vmc_qat_opts_default(&qo);
   long v, eval_limit = 0;
   double d;
   int opt;
@@ -194,11 +218,11 @@ int cmd_quantize(int argc, char **argv) {
     case O_SCHEME:
       if (!strcmp(optarg, "w8a8")) po.weight_scheme = VMC_QSCHEME_S8;
       else if (!strcmp(optarg, "w4a8")) po.weight_scheme = VMC_QSCHEME_S4;
-      else if (!strcmp(optarg, "w8a4") || !strcmp(optarg, "w4a4"))
-        return cli_usage_error("quantize", "--scheme %s: 4-bit activations need "
-                               "quantization-aware training; post-training quantization "
-                               "supports w8a8 and w4a8", optarg);
-      else return cli_usage_error("quantize", "--scheme '%s': expected w8a8 or w4a8", optarg);
+      else if (!strcmp(optarg, "w8a4")) po.weight_scheme = VMC_QSCHEME_S8;
+      else if (!strcmp(optarg, "w4a4")) po.weight_scheme = VMC_QSCHEME_S4;
+      else return cli_usage_error("quantize", "--scheme '%s': expected w8a8, w4a8, w8a4 or w4a4",
+                                  optarg);
+      a4 = optarg[3] == '4';
       scheme = optarg;
       break;
     case O_ACT:
@@ -258,9 +282,59 @@ int cmd_quantize(int argc, char **argv) {
       ao.iters = (int)v;
       adaround_iters_set = 1;
       break;
+    case O_QAT: qat = 1; break;
+    case O_EPOCHS:
+      if (cli_int("--epochs", optarg, 1, 10000, &v)) return 2;
+      qo.train.epochs = (int)v;
+      qat_flag = 1;
+      break;
+    case O_LR:
+      if (cli_float("--lr", optarg, 1e-8, 10, &d)) return 2;
+      qo.train.lr = (float)d;
+      qat_flag = 1;
+      break;
+    case O_BATCH:
+      if (cli_int("--batch", optarg, 1, 65536, &v)) return 2;
+      qo.train.batch = (int)v;
+      qat_flag = 1;
+      break;
+    case O_FREEZE_OBS:
+      if (cli_int("--freeze-observers-epoch", optarg, 0, 10000, &v)) return 2;
+      qo.freeze_observers_epoch = (int)v;
+      qat_flag = 1;
+      break;
+    case O_FREEZE_BN:
+      if (cli_int("--freeze-bn-epoch", optarg, 0, 10000, &v)) return 2;
+      if (v)
+        return cli_usage_error("quantize", "--freeze-bn-epoch %ld: BatchNorm is folded into the "
+                               "convolutions before QAT starts (frozen from epoch 0); only 0 is "
+                               "supported", v);
+      qat_flag = 1;
+      break;
+    case O_ACT_RANGES:
+      if (!strcmp(optarg, "ema")) act_ranges = 0;
+      else if (!strcmp(optarg, "lsq")) act_ranges = 1;
+      else return cli_usage_error("quantize", "--act-ranges '%s': expected ema or lsq", optarg);
+      qat_flag = 1;
+      break;
+    case O_FIXED_WSCALES: qo.fixed_weight_scales = 1; qat_flag = 1; break;
+    case O_LIMIT_TRAIN:
+      if (cli_int("--limit-train", optarg, 1, 1L << 30, &v)) return 2;
+      qo.train.limit_train = (int)v;
+      qat_flag = 1;
+      break;
     default: return cli_usage_error("quantize", "unknown option");
     }
   }
+  if (a4 && !qat)
+    return cli_usage_error("quantize", "--scheme %s: 4-bit activations need --qat "
+                           "(quantization-aware training); post-training quantization "
+                           "supports w8a8 and w4a8", scheme);
+  if (qat_flag && !qat)
+    return cli_usage_error("quantize", "--epochs, --lr, --batch, --freeze-*, --act-ranges, "
+                           "--fixed-weight-scales and --limit-train are for --qat");
+  if (qat && adaround)
+    return cli_usage_error("quantize", "--adaround is for post-training quantization, not --qat");
   if (optind != argc - 1) return cli_usage_error("quantize", "expected one IN.vmc argument");
   if (!out_path) return cli_usage_error("quantize", "no output file: give -o OUT.vmc");
   if (input_same) po.input_observer = po.observer;
@@ -278,6 +352,15 @@ int cmd_quantize(int argc, char **argv) {
   const char *in_path = argv[optind];
   if (calib) cc.data = calib;
   cli_common_apply(&cc);
+  if (qat) {
+    if (a4 && po.act_scheme != VMC_QSCHEME_U8)
+      return cli_usage_error("quantize", "--scheme %s: 4-bit activations are u4; drop --act",
+                             scheme);
+    if (a4) po.act_scheme = VMC_QSCHEME_U4;
+    qo.learn_act_scales = act_ranges < 0 ? a4 : act_ranges;
+    qo.ptq = po;
+    return quantize_qat(&cc, in_path, out_path, &qo, scheme, do_eval, eval_limit);
+  }
 
   vmc_graph *g = NULL, *q = NULL;
   vmc_dataset *train = NULL, *test = NULL;
@@ -300,7 +383,7 @@ int cmd_quantize(int argc, char **argv) {
   /* The float model's accuracy is not the quantized one's. */
   const char *acc = q ? vmc_graph_meta(q, "accuracy") : NULL;
   if (!s && acc) s = vmc_graph_set_meta(q, "accuracy.fp32", acc);
-  if (!s && q) meta_remove(q, "accuracy");
+  if (!s && q) cli_meta_remove(q, "accuracy");
   if (!s && do_eval && !eval_limit) {
     char buf[32];
     snprintf(buf, sizeof buf, "%.4f", eq.accuracy);

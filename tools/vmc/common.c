@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "data/data.h"
+#include "graph/graph.h"
 
 #include <sys/stat.h>
 
@@ -130,4 +131,15 @@ vmc_status cli_open_data(const cli_common *c, const vmc_graph *g, vmc_split spli
       }
   }
   return VMC_OK;
+}
+
+void cli_meta_remove(vmc_graph *g, const char *key) {
+  for (int i = 0; i < g->n_meta; i++) {
+    if (strcmp(g->meta[i].key, key)) continue;
+    vmc_free(g->meta[i].key);
+    vmc_free(g->meta[i].value);
+    memmove(&g->meta[i], &g->meta[i + 1], (size_t)(g->n_meta - i - 1) * sizeof *g->meta);
+    g->n_meta--;
+    return;
+  }
 }

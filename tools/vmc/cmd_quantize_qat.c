@@ -1,0 +1,114 @@
+/* vmc quantize --qat: quantization-aware training (quant/qat.h). */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "data/data.h"
+#include "graph/graph.h"
+#include "quant/qat.h"
+
+typedef struct qat_log {
+  const cli_common *cc;
+  cJSON *epochs;
+} qat_log;
+
+static void on_epoch(void *user, const vmc_epoch_result *r) {
+  qat_log *l = user;
+  if (l->cc->json) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", r->epoch);
+    cJSON_AddNumberToObject(e, "lr", r->lr);
+    cJSON_AddNumberToObject(e, "train_loss", r->train_loss);
+    cJSON_AddNumberToObject(e, "train_accuracy", r->train_acc);
+    if (r->test_acc >= 0) {
+      cJSON_AddNumberToObject(e, "test_loss", r->test_loss);
+      cJSON_AddNumberToObject(e, "test_accuracy", r->test_acc);
+    }
+    cJSON_AddNumberToObject(e, "seconds", r->seconds);
+    cJSON_AddItemToArray(l->epochs, e);
+  } else if (!l->cc->quiet) {
+    printf("qat epoch %3d  loss %.4f  train %6.2f%%", r->epoch, r->train_loss, 100 * r->train_acc);
+    if (r->test_acc >= 0) printf("  test %6.2f%% (loss %.4f)", 100 * r->test_acc, r->test_loss);
+    printf("  %7.0f img/s  %6.1f s\n", r->images_per_sec, r->seconds);
+    fflush(stdout);
+  }
+}
+
+int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path,
+                 struct vmc_qat_opts *qo, const char *scheme, int do_eval, long eval_limit) {
+  vmc_graph *g = NULL, *q = NULL;
+  vmc_dataset *train = NULL, *test = NULL;
+  vmc_qat_report rep = {0};
+  vmc_eval_result ef = {0};
+  qat_log log = {cc, cJSON_CreateArray()};
+  const int quiet = cc->quiet || cc->json;
+  qo->train.seed = cc->seed;
+  qo->train.quiet = !cc->progress;
+  qo->train.limit_test = (int)eval_limit;
+  qo->on_epoch = on_epoch;
+  qo->cb_user = &log;
+  vmc_status s = vmc_model_load(in_path, &g);
+  if (!s) s = cli_open_data(cc, g, VMC_SPLIT_TRAIN, &train);
+  if (!s) s = cli_open_data(cc, g, VMC_SPLIT_TEST, &test);
+  if (!s && do_eval) s = vmc_evaluate(g, test, 256, (int)eval_limit, cc->progress, &ef);
+  if (!s && !quiet)
+    printf("%s -> %s: QAT %s, %d epochs on %s/train (lr %g cosine, batch %d), starting from "
+           "%s post-training quantization\n", in_path, out_path, scheme, qo->train.epochs,
+           train->name, (double)qo->train.lr, qo->train.batch,
+           vmc_observer_kind_name(qo->ptq.observer));
+  if (!s) s = vmc_qat(g, train, test, qo, &q, &rep);
+  /* The float model's accuracy is not the quantized one's. */
+  const char *acc = q ? vmc_graph_meta(q, "accuracy") : NULL;
+  if (!s && acc) s = vmc_graph_set_meta(q, "accuracy.fp32", acc);
+  if (!s && q) cli_meta_remove(q, "accuracy");
+  const vmc_epoch_result *last = rep.epochs ? &rep.epoch[rep.epochs - 1] : NULL;
+  if (!s && !eval_limit && last && last->test_acc >= 0) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.4f", last->test_acc);
+    s = vmc_graph_set_meta(q, "accuracy", buf);
+  }
+  if (!s) s = vmc_model_save(q, out_path);
+  int rc = 0;
+  if (s) {
+    rc = cli_fail("quantize", s, NULL);
+    cJSON_Delete(log.epochs);
+  } else if (cc->json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", in_path);
+    cJSON_AddStringToObject(o, "output", out_path);
+    cJSON_AddStringToObject(o, "method", "qat");
+    cJSON_AddStringToObject(o, "scheme", scheme);
+    cJSON_AddStringToObject(o, "granularity", qo->ptq.per_channel ? "per-channel" : "per-tensor");
+    cJSON_AddStringToObject(o, "weight_scales", qo->fixed_weight_scales ? "fixed" : "max|w| per step");
+    cJSON_AddNumberToObject(o, "epochs_run", rep.epochs);
+    cJSON_AddNumberToObject(o, "lr", qo->train.lr);
+    cJSON_AddNumberToObject(o, "batch", qo->train.batch);
+    cJSON_AddNumberToObject(o, "freeze_observers_epoch", qo->freeze_observers_epoch);
+    cJSON_AddNumberToObject(o, "batchnorm_folded", rep.ptq.bn_folded);
+    cJSON_AddNumberToObject(o, "seconds", rep.seconds);
+    if (do_eval) cJSON_AddNumberToObject(o, "fp32_accuracy", ef.accuracy);
+    if (last && last->test_acc >= 0) {
+      cJSON_AddNumberToObject(o, "test_images", eval_limit ? (double)eval_limit : test->n);
+      cJSON_AddNumberToObject(o, "qat_accuracy", last->test_acc);
+      if (do_eval) cJSON_AddNumberToObject(o, "drop_points", 100.0 * ((double)ef.accuracy - last->test_acc));
+    }
+    cJSON_AddItemToObject(o, "epochs", log.epochs);
+    cli_print_json(o);
+  } else {
+    cJSON_Delete(log.epochs);
+    if (last && last->test_acc >= 0 && (do_eval || !cc->quiet)) {
+      printf("test accuracy on %s: %s QAT %.2f%%", test->name, scheme, 100 * last->test_acc);
+      if (do_eval)
+        printf(", fp32 %.2f%% (drop %.2f points)", 100 * ef.accuracy,
+               100.0 * ((double)ef.accuracy - last->test_acc));
+      printf(", %.1f s\n", rep.seconds);
+    }
+  }
+  vmc_qat_report_free(&rep);
+  vmc_graph_free(g);
+  vmc_graph_free(q);
+  vmc_dataset_free(train);
+  vmc_dataset_free(test);
+  return rc;
+}
