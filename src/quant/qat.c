@@ -416,7 +416,7 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
   if (!f) return vmc_error(VMC_ERR_NOMEM, "qat: metadata");
   fprintf(f, "{\"method\":\"qat\",\"scheme\":\"%s\",\"weights\":{\"scheme\":\"%s\","
           "\"granularity\":\"%s\",\"scales\":\"%s\"},\"activations\":{\"scheme\":\"%s\","
-          "\"input_scheme\":\"%s\",\"observer\":\"moving-avg\",\"momentum\":%.9g,"
+          "\"input_scheme\":\"%s\",\"gemm_inputs\":\"%s\",\"observer\":\"moving-avg\",\"momentum\":%.9g,"
           "\"frozen_after_epoch\":%d,\"start\":\"%s\"},\"bias\":\"%s\",\"batchnorm_folded\":%d,"
           "\"batchnorm\":\"folded from epoch 0\",\"calibration\":{\"data\":\"%s\","
           "\"split\":\"train\",\"images\":%d},\"training\":{\"data\":\"%s\",\"epochs\":%d,"
@@ -424,7 +424,8 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
           "\"weight_decay\":%.9g,\"seed\":%llu},\"layers\":[",
           scheme, ws->name, o->ptq.per_channel ? "per-channel" : "per-tensor",
           o->fixed_weight_scales ? "fixed (ptq)" : "max|w| per step", as->name,
-          o->ptq.act_scheme == VMC_QSCHEME_U4 ? "u8" : as->name, (double)o->momentum,
+          o->ptq.act_scheme == VMC_QSCHEME_U4 ? "u8" : as->name,
+          o->learn_act_scales ? "lsq" : "moving-avg", (double)o->momentum,
           o->freeze_observers_epoch, vmc_observer_kind_name(o->ptq.observer),
           o->ptq.bias_s32 ? "s32" : "f32", pr->bn_folded, data_name, pr->calib_images, data_name,
           c->epochs, c->batch, c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd", (double)c->lr,
@@ -452,8 +453,8 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
   for (int k = 0; k < st->nobs; k++) {
     const vmc_node *n = &st->q->nodes[st->obs[k].node];
     const vmc_qparams p = fq_params(n);
-    fprintf(f, "%s{\"node\":\"%s\",\"input\":\"%s\",\"qparams\":", k ? "," : "", n->name,
-            st->q->values[n->in[0]].name);
+    fprintf(f, "%s{\"node\":\"%s\",\"input\":\"%s\",\"range\":\"%s\",\"qparams\":", k ? "," : "",
+            n->name, st->q->values[n->in[0]].name, st->obs[k].lsq ? "lsq" : "moving-avg");
     json_qp(f, &p, st->obs[k].lo, st->obs[k].hi);
     fprintf(f, "}");
   }
@@ -469,12 +470,13 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
   char acc[48] = "";
   if (last && last->test_acc >= 0) snprintf(acc, sizeof acc, ", test accuracy %.2f%%", 100.0 * last->test_acc);
   snprintf(line, sizeof line, "qat %s: %d epochs on %s/train (%s lr %g %s, batch %d), weights %s "
-           "%s (%s), activations %s (moving-avg %g, frozen after epoch %d), batchnorm folded from "
-           "epoch 0%s", scheme, c->epochs, data_name, c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd",
-           (double)c->lr, sched_name(c->sched), c->batch, ws->name,
-           o->ptq.per_channel ? "per-channel" : "per-tensor",
+           "%s (%s), activations %s (%smoving-avg %g frozen after epoch %d), batchnorm folded "
+           "from epoch 0%s", scheme, c->epochs, data_name,
+           c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd", (double)c->lr, sched_name(c->sched),
+           c->batch, ws->name, o->ptq.per_channel ? "per-channel" : "per-tensor",
            o->fixed_weight_scales ? "fixed scales" : "scales from max|w| each step", as->name,
-           (double)o->momentum, o->freeze_observers_epoch, acc);
+           o->learn_act_scales ? "conv/linear inputs LSQ, others " : "", (double)o->momentum,
+           o->freeze_observers_epoch, acc);
   return vmc_graph_add_history(st->q, line);
 }
 
