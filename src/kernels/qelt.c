@@ -17,12 +17,24 @@ static inline __m128i even_bytes(const uint8_t *p) {
 }
 #endif
 
+/* memcpy for the short rows of activation planes (7..32 bytes here), where
+ * a library call costs more than the copy: two overlapping fixed-size moves,
+ * which the compiler inlines. */
+static inline void copy_row(uint8_t *d, const uint8_t *s, size_t n) {
+  if (n > 32) memcpy(d, s, n);
+  else if (n >= 16) memcpy(d, s, 16), memcpy(d + n - 16, s + n - 16, 16);
+  else if (n >= 8) memcpy(d, s, 8), memcpy(d + n - 8, s + n - 8, 8);
+  else if (n >= 4) memcpy(d, s, 4), memcpy(d + n - 4, s + n - 4, 4);
+  else
+    for (size_t i = 0; i < n; i++) d[i] = s[i];
+}
+
 /* dst[k] = src[k * stride] for k < n (reads nothing past src[(n-1) * stride]):
  * a memcpy, for stride 2 the even bytes of 32-byte blocks (SSE2, part of
  * x86-64) while a whole block is inside, else a plain loop. */
 static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
   if (stride == 1) {
-    memcpy(dst, src, (size_t)n);
+    copy_row(dst, src, (size_t)n);
     return;
   }
   int k = 0;
@@ -209,5 +221,5 @@ void vmc_qwide_col_u8(const uint8_t *xp, const vmc_conv_geom *g, uint8_t *col) {
 }
 
 void vmc_qcrop_u8(const uint8_t *yw, int rows, int oh, int wp, int ow, uint8_t *y) {
-  for (int r = 0; r < rows * oh; r++) memcpy(y + (size_t)r * ow, yw + (size_t)r * wp, (size_t)ow);
+  for (int r = 0; r < rows * oh; r++) copy_row(y + (size_t)r * ow, yw + (size_t)r * wp, (size_t)ow);
 }
