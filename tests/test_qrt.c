@@ -319,7 +319,8 @@ TEST(qrt_im2col_and_phase_layouts) {
     REQUIRE(g.oh > 0 && g.ow > 0);
     const size_t nx = (size_t)g.c * g.h * g.w, K = (size_t)g.c * g.kh * g.kw;
     const size_t P = (size_t)g.oh * g.ow, nw = (size_t)g.oh * vmc_qphase_w(&g);
-    uint8_t *x = malloc(nx), *col = malloc(K * P), *xp = malloc(vmc_qphase_bytes(&g));
+    uint8_t *x = malloc(nx + VMC_QELT_OVERREAD), *col = malloc(K * P);
+    uint8_t *xp = malloc(vmc_qphase_bytes(&g));
     uint8_t *wide = malloc(K * nw);
     float *xf = malloc(nx * sizeof *xf), *colf = malloc(K * P * sizeof *colf);
     REQUIRE(x && col && xp && wide && xf && colf);

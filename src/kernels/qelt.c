@@ -29,9 +29,9 @@ static inline void copy_row(uint8_t *d, const uint8_t *s, size_t n) {
     for (size_t i = 0; i < n; i++) d[i] = s[i];
 }
 
-/* dst[k] = src[k * stride] for k < n (reads nothing past src[(n-1) * stride]):
- * a memcpy, for stride 2 the even bytes of 32-byte blocks (SSE2, part of
- * x86-64) while a whole block is inside, else a plain loop. */
+/* dst[k] = src[k * stride] for k < n: a copy, for stride 2 the even bytes of
+ * 32-byte blocks (SSE2, part of x86-64; may read VMC_QELT_OVERREAD bytes
+ * past src[(n-1) * stride], writes nothing past dst[n-1]), else a loop. */
 static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
   if (stride == 1) {
     copy_row(dst, src, (size_t)n);
@@ -40,8 +40,13 @@ static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
   int k = 0;
 #ifdef __SSE2__
   if (stride == 2) {
-    for (; k + 16 <= n - 1; k += 16) /* reads src[2k + 31] <= src[2 (n - 1) - 1] */
-      _mm_storeu_si128((__m128i *)(dst + k), even_bytes(src + 2 * k));
+    for (; k + 16 <= n; k += 16) _mm_storeu_si128((__m128i *)(dst + k), even_bytes(src + 2 * k));
+    if (k < n) {
+      uint8_t last[16];
+      _mm_storeu_si128((__m128i *)last, even_bytes(src + 2 * k));
+      for (int i = 0; k + i < n; i++) dst[k + i] = last[i];
+    }
+    return;
   }
 #endif
   for (; k < n; k++) dst[k] = src[(size_t)k * stride];

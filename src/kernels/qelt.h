@@ -19,6 +19,10 @@
 #include "kernels/conv.h"
 #include "kernels/qgemm.h"
 
+/* vmc_qim2col_u8 and vmc_qphase_u8 may read up to this many bytes past the
+ * end of x (stride-2 rows are split 32 bytes at a time): keep them allocated. */
+#define VMC_QELT_OVERREAD 32
+
 typedef struct vmc_qact {
   float scale;
   int32_t zp, lo, hi; /* stored (u8) units; 0 <= lo <= hi <= 255 */

@@ -530,6 +530,9 @@ static vmc_status build(lower *L, int batch) {
   const size_t col = q->col_off;
   q->tensor_bytes = place_tensors(q);
   q->col_off = vmc_align_up(q->tensor_bytes, VMC_ALIGN);
+  /* The scratch after the tensors, and VMC_ALIGN bytes after it, cover
+   * what the kernels may read past a tensor (VMC_QELT_OVERREAD). */
+  _Static_assert(VMC_QELT_OVERREAD <= VMC_ALIGN, "arena slack");
   q->ctx_bytes = q->col_off + vmc_align_up(col, VMC_ALIGN) + VMC_ALIGN;
   q->batch = batch;
   q->nthreads = vmc_get_threads();
