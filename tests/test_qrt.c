@@ -269,6 +269,41 @@ TEST(qrt_add_requant_by_hand) {
   CHECK(back[0] == -2.5f && back[5] == 122.5f && back[6] == -5.0f);
 }
 
+/* The AVX2 build of the element-wise loops gives the base build's bits
+ * (random codes and parameters, ties included, odd lengths). */
+TEST(qrt_elementwise_avx2_matches_base) {
+  if (!(vmc_cpu_features() & VMC_CPU_AVX2)) SKIP("the CPU lacks AVX2");
+  enum { N = 1000 };
+  vmc_rng r;
+  vmc_rng_seed(&r, 8);
+  uint8_t a[N], b[N], y0[N], y1[N];
+  float x[N];
+  size_t bad = 0;
+  for (int t = 0; t < 40; t++) {
+    const size_t n = 1 + vmc_rng_below(&r, N);
+    for (size_t i = 0; i < n; i++) {
+      a[i] = (uint8_t)vmc_rng_below(&r, 256), b[i] = (uint8_t)vmc_rng_below(&r, 256);
+      x[i] = (vmc_rng_uniform(&r) - 0.5f) * 40.0f;
+      if (i % 7 == 0) x[i] = (float)(int)x[i] + 0.5f; /* ties */
+    }
+    const float sa = 0.01f + vmc_rng_uniform(&r), sb = t % 5 == 0 ? sa : 0.01f + vmc_rng_uniform(&r);
+    const float inv = 1.0f / (0.01f + vmc_rng_uniform(&r));
+    const int32_t za = (int32_t)vmc_rng_below(&r, 256), zb = (int32_t)vmc_rng_below(&r, 256);
+    const int32_t zp = (int32_t)vmc_rng_below(&r, 256);
+    const float lo = (float)(-zp + (t % 3 == 0 ? zp : 0)), hi = (float)(255 - zp);
+    vmc_qadd2_u8_base(a, b, n, sa, za, sb, zb, inv, lo, hi, zp, y0);
+    vmc_qadd2_u8_avx2(a, b, n, sa, za, sb, zb, inv, lo, hi, zp, y1);
+    bad += memcmp(y0, y1, n) != 0;
+    vmc_qrequant_u8_base(a, n, sa, za, inv, lo, hi, zp, y0);
+    vmc_qrequant_u8_avx2(a, n, sa, za, inv, lo, hi, zp, y1);
+    bad += memcmp(y0, y1, n) != 0;
+    vmc_qquantize_f32_base(x, n, inv, lo, hi, zp, y0);
+    vmc_qquantize_f32_avx2(x, n, inv, lo, hi, zp, y1);
+    bad += memcmp(y0, y1, n) != 0;
+  }
+  CHECK_EQ_INT(bad, 0);
+}
+
 TEST(qrt_pools_by_hand) {
   /* One 3x3 plane, zero point 10. */
   const uint8_t x[9] = {10, 11, 12, 14, 20, 10, 9, 9, 30};

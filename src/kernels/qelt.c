@@ -52,15 +52,18 @@ static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
   for (; k < n; k++) dst[k] = src[(size_t)k * stride];
 }
 
-/* The loops read every parameter into a local first: y (u8) may alias the
- * parameter structs, which would keep the compiler from vectorising. */
+/* The element-wise loops (qelt_loops.h), for the base ISA here and with
+ * AVX2 in qelt_avx2.c: bit-identical, the wider one picked when the ISA
+ * path allows it. */
+#define QELT_SFX base
+#include "kernels/qelt_loops.h"
+
+
+static int use_avx2(void) { return strcmp(vmc_isa_name(), "ref") != 0; }
+
 void vmc_qquantize_f32(const float *x, size_t n, float inv, const vmc_qact *o, uint8_t *y) {
   const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
-  const int32_t zp = o->zp;
-  for (size_t i = 0; i < n; i++) {
-    const float v = x[i] * inv;
-    y[i] = vmc_qround_u8(v == v ? v : 0.0f, lo, hi, zp);
-  }
+  (use_avx2() ? vmc_qquantize_f32_avx2 : vmc_qquantize_f32_base)(x, n, inv, lo, hi, o->zp, y);
 }
 
 void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y) {
@@ -69,26 +72,16 @@ void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y)
   for (size_t i = 0; i < n; i++) y[i] = (float)((int32_t)x[i] - zp) * s;
 }
 
-static void requant_u8(const uint8_t *restrict a, size_t n, float sa, int32_t za, float inv_o,
-                       float lo, float hi, int32_t zp, uint8_t *restrict y) {
-  for (size_t i = 0; i < n; i++)
-    y[i] = vmc_qround_u8((float)((int32_t)a[i] - za) * sa * inv_o, lo, hi, zp);
-}
-
-static void add_u8(const uint8_t *restrict a, const uint8_t *restrict b, size_t n, float sa,
-                   int32_t za, float sb, int32_t zb, float inv_o, float lo, float hi, int32_t zp,
-                   uint8_t *restrict y) {
-  for (size_t i = 0; i < n; i++) {
-    const float va = (float)((int32_t)a[i] - za) * sa, vb = (float)((int32_t)b[i] - zb) * sb;
-    y[i] = vmc_qround_u8((va + vb) * inv_o, lo, hi, zp);
-  }
-}
-
 void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const vmc_qact *qb,
                  size_t n, float inv_o, const vmc_qact *o, uint8_t *y) {
   const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
-  if (!b) requant_u8(a, n, qa->scale, qa->zp, inv_o, lo, hi, o->zp, y);
-  else add_u8(a, b, n, qa->scale, qa->zp, qb->scale, qb->zp, inv_o, lo, hi, o->zp, y);
+  const int wide = use_avx2();
+  if (!b)
+    (wide ? vmc_qrequant_u8_avx2 : vmc_qrequant_u8_base)(a, n, qa->scale, qa->zp, inv_o, lo, hi,
+                                                         o->zp, y);
+  else
+    (wide ? vmc_qadd2_u8_avx2 : vmc_qadd2_u8_base)(a, b, n, qa->scale, qa->zp, qb->scale, qb->zp,
+                                                   inv_o, lo, hi, o->zp, y);
 }
 
 void vmc_qmaxpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, uint8_t *y) {

@@ -49,6 +49,21 @@ void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y)
 void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const vmc_qact *qb,
                  size_t n, float inv_o, const vmc_qact *o, uint8_t *y);
 
+/* The loops behind vmc_qquantize_f32 and vmc_qadd_u8 (lo, hi relative to
+ * zp), for the base ISA and AVX2 (qelt_loops.h): the same bits; exported
+ * for the tests. */
+#define VMC_QELT_LOOPS(sfx)                                                                   \
+  void vmc_qquantize_f32_##sfx(const float *restrict x, size_t n, float inv, float lo,        \
+                               float hi, int32_t zp, uint8_t *restrict y);                    \
+  void vmc_qrequant_u8_##sfx(const uint8_t *restrict a, size_t n, float sa, int32_t za,       \
+                             float inv_o, float lo, float hi, int32_t zp,                     \
+                             uint8_t *restrict y);                                            \
+  void vmc_qadd2_u8_##sfx(const uint8_t *restrict a, const uint8_t *restrict b, size_t n,     \
+                          float sa, int32_t za, float sb, int32_t zb, float inv_o, float lo,  \
+                          float hi, int32_t zp, uint8_t *restrict y);
+VMC_QELT_LOOPS(base)
+VMC_QELT_LOOPS(avx2) /* built with AVX2: call only where the CPU has it */
+
 /* Max pooling of `planes` planes of g (padding is ignored, as the float op's
  * -inf): codes are monotonic in the value, so the output keeps x's params. */
 void vmc_qmaxpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, uint8_t *y);
