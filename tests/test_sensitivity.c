@@ -3,10 +3,15 @@
  * single-layer rules give (logits bit for bit); a layer made fragile ranks
  * first and keeps 8 bits; the greedy choice meets its budget, moves the
  * cheapest layer first and keeps fp32 layers; the accuracy budget keeps the
- * fragile layer in fp32; bad budgets are rejected. */
+ * fragile layer in fp32; bad budgets are rejected; `vmc quantize
+ * --sensitivity / --bits-budget` end to end. */
 #include "test.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "data/data.h"
 #include "graph/plan.h"
@@ -339,4 +344,114 @@ TEST(sens_rejects_bad_requests) {
   vmc_sens_report_free(&r);
   vmc_dataset_free(d);
   vmc_graph_free(g);
+}
+
+/* ---- vmc quantize --sensitivity / --bits-budget ------------------------------------ */
+
+static const char *vmc_bin(void) {
+  const char *b = getenv("VMC_BIN");
+  return b && *b ? b : "build/vmc";
+}
+
+static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int run(char *out, size_t n, const char *fmt, ...) {
+  char args[2048], cmd[2300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
+  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t k = fread(out, 1, n - 1, p);
+  out[k] = 0;
+  int st = pclose(p);
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int lines_of(const char *path) {
+  FILE *f = fopen(path, "r");
+  int n = 0, c;
+  if (!f) return -1;
+  while ((c = fgetc(f)) != EOF) n += c == '\n';
+  fclose(f);
+  return n;
+}
+
+static char g_out[1 << 16];
+
+TEST(sens_cli) {
+  if (access(vmc_bin(), X_OK)) SKIP("vmc binary not built (set VMC_BIN)");
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize --help"), 0);
+  CHECK(strstr(g_out, "--sensitivity") && strstr(g_out, "--bits-budget") && strstr(g_out, "--max-drop"));
+  vmc_dataset *probe = NULL;
+  if (vmc_dataset_open("fashion-mnist", VMC_SPLIT_TEST, &probe) != VMC_OK)
+    SKIP("fashion-mnist not installed (apt-get install dataset-fashion-mnist)");
+  vmc_dataset_free(probe);
+  const char *dir = vmc_test_tmpdir();
+  char in[512], out[512], csv[512], json[512];
+  snprintf(in, sizeof in, "%s/sens_l5.vmc", dir);
+  snprintf(out, sizeof out, "%s/sens_l5m.vmc", dir);
+  snprintf(csv, sizeof csv, "%s/sens_l5.csv", dir);
+  snprintf(json, sizeof json, "%s/sens_l5.json", dir);
+  vmc_graph *g = model("lenet5", NULL);
+  REQUIRE(g);
+  REQUIRE_OK(vmc_graph_set_meta(g, "dataset", "fashion-mnist"));
+  REQUIRE_OK(vmc_model_save(g, in));
+  vmc_graph_free(g);
+  static const struct {
+    const char *args;
+    const char *msg;
+  } bad[] = {
+      {"quantize %s --bits-budget 3.5 -o %s", "below 4"},
+      {"quantize %s --bits-budget nan -o %s", "--bits-budget"},
+      {"quantize %s --max-drop 1 -o %s", "--max-drop"},
+      {"quantize %s --rank hessian --bits-budget 6 -o %s", "hessian"},
+      {"quantize %s --bits-budget 6 --scheme w4a8 -o %s", "--scheme"},
+      {"quantize %s --bits-budget 6 --qat -o %s", "--qat"},
+      {"quantize %s --sensitivity -o %s", "needs --bits-budget"},
+      {"quantize %s --bits-budget 6 --held-out 0 -o %s", "--held-out"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char args[1024];
+    snprintf(args, sizeof args, bad[i].args, in, out);
+    const int rc = run(g_out, sizeof g_out, "%s", args);
+    if (rc != 2 || !strstr(g_out, bad[i].msg))
+      vmc_test_fail(__FILE__, __LINE__, "'%s' exited %d (want 2): %s", args, rc, g_out);
+    CHECK(access(out, F_OK) != 0);
+  }
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s --bits-budget 6", in), 2);
+  CHECK(strstr(g_out, "-o") != NULL);
+  /* Nothing left to evaluate on: an error, no table, no model. */
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s --sensitivity=%s --calib-images 60000 "
+                   "--bits-budget 6 -o %s", in, csv, out), 1);
+  CHECK(strstr(g_out, "none is left") && access(csv, F_OK) != 0 && access(out, F_OK) != 0);
+  /* The table: one CSV row per layer. */
+  int rc = run(g_out, sizeof g_out, "quantize %s --sensitivity=%s --calib-images 32 --held-out 100 "
+               "--threads 2", in, csv);
+  CHECK_EQ_INT(rc, 0);
+  CHECK(strstr(g_out, "logit4") && strstr(g_out, "fc3") && strstr(g_out, "held-out"));
+  CHECK_EQ_INT(lines_of(csv), 1 + 5);
+  rc = run(g_out, sizeof g_out, "quantize %s --sensitivity=%s --calib-images 32 --held-out 100 "
+           "--quiet", in, json);
+  CHECK_EQ_INT(rc, 0);
+  FILE *f = fopen(json, "r");
+  REQUIRE(f);
+  const size_t k = fread(g_out, 1, sizeof g_out - 1, f);
+  g_out[k] = 0;
+  fclose(f);
+  CHECK(strstr(g_out, "\"node\": \"conv2\"") && strstr(g_out, "\"drop4_points\""));
+  /* Mixed precision to a budget, the model written. */
+  rc = run(g_out, sizeof g_out, "quantize %s --calib-images 32 --held-out 100 --bits-budget 5 "
+           "-o %s --json", in, out);
+  CHECK_EQ_INT(rc, 0);
+  const char *mb = strstr(g_out, "\"mean_bits\":");
+  REQUIRE(mb);
+  const double mean = atof(mb + strlen("\"mean_bits\":"));
+  CHECK(mean <= 5 && mean >= 4);
+  CHECK(access(out, F_OK) == 0);
+  rc = run(g_out, sizeof g_out, "info %s", out);
+  CHECK_EQ_INT(rc, 0);
+  CHECK(strstr(g_out, "mixed precision") != NULL);
 }

@@ -78,4 +78,19 @@ struct vmc_qat_opts;
 int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path,
                  struct vmc_qat_opts *qo, const char *scheme, int do_eval, long eval_limit);
 
+/* vmc quantize --sensitivity / --bits-budget (cmd_quantize_mixed.c): opts
+ * parsed by cmd_quantize. */
+struct vmc_ptq_opts;
+typedef struct cli_mixed {
+  int sensitivity;     /* print the per-layer table */
+  const char *table;   /* also write it here (.json: JSON, else CSV), or NULL */
+  double bits_budget;  /* mixed precision to this many bits per weight; 0: none */
+  double max_drop;     /* accuracy budget in points on the held-out images; < 0: none */
+  int rank;            /* vmc_sens_rank */
+  int held_out;        /* held-out training images */
+} cli_mixed;
+int quantize_mixed(const cli_common *cc, const char *in_path, const char *out_path,
+                   const struct vmc_ptq_opts *po, const cli_mixed *m, int do_eval,
+                   long eval_limit);
+
 #endif

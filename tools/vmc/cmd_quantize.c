@@ -11,6 +11,7 @@
 #include "quant/adaround.h"
 #include "quant/ptq.h"
 #include "quant/qat.h"
+#include "quant/sensitivity.h"
 
 static const char *const HELP =
     "Usage: vmc quantize IN.vmc -o OUT.vmc [--calib NAME|PATH] [options]\n\n"
@@ -75,6 +76,27 @@ static const char *const HELP =
     "  --fixed-weight-scales keep the calibrated weight scales (default: from\n"
     "                        max |w| of each channel after every step)\n"
     "  --limit-train N       train on the first N images only\n\n"
+    "Sensitivity and mixed precision (see docs/quantization.md):\n"
+    "  --sensitivity [FILE]  quantize each conv/linear alone (its input u8, its\n"
+    "                        weights s8, then s4; the rest fp32) and print per\n"
+    "                        layer the accuracy drop (points) and the SQNR of the\n"
+    "                        logits against the fp32 model on held-out TRAINING\n"
+    "                        images (the ones after the calibration images); also\n"
+    "                        writes the table to FILE (JSON if it ends in .json,\n"
+    "                        else CSV).  -o is not needed.  Give FILE as\n"
+    "                        --sensitivity=FILE\n"
+    "  --held-out N          held-out images (default 2000)\n"
+    "  --bits-budget B       mixed precision: s4 or s8 per layer so that the conv/\n"
+    "                        linear weights average at most B bits (>= 4; 8 is\n"
+    "                        all-s8, 4 all-s4; an fp32 layer counts 32): the\n"
+    "                        layers with the least 4-bit damage per weight go to\n"
+    "                        4 bits first; then PTQ with those bits into -o\n"
+    "  --max-drop P          and at most P points lost on the held-out images:\n"
+    "                        while it is more, the layer most damaged at 8 bits\n"
+    "                        stays fp32 and the choice is made again (an error\n"
+    "                        when no choice meets both budgets)\n"
+    "  --rank noise|drop     4-bit damage: the logit noise 10^(-SQNR/10) (default)\n"
+    "                        or the held-out accuracy drop\n\n"
     "Per layer it reports the activation range and qparams chosen, the share of\n"
     "calibration values clipped, the SQNR of the activation and of the weights.\n\n"
     "Example:\n"
@@ -84,8 +106,9 @@ static const char *const HELP =
 enum {
   O_CALIB = OPT_CMD_BASE, O_CALIB_IMAGES, O_CALIB_BATCH, O_SCHEME, O_ACT, O_OBSERVER,
   O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EVAL,
-  O_EVAL_LIMIT, O_INPUT_OBSERVER, O_ADAROUND, O_ADAROUND_ITERS, O_QAT, O_EPOCHS, O_LR, O_BATCH,
-  O_FREEZE_OBS, O_FREEZE_BN, O_FIXED_WSCALES, O_LIMIT_TRAIN, O_ACT_RANGES
+  O_EVAL_LIMIT, O_INPUT_OBSERVER, O_QAT, O_EPOCHS, O_LR, O_BATCH, O_FREEZE_OBS, O_FREEZE_BN,
+  O_FIXED_WSCALES, O_LIMIT_TRAIN, O_ACT_RANGES, O_SENSITIVITY, O_HELD_OUT, O_BITS_BUDGET,
+  O_MAX_DROP, O_RANK, O_ADAROUND, O_ADAROUND_ITERS
 };
 
 /* JSON number, null where not finite (an SQNR of +inf: no error at all). */
@@ -182,6 +205,11 @@ int cmd_quantize(int argc, char **argv) {
                                        {"fixed-weight-scales", no_argument, 0, O_FIXED_WSCALES},
                                        {"limit-train", required_argument, 0, O_LIMIT_TRAIN},
                                        {"act-ranges", required_argument, 0, O_ACT_RANGES},
+                                       {"sensitivity", optional_argument, 0, O_SENSITIVITY},
+                                       {"held-out", required_argument, 0, O_HELD_OUT},
+                                       {"bits-budget", required_argument, 0, O_BITS_BUDGET},
+                                       {"max-drop", required_argument, 0, O_MAX_DROP},
+                                       {"rank", required_argument, 0, O_RANK},
                                        {0, 0, 0, 0}};
   cli_common cc;
   cli_common_init(&cc);
@@ -195,6 +223,8 @@ int cmd_quantize(int argc, char **argv) {
   int qat = 0, a4 = 0, qat_flag = 0, act_ranges = -1; /* act_ranges: 0 ema, 1 lsq, -1 by scheme */
   vmc_qat_opts qo;
   vmc_qat_opts_default(&qo);
+  cli_mixed mx = {.max_drop = -1, .held_out = 2000};
+  int mixed_flag = 0, scheme_set = 0;
   long v, eval_limit = 0;
   double d;
   int opt;
@@ -224,6 +254,7 @@ int cmd_quantize(int argc, char **argv) {
                                   optarg);
       a4 = optarg[3] == '4';
       scheme = optarg;
+      scheme_set = 1;
       break;
     case O_ACT:
       if (!strcmp(optarg, "u8")) po.act_scheme = VMC_QSCHEME_U8;
@@ -276,12 +307,6 @@ int cmd_quantize(int argc, char **argv) {
       if (cli_int("--eval-limit", optarg, 1, 1L << 30, &eval_limit)) return 2;
       do_eval = 1;
       break;
-    case O_ADAROUND: adaround = 1; break;
-    case O_ADAROUND_ITERS:
-      if (cli_int("--adaround-iters", optarg, 1, 1L << 24, &v)) return 2;
-      ao.iters = (int)v;
-      adaround_iters_set = 1;
-      break;
     case O_QAT: qat = 1; break;
     case O_EPOCHS:
       if (cli_int("--epochs", optarg, 1, 10000, &v)) return 2;
@@ -323,6 +348,38 @@ int cmd_quantize(int argc, char **argv) {
       qo.train.limit_train = (int)v;
       qat_flag = 1;
       break;
+    case O_SENSITIVITY: mx.sensitivity = 1; mx.table = optarg; break;
+    case O_HELD_OUT:
+      if (cli_int("--held-out", optarg, 1, 1L << 30, &v)) return 2;
+      mx.held_out = (int)v;
+      mixed_flag = 1;
+      break;
+    case O_BITS_BUDGET:
+      if (cli_float("--bits-budget", optarg, 0, 1e6, &d)) return 2;
+      if (!(d >= 4))
+        return cli_usage_error("quantize", "--bits-budget %g: below 4 bits per weight (every "
+                               "layer at 4 bits is the smallest choice)", d);
+      mx.bits_budget = d;
+      break;
+    case O_MAX_DROP:
+      if (cli_float("--max-drop", optarg, 0, 100, &d)) return 2;
+      mx.max_drop = d;
+      mixed_flag = 1;
+      break;
+    case O_RANK: {
+      vmc_sens_rank k;
+      if (vmc_sens_rank_from_name(optarg, &k))
+        return cli_usage_error("quantize", "--rank '%s': expected noise or drop", optarg);
+      mx.rank = (int)k;
+      mixed_flag = 1;
+      break;
+    }
+    case O_ADAROUND: adaround = 1; break;
+    case O_ADAROUND_ITERS:
+      if (cli_int("--adaround-iters", optarg, 1, 1L << 24, &v)) return 2;
+      ao.iters = (int)v;
+      adaround_iters_set = 1;
+      break;
     default: return cli_usage_error("quantize", "unknown option");
     }
   }
@@ -336,7 +393,21 @@ int cmd_quantize(int argc, char **argv) {
   if (qat && adaround)
     return cli_usage_error("quantize", "--adaround is for post-training quantization, not --qat");
   if (optind != argc - 1) return cli_usage_error("quantize", "expected one IN.vmc argument");
-  if (!out_path) return cli_usage_error("quantize", "no output file: give -o OUT.vmc");
+  if (mx.sensitivity || mx.bits_budget > 0) {
+    if (qat || a4 || scheme_set)
+      return cli_usage_error("quantize", "--sensitivity and --bits-budget choose the weight bits "
+                             "per layer (post-training, 8-bit activations): drop --scheme/--qat");
+    if (mx.bits_budget > 0 && !out_path)
+      return cli_usage_error("quantize", "--bits-budget: no output file: give -o OUT.vmc");
+    if (!mx.bits_budget && out_path)
+      return cli_usage_error("quantize", "-o with --sensitivity needs --bits-budget (the table "
+                             "alone writes no model)");
+  } else if (mixed_flag) {
+    return cli_usage_error("quantize", "--held-out, --max-drop and --rank are for --sensitivity "
+                           "or --bits-budget");
+  }
+  if (!out_path && !mx.sensitivity)
+    return cli_usage_error("quantize", "no output file: give -o OUT.vmc");
   if (input_same) po.input_observer = po.observer;
   if (po.obs.percentile > 0 && po.observer != VMC_OBSERVER_PERCENTILE &&
       po.input_observer != VMC_OBSERVER_PERCENTILE)
@@ -349,9 +420,14 @@ int cmd_quantize(int argc, char **argv) {
     return cli_usage_error("quantize", "--bins is for the percentile, mse and kl observers");
   if (adaround_iters_set && !adaround)
     return cli_usage_error("quantize", "--adaround-iters is for --adaround");
+  if (adaround && (qat || mx.sensitivity || mx.bits_budget > 0))
+    return cli_usage_error("quantize", "--adaround is for post-training quantization (not with "
+                           "--qat, --sensitivity or --bits-budget)");
   const char *in_path = argv[optind];
   if (calib) cc.data = calib;
   cli_common_apply(&cc);
+  if (mx.sensitivity || mx.bits_budget > 0)
+    return quantize_mixed(&cc, in_path, out_path, &po, &mx, do_eval, eval_limit);
   if (qat) {
     if (a4 && po.act_scheme != VMC_QSCHEME_U8)
       return cli_usage_error("quantize", "--scheme %s: 4-bit activations are u4; drop --act",
