@@ -445,9 +445,14 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
     } else {
       fprintf(f, "null");
     }
-    fprintf(f, ",\"weight\":{\"scales\":[");
-    for (int k = 0; k < w->blocks; k++) fprintf(f, "%s%.9g", k ? "," : "", (double)w->qp[k].scale);
-    fprintf(f, "]}}");
+    /* The scales themselves live on the parameter (vmc_param.qscale). */
+    float smin = FLT_MAX, smax = 0;
+    for (int k = 0; k < w->blocks; k++) {
+      smin = w->qp[k].scale < smin ? w->qp[k].scale : smin;
+      smax = w->qp[k].scale > smax ? w->qp[k].scale : smax;
+    }
+    fprintf(f, ",\"weight\":{\"bits\":%d,\"channels\":%d,\"scale_min\":%.9g,\"scale_max\":%.9g}}",
+            st->wscheme == VMC_QSCHEME_S4 ? 4 : 8, w->blocks, (double)smin, (double)smax);
   }
   fprintf(f, "],\"fakequant\":[");
   for (int k = 0; k < st->nobs; k++) {
