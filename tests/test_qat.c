@@ -294,6 +294,40 @@ TEST(qat_freezing_stops_observers) {
   vmc_dataset_free(d);
 }
 
+/* Per-layer rules of the PTQ pass (mixed precision) hold through QAT: a
+ * 4-bit layer among 8-bit ones, an fp32 layer that trains in float. */
+TEST(qat_keeps_per_layer_rules) {
+  vmc_graph *g = lenet();
+  vmc_dataset *d = blobs(64, 8);
+  REQUIRE(g && d);
+  const vmc_ptq_rule rules[2] = {{"conv2", 4, 1}, {"fc1", 0, 1}};
+  vmc_qat_opts o;
+  quick_opts(&o, 1, 64);
+  o.ptq.rules = rules;
+  o.ptq.n_rules = 2;
+  vmc_graph *q = NULL;
+  REQUIRE_OK(vmc_qat(g, d, NULL, &o, &q, NULL));
+  static const struct {
+    const char *param;
+    vmc_dtype store;
+  } want[] = {{"conv1.weight", VMC_S8}, {"conv2.weight", VMC_S4}, {"fc1.weight", VMC_F32},
+              {"fc2.weight", VMC_S8}, {"fc3.weight", VMC_S8}};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    const int id = vmc_graph_find_param(q, want[i].param);
+    REQUIRE(id >= 0);
+    CHECK_EQ_INT((int)q->params[id].store, (int)want[i].store);
+  }
+  /* The fp32 layer trained: its weights moved off the float start. */
+  const int a = vmc_graph_find_param(q, "fc1.weight"), b = vmc_graph_find_param(g, "fc1.weight");
+  size_t moved = 0;
+  for (size_t j = 0; j < vmc_shape_count(&q->params[a].shape); j++)
+    moved += q->params[a].data[j] != g->params[b].data[j];
+  CHECK(moved > 0);
+  vmc_graph_free(q);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
+
 TEST(qat_rejects_bad_options) {
   vmc_graph *g = lenet();
   vmc_dataset *d = blobs(16, 7);

@@ -65,7 +65,8 @@ vmc_status vmc_qat_fake_quantize_weights(const float *w, int channels, size_t k,
 typedef struct qweight {
   int node;         /* in q */
   int w, b;         /* parameter ids (b: -1 without a bias) */
-  int fq;           /* the fakequant node it reads, or -1 */
+  int fq;           /* the fakequant node it reads, or -1 (a float input) */
+  vmc_qscheme scheme; /* its weights' (per-layer rules may differ from the opts) */
   int blocks;       /* scales: output channels, or 1 per tensor */
   size_t k;         /* weights per block */
   float *shadow;    /* what the optimizer updates */
@@ -157,17 +158,22 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
   for (int i = 0; i < q->n_nodes; i++) {
     const vmc_node *nd = &q->nodes[i];
     if (!is_layer(nd)) continue;
+    const vmc_ptq_layer *l = NULL;
+    for (int k = 0; k < pr->n_layers; k++)
+      if (!strcmp(pr->layers[k].node, nd->name)) l = &pr->layers[k];
+    if (!l) return vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' is not in the PTQ report", nd->name);
+    if (!l->weight_bits) continue; /* a per-layer rule keeps it fp32: it trains as it is */
     qweight *w = &st->w[st->nw++];
     const vmc_param *pw = &q->params[nd->param[0]];
     const size_t total = vmc_shape_count(&pw->shape);
     w->node = i;
     w->w = nd->param[0];
     w->b = nd->n_param > 1 ? nd->param[1] : -1;
-    w->fq = -1;
-    for (int l = 0; l < pr->n_layers; l++)
-      if (!strcmp(pr->layers[l].node, nd->name)) w->fq = node_index(q, pr->layers[l].quant);
-    if (w->fq < 0 || strcmp(q->nodes[w->fq].op->name, "fakequant"))
-      return vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' reads no fakequant", nd->name);
+    w->scheme = l->weight_bits == 4 ? VMC_QSCHEME_S4 : VMC_QSCHEME_S8;
+    w->fq = l->quant[0] ? node_index(q, l->quant) : -1;
+    if (l->quant[0] && (w->fq < 0 || strcmp(q->nodes[w->fq].op->name, "fakequant")))
+      return vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' reads '%s', not a fakequant", nd->name,
+                       l->quant);
     w->blocks = st->o->ptq.per_channel ? pw->shape.d[0] : 1;
     w->k = total / (size_t)w->blocks;
     w->shadow = vmc_malloc_plain(total * sizeof *w->shadow);
@@ -180,7 +186,7 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
     memcpy(w->shadow, f->params[fi].data, total * sizeof *w->shadow);
     /* Stored as float while it trains (the PTQ scales no longer hold). */
     VMC_TRY(vmc_param_set_quantized(q, w->w, VMC_F32, NULL, 0));
-    VMC_TRY(vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, st->wscheme, w->qp,
+    VMC_TRY(vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, w->scheme, w->qp,
                                           pw->data));
     if (w->b >= 0) { /* the float bias: the shadow of the s32 one */
       const int fb = vmc_graph_find_param(f, q->params[w->b].name);
@@ -188,14 +194,14 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
       if (fb < 0) return vmc_error(VMC_ERR_INTERNAL, "qat: bias '%s' has no float original",
                                    q->params[w->b].name);
       memcpy(q->params[w->b].data, f->params[fb].data, nb * sizeof(float));
-      if (st->o->ptq.bias_s32) {
+      if (st->o->ptq.bias_s32 && w->fq >= 0) {
         w->bshadow = vmc_malloc_plain(nb * sizeof *w->bshadow);
         if (!w->bshadow) return vmc_error(VMC_ERR_NOMEM, "qat: bias of '%s'", nd->name);
         memcpy(w->bshadow, f->params[fb].data, nb * sizeof(float));
       }
     }
   }
-  if (!st->nw) return vmc_error(VMC_ERR_INVALID_ARG, "qat: the model has no conv2d or linear node");
+  if (!st->nw) return vmc_error(VMC_ERR_INVALID_ARG, "qat: no conv2d or linear weight to quantize");
   return VMC_OK;
 }
 
@@ -355,7 +361,7 @@ static vmc_status qat_after_step(void *user, vmc_plan *p, long step) {
     memcpy(w->shadow, pw->data, (size_t)w->blocks * w->k * sizeof(float));
     vmc_status s = st->o->fixed_weight_scales
                        ? vmc_qfake_quantize(w->shadow, w->blocks, w->k, w->qp, pw->data)
-                       : vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, st->wscheme,
+                       : vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, w->scheme,
                                                        w->qp, pw->data);
     if (s) return vmc_error(s, "qat: weight '%s' at step %ld: %s", pw->name, step, vmc_last_error());
     if (w->bshadow) {
@@ -386,7 +392,7 @@ static vmc_status finish_weights(qat_state *st) {
     scales = vmc_malloc_plain((size_t)w->blocks * sizeof *scales);
     if (!scales) return vmc_error(VMC_ERR_NOMEM, "qat: scales");
     for (int c = 0; c < w->blocks; c++) scales[c] = w->qp[c].scale;
-    s = vmc_param_set_quantized(q, w->w, st->wscheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8, scales,
+    s = vmc_param_set_quantized(q, w->w, w->scheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8, scales,
                                 w->blocks);
   }
   vmc_free(scales);
@@ -452,7 +458,7 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
       smax = w->qp[k].scale > smax ? w->qp[k].scale : smax;
     }
     fprintf(f, ",\"weight\":{\"bits\":%d,\"channels\":%d,\"scale_min\":%.9g,\"scale_max\":%.9g}}",
-            st->wscheme == VMC_QSCHEME_S4 ? 4 : 8, w->blocks, (double)smin, (double)smax);
+            w->scheme == VMC_QSCHEME_S4 ? 4 : 8, w->blocks, (double)smin, (double)smax);
   }
   fprintf(f, "],\"fakequant\":[");
   for (int k = 0; k < st->nobs; k++) {
