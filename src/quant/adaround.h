@@ -94,7 +94,9 @@ void vmc_adaround_report_free(vmc_adaround_report *r);
  * report may be NULL (free with vmc_adaround_report_free, also after an
  * error).  Errors: bad options, q without a quantized conv2d/linear weight
  * (not the output of vmc_ptq_quantize), a layer or weight of q missing from
- * the float model or shaped differently, images not of the model's shape. */
+ * the float model or shaped differently, images not of the model's shape
+ * (all found before q is touched).  A failure later (memory) may leave the
+ * first layers of q rounded, each with valid codes. */
 vmc_status vmc_adaround(const vmc_graph *float_graph, vmc_graph *q, const vmc_dataset *calib,
                         const vmc_adaround_opts *opts, vmc_adaround_report *report);
 
