@@ -3,8 +3,8 @@
 # benchmark it, and print one summary table.
 #   scripts/demo.sh [VMC_BINARY]
 # Environment: DEMO_MODEL (default resnet8), DEMO_EPOCHS (default 8),
-# DEMO_OUT (default out/), VMC_THREADS (default: all cores), DEMO_W4_OPTS (extra
-# options for the 4-bit quantization).
+# DEMO_OUT (default out/), VMC_THREADS (default: all cores), DEMO_W4_OPTS (options
+# of the 4-bit quantization, default --adaround).
 set -eu
 VMC=${1:-build/vmc}
 MODEL=${DEMO_MODEL:-resnet8}
@@ -13,7 +13,7 @@ OUT=${DEMO_OUT:-out}
 THREADS=${VMC_THREADS:-$(nproc)}
 mkdir -p "$OUT"
 FP32="$OUT/$MODEL.vmc"
-W4_OPTS=${DEMO_W4_OPTS:-}
+W4_OPTS=${DEMO_W4_OPTS---adaround}
 
 # Reads a numeric field of a JSON object printed by vmc --json (the last
 # occurrence: the top-level totals follow the per-layer entries in info.json).
@@ -25,7 +25,7 @@ echo "== train $MODEL on fashion-mnist for $EPOCHS epochs ($THREADS threads)"
 
 Q8="$OUT/$MODEL-int8.vmc"
 Q4="$OUT/$MODEL-int4.vmc"
-echo "== quantize: int8 weights and activations (w8a8), and 4-bit weights (w4a8)"
+echo "== quantize: int8 weights and activations (w8a8), and 4-bit weights (w4a8 $W4_OPTS)"
 "$VMC" quantize "$FP32" --data fashion-mnist --scheme w8a8 --threads "$THREADS" --quiet -o "$Q8"
 "$VMC" quantize "$FP32" --data fashion-mnist --scheme w4a8 $W4_OPTS --threads "$THREADS" --quiet -o "$Q4"
 
