@@ -5,6 +5,7 @@
  * better), with valid codes (in range, floor or ceil of w/s, data == code *
  * scale, storage and scales unchanged); resnet8 end to end (BatchNorm folded,
  * names matched, a linear layer); bad requests and `vmc quantize --adaround`. */
+#include "cli_run.h"
 #include "test.h"
 
 #include <stdarg.h>
@@ -342,32 +343,10 @@ TEST(adaround_rejects_bad_requests) {
 
 /* ---- vmc quantize --adaround ------------------------------------------------------ */
 
-static const char *vmc_bin(void) {
-  const char *b = getenv("VMC_BIN");
-  return b && *b ? b : "build/vmc";
-}
-
-static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t n, const char *fmt, ...) {
-  char args[2048], cmd[2300];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t k = fread(out, 1, n - 1, p);
-  out[k] = 0;
-  int st = pclose(p);
-  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static char g_out[1 << 16];
 
 TEST(adaround_cli) {
-  if (access(vmc_bin(), X_OK)) SKIP("vmc binary not built (set VMC_BIN)");
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
   CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize --help"), 0);
   CHECK(strstr(g_out, "--adaround") && strstr(g_out, "--adaround-iters"));
   vmc_dataset *probe = NULL;

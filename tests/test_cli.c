@@ -1,5 +1,6 @@
 /* The vmc command line, end to end: help, bad options and files give a clear
  * message and a non-zero exit, never a crash or a half-written output. */
+#include "cli_run.h"
 #include "test.h"
 
 #include <stdarg.h>
@@ -10,38 +11,7 @@
 
 #include "vmc.h"
 
-static const char *vmc_bin(void) {
-  const char *b = getenv("VMC_BIN");
-  return b && *b ? b : "build/vmc";
-}
-
-/* Runs `vmc ARGS`, captures stdout+stderr into out; returns the exit code
- * (128+signal when killed). */
-static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t n, const char *fmt, ...) {
-  char args[2048], cmd[2300];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t k = fread(out, 1, n - 1, p);
-  out[k] = 0;
-  int st = pclose(p);
-  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int exists(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0;
-}
-
 static char g_out[1 << 16];
-
-static int have_binary(void) { return access(vmc_bin(), X_OK) == 0; }
 
 TEST(cli_help) {
   if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");

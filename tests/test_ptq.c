@@ -4,6 +4,7 @@
  * batchnorms, the observable plan, the PTQ pass on zoo models, and
  * `vmc quantize` end to end. */
 #include "op_harness.h"
+#include "cli_run.h"
 #include "test.h"
 
 #include <float.h>
@@ -777,33 +778,6 @@ TEST(ptq_allocation_failures) {
 }
 
 /* ---- vmc quantize ------------------------------------------------------------------ */
-
-static const char *vmc_bin(void) {
-  const char *b = getenv("VMC_BIN");
-  return b && *b ? b : "build/vmc";
-}
-
-static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t n, const char *fmt, ...) {
-  char args[2048], cmd[2300];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t k = fread(out, 1, n - 1, p);
-  out[k] = 0;
-  int st = pclose(p);
-  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int exists(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0;
-}
 
 static char g_out[1 << 17];
 

@@ -2,6 +2,7 @@
  * fp32 simulation, every GEMM and depthwise variant against the reference,
  * batch and thread invariance, the element-wise kernels on hand-computed
  * cases, u4/s8 activations, s4 weights, and the errors of bad graphs. */
+#include "cli_run.h"
 #include "test.h"
 
 #include <stdarg.h>
@@ -597,28 +598,6 @@ TEST(qrt_allocation_failures) {
 
 /* ---- the CLI ------------------------------------------------------------------------- */
 
-static const char *vmc_bin(void) {
-  const char *b = getenv("VMC_BIN");
-  return b && *b ? b : "build/vmc";
-}
-
-static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t n, const char *fmt, ...) {
-  char args[2048], cmd[2300];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t k = fread(out, 1, n - 1, p);
-  out[k] = 0;
-  int st = pclose(p);
-  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static double json_num(const char *out, const char *key) {
   const char *p = strstr(out, key);
   return p ? atof(p + strlen(key)) : NAN;
@@ -627,7 +606,7 @@ static double json_num(const char *out, const char *key) {
 static char g_out[1 << 15];
 
 TEST(qrt_cli_eval_and_bench) {
-  if (access(vmc_bin(), X_OK)) SKIP("vmc binary not built (set VMC_BIN)");
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
   vmc_dataset *probe = NULL;
   if (vmc_dataset_open("fashion-mnist", VMC_SPLIT_TEST, &probe) != VMC_OK)
     SKIP("fashion-mnist not installed (apt-get install dataset-fashion-mnist)");

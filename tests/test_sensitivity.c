@@ -5,6 +5,7 @@
  * cheapest layer first and keeps fp32 layers; the accuracy budget keeps the
  * fragile layer in fp32; bad budgets are rejected; `vmc quantize
  * --sensitivity / --bits-budget` end to end. */
+#include "cli_run.h"
 #include "test.h"
 
 #include <stdarg.h>
@@ -348,28 +349,6 @@ TEST(sens_rejects_bad_requests) {
 
 /* ---- vmc quantize --sensitivity / --bits-budget ------------------------------------ */
 
-static const char *vmc_bin(void) {
-  const char *b = getenv("VMC_BIN");
-  return b && *b ? b : "build/vmc";
-}
-
-static int run(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int run(char *out, size_t n, const char *fmt, ...) {
-  char args[2048], cmd[2300];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  snprintf(cmd, sizeof cmd, "%s %s 2>&1", vmc_bin(), args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t k = fread(out, 1, n - 1, p);
-  out[k] = 0;
-  int st = pclose(p);
-  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int lines_of(const char *path) {
   FILE *f = fopen(path, "r");
   int n = 0, c;
@@ -382,7 +361,7 @@ static int lines_of(const char *path) {
 static char g_out[1 << 16];
 
 TEST(sens_cli) {
-  if (access(vmc_bin(), X_OK)) SKIP("vmc binary not built (set VMC_BIN)");
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
   CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize --help"), 0);
   CHECK(strstr(g_out, "--sensitivity") && strstr(g_out, "--bits-budget") && strstr(g_out, "--max-drop"));
   vmc_dataset *probe = NULL;
