@@ -2,32 +2,12 @@
  * shared by liveness, batches run image by image on per-thread plans.  All
  * of it must give the plain batch execution's results (VMC_NO_FUSION=1). */
 #include "test.h"
+#include "zoo_fixture.h"
 
 #include <stdlib.h>
 
 #include "graph/fold.h"
 #include "graph/plan.h"
-
-/* A zoo model with non-trivial BatchNorm statistics and affine terms, so
- * that folding has something to fold. */
-static vmc_graph *model(const char *name) {
-  vmc_graph *g = NULL;
-  if (vmc_zoo_build(name, 1, 28, 28, 10, 7, &g)) return NULL;
-  vmc_rng r;
-  vmc_rng_seed(&r, 11);
-  for (int i = 0; i < g->n_nodes; i++) {
-    const vmc_node *n = &g->nodes[i];
-    if (strcmp(n->op->name, "batchnorm")) continue;
-    for (int k = 0; k < 4; k++) {
-      vmc_param *p = &g->params[n->param[k]];
-      for (size_t j = 0; j < vmc_shape_count(&p->shape); j++) {
-        float u = vmc_rng_uniform(&r);
-        p->data[j] = k == 3 ? 0.5f + u : k == 0 ? 0.5f + u : u - 0.5f;
-      }
-    }
-  }
-  return g;
-}
 
 /* Logits of n images (seeded N(0,1) pixels) through a plan for batch b. */
 static float *logits(vmc_graph *g, int b, int n, int threads, size_t *count, size_t *arena) {
@@ -68,7 +48,7 @@ static float max_rel_diff(const float *a, const float *b, size_t n) {
 TEST(plan_infer_folded_per_image_matches_plain) {
   const char *models[] = {"lenet5", "resnet8", "resnet20", "mobilenetv2-tiny"};
   for (int m = 0; m < 4; m++) {
-    vmc_graph *g = model(models[m]);
+    vmc_graph *g = test_zoo_model(models[m], 7, 11);
     REQUIRE(g);
     size_t n0, n1, n2, n3, n4;
     setenv("VMC_NO_FUSION", "1", 1);
@@ -98,7 +78,7 @@ TEST(plan_infer_folded_per_image_matches_plain) {
 }
 
 TEST(plan_infer_shares_activation_buffers) {
-  vmc_graph *g = model("resnet20");
+  vmc_graph *g = test_zoo_model("resnet20", 7, 11);
   REQUIRE(g);
   size_t n, shared, plain;
   float *a = logits(g, 1, 1, 1, &n, &shared);
@@ -115,7 +95,7 @@ TEST(plan_infer_shares_activation_buffers) {
 }
 
 TEST(plan_fold_bn_only_where_exact) {
-  vmc_graph *g = model("resnet8");
+  vmc_graph *g = test_zoo_model("resnet8", 7, 11);
   REQUIRE(g);
   int *into = malloc((size_t)g->n_nodes * sizeof *into), count = 0;
   REQUIRE(into);

@@ -6,6 +6,7 @@
 #include "op_harness.h"
 #include "cli_run.h"
 #include "test.h"
+#include "zoo_fixture.h"
 
 #include <float.h>
 #include <stdarg.h>
@@ -208,65 +209,6 @@ TEST(ptq_fakequant_rejects_bad_attributes) {
 
 /* ---- models ------------------------------------------------------------------------ */
 
-/* A zoo model with non-trivial BatchNorm statistics (as test_plan.c). */
-static vmc_graph *model(const char *name) {
-  vmc_graph *g = NULL;
-  if (vmc_zoo_build(name, 1, 28, 28, 10, 7, &g)) return NULL;
-  vmc_rng r;
-  vmc_rng_seed(&r, 11);
-  for (int i = 0; i < g->n_nodes; i++) {
-    const vmc_node *n = &g->nodes[i];
-    if (strcmp(n->op->name, "batchnorm")) continue;
-    for (int k = 0; k < 4; k++) {
-      vmc_param *p = &g->params[n->param[k]];
-      for (size_t j = 0; j < vmc_shape_count(&p->shape); j++) {
-        float u = vmc_rng_uniform(&r);
-        p->data[j] = k == 3 ? 0.5f + u : k == 0 ? 0.5f + u : u - 0.5f;
-      }
-    }
-  }
-  return g;
-}
-
-/* n random 28x28 images (smooth blobs, so convolutions see structure). */
-static vmc_dataset *images(int n, uint64_t seed) {
-  uint8_t *px = malloc((size_t)n * 784), *lab = malloc((size_t)n);
-  vmc_dataset *d = NULL;
-  vmc_rng r;
-  vmc_rng_seed(&r, seed);
-  for (int i = 0; px && lab && i < n; i++) {
-    const float cx = 6 + 16 * vmc_rng_uniform(&r), cy = 6 + 16 * vmc_rng_uniform(&r);
-    const float rad = 3 + 6 * vmc_rng_uniform(&r);
-    for (int y = 0; y < 28; y++)
-      for (int x = 0; x < 28; x++) {
-        const float d2 = ((x - cx) * (x - cx) + (y - cy) * (y - cy)) / (rad * rad);
-        float v = 255.0f * expf(-d2) + 20.0f * vmc_rng_uniform(&r);
-        px[(size_t)i * 784 + y * 28 + x] = (uint8_t)(v > 255 ? 255 : v);
-      }
-    lab[i] = (uint8_t)vmc_rng_below(&r, 10);
-  }
-  if (px && lab) vmc_dataset_from_memory("blobs", n, 1, 28, 28, 10, px, lab, NULL, NULL, &d);
-  free(px);
-  free(lab);
-  return d;
-}
-
-/* Logits of the first n images of d through an inference plan of g. */
-static float *run_logits(vmc_graph *g, const vmc_dataset *d, int n) {
-  vmc_plan *p = NULL;
-  if (vmc_plan_create(g, n, VMC_MODE_INFER, &p)) return NULL;
-  int *idx = malloc((size_t)n * sizeof *idx);
-  float *out = malloc((size_t)n * 10 * sizeof *out);
-  for (int i = 0; idx && i < n; i++) idx[i] = i;
-  if (idx && out) {
-    vmc_dataset_batch(d, idx, n, NULL, NULL, vmc_plan_input(p), NULL);
-    if (vmc_plan_forward(p, n) == VMC_OK) memcpy(out, vmc_plan_output(p), (size_t)n * 10 * sizeof *out);
-  }
-  free(idx);
-  vmc_plan_destroy(p);
-  return out;
-}
-
 static double sqnr(const float *a, const float *b, size_t n) {
   double s = 0, e = 0;
   for (size_t i = 0; i < n; i++) s += (double)a[i] * a[i], e += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
@@ -298,10 +240,10 @@ static uint32_t graph_sum(const vmc_graph *g) {
 
 TEST(ptq_fold_bn_copy_drops_batchnorms_and_keeps_outputs) {
   const char *models[] = {"lenet5", "resnet8", "resnet20", "mobilenetv2-tiny"};
-  vmc_dataset *d = images(6, 1);
+  vmc_dataset *d = test_blobs(6, 1, 3, 20, 0);
   REQUIRE(d);
   for (int m = 0; m < 4; m++) {
-    vmc_graph *g = model(models[m]), *f = NULL;
+    vmc_graph *g = test_zoo_model(models[m], 7, 11), *f = NULL;
     REQUIRE(g);
     const uint32_t before = graph_sum(g);
     int nf = -1;
@@ -317,7 +259,7 @@ TEST(ptq_fold_bn_copy_drops_batchnorms_and_keeps_outputs) {
       CHECK(!strstr(f->params[i].name, "running_"));
     }
     CHECK(!strcmp(vmc_graph_meta(f, "architecture"), models[m]));
-    float *a = run_logits(g, d, 6), *b = run_logits(f, d, 6);
+    float *a = test_plan_logits(g, d, 6), *b = test_plan_logits(f, d, 6);
     REQUIRE(a && b);
     double worst = 0, scale = 1e-3;
     for (int i = 0; i < 60; i++) scale = fmax(scale, fabs(a[i]));
@@ -333,7 +275,7 @@ TEST(ptq_fold_bn_copy_drops_batchnorms_and_keeps_outputs) {
 }
 
 TEST(ptq_drop_nodes_checks_its_input) {
-  vmc_graph *g = model("resnet8"), *f = NULL;
+  vmc_graph *g = test_zoo_model("resnet8", 7, 11), *f = NULL;
   REQUIRE(g);
   uint8_t *drop = calloc((size_t)g->n_nodes, 1);
   REQUIRE(drop);
@@ -367,11 +309,11 @@ TEST(ptq_drop_nodes_checks_its_input) {
  * plain (VMC_NO_FUSION) execution's. */
 TEST(ptq_observable_plan_keeps_every_value) {
   const char *models[] = {"resnet8", "mobilenetv2-tiny"};
-  vmc_dataset *d = images(5, 2);
+  vmc_dataset *d = test_blobs(5, 2, 3, 20, 0);
   REQUIRE(d);
   int idx[5] = {0, 1, 2, 3, 4};
   for (int m = 0; m < 2; m++) {
-    vmc_graph *g = model(models[m]);
+    vmc_graph *g = test_zoo_model(models[m], 7, 11);
     REQUIRE(g);
     vmc_plan *o = NULL, *plain = NULL;
     REQUIRE_OK(vmc_plan_create_observable(g, 5, &o));
@@ -431,8 +373,8 @@ static vmc_ptq_opts opts(vmc_qscheme w, int per_channel, vmc_observer_kind k, in
 }
 
 TEST(ptq_resnet8_structure_weights_and_ranges) {
-  vmc_graph *g = model("resnet8"), *q = NULL;
-  vmc_dataset *d = images(40, 3);
+  vmc_graph *g = test_zoo_model("resnet8", 7, 11), *q = NULL;
+  vmc_dataset *d = test_blobs(40, 3, 3, 20, 0);
   REQUIRE(g && d);
   const uint32_t before = graph_sum(g);
   vmc_ptq_opts o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 36);
@@ -540,7 +482,7 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
     free(ref);
   }
   /* The simulated model tracks the float one. */
-  float *a = run_logits(f, d, 16), *b = run_logits(q, d, 16);
+  float *a = test_plan_logits(f, d, 16), *b = test_plan_logits(q, d, 16);
   REQUIRE(a && b);
   CHECK(sqnr(a, b, 160) > 20);
   /* Metadata. */
@@ -558,7 +500,7 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
   REQUIRE_OK(vmc_model_save(q, path));
   vmc_graph *l = NULL;
   REQUIRE_OK(vmc_model_load(path, &l));
-  float *c = run_logits(l, d, 16);
+  float *c = test_plan_logits(l, d, 16);
   CHECK(c && !memcmp(b, c, 160 * sizeof *c));
   /* Quantizing it again is refused. */
   vmc_graph *q2 = NULL;
@@ -580,8 +522,8 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
 /* Every observer, both weight schemes and granularities, on the zoo's
  * residual, depthwise and plain models. */
 TEST(ptq_layer_rules_and_layer_sites) {
-  vmc_graph *g = model("resnet8"), *q = NULL;
-  vmc_dataset *d = images(8, 7);
+  vmc_graph *g = test_zoo_model("resnet8", 7, 11), *q = NULL;
+  vmc_dataset *d = test_blobs(8, 7, 3, 20, 0);
   REQUIRE(g && d);
   /* Mixed precision: one layer 4-bit, one kept fp32, the rest 8-bit. */
   const vmc_ptq_rule rules[2] = {{.node = "layer2.0.conv1", .weight_bits = 4, .quant_input = 1},
@@ -632,13 +574,13 @@ TEST(ptq_layer_rules_and_layer_sites) {
 
 TEST(ptq_observers_schemes_and_models) {
   const char *models[] = {"lenet5", "resnet8", "mobilenetv2-tiny"};
-  vmc_dataset *d = images(24, 4);
+  vmc_dataset *d = test_blobs(24, 4, 3, 20, 0);
   REQUIRE(d);
   for (int m = 0; m < 3; m++) {
-    vmc_graph *g = model(models[m]), *f = NULL;
+    vmc_graph *g = test_zoo_model(models[m], 7, 11), *f = NULL;
     REQUIRE(g);
     REQUIRE_OK(vmc_graph_fold_bn_copy(g, &f, NULL));
-    float *ref = run_logits(f, d, 12);
+    float *ref = test_plan_logits(f, d, 12);
     REQUIRE(ref);
     double w8 = 0, w4 = 0;
     for (int k = 0; k < VMC_OBSERVER_KIND_COUNT; k++)
@@ -664,7 +606,7 @@ TEST(ptq_observers_schemes_and_models) {
             CHECK(l->channels == (pc ? q->params[node_of(q, l->node)->param[0]].shape.d[0] : 1));
             CHECK(l->w_scale_min <= l->w_scale_max && (pc || l->w_scale_min == l->w_scale_max));
           }
-          float *z = run_logits(q, d, 12);
+          float *z = test_plan_logits(q, d, 12);
           REQUIRE(z);
           const double db = sqnr(ref, z, 120);
           if (k == VMC_OBSERVER_MINMAX && pc) {
@@ -687,8 +629,8 @@ TEST(ptq_observers_schemes_and_models) {
 }
 
 TEST(ptq_rejects_bad_requests) {
-  vmc_graph *g = model("resnet8"), *q = NULL;
-  vmc_dataset *d = images(4, 5);
+  vmc_graph *g = test_zoo_model("resnet8", 7, 11), *q = NULL;
+  vmc_dataset *d = test_blobs(4, 5, 3, 20, 0);
   REQUIRE(g && d);
   vmc_ptq_report rep;
   vmc_ptq_opts o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 4);
@@ -751,8 +693,8 @@ TEST(ptq_rejects_bad_requests) {
 /* Every allocation failure on the way gives VMC_ERR_NOMEM, no output and no
  * leak (the sanitizer build checks the leaks). */
 TEST(ptq_allocation_failures) {
-  vmc_graph *g = model("resnet8");
-  vmc_dataset *d = images(3, 6);
+  vmc_graph *g = test_zoo_model("resnet8", 7, 11);
+  vmc_dataset *d = test_blobs(3, 6, 3, 20, 0);
   REQUIRE(g && d);
   vmc_ptq_opts o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_KL, 3);
   int ok = 0, k;
@@ -796,7 +738,7 @@ TEST(ptq_cli_quantize) {
   snprintf(in, sizeof in, "%s/cli_l5.vmc", dir);
   snprintf(out, sizeof out, "%s/cli_l5q.vmc", dir);
   snprintf(again, sizeof again, "%s/cli_l5qq.vmc", dir);
-  vmc_graph *g = model("lenet5");
+  vmc_graph *g = test_zoo_model("lenet5", 7, 11);
   REQUIRE(g);
   REQUIRE_OK(vmc_graph_set_meta(g, "dataset", "fashion-mnist"));
   REQUIRE_OK(vmc_graph_set_meta(g, "accuracy", "0.1000"));

@@ -7,6 +7,7 @@
 #include "quant/qat.h"
 #include "cli_run.h"
 #include "test.h"
+#include "zoo_fixture.h"
 
 #include <float.h>
 #include <stdarg.h>
@@ -14,29 +15,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-/* n 28x28 images of a blob whose position and size give the label. */
-static vmc_dataset *blobs(int n, uint64_t seed) {
-  uint8_t *px = malloc((size_t)n * 784), *lab = malloc((size_t)n);
-  vmc_dataset *d = NULL;
-  vmc_rng r;
-  vmc_rng_seed(&r, seed);
-  for (int i = 0; px && lab && i < n; i++) {
-    const float cx = 6 + 16 * vmc_rng_uniform(&r), cy = 6 + 16 * vmc_rng_uniform(&r);
-    const float rad = 2 + 6 * vmc_rng_uniform(&r);
-    for (int y = 0; y < 28; y++)
-      for (int x = 0; x < 28; x++) {
-        const float d2 = ((x - cx) * (x - cx) + (y - cy) * (y - cy)) / (rad * rad);
-        const float v = 255.0f * expf(-d2) + 20.0f * vmc_rng_uniform(&r);
-        px[(size_t)i * 784 + y * 28 + x] = (uint8_t)(v > 255 ? 255 : v);
-      }
-    lab[i] = (uint8_t)((cx > 14) + 2 * (cy > 14) + 4 * (rad > 5));
-  }
-  if (px && lab) vmc_dataset_from_memory("blobs", n, 1, 28, 28, 10, px, lab, NULL, NULL, &d);
-  free(px);
-  free(lab);
-  return d;
-}
 
 static vmc_graph *lenet(void) {
   vmc_graph *g = NULL;
@@ -108,7 +86,7 @@ TEST(qat_ste_mask_matches_definition) {
  * result fq(w') with max |w'| scales. */
 TEST(qat_one_step_is_the_ste_update) {
   vmc_graph *g = lenet();
-  vmc_dataset *d = blobs(32, 2);
+  vmc_dataset *d = test_blobs(32, 2, 2, 20, 1);
   REQUIRE(g && d);
   vmc_qat_opts o;
   quick_opts(&o, 1, 32);
@@ -216,7 +194,7 @@ static void check_contract(const vmc_graph *q, vmc_dtype wt, int act_qmax) {
 
 TEST(qat_epochs_lower_the_loss_and_keep_codes) {
   vmc_graph *g = lenet();
-  vmc_dataset *d = blobs(128, 3), *t = blobs(64, 4);
+  vmc_dataset *d = test_blobs(128, 3, 2, 20, 1), *t = test_blobs(64, 4, 2, 20, 1);
   REQUIRE(g && d && t);
   /* The float model: a few epochs so QAT starts from a trained one. */
   vmc_train_config tc;
@@ -266,7 +244,7 @@ TEST(qat_epochs_lower_the_loss_and_keep_codes) {
 /* Observers frozen after epoch 1 of 2 end where a 1-epoch run ends. */
 TEST(qat_freezing_stops_observers) {
   vmc_graph *g = lenet();
-  vmc_dataset *d = blobs(64, 6);
+  vmc_dataset *d = test_blobs(64, 6, 2, 20, 1);
   REQUIRE(g && d);
   vmc_graph *q[3] = {NULL, NULL, NULL};
   const int epochs[3] = {2, 1, 2}, freeze[3] = {1, -1, -1};
@@ -299,7 +277,7 @@ TEST(qat_freezing_stops_observers) {
  * 4-bit layer among 8-bit ones, an fp32 layer that trains in float. */
 TEST(qat_keeps_per_layer_rules) {
   vmc_graph *g = lenet();
-  vmc_dataset *d = blobs(64, 8);
+  vmc_dataset *d = test_blobs(64, 8, 2, 20, 1);
   REQUIRE(g && d);
   const vmc_ptq_rule rules[2] = {{"conv2", 4, 1}, {"fc1", 0, 1}};
   vmc_qat_opts o;
@@ -331,7 +309,7 @@ TEST(qat_keeps_per_layer_rules) {
 
 TEST(qat_rejects_bad_options) {
   vmc_graph *g = lenet();
-  vmc_dataset *d = blobs(16, 7);
+  vmc_dataset *d = test_blobs(16, 7, 2, 20, 1);
   REQUIRE(g && d);
   vmc_qat_opts o;
   vmc_graph *q = (vmc_graph *)1;

@@ -4,6 +4,7 @@
  * cases, u4/s8 activations, s4 weights, and the errors of bad graphs. */
 #include "cli_run.h"
 #include "test.h"
+#include "zoo_fixture.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -23,51 +24,8 @@
 
 /* ---- models ------------------------------------------------------------------------ */
 
-/* A zoo model with non-trivial BatchNorm statistics. */
-static vmc_graph *zoo_model(const char *name) {
-  vmc_graph *g = NULL;
-  if (vmc_zoo_build(name, 1, 28, 28, 10, 5, &g)) return NULL;
-  vmc_rng r;
-  vmc_rng_seed(&r, 13);
-  for (int i = 0; i < g->n_nodes; i++) {
-    const vmc_node *n = &g->nodes[i];
-    if (strcmp(n->op->name, "batchnorm")) continue;
-    for (int k = 0; k < 4; k++) {
-      vmc_param *p = &g->params[n->param[k]];
-      for (size_t j = 0; j < vmc_shape_count(&p->shape); j++) {
-        const float u = vmc_rng_uniform(&r);
-        p->data[j] = k == 0 || k == 3 ? 0.5f + u : u - 0.5f;
-      }
-    }
-  }
-  return g;
-}
-
-/* n 28x28 images: smooth blobs plus noise. */
-static vmc_dataset *blobs(int n, uint64_t seed) {
-  uint8_t *px = malloc((size_t)n * 784), *lab = malloc((size_t)n);
-  vmc_dataset *d = NULL;
-  vmc_rng r;
-  vmc_rng_seed(&r, seed);
-  for (int i = 0; px && lab && i < n; i++) {
-    const float cx = 6 + 16 * vmc_rng_uniform(&r), cy = 6 + 16 * vmc_rng_uniform(&r);
-    const float rad = 3 + 6 * vmc_rng_uniform(&r);
-    for (int y = 0; y < 28; y++)
-      for (int x = 0; x < 28; x++) {
-        const float d2 = ((x - cx) * (x - cx) + (y - cy) * (y - cy)) / (rad * rad);
-        const float v = 255.0f * expf(-d2) + 30.0f * vmc_rng_uniform(&r);
-        px[(size_t)i * 784 + y * 28 + x] = (uint8_t)(v > 255 ? 255 : v);
-      }
-    lab[i] = (uint8_t)vmc_rng_below(&r, 10);
-  }
-  if (px && lab) vmc_dataset_from_memory("blobs", n, 1, 28, 28, 10, px, lab, NULL, NULL, &d);
-  free(px);
-  free(lab);
-  return d;
-}
-
 static vmc_graph *quantized(const char *name, vmc_qscheme w, vmc_qscheme act, const vmc_dataset *d) {
-  vmc_graph *g = zoo_model(name), *q = NULL;
+  vmc_graph *g = test_zoo_model(name, 5, 13), *q = NULL;
   if (!g) return NULL;
   vmc_ptq_opts o;
   vmc_ptq_opts_default(&o);
@@ -79,22 +37,6 @@ static vmc_graph *quantized(const char *name, vmc_qscheme w, vmc_qscheme act, co
   if (s) vmc_test_fail(__FILE__, __LINE__, "ptq of %s: %s", name, vmc_last_error());
   vmc_graph_free(g);
   return q;
-}
-
-/* Logits of images [0, n) of d: the fp32 simulation (a float plan). */
-static float *sim_logits(vmc_graph *g, const vmc_dataset *d, int n) {
-  vmc_plan *p = NULL;
-  if (vmc_plan_create(g, n, VMC_MODE_INFER, &p)) return NULL;
-  int *idx = malloc((size_t)n * sizeof *idx);
-  float *out = malloc((size_t)n * 10 * sizeof *out);
-  for (int i = 0; idx && i < n; i++) idx[i] = i;
-  if (idx && out) {
-    vmc_dataset_batch(d, idx, n, NULL, NULL, vmc_plan_input(p), NULL);
-    if (vmc_plan_forward(p, n) == VMC_OK) memcpy(out, vmc_plan_output(p), (size_t)n * 10 * sizeof *out);
-  }
-  free(idx);
-  vmc_plan_destroy(p);
-  return out;
 }
 
 /* The same through the integer runtime, batch `batch` (images in chunks). */
@@ -147,11 +89,11 @@ static void compare(const float *sim, const float *in, int n, int *agree, double
 #define N_IMG 48
 
 static void check_model(const char *name, vmc_qscheme w, vmc_qscheme act, double tol) {
-  vmc_dataset *d = blobs(N_IMG, 21);
+  vmc_dataset *d = test_blobs(N_IMG, 21, 3, 30, 0);
   REQUIRE(d);
   vmc_graph *q = quantized(name, w, act, d);
   REQUIRE(q);
-  float *sim = sim_logits(q, d, N_IMG), *in = int_logits(q, d, N_IMG, 16, NULL);
+  float *sim = test_plan_logits(q, d, N_IMG), *in = int_logits(q, d, N_IMG, 16, NULL);
   REQUIRE(sim && in);
   int agree;
   double rel;
@@ -190,7 +132,7 @@ static int same_floats(const float *a, const float *b, size_t n) {
 TEST(qrt_variants_batches_and_threads_bit_identical) {
   static const char *const models[] = {"resnet8", "mobilenetv2-tiny"};
   enum { N = 6 };
-  vmc_dataset *d = blobs(N, 5);
+  vmc_dataset *d = test_blobs(N, 5, 3, 30, 0);
   REQUIRE(d);
   const unsigned cpu = vmc_cpu_features(), v512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW |
                                                   VMC_CPU_AVX512VL | VMC_CPU_AVX512VNNI;
@@ -525,7 +467,7 @@ TEST(qrt_hand_graph_groups_dilation_strides) {
 TEST(qrt_bad_graphs) {
   vmc_qrt *q = NULL;
   /* A float model: its first conv reads the image without a fakequant. */
-  vmc_graph *g = zoo_model("resnet8");
+  vmc_graph *g = test_zoo_model("resnet8", 5, 13);
   REQUIRE(g);
   CHECK_EQ_INT(vmc_qrt_create(g, 1, NULL, &q), VMC_ERR_UNSUPPORTED);
   CHECK(strstr(vmc_last_error(), "'conv1' (conv2d)") && strstr(vmc_last_error(), "not quantized"));
@@ -611,10 +553,10 @@ TEST(qrt_cli_eval_and_bench) {
   if (vmc_dataset_open("fashion-mnist", VMC_SPLIT_TEST, &probe) != VMC_OK)
     SKIP("fashion-mnist not installed (apt-get install dataset-fashion-mnist)");
   vmc_dataset_free(probe);
-  vmc_dataset *d = blobs(16, 2);
+  vmc_dataset *d = test_blobs(16, 2, 3, 30, 0);
   REQUIRE(d);
   vmc_graph *q = quantized("resnet8", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
-  vmc_graph *f = zoo_model("resnet8");
+  vmc_graph *f = test_zoo_model("resnet8", 5, 13);
   REQUIRE(q && f);
   char qp[512], fp[512], lg[512];
   snprintf(qp, sizeof qp, "%s/qrt_r8q.vmc", vmc_test_tmpdir());
