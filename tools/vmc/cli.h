@@ -51,6 +51,16 @@ int cli_float(const char *opt, const char *arg, double lo, double hi, double *ou
 int cli_fail(const char *cmd, vmc_status s, const char *what);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Per-epoch reporting, a vmc_epoch_cb (user: a cli_epoch_log): with --json
+ * one object per epoch appended to epochs (images_per_sec included), else one
+ * line "<prefix>epoch N  loss ...  train ...  test ...  img/s  s" unless --quiet. */
+typedef struct cli_epoch_log {
+  const cli_common *cc;
+  cJSON *epochs;
+  const char *prefix;
+} cli_epoch_log;
+void cli_on_epoch(void *user, const vmc_epoch_result *r);
+
 /* Prints a cJSON object on stdout and frees it. */
 void cli_print_json(cJSON *o);
 

@@ -8,45 +8,18 @@
 #include "graph/graph.h"
 #include "quant/qat.h"
 
-typedef struct qat_log {
-  const cli_common *cc;
-  cJSON *epochs;
-} qat_log;
-
-static void on_epoch(void *user, const vmc_epoch_result *r) {
-  qat_log *l = user;
-  if (l->cc->json) {
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddNumberToObject(e, "epoch", r->epoch);
-    cJSON_AddNumberToObject(e, "lr", r->lr);
-    cJSON_AddNumberToObject(e, "train_loss", r->train_loss);
-    cJSON_AddNumberToObject(e, "train_accuracy", r->train_acc);
-    if (r->test_acc >= 0) {
-      cJSON_AddNumberToObject(e, "test_loss", r->test_loss);
-      cJSON_AddNumberToObject(e, "test_accuracy", r->test_acc);
-    }
-    cJSON_AddNumberToObject(e, "seconds", r->seconds);
-    cJSON_AddItemToArray(l->epochs, e);
-  } else if (!l->cc->quiet) {
-    printf("qat epoch %3d  loss %.4f  train %6.2f%%", r->epoch, r->train_loss, 100 * r->train_acc);
-    if (r->test_acc >= 0) printf("  test %6.2f%% (loss %.4f)", 100 * r->test_acc, r->test_loss);
-    printf("  %7.0f img/s  %6.1f s\n", r->images_per_sec, r->seconds);
-    fflush(stdout);
-  }
-}
-
 int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path,
                  struct vmc_qat_opts *qo, const char *scheme, int do_eval, long eval_limit) {
   vmc_graph *g = NULL, *q = NULL;
   vmc_dataset *train = NULL, *test = NULL;
   vmc_qat_report rep = {0};
   vmc_eval_result ef = {0};
-  qat_log log = {cc, cJSON_CreateArray()};
+  cli_epoch_log log = {cc, cJSON_CreateArray(), "qat "};
   const int quiet = cc->quiet || cc->json;
   qo->train.seed = cc->seed;
   qo->train.quiet = !cc->progress;
   qo->train.limit_test = (int)eval_limit;
-  qo->on_epoch = on_epoch;
+  qo->on_epoch = cli_on_epoch;
   qo->cb_user = &log;
   vmc_status s = vmc_model_load(in_path, &g);
   if (!s) s = cli_open_data(cc, g, VMC_SPLIT_TRAIN, &train);

@@ -48,34 +48,6 @@ enum {
   O_NOEVAL, O_AUG
 };
 
-typedef struct {
-  cli_common *cc;
-  cJSON *epochs;
-} epoch_log;
-
-static void on_epoch(void *user, const vmc_epoch_result *r) {
-  epoch_log *l = user;
-  if (l->cc->json) {
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddNumberToObject(e, "epoch", r->epoch);
-    cJSON_AddNumberToObject(e, "lr", r->lr);
-    cJSON_AddNumberToObject(e, "train_loss", r->train_loss);
-    cJSON_AddNumberToObject(e, "train_accuracy", r->train_acc);
-    if (r->test_acc >= 0) {
-      cJSON_AddNumberToObject(e, "test_loss", r->test_loss);
-      cJSON_AddNumberToObject(e, "test_accuracy", r->test_acc);
-    }
-    cJSON_AddNumberToObject(e, "seconds", r->seconds);
-    cJSON_AddNumberToObject(e, "images_per_sec", r->images_per_sec);
-    cJSON_AddItemToArray(l->epochs, e);
-  } else if (!l->cc->quiet) {
-    printf("epoch %3d  loss %.4f  train %6.2f%%", r->epoch, r->train_loss, 100 * r->train_acc);
-    if (r->test_acc >= 0) printf("  test %6.2f%% (loss %.4f)", 100 * r->test_acc, r->test_loss);
-    printf("  %7.0f img/s  %6.1f s\n", r->images_per_sec, r->seconds);
-    fflush(stdout);
-  }
-}
-
 /* Data set and normalisation go into the model before training, so
  * checkpoints carry them too. */
 static vmc_status data_meta(vmc_graph *g, const vmc_dataset *d) {
@@ -243,9 +215,9 @@ int cmd_train(int argc, char **argv) {
            vmc_graph_num_params(g), vmc_get_threads(), vmc_isa_name());
   s = data_meta(g, train);
   if (s) goto fail;
-  epoch_log log = {&cc, cJSON_CreateArray()};
+  cli_epoch_log log = {&cc, cJSON_CreateArray(), ""};
   vmc_train_result r;
-  s = vmc_train(g, train, test, &c, NULL, on_epoch, &log, &r);
+  s = vmc_train(g, train, test, &c, NULL, cli_on_epoch, &log, &r);
   if (!s) s = result_meta(g, model, train, &c, &r);
   if (!s) s = vmc_model_save(g, out);
   if (s) {

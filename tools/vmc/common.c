@@ -143,3 +143,27 @@ void cli_meta_remove(vmc_graph *g, const char *key) {
     return;
   }
 }
+
+void cli_on_epoch(void *user, const vmc_epoch_result *r) {
+  cli_epoch_log *l = user;
+  if (l->cc->json) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", r->epoch);
+    cJSON_AddNumberToObject(e, "lr", r->lr);
+    cJSON_AddNumberToObject(e, "train_loss", r->train_loss);
+    cJSON_AddNumberToObject(e, "train_accuracy", r->train_acc);
+    if (r->test_acc >= 0) {
+      cJSON_AddNumberToObject(e, "test_loss", r->test_loss);
+      cJSON_AddNumberToObject(e, "test_accuracy", r->test_acc);
+    }
+    cJSON_AddNumberToObject(e, "seconds", r->seconds);
+    cJSON_AddNumberToObject(e, "images_per_sec", r->images_per_sec);
+    cJSON_AddItemToArray(l->epochs, e);
+  } else if (!l->cc->quiet) {
+    printf("%sepoch %3d  loss %.4f  train %6.2f%%", l->prefix ? l->prefix : "", r->epoch,
+           r->train_loss, 100 * r->train_acc);
+    if (r->test_acc >= 0) printf("  test %6.2f%% (loss %.4f)", 100 * r->test_acc, r->test_loss);
+    printf("  %7.0f img/s  %6.1f s\n", r->images_per_sec, r->seconds);
+    fflush(stdout);
+  }
+}
