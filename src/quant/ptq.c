@@ -5,6 +5,7 @@
 #include "graph/op.h"
 #include "graph/plan.h"
 #include "graph/rebuild.h"
+#include "quant/equalize.h"
 
 #include <float.h>
 #include <math.h>
@@ -92,6 +93,8 @@ static vmc_status check_opts(const vmc_graph *g, const vmc_dataset *d, const vmc
     return vmc_error(VMC_ERR_INVALID_ARG, "ptq: unknown observer kind %d",
                      (int)((int)o->observer < 0 || o->observer >= VMC_OBSERVER_KIND_COUNT
                                ? o->observer : o->input_observer));
+  if (o->equalize < 0 || o->equalize > 1000)
+    return vmc_error(VMC_ERR_INVALID_ARG, "ptq: %d equalization sweeps (0..1000)", o->equalize);
   if (o->calib_images < 1)
     return vmc_error(VMC_ERR_INVALID_ARG, "ptq: %d calibration images (at least 1)",
                      o->calib_images);
@@ -426,10 +429,10 @@ static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_
   }
   if (o->observer >= VMC_OBSERVER_PERCENTILE || o->input_observer >= VMC_OBSERVER_PERCENTILE) sb_printf(&b, ",\"bins\":%d", o->obs.bins > 0 ? o->obs.bins : 2048);
   sb_printf(&b, "},\"bias\":\"%s\",\"calibration\":{\"data\":\"%s\",\"split\":\"train\","
-            "\"images\":%d,\"batch\":%d},\"batchnorm_folded\":%d,\"quantized_values\":%d,"
-            "\"layers\":[",
+            "\"images\":%d,\"batch\":%d},\"batchnorm_folded\":%d,\"equalized_pairs\":%d,"
+            "\"quantized_values\":%d,\"layers\":[",
             o->bias_s32 ? "s32" : "f32", data_name, r->calib_images, o->batch, r->bn_folded,
-            r->n_sites);
+            r->equalized_pairs, r->n_sites);
   for (int i = 0; i < r->n_layers; i++) {
     const vmc_ptq_layer *l = &r->layers[i];
     sb_printf(&b, "%s{\"node\":\"%s\",\"input\":\"%s\"", i ? "," : "", l->node, l->input);
@@ -462,9 +465,10 @@ static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_
   if (s) return s;
   char line[256];
   snprintf(line, sizeof line, "ptq w%da8: weights %s %s, activations %s (%s observer, input %s, "
-           "%d calibration images of %s/train), bias %s, %d batchnorms folded",
+           "%d calibration images of %s/train), bias %s, %d batchnorms folded%s",
            weight_bits(o->weight_scheme), wn, o->per_channel ? "per-channel" : "per-tensor", an,
-           obs, iobs, r->calib_images, data_name, o->bias_s32 ? "s32" : "f32", r->bn_folded);
+           obs, iobs, r->calib_images, data_name, o->bias_s32 ? "s32" : "f32", r->bn_folded,
+           r->equalized_pairs ? ", cross-layer equalization" : "");
   return vmc_graph_add_history(q, line);
 }
 
@@ -485,6 +489,11 @@ vmc_status vmc_ptq_quantize(const vmc_graph *g, const vmc_dataset *calib, const 
   int *site_of = NULL, *node_map = NULL, *grid_of = NULL, n_sites = 0;
   uint8_t *done_param = NULL; /* per parameter of q: quantized */
   vmc_status s = vmc_graph_fold_bn_copy(g, &f, &rep.bn_folded);
+  if (!s && o.equalize > 0) {
+    vmc_equalize_report er;
+    s = vmc_equalize(f, o.equalize, &er);
+    rep.equalized_pairs = er.pairs;
+  }
   if (s) goto done;
   /* Sites (see ptq.h), one observer each; site_of[i * VMC_MAX_INPUTS + k]:
    * the site node i reads as input k, or -1. */

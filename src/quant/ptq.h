@@ -2,7 +2,8 @@
  *
  * vmc_ptq_quantize(g, calib, opts) makes a new graph (g is not changed):
  *  1. BatchNorm folded into the convolutions and the folded batchnorm nodes
- *     removed (graph/rebuild.h, vmc_graph_fold_bn_copy);
+ *     removed (graph/rebuild.h, vmc_graph_fold_bn_copy); with `equalize`,
+ *     cross-layer equalization of the folded graph (quant/equalize.h);
  *  2. sites: the values the integer runtime reads as integers (with
  *     integer_sites, the default): every value read by a node other than a
  *     fused relu/relu6 (one that directly follows the conv2d, linear or add
@@ -75,6 +76,8 @@ typedef struct vmc_ptq_opts {
   int calib_images;            /* >= 1; fewer if the data set is smaller */
   int batch;                   /* images per calibration forward, >= 1 */
   int bias_s32;                /* simulate the s32 bias */
+  int equalize;                /* > 0: cross-layer equalization (quant/equalize.h) of
+                                  the folded graph with this many sweeps; 0: off */
 } vmc_ptq_opts;
 
 /* Defaults: s8 per channel, u8 activations, integer sites, no rules,
@@ -105,6 +108,7 @@ typedef struct vmc_ptq_report {
   int n_sites;               /* values quantized (fakequant nodes) */
   vmc_ptq_layer *layers;     /* vmc_malloc_plain'd, in node order */
   int bn_folded;
+  int equalized_pairs;       /* conv-relu-conv pairs equalized (equalize > 0) */
   int calib_images;          /* used */
   double seconds;
 } vmc_ptq_report;

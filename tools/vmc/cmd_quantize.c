@@ -45,6 +45,10 @@ static const char *const HELP =
     "  --per-tensor          one weight scale per tensor\n"
     "  --float-bias          keep biases in fp32 (default: rounded to s32 codes of\n"
     "                        scale s_w * s_x, as the integer runtime adds them)\n"
+    "  --equalize            cross-layer equalization before quantizing: each\n"
+    "                        conv-relu-conv pair's channel ranges are balanced by\n"
+    "                        rescaling (the fp32 model is unchanged); helps\n"
+    "                        per-tensor weights\n"
     "  --eval                also evaluate the fp32 and the quantized model on the\n"
     "                        test split and print both accuracies\n"
     "  --eval-limit N        only the first N test images\n"
@@ -105,7 +109,7 @@ static const char *const HELP =
 
 enum {
   O_CALIB = OPT_CMD_BASE, O_CALIB_IMAGES, O_CALIB_BATCH, O_SCHEME, O_ACT, O_OBSERVER,
-  O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EVAL,
+  O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EQUALIZE, O_EVAL,
   O_EVAL_LIMIT, O_INPUT_OBSERVER, O_QAT, O_EPOCHS, O_LR, O_BATCH, O_FREEZE_OBS, O_FREEZE_BN,
   O_FIXED_WSCALES, O_LIMIT_TRAIN, O_ACT_RANGES, O_SENSITIVITY, O_HELD_OUT, O_BITS_BUDGET,
   O_MAX_DROP, O_RANK, O_ADAROUND, O_ADAROUND_ITERS
@@ -192,6 +196,7 @@ int cmd_quantize(int argc, char **argv) {
                                        {"per-channel", no_argument, 0, O_PER_CHANNEL},
                                        {"per-tensor", no_argument, 0, O_PER_TENSOR},
                                        {"float-bias", no_argument, 0, O_FLOAT_BIAS},
+                                       {"equalize", no_argument, 0, O_EQUALIZE},
                                        {"eval", no_argument, 0, O_EVAL},
                                        {"eval-limit", required_argument, 0, O_EVAL_LIMIT},
                                        {"adaround", no_argument, 0, O_ADAROUND},
@@ -302,6 +307,7 @@ int cmd_quantize(int argc, char **argv) {
       granularity_set = 1;
       break;
     case O_FLOAT_BIAS: po.bias_s32 = 0; break;
+    case O_EQUALIZE: po.equalize = 10; break;
     case O_EVAL: do_eval = 1; break;
     case O_EVAL_LIMIT:
       if (cli_int("--eval-limit", optarg, 1, 1L << 30, &eval_limit)) return 2;
@@ -493,6 +499,7 @@ int cmd_quantize(int argc, char **argv) {
     cJSON_AddStringToObject(o, "calib_data", train->name);
     cJSON_AddNumberToObject(o, "calib_images", rep.calib_images);
     cJSON_AddNumberToObject(o, "batchnorm_folded", rep.bn_folded);
+    cJSON_AddNumberToObject(o, "equalized_pairs", rep.equalized_pairs);
     cJSON_AddNumberToObject(o, "seconds", rep.seconds);
     for (int i = 0; i < rep.n_layers; i++) {
       const vmc_ptq_layer *l = &rep.layers[i];
