@@ -338,3 +338,11 @@ TEST(quant_sqnr) {
   free(x);
   free(y);
 }
+
+TEST(quant_bias_s32_rounds_to_its_grid) {
+  CHECK(vmc_qbias_s32(1.0f, 0.5f, 0.25f) == 1.0f);      /* code 8 of 0.125 */
+  CHECK(vmc_qbias_s32(0.3f, 0.5f, 0.25f) == 0.25f);     /* 2.4 -> 2 */
+  CHECK(vmc_qbias_s32(0.3125f, 0.5f, 0.25f) == 0.25f);  /* 2.5 -> 2, ties to even */
+  CHECK(vmc_qbias_s32(-0.4375f, 0.5f, 0.25f) == -0.5f); /* -3.5 -> -4 */
+  CHECK(vmc_qbias_s32(0.3f, 1e-30f, 1e-30f) == 0.3f);   /* scale below FLT_MIN: unchanged */
+}

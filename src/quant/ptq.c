@@ -353,11 +353,7 @@ static vmc_status quantize_weights(vmc_graph *q, const vmc_node *n, const vmc_pt
      * accumulators.  A product below FLT_MIN (not representable as a scale)
      * leaves that bias in float. */
     float *b = q->params[n->param[1]].data;
-    for (int c = 0; c < ch && !s; c++) {
-      const vmc_qparams bq = {.scale = wp[c].scale * act->scale, .zero_point = 0,
-                              .qmin = INT32_MIN, .qmax = INT32_MAX};
-      if (bq.scale >= FLT_MIN && bq.scale <= FLT_MAX) s = vmc_qfake_quantize(&b[c], 1, 1, &bq, &b[c]);
-    }
+    for (int c = 0; c < ch; c++) b[c] = vmc_qbias_s32(b[c], wp[c].scale, act->scale);
   }
   vmc_free(wp);
   vmc_free(codes);

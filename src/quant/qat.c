@@ -244,12 +244,8 @@ static void quantize_bias(qat_state *st, const qweight *w) {
   if (!w->bshadow) return;
   vmc_param *pb = &st->q->params[w->b];
   const float sx = fq_params(&st->q->nodes[w->fq]).scale;
-  for (int c = 0; c < pb->shape.d[0]; c++) {
-    const vmc_qparams bq = {.scale = w->qp[w->blocks > 1 ? c : 0].scale * sx, .zero_point = 0,
-                            .qmin = INT32_MIN, .qmax = INT32_MAX};
-    pb->data[c] = w->bshadow[c];
-    if (bq.scale >= FLT_MIN && bq.scale <= FLT_MAX) vmc_qfake_quantize(&w->bshadow[c], 1, 1, &bq, &pb->data[c]);
-  }
+  for (int c = 0; c < pb->shape.d[0]; c++)
+    pb->data[c] = vmc_qbias_s32(w->bshadow[c], w->qp[w->blocks > 1 ? c : 0].scale, sx);
 }
 
 /* ---- the hooks ------------------------------------------------------------------ */

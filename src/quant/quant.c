@@ -244,3 +244,11 @@ double vmc_qfake_sqnr_db(const float *x, int channels, size_t k, const vmc_qpara
   }
   return sqnr_from(sig, noise);
 }
+
+float vmc_qbias_s32(float b, float w_scale, float x_scale) {
+  const vmc_qparams q = {.scale = w_scale * x_scale, .zero_point = 0, .qmin = INT32_MIN,
+                         .qmax = INT32_MAX};
+  float y = b;
+  if (q.scale >= FLT_MIN && q.scale <= FLT_MAX) vmc_qfake_quantize(&b, 1, 1, &q, &y);
+  return y;
+}

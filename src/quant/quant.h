@@ -191,6 +191,11 @@ vmc_status vmc_qdequantize(const void *q, vmc_dtype dt, int channels, size_t k,
 vmc_status vmc_qfake_quantize(const float *x, int channels, size_t k,
                               const vmc_qparams *params, float *y);
 
+/* A bias as the integer runtime adds it to its accumulators: b rounded to
+ * an s32 code of scale w_scale * x_scale (zero point 0), in fp32.  A product
+ * outside [FLT_MIN, FLT_MAX] (not representable as a scale) leaves b as is. */
+float vmc_qbias_s32(float b, float w_scale, float x_scale);
+
 /* Weights (channels x k, output channel first) to a symmetric scheme
  * (VMC_QSCHEME_S8 or S4): params from max |w| of each channel (per_channel)
  * or of the whole tensor (params[0] only), then q as vmc_quantize stores the
