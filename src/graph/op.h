@@ -5,6 +5,7 @@
 #define VMC_OP_H
 
 #include "graph/graph.h"
+#include "kernels/conv.h"
 
 /* Everything an op's forward/backward sees.  Shapes carry the planned batch
  * size in d[0]; loops run over `batch` images (<= planned). */
@@ -91,5 +92,15 @@ const vmc_op *const *vmc_op_all(int *count);
 static inline int vmc_ceil_div(int a, int b) { return (a + b - 1) / b; }
 vmc_status vmc_op_check_param(const vmc_graph *g, const vmc_node *n, int idx,
                               const vmc_shape *want);
+
+/* The window of a conv2d node from its attributes kh, kw, sh, sw, ph, pw,
+ * dh, dw (kernel, stride and dilation default 1, padding 0, each w attribute
+ * to its h one) over input shape in ([N, C, H, W], C split over the node's
+ * groups) with the output size of vmc_conv_out; in == NULL: the attributes
+ * only (c, h, w, oh, ow 0).  Unchecked: shape inference rejects bad ones. */
+vmc_conv_geom vmc_conv2d_window(const vmc_node *n, const vmc_shape *in);
+/* The same for maxpool/avgpool: kernel default 2, stride default the kernel,
+ * no dilation. */
+vmc_conv_geom vmc_pool_window(const vmc_node *n, const vmc_shape *in);
 
 #endif

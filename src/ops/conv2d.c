@@ -52,26 +52,34 @@ typedef struct {
   int phw, nslots; /* copies of pg's */
 } conv_cfg;
 
+vmc_conv_geom vmc_conv2d_window(const vmc_node *n, const vmc_shape *in) {
+  vmc_conv_geom g = {0};
+  g.kh = vmc_node_attr_i(n, "kh", 1);
+  g.kw = vmc_node_attr_i(n, "kw", g.kh);
+  g.sh = vmc_node_attr_i(n, "sh", 1);
+  g.sw = vmc_node_attr_i(n, "sw", g.sh);
+  g.ph = vmc_node_attr_i(n, "ph", 0);
+  g.pw = vmc_node_attr_i(n, "pw", g.ph);
+  g.dh = vmc_node_attr_i(n, "dh", 1);
+  g.dw = vmc_node_attr_i(n, "dw", g.dh);
+  if (!in) return g;
+  const int groups = vmc_node_attr_i(n, "groups", 1);
+  g.c = groups > 0 ? in->d[1] / groups : 0;
+  g.h = in->d[2];
+  g.w = in->d[3];
+  g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
+  g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+  return g;
+}
+
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   conv_cfg c;
   memset(&c, 0, sizeof c);
   c.groups = vmc_node_attr_i(n, "groups", 1);
   c.oc = vmc_node_attr_i(n, "out_c", 0);
   c.ocg = c.groups > 0 ? c.oc / c.groups : 0;
-  vmc_conv_geom *g = &c.g;
-  g->c = c.groups > 0 ? in->d[1] / c.groups : 0;
-  g->h = in->d[2];
-  g->w = in->d[3];
-  g->kh = vmc_node_attr_i(n, "kh", 1);
-  g->kw = vmc_node_attr_i(n, "kw", g->kh);
-  g->sh = vmc_node_attr_i(n, "sh", 1);
-  g->sw = vmc_node_attr_i(n, "sw", g->sh);
-  g->ph = vmc_node_attr_i(n, "ph", 0);
-  g->pw = vmc_node_attr_i(n, "pw", g->ph);
-  g->dh = vmc_node_attr_i(n, "dh", 1);
-  g->dw = vmc_node_attr_i(n, "dw", g->dh);
-  g->oh = vmc_conv_out(g->h, g->kh, g->sh, g->ph, g->dh);
-  g->ow = vmc_conv_out(g->w, g->kw, g->sw, g->pw, g->dw);
+  c.g = vmc_conv2d_window(n, in);
+  const vmc_conv_geom *g = &c.g;
   /* Attributes from a file may be absurd: products in 64 bits, and an
    * out-of-range result leaves K or P 0 for conv_infer to reject. */
   int64_t K = (int64_t)g->c * g->kh * g->kw, P = (int64_t)g->oh * g->ow;

@@ -7,11 +7,8 @@
 #include <float.h>
 #include <string.h>
 
-static vmc_conv_geom geom(const vmc_node *n, const vmc_shape *in) {
+vmc_conv_geom vmc_pool_window(const vmc_node *n, const vmc_shape *in) {
   vmc_conv_geom g = {0};
-  g.c = in->d[1];
-  g.h = in->d[2];
-  g.w = in->d[3];
   g.kh = vmc_node_attr_i(n, "kh", 2);
   g.kw = vmc_node_attr_i(n, "kw", g.kh);
   g.sh = vmc_node_attr_i(n, "sh", g.kh);
@@ -19,15 +16,20 @@ static vmc_conv_geom geom(const vmc_node *n, const vmc_shape *in) {
   g.ph = vmc_node_attr_i(n, "ph", 0);
   g.pw = vmc_node_attr_i(n, "pw", g.ph);
   g.dh = g.dw = 1;
+  if (!in) return g;
+  g.c = in->d[1];
+  g.h = in->d[2];
+  g.w = in->d[3];
   g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, 1);
   g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, 1);
   return g;
 }
 
+
 static vmc_status pool_infer(const vmc_graph *gr, const vmc_node *n, const vmc_shape *in,
                              vmc_shape *out) {
   if (in[0].ndim != 4) return vmc_error(VMC_ERR_SHAPE, "node '%s': pooling needs NCHW input", n->name);
-  vmc_conv_geom g = geom(n, &in[0]);
+  vmc_conv_geom g = vmc_pool_window(n, &in[0]);
   if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.ph < 0 || g.pw < 0 || g.ph > g.kh / 2 ||
       g.pw > g.kw / 2)
     return vmc_error(VMC_ERR_INVALID_ARG, "node '%s': bad pooling kernel/stride/padding", n->name);
@@ -45,7 +47,7 @@ static size_t maxpool_state(const vmc_node *n, const vmc_shape *in, const vmc_sh
 }
 
 static void maxpool_forward(vmc_opctx *c) {
-  vmc_conv_geom g = geom(c->node, &c->xs[0]);
+  vmc_conv_geom g = vmc_pool_window(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   int32_t *arg = c->mode == VMC_MODE_TRAIN ? c->state : NULL;
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
@@ -77,7 +79,7 @@ static void maxpool_forward(vmc_opctx *c) {
 
 static void maxpool_backward(vmc_opctx *c) {
   if (!c->dx[0]) return;
-  vmc_conv_geom g = geom(c->node, &c->xs[0]);
+  vmc_conv_geom g = vmc_pool_window(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   const int32_t *arg = c->state;
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
@@ -90,7 +92,7 @@ static void maxpool_backward(vmc_opctx *c) {
 }
 
 static void avgpool_forward(vmc_opctx *c) {
-  vmc_conv_geom g = geom(c->node, &c->xs[0]);
+  vmc_conv_geom g = vmc_pool_window(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   const float inv = 1.0f / (float)(g.kh * g.kw);
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
@@ -115,7 +117,7 @@ static void avgpool_forward(vmc_opctx *c) {
 
 static void avgpool_backward(vmc_opctx *c) {
   if (!c->dx[0]) return;
-  vmc_conv_geom g = geom(c->node, &c->xs[0]);
+  vmc_conv_geom g = vmc_pool_window(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   const float inv = 1.0f / (float)(g.kh * g.kw);
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)

@@ -130,17 +130,9 @@ static vmc_status layer_setup(const vmc_graph *f, const vmc_graph *q, int qi, la
     L->kg = L->ktot = qw->shape.d[1];
     L->P = 1;
   } else {
-    const vmc_node *n = qn;
-    L->groups = vmc_node_attr_i(n, "groups", 1);
+    L->groups = vmc_node_attr_i(qn, "groups", 1);
+    L->g = vmc_conv2d_window(qn, NULL); /* sizes: layer_set_input */
     vmc_conv_geom *g = &L->g;
-    g->kh = vmc_node_attr_i(n, "kh", 1);
-    g->kw = vmc_node_attr_i(n, "kw", g->kh);
-    g->sh = vmc_node_attr_i(n, "sh", 1);
-    g->sw = vmc_node_attr_i(n, "sw", g->sh);
-    g->ph = vmc_node_attr_i(n, "ph", 0);
-    g->pw = vmc_node_attr_i(n, "pw", g->ph);
-    g->dh = vmc_node_attr_i(n, "dh", 1);
-    g->dw = vmc_node_attr_i(n, "dw", g->dh);
     g->c = qw->shape.d[1];
     L->kg = g->c * g->kh * g->kw;
     L->ktot = L->kg * L->groups;

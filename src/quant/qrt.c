@@ -264,17 +264,7 @@ static vmc_status lower_conv_linear(lower *L, const vmc_node *n) {
   } else {
     groups = vmc_node_attr_i(n, "groups", 1);
     rows = os->d[1];
-    gm.c = is->d[1] / groups;
-    gm.h = is->d[2];
-    gm.w = is->d[3];
-    gm.kh = vmc_node_attr_i(n, "kh", 1);
-    gm.kw = vmc_node_attr_i(n, "kw", gm.kh);
-    gm.sh = vmc_node_attr_i(n, "sh", 1);
-    gm.sw = vmc_node_attr_i(n, "sw", gm.sh);
-    gm.ph = vmc_node_attr_i(n, "ph", 0);
-    gm.pw = vmc_node_attr_i(n, "pw", gm.ph);
-    gm.dh = vmc_node_attr_i(n, "dh", 1);
-    gm.dw = vmc_node_attr_i(n, "dw", gm.dh);
+    gm = vmc_conv2d_window(n, is);
     gm.oh = os->d[2];
     gm.ow = os->d[3];
     K = gm.c * gm.kh * gm.kw;
@@ -397,23 +387,18 @@ static vmc_status lower_add(lower *L, const vmc_node *n) {
 
 static vmc_conv_geom pool_geom(const vmc_node *n, const vmc_shape *in, const vmc_shape *out) {
   vmc_conv_geom g = {0};
-  g.c = in->d[1];
-  g.h = in->d[2];
-  g.w = in->d[3];
-  g.oh = out->d[2];
-  g.ow = out->d[3];
-  g.dh = g.dw = 1;
   if (is_op(n, "gap")) {
+    g.c = in->d[1];
+    g.h = in->d[2];
+    g.w = in->d[3];
     g.kh = g.sh = g.h;
     g.kw = g.sw = g.w;
-    return g;
+    g.dh = g.dw = 1;
+  } else {
+    g = vmc_pool_window(n, in);
   }
-  g.kh = vmc_node_attr_i(n, "kh", 2);
-  g.kw = vmc_node_attr_i(n, "kw", g.kh);
-  g.sh = vmc_node_attr_i(n, "sh", g.kh);
-  g.sw = vmc_node_attr_i(n, "sw", g.kw);
-  g.ph = vmc_node_attr_i(n, "ph", 0);
-  g.pw = vmc_node_attr_i(n, "pw", g.ph);
+  g.oh = out->d[2];
+  g.ow = out->d[3];
   return g;
 }
 
