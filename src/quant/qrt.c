@@ -319,6 +319,18 @@ static vmc_status lower_conv_linear(lower *L, const vmc_node *n) {
 
 /* ---- the other ops ------------------------------------------------------------------ */
 
+/* Node n's output: tensor x requantized onto qa (an add step with one input). */
+static vmc_status requant_step(lower *L, const vmc_node *n, int x, const vmc_qact *qa) {
+  qrt_step *s;
+  VMC_TRY(new_tensor(L, &L->shape[n->out], qa, &L->tens[n->out]));
+  VMC_TRY(new_step(L, n, QRT_ADD, &s));
+  s->in = reads(L, x);
+  s->out = L->tens[n->out];
+  s->n = L->q->t[x].bytes;
+  s->inv = 1.0f / qa->scale;
+  return VMC_OK;
+}
+
 static vmc_status lower_fakequant(lower *L, const vmc_node *n) {
   const int xv = n->in[0];
   vmc_qact qa;
@@ -341,13 +353,7 @@ static vmc_status lower_fakequant(lower *L, const vmc_node *n) {
     L->tens[n->out] = x; /* already on this grid */
     return VMC_OK;
   }
-  VMC_TRY(new_tensor(L, &L->shape[n->out], &qa, &L->tens[n->out]));
-  VMC_TRY(new_step(L, n, QRT_ADD, &s));
-  s->in = reads(L, x);
-  s->out = L->tens[n->out];
-  s->n = L->q->t[x].bytes;
-  s->inv = 1.0f / qa.scale;
-  return VMC_OK;
+  return requant_step(L, n, x, &qa);
 }
 
 /* relu/relu6 on a quantized value: the same grid, clamped. */
@@ -357,14 +363,7 @@ static vmc_status lower_clamp(lower *L, const vmc_node *n) {
   vmc_qact qa = L->q->t[x].q;
   const vmc_qparams qp = {qa.scale, qa.zp, qa.lo, qa.hi};
   fuse_act(is_op(n, "relu") ? VMC_ACT_RELU : VMC_ACT_RELU6, &qp, &qa);
-  qrt_step *s;
-  VMC_TRY(new_tensor(L, &L->shape[n->out], &qa, &L->tens[n->out]));
-  VMC_TRY(new_step(L, n, QRT_ADD, &s));
-  s->in = reads(L, x);
-  s->out = L->tens[n->out];
-  s->n = L->q->t[x].bytes;
-  s->inv = 1.0f / qa.scale;
-  return VMC_OK;
+  return requant_step(L, n, x, &qa);
 }
 
 static vmc_status lower_add(lower *L, const vmc_node *n) {
