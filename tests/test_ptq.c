@@ -216,12 +216,6 @@ static double sqnr(const float *a, const float *b, size_t n) {
 }
 
 /* The node called name (NULL if none). */
-static const vmc_node *node_of(const vmc_graph *g, const char *name) {
-  for (int i = 0; i < g->n_nodes; i++)
-    if (!strcmp(g->nodes[i].name, name)) return &g->nodes[i];
-  return NULL;
-}
-
 static int count_op(const vmc_graph *g, const char *op) {
   int n = 0;
   for (int i = 0; i < g->n_nodes; i++) n += !strcmp(g->nodes[i].op->name, op);
@@ -435,7 +429,7 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
   }
   vmc_qparams want;
   REQUIRE_OK(vmc_qparams_from_range(lo, hi, VMC_QSCHEME_U8, &want));
-  const vmc_node *fq = node_of(q, "input.quant");
+  const vmc_node *fq = test_node_of(q, "input.quant");
   REQUIRE(fq && !strcmp(fq->op->name, "fakequant"));
   CHECK(vmc_node_attr_f(fq, "scale", 0) == want.scale);
   CHECK_EQ_INT(vmc_node_attr_i(fq, "zero_point", -1), want.zero_point);
@@ -449,13 +443,13 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
     CHECK_EQ_INT(rep.layers[i].act.zero_point, 0);
     CHECK(rep.layers[i].clipped == 0);
     CHECK(rep.layers[i].act_sqnr_db > 20 && rep.layers[i].w_sqnr_db > 30);
-    CHECK_EQ_INT(rep.layers[i].channels, q->params[node_of(q, rep.layers[i].node)->param[0]].shape.d[0]);
+    CHECK_EQ_INT(rep.layers[i].channels, q->params[test_node_of(q, rep.layers[i].node)->param[0]].shape.d[0]);
   }
   /* Weights: exactly the fake quantization of the folded weights. */
   vmc_graph *f = NULL;
   REQUIRE_OK(vmc_graph_fold_bn_copy(g, &f, NULL));
   for (int i = 0; i < rep.n_layers; i++) {
-    const vmc_node *n = node_of(f, rep.layers[i].node);
+    const vmc_node *n = test_node_of(f, rep.layers[i].node);
     REQUIRE(n);
     const vmc_param *w = &f->params[n->param[0]];
     const int ch = w->shape.d[0];
@@ -535,7 +529,7 @@ TEST(ptq_layer_rules_and_layer_sites) {
   REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
   for (int i = 0; i < rep.n_layers; i++) {
     const vmc_ptq_layer *l = &rep.layers[i];
-    const vmc_param *w = &q->params[node_of(q, l->node)->param[0]];
+    const vmc_param *w = &q->params[test_node_of(q, l->node)->param[0]];
     const int want = !strcmp(l->node, "fc") ? 0 : !strcmp(l->node, "layer2.0.conv1") ? 4 : 8;
     CHECK_EQ_INT(l->weight_bits, want);
     CHECK_EQ_INT((int)w->store, want == 0 ? VMC_F32 : want == 4 ? VMC_S4 : VMC_S8);
@@ -562,7 +556,7 @@ TEST(ptq_layer_rules_and_layer_sites) {
   /* The stem's output was a site only for layer1.0.conv1, which reads it
    * in float now. */
   CHECK_EQ_INT(count_op(q, "fakequant"), 7);
-  const vmc_node *c1 = node_of(q, "layer1.0.conv1");
+  const vmc_node *c1 = test_node_of(q, "layer1.0.conv1");
   REQUIRE(c1);
   CHECK(strcmp(producer(q, c1->in[0])->op->name, "fakequant"));
   CHECK(rep.layers[1].quant[0] == 0);
@@ -603,7 +597,7 @@ TEST(ptq_observers_schemes_and_models) {
             CHECK(l->observer == (i ? (vmc_observer_kind)k : VMC_OBSERVER_MINMAX));
             CHECK(l->act.scale > 0 && isfinite(l->act.scale));
             CHECK(l->lo >= l->seen_min && l->hi <= l->seen_max);
-            CHECK(l->channels == (pc ? q->params[node_of(q, l->node)->param[0]].shape.d[0] : 1));
+            CHECK(l->channels == (pc ? q->params[test_node_of(q, l->node)->param[0]].shape.d[0] : 1));
             CHECK(l->w_scale_min <= l->w_scale_max && (pc || l->w_scale_min == l->w_scale_max));
           }
           float *z = test_plan_logits(q, d, 12);

@@ -21,12 +21,6 @@ static vmc_graph *lenet(void) {
   return vmc_zoo_build("lenet5", 1, 28, 28, 10, 3, &g) ? NULL : g;
 }
 
-static const vmc_node *node_of(const vmc_graph *g, const char *name) {
-  for (int i = 0; i < g->n_nodes; i++)
-    if (!strcmp(g->nodes[i].name, name)) return &g->nodes[i];
-  return NULL;
-}
-
 /* Small, quick defaults: SGD without momentum or decay, constant lr. */
 static void quick_opts(vmc_qat_opts *o, int epochs, int images) {
   vmc_qat_opts_default(o);
@@ -144,7 +138,7 @@ TEST(qat_one_step_is_the_ste_update) {
   /* Frozen observers: the activation qparams are the calibrated ones. */
   for (int i = 0; i < p->n_nodes; i++) {
     if (strcmp(p->nodes[i].op->name, "fakequant")) continue;
-    const vmc_node *a = &p->nodes[i], *b = node_of(q, a->name);
+    const vmc_node *a = &p->nodes[i], *b = test_node_of(q, a->name);
     REQUIRE(b);
     CHECK(vmc_node_attr_f(a, "scale", 0) == vmc_node_attr_f(b, "scale", 1));
     CHECK_EQ_INT(vmc_node_attr_i(a, "zero_point", -1), vmc_node_attr_i(b, "zero_point", -2));
@@ -259,7 +253,7 @@ TEST(qat_freezing_stops_observers) {
   for (int i = 0; i < q[0]->n_nodes; i++) {
     const vmc_node *a = &q[0]->nodes[i];
     if (strcmp(a->op->name, "fakequant")) continue;
-    const vmc_node *b = node_of(q[1], a->name), *c = node_of(q[2], a->name);
+    const vmc_node *b = test_node_of(q[1], a->name), *c = test_node_of(q[2], a->name);
     REQUIRE(b && c);
     CHECK(vmc_node_attr_f(a, "scale", 0) == vmc_node_attr_f(b, "scale", 1));
     CHECK_EQ_INT(vmc_node_attr_i(a, "zero_point", -1), vmc_node_attr_i(b, "zero_point", -2));

@@ -50,6 +50,11 @@ vmc_dataset *test_blobs(int n, uint64_t seed, float rad_min, float noise, int sh
   return d;
 }
 
+const vmc_node *test_node_of(const vmc_graph *g, const char *name) {
+  const int i = vmc_graph_find_node(g, name);
+  return i >= 0 ? &g->nodes[i] : NULL;
+}
+
 float *test_plan_logits(vmc_graph *g, const vmc_dataset *d, int n) {
   vmc_plan *p = NULL;
   if (vmc_plan_create(g, n, VMC_MODE_INFER, &p)) return NULL;

@@ -17,6 +17,9 @@ vmc_graph *test_zoo_model(const char *name, uint64_t build_seed, uint64_t bn_see
  * (shape_labels 1: a task a small model can learn).  NULL on failure. */
 vmc_dataset *test_blobs(int n, uint64_t seed, float rad_min, float noise, int shape_labels);
 
+/* The node called name, or NULL. */
+const vmc_node *test_node_of(const vmc_graph *g, const char *name);
+
 /* Logits (n x 10, malloc'd) of images [0, n) of d through an inference plan
  * of g at batch n; NULL on failure. */
 float *test_plan_logits(vmc_graph *g, const vmc_dataset *d, int n);

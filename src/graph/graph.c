@@ -70,6 +70,12 @@ int vmc_graph_find_value(const vmc_graph *g, const char *name) {
   return -1;
 }
 
+int vmc_graph_find_node(const vmc_graph *g, const char *name) {
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!strcmp(g->nodes[i].name, name)) return i;
+  return -1;
+}
+
 int vmc_graph_find_param(const vmc_graph *g, const char *name) {
   for (int i = 0; i < g->n_params; i++)
     if (!strcmp(g->params[i].name, name)) return i;

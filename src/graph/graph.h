@@ -74,6 +74,8 @@ vmc_status vmc_graph_create(int in_c, int in_h, int in_w, vmc_graph **out);
 /* Value id by name, or -1. */
 int vmc_graph_find_value(const vmc_graph *g, const char *name);
 int vmc_graph_find_param(const vmc_graph *g, const char *name);
+/* Node index by name (names are unique: each names its output value), or -1. */
+int vmc_graph_find_node(const vmc_graph *g, const char *name);
 vmc_status vmc_graph_add_value(vmc_graph *g, const char *name, int *id);
 /* Adds a parameter of the given shape (zeroed) and returns its id. */
 vmc_status vmc_graph_add_param(vmc_graph *g, const char *name, vmc_shape shape,

@@ -106,8 +106,8 @@ static vmc_status layer_setup(const vmc_graph *f, const vmc_graph *q, int qi, la
   memset(L, 0, sizeof *L);
   L->qn = &q->nodes[qi];
   const vmc_node *qn = L->qn;
-  for (int i = 0; i < f->n_nodes && !L->fn; i++)
-    if (!strcmp(f->nodes[i].name, qn->name)) L->fn = &f->nodes[i];
+  const int fi = vmc_graph_find_node(f, qn->name);
+  if (fi >= 0) L->fn = &f->nodes[fi];
   if (!L->fn)
     return vmc_error(VMC_ERR_NOT_FOUND, "adaround: node '%s' of the quantized model is not in "
                      "the float model", qn->name);

@@ -74,9 +74,7 @@ static vmc_status check_opts(const vmc_graph *g, const vmc_dataset *d, const vmc
     return vmc_error(VMC_ERR_INVALID_ARG, "ptq: %d layer rules", o->n_rules);
   for (int i = 0; i < o->n_rules; i++) {
     const vmc_ptq_rule *r = &o->rules[i];
-    int found = -1;
-    for (int j = 0; r->node && j < g->n_nodes && found < 0; j++)
-      if (!strcmp(g->nodes[j].name, r->node)) found = j;
+    const int found = r->node ? vmc_graph_find_node(g, r->node) : -1;
     if (found < 0 || !is_target(&g->nodes[found]))
       return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer rule %d: '%s' is not a conv2d or "
                        "linear node of the model", i, r->node ? r->node : "(null)");

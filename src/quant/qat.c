@@ -135,13 +135,6 @@ static vmc_status fq_scheme(const vmc_node *n, vmc_qscheme *out) {
                    "known scheme's", n->name, (int)p.qmin, (int)p.qmax);
 }
 
-/* Index of the node called name, or -1. */
-static int node_index(const vmc_graph *g, const char *name) {
-  for (int i = 0; i < g->n_nodes; i++)
-    if (!strcmp(g->nodes[i].name, name)) return i;
-  return -1;
-}
-
 static int is_layer(const vmc_node *n) {
   return n->n_param >= 1 && (!strcmp(n->op->name, "conv2d") || !strcmp(n->op->name, "linear"));
 }
@@ -170,7 +163,7 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
     w->w = nd->param[0];
     w->b = nd->n_param > 1 ? nd->param[1] : -1;
     w->scheme = l->weight_bits == 4 ? VMC_QSCHEME_S4 : VMC_QSCHEME_S8;
-    w->fq = l->quant[0] ? node_index(q, l->quant) : -1;
+    w->fq = l->quant[0] ? vmc_graph_find_node(q, l->quant) : -1;
     if (l->quant[0] && (w->fq < 0 || strcmp(q->nodes[w->fq].op->name, "fakequant")))
       return vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' reads '%s', not a fakequant", nd->name,
                        l->quant);

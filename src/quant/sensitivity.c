@@ -94,9 +94,7 @@ static vmc_status single_init(single *c, const vmc_graph *f, const vmc_ptq_repor
     return vmc_error(VMC_ERR_NOMEM, "sensitivity");
   for (int i = 0; i < rep->n_layers; i++) {
     const vmc_ptq_layer *l = &rep->layers[i];
-    c->node[i] = -1;
-    for (int j = 0; j < f->n_nodes && c->node[i] < 0; j++)
-      if (!strcmp(f->nodes[j].name, l->node)) c->node[i] = j;
+    c->node[i] = vmc_graph_find_node(f, l->node);
     c->float_in[i] = vmc_graph_find_value(f, l->input);
     if (c->node[i] < 0 || c->float_in[i] < 0)
       return vmc_error(VMC_ERR_INTERNAL, "sensitivity: layer '%s' (input '%s') is not in the "
