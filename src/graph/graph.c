@@ -207,9 +207,16 @@ vmc_status vmc_graph_alloc_grads(vmc_graph *g) {
 
 vmc_status vmc_graph_copy_param(vmc_graph *g, const vmc_param *p, int *id) {
   VMC_TRY(vmc_graph_add_param(g, p->name, p->shape, p->trainable, id));
-  memcpy(g->params[*id].data, p->data, vmc_shape_count(&p->shape) * sizeof(float));
+  vmc_param *c = &g->params[*id];
+  memcpy(c->data, p->data, vmc_shape_count(&p->shape) * sizeof(float));
   if (p->store == VMC_F32) return VMC_OK;
-  return vmc_param_set_quantized(g, *id, p->store, p->qscale, p->n_qscale);
+  /* p already holds codes times its scales: copy the scales, no re-check. */
+  c->qscale = vmc_malloc_plain((size_t)p->n_qscale * sizeof *c->qscale);
+  if (!c->qscale) return vmc_error(VMC_ERR_NOMEM, "parameter '%s'", p->name);
+  memcpy(c->qscale, p->qscale, (size_t)p->n_qscale * sizeof *c->qscale);
+  c->n_qscale = p->n_qscale;
+  c->store = p->store;
+  return VMC_OK;
 }
 
 static size_t qblock(const vmc_param *p) {
