@@ -71,8 +71,8 @@ static double measure(const bench_case *c, const vmc_qgemm_variant *v, int what)
     const double t0 = now_s();
     for (int r = 0; r < reps; r++) {
       switch (what) {
-      case 0: v->run(c->M, c->N, c->K, pa, c->B, c->N, &c->epi, c->C, c->N); break;
-      case 1: vmc_qgemm_run_mt(v, c->M, c->N, c->K, pa, c->B, c->N, &c->epi, c->C, c->N); break;
+      case 0: v->run(c->M, c->N, c->K, pa, c->B, c->N, NULL, &c->epi, c->C, c->N); break;
+      case 1: vmc_qgemm_run_mt(v, c->M, c->N, c->K, pa, c->B, c->N, NULL, &c->epi, c->C, c->N); break;
       case 2:
         vmc_sgemm(0, 0, c->M, c->N, c->K, 1.0f, c->Af, c->K, c->Bf, c->N, 0.0f, c->Cf, c->N);
         break;

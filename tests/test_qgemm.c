@@ -23,16 +23,16 @@ static int rnd_in(int lo, int hi) { return lo + (int)(rnd() % (uint32_t)(hi - lo
 
 /* A (s8, M x lda) packed for v, then C = epi(A * B) by v. */
 static void run_v(const vmc_qgemm_variant *v, int mt, int M, int N, int K,
-                  const int8_t *A, int lda, const uint8_t *B, int ldb,
+                  const int8_t *A, int lda, const uint8_t *B, int ldb, const int32_t *boff,
                   const vmc_qepi *epi, void *C, int ldc) {
   const size_t bytes = vmc_qgemm_packed_a_size(v, M, K);
   void *pa = malloc(bytes ? bytes : 1);
   if (!pa) return;
   vmc_qgemm_pack_a(v, M, K, A, lda, pa);
   if (mt)
-    vmc_qgemm_run_mt(v, M, N, K, pa, B, ldb, epi, C, ldc);
+    vmc_qgemm_run_mt(v, M, N, K, pa, B, ldb, boff, epi, C, ldc);
   else
-    v->run(M, N, K, pa, B, ldb, epi, C, ldc);
+    v->run(M, N, K, pa, B, ldb, boff, epi, C, ldc);
   free(pa);
 }
 
@@ -92,7 +92,9 @@ static void qproblem_epi(qproblem *p, int e) {
 }
 
 /* v (and its _mt entry) against the reference on p, whole C buffers compared
- * (padding columns prefilled and required untouched). */
+ * (padding columns prefilled and required untouched); then again with B's
+ * rows given by offsets (boff) into a pool holding them in reverse order at
+ * odd addresses. */
 static void check_problem(const vmc_qgemm_variant *v, qproblem *p, const char *what) {
   uint8_t *ref = malloc(p->c_bytes + 1), *got = malloc(p->c_bytes + 1);
   if (!ref || !got) {
@@ -101,26 +103,40 @@ static void check_problem(const vmc_qgemm_variant *v, qproblem *p, const char *w
     vmc_test_fail(__FILE__, __LINE__, "out of memory");
     return;
   }
+  const size_t stride = (size_t)p->N + 3;
+  uint8_t *pool = malloc((size_t)p->K * stride + 1);
+  int32_t *boff = malloc((size_t)(p->K > 0 ? p->K : 1) * sizeof *boff);
+  if (!pool || !boff) {
+    free(ref), free(got), free(pool), free(boff);
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+    return;
+  }
+  for (int k = 0; k < p->K; k++) {
+    boff[k] = (int32_t)((size_t)(p->K - 1 - k) * stride + 1);
+    memcpy(pool + boff[k], p->B + (size_t)k * p->ldb, (size_t)p->N);
+  }
   memset(ref, 0xa5, p->c_bytes);
-  run_v(&vmc_qgemm_u8s8s32__ref, 0, p->M, p->N, p->K, p->A, p->lda, p->B, p->ldb,
+  run_v(&vmc_qgemm_u8s8s32__ref, 0, p->M, p->N, p->K, p->A, p->lda, p->B, p->ldb, NULL,
         &p->epi, ref, p->ldc);
-  for (int mt = 0; mt < 2; mt++) {
+  for (int mt = 0; mt < 4; mt++) {
     memset(got, 0xa5, p->c_bytes);
-    run_v(v, mt, p->M, p->N, p->K, p->A, p->lda, p->B, p->ldb, &p->epi, got, p->ldc);
+    if (mt < 2)
+      run_v(v, mt, p->M, p->N, p->K, p->A, p->lda, p->B, p->ldb, NULL, &p->epi, got, p->ldc);
+    else
+      run_v(v, mt - 2, p->M, p->N, p->K, p->A, p->lda, pool, 0, boff, &p->epi, got, p->ldc);
     if (memcmp(ref, got, p->c_bytes) != 0) {
       size_t i = 0;
       while (ref[i] == got[i]) i++;
       vmc_test_fail(__FILE__, __LINE__,
-                    "%s%s %s: M=%d N=%d K=%d ldc=%d out=%d zp=%d lo=%d hi=%d: byte %zu "
+                    "%s%s%s %s: M=%d N=%d K=%d ldc=%d out=%d zp=%d lo=%d hi=%d: byte %zu "
                     "differs (%d vs ref %d)",
-                    v->name, mt ? " mt" : "", what, p->M, p->N, p->K, p->ldc,
+                    v->name, mt % 2 ? " mt" : "", mt >= 2 ? " row offsets" : "", what, p->M, p->N, p->K, p->ldc,
                     (int)p->epi.out, p->epi.zero_point, p->epi.lo, p->epi.hi, i, got[i],
                     ref[i]);
       break;
     }
   }
-  free(ref);
-  free(got);
+  free(ref), free(got), free(pool), free(boff);
 }
 
 static void check_variant(const vmc_qgemm_variant *v) {
@@ -176,7 +192,7 @@ TEST(qgemm_ref_is_exact) {
     p.epi.bias = p.bias;
     int32_t *C = malloc((size_t)p.M * p.ldc * sizeof *C);
     REQUIRE(C);
-    run_v(&vmc_qgemm_u8s8s32__ref, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, &p.epi, C,
+    run_v(&vmc_qgemm_u8s8s32__ref, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, NULL, &p.epi, C,
           p.ldc);
     for (int m = 0; m < p.M; m++)
       for (int n = 0; n < p.N; n++) {
@@ -219,7 +235,7 @@ TEST(qgemm_dispatch) {
   REQUIRE(ref && got && pa);
   memset(ref, 0, p.c_bytes);
   memset(got, 0, p.c_bytes);
-  run_v(&vmc_qgemm_u8s8s32__ref, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, &p.epi, ref,
+  run_v(&vmc_qgemm_u8s8s32__ref, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, NULL, &p.epi, ref,
         p.ldc);
   vmc_qgemm_pack_a(NULL, p.M, p.K, p.A, p.lda, pa);
   vmc_qgemm(p.M, p.N, p.K, pa, p.B, p.ldb, &p.epi, got, p.ldc);
@@ -251,11 +267,11 @@ TEST(qgemm_mt_equals_single) {
       uint8_t *one = malloc(p.c_bytes), *many = malloc(p.c_bytes);
       REQUIRE(one && many);
       memset(one, 0x5a, p.c_bytes);
-      run_v(v, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, &p.epi, one, p.ldc);
+      run_v(v, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, NULL, &p.epi, one, p.ldc);
       for (int nt = 1; nt <= 3; nt++) {
         vmc_set_threads(nt);
         memset(many, 0x5a, p.c_bytes);
-        run_v(v, 1, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, &p.epi, many, p.ldc);
+        run_v(v, 1, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, NULL, &p.epi, many, p.ldc);
         if (memcmp(one, many, p.c_bytes) != 0)
           vmc_test_fail(__FILE__, __LINE__, "%s %dx%dx%d on %d threads differs", v->name,
                         p.M, p.N, p.K, nt);
@@ -281,7 +297,7 @@ static void requant_case(vmc_qout out, float scale, int32_t zp, int32_t lo, int3
     const vmc_qgemm_variant *v = vmc_qgemm_variants[vi];
     if (!vmc_qgemm_variant_ok(v)) continue;
     uint8_t C[64 * 4];
-    run_v(v, 0, 1, n, 1, A, 1, B, n, &epi, C, n);
+    run_v(v, 0, 1, n, 1, A, 1, B, n, NULL, &epi, C, n);
     for (int i = 0; i < n; i++) {
       const int32_t y = out == VMC_QOUT_U8 ? C[i] : (int8_t)C[i];
       if (y != want[i])

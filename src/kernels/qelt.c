@@ -205,16 +205,15 @@ void vmc_qphase_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8_
   }
 }
 
-void vmc_qwide_col_u8(const uint8_t *xp, const vmc_conv_geom *g, uint8_t *col) {
+void vmc_qwide_offsets(const vmc_conv_geom *g, int32_t *off) {
   const int phw = vmc_qphase_w(g), sh = g->sh, sw = g->sw;
-  const size_t plane = (size_t)vmc_qphase_h(g) * phw, nw = (size_t)g->oh * phw;
+  const size_t plane = (size_t)vmc_qphase_h(g) * phw;
   for (int c = 0; c < g->c; c++)
     for (int i = 0; i < g->kh; i++)
       for (int j = 0; j < g->kw; j++) {
         const int a = i * g->dh, b = j * g->dw;
-        const uint8_t *p = xp + ((size_t)(c * sh + a % sh) * sw + b % sw) * plane;
-        memcpy(col, p + (size_t)(a / sh) * phw + b / sw, nw);
-        col += nw;
+        *off++ = (int32_t)(((size_t)(c * sh + a % sh) * sw + b % sw) * plane +
+                           (size_t)(a / sh) * phw + (size_t)(b / sw));
       }
 }
 

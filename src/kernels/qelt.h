@@ -87,10 +87,11 @@ void vmc_qim2col_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8
  * out (filled with pad), and vmc_qphase_bytes counts a little slack after
  * the last (vmc_qphase_u8).  Row (c, i, j) of the virtual im2col matrix is
  * then the contiguous slice of oh*phw bytes of phase ((i*dh) % sh, (j*dw) %
- * sw) starting at ((i*dh) / sh) * phw + (j*dw) / sw (vmc_qwide_col_u8
- * copies the K rows).  A GEMM over those oh*phw "wide" columns gives each
- * output row phw - ow extra columns, which vmc_qcrop_u8 drops.  Stride 1 is
- * the single phase: the padded image. */
+ * sw) starting at ((i*dh) / sh) * phw + (j*dw) / sw: vmc_qwide_offsets
+ * gives the K row offsets into xp, which the GEMM reads in place (its boff
+ * rows, qgemm.h), so the matrix is never copied.  A GEMM over those oh*phw
+ * "wide" columns gives each output row phw - ow extra columns, which
+ * vmc_qcrop_u8 drops.  Stride 1 is the single phase: the padded image. */
 static inline int vmc_qphase_h(const vmc_conv_geom *g) { return (g->h + 2 * g->ph + g->sh - 1) / g->sh; }
 static inline int vmc_qphase_w(const vmc_conv_geom *g) { return (g->w + 2 * g->pw + g->sw - 1) / g->sw; }
 static inline size_t vmc_qphase_bytes(const vmc_conv_geom *g) {
@@ -98,7 +99,9 @@ static inline size_t vmc_qphase_bytes(const vmc_conv_geom *g) {
          (size_t)((g->kw - 1) * g->dw / g->sw) + 1;
 }
 void vmc_qphase_u8(const uint8_t *x, const vmc_conv_geom *g, uint8_t pad, uint8_t *xp);
-void vmc_qwide_col_u8(const uint8_t *xp, const vmc_conv_geom *g, uint8_t *col);
+/* off[(c*kh + i)*kw + j] = the offset in xp of row (c, i, j), K = c*kh*kw of
+ * them. */
+void vmc_qwide_offsets(const vmc_conv_geom *g, int32_t *off);
 /* y[r][oy][ox] = yw[r][oy * wp + ox] for `rows` planes of oh x ow. */
 void vmc_qcrop_u8(const uint8_t *yw, int rows, int oh, int wp, int ow, uint8_t *y);
 

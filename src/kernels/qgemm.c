@@ -121,7 +121,7 @@ static inline int packed_at(const vmc_qgemm_variant *v, const void *pa, size_t k
 
 void vmc_qgemm_packed_scalar(const vmc_qgemm_variant *layout, int M, int N, int K,
                              const void *packed_a, const uint8_t *B, int ldb,
-                             const vmc_qepi *epi, void *C, int ldc) {
+                             const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K < 0) K = 0;
   const vmc_qepi_prep p = vmc_qepi_prepare(epi);
@@ -133,7 +133,7 @@ void vmc_qgemm_packed_scalar(const vmc_qgemm_variant *layout, int M, int N, int 
       uint32_t acc = 0; /* wraps mod 2^32, as vpaddd / vpdpbusd */
       for (int k = 0; k < K; k++)
         acc += (uint32_t)(packed_at(layout, packed_a, kgroups, m, k) *
-                          (int)B[(size_t)k * (size_t)ldb + (size_t)n]);
+                          (int)vmc_qgemm_brow(B, (size_t)ldb, boff, k)[n]);
       vmc_qepi_store1(epi, &p, m, (int32_t)acc, c, (size_t)n);
     }
   }
@@ -189,7 +189,7 @@ void *vmc_qscratch(size_t bytes) {
 
 void vmc_qgemm(int M, int N, int K, const void *packed_a, const uint8_t *B, int ldb,
                const vmc_qepi *epi, void *C, int ldc) {
-  vmc_qgemm_best()->run(M, N, K, packed_a, B, ldb, epi, C, ldc);
+  vmc_qgemm_best()->run(M, N, K, packed_a, B, ldb, NULL, epi, C, ldc);
 }
 
 /* Below this many multiply-adds a thread team costs more than it saves
@@ -198,11 +198,11 @@ void vmc_qgemm(int M, int N, int K, const void *packed_a, const uint8_t *B, int 
 
 void vmc_qgemm_run_mt(const vmc_qgemm_variant *v, int M, int N, int K,
                       const void *packed_a, const uint8_t *B, int ldb,
-                      const vmc_qepi *epi, void *C, int ldc) {
+                      const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
   if (M <= 0 || N <= 0) return;
   const int nt = vmc_get_threads();
   if (nt <= 1 || omp_in_parallel() || (double)M * N * (K > 0 ? K : 1) < MT_MIN_WORK) {
-    v->run(M, N, K, packed_a, B, ldb, epi, C, ldc);
+    v->run(M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
     return;
   }
   /* Split N (pixels, the long side of conv GEMMs) in whole register tiles
@@ -214,7 +214,7 @@ void vmc_qgemm_run_mt(const vmc_qgemm_variant *v, int M, int N, int K,
   const int per = (units + nt - 1) / nt;
   const int block = per * align, nblocks = (units + per - 1) / per;
   if (nblocks <= 1) {
-    v->run(M, N, K, packed_a, B, ldb, epi, C, ldc);
+    v->run(M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
     return;
   }
   const size_t osz = vmc_qout_bytes(epi->out);
@@ -223,12 +223,13 @@ void vmc_qgemm_run_mt(const vmc_qgemm_variant *v, int M, int N, int K,
   for (int t = 0; t < nblocks; t++) {
     const int lo = t * block, n = len - lo < block ? len - lo : block;
     if (by_n) {
-      v->run(M, n, K, packed_a, B + lo, ldb, epi, (uint8_t *)C + (size_t)lo * osz, ldc);
+      v->run(M, n, K, packed_a, B + lo, ldb, boff, epi, (uint8_t *)C + (size_t)lo * osz,
+             ldc);
     } else {
       vmc_qepi e = *epi;
       if (e.bias) e.bias += lo;
       if (e.scale && !e.per_tensor) e.scale += lo;
-      v->run(n, N, K, (const uint8_t *)packed_a + (size_t)lo * a_row, B, ldb, &e,
+      v->run(n, N, K, (const uint8_t *)packed_a + (size_t)lo * a_row, B, ldb, boff, &e,
              (uint8_t *)C + (size_t)lo * (size_t)ldc * osz, ldc);
     }
   }
@@ -236,7 +237,7 @@ void vmc_qgemm_run_mt(const vmc_qgemm_variant *v, int M, int N, int K,
 
 void vmc_qgemm_mt(int M, int N, int K, const void *packed_a, const uint8_t *B,
                   int ldb, const vmc_qepi *epi, void *C, int ldc) {
-  vmc_qgemm_run_mt(vmc_qgemm_best(), M, N, K, packed_a, B, ldb, epi, C, ldc);
+  vmc_qgemm_run_mt(vmc_qgemm_best(), M, N, K, packed_a, B, ldb, NULL, epi, C, ldc);
 }
 
 /* ---- int4 -------------------------------------------------------------------- */

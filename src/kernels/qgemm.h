@@ -5,10 +5,14 @@
  *   C[m,n] = epi( sum_k A[m,k] * B[k,n] )        0 <= m < M, 0 <= n < N
  * A: s8 weights, M x K row-major (lda), packed once ahead of time (plan time)
  *    by vmc_qgemm_pack_a into a variant-specific layout.
- * B: u8 activations, K x N row-major (ldb >= N), read in place: each call
- *    packs it into the layout its variant wants (the VNNI ones: 4 consecutive
- *    k of one pixel per 32-bit lane, pixels across lanes; AVX2: 2 k per lane
- *    as s16), K padded with zeros to the variant's k group (4, or 2).
+ * B: u8 activations, K x N, row k at B + k * ldb (ldb >= N), or at
+ *    B + boff[k] when the variant is given row offsets boff (then ldb is
+ *    unused): rows may lie anywhere and overlap, e.g. the K shifted slices of
+ *    one padded image that make an implicit im2col matrix.  Read in place:
+ *    each call packs it into the layout its variant wants (the VNNI ones: 4
+ *    consecutive k of one pixel per 32-bit lane, pixels across lanes; AVX2: 2
+ *    k per lane as s16), K padded with zeros to the variant's k group (4, or
+ *    2).
  * That is the NCHW convolution layout: M = output channels, N = pixels,
  * K = C_in*kh*kw (im2col rows), or K = C_in for a 1x1 convolution.
  * C: M x N row-major, ldc >= N elements of the output type.
@@ -143,15 +147,22 @@ static inline int8_t vmc_s4_get(const uint8_t *p, size_t i) {
  * each of its mr rows (the 32 bits a kernel broadcasts); padding is zero.
  * The reference (mr = ka = a_bytes = 1) is plain row-major A. */
 typedef void (*vmc_qgemm_fn)(int M, int N, int K, const void *packed_a,
-                             const uint8_t *B, int ldb, const vmc_qepi *epi, void *C,
-                             int ldc);
+                             const uint8_t *B, int ldb, const int32_t *boff,
+                             const vmc_qepi *epi, void *C, int ldc);
+
+/* Row k of B (see the GEMM contract above): boff NULL for plain rows. */
+static inline const uint8_t *vmc_qgemm_brow(const uint8_t *B, size_t ldb,
+                                            const int32_t *boff, int k) {
+  return boff ? B + boff[k] : B + (size_t)k * ldb;
+}
 
 typedef struct vmc_qgemm_variant {
   const char *name;   /* dtype, op, register tile, ISA */
   unsigned needs;     /* VMC_CPU_* bits the CPU must have */
   int mr, nr;         /* register tile: rows of A, columns (pixels) of B */
   int ka, a_bytes;    /* packed A: k per group, bytes per element */
-  vmc_qgemm_fn run;   /* C = epi(A * B), A packed for this variant */
+  vmc_qgemm_fn run;   /* C = epi(A * B), A packed for this variant; boff may
+                         be NULL (rows ldb apart) */
 } vmc_qgemm_variant;
 
 extern const vmc_qgemm_variant vmc_qgemm_u8s8s32__ref;
@@ -189,17 +200,18 @@ void vmc_qgemm(int M, int N, int K, const void *packed_a, const uint8_t *B, int 
  * inside a parallel region or for small problems.  Same bits as vmc_qgemm. */
 void vmc_qgemm_mt(int M, int N, int K, const void *packed_a, const uint8_t *B,
                   int ldb, const vmc_qepi *epi, void *C, int ldc);
-/* vmc_qgemm_mt with a given variant (A packed for it). */
+/* vmc_qgemm_mt with a given variant (A packed for it) and B's rows at
+ * B + boff[k] (boff NULL: B + k * ldb). */
 void vmc_qgemm_run_mt(const vmc_qgemm_variant *v, int M, int N, int K,
                       const void *packed_a, const uint8_t *B, int ldb,
-                      const vmc_qepi *epi, void *C, int ldc);
+                      const int32_t *boff, const vmc_qepi *epi, void *C, int ldc);
 
 /* Internal: the scalar GEMM over any variant's packed-A layout (the
  * reference's run is this with its own layout; SIMD variants fall back to it
  * when they cannot get a packing buffer). */
 void vmc_qgemm_packed_scalar(const vmc_qgemm_variant *layout, int M, int N, int K,
                              const void *packed_a, const uint8_t *B, int ldb,
-                             const vmc_qepi *epi, void *C, int ldc);
+                             const int32_t *boff, const vmc_qepi *epi, void *C, int ldc);
 /* Internal: this thread's scratch buffer of at least bytes bytes (64-byte
  * aligned, kept and grown, freed at thread exit), or NULL.  One per thread:
  * a kernel must not hold it across a call to another kernel. */

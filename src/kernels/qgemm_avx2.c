@@ -31,7 +31,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                      int ldb, const vmc_qepi *epi, void *C, int ldc);
+                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc);
 
 const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16__avx2 = {
     .name = "qgemm_u8s8s32_6x16__avx2",
@@ -179,7 +179,8 @@ static ukernel_fn pick_ukernel(int mr, int nr, vmc_qout out) {
 
 /* dst <- B[0:K, 0:nr] (nr <= 16) as one panel: for each k pair, 16 lanes of
  * two s16. */
-static void pack_b(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
+static void pack_b(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int K, int nr,
+                   uint8_t *dst) {
   const int kp = (K + 1) / 2;
   for (int q = 0; q < kp; q++) {
     __m128i x[2];
@@ -188,10 +189,10 @@ static void pack_b(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
       if (k >= K) {
         x[i] = _mm_setzero_si128();
       } else if (nr >= 16) {
-        x[i] = _mm_loadu_si128((const __m128i *)(B + (size_t)k * ldb));
+        x[i] = _mm_loadu_si128((const __m128i *)(vmc_qgemm_brow(B, ldb, boff, k) + j));
       } else {
         uint8_t t[16] = {0};
-        memcpy(t, B + (size_t)k * ldb, (size_t)nr);
+        memcpy(t, vmc_qgemm_brow(B, ldb, boff, k) + j, (size_t)nr);
         x[i] = _mm_loadu_si128((const __m128i *)t);
       }
     }
@@ -203,14 +204,14 @@ static void pack_b(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
 }
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                      int ldb, const vmc_qepi *epi, void *C, int ldc) {
+                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K < 0) K = 0;
   const int kp = (K + 1) / 2;
   uint8_t *pb = vmc_qscratch((size_t)(kp > 0 ? kp : 1) * NR * 4);
   if (!pb) {
     vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32_6x16__avx2, M, N, K, packed_a, B, ldb,
-                            epi, C, ldc);
+                            boff, epi, C, ldc);
     return;
   }
   epi_ctx e;
@@ -220,7 +221,7 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
   const uint8_t *A = packed_a;
   for (int j = 0; j < N; j += NR) {
     const int nr = N - j < NR ? N - j : NR;
-    pack_b(B + j, (size_t)ldb, K, nr, pb);
+    pack_b(B, (size_t)ldb, boff, j, K, nr, pb);
     const ukernel_fn full = pick_ukernel(MR, nr, epi->out);
     for (int i = 0; i < M; i += MR) {
       const int mr = M - i < MR ? M - i : MR;

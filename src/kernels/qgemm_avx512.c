@@ -45,7 +45,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                      int ldb, const vmc_qepi *epi, void *C, int ldc);
+                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc);
 
 const vmc_qgemm_variant vmc_qgemm_u8s8s32_8x32__avx512vnni = {
     .name = "qgemm_u8s8s32_8x32__avx512vnni",
@@ -246,42 +246,48 @@ INLINE void quads32(const __m256i x[4], uint8_t *dst) {
   _mm256_store_si256((__m256i *)(dst + 96), _mm256_unpackhi_epi16(p01h, p23h));
 }
 
-/* dst <- B[0:K, 0:nr] (16 < nr <= 32) as a 32-pixel panel. */
-static void pack_b32(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
+/* dst <- B[0:K, j:j+nr] (16 < nr <= 32) as a 32-pixel panel. */
+static void pack_b32(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int K,
+                     int nr, uint8_t *dst) {
   const int kfull = K / 4, kq = (K + 3) / 4;
   const __mmask32 m = mask32(nr);
   int q = 0;
   if (nr == 32) {
-    for (; q < kfull; q++, B += 4 * ldb, dst += 128) {
+    for (; q < kfull; q++, dst += 128) {
       __m256i x[4];
       UNROLL_FULL
-      for (int i = 0; i < 4; i++) x[i] = _mm256_loadu_si256((const __m256i *)(B + i * ldb));
+      for (int i = 0; i < 4; i++)
+        x[i] = _mm256_loadu_si256((const __m256i *)(vmc_qgemm_brow(B, ldb, boff, 4 * q + i) + j));
       quads32(x, dst);
     }
   } else {
-    for (; q < kfull; q++, B += 4 * ldb, dst += 128) {
+    for (; q < kfull; q++, dst += 128) {
       __m256i x[4];
       UNROLL_FULL
-      for (int i = 0; i < 4; i++) x[i] = _mm256_maskz_loadu_epi8(m, B + i * ldb);
+      for (int i = 0; i < 4; i++)
+        x[i] = _mm256_maskz_loadu_epi8(m, vmc_qgemm_brow(B, ldb, boff, 4 * q + i) + j);
       quads32(x, dst);
     }
   }
   if (q < kq) { /* the last 1..3 rows, zeros after them */
     __m256i x[4];
     for (int i = 0; i < 4; i++)
-      x[i] = 4 * q + i < K ? _mm256_maskz_loadu_epi8(m, B + i * ldb) : _mm256_setzero_si256();
+      x[i] = 4 * q + i < K ? _mm256_maskz_loadu_epi8(m, vmc_qgemm_brow(B, ldb, boff, 4 * q + i) + j)
+                           : _mm256_setzero_si256();
     quads32(x, dst);
   }
 }
 
-/* dst <- B[0:K, 0:nr] (nr <= 16) as a 16-pixel panel in pixel order. */
-static void pack_b16(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
+/* dst <- B[0:K, j:j+nr] (nr <= 16) as a 16-pixel panel in pixel order. */
+static void pack_b16(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int K,
+                     int nr, uint8_t *dst) {
   const int kq = (K + 3) / 4;
   const __mmask16 m = mask16(nr);
-  for (int q = 0; q < kq; q++, B += 4 * ldb, dst += 64) {
+  for (int q = 0; q < kq; q++, dst += 64) {
     __m128i x[4];
     for (int i = 0; i < 4; i++)
-      x[i] = 4 * q + i < K ? _mm_maskz_loadu_epi8(m, B + i * ldb) : _mm_setzero_si128();
+      x[i] = 4 * q + i < K ? _mm_maskz_loadu_epi8(m, vmc_qgemm_brow(B, ldb, boff, 4 * q + i) + j)
+                           : _mm_setzero_si128();
     const __m128i p01l = _mm_unpacklo_epi8(x[0], x[1]), p01h = _mm_unpackhi_epi8(x[0], x[1]);
     const __m128i p23l = _mm_unpacklo_epi8(x[2], x[3]), p23h = _mm_unpackhi_epi8(x[2], x[3]);
     _mm_store_si128((__m128i *)dst, _mm_unpacklo_epi16(p01l, p23l));
@@ -292,14 +298,14 @@ static void pack_b16(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) 
 }
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                      int ldb, const vmc_qepi *epi, void *C, int ldc) {
+                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K < 0) K = 0;
   const int kq = (K + 3) / 4;
   uint8_t *pb = vmc_qscratch((size_t)(kq > 0 ? kq : 1) * NR * 4);
   if (!pb) {
     vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32_8x32__avx512vnni, M, N, K, packed_a, B,
-                            ldb, epi, C, ldc);
+                            ldb, boff, epi, C, ldc);
     return;
   }
   epi_ctx e;
@@ -310,9 +316,9 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
   for (int j = 0; j < N; j += NR) {
     const int nr = N - j < NR ? N - j : NR;
     if (nr > 16)
-      pack_b32(B + j, (size_t)ldb, K, nr, pb);
+      pack_b32(B, (size_t)ldb, boff, j, K, nr, pb);
     else
-      pack_b16(B + j, (size_t)ldb, K, nr, pb);
+      pack_b16(B, (size_t)ldb, boff, j, K, nr, pb);
     const ukernel_fn full = pick_ukernel(MR, nr, epi->out);
     for (int i = 0; i < M; i += MR) {
       const int mr = M - i < MR ? M - i : MR;

@@ -42,7 +42,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                      int ldb, const vmc_qepi *epi, void *C, int ldc);
+                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc);
 
 const vmc_qgemm_variant vmc_qgemm_u8s8s32_4x24__avxvnni = {
     .name = "qgemm_u8s8s32_4x24__avxvnni",
@@ -179,7 +179,8 @@ static ukernel_fn pick_ukernel(int nr, vmc_qout out) {
 
 /* dst <- B[0:K, 0:nr] (nr <= 24) as one panel: for each k-quad, 24 lanes of
  * 4 u8.  Rows are read for their first nr bytes only. */
-static void pack_b(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
+static void pack_b(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int K, int nr,
+                   uint8_t *dst) {
   const int kq = (K + 3) / 4;
   for (int q = 0; q < kq; q++) {
     __m128i lo[4], hi[4]; /* pixels 0-15, 16-23 of rows 4q..4q+3 */
@@ -189,7 +190,7 @@ static void pack_b(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
         lo[i] = hi[i] = _mm_setzero_si128();
         continue;
       }
-      const uint8_t *s = B + (size_t)k * ldb;
+      const uint8_t *s = vmc_qgemm_brow(B, ldb, boff, k) + j;
       if (nr >= NR) {
         lo[i] = _mm_loadu_si128((const __m128i *)s);
         hi[i] = _mm_loadl_epi64((const __m128i *)(s + 16));
@@ -214,14 +215,14 @@ static void pack_b(const uint8_t *B, size_t ldb, int K, int nr, uint8_t *dst) {
 }
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                      int ldb, const vmc_qepi *epi, void *C, int ldc) {
+                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K < 0) K = 0;
   const int kq = (K + 3) / 4;
   uint8_t *pb = vmc_qscratch((size_t)(kq > 0 ? kq : 1) * NR * 4);
   if (!pb) {
     vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32_4x24__avxvnni, M, N, K, packed_a, B,
-                            ldb, epi, C, ldc);
+                            ldb, boff, epi, C, ldc);
     return;
   }
   epi_ctx e;
@@ -231,7 +232,7 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
   const uint8_t *A = packed_a;
   for (int j = 0; j < N; j += NR) {
     const int nr = N - j < NR ? N - j : NR;
-    pack_b(B + j, (size_t)ldb, K, nr, pb);
+    pack_b(B, (size_t)ldb, boff, j, K, nr, pb);
     const ukernel_fn f = pick_ukernel(nr, epi->out);
     for (int i = 0; i < M; i += MR) {
       const int mr = M - i < MR ? M - i : MR;

@@ -8,8 +8,9 @@
 #include "kernels/qgemm.h"
 
 static void qgemm_ref_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                          int ldb, const vmc_qepi *epi, void *C, int ldc) {
-  vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32__ref, M, N, K, packed_a, B, ldb, epi, C,
+                          int ldb, const int32_t *boff, const vmc_qepi *epi, void *C,
+                          int ldc) {
+  vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32__ref, M, N, K, packed_a, B, ldb, boff, epi, C,
                           ldc);
 }
 

@@ -303,13 +303,19 @@ static vmc_status lower_conv_linear(lower *L, const vmc_node *n) {
   }
   if (!st && !dw) st = pack_groups(L, n, s, codes);
   if (!st && !dw && !s->direct) {
-    /* Scratch: the im2col matrix, or the padded planes, the wide matrix
-     * and the wide output. */
+    /* Scratch: the im2col matrix, or the padded planes and the wide
+     * output. */
     s->wide = groups == 1 && y >= 0 && (gm.kh > 1 || gm.kw > 1); /* 1x1: a subsample */
     const size_t nw = (size_t)gm.oh * vmc_qphase_w(&gm);
-    const size_t col = s->wide ? vmc_align_up(vmc_qphase_bytes(&gm), VMC_ALIGN) +
-                                     vmc_align_up((size_t)K * nw, VMC_ALIGN) + (size_t)s->M * nw
+    const size_t col = s->wide ? vmc_align_up(vmc_qphase_bytes(&gm), VMC_ALIGN) + (size_t)s->M * nw
                                : (size_t)K * s->N;
+    if (s->wide && vmc_qphase_bytes(&gm) > INT32_MAX)
+      st = vmc_error(VMC_ERR_UNSUPPORTED, "node '%s': input too large", n->name);
+    if (!st && s->wide) {
+      s->boff = vmc_alloc((size_t)K * sizeof *s->boff);
+      if (!s->boff) st = vmc_error(VMC_ERR_NOMEM, "node '%s': row offsets", n->name);
+      else vmc_qwide_offsets(&gm, s->boff);
+    }
     if (col > L->q->col_off) L->q->col_off = col; /* the largest, for now */
   }
   vmc_free(codes);
@@ -575,6 +581,7 @@ void vmc_qrt_destroy(vmc_qrt *q) {
     vmc_free(q->s[i].bias);
     vmc_free(q->s[i].scale);
     vmc_free(q->s[i].taps);
+    vmc_free(q->s[i].boff);
   }
   for (int c = 0; q->ctx && c < q->n_ctx; c++) vmc_free(q->ctx[c]);
   vmc_free(q->ctx);

@@ -34,7 +34,9 @@ typedef struct qrt_step {
   /* GEMM: per group C (M x N) = A (M x K) * B (K x N); B is the input
    * itself (direct) or its im2col. */
   int groups, M, K, N, direct;
-  int wide;            /* stride 1: B from padded planes, output cropped (qelt.h) */
+  int wide;            /* B read in place from the padded phase planes at the
+                          offsets boff (K of them), output cropped (qelt.h) */
+  int32_t *boff;       /* vmc_alloc'd */
   size_t packed_bytes; /* per group */
   uint8_t *packed;     /* vmc_alloc'd */
   int32_t *bias;       /* per output channel, zero point folded in */
