@@ -127,9 +127,10 @@ static int same_floats(const float *a, const float *b, size_t n) {
   return !memcmp(a, b, n * sizeof *a);
 }
 
-/* Every GEMM variant the CPU runs, every depthwise variant, and any batch
- * split over threads: the reference's bits. */
-TEST(qrt_variants_batches_and_threads_bit_identical) {
+/* Every GEMM variant the CPU runs, every depthwise variant, both layouts
+ * (resnet8 runs pixel-major too, on every direct-conv variant), and any
+ * batch split over threads: the bits of the planar reference. */
+TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
   static const char *const models[] = {"resnet8", "mobilenetv2-tiny"};
   enum { N = 6 };
   vmc_dataset *d = test_blobs(N, 5, 3, 30, 0);
@@ -138,31 +139,51 @@ TEST(qrt_variants_batches_and_threads_bit_identical) {
                                                   VMC_CPU_AVX512VL | VMC_CPU_AVX512VNNI;
   const vmc_qdwconv_fn dws[] = {vmc_qdwconv__ref, vmc_qdwconv__avx2, vmc_qdwconv__avx512};
   const int dw_ok[] = {1, (cpu & VMC_CPU_AVX2) != 0, (cpu & v512) == v512};
+  const vmc_qconv_fn convs[] = {vmc_qconv__ref, vmc_qconv__avx512};
+  const int conv_ok[] = {1, vmc_qconv_best() == vmc_qconv__avx512};
   const int threads = vmc_get_threads();
   for (int m = 0; m < 2; m++) {
     vmc_graph *q = quantized(models[m], VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
     REQUIRE(q);
-    const vmc_qrt_opts ref = {&vmc_qgemm_u8s8s32__ref, vmc_qdwconv__ref};
+    const vmc_qrt_opts ref = {.gemm = &vmc_qgemm_u8s8s32__ref, .dwconv = vmc_qdwconv__ref,
+                              .layout = VMC_QRT_LAYOUT_PLANAR};
     float *want = int_logits(q, d, N, 1, &ref);
     REQUIRE(want);
-    /* {gemm variant or -1 (best), depthwise variant or -1, threads, batch} */
-    int runs[32][4], nr = 0;
+    /* {gemm variant or -1 (best), depthwise variant or -1, threads, batch,
+     *  layout (-1 planar, -2 default, k >= 0 pixel-major on convs[k])} */
+    int runs[40][5], nr = 0;
     for (int v = 0; v < vmc_qgemm_variant_count; v++)
-      if (vmc_qgemm_variant_ok(vmc_qgemm_variants[v])) runs[nr][0] = v, runs[nr][1] = -1,
-                                                        runs[nr][2] = 2, runs[nr++][3] = N;
+      if (vmc_qgemm_variant_ok(vmc_qgemm_variants[v])) {
+        int *r = runs[nr++];
+        r[0] = v, r[1] = -1, r[2] = 2, r[3] = N, r[4] = -1;
+      }
     for (int k = 0; k < 3; k++)
-      if (dw_ok[k]) runs[nr][0] = -1, runs[nr][1] = k, runs[nr][2] = 1, runs[nr++][3] = 1;
+      if (dw_ok[k]) {
+        int *r = runs[nr++];
+        r[0] = -1, r[1] = k, r[2] = 1, r[3] = 1, r[4] = -1;
+      }
     static const int tb[][2] = {{1, N}, {2, 1}, {2, 4}};
-    for (int k = 0; k < 3; k++) runs[nr][0] = runs[nr][1] = -1, runs[nr][2] = tb[k][0], runs[nr++][3] = tb[k][1];
+    for (int lay = -2; lay < 2; lay++) {
+      if (lay >= 0 && (m != 0 || !conv_ok[lay])) continue; /* mobilenet: no pixel-major */
+      for (int k = 0; k < 3; k++) {
+        int *r = runs[nr++];
+        r[0] = r[1] = -1, r[2] = tb[k][0], r[3] = tb[k][1], r[4] = lay;
+      }
+    }
     for (int i = 0; i < nr; i++) {
-      const vmc_qrt_opts o = {runs[i][0] < 0 ? NULL : vmc_qgemm_variants[runs[i][0]],
-                              runs[i][1] < 0 ? NULL : dws[runs[i][1]]};
-      vmc_set_threads(runs[i][2]);
-      float *got = int_logits(q, d, N, runs[i][3], &o);
+      const int *r = runs[i];
+      const vmc_qrt_opts o = {.gemm = r[0] < 0 ? NULL : vmc_qgemm_variants[r[0]],
+                              .dwconv = r[1] < 0 ? NULL : dws[r[1]],
+                              .layout = r[4] == -1   ? VMC_QRT_LAYOUT_PLANAR
+                                        : r[4] == -2 ? VMC_QRT_LAYOUT_AUTO
+                                                     : VMC_QRT_LAYOUT_PIXEL,
+                              .conv = r[4] >= 0 ? convs[r[4]] : NULL};
+      vmc_set_threads(r[2]);
+      float *got = int_logits(q, d, N, r[3], &o);
       if (!got || !same_floats(got, want, N * 10))
-        vmc_test_fail(__FILE__, __LINE__, "%s: gemm %d, depthwise %d, %d threads, batch %d: "
-                      "logits differ from the reference", models[m], runs[i][0], runs[i][1],
-                      runs[i][2], runs[i][3]);
+        vmc_test_fail(__FILE__, __LINE__, "%s: gemm %d, depthwise %d, %d threads, batch %d, "
+                      "layout %d: logits differ from the reference", models[m], r[0], r[1],
+                      r[2], r[3], r[4]);
       free(got);
     }
     vmc_set_threads(threads);
@@ -595,4 +616,36 @@ TEST(qrt_cli_eval_and_bench) {
   CHECK(pclose(p) == 0 && strstr(g_out, "integer, ") && strstr(g_out, "ref kernels"));
   /* A model the runtime cannot lower: the error names the node. */
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 1 --warmup 0 --batch 1 --simulate --vs %s", fp, qp), 0);
+}
+
+/* The default layout: pixel-major for resnet8 where the CPU has the direct
+ * kernel, planar for mobilenetv2-tiny (depthwise convs), whose pixel-major
+ * request is refused with the node named. */
+TEST(qrt_layout_choice) {
+  vmc_dataset *d = test_blobs(8, 5, 3, 30, 0);
+  REQUIRE(d);
+  vmc_graph *r8 = quantized("resnet8", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
+  vmc_graph *mb = quantized("mobilenetv2-tiny", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
+  REQUIRE(r8 && mb);
+  const int pixel = vmc_qconv_best() != NULL;
+  vmc_qrt *q = NULL;
+  char buf[256];
+  REQUIRE_OK(vmc_qrt_create(r8, 2, NULL, &q));
+  int direct = 0, gemm = 0;
+  for (int i = 0; i < vmc_qrt_describe(q, -1, NULL, 0); i++) {
+    vmc_qrt_describe(q, i, buf, sizeof buf);
+    direct += strstr(buf, "pixel-major") != NULL;
+    gemm += strstr(buf, " gemm ") != NULL;
+  }
+  CHECK_EQ_INT(direct, pixel ? 9 : 0); /* resnet8's 9 convs; the fc stays a GEMM */
+  CHECK_EQ_INT(gemm, pixel ? 1 : 10);
+  vmc_qrt_destroy(q);
+  const vmc_qrt_opts px = {.layout = VMC_QRT_LAYOUT_PIXEL, .conv = vmc_qconv__ref};
+  CHECK(vmc_qrt_create(mb, 2, &px, &q) == VMC_ERR_UNSUPPORTED && !q);
+  CHECK(strstr(vmc_last_error(), "pixel-major") != NULL);
+  REQUIRE_OK(vmc_qrt_create(mb, 2, NULL, &q));
+  vmc_qrt_destroy(q);
+  vmc_graph_free(r8);
+  vmc_graph_free(mb);
+  vmc_dataset_free(d);
 }

@@ -220,3 +220,83 @@ void vmc_qwide_offsets(const vmc_conv_geom *g, int32_t *off) {
 void vmc_qcrop_u8(const uint8_t *yw, int rows, int oh, int wp, int ow, uint8_t *y) {
   for (int r = 0; r < rows * oh; r++) copy_row(y + (size_t)r * ow, yw + (size_t)r * wp, (size_t)ow);
 }
+
+void vmc_qconv_quads(const vmc_conv_geom *g, int c4, size_t row_bytes, int M, const int8_t *w,
+                     int32_t *koff, int8_t *wq) {
+  const int kq = vmc_qconv_kq(g, c4), K = g->c * g->kh * g->kw;
+  int q = 0;
+  for (int i = 0; i < g->kh; i++) {
+    if (c4 == 1) {
+      for (int j = 0; j < g->kw; j += 4, q++) {
+        koff[q] = (int32_t)((size_t)i * row_bytes + (size_t)j);
+        for (int m = 0; m < M; m++)
+          for (int t = 0; t < 4; t++)
+            wq[(size_t)m * 4 * kq + 4 * (size_t)q + t] =
+                j + t < g->kw ? w[(size_t)m * K + (size_t)i * g->kw + j + t] : 0;
+      }
+      continue;
+    }
+    for (int j = 0; j < g->kw; j++)
+      for (int c = 0; c < c4; c += 4, q++) {
+        koff[q] = (int32_t)((size_t)i * row_bytes + (size_t)j * c4 + (size_t)c);
+        for (int m = 0; m < M; m++)
+          for (int t = 0; t < 4; t++)
+            wq[(size_t)m * 4 * kq + 4 * (size_t)q + t] =
+                c + t < g->c ? w[(size_t)m * K + ((size_t)(c + t) * g->kh + i) * g->kw + j] : 0;
+      }
+  }
+}
+
+/* ---- pixel-major tensors ---------------------------------------------------------- */
+
+void vmc_qquantize_nhwc(const float *x, const vmc_qnhwc *t, float inv, const vmc_qact *o,
+                        uint8_t *y) {
+  memset(y, o->zp, vmc_qnhwc_bytes(t));
+  uint8_t tmp[256];
+  const size_t row = vmc_qnhwc_row(t);
+  uint8_t *y0 = y + vmc_qnhwc_origin(t);
+  for (int c = 0; c < t->c; c++)
+    for (int r = 0; r < t->h; r++) {
+      const float *xr = x + ((size_t)c * t->h + r) * t->w;
+      uint8_t *yr = y0 + (size_t)r * row + c;
+      if (t->c4 == 1) {
+        vmc_qquantize_f32(xr, (size_t)t->w, inv, o, yr);
+        continue;
+      }
+      for (int x0 = 0; x0 < t->w; x0 += (int)sizeof tmp) {
+        const int n = t->w - x0 < (int)sizeof tmp ? t->w - x0 : (int)sizeof tmp;
+        vmc_qquantize_f32(xr + x0, (size_t)n, inv, o, tmp);
+        for (int i = 0; i < n; i++) yr[(size_t)(x0 + i) * t->c4] = tmp[i];
+      }
+    }
+}
+
+void vmc_qnhwc_border(const vmc_qnhwc *t, uint8_t zp, uint8_t *y) {
+  if (!t->pad) return;
+  const size_t row = vmc_qnhwc_row(t), side = (size_t)t->pad * t->c4;
+  memset(y, zp, (size_t)t->pad * row);
+  memset(y + (size_t)(t->pad + t->h) * row, zp, (size_t)t->pad * row);
+  for (int r = 0; r < t->h; r++) {
+    uint8_t *yr = y + (size_t)(t->pad + r) * row;
+    memset(yr, zp, side);
+    memset(yr + row - side, zp, side);
+  }
+}
+
+void vmc_qgap_nhwc(const uint8_t *x, const vmc_qnhwc *t, int32_t x_zp, float scale,
+                   const vmc_qepi_prep *prep, uint8_t *y) {
+  int32_t sum[1024];
+  const size_t row = vmc_qnhwc_row(t);
+  const int32_t win = t->h * t->w;
+  for (int c0 = 0; c0 < t->c; c0 += 1024) {
+    const int n = t->c - c0 < 1024 ? t->c - c0 : 1024;
+    memset(sum, 0, (size_t)n * sizeof *sum);
+    for (int r = 0; r < t->h; r++)
+      for (int px = 0; px < t->w; px++) {
+        const uint8_t *p = x + (size_t)r * row + (size_t)px * t->c4 + c0;
+        for (int c = 0; c < n; c++) sum[c] += p[c];
+      }
+    for (int c = 0; c < n; c++)
+      y[c0 + c] = (uint8_t)vmc_qepi_requant(sum[c] - win * x_zp, scale, prep);
+  }
+}

@@ -105,4 +105,49 @@ void vmc_qwide_offsets(const vmc_conv_geom *g, int32_t *off);
 /* y[r][oy][ox] = yw[r][oy * wp + ox] for `rows` planes of oh x ow. */
 void vmc_qcrop_u8(const uint8_t *yw, int rows, int oh, int wp, int ow, uint8_t *y);
 
+/* ---- pixel-major (NHWC) layout for the direct convolution (qgemm.h) ---------
+ * A tensor of c channels stored pixel by pixel, c4 bytes per pixel: c rounded
+ * up to a multiple of 4 (channels past c are never read with a non-zero
+ * weight), or 1 for a one-channel image, whose quads are then 4 neighbouring
+ * pixels of a row (kw rounded up to 4 with zero weights: a quad may read up
+ * to 3 bytes past the last tap).  Quads of a conv of geometry g (dilation 1):
+ * c4 >= 4: (i, j, 4 channels) in that order, kq = kh * kw * c4 / 4;
+ * c4 == 1: (i, 4 columns), kq = kh * ceil(kw / 4). */
+static inline int vmc_qconv_kq(const vmc_conv_geom *g, int c4) {
+  return c4 == 1 ? g->kh * ((g->kw + 3) / 4) : g->kh * g->kw * (c4 / 4);
+}
+/* koff[q] = the byte offset of quad q from the byte of tap (0, 0), channel 0
+ * (row_bytes between input rows), and wq = the M x (c x kh x kw) OIHW codes
+ * w as M rows of 4 kq codes in quad order (zeros where a quad runs past the
+ * taps or the channels). */
+void vmc_qconv_quads(const vmc_conv_geom *g, int c4, size_t row_bytes, int M, const int8_t *w,
+                     int32_t *koff, int8_t *wq);
+
+/* A pixel-major tensor in a buffer: h x w pixels of c4 bytes, surrounded by
+ * pad pixels of border (the zero point: the value 0, which convolutions read
+ * as their padding); row_bytes = (w + 2 pad) c4, the first interior pixel at
+ * (pad * (w + 2 pad) + pad) c4. */
+typedef struct vmc_qnhwc {
+  int c, h, w, c4, pad;
+} vmc_qnhwc;
+static inline size_t vmc_qnhwc_row(const vmc_qnhwc *t) {
+  return (size_t)(t->w + 2 * t->pad) * (size_t)t->c4;
+}
+static inline size_t vmc_qnhwc_origin(const vmc_qnhwc *t) {
+  return (size_t)t->pad * vmc_qnhwc_row(t) + (size_t)t->pad * t->c4;
+}
+static inline size_t vmc_qnhwc_bytes(const vmc_qnhwc *t) {
+  return (size_t)(t->h + 2 * t->pad) * vmc_qnhwc_row(t);
+}
+/* y = quantize(x) (x: c x h x w floats, NCHW) into t's layout, as
+ * vmc_qquantize_f32 does it; border and channels past c get o->zp. */
+void vmc_qquantize_nhwc(const float *x, const vmc_qnhwc *t, float inv, const vmc_qact *o,
+                        uint8_t *y);
+/* Writes zp into t's border (the interior is left alone). */
+void vmc_qnhwc_border(const vmc_qnhwc *t, uint8_t zp, uint8_t *y);
+/* Global average pooling of t's c channels into y[0..c-1], the rule of
+ * vmc_qavgpool_u8. */
+void vmc_qgap_nhwc(const uint8_t *x, const vmc_qnhwc *t, int32_t x_zp, float scale,
+                   const vmc_qepi_prep *prep, uint8_t *y);
+
 #endif

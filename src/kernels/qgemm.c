@@ -279,3 +279,21 @@ void vmc_qdwconv(const vmc_qdw_params *p, const uint8_t *x, const int8_t *wk,
   }
   f(p, x, wk, epi, y);
 }
+
+/* ---- direct convolution ------------------------------------------------------- */
+
+void vmc_qconv_pack_w(int M, int kq, const int8_t *w, int8_t *dst) {
+  const int blocks = (M + 15) / 16;
+  for (int b = 0; b < blocks; b++)
+    for (int q = 0; q < kq; q++)
+      for (int j = 0; j < 16; j++)
+        for (int i = 0; i < 4; i++) {
+          const int m = 16 * b + j;
+          dst[((size_t)b * kq + q) * 64 + 4 * j + i] =
+              m < M ? w[(size_t)m * 4 * kq + 4 * (size_t)q + i] : 0;
+        }
+}
+
+vmc_qconv_fn vmc_qconv_best(void) {
+  return vmc_qgemm_best() == &vmc_qgemm_u8s8s32_8x32__avx512vnni ? vmc_qconv__avx512 : NULL;
+}

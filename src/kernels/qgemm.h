@@ -258,4 +258,48 @@ void vmc_qdwconv__avx2(const vmc_qdw_params *p, const uint8_t *x, const int8_t *
 void vmc_qdwconv__avx512(const vmc_qdw_params *p, const uint8_t *x, const int8_t *wk,
                          const vmc_qepi *epi, void *y);
 
+/* ---- Direct convolution on pixel-major activations ---------------------------
+ * For activations stored pixel by pixel with their channels together (NHWC,
+ * padded, as the integer runtime keeps them for nets of plain convolutions):
+ * no im2col and no packing of B.  The K sum is split into kq "quads" of 4
+ * consecutive input bytes each: quad q of output pixel (oy, ox) reads the 4
+ * bytes at
+ *   x + oy * xs_row + ox * xs_pix + koff[q]
+ * (e.g. 4 channels of one tap, or 4 neighbouring pixels of a one-channel
+ * image) and multiplies them with the 4 weights of that quad of each output
+ * channel m, which vmc_qconv_pack_w lays out 16 channels per 64 bytes.  Then
+ *   y[oy * ys_row + ox * ys_pix + m] = epi_m( sum_q sum_{i<4} W[m][4q + i] * x4_q[i] )
+ * for 0 <= m < M, u8 or s8 out (epi->out; the GEMM's epilogue and rounding
+ * rule, qgemm.h, with bias[m] and scale[m]); bytes of y between pixels and
+ * past M are not written.  Every byte a quad reads must be readable (the
+ * caller pads the input).  The sums are exact, so every variant gives the
+ * bits of the reference, and of the GEMM on the same products. */
+typedef struct vmc_qconv_params {
+  int oh, ow;            /* output pixels */
+  int M, kq;             /* output channels, quads */
+  size_t xs_row, xs_pix; /* input bytes between output rows / pixels (stride included) */
+  size_t ys_row, ys_pix; /* output bytes between rows / pixels */
+  const int32_t *koff;   /* kq byte offsets */
+} vmc_qconv_params;
+
+/* Bytes of packed weights for M channels of kq quads: 64 per block of 16
+ * channels per quad. */
+static inline size_t vmc_qconv_w_bytes(int M, int kq) {
+  return (size_t)(M + 15) / 16 * (size_t)kq * 64;
+}
+/* dst[(b * kq + q) * 64 + 4 * j + i] = w[(16 b + j) * 4 kq + 4 q + i] (w: M rows
+ * of 4 kq codes, quad-major), 0 past M. */
+void vmc_qconv_pack_w(int M, int kq, const int8_t *w, int8_t *dst);
+
+typedef void (*vmc_qconv_fn)(const vmc_qconv_params *p, const uint8_t *x,
+                             const int8_t *w_packed, const vmc_qepi *epi, uint8_t *y);
+/* The avx512 variant where vmc_qgemm_best() is the avx512vnni GEMM, else NULL
+ * (the integer runtime then keeps its GEMM layout). */
+vmc_qconv_fn vmc_qconv_best(void);
+void vmc_qconv__ref(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
+                    const vmc_qepi *epi, uint8_t *y);
+/* Built with the AVX-512 VNNI file's flags. */
+void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
+                       const vmc_qepi *epi, uint8_t *y);
+
 #endif

@@ -54,6 +54,13 @@ static vmc_status new_tensor(lower *L, const vmc_shape *s, const vmc_qact *qa, i
   qrt_tensor *t = &q->t[q->n_t];
   memset(t, 0, sizeof *t);
   t->bytes = vmc_shape_count(s);
+  if (q->conv) { /* pixel-major: images padded, vectors as they are */
+    const int img = s->ndim == 4 && (size_t)s->d[2] * s->d[3] > 1;
+    t->g = (vmc_qnhwc){.c = s->d[1], .h = img ? s->d[2] : 1, .w = img ? s->d[3] : 1,
+                       .c4 = img && s->d[1] > 1 ? (s->d[1] + 3) / 4 * 4 : img ? 1 : (int)t->bytes,
+                       .pad = img};
+    t->bytes = vmc_qnhwc_bytes(&t->g);
+  }
   t->q = *qa;
   t->first = t->last = q->n_s; /* the step about to be added */
   *id = q->n_t++;
@@ -251,6 +258,50 @@ static vmc_status pack_groups(lower *L, const vmc_node *n, qrt_step *s, const in
   return VMC_OK;
 }
 
+/* conv2d n on pixel-major tensors x -> y: the direct kernel (qgemm.h). */
+static vmc_status lower_direct(lower *L, const vmc_node *n, const vmc_conv_geom *gm, int groups,
+                               int rows, int K, const int8_t *codes, const float *sw, int x,
+                               int y) {
+  const vmc_qnhwc xg = L->q->t[x].g;
+  if (groups != 1) return unsupported(n, "grouped: no pixel-major kernel");
+  if (gm->dh != 1 || gm->dw != 1) return unsupported(n, "dilated: no pixel-major kernel");
+  if (gm->ph > xg.pad || gm->pw > xg.pad)
+    return unsupported(n, "padding wider than the pixel-major border");
+  if (y < 0) return unsupported(n, "a float output from a pixel-major conv");
+  const vmc_qnhwc yg = L->q->t[y].g;
+  if (yg.c4 != rows) return unsupported(n, "output channels not a multiple of 4");
+  qrt_step *s;
+  VMC_TRY(new_step(L, n, QRT_CONV, &s));
+  s->in = reads(L, x);
+  s->out = y;
+  s->geom = *gm;
+  s->groups = 1;
+  s->M = rows;
+  s->K = K;
+  VMC_TRY(gemm_epilogue(L, n, s, rows, K, codes, sw, &L->q->t[x].q, &L->q->t[y].q));
+  const int kq = vmc_qconv_kq(gm, xg.c4);
+  const size_t row = vmc_qnhwc_row(&xg);
+  int32_t *koff = vmc_alloc((size_t)kq * sizeof *koff);
+  s->cp.koff = koff;
+  s->packed_bytes = vmc_qconv_w_bytes(rows, kq);
+  s->packed = vmc_alloc(s->packed_bytes);
+  int8_t *wq = vmc_malloc_plain((size_t)rows * 4 * kq);
+  if (!koff || !s->packed || !wq) {
+    vmc_free(wq);
+    return vmc_error(VMC_ERR_NOMEM, "node '%s': packed weights", n->name);
+  }
+  vmc_qconv_quads(gm, xg.c4, row, rows, codes, koff, wq);
+  vmc_qconv_pack_w(rows, kq, wq, (int8_t *)s->packed);
+  vmc_free(wq);
+  s->cp = (vmc_qconv_params){.oh = gm->oh, .ow = gm->ow, .M = rows, .kq = kq,
+                             .xs_row = (size_t)gm->sh * row, .xs_pix = (size_t)gm->sw * xg.c4,
+                             .ys_row = vmc_qnhwc_row(&yg), .ys_pix = (size_t)yg.c4, .koff = koff};
+  s->xo = vmc_qnhwc_origin(&xg) - (size_t)gm->ph * row - (size_t)gm->pw * xg.c4;
+  s->macs = (double)rows * K * gm->oh * gm->ow;
+  L->q->weight_bytes += s->packed_bytes;
+  return VMC_OK;
+}
+
 static vmc_status lower_conv_linear(lower *L, const vmc_node *n) {
   const int xv = n->in[0], x = L->tens[xv];
   if (x < 0) return not_quantized(L, n, xv);
@@ -281,6 +332,14 @@ static vmc_status lower_conv_linear(lower *L, const vmc_node *n) {
   int y = -1;
   vmc_qparams qp;
   if (!st) st = producer_output(L, n, &y, &qp);
+  if (!st && L->q->conv && !linear) {
+    st = lower_direct(L, n, &gm, groups, rows, K, codes, sw, x, y);
+    vmc_free(codes);
+    vmc_free(sw);
+    return st;
+  }
+  if (!st && L->q->conv && L->q->t[x].g.pad)
+    st = unsupported(n, "a linear layer on an image, not a vector, in the pixel-major layout");
   qrt_step *s = NULL;
   if (!st) st = new_step(L, n, dw ? QRT_DWCONV : QRT_GEMM, &s);
   if (!st) {
@@ -411,6 +470,8 @@ static vmc_status lower_pool(lower *L, const vmc_node *n) {
   const int x = L->tens[n->in[0]];
   if (x < 0) return not_quantized(L, n, n->in[0]);
   const vmc_conv_geom gm = pool_geom(n, &L->shape[n->in[0]], &L->shape[n->out]);
+  if (L->q->conv && (is_op(n, "maxpool") || gm.kh != gm.h || gm.kw != gm.w || gm.ph || gm.pw))
+    return unsupported(n, "only global average pooling in the pixel-major layout");
   qrt_step *s;
   if (is_op(n, "maxpool")) {
     VMC_TRY(new_tensor(L, &L->shape[n->out], &L->q->t[x].q, &L->tens[n->out]));
@@ -462,6 +523,8 @@ static vmc_status lower_output(lower *L) {
   int prod = 0;
   for (int i = 0; i < g->n_nodes; i++)
     if (g->nodes[i].out == g->output) prod = i;
+  if (L->q->t[x].g.pad)
+    return unsupported(&g->nodes[prod], "an image as the graph output in the pixel-major layout");
   VMC_TRY(new_step(L, &g->nodes[prod], QRT_DEQUANTIZE, &s));
   s->in = reads(L, x);
   s->n = L->q->t[x].bytes;
@@ -537,11 +600,9 @@ static vmc_status build(lower *L, int batch) {
   return VMC_OK;
 }
 
-vmc_status vmc_qrt_create(const vmc_graph *g, int batch, const vmc_qrt_opts *opts,
-                          vmc_qrt **out) {
-  *out = NULL;
-  if (batch < 1 || batch > (1 << 20))
-    return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
+/* The runtime for one layout: conv non-NULL for pixel-major tensors. */
+static vmc_status create(const vmc_graph *g, int batch, const vmc_qrt_opts *opts,
+                         vmc_qconv_fn conv, vmc_qrt **out) {
   vmc_qrt *q = vmc_malloc_plain(sizeof *q);
   lower L = {.g = g, .q = q};
   const size_t nv = (size_t)(g->n_values ? g->n_values : 1), nn = (size_t)(g->n_nodes ? g->n_nodes : 1);
@@ -556,6 +617,7 @@ vmc_status vmc_qrt_create(const vmc_graph *g, int batch, const vmc_qrt_opts *opt
   } else {
     q->gemm = opts && opts->gemm ? opts->gemm : vmc_qgemm_best();
     q->dwconv = opts && opts->dwconv ? opts->dwconv : vmc_qdwconv;
+    q->conv = conv;
     if (!vmc_qgemm_variant_ok(q->gemm))
       s = vmc_error(VMC_ERR_UNSUPPORTED, "integer runtime: this CPU cannot run %s", q->gemm->name);
     else
@@ -574,6 +636,25 @@ vmc_status vmc_qrt_create(const vmc_graph *g, int batch, const vmc_qrt_opts *opt
   return VMC_OK;
 }
 
+vmc_status vmc_qrt_create(const vmc_graph *g, int batch, const vmc_qrt_opts *opts,
+                          vmc_qrt **out) {
+  *out = NULL;
+  if (batch < 1 || batch > (1 << 20))
+    return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
+  const vmc_qrt_layout layout = opts ? opts->layout : VMC_QRT_LAYOUT_AUTO;
+  if (layout == VMC_QRT_LAYOUT_PLANAR) return create(g, batch, opts, NULL, out);
+  vmc_qconv_fn conv = opts && opts->conv ? opts->conv : vmc_qconv_best();
+  if (!conv) {
+    if (layout == VMC_QRT_LAYOUT_AUTO) return create(g, batch, opts, NULL, out);
+    return vmc_error(VMC_ERR_UNSUPPORTED, "integer runtime: no pixel-major convolution "
+                     "kernel for this CPU (it needs AVX-512 VNNI)");
+  }
+  const vmc_status s = create(g, batch, opts, conv, out);
+  if (s == VMC_ERR_UNSUPPORTED && layout == VMC_QRT_LAYOUT_AUTO)
+    return create(g, batch, opts, NULL, out);
+  return s;
+}
+
 void vmc_qrt_destroy(vmc_qrt *q) {
   if (!q) return;
   for (int i = 0; i < q->n_s; i++) {
@@ -582,6 +663,7 @@ void vmc_qrt_destroy(vmc_qrt *q) {
     vmc_free(q->s[i].scale);
     vmc_free(q->s[i].taps);
     vmc_free(q->s[i].boff);
+    vmc_free((void *)q->s[i].cp.koff);
   }
   for (int c = 0; q->ctx && c < q->n_ctx; c++) vmc_free(q->ctx[c]);
   vmc_free(q->ctx);
@@ -619,14 +701,17 @@ void vmc_qrt_infer_fn(vmc_qrt *q, vmc_infer_fn *f) {
 
 int vmc_qrt_describe(const vmc_qrt *q, int i, char *buf, size_t n) {
   if (i < 0 || i >= q->n_s || !buf || !n) return q->n_s;
-  static const char *const kinds[] = {"quantize", "gemm",    "dwconv",    "add",
-                                      "maxpool",  "avgpool", "dequantize"};
+  static const char *const kinds[] = {"quantize", "gemm",    "conv",      "dwconv",
+                                      "add",      "maxpool", "avgpool", "dequantize"};
   const qrt_step *s = &q->s[i];
   int k = snprintf(buf, n, "%s %s %s", s->op, s->node, kinds[s->kind]);
   if (k > 0 && (size_t)k < n && s->kind == QRT_GEMM)
     snprintf(buf + k, n - (size_t)k, " %dx%dx%d%s%s", s->M, s->K, s->N,
              s->groups > 1 ? " grouped" : "",
              s->direct ? " direct" : s->wide ? " wide" : " im2col");
+  if (k > 0 && (size_t)k < n && s->kind == QRT_CONV)
+    snprintf(buf + k, n - (size_t)k, " %dx%dx%d direct, pixel-major", s->M, s->K,
+             s->cp.oh * s->cp.ow);
   if (k > 0 && (size_t)k < n && s->kind == QRT_ADD && s->in2 < 0)
     snprintf(buf + k, n - (size_t)k, " (requantize)");
   if (k > 0 && (size_t)k < n && s->out < 0 && s->kind != QRT_DEQUANTIZE)

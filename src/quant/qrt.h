@@ -28,6 +28,17 @@
  *   relu/relu6 on a quantized value: a clamp; fakequant on a quantized
  *   value: a requantization (nothing when the parameters are equal).
  *   A graph output that is quantized is dequantized.
+ * Two layouts.  Planar (NCHW) tensors run every op above, convolutions as
+ * GEMMs.  Pixel-major tensors (qelt.h: NHWC, channels padded to 4, a
+ * one-pixel border holding the zero point) let convolutions run directly
+ * (vmc_qconv: no im2col, no packing, no crop), where the CPU has that kernel
+ * (AVX-512 VNNI) and the graph has only convolutions (groups 1, dilation 1,
+ * padding <= 1, output channels a multiple of 4), adds, relus, fakequants,
+ * global average pooling and linear layers on pooled vectors: the resnets.
+ * The layout is chosen when the runtime is built (vmc_qrt_opts.layout; by
+ * default pixel-major when it can run the graph, else planar); both give
+ * the same bits.  Adds run over whole padded buffers: a border of zero
+ * points gives a border of zero points.
  * Anything else -- a compute node reading a value without a fakequant, a
  * batchnorm, a concat, a producer whose output goes elsewhere than one
  * fakequant (through at most one relu) -- is VMC_ERR_UNSUPPORTED naming the
@@ -57,9 +68,17 @@
 
 typedef struct vmc_qrt vmc_qrt;
 
+typedef enum {
+  VMC_QRT_LAYOUT_AUTO = 0, /* pixel-major where the CPU and graph allow it, else planar */
+  VMC_QRT_LAYOUT_PLANAR,   /* NCHW tensors, convolutions as GEMMs */
+  VMC_QRT_LAYOUT_PIXEL     /* pixel-major tensors, direct convolutions (or fail) */
+} vmc_qrt_layout;
+
 typedef struct vmc_qrt_opts {
   const vmc_qgemm_variant *gemm; /* NULL: vmc_qgemm_best() (VMC_ISA applies) */
   vmc_qdwconv_fn dwconv;         /* NULL: vmc_qdwconv, the best variant */
+  vmc_qrt_layout layout;
+  vmc_qconv_fn conv;             /* pixel-major convs; NULL: vmc_qconv_best() */
 } vmc_qrt_opts;
 
 /* Nonzero if g has a fakequant node: a quantized graph that the runtime is

@@ -9,6 +9,7 @@
 typedef enum {
   QRT_QUANTIZE,  /* fp32 image -> u8 */
   QRT_GEMM,      /* conv2d (per group) or linear */
+  QRT_CONV,      /* conv2d on pixel-major tensors (vmc_qconv) */
   QRT_DWCONV,    /* depthwise conv2d */
   QRT_ADD,       /* add; with in2 < 0 a requantization or a clamp */
   QRT_MAXPOOL,
@@ -21,6 +22,7 @@ typedef struct qrt_tensor {
   size_t off;   /* in a context's arena */
   vmc_qact q;
   int first, last; /* the step that writes it, the last that reads it */
+  vmc_qnhwc g;     /* pixel-major runtimes: the layout (qelt.h) */
 } qrt_tensor;
 
 typedef struct qrt_step {
@@ -37,6 +39,12 @@ typedef struct qrt_step {
   int wide;            /* B read in place from the padded phase planes at the
                           offsets boff (K of them), output cropped (qelt.h) */
   int32_t *boff;       /* vmc_alloc'd */
+  /* CONV: the kernel's parameters (cp.koff: vmc_alloc'd), the input byte
+   * tap (0, 0) of output (0, 0) reads (from the tensor's start), the
+   * multiply-adds (to decide on threads); packed holds the weights. */
+  vmc_qconv_params cp;
+  size_t xo;
+  double macs;
   size_t packed_bytes; /* per group */
   uint8_t *packed;     /* vmc_alloc'd */
   int32_t *bias;       /* per output channel, zero point folded in */
@@ -61,6 +69,7 @@ struct vmc_qrt {
   float *input, *output;
   const vmc_qgemm_variant *gemm;
   vmc_qdwconv_fn dwconv;
+  vmc_qconv_fn conv;      /* non-NULL: pixel-major tensors, convs on it */
   size_t weight_bytes;
 };
 

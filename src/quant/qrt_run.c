@@ -58,6 +58,33 @@ static void run_dwconv(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, int nt
   }
 }
 
+/* Below this many multiply-adds a convolution runs on one thread (as
+ * vmc_qgemm_run_mt decides). */
+#define CONV_MT_MIN_WORK (384.0 * 1024.0)
+
+/* A pixel-major conv: the direct kernel, output rows split over the
+ * threads; then the output's border. */
+static void run_conv(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, int nthreads) {
+  const qrt_tensor *y = &q->t[s->out];
+  const uint8_t *x = ctx + q->t[s->in].off + s->xo;
+  uint8_t *yo = ctx + y->off + vmc_qnhwc_origin(&y->g);
+  const int oh = s->cp.oh;
+  int parts = s->macs < CONV_MT_MIN_WORK ? 1 : nthreads < oh ? nthreads : oh;
+  if (parts <= 1) {
+    q->conv(&s->cp, x, (const int8_t *)s->packed, &s->epi, yo);
+  } else {
+#pragma omp parallel for schedule(static, 1) num_threads(parts)
+    for (int t = 0; t < parts; t++) {
+      const int r0 = oh * t / parts, r1 = oh * (t + 1) / parts;
+      vmc_qconv_params p = s->cp;
+      p.oh = r1 - r0;
+      q->conv(&p, x + (size_t)r0 * p.xs_row, (const int8_t *)s->packed, &s->epi,
+              yo + (size_t)r0 * p.ys_row);
+    }
+  }
+  vmc_qnhwc_border(&y->g, (uint8_t)y->q.zp, ctx + y->off);
+}
+
 void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y, int threaded) {
   const int nthreads = threaded && !omp_in_parallel() ? q->nthreads : 1;
   for (int i = 0; i < q->n_s; i++) {
@@ -65,8 +92,14 @@ void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y,
     const qrt_tensor *a = s->in >= 0 ? &q->t[s->in] : NULL;
     const qrt_tensor *o = s->out >= 0 ? &q->t[s->out] : NULL;
     switch (s->kind) {
-    case QRT_QUANTIZE: vmc_qquantize_f32(x, s->n, s->inv, &o->q, ctx + o->off); break;
+    case QRT_QUANTIZE:
+      if (q->conv)
+        vmc_qquantize_nhwc(x, &o->g, s->inv, &o->q, ctx + o->off);
+      else
+        vmc_qquantize_f32(x, s->n, s->inv, &o->q, ctx + o->off);
+      break;
     case QRT_GEMM: run_gemm(q, s, ctx, y); break;
+    case QRT_CONV: run_conv(q, s, ctx, nthreads); break;
     case QRT_DWCONV: run_dwconv(q, s, ctx, nthreads); break;
     case QRT_ADD:
       vmc_qadd_u8(ctx + a->off, &a->q, s->in2 >= 0 ? ctx + q->t[s->in2].off : NULL,
@@ -74,6 +107,11 @@ void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y,
       break;
     case QRT_MAXPOOL: vmc_qmaxpool_u8(ctx + a->off, &s->geom, s->geom.c, ctx + o->off); break;
     case QRT_AVGPOOL:
+      if (q->conv) {
+        vmc_qgap_nhwc(ctx + a->off + vmc_qnhwc_origin(&a->g), &a->g, a->q.zp, s->pool_scale,
+                      &s->prep, ctx + o->off);
+        break;
+      }
       vmc_qavgpool_u8(ctx + a->off, &s->geom, s->geom.c, a->q.zp, s->pool_scale, &s->prep,
                       ctx + o->off);
       break;
