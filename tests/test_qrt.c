@@ -233,10 +233,12 @@ TEST(qrt_add_requant_by_hand) {
   CHECK(back[0] == -2.5f && back[5] == 122.5f && back[6] == -5.0f);
 }
 
-/* The AVX2 build of the element-wise loops gives the base build's bits
- * (random codes and parameters, ties included, odd lengths). */
-TEST(qrt_elementwise_avx2_matches_base) {
+/* The AVX2 and AVX-512 builds of the element-wise loops give the base
+ * build's bits (random codes and parameters, ties included, odd lengths). */
+TEST(qrt_elementwise_simd_matches_base) {
   if (!(vmc_cpu_features() & VMC_CPU_AVX2)) SKIP("the CPU lacks AVX2");
+  const unsigned v512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL;
+  const int avx512 = (vmc_cpu_features() & v512) == v512;
   enum { N = 1000 };
   vmc_rng r;
   vmc_rng_seed(&r, 8);
@@ -263,6 +265,16 @@ TEST(qrt_elementwise_avx2_matches_base) {
     bad += memcmp(y0, y1, n) != 0;
     vmc_qquantize_f32_base(x, n, inv, lo, hi, zp, y0);
     vmc_qquantize_f32_avx2(x, n, inv, lo, hi, zp, y1);
+    bad += memcmp(y0, y1, n) != 0;
+    if (!avx512) continue;
+    vmc_qadd2_u8_base(a, b, n, sa, za, sb, zb, inv, lo, hi, zp, y0);
+    vmc_qadd2_u8_avx512(a, b, n, sa, za, sb, zb, inv, lo, hi, zp, y1);
+    bad += memcmp(y0, y1, n) != 0;
+    vmc_qrequant_u8_base(a, n, sa, za, inv, lo, hi, zp, y0);
+    vmc_qrequant_u8_avx512(a, n, sa, za, inv, lo, hi, zp, y1);
+    bad += memcmp(y0, y1, n) != 0;
+    vmc_qquantize_f32_base(x, n, inv, lo, hi, zp, y0);
+    vmc_qquantize_f32_avx512(x, n, inv, lo, hi, zp, y1);
     bad += memcmp(y0, y1, n) != 0;
   }
   CHECK_EQ_INT(bad, 0);

@@ -59,11 +59,18 @@ static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
 #include "kernels/qelt_loops.h"
 
 
-static int use_avx2(void) { return strcmp(vmc_isa_name(), "ref") != 0; }
+/* 0 base, 1 AVX2, 2 AVX-512: what vmc_isa_name() allows. */
+static int loops_isa(void) {
+  const char *isa = vmc_isa_name();
+  return !strcmp(isa, "avx512") ? 2 : strcmp(isa, "ref") ? 1 : 0;
+}
 
 void vmc_qquantize_f32(const float *x, size_t n, float inv, const vmc_qact *o, uint8_t *y) {
   const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
-  (use_avx2() ? vmc_qquantize_f32_avx2 : vmc_qquantize_f32_base)(x, n, inv, lo, hi, o->zp, y);
+  static void (*const f[3])(const float *restrict, size_t, float, float, float, int32_t,
+                            uint8_t *restrict) = {
+      vmc_qquantize_f32_base, vmc_qquantize_f32_avx2, vmc_qquantize_f32_avx512};
+  f[loops_isa()](x, n, inv, lo, hi, o->zp, y);
 }
 
 void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y) {
@@ -75,13 +82,16 @@ void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y)
 void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const vmc_qact *qb,
                  size_t n, float inv_o, const vmc_qact *o, uint8_t *y) {
   const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
-  const int wide = use_avx2();
+  const int isa = loops_isa();
   if (!b)
-    (wide ? vmc_qrequant_u8_avx2 : vmc_qrequant_u8_base)(a, n, qa->scale, qa->zp, inv_o, lo, hi,
-                                                         o->zp, y);
+    (isa == 2   ? vmc_qrequant_u8_avx512
+     : isa == 1 ? vmc_qrequant_u8_avx2
+                : vmc_qrequant_u8_base)(a, n, qa->scale, qa->zp, inv_o, lo, hi, o->zp, y);
   else
-    (wide ? vmc_qadd2_u8_avx2 : vmc_qadd2_u8_base)(a, b, n, qa->scale, qa->zp, qb->scale, qb->zp,
-                                                   inv_o, lo, hi, o->zp, y);
+    (isa == 2   ? vmc_qadd2_u8_avx512
+     : isa == 1 ? vmc_qadd2_u8_avx2
+                : vmc_qadd2_u8_base)(a, b, n, qa->scale, qa->zp, qb->scale, qb->zp, inv_o, lo,
+                                     hi, o->zp, y);
 }
 
 void vmc_qmaxpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, uint8_t *y) {

@@ -50,8 +50,8 @@ void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const v
                  size_t n, float inv_o, const vmc_qact *o, uint8_t *y);
 
 /* The loops behind vmc_qquantize_f32 and vmc_qadd_u8 (lo, hi relative to
- * zp), for the base ISA and AVX2 (qelt_loops.h): the same bits; exported
- * for the tests. */
+ * zp), for the base ISA, AVX2 and AVX-512 (qelt_loops.h; the widest that
+ * vmc_isa_name() allows runs): the same bits; exported for the tests. */
 #define VMC_QELT_LOOPS(sfx)                                                                   \
   void vmc_qquantize_f32_##sfx(const float *restrict x, size_t n, float inv, float lo,        \
                                float hi, int32_t zp, uint8_t *restrict y);                    \
@@ -62,7 +62,8 @@ void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const v
                           float sa, int32_t za, float sb, int32_t zb, float inv_o, float lo,  \
                           float hi, int32_t zp, uint8_t *restrict y);
 VMC_QELT_LOOPS(base)
-VMC_QELT_LOOPS(avx2) /* built with AVX2: call only where the CPU has it */
+VMC_QELT_LOOPS(avx2)   /* built with AVX2: call only where the CPU has it */
+VMC_QELT_LOOPS(avx512) /* built with AVX-512 (F/BW/VL/DQ) likewise */
 
 /* Max pooling of `planes` planes of g (padding is ignored, as the float op's
  * -inf): codes are monotonic in the value, so the output keeps x's params. */

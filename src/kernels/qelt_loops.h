@@ -1,8 +1,9 @@
-/* The element-wise loops of qelt.c, compiled twice: for the base ISA
- * (qelt.c) and with AVX2 (qelt_avx2.c), named with QELT_SFX.  The same fp32
+/* The element-wise loops of qelt.c, compiled three times: for the base ISA
+ * (qelt.c), with AVX2 (qelt_avx2.c) and with AVX-512 (qelt_avx512.c), named
+ * with QELT_SFX.  The same fp32
  * operations in the same order (no contraction: the files are ISO C11,
  * where GCC does not fuse, and no expression holds a multiply-add for
- * clang to fuse), so both give the same bits. */
+ * clang to fuse), so all give the same bits. */
 #include "kernels/qelt.h"
 
 #define QELT_CAT2(a, b) a##b
