@@ -106,7 +106,7 @@ TEST(qconv_ref_vs_naive) {
     REQUIRE(y && want);
     memset(y, 0xa5, P.ybytes);
     memset(want, 0xa5, P.ybytes);
-    vmc_qconv__ref(&P.p, origin(&P), P.wp, &P.epi, y);
+    vmc_qconv__ref(&P.p, origin(&P), P.wp, &P.epi, NULL, y);
     const vmc_qepi_prep prep = vmc_qepi_prepare(&P.epi);
     const size_t K = (size_t)g->c * g->kh * g->kw;
     for (int oy = 0; oy < g->oh; oy++)
@@ -146,15 +146,24 @@ static void check_variant(vmc_qconv_fn f, const char *name) {
       REQUIRE(ref && got);
       memset(ref, 0x5a, P.ybytes);
       memset(got, 0x5a, P.ybytes);
-      vmc_qconv__ref(&P.p, origin(&P), P.wp, &P.epi, ref);
-      f(&P.p, origin(&P), P.wp, &P.epi, got);
+      /* e == 2: an add fused, the residual laid out as y */
+      uint8_t *res = malloc(P.ybytes);
+      REQUIRE(res);
+      for (size_t i = 0; i < P.ybytes; i++) res[i] = (uint8_t)rnd_in(0, 255);
+      const vmc_qepi oe = {.zero_point = 7 * e, .lo = e == 2 ? 14 : 0, .hi = 240,
+                           .out = VMC_QOUT_U8};
+      const vmc_qconv_add add = {.res = res, .sc = 0.031f, .sr = 0.017f, .inv_o = 1.0f / 0.029f,
+                                 .zc = P.epi.zero_point, .zr = 9, .o = vmc_qepi_prepare(&oe)};
+      const vmc_qconv_add *pa = e == 2 ? &add : NULL;
+      vmc_qconv__ref(&P.p, origin(&P), P.wp, &P.epi, pa, ref);
+      f(&P.p, origin(&P), P.wp, &P.epi, pa, got);
       if (memcmp(ref, got, P.ybytes)) {
         size_t i = 0;
         while (ref[i] == got[i]) i++;
         vmc_test_fail(__FILE__, __LINE__, "%s case %zu epilogue %d: byte %zu: %d vs ref %d",
                       name, t, e, i, got[i], ref[i]);
       }
-      free(ref), free(got);
+      free(ref), free(got), free(res);
       prob_free(&P);
     }
 }

@@ -643,14 +643,19 @@ TEST(qrt_layout_choice) {
   vmc_qrt *q = NULL;
   char buf[256];
   REQUIRE_OK(vmc_qrt_create(r8, 2, NULL, &q));
-  int direct = 0, gemm = 0;
+  int direct = 0, gemm = 0, fused = 0, adds = 0;
   for (int i = 0; i < vmc_qrt_describe(q, -1, NULL, 0); i++) {
     vmc_qrt_describe(q, i, buf, sizeof buf);
     direct += strstr(buf, "pixel-major") != NULL;
     gemm += strstr(buf, " gemm ") != NULL;
+    fused += strstr(buf, "add fused") != NULL;
+    char op[64], node[64], kind[64];
+    adds += sscanf(buf, "%63s %63s %63s", op, node, kind) == 3 && !strcmp(kind, "add");
   }
   CHECK_EQ_INT(direct, pixel ? 9 : 0); /* resnet8's 9 convs; the fc stays a GEMM */
   CHECK_EQ_INT(gemm, pixel ? 1 : 10);
+  CHECK_EQ_INT(fused, pixel ? 3 : 0); /* each block's add, in its last conv */
+  CHECK_EQ_INT(adds, pixel ? 0 : 3);
   vmc_qrt_destroy(q);
   const vmc_qrt_opts px = {.layout = VMC_QRT_LAYOUT_PIXEL, .conv = vmc_qconv__ref};
   CHECK(vmc_qrt_create(mb, 2, &px, &q) == VMC_ERR_UNSUPPORTED && !q);

@@ -100,12 +100,16 @@ static inline vmc_qepi_prep vmc_qepi_prepare(const vmc_qepi *e) {
   return p;
 }
 
-/* The requantization rule, scalar: t = acc + bias, s = the row's scale. */
-static inline int32_t vmc_qepi_requant(int32_t t, float s, const vmc_qepi_prep *p) {
-  float v = (float)t * s;
+/* The rounding rule on a value v relative to the zero point. */
+static inline int32_t vmc_qepi_round(float v, const vmc_qepi_prep *p) {
   v = v > p->lo ? v : p->lo; /* vmaxps(v, lo): lo when unordered */
   v = v < p->hi ? v : p->hi; /* vminps(v, hi) */
   return (int32_t)nearbyintf(v) + p->zp;
+}
+
+/* The requantization rule, scalar: t = acc + bias, s = the row's scale. */
+static inline int32_t vmc_qepi_requant(int32_t t, float s, const vmc_qepi_prep *p) {
+  return vmc_qepi_round((float)t * s, p);
 }
 
 /* t = acc + bias without signed-overflow UB (wraps, as vpaddd does). */
@@ -271,7 +275,10 @@ void vmc_qdwconv__avx512(const vmc_qdw_params *p, const uint8_t *x, const int8_t
  *   y[oy * ys_row + ox * ys_pix + m] = epi_m( sum_q sum_{i<4} W[m][4q + i] * x4_q[i] )
  * for 0 <= m < M, u8 or s8 out (epi->out; the GEMM's epilogue and rounding
  * rule, qgemm.h, with bias[m] and scale[m]); bytes of y between pixels and
- * past M are not written.  Every byte a quad reads must be readable (the
+ * past M are not written.  With a fused add (vmc_qconv_add), that code c is
+ * not stored but added to the residual byte r at the same place of res:
+ *   y = round_o((c - zc) * sc + (r - zr) * sr) = vmc_qconv_add1,
+ * the rule of vmc_qadd_u8 (qelt.h); u8 out only (epi->out U8).  Every byte a quad reads must be readable (the
  * caller pads the input).  The sums are exact, so every variant gives the
  * bits of the reference, and of the GEMM on the same products. */
 typedef struct vmc_qconv_params {
@@ -281,6 +288,19 @@ typedef struct vmc_qconv_params {
   size_t ys_row, ys_pix; /* output bytes between rows / pixels */
   const int32_t *koff;   /* kq byte offsets */
 } vmc_qconv_params;
+
+/* A residual add fused into the convolution's write-back (see above). */
+typedef struct vmc_qconv_add {
+  const uint8_t *res;   /* laid out as y (ys_row, ys_pix) */
+  float sc, sr, inv_o;  /* scales of c and r, 1 / the output's scale */
+  int32_t zc, zr;       /* zero points of c and r */
+  vmc_qepi_prep o;      /* the output's clamp (relative) and zero point */
+} vmc_qconv_add;
+
+static inline uint8_t vmc_qconv_add1(const vmc_qconv_add *a, int32_t c, uint8_t r) {
+  const float vc = (float)(c - a->zc) * a->sc, vr = (float)((int32_t)r - a->zr) * a->sr;
+  return (uint8_t)vmc_qepi_round((vc + vr) * a->inv_o, &a->o);
+}
 
 /* Bytes of packed weights for M channels of kq quads: 64 per block of 16
  * channels per quad. */
@@ -292,14 +312,16 @@ static inline size_t vmc_qconv_w_bytes(int M, int kq) {
 void vmc_qconv_pack_w(int M, int kq, const int8_t *w, int8_t *dst);
 
 typedef void (*vmc_qconv_fn)(const vmc_qconv_params *p, const uint8_t *x,
-                             const int8_t *w_packed, const vmc_qepi *epi, uint8_t *y);
+                             const int8_t *w_packed, const vmc_qepi *epi,
+                             const vmc_qconv_add *add, uint8_t *y);
 /* The avx512 variant where vmc_qgemm_best() is the avx512vnni GEMM, else NULL
  * (the integer runtime then keeps its GEMM layout). */
 vmc_qconv_fn vmc_qconv_best(void);
+/* add: NULL, or a residual add fused into the write-back. */
 void vmc_qconv__ref(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
-                    const vmc_qepi *epi, uint8_t *y);
+                    const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y);
 /* Built with the AVX-512 VNNI file's flags. */
 void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
-                       const vmc_qepi *epi, uint8_t *y);
+                       const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y);
 
 #endif

@@ -406,9 +406,36 @@ void vmc_qdwconv__avx512(const vmc_qdw_params *p, const uint8_t *x, const int8_t
  * overlap compute the same bytes twice).  The epilogue goes from registers
  * to 16 output bytes per pixel and block (masked past M). */
 
+/* The fused add's constants (qgemm.h, vmc_qconv_add1). */
+typedef struct add_ctx {
+  __m512 sc, sr, inv, lo, hi;
+  __m512i zc, zr, zo;
+} add_ctx;
+
+static void add_init(add_ctx *c, const vmc_qconv_add *a) {
+  c->sc = _mm512_set1_ps(a->sc);
+  c->sr = _mm512_set1_ps(a->sr);
+  c->inv = _mm512_set1_ps(a->inv_o);
+  c->lo = _mm512_set1_ps(a->o.lo);
+  c->hi = _mm512_set1_ps(a->o.hi);
+  c->zc = _mm512_set1_epi32(a->zc);
+  c->zr = _mm512_set1_epi32(a->zr);
+  c->zo = _mm512_set1_epi32(a->o.zp);
+}
+
+/* vmc_qconv_add1 on 16 lanes: codes c (s32) and residual bytes r (s32). */
+INLINE __m512i add16(const add_ctx *a, __m512i c, __m512i r) {
+  const __m512 vc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, a->zc)), a->sc);
+  const __m512 vr = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, a->zr)), a->sr);
+  __m512 v = _mm512_mul_ps(_mm512_add_ps(vc, vr), a->inv);
+  v = _mm512_min_ps(_mm512_max_ps(v, a->lo), a->hi);
+  return _mm512_add_epi32(_mm512_cvtps_epi32(v), a->zo);
+}
+
 INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
                       const uint8_t *restrict xb, const int8_t *restrict w,
-                      const epi_ctx *e, int m0, uint8_t *restrict yb) {
+                      const epi_ctx *e, const add_ctx *a, int m0, uint8_t *restrict yb,
+                      const uint8_t *res) {
   const size_t wblk = (size_t)p->kq * 64, xs = p->xs_pix;
   __m512i acc[2][14];
   __mmask16 km[2];
@@ -429,15 +456,25 @@ INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
     for (int i = 0; i < P; i++) {
       int32_t v;
       memcpy(&v, xq + (size_t)i * xs, sizeof v);
-      const __m512i a = _mm512_set1_epi32(v);
+      const __m512i xv = _mm512_set1_epi32(v);
       UNROLL_FULL
-      for (int b = 0; b < MB; b++) acc[b][i] = _mm512_dpbusd_epi32(acc[b][i], a, wv[b]);
+      for (int b = 0; b < MB; b++) acc[b][i] = _mm512_dpbusd_epi32(acc[b][i], xv, wv[b]);
     }
   }
   UNROLL_FULL
   for (int b = 0; b < MB; b++) {
     const __m512 vs = e->per_tensor ? _mm512_set1_ps(e->scale[0])
                                     : _mm512_maskz_loadu_ps(km[b], e->scale + m0 + 16 * b);
+    if (a) {
+      UNROLL_FULL
+      for (int i = 0; i < P; i++) {
+        const size_t at = (size_t)i * p->ys_pix + 16 * (size_t)b;
+        const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(km[b], res + at));
+        _mm_mask_storeu_epi8(yb + at, km[b],
+                             _mm512_cvtepi32_epi8(add16(a, requant16(e, acc[b][i], vs), r)));
+      }
+      continue;
+    }
     UNROLL_FULL
     for (int i = 0; i < P; i++)
       _mm_mask_storeu_epi8(yb + (size_t)i * p->ys_pix + 16 * b, km[b],
@@ -446,12 +483,13 @@ INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
 }
 
 typedef void (*conv_tile_fn)(const vmc_qconv_params *, const uint8_t *, const int8_t *,
-                             const epi_ctx *, int, uint8_t *);
+                             const epi_ctx *, const add_ctx *, int, uint8_t *,
+                             const uint8_t *);
 #define CONV_TILE(mb, px)                                                                 \
   static void conv_tile_##mb##x##px(const vmc_qconv_params *p, const uint8_t *xb,         \
-                                    const int8_t *w, const epi_ctx *e, int m0,            \
-                                    uint8_t *yb) {                                        \
-    conv_tile(mb, px, p, xb, w, e, m0, yb);                                               \
+                                    const int8_t *w, const epi_ctx *e, const add_ctx *a,  \
+                                    int m0, uint8_t *yb, const uint8_t *res) {            \
+    conv_tile(mb, px, p, xb, w, e, a, m0, yb, res);                                       \
   }
 #define CONV_TILES_7(mb, a, b, c, d, e, f, g)                                             \
   CONV_TILE(mb, a) CONV_TILE(mb, b) CONV_TILE(mb, c) CONV_TILE(mb, d) CONV_TILE(mb, e)    \
@@ -467,10 +505,12 @@ static const conv_tile_fn conv_tiles1[15] = {
 static const conv_tile_fn conv_tiles2[8] = {NULL, CONV_TILE_ROW(2, 1, 2, 3, 4, 5, 6, 7)};
 
 void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
-                       const vmc_qepi *epi, uint8_t *y) {
+                       const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y) {
   if (p->oh <= 0 || p->ow <= 0 || p->M <= 0) return;
   epi_ctx e;
   epi_init(&e, epi);
+  add_ctx a;
+  if (add) add_init(&a, add);
   const int blocks = (p->M + 15) / 16;
   const size_t wblk = (size_t)p->kq * 64;
   for (int oy = 0; oy < p->oh; oy++)
@@ -480,8 +520,9 @@ void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t
       const conv_tile_fn f = mb == 2 ? conv_tiles2[P] : conv_tiles1[P];
       for (int ox = 0; ox < p->ow; ox += P) {
         const int o = ox + P <= p->ow ? ox : p->ow - P;
+        const size_t at = (size_t)oy * p->ys_row + (size_t)o * p->ys_pix + 16 * (size_t)b;
         f(p, x + (size_t)oy * p->xs_row + (size_t)o * p->xs_pix, w_packed + (size_t)b * wblk, &e,
-          16 * b, y + (size_t)oy * p->ys_row + (size_t)o * p->ys_pix + 16 * (size_t)b);
+          add ? &a : NULL, 16 * b, y + at, add ? add->res + at : NULL);
       }
       b += mb;
     }

@@ -44,12 +44,13 @@ void vmc_qdwconv__ref(const vmc_qdw_params *p, const uint8_t *x, const int8_t *w
 }
 
 void vmc_qconv__ref(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
-                    const vmc_qepi *epi, uint8_t *y) {
+                    const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y) {
   const vmc_qepi_prep prep = vmc_qepi_prepare(epi);
   for (int oy = 0; oy < p->oh; oy++)
     for (int ox = 0; ox < p->ow; ox++) {
       const uint8_t *xb = x + (size_t)oy * p->xs_row + (size_t)ox * p->xs_pix;
-      uint8_t *yb = y + (size_t)oy * p->ys_row + (size_t)ox * p->ys_pix;
+      const size_t at = (size_t)oy * p->ys_row + (size_t)ox * p->ys_pix;
+      uint8_t *yb = y + at;
       for (int m = 0; m < p->M; m++) {
         const int8_t *w = w_packed + (size_t)(m / 16) * p->kq * 64 + (size_t)(m % 16) * 4;
         uint32_t acc = 0;
@@ -57,6 +58,7 @@ void vmc_qconv__ref(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w
           for (int i = 0; i < 4; i++)
             acc += (uint32_t)(w[(size_t)q * 64 + i] * (int)xb[p->koff[q] + i]);
         vmc_qepi_store1(epi, &prep, m, (int32_t)acc, yb, (size_t)m);
+        if (add) yb[m] = vmc_qconv_add1(add, yb[m], add->res[at + (size_t)m]); /* u8 out */
       }
     }
 }

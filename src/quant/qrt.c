@@ -81,7 +81,7 @@ static vmc_status new_step(lower *L, const vmc_node *n, qrt_kind kind, qrt_step 
   s->kind = kind;
   s->op = op_of(n);
   snprintf(s->node, sizeof s->node, "%s", n->name);
-  s->in = s->in2 = s->out = -1;
+  s->in = s->in2 = s->out = s->res = -1;
   *out = s;
   return VMC_OK;
 }
@@ -531,6 +531,47 @@ static vmc_status lower_output(lower *L) {
   return VMC_OK;
 }
 
+/* ---- fusion ------------------------------------------------------------------------- */
+
+/* A residual add right after the pixel-major conv that computes one of its
+ * inputs, read by nothing else: the conv does the add in its write-back
+ * (vmc_qconv_add: the same bits as the add step) and its own output is never
+ * stored.  The add step goes. */
+static vmc_status fuse_adds(vmc_qrt *q) {
+  if (!q->conv || q->n_s < 2) return VMC_OK;
+  int *readers = vmc_malloc_plain((size_t)q->n_t * sizeof *readers);
+  if (!readers) return vmc_error(VMC_ERR_NOMEM, "integer runtime");
+  for (int i = 0; i < q->n_s; i++) {
+    if (q->s[i].in >= 0) readers[q->s[i].in]++;
+    if (q->s[i].in2 >= 0) readers[q->s[i].in2]++;
+  }
+  for (int i = 1; i < q->n_s; i++) {
+    qrt_step *a = &q->s[i], *c = &q->s[i - 1];
+    if (a->kind != QRT_ADD || a->in2 < 0 || a->in == a->in2 || c->kind != QRT_CONV || c->res >= 0)
+      continue;
+    const int mine = c->out == a->in ? a->in : c->out == a->in2 ? a->in2 : -1;
+    if (mine < 0 || readers[mine] != 1) continue;
+    const int other = mine == a->in ? a->in2 : a->in;
+    qrt_tensor *tc = &q->t[mine];
+    const qrt_tensor *tr = &q->t[other], *to = &q->t[a->out];
+    const vmc_qepi o = {.zero_point = to->q.zp, .lo = to->q.lo, .hi = to->q.hi,
+                        .out = VMC_QOUT_U8};
+    c->res = other;
+    c->add = (vmc_qconv_add){.sc = tc->q.scale, .sr = tr->q.scale, .inv_o = a->inv,
+                             .zc = tc->q.zp, .zr = tr->q.zp, .o = vmc_qepi_prepare(&o)};
+    c->out = a->out;
+    tc->bytes = 0; /* never stored */
+    memmove(a, a + 1, (size_t)(q->n_s - i - 1) * sizeof *a);
+    q->n_s--;
+    for (int t = 0; t < q->n_t; t++) {
+      if (q->t[t].first >= i) q->t[t].first--;
+      if (q->t[t].last >= i) q->t[t].last--;
+    }
+  }
+  vmc_free(readers);
+  return VMC_OK;
+}
+
 /* ---- memory ------------------------------------------------------------------------- */
 
 /* Tensors whose lives (first write to last read, in steps) do not overlap
@@ -576,6 +617,7 @@ static vmc_status build(lower *L, int batch) {
   for (int i = 0; i < g->n_nodes; i++)
     if (!L->done[i]) VMC_TRY(lower_node(L, i));
   VMC_TRY(lower_output(L));
+  VMC_TRY(fuse_adds(q));
   if (!q->n_t || q->s[0].kind != QRT_QUANTIZE)
     return vmc_error(VMC_ERR_UNSUPPORTED, "integer runtime: the graph input is not read "
                      "through a fakequant node");
@@ -710,8 +752,8 @@ int vmc_qrt_describe(const vmc_qrt *q, int i, char *buf, size_t n) {
              s->groups > 1 ? " grouped" : "",
              s->direct ? " direct" : s->wide ? " wide" : " im2col");
   if (k > 0 && (size_t)k < n && s->kind == QRT_CONV)
-    snprintf(buf + k, n - (size_t)k, " %dx%dx%d direct, pixel-major", s->M, s->K,
-             s->cp.oh * s->cp.ow);
+    snprintf(buf + k, n - (size_t)k, " %dx%dx%d direct, pixel-major%s", s->M, s->K,
+             s->cp.oh * s->cp.ow, s->res >= 0 ? ", add fused" : "");
   if (k > 0 && (size_t)k < n && s->kind == QRT_ADD && s->in2 < 0)
     snprintf(buf + k, n - (size_t)k, " (requantize)");
   if (k > 0 && (size_t)k < n && s->out < 0 && s->kind != QRT_DEQUANTIZE)

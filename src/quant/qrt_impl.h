@@ -45,6 +45,8 @@ typedef struct qrt_step {
   vmc_qconv_params cp;
   size_t xo;
   double macs;
+  int res;               /* CONV: the residual of a fused add (its tensor), or -1 */
+  vmc_qconv_add add;     /* its constants (add.res is set when running) */
   size_t packed_bytes; /* per group */
   uint8_t *packed;     /* vmc_alloc'd */
   int32_t *bias;       /* per output channel, zero point folded in */

@@ -68,18 +68,22 @@ static void run_conv(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, int nthr
   const qrt_tensor *y = &q->t[s->out];
   const uint8_t *x = ctx + q->t[s->in].off + s->xo;
   uint8_t *yo = ctx + y->off + vmc_qnhwc_origin(&y->g);
+  vmc_qconv_add add = s->add;
+  if (s->res >= 0) add.res = ctx + q->t[s->res].off + vmc_qnhwc_origin(&q->t[s->res].g);
   const int oh = s->cp.oh;
   int parts = s->macs < CONV_MT_MIN_WORK ? 1 : nthreads < oh ? nthreads : oh;
   if (parts <= 1) {
-    q->conv(&s->cp, x, (const int8_t *)s->packed, &s->epi, yo);
+    q->conv(&s->cp, x, (const int8_t *)s->packed, &s->epi, s->res >= 0 ? &add : NULL, yo);
   } else {
 #pragma omp parallel for schedule(static, 1) num_threads(parts)
     for (int t = 0; t < parts; t++) {
       const int r0 = oh * t / parts, r1 = oh * (t + 1) / parts;
       vmc_qconv_params p = s->cp;
       p.oh = r1 - r0;
+      vmc_qconv_add a = add;
+      if (s->res >= 0) a.res += (size_t)r0 * p.ys_row;
       q->conv(&p, x + (size_t)r0 * p.xs_row, (const int8_t *)s->packed, &s->epi,
-              yo + (size_t)r0 * p.ys_row);
+              s->res >= 0 ? &a : NULL, yo + (size_t)r0 * p.ys_row);
     }
   }
   vmc_qnhwc_border(&y->g, (uint8_t)y->q.zp, ctx + y->off);
