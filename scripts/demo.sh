@@ -40,7 +40,8 @@ row() { # label file
   lat1=$(sed -n 's/.*"median_ms":[[:space:]]*\([0-9.e+-]*\).*/\1/p' "$OUT/bench1.json" | sed -n 1p)
   ips64=$(sed -n 's/.*"images_per_sec":[[:space:]]*\([0-9.e+-]*\).*/\1/p' "$OUT/bench.json" | sed -n 2p)
   path=$(sed -n 's/.*"runtime":[[:space:]]*"\([a-z0-9-]*\)".*/\1/p' "$OUT/bench.json" | sed -n 1p)
-  echo "$1 $acc $bytes $lat1 $ips64 ${path:-fp32}" >> "$OUT/table.txt"
+  layout=$(sed -n 's/.*"layout":[[:space:]]*"\([a-z0-9-]*\)".*/\1/p' "$OUT/bench.json" | sed -n 1p)
+  echo "$1 $acc $bytes $lat1 $ips64 ${path:-fp32}${layout:+/$layout}" >> "$OUT/table.txt"
 }
 echo "== evaluate on the 10,000 test images and benchmark inference"
 : > "$OUT/table.txt"

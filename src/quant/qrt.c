@@ -719,6 +719,7 @@ void vmc_qrt_destroy(vmc_qrt *q) {
 float *vmc_qrt_input(vmc_qrt *q) { return q->input; }
 const float *vmc_qrt_output(const vmc_qrt *q) { return q->output; }
 int vmc_qrt_batch(const vmc_qrt *q) { return q->batch; }
+const char *vmc_qrt_layout_name(const vmc_qrt *q) { return q->conv ? "pixel-major" : "planar"; }
 int vmc_qrt_classes(const vmc_qrt *q) { return q->classes; }
 
 size_t vmc_qrt_arena_bytes(const vmc_qrt *q) {

@@ -95,6 +95,8 @@ float *vmc_qrt_input(vmc_qrt *q);
 /* batch x classes floats, after vmc_qrt_forward. */
 const float *vmc_qrt_output(const vmc_qrt *q);
 int vmc_qrt_batch(const vmc_qrt *q);
+/* "pixel-major" or "planar": the layout it chose. */
+const char *vmc_qrt_layout_name(const vmc_qrt *q);
 int vmc_qrt_classes(const vmc_qrt *q);
 /* Runs the first n images (1 <= n <= batch). */
 vmc_status vmc_qrt_forward(vmc_qrt *q, int n);

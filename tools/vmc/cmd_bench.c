@@ -29,6 +29,7 @@ typedef struct {
   int batch;
   double median_ms, p10_ms, p90_ms, images_per_sec;
   size_t arena_bytes;
+  const char *layout; /* the integer runtime's (vmc_qrt_layout_name), or NULL */
 } bench_row;
 
 static int cmp_double(const void *a, const void *b) {
@@ -93,6 +94,7 @@ static vmc_status bench_batch(vmc_graph *g, int integer, int batch, int warmup, 
   r->p90_ms = t[(repeats * 9) / 10 < repeats ? (repeats * 9) / 10 : repeats - 1];
   r->images_per_sec = batch / (r->median_ms / 1e3);
   r->arena_bytes = engine_bytes(&e);
+  r->layout = e.q ? vmc_qrt_layout_name(e.q) : NULL;
   vmc_free(t);
   engine_destroy(&e);
   return VMC_OK;
@@ -141,6 +143,13 @@ static const char *runtime_name(const bench_model *m) {
   return m->integer ? "integer" : vmc_graph_is_quantized(m->g) ? "fp32 simulation" : "fp32";
 }
 
+/* The runtime and, for the integer one, its layout: "integer, pixel-major". */
+static const char *runtime_label(const bench_model *m, char *buf, size_t n) {
+  const char *l = m->rows[0].layout;
+  snprintf(buf, n, "%s%s%s", runtime_name(m), l ? ", " : "", l ? l : "");
+  return buf;
+}
+
 static void print_vs(const bench_model *a, const bench_model *b, int nrows, int json) {
   char sa[96], sb[96];
   if (json) {
@@ -151,6 +160,7 @@ static void print_vs(const bench_model *a, const bench_model *b, int nrows, int 
       cJSON *r = cJSON_CreateObject();
       cJSON_AddStringToObject(r, "path", ms[k]->path);
       cJSON_AddStringToObject(r, "runtime", runtime_name(ms[k]));
+      if (ms[k]->rows[0].layout) cJSON_AddStringToObject(r, "layout", ms[k]->rows[0].layout);
       cJSON_AddNumberToObject(r, "file_bytes", (double)ms[k]->file_bytes);
       cJSON_AddNumberToObject(r, "param_bytes", ms[k]->param_bytes);
       cJSON_AddStringToObject(r, "params", storage_str(ms[k], sa, sizeof sa));
@@ -171,7 +181,9 @@ static void print_vs(const bench_model *a, const bench_model *b, int nrows, int 
   }
   printf("%d threads, %s kernels, medians\n\n", vmc_get_threads(), vmc_isa_name());
   printf("%-22s %24s %24s %9s\n", "", a->path, b->path, "ratio");
-  printf("%-22s %24s %24s\n", "runtime", runtime_name(a), runtime_name(b));
+  char la[48], lb[48];
+  printf("%-22s %24s %24s\n", "runtime", runtime_label(a, la, sizeof la),
+         runtime_label(b, lb, sizeof lb));
   printf("%-22s %24.1f %24.1f %8.2fx\n", "file KiB", a->file_bytes / 1024.0,
          b->file_bytes / 1024.0, (double)b->file_bytes / (double)a->file_bytes);
   printf("%-22s %24.1f %24.1f %8.2fx\n", "parameters KiB", a->param_bytes / 1024.0,
@@ -243,6 +255,7 @@ int cmd_bench(int argc, char **argv) {
     cJSON_AddStringToObject(o, "model", path);
     cJSON_AddStringToObject(o, "precision", m[0].integer ? "int8" : "fp32");
     cJSON_AddStringToObject(o, "runtime", runtime_name(&m[0]));
+    if (rows[0].layout) cJSON_AddStringToObject(o, "layout", rows[0].layout);
     cJSON_AddNumberToObject(o, "threads", vmc_get_threads());
     cJSON_AddStringToObject(o, "isa", vmc_isa_name());
     for (int i = 0; i < nrows; i++) {
@@ -258,8 +271,10 @@ int cmd_bench(int argc, char **argv) {
     cJSON_AddItemToObject(o, "results", arr);
     cli_print_json(o);
   } else {
+    char label[48];
     printf("%s: %s, %d threads, %s kernels, %ld warm-up + %ld timed runs\n\n", path,
-           runtime_name(&m[0]), vmc_get_threads(), vmc_isa_name(), warmup, repeats);
+           runtime_label(&m[0], label, sizeof label), vmc_get_threads(), vmc_isa_name(), warmup,
+           repeats);
     printf("%6s %12s %12s %12s %14s %12s\n", "batch", "median ms", "p10 ms", "p90 ms", "images/s",
            "arena KiB");
     for (int i = 0; i < nrows; i++)
