@@ -46,10 +46,10 @@ static int fusion_enabled(void) {
 /* folded_into (inference, may be NULL): per node, the conv a batchnorm was
  * folded into (fold.h), or -1.  Such a batchnorm is skipped and its output
  * shares the conv's buffer, so a following relu folds into the conv. */
-static void plan_fusions(vmc_plan *p, const int *folded_into) {
+static void plan_fusions(vmc_plan *p, const int *folded_into, int fold_relu) {
   const vmc_graph *g = p->g;
   for (int v = 0; v < g->n_values; v++) p->alias[v] = -1;
-  int fuse = fusion_enabled();
+  int fuse = fusion_enabled() && fold_relu;
   int *uses = vmc_malloc_plain((size_t)g->n_values * sizeof *uses);
   int *producer = vmc_malloc_plain((size_t)g->n_values * sizeof *producer);
   if (!uses || !producer) { /* no fusion, zero everything: still correct */
@@ -209,7 +209,7 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
     vmc_plan_destroy(p);
     return s;
   }
-  plan_fusions(p, folded_into);
+  plan_fusions(p, folded_into, keep_all != 2);
   /* Sizes. */
   size_t acts = off ? plan_offsets(p, off) : 0, state_total = 0, grads = 0;
   const int shared = acts > 0;
@@ -338,6 +338,13 @@ vmc_status vmc_plan_create_observable(vmc_graph *g, int batch, vmc_plan **out) {
   if (batch < 1 || batch > (1 << 20))
     return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
   return plan_build(g, batch, VMC_MODE_INFER, vmc_get_threads(), NULL, 1, out);
+}
+
+vmc_status vmc_plan_create_observable_unfused(vmc_graph *g, int batch, vmc_plan **out) {
+  *out = NULL;
+  if (batch < 1 || batch > (1 << 20))
+    return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
+  return plan_build(g, batch, VMC_MODE_INFER, vmc_get_threads(), NULL, 2, out);
 }
 
 const float *vmc_plan_value(const vmc_plan *p, int value) {

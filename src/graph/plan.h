@@ -45,6 +45,9 @@ const vmc_shape *vmc_plan_value_shape(const vmc_plan *p, int value);
  * value v for the images run, for every v that a node reads (a folded
  * relu's value: the clamped output).  For calibration observers. */
 vmc_status vmc_plan_create_observable(vmc_graph *g, int batch, vmc_plan **out);
+/* The same with no relu folded: a conv's output value is its output before
+ * the relu (bias correction compares those). */
+vmc_status vmc_plan_create_observable_unfused(vmc_graph *g, int batch, vmc_plan **out);
 /* The activation buffer of value v (batch x its shape), NULL for a bad id.
  * Only a plan from vmc_plan_create_observable keeps every value. */
 const float *vmc_plan_value(const vmc_plan *p, int value);
