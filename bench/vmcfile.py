@@ -1,8 +1,9 @@
-"""A small reader of vmc's .vmc model file (docs/file-format.md, versions 1 and 2), for
+"""A small reader of vmc's .vmc model file (docs/file-format.md, versions 1 to 3), for
 the Python peer benchmarks: the metadata, the graph, and every tensor of the directory as
-a torch tensor (f32, s8, u8, s32; s4 unpacked to int8).  A scale or zero-point tensor
-(role 1 / 2) is attached to the tensor it qualifies (.scale, .zero_point, .axis) rather
-than listed by name: version 2 gives an s8/s4 weight's scales the weight's own name.
+a torch tensor (f32, s8, u8, s32; s4 unpacked to int8; entropy-coded s8/s4 codes of
+version 3 decoded).  A scale or zero-point tensor (role 1 / 2) is attached to the tensor
+it qualifies (.scale, .zero_point, .axis) rather than listed by name: version 2 gives an
+s8/s4 weight's scales the weight's own name.
 
     import vmcfile
     m = vmcfile.read("/work/models/resnet8.vmc")
@@ -13,7 +14,8 @@ than listed by name: version 2 gives an s8/s4 weight's scales the weight's own n
     python3 bench/vmcfile.py --meta KEY FILE     one metadata value (empty if absent)
 
 It checks the envelope (magic, version, size, CRC-32) and the bounds of every field it
-reads, and raises VmcFileError naming the file and the field on a malformed file.
+reads (for coded codes: the code table, a complete prefix code, the exact end of the bits),
+and raises VmcFileError naming the file and the field on a malformed file.
 """
 import struct
 import zlib
@@ -21,11 +23,13 @@ import zlib
 import torch
 
 MAGIC = b"VMCMODEL"
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 HEADER_BYTES = 96
 DTYPES = {0: ("f32", 4), 1: ("s8", 1), 2: ("u8", 1), 3: ("s32", 4), 4: ("s4", None)}
 ROLES = {0: "data", 1: "scale", 2: "zero_point"}
-FLAG_TRAINABLE, FLAG_EXTRA = 1, 2
+FLAG_TRAINABLE, FLAG_EXTRA, FLAG_CODED = 1, 2, 4
+CODED_OWN_TABLE, CODED_DEFINE_SHARED, CODED_SHARED_TABLE = 0, 1, 2
+MAX_CODE_LEN = 15
 
 
 class VmcFileError(ValueError):
@@ -104,6 +108,63 @@ class _Cursor:
         return b.decode("utf-8", "replace")
 
 
+def _code_table(b, qmax, fail):
+    """(lookup, bytes): a coded tensor's code table from the start of b (i8 lo, u8 n, n
+    4-bit lengths low nibble first) as a 2^15-entry lookup of (code, length) by the next
+    15 bits of the stream, None where no code starts so (a one-symbol table)."""
+    if len(b) < 2:
+        fail("its code table runs past the end")
+    lo = b[0] - 256 if b[0] >= 128 else b[0]
+    n = b[1]
+    if n < 1 or lo < -qmax or lo + n - 1 > qmax:
+        fail("its code table covers %d symbols from %d, outside -%d..%d" % (n, lo, qmax, qmax))
+    size = 2 + (n + 1) // 2
+    if size > len(b):
+        fail("its code table runs past the end")
+    lens = [(b[2 + k // 2] >> (4 * (k & 1))) & 15 for k in range(n)]
+    if n & 1 and b[size - 1] >> 4:
+        fail("its code table's unused last nibble is not 0")
+    if not lens[0] or not lens[-1]:
+        fail("its code table starts or ends with a symbol without a code")
+    used = [k for k in range(n) if lens[k]]
+    kraft = sum(1 << (MAX_CODE_LEN - lens[k]) for k in used)
+    if (lens[0] != 1) if len(used) == 1 else (kraft != 1 << MAX_CODE_LEN):
+        fail("its code lengths are not a complete prefix code")
+    lookup = [None] * (1 << MAX_CODE_LEN)
+    code = 0
+    for length in range(1, MAX_CODE_LEN + 1):  # canonical: by length, then by value
+        for k in used:
+            if lens[k] == length:
+                span = 1 << (MAX_CODE_LEN - length)
+                lookup[code * span:(code + 1) * span] = [(lo + k, length)] * span
+                code += 1
+        code <<= 1
+    return lookup, size
+
+
+def _decode_codes(bits, lookup, count, fail):
+    """count codes from the bytes `bits` (most significant bit first)."""
+    total = 8 * len(bits)
+    padded = bytes(bits) + b"\0\0\0"
+    out = [0] * count
+    pos = 0
+    for i in range(count):
+        at = pos >> 3
+        window = (padded[at] << 16 | padded[at + 1] << 8 | padded[at + 2]) >> (9 - (pos & 7))
+        entry = lookup[window & 0x7FFF]
+        if entry is None:
+            fail("element %d has no code" % i)
+        out[i] = entry[0]
+        pos += entry[1]
+    if pos > total:
+        fail("its %d codes run past the end of its bytes" % count)
+    if total - pos >= 8:
+        fail("%d bytes follow its last code" % ((total - pos) // 8))
+    if total > pos and bits[-1] & ((1 << (total - pos)) - 1):
+        fail("the padding bits after its last code are not zero")
+    return out
+
+
 def _tensor_data(buf, dtype, dims, off, nbytes):
     count = 1
     for d in dims:
@@ -121,6 +182,29 @@ def _tensor_data(buf, dtype, dims, off, nbytes):
     b = torch.frombuffer(raw, dtype=torch.uint8).to(torch.int16)
     nib = torch.stack((b & 0xF, b >> 4), 1).flatten()[:count]
     return torch.where(nib >= 8, nib - 16, nib).to(torch.int8).view(*dims)
+
+
+def _coded_data(b, dtype, dims, count, shared, what):
+    """The int8 codes of an entropy-coded tensor: a table mode byte, the code table
+    (unless the mode says the shared one), the bits."""
+    def fail(msg):
+        raise VmcFileError("%s: %s" % (what, msg))
+    mode, qmax = b[0], 127 if dtype == "s8" else 7
+    if mode in (CODED_OWN_TABLE, CODED_DEFINE_SHARED):
+        if mode == CODED_DEFINE_SHARED and dtype in shared:
+            fail("a second tensor defines the shared %s code table" % dtype)
+        lookup, size = _code_table(b[1:], qmax, fail)
+        if mode == CODED_DEFINE_SHARED:
+            shared[dtype] = lookup
+        bits = b[1 + size:]
+    elif mode == CODED_SHARED_TABLE:
+        if dtype not in shared:
+            fail("uses the shared %s code table, but no earlier tensor defines one" % dtype)
+        lookup, bits = shared[dtype], b[1:]
+    else:
+        fail("unknown code table mode %d" % mode)
+    codes = _decode_codes(bits, lookup, count, fail)
+    return torch.tensor(codes, dtype=torch.int8).view(*dims)
 
 
 def read(path):
@@ -158,6 +242,7 @@ def read(path):
 
     c = _Cursor(buf, tens_off, graph_off, path, "tensor directory")
     tensors, order, by_index = {}, [], []
+    shared = {}  # dtype -> the lookup of the shared code table (version 3)
     for i in range(n_tensors):
         name = c.str("tensor %d name" % i, 1, 63)
         code, role, tflags, link, axis, ndim = (c.u32(name + " " + f) for f in
@@ -175,11 +260,20 @@ def read(path):
         for d in dims:
             count *= d
         want = (count + 1) // 2 if size is None else count * size
-        if nbytes != want or off % 64 or off < data_off or off + nbytes > len(buf) - 4:
+        coded = tflags & FLAG_CODED
+        if coded and (version < 3 or role or dtype not in ("s8", "s4")):
+            raise VmcFileError("%s: tensor %s: only the s8/s4 codes of a version 3 file are "
+                               "entropy-coded" % (path, name))
+        sized = (0 < nbytes < want and count <= 8 * nbytes) if coded else nbytes == want
+        if not sized or off % 64 or off < data_off or off + nbytes > len(buf) - 4:
             raise VmcFileError("%s: tensor %s: data at %d (%d bytes) misplaced or sized wrong"
                                % (path, name, off, nbytes))
-        t = Tensor(name, dtype, ROLES[role], tflags, link, axis, dims,
-                   _tensor_data(buf, dtype, dims, off, nbytes))
+        if coded:
+            data = _coded_data(buf[off:off + nbytes], dtype, dims, count, shared,
+                               "%s: tensor %s (entropy-coded %s)" % (path, name, dtype))
+        else:
+            data = _tensor_data(buf, dtype, dims, off, nbytes)
+        t = Tensor(name, dtype, ROLES[role], tflags, link, axis, dims, data)
         by_index.append(t)
         if role:  # a companion: attach it to the tensor it qualifies
             if link >= i or by_index[link].role != "data" or axis >= len(by_index[link].dims):

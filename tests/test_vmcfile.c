@@ -6,6 +6,7 @@
 #include "graph/graph.h"
 #include "graph/op.h"
 #include "graph/rebuild.h"
+#include "io/entropy.h"
 #include "io/io.h"
 #include "kernels/qgemm.h"
 #include "quant/quant.h"
@@ -557,12 +558,14 @@ TEST(vmcfile_reject_bad_files) {
   wr32(c + VMC_FH_VERSION, VMC_FILE_VERSION + 1);
   fix_crc(c, n);
   CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
-  CHECK(strstr(vmc_last_error(), "version 3") != NULL);
+  CHECK(strstr(vmc_last_error(), "version 4") != NULL);
   CHECK(strstr(vmc_last_error(), "newer vmc") != NULL);
-  /* a float model in a version 2 file is fine */
-  wr32(c + VMC_FH_VERSION, 2);
-  fix_crc(c, n);
-  CHECK_OK(try_read(c, n));
+  /* a float model in a version 2 or 3 file is fine */
+  for (uint32_t v = 2; v <= 3; v++) {
+    wr32(c + VMC_FH_VERSION, v);
+    fix_crc(c, n);
+    CHECK_OK(try_read(c, n));
+  }
   wr32(c + VMC_FH_VERSION, 0);
   CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
   /* trailing garbage */
@@ -1059,7 +1062,8 @@ TEST(vmcfile_quantized_rejects_bad_fields) {
   const corruption cases[] = {
       /* envelope */
       {"quantized in version 1", VMC_FH_VERSION, 4, 1, VMC_ERR_FORMAT, "needs format version 2", NULL, 0, 0, 0},
-      {"version 3", VMC_FH_VERSION, 4, 3, VMC_ERR_VERSION, "version 3", NULL, 0, 0, 0},
+      {"version 4", VMC_FH_VERSION, 4, 4, VMC_ERR_VERSION, "version 4", NULL, 0, 0, 0},
+      {"coded flag in version 2", w2->flags, 4, VMC_TFLAG_CODED, VMC_ERR_FORMAT, "needs format version 3", NULL, 0, 0, 0},
       /* codes */
       {"s8 code -128", c2, 1, 0x80, VMC_ERR_FORMAT, "code -128", NULL, 0, 0, 0},
       {"s4 code -8 (low nibble)", c1, 1, 0x08, VMC_ERR_FORMAT, "code -8", NULL, 0, 0, 0},
@@ -1262,4 +1266,284 @@ TEST(vmcfile_quantized_resnet8_size) {
     vmc_graph_free(q);
   }
   vmc_graph_free(f);
+}
+
+/* ---- entropy-coded codes (version 3) ------------------------------------------ */
+
+/* Codes of parameter id: Gaussian of deviation sigma (clamped), all 0
+ * (sigma 0), or uniform (sigma < 0, quantize_param); nq scales. */
+static vmc_status quantize_param_dist(vmc_graph *g, int id, vmc_dtype t, int nq, float sigma,
+                                      vmc_rng *rng) {
+  if (sigma < 0) return quantize_param(g, id, t, nq, rng);
+  vmc_param *p = &g->params[id];
+  const int qmax = t == VMC_S8 ? 127 : 7;
+  float scale[64];
+  for (int c = 0; c < nq && c < 64; c++) scale[c] = 0.001f + 0.1f * vmc_rng_uniform(rng);
+  const size_t n = vmc_shape_count(&p->shape), blk = n / (size_t)nq;
+  for (size_t i = 0; i < n; i++) {
+    const float v = sigma * vmc_rng_normal(rng);
+    const int code = sigma == 0 ? 0 : (int)lrintf(v > (float)qmax ? (float)qmax
+                                                 : v < (float)-qmax ? (float)-qmax : v);
+    p->data[i] = (float)code * scale[i / blk];
+  }
+  return vmc_param_set_quantized(g, id, t, scale, nq);
+}
+
+/* input 3x8x8 -> conv1 3x3x3x3 (s4 per channel, 81 mostly-zero codes: its
+ * own table) -> relu -> conv2 32x3x3x3 (s8 per channel, Gaussian: defines
+ * the shared s8 table) -> relu -> conv3 32x32x1x1 (s8 per tensor, Gaussian:
+ * the shared table) -> relu -> conv4 8x32x1x1 (s8 per tensor, uniform:
+ * raw) -> relu -> gap -> flatten -> fc 5x8 (s8 per channel, all zero: its
+ * own one-symbol table) + f32 bias. */
+static vmc_status build_ctiny(uint64_t seed, vmc_graph **out) {
+  vmc_graph *g;
+  vmc_rng rng;
+  vmc_rng_seed(&rng, seed);
+  VMC_TRY(vmc_graph_create(3, 8, 8, &g));
+  int w[4] = {0, 0, 0, 0}, fw = 0, fb = 0, v = g->input;
+  static const char *const names[4] = {"conv1", "conv2", "conv3", "conv4"};
+  static const int out_c[4] = {3, 32, 32, 8}, in_c[4] = {3, 3, 32, 32}, k[4] = {3, 3, 1, 1};
+  static const float sigma[4] = {0.6f, 5.0f, 5.0f, -1.0f};
+  vmc_status s = VMC_OK;
+  for (int l = 0; l < 4 && !s; l++) {
+    char pn[32];
+    snprintf(pn, sizeof pn, "%s.weight", names[l]);
+    s = add_param(g, pn, vmc_shape4(out_c[l], in_c[l], k[l], k[l]), 1, &w[l], &rng);
+    if (!s) s = quantize_param_dist(g, w[l], l ? VMC_S8 : VMC_S4, l == 0 || l == 1 ? out_c[l] : 1,
+                                    sigma[l], &rng);
+    if (!s) s = add_conv(g, names[l], out_c[l], k[l], &w[l], &v);
+    snprintf(pn, sizeof pn, "relu%d", l + 1);
+    if (!s) s = vmc_graph_add_node(g, "relu", pn, &v, 1, NULL, 0, NULL, 0, &v);
+  }
+  if (!s) s = add_param(g, "fc.weight", vmc_shape2(5, 8), 1, &fw, &rng);
+  if (!s) s = add_param(g, "fc.bias", (vmc_shape){1, {5}}, 1, &fb, &rng);
+  if (!s) s = quantize_param_dist(g, fw, VMC_S8, 5, 0.0f, &rng);
+  vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
+  int fc_p[] = {fw, fb};
+  if (!s) s = vmc_graph_add_node(g, "gap", "gap", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "flatten", "flat", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "linear", "fc", &v, 1, fc_attr, 1, fc_p, 2, &v);
+  if (!s) s = vmc_graph_set_meta(g, "architecture", "ctiny");
+  if (s) {
+    vmc_graph_free(g);
+    return s;
+  }
+  *out = g;
+  return VMC_OK;
+}
+
+static uint8_t *ctiny_file(size_t *n) {
+  vmc_graph *g;
+  if (build_ctiny(7, &g)) return NULL;
+  char path[512];
+  tmp_path(path, sizeof path, "ctiny_bytes.vmc");
+  vmc_status s = vmc_model_save(g, path);
+  vmc_graph_free(g);
+  return s ? NULL : slurp(path, n);
+}
+
+/* Directory index of each parameter's codes (conv1..conv4, fc weight). */
+static const int ctiny_codes_at[5] = {0, 2, 4, 6, 8};
+
+TEST(vmcfile_coded_round_trip) {
+  vmc_graph *g, *h = NULL;
+  REQUIRE_OK(build_ctiny(7, &g));
+  char path[512], path2[512];
+  tmp_path(path, sizeof path, "cround.vmc");
+  tmp_path(path2, sizeof path2, "cround2.vmc");
+  CHECK_OK(vmc_model_save(g, path));
+  CHECK_OK(vmc_model_load(path, &h));
+  if (h) {
+    check_same_graph(g, h); /* data bit for bit */
+    check_same_storage(g, h);
+    float y0[15], y1[15];
+    run_logits(g, y0);
+    run_logits(h, y1);
+    CHECK(!memcmp(y0, y1, sizeof y0));
+    /* Re-saving gives the same bytes: the encoder is deterministic. */
+    CHECK_OK(vmc_model_save(h, path2));
+    size_t n1 = 0, n2 = 0;
+    uint8_t *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
+    CHECK(b1 && b2 && n1 == n2 && !memcmp(b1, b2, n1));
+    if (b1) CHECK_EQ_INT(rd32(b1 + VMC_FH_VERSION), 3);
+    const char *seed_dir = getenv("VMC_FUZZ_SEED_DIR"); /* seeds for tests/fuzz */
+    if (seed_dir && b1) {
+      char sp[512];
+      snprintf(sp, sizeof sp, "%s/ctiny.vmc", seed_dir);
+      CHECK(spit(sp, b1, n1) == 0);
+    }
+    free(b1);
+    free(b2);
+  }
+  vmc_graph_free(h);
+  vmc_graph_free(g);
+}
+
+TEST(vmcfile_coded_layout) {
+  size_t n = 0;
+  uint8_t *b = ctiny_file(&n);
+  REQUIRE(b != NULL);
+  vmc_graph *g;
+  REQUIRE_OK(build_ctiny(7, &g));
+  layout L;
+  walk(b, &L);
+  CHECK_EQ_INT(rd32(b + VMC_FH_VERSION), 3);
+  REQUIRE(L.nt == 11); /* 6 parameters + 5 scale tensors */
+  /* conv1: own table; conv2 defines the shared s8 table, conv3 uses it;
+   * conv4 raw; fc: its own table. */
+  static const int mode[5] = {VMC_CODED_OWN_TABLE, VMC_CODED_DEFINE_SHARED,
+                              VMC_CODED_SHARED_TABLE, -1, VMC_CODED_OWN_TABLE};
+  vmc_huff_decoder shared, own;
+  for (int k = 0; k < 5; k++) {
+    const vmc_param *p = &g->params[k];
+    const tensor_at *d = &L.t[ctiny_codes_at[k]];
+    const size_t count = vmc_shape_count(&p->shape), raw = vmc_dtype_bytes(p->store, count);
+    const uint64_t off = rd64(b + d->off), nb = rd64(b + d->nbytes);
+    const uint8_t *src = b + off;
+    CHECK_EQ_INT(off % 64, 0);
+    CHECK_EQ_INT(rd32(b + d->dtype), p->store);
+    CHECK_EQ_INT(rd32(b + d->flags), VMC_TFLAG_TRAINABLE | (mode[k] >= 0 ? VMC_TFLAG_CODED : 0));
+    CHECK_EQ_INT(rd32(b + L.t[ctiny_codes_at[k] + 1].flags), 0); /* scales: raw f32 */
+    if (mode[k] < 0) {
+      CHECK_EQ_INT(nb, raw);
+      continue;
+    }
+    CHECK(nb < raw && count <= 8 * nb);
+    CHECK_EQ_INT(src[0], mode[k]);
+    /* Decoded as the format says: the table (unless shared), the bits. */
+    size_t used = 1;
+    if (mode[k] != VMC_CODED_SHARED_TABLE) {
+      vmc_huff_table t;
+      size_t tb = 0;
+      CHECK_OK(vmc_huff_read_table(src + 1, nb - 1, p->store == VMC_S8 ? 127 : 7, &t, &tb));
+      vmc_huff_decoder_init(mode[k] == VMC_CODED_OWN_TABLE ? &own : &shared, &t);
+      used += tb;
+    }
+    int8_t *codes = malloc(count);
+    REQUIRE(codes);
+    CHECK_OK(vmc_huff_decode(mode[k] == VMC_CODED_OWN_TABLE ? &own : &shared, src + used,
+                             (size_t)nb - used, count, codes));
+    for (size_t i = 0; i < count; i++)
+      if (codes[i] != vmc_param_code(p, i)) {
+        vmc_test_fail(__FILE__, __LINE__, "%s code %zu: %d, want %d", p->name, i, codes[i],
+                      vmc_param_code(p, i));
+        break;
+      }
+    free(codes);
+  }
+  /* The all-zero fc weight: 40 codes of one bit, 0, after a 3-byte table. */
+  const tensor_at *fc = &L.t[8];
+  CHECK_EQ_INT(rd64(b + fc->nbytes), 1 + 3 + 5);
+  vmc_graph_free(g);
+  free(b);
+}
+
+TEST(vmcfile_coded_rejects_bad_fields) {
+  size_t n = 0;
+  uint8_t *b = ctiny_file(&n);
+  REQUIRE(b != NULL);
+  layout L;
+  walk(b, &L);
+  REQUIRE(L.nt == 11);
+  const tensor_at *w1 = &L.t[0], *s1 = &L.t[1], *w2 = &L.t[2], *w3 = &L.t[4], *w4 = &L.t[6],
+                  *fw = &L.t[8], *fb = &L.t[10];
+  const uint64_t c1 = rd64(b + w1->off), c2 = rd64(b + w2->off), c3 = rd64(b + w3->off),
+                 cf = rd64(b + fw->off), n2 = rd64(b + w2->nbytes);
+  const corruption cases[] = {
+      {"coded in version 2", VMC_FH_VERSION, 4, 2, VMC_ERR_FORMAT, "needs format version 3", NULL, 0, 0, 0},
+      /* directory entries */
+      {"coded flag dropped", w2->flags, 4, VMC_TFLAG_TRAINABLE, VMC_ERR_FORMAT, "conv2.weight", NULL, 0, 0, 0},
+      {"raw codes flagged coded", w4->flags, 4, VMC_TFLAG_TRAINABLE | VMC_TFLAG_CODED, VMC_ERR_FORMAT, "fewer bytes than raw", NULL, 0, 0, 0},
+      {"coded scales", s1->flags, 4, VMC_TFLAG_CODED, VMC_ERR_FORMAT, "flag CODED on a f32 tensor of role 1", NULL, 0, 0, 0},
+      {"coded f32 bias", fb->flags, 4, VMC_TFLAG_TRAINABLE | VMC_TFLAG_CODED, VMC_ERR_FORMAT, "only the s8 and s4 codes", NULL, 0, 0, 0},
+      {"less than a bit per code", fw->nbytes, 8, 4, VMC_ERR_FORMAT, "at least one bit per code", NULL, 0, 0, 0},
+      {"no coded bytes", fw->nbytes, 8, 0, VMC_ERR_FORMAT, "fc.weight", NULL, 0, 0, 0},
+      {"coded bytes one short", w2->nbytes, 8, n2 - 1, VMC_ERR_FORMAT, "more than its", NULL, 0, 0, 0},
+      {"coded bytes one more", w2->nbytes, 8, n2 + 1, VMC_ERR_FORMAT, "1 bytes follow the last", NULL, 0, 0, 0},
+      /* table modes */
+      {"unknown table mode", c2, 1, 3, VMC_ERR_FORMAT, "unknown code table mode 3", NULL, 0, 0, 0},
+      {"shared table never defined", c2, 1, VMC_CODED_OWN_TABLE, VMC_ERR_FORMAT, "'conv3.weight' uses the shared s8 code table, but no earlier", NULL, 0, 0, 0},
+      {"s4 shared table never defined", c1, 1, VMC_CODED_SHARED_TABLE, VMC_ERR_FORMAT, "'conv1.weight' uses the shared s4", NULL, 0, 0, 0},
+      {"shared table defined twice", cf, 1, VMC_CODED_DEFINE_SHARED, VMC_ERR_FORMAT, "tensor 'conv2.weight' defined already", NULL, 0, 0, 0},
+      /* tables */
+      {"s8 table from -128", c2 + 1, 1, 0x80, VMC_ERR_FORMAT, "'conv2.weight' (entropy-coded s8): its code table covers", NULL, 0, 0, 0},
+      {"s4 table from -8", c1 + 1, 1, 0xf8, VMC_ERR_FORMAT, "outside -7..7", NULL, 0, 0, 0},
+      {"s4 table one symbol longer", c1 + 2, 1, b[c1 + 2] + 1, VMC_ERR_FORMAT, "conv1.weight", NULL, 0, 0, 0},
+      {"s8 table lengths", c2 + 3, 1, 0xff, VMC_ERR_FORMAT, "Kraft sum", NULL, 0, 0, 0},
+      {"fc table length 2", cf + 3, 1, 2, VMC_ERR_FORMAT, "not a complete prefix code", NULL, 0, 0, 0},
+      /* bits */
+      {"a 1 bit in a one-symbol stream", cf + 6, 1, 0x20, VMC_ERR_FORMAT, "'fc.weight' (entropy-coded s8): element 18 of 40: no symbol", NULL, 0, 0, 0},
+      {"shared stream cut", w3->nbytes, 8, 2, VMC_ERR_FORMAT, "conv3.weight", NULL, 0, 0, 0},
+      {"shared stream of zeros", c3 + 1, 8, 0, VMC_OK, NULL, NULL, 0, 0, 0},
+  };
+  size_t k = 0;
+  for (; k + 1 < sizeof cases / sizeof cases[0]; k++) expect_rejected(b, n, &cases[k]);
+  /* Zeros in the middle of a stream decode to other legal codes: read, but
+   * a different model (only the CRC protects the values). */
+  uint8_t *c = malloc(n);
+  REQUIRE(c);
+  memcpy(c, b, n);
+  set_field(c, cases[k].at, cases[k].width, cases[k].value);
+  fix_crc(c, n);
+  vmc_status s = try_read(c, n);
+  CHECK(s == VMC_OK || s == VMC_ERR_FORMAT);
+  free(c);
+  free(b);
+}
+
+TEST(vmcfile_coded_corruption_sweeps) {
+  size_t n = 0;
+  uint8_t *b = ctiny_file(&n);
+  REQUIRE(b != NULL);
+  check_truncations(b, n);
+  check_byte_flips(b, n);
+  /* Fields of the sections and every byte of the data region (coded codes,
+   * tables, scales), CRC fixed: rejected or read, never a crash or a leak. */
+  long ok = 0, bad = field_sweep(b, n, n - 4, &ok);
+  CHECK(bad > 0 && ok > 0);
+  free(b);
+}
+
+TEST(vmcfile_coded_alloc_failures) {
+  size_t n = 0;
+  uint8_t *b = ctiny_file(&n);
+  REQUIRE(b != NULL);
+  int failures = 0;
+  for (long k = 0; k < 10000; k++) {
+    vmc_graph *g = NULL;
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_read_memory(b, n, "cmem.vmc", &g, NULL, NULL);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) {
+      vmc_graph_free(g);
+      break;
+    }
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    CHECK(g == NULL);
+  }
+  CHECK(failures > 10);
+  vmc_graph *g;
+  REQUIRE_OK(build_ctiny(7, &g));
+  char path[512];
+  tmp_path(path, sizeof path, "calloc.vmc");
+  failures = 0;
+  for (long k = 0; k < 1000; k++) {
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_save(g, path);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) break;
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    struct stat st;
+    CHECK(stat(path, &st) != 0);
+    CHECK_EQ_INT(count_temp_files(), 0);
+  }
+  CHECK(failures > 0);
+  size_t n2 = 0;
+  uint8_t *b2 = slurp(path, &n2);
+  CHECK(b2 && n2 == n && !memcmp(b, b2, n));
+  free(b2);
+  vmc_graph_free(g);
+  free(b);
 }

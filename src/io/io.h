@@ -32,17 +32,26 @@ vmc_status vmc_model_read_memory(const void *buf, size_t n, const char *what, vm
                                  vmc_blob **extra, int *n_extra);
 void vmc_blobs_free(vmc_blob *b, int n);
 
-/* Bytes parameter p occupies in a .vmc data region, alignment padding
- * excluded: 4 per element when stored as f32; for VMC_S8 / VMC_S4 storage
- * the codes (1 byte, or half a byte rounded up, per element) plus 4 per
- * scale. */
+/* Bytes parameter p occupies in a .vmc data region without entropy coding,
+ * alignment padding excluded: 4 per element when stored as f32; for
+ * VMC_S8 / VMC_S4 storage the raw codes (1 byte, or half a byte rounded
+ * up, per element) plus 4 per scale. */
 uint64_t vmc_param_file_bytes(const vmc_param *p);
+/* The bytes each parameter's data would take in a file written now,
+ * alignment padding excluded: bytes[i] as vmc_param_file_bytes, but with
+ * the entropy-coded size of the codes the writer codes (the tensor that
+ * carries a shared code table counts it); coded[i] (coded may be NULL):
+ * whether they are.  Fails as the writer would on quantized parameters
+ * that are not their codes times their scales. */
+vmc_status vmc_model_param_bytes(const vmc_graph *g, uint64_t *bytes, bool *coded);
 
-/* ---- the .vmc layout (format version 2), all little-endian ------------- */
-#define VMC_FILE_MAGIC "VMCMODEL" /* 8 bytes, no NUL */
-#define VMC_FILE_VERSION 2u       /* the newest this build reads; written when */
-                                  /* a file holds s8/s4 weights */
-#define VMC_FILE_VERSION_F32 1u   /* written when every tensor is f32 */
+/* ---- the .vmc layout (format version 3), all little-endian ------------- */
+#define VMC_FILE_MAGIC "VMCMODEL"     /* 8 bytes, no NUL */
+#define VMC_FILE_VERSION 3u           /* the newest this build reads; written when */
+                                      /* a file holds entropy-coded s8/s4 weights */
+#define VMC_FILE_VERSION_RAW_CODES 2u /* written when a file holds s8/s4 weights, */
+                                      /* none entropy-coded */
+#define VMC_FILE_VERSION_F32 1u       /* written when every tensor is f32 */
 #define VMC_FILE_ALIGN 64u               /* tensor data and the data region */
 #define VMC_FILE_MAX_BYTES (4ull << 30)  /* readers reject larger files */
 #define VMC_FILE_MAX_COUNT 65536u        /* metadata entries, tensors, nodes */
@@ -72,8 +81,18 @@ enum {
  * is; flags qualify it.  Version 2: an s8 / s4 data tensor (symmetric codes
  * in -127..127 / -7..7) is followed directly by its scale tensor: role
  * SCALE, f32, the same name, link = the data tensor's index, axis 0, shape
- * [1] (per tensor) or [d0] (per channel along dimension 0), flags 0. */
+ * [1] (per tensor) or [d0] (per channel along dimension 0), flags 0.
+ * Version 3: an s8 / s4 data tensor with flag CODED holds its codes
+ * entropy-coded in nbytes (fewer than raw, at least one per 8 codes): a
+ * table mode byte (below), the code table unless the mode is SHARED_TABLE,
+ * then the bits (io/entropy.h). */
 enum { VMC_TROLE_DATA = 0, VMC_TROLE_SCALE = 1, VMC_TROLE_ZERO_POINT = 2, VMC_TROLE_COUNT };
-enum { VMC_TFLAG_TRAINABLE = 1u << 0, VMC_TFLAG_EXTRA = 1u << 1, VMC_TFLAG_KNOWN = 3u };
+enum { VMC_TFLAG_TRAINABLE = 1u << 0, VMC_TFLAG_EXTRA = 1u << 1, VMC_TFLAG_CODED = 1u << 2,
+       VMC_TFLAG_KNOWN = 7u };
+/* The first byte of coded codes: OWN_TABLE: its code table follows;
+ * DEFINE_SHARED: its code table follows, and the later tensors of its
+ * dtype (s8 or s4) may use it (one per dtype in a file); SHARED_TABLE: no
+ * table, the one an earlier tensor of its dtype defined. */
+enum { VMC_CODED_OWN_TABLE = 0, VMC_CODED_DEFINE_SHARED = 1, VMC_CODED_SHARED_TABLE = 2 };
 
 #endif

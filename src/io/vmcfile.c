@@ -10,14 +10,18 @@
  * naming the file (and the tensor or node), never a crash or a leak.
  *
  * Quantized weights (vmc_param.store VMC_S8 / VMC_S4) are stored as their
- * codes followed by a companion tensor of f32 scales, in a version 2 file;
- * a file whose tensors are all f32 is written as version 1, which every
- * reader knows. */
+ * codes followed by a companion tensor of f32 scales.  The codes are
+ * entropy-coded (canonical Huffman, io/entropy.h) when that makes them
+ * smaller, which needs format version 3; quantized weights stored raw need
+ * version 2; a file whose tensors are all f32 is written as version 1,
+ * which every reader knows. */
 #include "io/io.h"
 
 #include "graph/op.h"
+#include "io/entropy.h"
 #include "kernels/qgemm.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <float.h>
@@ -197,12 +201,29 @@ static void wb_f32s(wbuf *b, const float *x, size_t count) {
 }
 static void wb_align(wbuf *b) { wb_zeros(b, vmc_align_up(b->n, VMC_FILE_ALIGN) - b->n); }
 
-/* What check_for_write learns about the file to write. */
+/* How a quantized parameter's codes are stored: raw (s8 bytes, packed s4),
+ * or entropy-coded with its own code table, with the table it shares with
+ * the later tensors of its dtype, or with that shared table (io.h). */
+typedef enum { CODES_RAW = -1, CODES_OWN = VMC_CODED_OWN_TABLE,
+               CODES_DEFINE = VMC_CODED_DEFINE_SHARED, CODES_SHARED = VMC_CODED_SHARED_TABLE } codes_kind;
+
+typedef struct code_plan {
+  codes_kind kind;
+  uint64_t nbytes;     /* of the codes' directory entry */
+  uint64_t alt, use;   /* while planning: bytes raw or with its own table (the smaller),
+                        * and with the shared table */
+  vmc_huff_table own;  /* CODES_OWN */
+} code_plan;
+
+/* What check_for_write and plan_codes learn about the file to write. */
 typedef struct write_plan {
-  uint64_t data_bytes; /* the data region, padding included */
+  uint64_t data_bytes; /* the data region, padding included, codes raw */
   int n_tensors;       /* directory entries: parameters, scale tensors, extras */
   size_t max_codes;    /* elements of the largest quantized parameter (0: none,
                         * a version 1 file) */
+  code_plan *codes;    /* per parameter (quantized ones only); NULL: not planned */
+  vmc_huff_table shared[2]; /* the shared tables of s8 and s4 (n 0: none) */
+  bool coded;          /* some codes are entropy-coded: version 3 */
 } write_plan;
 
 static vmc_status too_many(const char *path) {
@@ -255,8 +276,7 @@ static vmc_status check_for_write(const vmc_graph *g, const vmc_blob *extra, int
       return vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': parameter '%s' is stored as %s "
                        "(f32, s8 or s4 expected)", path, p->name, vmc_dtype_name(p->store));
     total += vmc_align_up(vmc_dtype_bytes(file_dtype(p), count), VMC_FILE_ALIGN);
-    if (is_quantized(p)) {
-      VMC_TRY(param_codes(p, NULL, path));
+    if (is_quantized(p)) { /* its codes are checked by plan_codes */
       total += vmc_align_up((size_t)p->n_qscale * 4, VMC_FILE_ALIGN);
       n_tensors++;
       if (count > plan->max_codes) plan->max_codes = count;
@@ -305,6 +325,83 @@ static vmc_status check_for_write(const vmc_graph *g, const vmc_blob *extra, int
   return VMC_OK;
 }
 
+static int dtype_slot(vmc_dtype t) { return t == VMC_S4; }
+
+/* A coded stream's bytes: the table mode, the table (0 bytes for the shared
+ * one), the bits. */
+static uint64_t coded_bytes(size_t table_bytes, uint64_t bits) {
+  return 1 + table_bytes + (bits + 7) / 8;
+}
+
+/* Histogram of quantized parameter p's codes (checked: param_codes). */
+static vmc_status codes_hist(const vmc_param *p, const char *path, int8_t *scratch,
+                             vmc_huff_hist *h) {
+  VMC_TRY(param_codes(p, scratch, path));
+  memset(h, 0, sizeof *h);
+  vmc_huff_count(h, scratch, vmc_shape_count(&p->shape));
+  return VMC_OK;
+}
+
+/* Checks every quantized parameter's codes and chooses how each is stored,
+ * the smallest way (plan->codes[i]): raw; with its own code table; or with
+ * a table shared by the tensors of its dtype, built from the codes of
+ * those that their own tables make smaller than raw, and used by the ones
+ * it makes smaller than both other ways if together they save more than
+ * the table's bytes -- the first of them (in directory order) carries it,
+ * so it is one that the table plus its bits still keep smaller than raw.
+ * Coded codes are always fewer bytes than raw ones.  scratch: max_codes
+ * bytes. */
+static vmc_status plan_codes(const vmc_graph *g, const char *path, int8_t *scratch,
+                             write_plan *plan) {
+  vmc_huff_hist all[2], h;
+  memset(all, 0, sizeof all);
+  for (int i = 0; i < g->n_params; i++) {
+    const vmc_param *p = &g->params[i];
+    if (!is_quantized(p)) continue;
+    code_plan *cp = &plan->codes[i];
+    VMC_TRY(codes_hist(p, path, scratch, &h));
+    vmc_huff_build(&h, &cp->own);
+    const uint64_t raw = vmc_dtype_bytes(p->store, vmc_shape_count(&p->shape));
+    const uint64_t own = coded_bytes(vmc_huff_table_bytes(&cp->own), vmc_huff_bits(&cp->own, &h));
+    cp->kind = own < raw ? CODES_OWN : CODES_RAW;
+    cp->nbytes = cp->alt = own < raw ? own : raw;
+    if (cp->kind == CODES_RAW) continue;
+    vmc_huff_hist *a = &all[dtype_slot(p->store)];
+    for (int k = 0; k < 256; k++) a->n[k] += h.n[k];
+  }
+  for (int slot = 0; slot < 2; slot++) {
+    const vmc_dtype t = slot ? VMC_S4 : VMC_S8;
+    vmc_huff_table *sh = &plan->shared[slot];
+    vmc_huff_build(&all[slot], sh); /* n 0 when no tensor of this dtype codes smaller */
+    if (!sh->n) continue;
+    const uint64_t tb = vmc_huff_table_bytes(sh);
+    int first = -1;
+    int64_t gain = -(int64_t)tb;
+    for (int i = 0; i < g->n_params; i++) {
+      const vmc_param *p = &g->params[i];
+      if (p->store != t) continue;
+      code_plan *cp = &plan->codes[i];
+      VMC_TRY(codes_hist(p, path, scratch, &h));
+      const uint64_t bits = vmc_huff_bits(sh, &h); /* UINT64_MAX: a code it lacks */
+      cp->use = bits == UINT64_MAX ? UINT64_MAX : coded_bytes(0, bits);
+      if (first < 0 && cp->use < cp->alt &&
+          cp->use + tb < vmc_dtype_bytes(t, vmc_shape_count(&p->shape)))
+        first = i;
+      if (first >= 0 && cp->use < cp->alt) gain += (int64_t)(cp->alt - cp->use);
+    }
+    if (first < 0 || gain <= 0) continue;
+    for (int i = first; i < g->n_params; i++) {
+      code_plan *cp = &plan->codes[i];
+      if (g->params[i].store != t || cp->use >= cp->alt) continue;
+      cp->kind = i == first ? CODES_DEFINE : CODES_SHARED;
+      cp->nbytes = cp->use + (i == first ? tb : 0);
+    }
+  }
+  for (int i = 0; i < g->n_params; i++)
+    if (is_quantized(&g->params[i]) && plan->codes[i].kind != CODES_RAW) plan->coded = true;
+  return VMC_OK;
+}
+
 /* One tensor directory entry (e->off is ignored); returns the buffer
  * position of its offset field, patched once the data is laid out. */
 static size_t wb_tensor_entry(wbuf *b, const tensor_ent *e) {
@@ -342,13 +439,30 @@ static void wb_tensor_data(wbuf *b, size_t entry_at, const float *x, size_t coun
   wb_f32s(b, x, count);
 }
 
-/* A quantized parameter's codes (s8, or s4 two per byte), then its scales;
- * scratch holds its element count of bytes. */
-static void wb_quantized(wbuf *b, const size_t *entry_at, const vmc_param *p, int8_t *scratch) {
+/* A quantized parameter's codes as cp says (raw: s8, or s4 two per byte;
+ * coded: the table mode, the table, the bits), then its scales; scratch
+ * holds its element count of bytes. */
+static void wb_quantized(wbuf *b, const size_t *entry_at, const vmc_param *p, const code_plan *cp,
+                         const vmc_huff_table *shared, int8_t *scratch) {
   const size_t count = vmc_shape_count(&p->shape);
-  (void)param_codes(p, scratch, ""); /* checked by check_for_write */
+  (void)param_codes(p, scratch, ""); /* checked by plan_codes */
   wb_tensor_start(b, entry_at[0]);
-  if (p->store == VMC_S8) {
+  if (cp->kind != CODES_RAW) {
+    const vmc_huff_table *t = cp->kind == CODES_OWN ? &cp->own : shared;
+    wb_need(b, (size_t)cp->nbytes);
+    if (!b->oom) {
+      uint8_t *q = b->p + b->n;
+      size_t k = 0;
+      q[k++] = (uint8_t)cp->kind;
+      if (cp->kind != CODES_SHARED) {
+        vmc_huff_write_table(t, q + k);
+        k += vmc_huff_table_bytes(t);
+      }
+      k += vmc_huff_encode(t, scratch, count, q + k);
+      assert(k == cp->nbytes); /* what plan_codes put in the directory */
+      b->n += k;
+    }
+  } else if (p->store == VMC_S8) {
     wb_put(b, scratch, count);
   } else {
     const size_t nb = vmc_dtype_bytes(VMC_S4, count);
@@ -380,7 +494,8 @@ static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra,
     tensor_ent e = f32_entry(p->name, &p->shape, p->trainable ? VMC_TFLAG_TRAINABLE : 0);
     if (is_quantized(p)) {
       e.dtype = p->store;
-      e.nbytes = vmc_dtype_bytes(p->store, vmc_shape_count(&p->shape));
+      e.nbytes = plan->codes[i].nbytes;
+      if (plan->codes[i].kind != CODES_RAW) e.flags |= VMC_TFLAG_CODED;
       entry_at[nt++] = wb_tensor_entry(b, &e);
       /* its scales: same name, linked to it, along axis 0 */
       const vmc_shape qs = {1, {p->n_qscale}};
@@ -421,7 +536,8 @@ static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra,
   for (int i = 0; i < g->n_params; i++) {
     const vmc_param *p = &g->params[i];
     if (is_quantized(p)) {
-      wb_quantized(b, entry_at + nt, p, scratch);
+      wb_quantized(b, entry_at + nt, p, &plan->codes[i], &plan->shared[dtype_slot(p->store)],
+                   scratch);
       nt += 2;
     } else {
       wb_tensor_data(b, entry_at[nt++], p->data, vmc_shape_count(&p->shape));
@@ -433,7 +549,9 @@ static void serialise(const vmc_graph *g, const vmc_blob *extra, int n_extra,
   /* header, then the CRC of everything before it */
   uint8_t *h = b->p;
   memcpy(h + VMC_FH_MAGIC, VMC_FILE_MAGIC, 8);
-  st_u32(h + VMC_FH_VERSION, plan->max_codes ? VMC_FILE_VERSION : VMC_FILE_VERSION_F32);
+  st_u32(h + VMC_FH_VERSION, plan->coded      ? VMC_FILE_VERSION
+                             : plan->max_codes ? VMC_FILE_VERSION_RAW_CODES
+                                               : VMC_FILE_VERSION_F32);
   st_u32(h + VMC_FH_HEADER_BYTES, VMC_FILE_HEADER_BYTES);
   st_u64(h + VMC_FH_FILE_BYTES, (uint64_t)b->n + 4);
   st_u32(h + VMC_FH_N_META, (uint32_t)g->n_meta);
@@ -506,22 +624,22 @@ vmc_status vmc_model_write(const vmc_graph *g, const vmc_blob *extra, int n_extr
   VMC_TRY(check_for_write(g, extra, n_extra, path, &plan));
   size_t *entry_at = vmc_malloc_plain((size_t)plan.n_tensors * sizeof *entry_at);
   int8_t *scratch = plan.max_codes ? vmc_malloc_plain(plan.max_codes) : NULL;
-  if (!entry_at || (plan.max_codes && !scratch)) {
-    vmc_free(entry_at);
-    vmc_free(scratch);
-    return vmc_error(VMC_ERR_NOMEM, "saving '%s'", path);
-  }
+  plan.codes = vmc_malloc_plain((size_t)(g->n_params ? g->n_params : 1) * sizeof *plan.codes);
+  vmc_status s = VMC_OK;
+  if (!entry_at || (plan.max_codes && !scratch) || !plan.codes)
+    s = vmc_error(VMC_ERR_NOMEM, "saving '%s'", path);
+  if (!s) s = plan_codes(g, path, scratch, &plan);
   wbuf b = {0};
-  serialise(g, extra, n_extra, &plan, scratch, &b, entry_at);
+  if (!s) serialise(g, extra, n_extra, &plan, scratch, &b, entry_at);
   vmc_free(entry_at);
   vmc_free(scratch);
-  vmc_status s;
-  if (b.oom)
+  vmc_free(plan.codes);
+  if (!s && b.oom)
     s = vmc_error(VMC_ERR_NOMEM, "saving '%s': no memory to serialise the model", path);
-  else if ((uint64_t)b.n > VMC_FILE_MAX_BYTES)
+  else if (!s && (uint64_t)b.n > VMC_FILE_MAX_BYTES)
     s = vmc_error(VMC_ERR_INVALID_ARG, "cannot save '%s': %zu bytes exceed the 4 GiB limit", path,
                   b.n);
-  else
+  else if (!s)
     s = write_atomic(path, b.p, b.n);
   vmc_free(b.p);
   return s;
@@ -529,6 +647,33 @@ vmc_status vmc_model_write(const vmc_graph *g, const vmc_blob *extra, int n_extr
 
 vmc_status vmc_model_save(const vmc_graph *g, const char *path) {
   return vmc_model_write(g, NULL, 0, path);
+}
+
+vmc_status vmc_model_param_bytes(const vmc_graph *g, uint64_t *bytes, bool *coded) {
+  if (!g || !bytes) return vmc_error(VMC_ERR_INVALID_ARG, "vmc_model_param_bytes: bad arguments");
+  write_plan plan = {0};
+  for (int i = 0; i < g->n_params; i++) {
+    const vmc_param *p = &g->params[i];
+    const size_t count = vmc_shape_count(&p->shape);
+    if (is_quantized(p) && count > plan.max_codes) plan.max_codes = count;
+    if (is_quantized(p) && (!p->data || !p->qscale))
+      return vmc_error(VMC_ERR_INVALID_ARG, "parameter '%s' is stored as %s without its data "
+                       "or scales", p->name, vmc_dtype_name(p->store));
+  }
+  int8_t *scratch = vmc_malloc_plain(plan.max_codes ? plan.max_codes : 1);
+  plan.codes = vmc_malloc_plain((size_t)(g->n_params ? g->n_params : 1) * sizeof *plan.codes);
+  vmc_status s = !scratch || !plan.codes ? vmc_error(VMC_ERR_NOMEM, "vmc_model_param_bytes")
+                                         : plan_codes(g, "the model", scratch, &plan);
+  for (int i = 0; i < g->n_params && !s; i++) {
+    const vmc_param *p = &g->params[i];
+    const bool q = is_quantized(p);
+    bytes[i] = vmc_param_file_bytes(p);
+    if (q) bytes[i] += plan.codes[i].nbytes - vmc_dtype_bytes(p->store, vmc_shape_count(&p->shape));
+    if (coded) coded[i] = q && plan.codes[i].kind != CODES_RAW;
+  }
+  vmc_free(scratch);
+  vmc_free(plan.codes);
+  return s;
 }
 
 /* ======================================================================== */
@@ -691,6 +836,10 @@ typedef struct reader {
   tensor_ent *ents;
   vmc_blob *blobs; /* NULL when the caller does not want extras */
   int n_blobs;
+  /* Entropy-coded codes (version 3): a tensor's own table, and the shared
+   * tables of s8 and s4 with the tensor that defined each (-1: none yet). */
+  vmc_huff_decoder own, shared[2];
+  int shared_by[2];
 } reader;
 
 static vmc_status read_meta(reader *r) {
@@ -734,7 +883,14 @@ static vmc_status read_tensor_entry(reader *r, cursor *c, uint32_t i, tensor_ent
   if (e->role >= VMC_TROLE_COUNT) return cur_fail(c, VMC_ERR_FORMAT, "unknown role %u", e->role);
   if (e->flags & ~(uint32_t)VMC_TFLAG_KNOWN)
     return cur_fail(c, VMC_ERR_FORMAT, "unknown flags 0x%x", e->flags);
-  bool extra = e->flags & VMC_TFLAG_EXTRA;
+  const bool extra = e->flags & VMC_TFLAG_EXTRA, coded = e->flags & VMC_TFLAG_CODED;
+  if (coded && r->h.version < 3)
+    return cur_fail(c, VMC_ERR_FORMAT, "flag CODED (entropy-coded codes) needs format version "
+                    "3; the file says version %u", r->h.version);
+  if (coded && (e->role != VMC_TROLE_DATA || extra || (e->dtype != VMC_S8 && e->dtype != VMC_S4)))
+    return cur_fail(c, VMC_ERR_FORMAT, "flag CODED on a %s tensor of role %u%s; only the s8 and "
+                    "s4 codes of a parameter are entropy-coded",
+                    vmc_dtype_name((vmc_dtype)e->dtype), e->role, extra ? ", extra" : "");
   if (extra && (e->flags & VMC_TFLAG_TRAINABLE))
     return cur_fail(c, VMC_ERR_FORMAT, "an extra tensor cannot be trainable");
   if (e->role == VMC_TROLE_DATA ? (e->link != VMC_FILE_LINK_NONE || e->axis != 0)
@@ -757,7 +913,15 @@ static vmc_status read_tensor_entry(reader *r, cursor *c, uint32_t i, tensor_ent
   VMC_TRY(cur_u64(c, "the data offset", &e->off));
   VMC_TRY(cur_u64(c, "the data length", &e->nbytes));
   size_t want = vmc_dtype_bytes((vmc_dtype)e->dtype, count);
-  if (e->nbytes != want) {
+  if (coded) {
+    /* Fewer bytes than raw, and at least one bit per code: the memory a
+     * coded tensor asks for is bounded by its bytes. */
+    if (e->nbytes >= want || e->nbytes > (uint64_t)SIZE_MAX / 8 || count > e->nbytes * 8)
+      return cur_fail(c, VMC_ERR_FORMAT, "holds %llu entropy-coded bytes for %zu %s codes; "
+                      "expected %zu .. %zu (at least one bit per code, fewer bytes than raw)",
+                      (unsigned long long)e->nbytes, count, vmc_dtype_name((vmc_dtype)e->dtype),
+                      (count + 7) / 8, want - 1);
+  } else if (e->nbytes != want) {
     char sh[64];
     return cur_fail(c, VMC_ERR_FORMAT, "holds %llu bytes, but %s of shape %s needs %zu",
                     (unsigned long long)e->nbytes, vmc_dtype_name((vmc_dtype)e->dtype),
@@ -841,23 +1005,84 @@ static vmc_status check_companions(const reader *r) {
   return VMC_OK;
 }
 
-/* Parameter id from s8 / s4 tensor e and its scale tensor sc: data = code *
- * scale, and the storage recorded so a re-save keeps it. */
-static vmc_status load_quantized(reader *r, int id, const tensor_ent *e, const tensor_ent *sc) {
+/* Entropy-coded tensor e's codes into codes[] (its element count): the
+ * table mode, the table, the bits (io.h, io/entropy.h). */
+static vmc_status decode_codes(reader *r, const tensor_ent *e, uint32_t index, int8_t *codes) {
+  const uint8_t *src = r->p + e->off;
+  const size_t nb = (size_t)e->nbytes, n = vmc_shape_count(&e->shape);
+  const int slot = e->dtype == VMC_S4, mode = src[0]; /* nbytes >= 1: read_tensor_entry */
+  const char *dt = vmc_dtype_name((vmc_dtype)e->dtype);
+  const vmc_huff_decoder *d = &r->shared[slot];
+  size_t used = 1;
+  vmc_status s = VMC_OK;
+  if (mode == VMC_CODED_OWN_TABLE || mode == VMC_CODED_DEFINE_SHARED) {
+    if (mode == VMC_CODED_DEFINE_SHARED && r->shared_by[slot] >= 0)
+      return vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s' defines the shared %s code table, which "
+                       "tensor '%s' defined already", r->what, e->name, dt,
+                       r->ents[r->shared_by[slot]].name);
+    vmc_huff_table t;
+    size_t tb = 0;
+    s = vmc_huff_read_table(src + 1, nb - 1, qmax_of(e->dtype), &t, &tb);
+    if (!s) {
+      used += tb;
+      if (mode == VMC_CODED_DEFINE_SHARED) {
+        r->shared_by[slot] = (int)index;
+        vmc_huff_decoder_init(&r->shared[slot], &t);
+      } else {
+        vmc_huff_decoder_init(&r->own, &t);
+        d = &r->own;
+      }
+    }
+  } else if (mode == VMC_CODED_SHARED_TABLE) {
+    if (r->shared_by[slot] < 0)
+      return vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s' uses the shared %s code table, but no "
+                       "earlier tensor defines one", r->what, e->name, dt);
+  } else {
+    return vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': unknown code table mode %d (0 its own, "
+                     "1 its own and shared, 2 the shared one)", r->what, e->name, mode);
+  }
+  if (!s) s = vmc_huff_decode(d, src + used, nb - used, n, codes);
+  if (s) {
+    char what[VMC_NAME_MAX + 600];
+    snprintf(what, sizeof what, "%s: tensor '%s' (entropy-coded %s)", r->what, e->name, dt);
+    return wrap_error(s, what);
+  }
+  return VMC_OK;
+}
+
+/* Parameter id from s8 / s4 tensor e (directory entry index) and its scale
+ * tensor sc: data = code * scale, and the storage recorded so a re-save
+ * keeps it. */
+static vmc_status load_quantized(reader *r, int id, uint32_t index, const tensor_ent *e,
+                                 const tensor_ent *sc) {
   const size_t n = vmc_shape_count(&e->shape), nq = (size_t)sc->shape.d[0], blk = n / nq;
   const int qmax = qmax_of(e->dtype);
   const uint8_t *src = r->p + e->off;
   float *dst = r->g->params[id].data, *scale = vmc_malloc_plain(nq * sizeof *scale);
-  if (!scale) return vmc_error(VMC_ERR_NOMEM, "%s: scales of tensor '%s'", r->what, e->name);
+  int8_t *codes = vmc_malloc_plain(n);
+  if (!scale || !codes) {
+    vmc_free(scale);
+    vmc_free(codes);
+    return vmc_error(VMC_ERR_NOMEM, "%s: codes and scales of tensor '%s'", r->what, e->name);
+  }
   load_f32(scale, r->p + sc->off, nq);
   vmc_status s = VMC_OK;
   for (size_t c = 0; c < nq && !s; c++)
     if (!scale_ok(scale[c]))
       s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': scale %zu is %g, expected a positive "
                     "finite normal number", r->what, e->name, c, (double)scale[c]);
+  if (!s && (e->flags & VMC_TFLAG_CODED)) {
+    s = decode_codes(r, e, index, codes);
+  } else if (!s && e->dtype == VMC_S8) {
+    memcpy(codes, src, n);
+  } else if (!s) {
+    for (size_t i = 0; i < n; i++) codes[i] = vmc_s4_get(src, i);
+    if ((n & 1) && (src[n / 2] >> 4))
+      s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': the unused high nibble of its last byte "
+                    "is not zero", r->what, e->name);
+  }
   for (size_t i = 0; i < n && !s; i++) {
-    const int code = e->dtype == VMC_S8 ? (int)src[i] - (src[i] >= 128 ? 256 : 0)
-                                        : vmc_s4_get(src, i);
+    const int code = codes[i];
     const float v = (float)code * scale[i / blk];
     if (code < -qmax || code > qmax)
       s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': element %zu has code %d, outside -%d..%d",
@@ -867,14 +1092,12 @@ static vmc_status load_quantized(reader *r, int id, const tensor_ent *e, const t
                     "overflows", r->what, e->name, i, code, (double)scale[i / blk]);
     dst[i] = v;
   }
-  if (!s && e->dtype == VMC_S4 && (n & 1) && (src[n / 2] >> 4))
-    s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': the unused high nibble of its last byte is "
-                  "not zero", r->what, e->name);
   if (!s) {
     s = vmc_param_set_quantized(r->g, id, (vmc_dtype)e->dtype, scale, (int)nq);
     if (s) s = file_error(s, r->what);
   }
   vmc_free(scale);
+  vmc_free(codes);
   return s;
 }
 
@@ -932,7 +1155,7 @@ static vmc_status read_tensors(reader *r, bool want_extras) {
                                          (e->flags & VMC_TFLAG_TRAINABLE) != 0, &id);
       if (s) return file_error(s, r->what);
       if (e->dtype != VMC_F32) {
-        VMC_TRY(load_quantized(r, id, e, &r->ents[i + 1]));
+        VMC_TRY(load_quantized(r, id, i, e, &r->ents[i + 1]));
         continue;
       }
       dst = r->g->params[id].data;
@@ -1040,7 +1263,7 @@ vmc_status vmc_model_read_memory(const void *buf, size_t n, const char *what, vm
   if (!what) what = "<memory>";
   if (!out || (!buf && n))
     return vmc_error(VMC_ERR_INVALID_ARG, "vmc_model_read_memory: bad arguments");
-  reader r = {.p = buf, .what = what};
+  reader r = {.p = buf, .what = what, .shared_by = {-1, -1}};
   vmc_status s = check_envelope(buf, n, what, &r.h);
   if (s) return s;
   bool want_extras = extra && n_extra;

@@ -15,8 +15,9 @@
  *   build/fuzz/fuzz_vmcfile -max_len=16384 build/fuzz/corpus
  *
  * (The round-trip tests write small valid models into $VMC_FUZZ_SEED_DIR:
- * tiny.vmc, and qtiny.vmc with s8/s4 weights (format version 2); seeds that
- * get the fuzzer past the CRC check.)
+ * tiny.vmc, qtiny.vmc with s8/s4 weights (format version 2), and ctiny.vmc
+ * with entropy-coded ones (version 3); seeds that get the fuzzer past the
+ * CRC check.)
  * Mutations rarely keep the CRC-32 valid, so by default this target fixes the
  * CRC of every input before reading it: the parser behind the checksum is
  * what needs fuzzing.  Build with -DVMC_FUZZ_KEEP_CRC to fuzz the input

@@ -7,10 +7,12 @@
 #include "graph/op.h"
 #include "io/io.h"
 
-/* How a file stores parameter p: "f32", "s8 per-channel", "s4 per-tensor". */
-static const char *storage_name(const vmc_param *p, char *buf, size_t n) {
+/* How a file stores parameter p: "f32", "s8 per-channel", "s4 per-tensor",
+ * and ", coded" when its codes are entropy-coded. */
+static const char *storage_name(const vmc_param *p, bool coded, char *buf, size_t n) {
   if (p->store == VMC_F32) return "f32";
-  snprintf(buf, n, "%s %s", vmc_dtype_name(p->store), p->n_qscale > 1 ? "per-channel" : "per-tensor");
+  snprintf(buf, n, "%s %s%s", vmc_dtype_name(p->store),
+           p->n_qscale > 1 ? "per-channel" : "per-tensor", coded ? ", coded" : "");
   return buf;
 }
 
@@ -24,9 +26,10 @@ static const char *const HELP =
     "Usage: vmc info MODEL.vmc|ZOO-NAME [--json]\n\n"
     "Lists every layer (op, output shape, parameters, MACs per image), the totals,\n"
     "the weight bytes, each parameter's storage in a .vmc file (f32, or s8 / s4\n"
-    "codes with per-channel or per-tensor scales) with the bytes by storage type,\n"
-    "and the model's metadata (architecture, data set, normalisation, accuracy,\n"
-    "history).  A zoo name (e.g. resnet8) describes the\n"
+    "codes with per-channel or per-tensor scales, the codes entropy-coded where\n"
+    "that makes them smaller) with the bytes by storage type, and the model's\n"
+    "metadata (architecture, data set, normalisation, accuracy, history).  A zoo\n"
+    "name (e.g. resnet8) describes the\n"
     "untrained architecture for 1x28x28 inputs.\n\n" CLI_COMMON_HELP;
 
 int cmd_info(int argc, char **argv) {
@@ -53,11 +56,16 @@ int cmd_info(int argc, char **argv) {
   if (s) return cli_fail("info", s, NULL);
   vmc_node_stats *ns = vmc_malloc_plain((size_t)g->n_nodes * sizeof *ns);
   vmc_shape *sh = vmc_malloc_plain((size_t)g->n_values * sizeof *sh);
+  uint64_t *pbytes = vmc_malloc_plain((size_t)(g->n_params + 1) * sizeof *pbytes);
+  bool *coded = vmc_malloc_plain((size_t)(g->n_params + 1) * sizeof *coded);
   uint64_t macs = 0, params = 0;
-  if (!ns || !sh) s = vmc_error(VMC_ERR_NOMEM, "info");
+  if (!ns || !sh || !pbytes || !coded) s = vmc_error(VMC_ERR_NOMEM, "info");
   if (!s) s = vmc_graph_stats(g, ns, &macs, &params);
   if (!s) s = vmc_graph_infer_shapes(g, 1, sh);
+  if (!s) s = vmc_model_param_bytes(g, pbytes, coded); /* what a file holds: coded or raw */
   if (s) {
+    vmc_free(pbytes);
+    vmc_free(coded);
     vmc_free(ns);
     vmc_free(sh);
     vmc_graph_free(g);
@@ -68,12 +76,12 @@ int cmd_info(int argc, char **argv) {
   for (int i = 0; i < g->n_params; i++) {
     const vmc_param *p = &g->params[i];
     weight_bytes += vmc_shape_count(&p->shape) * 4;
-    stored_bytes += vmc_param_file_bytes(p);
+    stored_bytes += pbytes[i];
     for (int k = 0; k < 3; k++)
       if (tot[k].store == p->store) {
         tot[k].tensors++;
         tot[k].elements += vmc_shape_count(&p->shape);
-        tot[k].bytes += vmc_param_file_bytes(p);
+        tot[k].bytes += pbytes[i];
       }
   }
   char buf[64], sbuf[32];
@@ -105,8 +113,10 @@ int cmd_info(int argc, char **argv) {
       if (p->store != VMC_F32) {
         cJSON_AddStringToObject(j, "granularity", p->n_qscale > 1 ? "per-channel" : "per-tensor");
         cJSON_AddNumberToObject(j, "scales", p->n_qscale);
+        cJSON_AddBoolToObject(j, "coded", coded[i]);
+        cJSON_AddNumberToObject(j, "raw_bytes", (double)vmc_param_file_bytes(p));
       }
-      cJSON_AddNumberToObject(j, "bytes", (double)vmc_param_file_bytes(p));
+      cJSON_AddNumberToObject(j, "bytes", (double)pbytes[i]);
       cJSON_AddItemToArray(params_j, j);
     }
     cJSON_AddItemToObject(o, "parameters", params_j);
@@ -134,11 +144,11 @@ int cmd_info(int argc, char **argv) {
            g->n_nodes, (unsigned long long)params, vmc_graph_num_params(g), macs / 1e6,
            weight_bytes / 1024.0);
     if (file_bytes >= 0) printf(", file %.1f KiB", file_bytes / 1024.0);
-    printf("\n\n%-40s %-16s %-16s %10s\n", "parameter", "shape", "storage", "bytes");
+    printf("\n\n%-40s %-16s %-23s %10s\n", "parameter", "shape", "storage", "bytes");
     for (int i = 0; i < g->n_params; i++) {
       const vmc_param *p = &g->params[i];
-      printf("%-40s %-16s %-16s %10llu\n", p->name, vmc_shape_str(&p->shape, buf, sizeof buf),
-             storage_name(p, sbuf, sizeof sbuf), (unsigned long long)vmc_param_file_bytes(p));
+      printf("%-40s %-16s %-23s %10llu\n", p->name, vmc_shape_str(&p->shape, buf, sizeof buf),
+             storage_name(p, coded[i], sbuf, sizeof sbuf), (unsigned long long)pbytes[i]);
     }
     printf("\nstored parameters: %.1f KiB (", stored_bytes / 1024.0);
     for (int k = 0, first = 1; k < 3; k++)
@@ -165,6 +175,8 @@ int cmd_info(int argc, char **argv) {
       }
     }
   }
+  vmc_free(pbytes);
+  vmc_free(coded);
   vmc_free(ns);
   vmc_free(sh);
   vmc_graph_free(g);

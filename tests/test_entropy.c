@@ -1,0 +1,314 @@
+/* The canonical Huffman coder of quantized weight codes (io/entropy.h):
+ * round trips, the limits of the code lengths, and the rejection of every
+ * kind of malformed table and stream. */
+#include "test.h"
+
+#include "core/core.h"
+#include "io/entropy.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* Codes through table t and back: the stream is (bits + 7) / 8 bytes, its
+ * serialised table reads back as t, and decoding gives the codes. */
+static size_t round_trip(const vmc_huff_table *t, const vmc_huff_hist *h, const int8_t *codes,
+                         size_t n, int qmax) {
+  const uint64_t bits = vmc_huff_bits(t, h);
+  const size_t nb = (size_t)((bits + 7) / 8);
+  uint8_t *buf = bits != UINT64_MAX ? malloc(nb + 1) : NULL, tab[2 + 128];
+  int8_t *back = malloc(n + 1);
+  if (!buf || !back) {
+    vmc_test_fail(__FILE__, __LINE__, "%llu bits", (unsigned long long)bits);
+    free(buf);
+    free(back);
+    return 0;
+  }
+  CHECK_EQ_INT(vmc_huff_encode(t, codes, n, buf), nb);
+  vmc_huff_write_table(t, tab);
+  vmc_huff_table u;
+  size_t used = 0;
+  CHECK_OK(vmc_huff_read_table(tab, vmc_huff_table_bytes(t), qmax, &u, &used));
+  CHECK_EQ_INT(used, vmc_huff_table_bytes(t));
+  CHECK(u.lo == t->lo && u.n == t->n && !memcmp(u.len, t->len, (size_t)t->n));
+  vmc_huff_decoder d;
+  vmc_huff_decoder_init(&d, &u);
+  CHECK_OK(vmc_huff_decode(&d, buf, nb, n, back));
+  CHECK(!memcmp(codes, back, n));
+  free(buf);
+  free(back);
+  return nb;
+}
+
+static vmc_huff_table build(const int8_t *codes, size_t n, vmc_huff_hist *h) {
+  memset(h, 0, sizeof *h);
+  vmc_huff_count(h, codes, n);
+  vmc_huff_table t;
+  vmc_huff_build(h, &t);
+  return t;
+}
+
+static double entropy_bits(const vmc_huff_hist *h) {
+  double n = 0, e = 0;
+  for (int s = 0; s < 256; s++) n += (double)h->n[s];
+  for (int s = 0; s < 256; s++)
+    if (h->n[s]) e -= (double)h->n[s] * log2((double)h->n[s] / n);
+  return e;
+}
+
+/* Kraft sum of t in units of 2^-15. */
+static uint32_t kraft(const vmc_huff_table *t) {
+  uint32_t k = 0;
+  for (int i = 0; i < t->n; i++)
+    if (t->len[i]) k += (1u << VMC_HUFF_MAX_LEN) >> t->len[i];
+  return k;
+}
+
+TEST(entropy_round_trip_random) {
+  vmc_rng r;
+  vmc_rng_seed(&r, 3);
+  static const size_t sizes[] = {1, 2, 3, 7, 8, 9, 63, 1000, 4097, 65537};
+  int8_t *codes = malloc(65537);
+  REQUIRE(codes);
+  for (int qmax = 7; qmax <= 127; qmax += 120)
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+      const size_t n = sizes[k];
+      for (size_t i = 0; i < n; i++) codes[i] = (int8_t)((int)vmc_rng_below(&r, 2 * qmax + 1) - qmax);
+      vmc_huff_hist h;
+      vmc_huff_table t = build(codes, n, &h);
+      CHECK(t.lo >= -qmax && t.lo + t.n - 1 <= qmax);
+      CHECK(kraft(&t) == 1u << VMC_HUFF_MAX_LEN || (t.n == 1 && t.len[0] == 1));
+      round_trip(&t, &h, codes, n, qmax);
+      /* Uniform codes: Huffman is within a bit of the entropy. */
+      CHECK((double)vmc_huff_bits(&t, &h) <= entropy_bits(&h) + (double)n);
+    }
+  free(codes);
+}
+
+/* Gaussian-like codes, as trained weights give: close to the entropy and
+ * much smaller than raw; the same histogram gives the same table. */
+TEST(entropy_round_trip_skewed) {
+  vmc_rng r;
+  vmc_rng_seed(&r, 5);
+  const size_t n = 50000;
+  int8_t *codes = malloc(n);
+  REQUIRE(codes);
+  for (int qmax = 7; qmax <= 127; qmax += 120) {
+    for (size_t i = 0; i < n; i++) {
+      float v = vmc_rng_normal(&r) * (float)qmax / 6.0f;
+      v = v > (float)qmax ? (float)qmax : v < (float)-qmax ? (float)-qmax : v;
+      codes[i] = (int8_t)lrintf(v);
+    }
+    vmc_huff_hist h;
+    vmc_huff_table t = build(codes, n, &h), t2 = build(codes, n, &h);
+    CHECK(!memcmp(&t, &t2, sizeof t));
+    const size_t nb = round_trip(&t, &h, codes, n, qmax);
+    const double e = entropy_bits(&h);
+    CHECK((double)nb * 8 <= e * 1.03 + 8);
+    CHECK(nb < (qmax == 7 ? n / 2 * 6 / 10 : n * 85 / 100)); /* raw: n / 2 (s4), n (s8) */
+  }
+  free(codes);
+}
+
+/* One symbol (e.g. an all-zero tensor): one bit per code, all of them 0. */
+TEST(entropy_single_symbol) {
+  static const int8_t values[] = {0, 127, -127, -7, 7};
+  int8_t codes[100];
+  for (size_t v = 0; v < sizeof values; v++)
+    for (size_t n = 1; n <= 100; n += 33) {
+      memset(codes, values[v], n);
+      vmc_huff_hist h;
+      vmc_huff_table t = build(codes, n, &h);
+      CHECK(t.n == 1 && t.lo == values[v] && t.len[0] == 1);
+      CHECK_EQ_INT(round_trip(&t, &h, codes, n, abs(values[v]) > 7 ? 127 : 7), (n + 7) / 8);
+    }
+  /* All zero: 1 bit each, and the stream is zero bytes. */
+  memset(codes, 0, 100);
+  vmc_huff_hist h;
+  vmc_huff_table t = build(codes, 100, &h);
+  uint8_t buf[13];
+  CHECK_EQ_INT(vmc_huff_encode(&t, codes, 100, buf), 13);
+  for (int i = 0; i < 13; i++) CHECK_EQ_INT(buf[i], 0);
+  /* A 1 bit has no symbol. */
+  vmc_huff_decoder d;
+  vmc_huff_decoder_init(&d, &t);
+  buf[5] = 0x10;
+  int8_t back[100];
+  CHECK_EQ_INT(vmc_huff_decode(&d, buf, 13, 100, back), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "element 43 of 100") != NULL);
+}
+
+/* Fibonacci counts would need codes of 30 bits: the lengths are limited to
+ * 15 and the code stays complete; a hand-made table with 15-bit codes
+ * decodes through the canonical ranges (longer than the lookup). */
+TEST(entropy_maximum_code_lengths) {
+  vmc_huff_hist h;
+  memset(&h, 0, sizeof h);
+  uint64_t a = 1, b = 1;
+  for (int s = 0; s < 32; s++) {
+    h.n[128 - 16 + s] = a;
+    const uint64_t c = a + b;
+    a = b;
+    b = c;
+  }
+  vmc_huff_table t;
+  vmc_huff_build(&h, &t);
+  int max = 0;
+  for (int k = 0; k < t.n; k++) max = t.len[k] > max ? t.len[k] : max;
+  CHECK_EQ_INT(max, VMC_HUFF_MAX_LEN);
+  CHECK_EQ_INT(kraft(&t), 1u << VMC_HUFF_MAX_LEN);
+  /* Lengths 1, 2, ..., 14, 15, 15 for symbols -8..7, and every one used. */
+  vmc_huff_table m = {.lo = -8, .n = 16};
+  for (int k = 0; k < 16; k++) m.len[k] = (uint8_t)(k < 15 ? k + 1 : 15);
+  CHECK_EQ_INT(kraft(&m), 1u << VMC_HUFF_MAX_LEN);
+  int8_t codes[16 * 40];
+  for (int i = 0; i < 16 * 40; i++) codes[i] = (int8_t)(-8 + (i * 7) % 16);
+  vmc_huff_hist hm;
+  memset(&hm, 0, sizeof hm);
+  vmc_huff_count(&hm, codes, 16 * 40);
+  round_trip(&m, &hm, codes, 16 * 40, 127);
+  /* The same table is out of the s4 range (-8). */
+  uint8_t tab[10];
+  vmc_huff_write_table(&m, tab);
+  vmc_huff_table u;
+  size_t used;
+  CHECK_EQ_INT(vmc_huff_read_table(tab, sizeof tab, 7, &u, &used), VMC_ERR_FORMAT);
+}
+
+/* Builds a serialised table from lengths. */
+static size_t table_bytes(int lo, const uint8_t *len, int n, uint8_t *dst) {
+  vmc_huff_table t = {.lo = lo, .n = n};
+  memcpy(t.len, len, (size_t)n);
+  vmc_huff_write_table(&t, dst);
+  return vmc_huff_table_bytes(&t);
+}
+
+static void expect_bad_table(const uint8_t *tab, size_t avail, int qmax, const char *what,
+                             const char *msg) {
+  vmc_huff_table t;
+  size_t used = 0;
+  vmc_status s = vmc_huff_read_table(tab, avail, qmax, &t, &used);
+  if (s != VMC_ERR_FORMAT || !strstr(vmc_last_error(), msg))
+    vmc_test_fail(__FILE__, __LINE__, "%s: %s: %s", what, vmc_status_str(s), vmc_last_error());
+}
+
+TEST(entropy_rejects_bad_tables) {
+  uint8_t tab[2 + 128];
+  const uint8_t ok[3] = {1, 2, 2}, over[3] = {1, 1, 2}, under[3] = {2, 2, 2},
+                holes[4] = {1, 0, 2, 2}, edge0[4] = {0, 1, 2, 2}, edge1[4] = {1, 2, 2, 0},
+                single2[1] = {2};
+  size_t n = table_bytes(-1, ok, 3, tab);
+  vmc_huff_table t;
+  size_t used = 0;
+  CHECK_OK(vmc_huff_read_table(tab, n, 7, &t, &used));
+  CHECK_EQ_INT(used, n);
+  CHECK_OK(vmc_huff_read_table(tab, n + 5, 7, &t, &used)); /* the bits follow */
+  CHECK_EQ_INT(used, n);
+  n = table_bytes(-1, holes, 4, tab);
+  CHECK_OK(vmc_huff_read_table(tab, n, 7, &t, &used)); /* unused symbols inside the range */
+  expect_bad_table(tab, 0, 7, "empty", "runs past the end");
+  expect_bad_table(tab, 1, 7, "one byte", "runs past the end");
+  n = table_bytes(-1, ok, 3, tab);
+  expect_bad_table(tab, n - 1, 7, "truncated lengths", "runs past the end");
+  n = table_bytes(-1, over, 3, tab);
+  expect_bad_table(tab, n, 7, "Kraft sum over 1", "Kraft sum 40960/32768");
+  n = table_bytes(-1, under, 3, tab);
+  expect_bad_table(tab, n, 7, "Kraft sum under 1", "not a complete prefix code");
+  n = table_bytes(3, single2, 1, tab);
+  expect_bad_table(tab, n, 7, "a lone symbol of length 2", "not a complete prefix code");
+  n = table_bytes(-1, edge0, 4, tab);
+  expect_bad_table(tab, n, 7, "first length 0", "starts or ends with a symbol without a code");
+  n = table_bytes(-1, edge1, 4, tab);
+  expect_bad_table(tab, n, 7, "last length 0", "starts or ends");
+  n = table_bytes(-1, ok, 3, tab);
+  tab[n - 1] |= 0x30;
+  expect_bad_table(tab, n, 7, "padding nibble", "unused last nibble");
+  n = table_bytes(-1, ok, 3, tab);
+  tab[1] = 0;
+  expect_bad_table(tab, n, 7, "no symbols", "covers 0 symbols");
+  n = table_bytes(6, ok, 3, tab);
+  expect_bad_table(tab, n, 7, "past +7", "outside -7..7");
+  n = table_bytes(-8, ok, 3, tab);
+  expect_bad_table(tab, n, 7, "below -7", "outside -7..7");
+  n = table_bytes(-128, ok, 3, tab);
+  expect_bad_table(tab, n, 127, "-128", "outside -127..127");
+  memset(tab, 0x88, sizeof tab); /* 255 codes of 8 bits: 255/256 */
+  tab[0] = 0x81; /* -127 .. 127 */
+  tab[1] = 255;
+  tab[2 + 127] = 0x08;
+  expect_bad_table(tab, 2 + 128, 127, "255 symbols of 8 bits", "Kraft sum 32640/32768");
+  tab[0] = 0x82; /* -126 .. 128 */
+  expect_bad_table(tab, 2 + 128, 127, "past 127", "outside -127..127");
+}
+
+/* A stream with one more or one fewer byte, or stray padding bits, is
+ * rejected; every truncation and every byte flip is rejected or decodes to
+ * legal codes, never reading past the end (the sanitizers watch). */
+TEST(entropy_rejects_bad_streams) {
+  vmc_rng r;
+  vmc_rng_seed(&r, 9);
+  const size_t n = 301;
+  int8_t codes[301], back[302];
+  for (size_t i = 0; i < n; i++) {
+    float v = vmc_rng_normal(&r) * 20.0f;
+    codes[i] = (int8_t)lrintf(v > 127 ? 127 : v < -127 ? -127 : v);
+  }
+  vmc_huff_hist h;
+  vmc_huff_table t = build(codes, n, &h);
+  const uint64_t bits = vmc_huff_bits(&t, &h);
+  const size_t nb = (size_t)((bits + 7) / 8);
+  uint8_t *buf = malloc(nb + 1), *cut;
+  REQUIRE(buf);
+  CHECK_EQ_INT(vmc_huff_encode(&t, codes, n, buf), nb);
+  vmc_huff_decoder d;
+  vmc_huff_decoder_init(&d, &t);
+  CHECK_OK(vmc_huff_decode(&d, buf, nb, n, back));
+  buf[nb] = 0;
+  CHECK_EQ_INT(vmc_huff_decode(&d, buf, nb + 1, n, back), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "1 bytes follow the last of its 301 codes") != NULL);
+  CHECK_EQ_INT(vmc_huff_decode(&d, buf, nb, n + 1, back), VMC_ERR_FORMAT); /* a code short */
+  CHECK_EQ_INT(vmc_huff_decode(&d, buf, nb, n - 40, back), VMC_ERR_FORMAT); /* bytes left */
+  const int pad = (int)(nb * 8 - bits);
+  if (pad) {
+    buf[nb - 1] ^= 1;
+    CHECK_EQ_INT(vmc_huff_decode(&d, buf, nb, n, back), VMC_ERR_FORMAT);
+    CHECK(strstr(vmc_last_error(), "padding bits") != NULL);
+    buf[nb - 1] ^= 1;
+  }
+  /* Truncations: exact-size copies, so a read past the end is caught. */
+  for (size_t k = 0; k < nb; k++) {
+    cut = malloc(k ? k : 1);
+    REQUIRE(cut);
+    memcpy(cut, buf, k);
+    CHECK_EQ_INT(vmc_huff_decode(&d, cut, k, n, back), VMC_ERR_FORMAT);
+    free(cut);
+  }
+  int ok = 0, bad = 0;
+  for (size_t k = 0; k < nb; k++)
+    for (int bit = 0; bit < 8; bit++) {
+      buf[k] ^= (uint8_t)(1u << bit);
+      memset(back, 100, sizeof back);
+      if (vmc_huff_decode(&d, buf, nb, n, back) == VMC_OK) {
+        ok++;
+        for (size_t i = 0; i < n; i++)
+          if (back[i] < t.lo || back[i] >= t.lo + t.n) bad++;
+      }
+      buf[k] ^= (uint8_t)(1u << bit);
+    }
+  CHECK_EQ_INT(bad, 0);
+  CHECK(ok < (int)nb * 8); /* most flips change the length of the stream */
+  free(buf);
+}
+
+/* The example of docs/file-format.md, byte for byte. */
+TEST(entropy_documented_example) {
+  const int8_t codes[5] = {0, 0, -1, 1, 0};
+  vmc_huff_hist h;
+  vmc_huff_table t = build(codes, 5, &h);
+  CHECK(t.lo == -1 && t.n == 3 && t.len[0] == 2 && t.len[1] == 1 && t.len[2] == 2);
+  uint8_t tab[4], bits[1];
+  CHECK_EQ_INT(vmc_huff_table_bytes(&t), 4);
+  vmc_huff_write_table(&t, tab);
+  CHECK(tab[0] == 0xFF && tab[1] == 0x03 && tab[2] == 0x12 && tab[3] == 0x02);
+  CHECK_EQ_INT(vmc_huff_encode(&t, codes, 5, bits), 1);
+  CHECK_EQ_INT(bits[0], 0x2C);
+}
