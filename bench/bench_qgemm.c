@@ -16,8 +16,14 @@
  * about 20 ms.  The reference is skipped (-) above 64^3 multiply-adds unless
  * --all.  Where the CPU has AVX-512 VNNI the header also gives the measured
  * vpdpbusd peak of one core (a register-only loop) and the last column the
- * fraction of it the best single-thread int8 variant reaches. */
+ * fraction of it the best single-thread int8 variant reaches.
+ *
+ * "direct" is the int8 convolution the integer runtime runs on pixel-major
+ * activations (vmc_qconv, AVX-512 VNNI only) on the layer behind each conv
+ * shape (one image, padded NHWC input, the same M, N, K), single-thread,
+ * and "xd" its ratio to vmc_sgemm. */
 #include "kernels/gemm.h"
+#include "kernels/qelt.h"
 #include "kernels/qgemm.h"
 
 #include <immintrin.h>
@@ -53,10 +59,15 @@ typedef struct bench_case {
   vmc_qepi epi;
   void *C;
   float *Cf;
+  /* the direct convolution (what 4): parameters, padded input, weights, output */
+  const vmc_qconv_params *dp;
+  const uint8_t *dx;
+  const int8_t *dw;
+  uint8_t *dy;
 } bench_case;
 
 /* what: 0 the variant v single-thread, 1 vmc_qgemm_mt (v = best), 2 vmc_sgemm,
- * 3 vmc_sgemm_mt.  Median G(FL)OP/s. */
+ * 3 vmc_sgemm_mt, 4 the direct convolution.  Median G(FL)OP/s. */
 static double measure(const bench_case *c, const vmc_qgemm_variant *v, int what) {
   void *pa = NULL;
   if (what < 2) {
@@ -76,9 +87,11 @@ static double measure(const bench_case *c, const vmc_qgemm_variant *v, int what)
       case 2:
         vmc_sgemm(0, 0, c->M, c->N, c->K, 1.0f, c->Af, c->K, c->Bf, c->N, 0.0f, c->Cf, c->N);
         break;
-      default:
+      case 3:
         vmc_sgemm_mt(0, 0, c->M, c->N, c->K, 1.0f, c->Af, c->K, c->Bf, c->N, 0.0f, c->Cf,
                      c->N);
+        break;
+      default: vmc_qconv_best()(c->dp, c->dx, c->dw, &c->epi, NULL, c->dy);
       }
     }
     const double dt = now_s() - t0;
@@ -154,21 +167,22 @@ int main(int argc, char **argv) {
   static const struct {
     int M, N, K;
     const char *what;
+    int cin, h, k, stride; /* the conv layer (cin 0: none) */
   } shapes[] = {
-      {256, 256, 256, "square"},
-      {512, 512, 512, "square"},
-      {768, 768, 768, "square"},
-      {1024, 1024, 1024, "square"},
-      {16, 784, 144, "conv 16->16 28x28"},
-      {32, 196, 144, "conv 16->32 s2 14x14"},
-      {32, 196, 288, "conv 32->32 14x14"},
-      {64, 49, 288, "conv 32->64 s2 7x7"},
-      {64, 49, 576, "conv 64->64 7x7"},
-      {32, 196, 16, "1x1 16->32 14x14"},
-      {64, 49, 32, "1x1 32->64 7x7"},
-      {16, 784 * 8, 144, "conv 16->16 28x28 b8"},
-      {32, 196 * 8, 288, "conv 32->32 14x14 b8"},
-      {64, 49 * 8, 576, "conv 64->64 7x7 b8"},
+      {256, 256, 256, "square", 0, 0, 0, 0},
+      {512, 512, 512, "square", 0, 0, 0, 0},
+      {768, 768, 768, "square", 0, 0, 0, 0},
+      {1024, 1024, 1024, "square", 0, 0, 0, 0},
+      {16, 784, 144, "conv 16->16 28x28", 16, 28, 3, 1},
+      {32, 196, 144, "conv 16->32 s2 14x14", 16, 28, 3, 2},
+      {32, 196, 288, "conv 32->32 14x14", 32, 14, 3, 1},
+      {64, 49, 288, "conv 32->64 s2 7x7", 32, 14, 3, 2},
+      {64, 49, 576, "conv 64->64 7x7", 64, 7, 3, 1},
+      {32, 196, 16, "1x1 16->32 14x14", 16, 28, 1, 2},
+      {64, 49, 32, "1x1 32->64 7x7", 32, 14, 1, 2},
+      {16, 784 * 8, 144, "conv 16->16 28x28 b8", 0, 0, 0, 0},
+      {32, 196 * 8, 288, "conv 32->32 14x14 b8", 0, 0, 0, 0},
+      {64, 49 * 8, 576, "conv 64->64 7x7 b8", 0, 0, 0, 0},
   };
   const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
   const vmc_qgemm_variant *best = vmc_qgemm_best();
@@ -184,7 +198,8 @@ int main(int argc, char **argv) {
     const char *isa = strstr(n, "__");
     printf(" %7.7s", isa ? isa + 2 : n);
   }
-  printf(" %7s %7s %7s %6s %6s %6s\n", "q_mt", "sgemm", "sg_mt", "x1", "xmt", "%peak");
+  printf(" %7s %7s %7s %6s %6s %6s %7s %6s %6s\n", "q_mt", "sgemm", "sg_mt", "x1", "xmt", "%peak",
+         "direct", "xd", "%peak");
   for (int i = 0; i < n_shapes; i++) {
     const int M = shapes[i].M, N = shapes[i].N, K = shapes[i].K;
     int8_t *A = malloc((size_t)M * K);
@@ -209,8 +224,35 @@ int main(int argc, char **argv) {
       bias[m] = (int32_t)(rnd() % 20001) - 10000;
       scale[m] = 1.0f / (float)(1000 + rnd() % 5000);
     }
-    const bench_case c = {M, N, K, A, B, Af, Bf,
-                          {bias, scale, 0, 3, 3, 255, out}, C, Cf};
+    /* The conv layer, pixel-major: input padded by one pixel, output plain. */
+    vmc_conv_geom cg = {.c = shapes[i].cin, .h = shapes[i].h, .w = shapes[i].h, .kh = shapes[i].k,
+                       .kw = shapes[i].k, .sh = shapes[i].stride, .sw = shapes[i].stride,
+                       .ph = shapes[i].k / 2, .pw = shapes[i].k / 2, .dh = 1, .dw = 1};
+    cg.oh = cg.ow = cg.c ? vmc_conv_out(cg.h, cg.kh, cg.sh, cg.ph, 1) : 0;
+    const int direct = cg.c && vmc_qconv_best() && (out == VMC_QOUT_U8 || out == VMC_QOUT_S8);
+    const size_t row = (size_t)(cg.w + 2) * cg.c;
+    const int kq = direct ? vmc_qconv_kq(&cg, cg.c) : 0;
+    uint8_t *dx = direct ? calloc((size_t)(cg.h + 2) * row + 64, 1) : NULL;
+    int8_t *wq = direct ? malloc((size_t)M * 4 * kq) : NULL;
+    int8_t *dw = direct ? aligned_alloc(64, vmc_qconv_w_bytes(M, kq)) : NULL;
+    int32_t *koff = direct ? malloc((size_t)kq * sizeof *koff) : NULL;
+    uint8_t *dy = direct ? malloc((size_t)M * N) : NULL;
+    vmc_qconv_params dp = {0};
+    if (direct) {
+      if (!dx || !wq || !dw || !koff || !dy) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+      }
+      for (size_t j = 0; j < (size_t)(cg.h + 2) * row; j++) dx[j] = (uint8_t)(rnd() & 0xff);
+      vmc_qconv_quads(&cg, cg.c, row, M, A, koff, wq); /* A read as OIHW codes */
+      vmc_qconv_pack_w(M, kq, wq, dw);
+      dp = (vmc_qconv_params){.oh = cg.oh, .ow = cg.ow, .M = M, .kq = kq, .xs_row = cg.sh * row,
+                              .xs_pix = (size_t)cg.sw * cg.c, .ys_row = (size_t)cg.ow * M,
+                              .ys_pix = (size_t)M, .koff = koff};
+    }
+    const bench_case c = {M, N, K, A, B, Af, Bf, {bias, scale, 0, 3, 3, 255, out}, C, Cf,
+                          &dp, dx ? dx + (size_t)(1 - cg.ph) * row + (size_t)(1 - cg.pw) * cg.c : NULL,
+                          dw, dy};
     printf("%-22s %5d %5d %5d", shapes[i].what, M, N, K);
     double best1 = 0;
     for (int v = 0; v < vmc_qgemm_variant_count; v++) {
@@ -230,10 +272,21 @@ int main(int argc, char **argv) {
     print_cell(gsmt);
     printf(" %5.2fx %5.2fx", best1 / gs, gmt / gsmt);
     if (peak > 0)
-      printf(" %5.0f%%\n", 100.0 * best1 / peak);
+      printf(" %5.0f%%", 100.0 * best1 / peak);
     else
-      printf(" %6s\n", "-");
+      printf(" %6s", "-");
+    const double gd = direct ? measure(&c, best, 4) : 0;
+    print_cell(gd);
+    if (gd > 0)
+      printf(" %5.2fx %5.0f%%\n", gd / gs, peak > 0 ? 100.0 * gd / peak : 0.0);
+    else
+      printf(" %6s %6s\n", "-", "-");
     fflush(stdout);
+    free(dx);
+    free(wq);
+    free(dw);
+    free(koff);
+    free(dy);
     free(A);
     free(B);
     free(Af);
