@@ -479,13 +479,17 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
   float *a = test_plan_logits(f, d, 16), *b = test_plan_logits(q, d, 16);
   REQUIRE(a && b);
   CHECK(sqnr(a, b, 160) > 20);
-  /* Metadata. */
+  /* Metadata: a summary; per layer only the report (the last layer fc)
+   * and the graph (each fakequant's attributes, above) tell. */
   const char *meta = vmc_graph_meta(q, "quant");
   REQUIRE(meta);
   CHECK(!strncmp(meta, "{\"method\":\"ptq\",\"scheme\":\"w8a8\"", 31));
-  CHECK(strstr(meta, "\"observer\":\"minmax\",\"input_observer\":\"minmax\"") &&
-        strstr(meta, "\"node\":\"fc\""));
+  CHECK(strstr(meta, "\"observer\":\"minmax\",\"input_observer\":\"minmax\"") != NULL);
   CHECK(strstr(meta, "\"granularity\":\"per-channel\"") && strstr(meta, "\"images\":36"));
+  CHECK(strstr(meta, "\"batchnorm_folded\":9") && strstr(meta, "\"quantized_values\":14"));
+  CHECK(strstr(meta, "\"weight_layers\":{\"s8\":10,\"s4\":0,\"f32\":0}") != NULL);
+  CHECK(!strstr(meta, "\"node\"") && strlen(meta) < 512);
+  CHECK(!strcmp(rep.layers[rep.n_layers - 1].node, "fc"));
   const char *hist = vmc_graph_meta(q, "history");
   CHECK(hist && strstr(hist, "ptq w8a8") && strstr(hist, "9 batchnorms folded"));
   /* Saved and loaded: the same model, the same logits. */
@@ -535,9 +539,12 @@ TEST(ptq_layer_rules_and_layer_sites) {
     CHECK_EQ_INT((int)w->store, want == 0 ? VMC_F32 : want == 4 ? VMC_S4 : VMC_S8);
     CHECK_EQ_INT(w->n_qscale, want ? w->shape.d[0] : 0);
   }
+  const vmc_ptq_layer *fc = &rep.layers[rep.n_layers - 1];
+  CHECK(!strcmp(fc->node, "fc") && !strcmp(fc->input, "flatten") &&
+        !strcmp(fc->quant, "avgpool.quant"));
+  CHECK_EQ_INT(fc->weight_bits, 0);
   const char *meta = vmc_graph_meta(q, "quant");
-  CHECK(meta && strstr(meta, "\"node\":\"fc\",\"input\":\"flatten\",\"quant\":\"avgpool.quant\""));
-  CHECK(meta && strstr(meta, "\"weight\":{\"bits\":0}"));
+  CHECK(meta && strstr(meta, "\"weight_layers\":{\"s8\":8,\"s4\":1,\"f32\":1}"));
   vmc_ptq_report_free(&rep);
   vmc_graph_free(q);
   /* Without integer sites: only the layers' inputs, 8 distinct values; a
@@ -772,6 +779,9 @@ TEST(ptq_cli_quantize) {
   CHECK(strstr(g_out, "\"observer\":\t\"kl\"") || strstr(g_out, "\"observer\": \"kl\""));
   CHECK(strstr(g_out, "\"input_observer\":\t\"minmax\"") != NULL);
   CHECK(strstr(g_out, "\"calib_images\":\t64") || strstr(g_out, "\"calib_images\": 64"));
+  /* The per-layer report (no longer in the file's metadata). */
+  CHECK(strstr(g_out, "\"quant_node\":\t\"input.quant\"") && strstr(g_out, "\"act_scale\"") &&
+        strstr(g_out, "\"weight_sqnr_db\"") && strstr(g_out, "\"weight_bits\":\t8"));
   const char *qa = strstr(g_out, "\"quant_accuracy\":");
   REQUIRE(qa);
   const double acc = atof(qa + strlen("\"quant_accuracy\":"));
@@ -782,16 +792,31 @@ TEST(ptq_cli_quantize) {
   const char *ea = strstr(g_out, "\"accuracy\":");
   REQUIRE(ea);
   CHECK_NEAR(atof(ea + strlen("\"accuracy\":")), acc, 1e-6);
-  /* info shows the fakequant nodes, the history line and the fp32 accuracy. */
+  /* info shows the fakequant nodes with their scales, the history line, the
+   * summary and the fp32 accuracy. */
   rc = run(g_out, sizeof g_out, "info %s", out);
   CHECK_EQ_INT(rc, 0);
   CHECK(strstr(g_out, "fakequant") && strstr(g_out, "ptq w8a8") && strstr(g_out, "accuracy.fp32: 0.1000"));
+  CHECK(strstr(g_out, "quantized value (fakequant)") && strstr(g_out, "\ninput.quant "));
+  CHECK(strstr(g_out, "quant: {\"method\":\"ptq\"") != NULL);
   CHECK(!strstr(g_out, "\naccuracy: ")); /* --eval-limit: no full-set accuracy recorded */
-  /* Text report. */
-  rc = run(g_out, sizeof g_out, "quantize %s --calib-images 32 --scheme w4a8 --per-tensor -o %s",
-           in, again);
+  /* Text report, and the JSON one in a file. */
+  char report[512];
+  snprintf(report, sizeof report, "%s/cli_l5q4.json", dir);
+  rc = run(g_out, sizeof g_out, "quantize %s --calib-images 32 --scheme w4a8 --per-tensor -o %s "
+           "--report %s", in, again, report);
   CHECK_EQ_INT(rc, 0);
   CHECK(strstr(g_out, "w4a8") && strstr(g_out, "per-tensor") && strstr(g_out, "act SQNR"));
+  FILE *rf = fopen(report, "r");
+  REQUIRE(rf);
+  const size_t got = fread(g_out, 1, sizeof g_out - 1, rf);
+  g_out[got] = 0;
+  fclose(rf);
+  CHECK(strstr(g_out, "\"scheme\":\t\"w4a8\"") && strstr(g_out, "\"weight_bits\":\t4") &&
+        strstr(g_out, "\"act_sqnr_db\"") && strstr(g_out, "\"range_hi\""));
+  rc = run(g_out, sizeof g_out, "quantize %s --calib-images 32 -o %s --report /nonexistent/r.json",
+           in, again);
+  CHECK(rc == 1 && strstr(g_out, "/nonexistent/r.json"));
   /* An already quantized model. */
   rc = run(g_out, sizeof g_out, "quantize %s -o %s.x", out, again);
   CHECK_EQ_INT(rc, 1);

@@ -223,6 +223,31 @@ TEST(qat_epochs_lower_the_loss_and_keep_codes) {
     REQUIRE(meta && hist);
     CHECK(strstr(meta, "\"method\":\"qat\"") != NULL);
     CHECK(strstr(hist, cases[c].a == VMC_QSCHEME_U4 ? "qat w4a4" : "qat w8a8") != NULL);
+    /* The final qparams: in the graph and the report, not in the metadata. */
+    CHECK(!strstr(meta, "\"node\"") && strlen(meta) < 1024);
+    int n_fq = 0;
+    for (int i = 0; i < q->n_nodes; i++) n_fq += !strcmp(q->nodes[i].op->name, "fakequant");
+    CHECK_EQ_INT(rep.n_fakequant, n_fq);
+    for (int i = 0; i < rep.n_fakequant; i++) {
+      const vmc_qat_fakequant *f = &rep.fakequant[i];
+      const vmc_node *n = test_node_of(q, f->node);
+      REQUIRE(n);
+      CHECK(vmc_node_attr_f(n, "scale", 0) == f->qp.scale);
+      CHECK_EQ_INT(vmc_node_attr_i(n, "zero_point", -1), f->qp.zero_point);
+      CHECK_EQ_INT(vmc_node_attr_i(n, "qmax", -1), f->qp.qmax);
+      CHECK(f->lo <= f->hi);
+    }
+    CHECK(rep.n_layers > 0);
+    for (int i = 0; i < rep.n_layers; i++) {
+      const vmc_qat_layer *l = &rep.layers[i];
+      const vmc_node *n = test_node_of(q, l->node);
+      REQUIRE(n);
+      const vmc_param *w = &q->params[n->param[0]];
+      CHECK_EQ_INT(l->weight_bits, w->store == VMC_S4 ? 4 : 8);
+      CHECK_EQ_INT(l->channels, w->n_qscale);
+      CHECK(l->w_scale_min == w->qscale[0] || w->n_qscale > 1);
+      CHECK(l->w_scale_min <= l->w_scale_max);
+    }
     /* The last epoch evaluated the result itself. */
     vmc_eval_result ev;
     REQUIRE_OK(vmc_evaluate(q, t, 64, 0, 0, &ev));
@@ -380,6 +405,8 @@ TEST(qat_cli) {
   REQUIRE(rc == 0);
   CHECK(strstr(g_out, "\"qat_accuracy\"") && strstr(g_out, "\"epochs\""));
   CHECK(strstr(g_out, "\"test_accuracy\"") != NULL);
+  CHECK(strstr(g_out, "\"fakequant\":") && strstr(g_out, "\"range\":\t\"lsq\"") &&
+        strstr(g_out, "\"weight_bits\":\t4"));
   rc = run(g_out, sizeof g_out, "info %s", out);
   CHECK_EQ_INT(rc, 0);
   CHECK(strstr(g_out, "qat w4a4") && strstr(g_out, "\"method\":\"qat\""));

@@ -430,6 +430,9 @@ TEST(sens_cli) {
   const double mean = atof(mb + strlen("\"mean_bits\":"));
   CHECK(mean <= 5 && mean >= 4);
   CHECK(access(out, F_OK) == 0);
+  /* The chosen model's per-layer PTQ report: bits, ranges, SQNRs. */
+  CHECK(strstr(g_out, "\"quantized_layers\":") && strstr(g_out, "\"weight_bits\":\t4") &&
+        strstr(g_out, "\"act_sqnr_db\""));
   rc = run(g_out, sizeof g_out, "info %s", out);
   CHECK_EQ_INT(rc, 0);
   CHECK(strstr(g_out, "mixed precision") != NULL);

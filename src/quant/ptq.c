@@ -5,6 +5,7 @@
 #include "graph/op.h"
 #include "graph/plan.h"
 #include "graph/rebuild.h"
+#include "quant/biascorr.h"
 #include "quant/equalize.h"
 
 #include <float.h>
@@ -422,38 +423,16 @@ static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_
     sb_num(&b, o->obs.percentile > 0 ? o->obs.percentile : 99.99);
   }
   if (o->observer >= VMC_OBSERVER_PERCENTILE || o->input_observer >= VMC_OBSERVER_PERCENTILE) sb_printf(&b, ",\"bins\":%d", o->obs.bins > 0 ? o->obs.bins : 2048);
+  /* A summary: what each layer got is in the graph (the fakequant nodes'
+   * attributes, the weights' storage and scales), the rest in the report. */
+  int bits[3] = {0, 0, 0}; /* layers with s8, s4, f32 weights */
+  for (int i = 0; i < r->n_layers; i++)
+    bits[r->layers[i].weight_bits == 8 ? 0 : r->layers[i].weight_bits == 4 ? 1 : 2]++;
   sb_printf(&b, "},\"bias\":\"%s\",\"calibration\":{\"data\":\"%s\",\"split\":\"train\","
             "\"images\":%d,\"batch\":%d},\"batchnorm_folded\":%d,\"equalized_pairs\":%d,"
-            "\"quantized_values\":%d,\"layers\":[",
+            "\"quantized_values\":%d,\"weight_layers\":{\"s8\":%d,\"s4\":%d,\"f32\":%d}}",
             o->bias_s32 ? "s32" : "f32", data_name, r->calib_images, o->batch, r->bn_folded,
-            r->equalized_pairs, r->n_sites);
-  for (int i = 0; i < r->n_layers; i++) {
-    const vmc_ptq_layer *l = &r->layers[i];
-    sb_printf(&b, "%s{\"node\":\"%s\",\"input\":\"%s\"", i ? "," : "", l->node, l->input);
-    if (l->quant[0]) {
-      sb_printf(&b, ",\"quant\":\"%s\",\"act\":{\"observer\":\"%s\",\"scale\":", l->quant,
-                vmc_observer_kind_name(l->observer));
-      sb_num(&b, l->act.scale);
-      sb_printf(&b, ",\"zero_point\":%d,\"qmin\":%d,\"qmax\":%d,\"lo\":",
-                (int)l->act.zero_point, (int)l->act.qmin, (int)l->act.qmax);
-      sb_num(&b, l->lo);
-      sb_printf(&b, ",\"hi\":");
-      sb_num(&b, l->hi);
-      sb_printf(&b, "}");
-    }
-    /* The scales themselves are stored with the weight (vmc_param.qscale). */
-    sb_printf(&b, ",\"weight\":{\"bits\":%d", l->weight_bits);
-    if (l->weight_bits) {
-      sb_printf(&b, ",\"channels\":%d,\"sqnr_db\":", l->channels);
-      sb_num(&b, l->w_sqnr_db);
-      sb_printf(&b, ",\"scale_min\":");
-      sb_num(&b, l->w_scale_min);
-      sb_printf(&b, ",\"scale_max\":");
-      sb_num(&b, l->w_scale_max);
-    }
-    sb_printf(&b, "}}");
-  }
-  sb_printf(&b, "]}");
+            r->equalized_pairs, r->n_sites, bits[0], bits[1], bits[2]);
   vmc_status s = b.oom ? vmc_error(VMC_ERR_NOMEM, "ptq: metadata") : vmc_graph_set_meta(q, "quant", b.p);
   vmc_free(b.p);
   if (s) return s;
@@ -576,6 +555,12 @@ vmc_status vmc_ptq_quantize(const vmc_graph *g, const vmc_dataset *calib, const 
     vmc_free(wscale);
     done_param[n->param[0]] = 1;
     if (n->n_param > 1) done_param[n->param[1]] = 1;
+  }
+  if (!s && o.bias_correct) {
+    vmc_biascorr_report br;
+    s = vmc_bias_correct(f, q, calib, rep.calib_images, o.batch, o.bias_s32, &br);
+    rep.bias_corrected = br.layers;
+    rep.bias_shift = br.mean_abs_shift;
   }
   rep.seconds = vmc_now() - t0;
   if (!s) s = write_meta(q, &o, &rep, calib->name[0] ? calib->name : calib->source);

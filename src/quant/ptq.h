@@ -35,9 +35,14 @@
  *     (bias_s32) every bias by its fake quantization to s32 with scale
  *     s_w[c] * s_x, zero point 0 (what the integer runtime adds to its
  *     accumulators);
- *  6. metadata: "quant" (a JSON object: method, schemes, observer, the
- *     calibration, and per layer the activation qparams and range, the
- *     weight bits and SQNR), and a "history" line.
+ *  5b. with bias_correct, each quantized layer's bias corrected for the
+ *     shift of its mean output (quant/biascorr.h);
+ *  6. metadata: "quant", a short JSON object (method, schemes, observers,
+ *     bias, the calibration, batchnorms folded, pairs equalized, values
+ *     quantized, and how many layers have s8, s4 and f32 weights), and a
+ *     "history" line.  What each layer got is in the graph (its fakequant
+ *     node's attributes, its weight's storage and scales); the calibration's
+ *     ranges, clipping and SQNRs are in the report.
  * So with integer_sites every conv2d/linear/add/pool reads fakequant
  * outputs (or values flatten/dropout/maxpool kept on their grid), and each
  * value such a node computes is read only through one fakequant (or through
@@ -78,6 +83,8 @@ typedef struct vmc_ptq_opts {
   int bias_s32;                /* simulate the s32 bias */
   int equalize;                /* > 0: cross-layer equalization (quant/equalize.h) of
                                   the folded graph with this many sweeps; 0: off */
+  int bias_correct;            /* empirical bias correction of every quantized layer
+                                  (quant/biascorr.h) on the calibration images */
 } vmc_ptq_opts;
 
 /* Defaults: s8 per channel, u8 activations, integer sites, no rules,
@@ -109,6 +116,8 @@ typedef struct vmc_ptq_report {
   vmc_ptq_layer *layers;     /* vmc_malloc_plain'd, in node order */
   int bn_folded;
   int equalized_pairs;       /* conv-relu-conv pairs equalized (equalize > 0) */
+  int bias_corrected;        /* layers whose bias was corrected (bias_correct) */
+  double bias_shift;         /* their mean |correction| per channel */
   int calib_images;          /* used */
   double seconds;
 } vmc_ptq_report;

@@ -25,6 +25,8 @@ void vmc_qat_report_free(vmc_qat_report *r) {
   if (!r) return;
   vmc_ptq_report_free(&r->ptq);
   vmc_free(r->epoch);
+  vmc_free(r->layers);
+  vmc_free(r->fakequant);
   memset(r, 0, sizeof *r);
 }
 
@@ -393,12 +395,42 @@ static const char *sched_name(vmc_sched_kind k) {
          : k == VMC_SCHED_ONECYCLE ? "onecycle" : "constant";
 }
 
-static void json_qp(FILE *f, const vmc_qparams *p, float lo, float hi) {
-  fprintf(f, "{\"scale\":%.9g,\"zero_point\":%d,\"qmin\":%d,\"qmax\":%d,\"lo\":%.9g,\"hi\":%.9g}",
-          (double)p->scale, (int)p->zero_point, (int)p->qmin, (int)p->qmax, (double)lo, (double)hi);
+/* The final layers and fakequant nodes into the report (r->layers,
+ * r->fakequant): what the "quant" metadata no longer repeats. */
+static vmc_status fill_report(const qat_state *st, vmc_qat_report *r) {
+  r->layers = vmc_malloc_plain((size_t)(st->nw ? st->nw : 1) * sizeof *r->layers);
+  r->fakequant = vmc_malloc_plain((size_t)(st->nobs ? st->nobs : 1) * sizeof *r->fakequant);
+  if (!r->layers || !r->fakequant) return vmc_error(VMC_ERR_NOMEM, "qat: report");
+  for (int j = 0; j < st->nw; j++) {
+    const qweight *w = &st->w[j];
+    vmc_qat_layer *l = &r->layers[r->n_layers++];
+    const vmc_node *fq = w->fq >= 0 ? &st->q->nodes[w->fq] : NULL;
+    snprintf(l->node, sizeof l->node, "%s", st->q->nodes[w->node].name);
+    snprintf(l->quant, sizeof l->quant, "%s", fq ? fq->name : "");
+    snprintf(l->input, sizeof l->input, "%s", fq ? st->q->values[fq->in[0]].name : "");
+    l->weight_bits = w->scheme == VMC_QSCHEME_S4 ? 4 : 8;
+    l->channels = w->blocks;
+    l->w_scale_min = FLT_MAX;
+    for (int k = 0; k < w->blocks; k++) { /* the scales themselves are on the parameter */
+      l->w_scale_min = w->qp[k].scale < l->w_scale_min ? w->qp[k].scale : l->w_scale_min;
+      l->w_scale_max = w->qp[k].scale > l->w_scale_max ? w->qp[k].scale : l->w_scale_max;
+    }
+  }
+  for (int k = 0; k < st->nobs; k++) {
+    const vmc_node *n = &st->q->nodes[st->obs[k].node];
+    vmc_qat_fakequant *f = &r->fakequant[r->n_fakequant++];
+    snprintf(f->node, sizeof f->node, "%s", n->name);
+    snprintf(f->input, sizeof f->input, "%s", st->q->values[n->in[0]].name);
+    f->lsq = st->obs[k].lsq;
+    f->qp = fq_params(n);
+    f->lo = st->obs[k].lo;
+    f->hi = st->obs[k].hi;
+  }
+  return VMC_OK;
 }
 
-/* "quant" (method qat, the final qparams of every fakequant and layer) and
+/* "quant", a summary (method qat, the schemes, observers, training; what
+ * each layer and fakequant ended with is in the graph and the report), and
  * a "history" line. */
 static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char *data_name,
                              const char *scheme) {
@@ -416,7 +448,7 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
           "\"batchnorm\":\"folded from epoch 0\",\"calibration\":{\"data\":\"%s\","
           "\"split\":\"train\",\"images\":%d},\"training\":{\"data\":\"%s\",\"epochs\":%d,"
           "\"batch\":%d,\"optimizer\":\"%s\",\"lr\":%.9g,\"schedule\":\"%s\","
-          "\"weight_decay\":%.9g,\"seed\":%llu},\"layers\":[",
+          "\"weight_decay\":%.9g,\"seed\":%llu},\"quantized_layers\":%d,\"quantized_values\":%d}",
           scheme, ws->name, o->ptq.per_channel ? "per-channel" : "per-tensor",
           o->fixed_weight_scales ? "fixed (ptq)" : "max|w| per step", as->name,
           o->ptq.act_scheme == VMC_QSCHEME_U4 ? "u8" : as->name,
@@ -424,41 +456,8 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
           o->freeze_observers_epoch, vmc_observer_kind_name(o->ptq.observer),
           o->ptq.bias_s32 ? "s32" : "f32", pr->bn_folded, data_name, pr->calib_images, data_name,
           c->epochs, c->batch, c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd", (double)c->lr,
-          sched_name(c->sched), (double)c->weight_decay, (unsigned long long)c->seed);
-  for (int j = 0; j < st->nw; j++) {
-    const qweight *w = &st->w[j];
-    const vmc_node *n = &st->q->nodes[w->node];
-    fprintf(f, "%s{\"node\":\"%s\",\"input\":\"%s\",\"quant\":\"%s\",\"act\":", j ? "," : "",
-            n->name, w->fq >= 0 ? st->q->values[st->q->nodes[w->fq].in[0]].name : "",
-            w->fq >= 0 ? st->q->nodes[w->fq].name : "");
-    const qobs *ob = NULL;
-    for (int k = 0; k < st->nobs; k++)
-      if (st->obs[k].node == w->fq) ob = &st->obs[k];
-    if (ob) {
-      const vmc_qparams p = fq_params(&st->q->nodes[ob->node]);
-      json_qp(f, &p, ob->lo, ob->hi);
-    } else {
-      fprintf(f, "null");
-    }
-    /* The scales themselves live on the parameter (vmc_param.qscale). */
-    float smin = FLT_MAX, smax = 0;
-    for (int k = 0; k < w->blocks; k++) {
-      smin = w->qp[k].scale < smin ? w->qp[k].scale : smin;
-      smax = w->qp[k].scale > smax ? w->qp[k].scale : smax;
-    }
-    fprintf(f, ",\"weight\":{\"bits\":%d,\"channels\":%d,\"scale_min\":%.9g,\"scale_max\":%.9g}}",
-            w->scheme == VMC_QSCHEME_S4 ? 4 : 8, w->blocks, (double)smin, (double)smax);
-  }
-  fprintf(f, "],\"fakequant\":[");
-  for (int k = 0; k < st->nobs; k++) {
-    const vmc_node *n = &st->q->nodes[st->obs[k].node];
-    const vmc_qparams p = fq_params(n);
-    fprintf(f, "%s{\"node\":\"%s\",\"input\":\"%s\",\"range\":\"%s\",\"qparams\":", k ? "," : "",
-            n->name, st->q->values[n->in[0]].name, st->obs[k].lsq ? "lsq" : "moving-avg");
-    json_qp(f, &p, st->obs[k].lo, st->obs[k].hi);
-    fprintf(f, "}");
-  }
-  fprintf(f, "]}");
+          sched_name(c->sched), (double)c->weight_decay, (unsigned long long)c->seed, st->nw,
+          st->nobs);
   const int bad = ferror(f);
   fclose(f);
   vmc_status s = bad || !buf ? vmc_error(VMC_ERR_NOMEM, "qat: metadata")
@@ -551,6 +550,7 @@ vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_datas
            o.ptq.act_scheme == VMC_QSCHEME_U4 ? 4 : 8);
   if (!s) s = finish_weights(&st);
   if (!s) s = write_meta(&st, &pr, train->name[0] ? train->name : train->source, scheme);
+  if (!s && report) s = fill_report(&st, report);
   free_state(&st);
   vmc_graph_free(f);
   if (report) {

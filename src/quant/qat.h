@@ -32,8 +32,10 @@
  *  5. at the end every conv2d/linear weight is fq(shadow) and marked
  *     quantized (vmc_param_set_quantized), every bias on its s32 grid
  *     (scale s_w[c] * s_x of the final scales), metadata "quant"
- *     rewritten with method "qat" and the final qparams, and a "history"
- *     line added: the same contract as a PTQ graph. */
+ *     rewritten with method "qat" (a summary: schemes, observers, the
+ *     training run), and a "history" line added: the same contract as a
+ *     PTQ graph.  The final qparams of every fakequant and layer are in the
+ *     graph and in the report. */
 #ifndef VMC_QAT_H
 #define VMC_QAT_H
 
@@ -57,11 +59,34 @@ typedef struct vmc_qat_opts {
  * activation scales by observers (learn_act_scales 0). */
 void vmc_qat_opts_default(vmc_qat_opts *o);
 
+/* A conv2d/linear layer of the result. */
+typedef struct vmc_qat_layer {
+  char node[VMC_NAME_MAX];   /* the conv2d/linear node */
+  char quant[VMC_NAME_MAX];  /* the fakequant node it reads ("" if none: a float input) */
+  char input[VMC_NAME_MAX];  /* the value that fakequant reads ("" if none) */
+  int weight_bits;           /* 8 or 4 */
+  int channels;              /* weight scales: output channels, or 1 per tensor */
+  float w_scale_min, w_scale_max; /* the final scales (stored on the parameter) */
+} vmc_qat_layer;
+
+/* A fakequant node of the result: its final parameters (its attributes in
+ * the graph) and the range its moving averages ended at. */
+typedef struct vmc_qat_fakequant {
+  char node[VMC_NAME_MAX];
+  char input[VMC_NAME_MAX];  /* the value it quantizes */
+  int lsq;                   /* its scale was learned */
+  vmc_qparams qp;
+  float lo, hi;
+} vmc_qat_fakequant;
+
 typedef struct vmc_qat_report {
   vmc_ptq_report ptq;         /* the starting point */
   int epochs;                 /* run */
   vmc_epoch_result *epoch;    /* per epoch (vmc_malloc_plain'd) */
   double seconds;             /* the whole call */
+  int n_layers, n_fakequant;  /* the result (vmc_malloc_plain'd; set when the call succeeds) */
+  vmc_qat_layer *layers;
+  vmc_qat_fakequant *fakequant;
 } vmc_qat_report;
 
 void vmc_qat_report_free(vmc_qat_report *r);

@@ -64,6 +64,14 @@ void cli_on_epoch(void *user, const vmc_epoch_result *r);
 /* Prints a cJSON object on stdout and frees it. */
 void cli_print_json(cJSON *o);
 
+/* Writes path through "<path>.tmp" renamed into place: emit(f, ctx) writes
+ * the contents.  VMC_ERR_IO naming path on failure (no file left then). */
+vmc_status cli_write_file(const char *path, void (*emit)(FILE *f, const void *ctx),
+                          const void *ctx);
+/* Report o: written to the file report (if not NULL, as cli_write_file),
+ * printed on stdout with --json; then freed. */
+vmc_status cli_report_json(const cli_common *c, const char *report, cJSON *o);
+
 /* Opens the data set named by the model's metadata or --data, and applies
  * the model's normalisation if it records one. */
 vmc_status cli_open_data(const cli_common *c, const vmc_graph *g, vmc_split split,
@@ -83,10 +91,24 @@ int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+/* Where vmc quantize puts its results (parsed by cmd_quantize). */
+typedef struct cli_quant_out {
+  const char *model;  /* -o: the quantized model (NULL: none, --sensitivity alone) */
+  const char *report; /* --report: the JSON report (what --json prints) also goes here, or NULL */
+  int eval;           /* --eval: evaluate the fp32 and the quantized model on the test split */
+  long eval_limit;    /* --eval-limit: the first N test images (0: all) */
+} cli_quant_out;
+
+/* The per-layer part of a PTQ report as a JSON array (cmd_quantize.c):
+ * the calibration (ranges, clipping, SQNRs) and the weights of each
+ * conv/linear -- what the "quant" metadata does not repeat. */
+struct vmc_ptq_report;
+cJSON *cli_ptq_layers_json(const struct vmc_ptq_report *r);
+
 /* vmc quantize --qat (cmd_quantize_qat.c): opts parsed by cmd_quantize. */
 struct vmc_qat_opts;
-int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path,
-                 struct vmc_qat_opts *qo, const char *scheme, int do_eval, long eval_limit);
+int quantize_qat(const cli_common *cc, const char *in_path, const cli_quant_out *out,
+                 struct vmc_qat_opts *qo, const char *scheme);
 
 /* vmc quantize --sensitivity / --bits-budget (cmd_quantize_mixed.c): opts
  * parsed by cmd_quantize. */
@@ -99,8 +121,7 @@ typedef struct cli_mixed {
   int rank;            /* vmc_sens_rank */
   int held_out;        /* held-out training images */
 } cli_mixed;
-int quantize_mixed(const cli_common *cc, const char *in_path, const char *out_path,
-                   const struct vmc_ptq_opts *po, const cli_mixed *m, int do_eval,
-                   long eval_limit);
+int quantize_mixed(const cli_common *cc, const char *in_path, const cli_quant_out *out,
+                   const struct vmc_ptq_opts *po, const cli_mixed *m);
 
 #endif

@@ -22,14 +22,66 @@ typedef struct storage_total {
   uint64_t tensors, elements, bytes;
 } storage_total;
 
+/* A fakequant node's parameters (its attributes). */
+typedef struct fq_attrs {
+  float scale;
+  int zp, qmin, qmax;
+} fq_attrs;
+
+static bool is_fakequant(const vmc_node *n) { return !strcmp(n->op->name, "fakequant"); }
+
+static fq_attrs fq_of(const vmc_node *n) {
+  fq_attrs a = {vmc_node_attr_f(n, "scale", 0), vmc_node_attr_i(n, "zero_point", 0),
+                vmc_node_attr_i(n, "qmin", 0), vmc_node_attr_i(n, "qmax", 0)};
+  return a;
+}
+
+/* The quantized values: each fakequant node, the value it reads, its scale,
+ * zero point, code range and the real range that covers. */
+static void print_fakequants(const vmc_graph *g) {
+  int any = 0;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    if (!is_fakequant(n)) continue;
+    if (!any++)
+      printf("\n%-32s %-28s %12s %5s %9s  %s\n", "quantized value (fakequant)", "reads", "scale",
+             "zp", "codes", "range");
+    const fq_attrs a = fq_of(n);
+    char codes[32];
+    snprintf(codes, sizeof codes, "%d..%d", a.qmin, a.qmax);
+    printf("%-32s %-28s %12.6g %5d %9s  [%.4g, %.4g]\n", n->name, g->values[n->in[0]].name,
+           (double)a.scale, a.zp, codes, (double)(a.qmin - a.zp) * a.scale,
+           (double)(a.qmax - a.zp) * a.scale);
+  }
+}
+
+static cJSON *fakequants_json(const vmc_graph *g) {
+  cJSON *arr = cJSON_CreateArray();
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    if (!is_fakequant(n)) continue;
+    const fq_attrs a = fq_of(n);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "node", n->name);
+    cJSON_AddStringToObject(j, "input", g->values[n->in[0]].name);
+    cJSON_AddNumberToObject(j, "scale", a.scale);
+    cJSON_AddNumberToObject(j, "zero_point", a.zp);
+    cJSON_AddNumberToObject(j, "qmin", a.qmin);
+    cJSON_AddNumberToObject(j, "qmax", a.qmax);
+    cJSON_AddItemToArray(arr, j);
+  }
+  return arr;
+}
+
 static const char *const HELP =
     "Usage: vmc info MODEL.vmc|ZOO-NAME [--json]\n\n"
     "Lists every layer (op, output shape, parameters, MACs per image), the totals,\n"
     "the weight bytes, each parameter's storage in a .vmc file (f32, or s8 / s4\n"
     "codes with per-channel or per-tensor scales, the codes entropy-coded where\n"
-    "that makes them smaller) with the bytes by storage type, and the model's\n"
-    "metadata (architecture, data set, normalisation, accuracy, history).  A zoo\n"
-    "name (e.g. resnet8) describes the\n"
+    "that makes them smaller) with the bytes by storage type, the quantized values\n"
+    "(each fakequant node's scale, zero point and range), and the model's metadata\n"
+    "(architecture, data set, normalisation, accuracy, history).  A zoo name (e.g.\n"
+    "resnet8) describes the\n"
     "untrained architecture for 1x28x28 inputs.\n\n" CLI_COMMON_HELP;
 
 int cmd_info(int argc, char **argv) {
@@ -113,6 +165,13 @@ int cmd_info(int argc, char **argv) {
       if (p->store != VMC_F32) {
         cJSON_AddStringToObject(j, "granularity", p->n_qscale > 1 ? "per-channel" : "per-tensor");
         cJSON_AddNumberToObject(j, "scales", p->n_qscale);
+        float lo = p->qscale[0], hi = p->qscale[0];
+        for (int c = 1; c < p->n_qscale; c++) {
+          lo = p->qscale[c] < lo ? p->qscale[c] : lo;
+          hi = p->qscale[c] > hi ? p->qscale[c] : hi;
+        }
+        cJSON_AddNumberToObject(j, "scale_min", lo);
+        cJSON_AddNumberToObject(j, "scale_max", hi);
         cJSON_AddBoolToObject(j, "coded", coded[i]);
         cJSON_AddNumberToObject(j, "raw_bytes", (double)vmc_param_file_bytes(p));
       }
@@ -128,6 +187,7 @@ int cmd_info(int argc, char **argv) {
       cJSON_AddItemToObject(storage, vmc_dtype_name(tot[k].store), t);
     }
     cJSON_AddItemToObject(o, "storage", storage);
+    cJSON_AddItemToObject(o, "quantized_values", fakequants_json(g));
     cJSON_AddNumberToObject(o, "stored_bytes", (double)stored_bytes);
     if (file_bytes >= 0) cJSON_AddNumberToObject(o, "file_bytes", (double)file_bytes);
     for (int i = 0; i < g->n_meta; i++) cJSON_AddStringToObject(meta, g->meta[i].key, g->meta[i].value);
@@ -160,6 +220,8 @@ int cmd_info(int argc, char **argv) {
     printf(")");
     if (file_bytes >= 0) printf("; file %lld bytes", file_bytes);
     printf("\n");
+    print_fakequants(g);
+    if (g->n_meta) printf("\n");
     for (int i = 0; i < g->n_meta; i++) {
       if (!strcmp(g->meta[i].key, "history")) {
         printf("history:\n");

@@ -20,10 +20,15 @@ static const char *const HELP =
     "(symmetric, per output channel by default), and a fakequant node is inserted on\n"
     "the input of every conv/linear with a range calibrated on the first N images of\n"
     "the TRAINING split.  OUT.vmc is an ordinary model: `vmc eval OUT.vmc` measures\n"
-    "what the integer model will score.  The choices are recorded in its metadata\n"
-    "(\"quant\", \"history\").\n\n"
+    "what the integer model will score.  A summary of the choices is recorded in its\n"
+    "metadata (\"quant\", \"history\"); what each layer got is in its graph (`vmc\n"
+    "info` shows the activation scales); the per-layer report (ranges, clipping,\n"
+    "SQNRs) is printed, and is part of the JSON of --json and --report.\n\n"
     "Options:\n"
     "  -o, --output FILE     the quantized model (written atomically; required)\n"
+    "  --report FILE         also write the report as JSON to FILE (what --json\n"
+    "                        prints: options, per-layer calibration and weights, or\n"
+    "                        with --qat the final qparams, the evaluation)\n"
     "  --calib NAME|PATH     calibration data set (default: --data, else the one the\n"
     "                        model records)\n"
     "  --calib-images N      calibration images (default 512)\n"
@@ -49,6 +54,10 @@ static const char *const HELP =
     "                        conv-relu-conv pair's channel ranges are balanced by\n"
     "                        rescaling (the fp32 model is unchanged); helps\n"
     "                        per-tensor weights\n"
+    "  --bias-correction     empirical bias correction: each quantized layer's bias\n"
+    "                        is shifted by the change of its mean output per channel\n"
+    "                        on the calibration images (float model vs quantized,\n"
+    "                        layer by layer); not with --adaround or --qat\n"
     "  --eval                also evaluate the fp32 and the quantized model on the\n"
     "                        test split and print both accuracies\n"
     "  --eval-limit N        only the first N test images\n"
@@ -109,16 +118,46 @@ static const char *const HELP =
 
 enum {
   O_CALIB = OPT_CMD_BASE, O_CALIB_IMAGES, O_CALIB_BATCH, O_SCHEME, O_ACT, O_OBSERVER,
-  O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EQUALIZE, O_EVAL,
+  O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EQUALIZE, O_BIAS_CORR, O_EVAL,
   O_EVAL_LIMIT, O_INPUT_OBSERVER, O_QAT, O_EPOCHS, O_LR, O_BATCH, O_FREEZE_OBS, O_FREEZE_BN,
   O_FIXED_WSCALES, O_LIMIT_TRAIN, O_ACT_RANGES, O_SENSITIVITY, O_HELD_OUT, O_BITS_BUDGET,
-  O_MAX_DROP, O_RANK, O_ADAROUND, O_ADAROUND_ITERS
+  O_MAX_DROP, O_RANK, O_ADAROUND, O_ADAROUND_ITERS, O_REPORT
 };
 
 /* JSON number, null where not finite (an SQNR of +inf: no error at all). */
 static void add_num(cJSON *o, const char *key, double v) {
   if (isfinite(v)) cJSON_AddNumberToObject(o, key, v);
   else cJSON_AddNullToObject(o, key);
+}
+
+cJSON *cli_ptq_layers_json(const vmc_ptq_report *r) {
+  cJSON *layers = cJSON_CreateArray();
+  for (int i = 0; i < r->n_layers; i++) {
+    const vmc_ptq_layer *l = &r->layers[i];
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "node", l->node);
+    cJSON_AddStringToObject(j, "op", l->op);
+    cJSON_AddStringToObject(j, "input", l->input);
+    cJSON_AddStringToObject(j, "quant_node", l->quant);
+    cJSON_AddStringToObject(j, "observer", vmc_observer_kind_name(l->observer));
+    cJSON_AddNumberToObject(j, "act_scale", l->act.scale);
+    cJSON_AddNumberToObject(j, "act_zero_point", l->act.zero_point);
+    cJSON_AddNumberToObject(j, "act_qmin", l->act.qmin);
+    cJSON_AddNumberToObject(j, "act_qmax", l->act.qmax);
+    cJSON_AddNumberToObject(j, "range_lo", l->lo);
+    cJSON_AddNumberToObject(j, "range_hi", l->hi);
+    cJSON_AddNumberToObject(j, "seen_min", l->seen_min);
+    cJSON_AddNumberToObject(j, "seen_max", l->seen_max);
+    cJSON_AddNumberToObject(j, "clipped", l->clipped);
+    add_num(j, "act_sqnr_db", l->act_sqnr_db);
+    cJSON_AddNumberToObject(j, "weight_bits", l->weight_bits);
+    cJSON_AddNumberToObject(j, "weight_blocks", l->channels);
+    add_num(j, "weight_sqnr_db", l->w_sqnr_db);
+    cJSON_AddNumberToObject(j, "weight_scale_min", l->w_scale_min);
+    cJSON_AddNumberToObject(j, "weight_scale_max", l->w_scale_max);
+    cJSON_AddItemToArray(layers, j);
+  }
+  return layers;
 }
 
 static void print_layers(const vmc_ptq_report *r) {
@@ -183,6 +222,7 @@ static cJSON *adaround_json(const vmc_adaround_opts *o, const vmc_adaround_repor
 int cmd_quantize(int argc, char **argv) {
   static const struct option opts[] = {CLI_COMMON_OPTIONS,
                                        {"output", required_argument, 0, 'o'},
+                                       {"report", required_argument, 0, O_REPORT},
                                        {"calib", required_argument, 0, O_CALIB},
                                        {"calib-images", required_argument, 0, O_CALIB_IMAGES},
                                        {"calib-batch", required_argument, 0, O_CALIB_BATCH},
@@ -197,6 +237,7 @@ int cmd_quantize(int argc, char **argv) {
                                        {"per-tensor", no_argument, 0, O_PER_TENSOR},
                                        {"float-bias", no_argument, 0, O_FLOAT_BIAS},
                                        {"equalize", no_argument, 0, O_EQUALIZE},
+                                       {"bias-correction", no_argument, 0, O_BIAS_CORR},
                                        {"eval", no_argument, 0, O_EVAL},
                                        {"eval-limit", required_argument, 0, O_EVAL_LIMIT},
                                        {"adaround", no_argument, 0, O_ADAROUND},
@@ -223,7 +264,7 @@ int cmd_quantize(int argc, char **argv) {
   vmc_adaround_opts ao;
   vmc_adaround_opts_default(&ao);
   int adaround = 0, adaround_iters_set = 0;
-  const char *out_path = NULL, *calib = NULL, *scheme = "w8a8";
+  const char *out_path = NULL, *calib = NULL, *scheme = "w8a8", *report = NULL;
   int do_eval = 0, granularity_set = 0, input_same = 0;
   int qat = 0, a4 = 0, qat_flag = 0, act_ranges = -1; /* act_ranges: 0 ema, 1 lsq, -1 by scheme */
   vmc_qat_opts qo;
@@ -241,6 +282,7 @@ int cmd_quantize(int argc, char **argv) {
     switch (opt) {
     case 'h': fputs(HELP, stdout); return 0;
     case 'o': out_path = optarg; break;
+    case O_REPORT: report = optarg; break;
     case O_CALIB: calib = optarg; break;
     case O_CALIB_IMAGES:
       if (cli_int("--calib-images", optarg, 1, 1L << 24, &v)) return 2;
@@ -308,6 +350,7 @@ int cmd_quantize(int argc, char **argv) {
       break;
     case O_FLOAT_BIAS: po.bias_s32 = 0; break;
     case O_EQUALIZE: po.equalize = 10; break;
+    case O_BIAS_CORR: po.bias_correct = 1; break;
     case O_EVAL: do_eval = 1; break;
     case O_EVAL_LIMIT:
       if (cli_int("--eval-limit", optarg, 1, 1L << 30, &eval_limit)) return 2;
@@ -398,6 +441,9 @@ int cmd_quantize(int argc, char **argv) {
                            "--fixed-weight-scales and --limit-train are for --qat");
   if (qat && adaround)
     return cli_usage_error("quantize", "--adaround is for post-training quantization, not --qat");
+  if (po.bias_correct && (qat || adaround))
+    return cli_usage_error("quantize", "--bias-correction is for nearest rounding: %s already "
+                           "fits each layer's output", qat ? "--qat" : "--adaround");
   if (optind != argc - 1) return cli_usage_error("quantize", "expected one IN.vmc argument");
   if (mx.sensitivity || mx.bits_budget > 0) {
     if (qat || a4 || scheme_set)
@@ -432,8 +478,8 @@ int cmd_quantize(int argc, char **argv) {
   const char *in_path = argv[optind];
   if (calib) cc.data = calib;
   cli_common_apply(&cc);
-  if (mx.sensitivity || mx.bits_budget > 0)
-    return quantize_mixed(&cc, in_path, out_path, &po, &mx, do_eval, eval_limit);
+  const cli_quant_out qout = {out_path, report, do_eval, eval_limit};
+  if (mx.sensitivity || mx.bits_budget > 0) return quantize_mixed(&cc, in_path, &qout, &po, &mx);
   if (qat) {
     if (a4 && po.act_scheme != VMC_QSCHEME_U8)
       return cli_usage_error("quantize", "--scheme %s: 4-bit activations are u4; drop --act",
@@ -441,7 +487,7 @@ int cmd_quantize(int argc, char **argv) {
     if (a4) po.act_scheme = VMC_QSCHEME_U4;
     qo.learn_act_scales = act_ranges < 0 ? a4 : act_ranges;
     qo.ptq = po;
-    return quantize_qat(&cc, in_path, out_path, &qo, scheme, do_eval, eval_limit);
+    return quantize_qat(&cc, in_path, &qout, &qo, scheme);
   }
 
   vmc_graph *g = NULL, *q = NULL;
@@ -485,8 +531,8 @@ int cmd_quantize(int argc, char **argv) {
   const char *obs = vmc_observer_kind_name(po.observer);
   const char *act = po.act_scheme == VMC_QSCHEME_U8 ? "u8" : "s8";
   const char *wsch = po.weight_scheme == VMC_QSCHEME_S8 ? "s8" : "s4";
-  if (cc.json) {
-    cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray();
+  if (cc.json || report) {
+    cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", in_path);
     cJSON_AddStringToObject(o, "output", out_path);
     cJSON_AddStringToObject(o, "scheme", scheme);
@@ -501,31 +547,7 @@ int cmd_quantize(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "batchnorm_folded", rep.bn_folded);
     cJSON_AddNumberToObject(o, "equalized_pairs", rep.equalized_pairs);
     cJSON_AddNumberToObject(o, "seconds", rep.seconds);
-    for (int i = 0; i < rep.n_layers; i++) {
-      const vmc_ptq_layer *l = &rep.layers[i];
-      cJSON *j = cJSON_CreateObject();
-      cJSON_AddStringToObject(j, "node", l->node);
-      cJSON_AddStringToObject(j, "op", l->op);
-      cJSON_AddStringToObject(j, "input", l->input);
-      cJSON_AddStringToObject(j, "quant_node", l->quant);
-      cJSON_AddStringToObject(j, "observer", vmc_observer_kind_name(l->observer));
-      cJSON_AddNumberToObject(j, "act_scale", l->act.scale);
-      cJSON_AddNumberToObject(j, "act_zero_point", l->act.zero_point);
-      cJSON_AddNumberToObject(j, "act_qmin", l->act.qmin);
-      cJSON_AddNumberToObject(j, "act_qmax", l->act.qmax);
-      cJSON_AddNumberToObject(j, "range_lo", l->lo);
-      cJSON_AddNumberToObject(j, "range_hi", l->hi);
-      cJSON_AddNumberToObject(j, "seen_min", l->seen_min);
-      cJSON_AddNumberToObject(j, "seen_max", l->seen_max);
-      cJSON_AddNumberToObject(j, "clipped", l->clipped);
-      add_num(j, "act_sqnr_db", l->act_sqnr_db);
-      cJSON_AddNumberToObject(j, "weight_blocks", l->channels);
-      add_num(j, "weight_sqnr_db", l->w_sqnr_db);
-      cJSON_AddNumberToObject(j, "weight_scale_min", l->w_scale_min);
-      cJSON_AddNumberToObject(j, "weight_scale_max", l->w_scale_max);
-      cJSON_AddItemToArray(layers, j);
-    }
-    cJSON_AddItemToObject(o, "layers", layers);
+    cJSON_AddItemToObject(o, "layers", cli_ptq_layers_json(&rep));
     if (do_eval) {
       cJSON *e = cJSON_CreateObject();
       cJSON_AddStringToObject(e, "dataset", test->name);
@@ -538,8 +560,9 @@ int cmd_quantize(int argc, char **argv) {
       cJSON_AddItemToObject(o, "eval", e);
     }
     if (adaround) cJSON_AddItemToObject(o, "adaround", adaround_json(&ao, &arep));
-    cli_print_json(o);
-  } else if (!cc.quiet || do_eval) {
+    s = cli_report_json(&cc, report, o);
+  }
+  if (!cc.json && (!cc.quiet || do_eval)) {
     if (!cc.quiet) {
       printf("%s -> %s: %s (weights %s %s, activations %s, %s observer, input %s, bias %s), "
              "%d calibration images of %s/train, %d batchnorms folded, %.2f s\n\n",
@@ -560,5 +583,5 @@ int cmd_quantize(int argc, char **argv) {
   vmc_graph_free(q);
   vmc_dataset_free(train);
   vmc_dataset_free(test);
-  return 0;
+  return s ? cli_fail("quantize", s, NULL) : 0; /* the report could not be written */
 }

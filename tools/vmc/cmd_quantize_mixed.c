@@ -3,7 +3,6 @@
  * cmd_quantize. */
 #include "cli.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -50,24 +49,22 @@ static void write_rows(FILE *f, const vmc_sens_report *r, int json) {
   if (json) fputs("]}\n", f);
 }
 
+typedef struct table_ctx {
+  const vmc_sens_report *r;
+  int json;
+} table_ctx;
+
+static void emit_table(FILE *f, const void *ctx) {
+  const table_ctx *t = ctx;
+  write_rows(f, t->r, t->json);
+}
+
 /* The table as JSON (path ends in .json) or CSV, through a temporary file
  * renamed into place. */
 static vmc_status write_table(const char *path, const vmc_sens_report *r) {
   const size_t n = strlen(path);
-  const int json = n >= 5 && !strcmp(path + n - 5, ".json");
-  char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-    return vmc_error(VMC_ERR_INVALID_ARG, "%s: path too long", path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return vmc_error(VMC_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
-  write_rows(f, r, json);
-  const int bad = ferror(f) != 0;
-  if (fclose(f) != 0 || bad || rename(tmp, path) != 0) {
-    const int e = errno;
-    remove(tmp);
-    return vmc_error(VMC_ERR_IO, "%s: cannot write: %s", path, strerror(e));
-  }
-  return VMC_OK;
+  const table_ctx t = {r, n >= 5 && !strcmp(path + n - 5, ".json")};
+  return cli_write_file(path, emit_table, &t);
 }
 
 static void sqnr_cell(char *buf, size_t n, double v) {
@@ -95,9 +92,11 @@ static void print_table(const vmc_sens_report *r, const char *data) {
   printf("(SQNR in dB; drops in points on the held-out images)\n");
 }
 
-int quantize_mixed(const cli_common *cc, const char *in_path, const char *out_path,
-                   const struct vmc_ptq_opts *po, const cli_mixed *m, int do_eval,
-                   long eval_limit) {
+int quantize_mixed(const cli_common *cc, const char *in_path, const cli_quant_out *out,
+                   const struct vmc_ptq_opts *po, const cli_mixed *m) {
+  const char *out_path = out->model;
+  const int do_eval = out->eval;
+  const long eval_limit = out->eval_limit;
   vmc_graph *g = NULL, *q = NULL;
   vmc_dataset *train = NULL, *test = NULL;
   vmc_sens_report sr = {0};
@@ -154,7 +153,7 @@ int quantize_mixed(const cli_common *cc, const char *in_path, const char *out_pa
     vmc_dataset_free(test);
     return rc;
   }
-  if (cc->json) {
+  if (cc->json || out->report) {
     cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "model", in_path);
     cJSON_AddNumberToObject(o, "calib_images", sr.calib_images);
@@ -193,9 +192,11 @@ int quantize_mixed(const cli_common *cc, const char *in_path, const char *out_pa
         cJSON_AddNumberToObject(o, "fp32_accuracy", ef.accuracy);
         cJSON_AddNumberToObject(o, "quant_accuracy", eq.accuracy);
       }
+      cJSON_AddItemToObject(o, "quantized_layers", cli_ptq_layers_json(&pr));
     }
-    cli_print_json(o);
-  } else {
+    s = cli_report_json(cc, out->report, o);
+  }
+  if (!cc->json) {
     if (!cc->quiet || !q) print_table(&sr, train->name);
     if (m->table && !cc->quiet) printf("table written to %s\n", m->table);
     if (q) {
@@ -225,5 +226,5 @@ int quantize_mixed(const cli_common *cc, const char *in_path, const char *out_pa
   vmc_graph_free(q);
   vmc_dataset_free(train);
   vmc_dataset_free(test);
-  return 0;
+  return s ? cli_fail("quantize", s, NULL) : 0; /* the report could not be written */
 }

@@ -8,8 +8,44 @@
 #include "graph/graph.h"
 #include "quant/qat.h"
 
-int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path,
-                 struct vmc_qat_opts *qo, const char *scheme, int do_eval, long eval_limit) {
+/* The final layers and fakequant nodes of a QAT report. */
+static void add_final_qparams(cJSON *o, const vmc_qat_report *r) {
+  cJSON *layers = cJSON_CreateArray(), *fqs = cJSON_CreateArray();
+  for (int i = 0; i < r->n_layers; i++) {
+    const vmc_qat_layer *l = &r->layers[i];
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "node", l->node);
+    cJSON_AddStringToObject(j, "input", l->input);
+    cJSON_AddStringToObject(j, "quant_node", l->quant);
+    cJSON_AddNumberToObject(j, "weight_bits", l->weight_bits);
+    cJSON_AddNumberToObject(j, "weight_blocks", l->channels);
+    cJSON_AddNumberToObject(j, "weight_scale_min", l->w_scale_min);
+    cJSON_AddNumberToObject(j, "weight_scale_max", l->w_scale_max);
+    cJSON_AddItemToArray(layers, j);
+  }
+  for (int i = 0; i < r->n_fakequant; i++) {
+    const vmc_qat_fakequant *f = &r->fakequant[i];
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "node", f->node);
+    cJSON_AddStringToObject(j, "input", f->input);
+    cJSON_AddStringToObject(j, "range", f->lsq ? "lsq" : "moving-avg");
+    cJSON_AddNumberToObject(j, "scale", f->qp.scale);
+    cJSON_AddNumberToObject(j, "zero_point", f->qp.zero_point);
+    cJSON_AddNumberToObject(j, "qmin", f->qp.qmin);
+    cJSON_AddNumberToObject(j, "qmax", f->qp.qmax);
+    cJSON_AddNumberToObject(j, "range_lo", f->lo);
+    cJSON_AddNumberToObject(j, "range_hi", f->hi);
+    cJSON_AddItemToArray(fqs, j);
+  }
+  cJSON_AddItemToObject(o, "layers", layers);
+  cJSON_AddItemToObject(o, "fakequant", fqs);
+}
+
+int quantize_qat(const cli_common *cc, const char *in_path, const cli_quant_out *out,
+                 struct vmc_qat_opts *qo, const char *scheme) {
+  const char *out_path = out->model;
+  const int do_eval = out->eval;
+  const long eval_limit = out->eval_limit;
   vmc_graph *g = NULL, *q = NULL;
   vmc_dataset *train = NULL, *test = NULL;
   vmc_qat_report rep = {0};
@@ -46,7 +82,7 @@ int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path
   if (s) {
     rc = cli_fail("quantize", s, NULL);
     cJSON_Delete(log.epochs);
-  } else if (cc->json) {
+  } else if (cc->json || out->report) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", in_path);
     cJSON_AddStringToObject(o, "output", out_path);
@@ -67,9 +103,14 @@ int quantize_qat(const cli_common *cc, const char *in_path, const char *out_path
       if (do_eval) cJSON_AddNumberToObject(o, "drop_points", 100.0 * ((double)ef.accuracy - last->test_acc));
     }
     cJSON_AddItemToObject(o, "epochs", log.epochs);
-    cli_print_json(o);
+    cJSON_AddNumberToObject(o, "calib_images", rep.ptq.calib_images);
+    add_final_qparams(o, &rep);
+    s = cli_report_json(cc, out->report, o);
+    if (s) rc = cli_fail("quantize", s, NULL);
   } else {
     cJSON_Delete(log.epochs);
+  }
+  if (!s && !cc->json) {
     if (last && last->test_acc >= 0 && (do_eval || !cc->quiet)) {
       printf("test accuracy on %s: %s QAT %.2f%%", test->name, scheme, 100 * last->test_acc);
       if (do_eval)

@@ -98,6 +98,38 @@ void cli_print_json(cJSON *o) {
   cJSON_Delete(o);
 }
 
+vmc_status cli_write_file(const char *path, void (*emit)(FILE *f, const void *ctx),
+                          const void *ctx) {
+  char tmp[4096];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+    return vmc_error(VMC_ERR_INVALID_ARG, "%s: path too long", path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return vmc_error(VMC_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+  emit(f, ctx);
+  const int bad = ferror(f) != 0;
+  if (fclose(f) != 0 || bad || rename(tmp, path) != 0) {
+    const int e = errno;
+    remove(tmp);
+    return vmc_error(VMC_ERR_IO, "%s: cannot write: %s", path, strerror(e));
+  }
+  return VMC_OK;
+}
+
+static void emit_line(FILE *f, const void *ctx) { fprintf(f, "%s\n", (const char *)ctx); }
+
+vmc_status cli_report_json(const cli_common *c, const char *report, cJSON *o) {
+  vmc_status s = VMC_OK;
+  if (report) {
+    char *txt = cJSON_Print(o);
+    s = txt ? cli_write_file(report, emit_line, txt)
+            : vmc_error(VMC_ERR_NOMEM, "%s: no memory for the report", report);
+    free(txt);
+  }
+  if (c->json) cli_print_json(o);
+  else cJSON_Delete(o);
+  return s;
+}
+
 vmc_status cli_load_model(const char *path, unsigned long long seed, vmc_graph **g,
                           long long *file_bytes) {
   struct stat st;
