@@ -430,18 +430,20 @@ static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_
     bits[r->layers[i].weight_bits == 8 ? 0 : r->layers[i].weight_bits == 4 ? 1 : 2]++;
   sb_printf(&b, "},\"bias\":\"%s\",\"calibration\":{\"data\":\"%s\",\"split\":\"train\","
             "\"images\":%d,\"batch\":%d},\"batchnorm_folded\":%d,\"equalized_pairs\":%d,"
-            "\"quantized_values\":%d,\"weight_layers\":{\"s8\":%d,\"s4\":%d,\"f32\":%d}}",
+            "\"bias_corrected\":%d,\"quantized_values\":%d,"
+            "\"weight_layers\":{\"s8\":%d,\"s4\":%d,\"f32\":%d}}",
             o->bias_s32 ? "s32" : "f32", data_name, r->calib_images, o->batch, r->bn_folded,
-            r->equalized_pairs, r->n_sites, bits[0], bits[1], bits[2]);
+            r->equalized_pairs, r->bias_corrected, r->n_sites, bits[0], bits[1], bits[2]);
   vmc_status s = b.oom ? vmc_error(VMC_ERR_NOMEM, "ptq: metadata") : vmc_graph_set_meta(q, "quant", b.p);
   vmc_free(b.p);
   if (s) return s;
-  char line[256];
+  char line[384];
   snprintf(line, sizeof line, "ptq w%da8: weights %s %s, activations %s (%s observer, input %s, "
-           "%d calibration images of %s/train), bias %s, %d batchnorms folded%s",
+           "%d calibration images of %s/train), bias %s, %d batchnorms folded%s%s",
            weight_bits(o->weight_scheme), wn, o->per_channel ? "per-channel" : "per-tensor", an,
            obs, iobs, r->calib_images, data_name, o->bias_s32 ? "s32" : "f32", r->bn_folded,
-           r->equalized_pairs ? ", cross-layer equalization" : "");
+           r->equalized_pairs ? ", cross-layer equalization" : "",
+           r->bias_corrected ? ", bias correction" : "");
   return vmc_graph_add_history(q, line);
 }
 

@@ -546,6 +546,8 @@ int cmd_quantize(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "calib_images", rep.calib_images);
     cJSON_AddNumberToObject(o, "batchnorm_folded", rep.bn_folded);
     cJSON_AddNumberToObject(o, "equalized_pairs", rep.equalized_pairs);
+    cJSON_AddNumberToObject(o, "bias_corrected", rep.bias_corrected);
+    cJSON_AddNumberToObject(o, "bias_shift", rep.bias_shift);
     cJSON_AddNumberToObject(o, "seconds", rep.seconds);
     cJSON_AddItemToObject(o, "layers", cli_ptq_layers_json(&rep));
     if (do_eval) {
