@@ -843,17 +843,25 @@ TEST(vmcfile_parser_survives_field_sweep) {
 
 /* ---- quantized weights: s8 / s4 codes and their scales (version 2) ---------- */
 
-/* Makes parameter id nq scales times random codes (-qmax, qmax and 0 among
- * them) and marks it stored as t. */
-static vmc_status quantize_param(vmc_graph *g, int id, vmc_dtype t, int nq, vmc_rng *rng) {
+/* Makes parameter id nq scales times random codes and marks it stored as t:
+ * uniform codes (sigma < 0; -qmax, qmax and 0 first), Gaussian ones of
+ * deviation sigma (clamped), or all 0 (sigma 0). */
+static vmc_status quantize_param(vmc_graph *g, int id, vmc_dtype t, int nq, float sigma,
+                                 vmc_rng *rng) {
   vmc_param *p = &g->params[id];
   const int qmax = t == VMC_S8 ? 127 : 7;
-  float scale[8];
-  for (int c = 0; c < nq && c < 8; c++) scale[c] = 0.001f + 0.1f * vmc_rng_uniform(rng);
+  float scale[64];
+  for (int c = 0; c < nq && c < 64; c++) scale[c] = 0.001f + 0.1f * vmc_rng_uniform(rng);
   const size_t n = vmc_shape_count(&p->shape), blk = n / (size_t)nq;
   for (size_t i = 0; i < n; i++) {
-    int code = (int)vmc_rng_below(rng, 2 * qmax + 1) - qmax;
-    if (i < 3) code = i == 0 ? -qmax : i == 1 ? qmax : 0;
+    int code = 0;
+    if (sigma < 0) {
+      code = (int)vmc_rng_below(rng, 2 * qmax + 1) - qmax;
+      if (i < 3) code = i == 0 ? -qmax : i == 1 ? qmax : 0;
+    } else if (sigma > 0) {
+      const float v = sigma * vmc_rng_normal(rng);
+      code = (int)lrintf(v > (float)qmax ? (float)qmax : v < (float)-qmax ? (float)-qmax : v);
+    }
     p->data[i] = (float)code * scale[i / blk];
   }
   return vmc_param_set_quantized(g, id, t, scale, nq);
@@ -878,9 +886,9 @@ static vmc_status build_qtiny(uint64_t seed, vmc_graph **out) {
   if (!s) s = add_param(g, "conv2.weight", vmc_shape4(4, 3, 1, 1), 1, &w2, &rng);
   if (!s) s = add_param(g, "fc.weight", vmc_shape2(5, 4), 1, &fw, &rng);
   if (!s) s = add_param(g, "fc.bias", (vmc_shape){1, {5}}, 1, &fb, &rng);
-  if (!s) s = quantize_param(g, w1, VMC_S4, 3, &rng);
-  if (!s) s = quantize_param(g, w2, VMC_S8, 1, &rng);
-  if (!s) s = quantize_param(g, fw, VMC_S8, 5, &rng);
+  if (!s) s = quantize_param(g, w1, VMC_S4, 3, -1, &rng);
+  if (!s) s = quantize_param(g, w2, VMC_S8, 1, -1, &rng);
+  if (!s) s = quantize_param(g, fw, VMC_S8, 5, -1, &rng);
   vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
   int fc_p[] = {fw, fb};
   if (!s) s = add_conv(g, "conv1", 3, 3, &w1, &v);
@@ -899,15 +907,21 @@ static vmc_status build_qtiny(uint64_t seed, vmc_graph **out) {
   return VMC_OK;
 }
 
-static uint8_t *qtiny_file(size_t *n) {
+typedef vmc_status (*build_fn)(uint64_t seed, vmc_graph **out);
+
+/* The bytes vmc_model_save writes for build(seed) (malloc'd), through the
+ * temporary file `name`. */
+static uint8_t *model_file(build_fn build, uint64_t seed, const char *name, size_t *n) {
   vmc_graph *g;
-  if (build_qtiny(5, &g)) return NULL;
+  if (build(seed, &g)) return NULL;
   char path[512];
-  tmp_path(path, sizeof path, "qtiny_bytes.vmc");
+  tmp_path(path, sizeof path, name);
   vmc_status s = vmc_model_save(g, path);
   vmc_graph_free(g);
   return s ? NULL : slurp(path, n);
 }
+
+static uint8_t *qtiny_file(size_t *n) { return model_file(build_qtiny, 5, "qtiny_bytes.vmc", n); }
 
 static void check_same_storage(const vmc_graph *a, const vmc_graph *b) {
   for (int i = 0; i < a->n_params && i < b->n_params; i++) {
@@ -934,37 +948,111 @@ static void run_logits(vmc_graph *g, float *out) {
   vmc_plan_destroy(p);
 }
 
+/* g saved (to `name`), loaded and saved again: the same graph, storage and
+ * logits, the same bytes (the writer is deterministic and a load keeps the
+ * storage), of format `version`; the bytes also go to
+ * $VMC_FUZZ_SEED_DIR/seed_name, seeds for tests/fuzz. */
+static void check_resave(vmc_graph *g, const char *name, uint32_t version, const char *seed_name) {
+  char path[512], path2[512];
+  tmp_path(path, sizeof path, name);
+  snprintf(path2, sizeof path2, "%s.again", path);
+  vmc_graph *h = NULL;
+  CHECK_OK(vmc_model_save(g, path));
+  CHECK_OK(vmc_model_load(path, &h));
+  if (!h) return;
+  check_same_graph(g, h); /* data bit for bit */
+  check_same_storage(g, h);
+  float y0[15], y1[15];
+  run_logits(g, y0);
+  run_logits(h, y1);
+  CHECK(!memcmp(y0, y1, sizeof y0));
+  CHECK_OK(vmc_model_save(h, path2));
+  vmc_graph_free(h);
+  size_t n1 = 0, n2 = 0;
+  uint8_t *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
+  CHECK(b1 && b2 && n1 == n2 && !memcmp(b1, b2, n1));
+  if (b1) CHECK_EQ_INT(rd32(b1 + VMC_FH_VERSION), version);
+  const char *seed_dir = getenv("VMC_FUZZ_SEED_DIR");
+  if (seed_dir && b1) {
+    char sp[512];
+    snprintf(sp, sizeof sp, "%s/%s", seed_dir, seed_name);
+    CHECK(spit(sp, b1, n1) == 0);
+  }
+  free(b1);
+  free(b2);
+}
+
+/* The file of build(seed) truncated, its bytes flipped, and every field and
+ * data byte set to odd values with the CRC fixed: rejected or read, never
+ * a crash or a leak. */
+static void check_corruption_sweeps(build_fn build, uint64_t seed) {
+  size_t n = 0;
+  uint8_t *b = model_file(build, seed, "sweep.vmc", &n);
+  REQUIRE(b != NULL);
+  check_truncations(b, n);
+  check_byte_flips(b, n);
+  long ok = 0, bad = field_sweep(b, n, n - 4, &ok);
+  CHECK(bad > 0 && ok > 0);
+  free(b);
+}
+
+/* Reading the file of build(seed) with the k-th allocation failing, for
+ * every k, then saving build(seed) the same way: VMC_ERR_NOMEM, nothing
+ * returned and no file or temporary left, until it succeeds with the same
+ * bytes. */
+static void check_alloc_failures(build_fn build, uint64_t seed) {
+  size_t n = 0;
+  uint8_t *b = model_file(build, seed, "alloc_bytes.vmc", &n);
+  REQUIRE(b != NULL);
+  int failures = 0;
+  for (long k = 0; k < 10000; k++) {
+    vmc_graph *g = NULL;
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_read_memory(b, n, "mem.vmc", &g, NULL, NULL);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) {
+      vmc_graph_free(g);
+      break;
+    }
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    CHECK(g == NULL);
+  }
+  CHECK(failures > 10);
+  vmc_graph *g;
+  vmc_status bs = build(seed, &g);
+  if (bs) free(b);
+  REQUIRE_OK(bs);
+  char path[512];
+  tmp_path(path, sizeof path, "alloc.vmc");
+  remove(path);
+  failures = 0;
+  for (long k = 0; k < 1000; k++) {
+    vmc_fail_alloc_after(k);
+    vmc_status s = vmc_model_save(g, path);
+    vmc_fail_alloc_after(-1);
+    if (s == VMC_OK) break;
+    failures++;
+    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
+    struct stat st;
+    CHECK(stat(path, &st) != 0);
+    CHECK_EQ_INT(count_temp_files(), 0);
+  }
+  CHECK(failures > 0);
+  size_t n2 = 0;
+  uint8_t *b2 = slurp(path, &n2);
+  CHECK(b2 && n2 == n && !memcmp(b, b2, n));
+  free(b2);
+  free(b);
+  vmc_graph_free(g);
+}
+
 TEST(vmcfile_quantized_round_trip) {
   vmc_graph *g, *h = NULL;
   REQUIRE_OK(build_qtiny(5, &g));
-  char path[512], path2[512];
-  tmp_path(path, sizeof path, "qround.vmc");
+  check_resave(g, "qround.vmc", 2, "qtiny.vmc"); /* random codes: not entropy-coded */
+  char path2[512];
   tmp_path(path2, sizeof path2, "qround2.vmc");
-  CHECK_OK(vmc_model_save(g, path));
-  CHECK_OK(vmc_model_load(path, &h));
-  if (h) {
-    check_same_graph(g, h); /* data bit for bit */
-    check_same_storage(g, h);
-    float y0[15], y1[15];
-    run_logits(g, y0);
-    run_logits(h, y1);
-    CHECK(!memcmp(y0, y1, sizeof y0));
-    /* Re-saving keeps the compression: the same bytes. */
-    CHECK_OK(vmc_model_save(h, path2));
-    size_t n1 = 0, n2 = 0;
-    uint8_t *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
-    CHECK(b1 && b2 && n1 == n2 && !memcmp(b1, b2, n1));
-    if (b1) CHECK_EQ_INT(rd32(b1 + VMC_FH_VERSION), 2);
-    const char *seed_dir = getenv("VMC_FUZZ_SEED_DIR"); /* seeds for tests/fuzz */
-    if (seed_dir && b1) {
-      char sp[512];
-      snprintf(sp, sizeof sp, "%s/qtiny.vmc", seed_dir);
-      CHECK(spit(sp, b1, n1) == 0);
-    }
-    free(b1);
-    free(b2);
-  }
-  vmc_graph_free(h);
   /* A clone keeps the storage too; marking a weight f32 stores it as f32. */
   vmc_graph *c = NULL;
   CHECK_OK(vmc_graph_clone(g, &c));
@@ -1105,62 +1193,9 @@ TEST(vmcfile_quantized_rejects_bad_fields) {
   free(b);
 }
 
-TEST(vmcfile_quantized_corruption_sweeps) {
-  size_t n = 0;
-  uint8_t *b = qtiny_file(&n);
-  REQUIRE(b != NULL);
-  check_truncations(b, n);
-  check_byte_flips(b, n);
-  /* Fields of the sections and every byte of the data region (codes and
-   * scales), CRC fixed: rejected or read, never a crash or a leak. */
-  long ok = 0, bad = field_sweep(b, n, n - 4, &ok);
-  CHECK(bad > 0 && ok > 0);
-  free(b);
-}
+TEST(vmcfile_quantized_corruption_sweeps) { check_corruption_sweeps(build_qtiny, 5); }
 
-TEST(vmcfile_quantized_alloc_failures) {
-  size_t n = 0;
-  uint8_t *b = qtiny_file(&n);
-  REQUIRE(b != NULL);
-  int failures = 0;
-  for (long k = 0; k < 10000; k++) {
-    vmc_graph *g = NULL;
-    vmc_fail_alloc_after(k);
-    vmc_status s = vmc_model_read_memory(b, n, "qmem.vmc", &g, NULL, NULL);
-    vmc_fail_alloc_after(-1);
-    if (s == VMC_OK) {
-      vmc_graph_free(g);
-      break;
-    }
-    failures++;
-    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
-    CHECK(g == NULL);
-  }
-  CHECK(failures > 10);
-  vmc_graph *g;
-  REQUIRE_OK(build_qtiny(5, &g));
-  char path[512];
-  tmp_path(path, sizeof path, "qalloc.vmc");
-  failures = 0;
-  for (long k = 0; k < 1000; k++) {
-    vmc_fail_alloc_after(k);
-    vmc_status s = vmc_model_save(g, path);
-    vmc_fail_alloc_after(-1);
-    if (s == VMC_OK) break;
-    failures++;
-    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
-    struct stat st;
-    CHECK(stat(path, &st) != 0);
-    CHECK_EQ_INT(count_temp_files(), 0);
-  }
-  CHECK(failures > 0);
-  size_t n2 = 0;
-  uint8_t *b2 = slurp(path, &n2);
-  CHECK(b2 && n2 == n && !memcmp(b, b2, n));
-  free(b2);
-  vmc_graph_free(g);
-  free(b);
-}
+TEST(vmcfile_quantized_alloc_failures) { check_alloc_failures(build_qtiny, 5); }
 
 /* The writer never stores a weight that would not read back as it is. */
 TEST(vmcfile_quantized_refuses_inexact_weights) {
@@ -1270,25 +1305,6 @@ TEST(vmcfile_quantized_resnet8_size) {
 
 /* ---- entropy-coded codes (version 3) ------------------------------------------ */
 
-/* Codes of parameter id: Gaussian of deviation sigma (clamped), all 0
- * (sigma 0), or uniform (sigma < 0, quantize_param); nq scales. */
-static vmc_status quantize_param_dist(vmc_graph *g, int id, vmc_dtype t, int nq, float sigma,
-                                      vmc_rng *rng) {
-  if (sigma < 0) return quantize_param(g, id, t, nq, rng);
-  vmc_param *p = &g->params[id];
-  const int qmax = t == VMC_S8 ? 127 : 7;
-  float scale[64];
-  for (int c = 0; c < nq && c < 64; c++) scale[c] = 0.001f + 0.1f * vmc_rng_uniform(rng);
-  const size_t n = vmc_shape_count(&p->shape), blk = n / (size_t)nq;
-  for (size_t i = 0; i < n; i++) {
-    const float v = sigma * vmc_rng_normal(rng);
-    const int code = sigma == 0 ? 0 : (int)lrintf(v > (float)qmax ? (float)qmax
-                                                 : v < (float)-qmax ? (float)-qmax : v);
-    p->data[i] = (float)code * scale[i / blk];
-  }
-  return vmc_param_set_quantized(g, id, t, scale, nq);
-}
-
 /* input 3x8x8 -> conv1 3x3x3x3 (s4 per channel, 81 mostly-zero codes: its
  * own table) -> relu -> conv2 32x3x3x3 (s8 per channel, Gaussian: defines
  * the shared s8 table) -> relu -> conv3 32x32x1x1 (s8 per tensor, Gaussian:
@@ -1309,15 +1325,15 @@ static vmc_status build_ctiny(uint64_t seed, vmc_graph **out) {
     char pn[32];
     snprintf(pn, sizeof pn, "%s.weight", names[l]);
     s = add_param(g, pn, vmc_shape4(out_c[l], in_c[l], k[l], k[l]), 1, &w[l], &rng);
-    if (!s) s = quantize_param_dist(g, w[l], l ? VMC_S8 : VMC_S4, l == 0 || l == 1 ? out_c[l] : 1,
-                                    sigma[l], &rng);
+    if (!s) s = quantize_param(g, w[l], l ? VMC_S8 : VMC_S4, l == 0 || l == 1 ? out_c[l] : 1,
+                               sigma[l], &rng);
     if (!s) s = add_conv(g, names[l], out_c[l], k[l], &w[l], &v);
     snprintf(pn, sizeof pn, "relu%d", l + 1);
     if (!s) s = vmc_graph_add_node(g, "relu", pn, &v, 1, NULL, 0, NULL, 0, &v);
   }
   if (!s) s = add_param(g, "fc.weight", vmc_shape2(5, 8), 1, &fw, &rng);
   if (!s) s = add_param(g, "fc.bias", (vmc_shape){1, {5}}, 1, &fb, &rng);
-  if (!s) s = quantize_param_dist(g, fw, VMC_S8, 5, 0.0f, &rng);
+  if (!s) s = quantize_param(g, fw, VMC_S8, 5, 0.0f, &rng);
   vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
   int fc_p[] = {fw, fb};
   if (!s) s = vmc_graph_add_node(g, "gap", "gap", &v, 1, NULL, 0, NULL, 0, &v);
@@ -1332,50 +1348,15 @@ static vmc_status build_ctiny(uint64_t seed, vmc_graph **out) {
   return VMC_OK;
 }
 
-static uint8_t *ctiny_file(size_t *n) {
-  vmc_graph *g;
-  if (build_ctiny(7, &g)) return NULL;
-  char path[512];
-  tmp_path(path, sizeof path, "ctiny_bytes.vmc");
-  vmc_status s = vmc_model_save(g, path);
-  vmc_graph_free(g);
-  return s ? NULL : slurp(path, n);
-}
+static uint8_t *ctiny_file(size_t *n) { return model_file(build_ctiny, 7, "ctiny_bytes.vmc", n); }
 
 /* Directory index of each parameter's codes (conv1..conv4, fc weight). */
 static const int ctiny_codes_at[5] = {0, 2, 4, 6, 8};
 
 TEST(vmcfile_coded_round_trip) {
-  vmc_graph *g, *h = NULL;
+  vmc_graph *g;
   REQUIRE_OK(build_ctiny(7, &g));
-  char path[512], path2[512];
-  tmp_path(path, sizeof path, "cround.vmc");
-  tmp_path(path2, sizeof path2, "cround2.vmc");
-  CHECK_OK(vmc_model_save(g, path));
-  CHECK_OK(vmc_model_load(path, &h));
-  if (h) {
-    check_same_graph(g, h); /* data bit for bit */
-    check_same_storage(g, h);
-    float y0[15], y1[15];
-    run_logits(g, y0);
-    run_logits(h, y1);
-    CHECK(!memcmp(y0, y1, sizeof y0));
-    /* Re-saving gives the same bytes: the encoder is deterministic. */
-    CHECK_OK(vmc_model_save(h, path2));
-    size_t n1 = 0, n2 = 0;
-    uint8_t *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
-    CHECK(b1 && b2 && n1 == n2 && !memcmp(b1, b2, n1));
-    if (b1) CHECK_EQ_INT(rd32(b1 + VMC_FH_VERSION), 3);
-    const char *seed_dir = getenv("VMC_FUZZ_SEED_DIR"); /* seeds for tests/fuzz */
-    if (seed_dir && b1) {
-      char sp[512];
-      snprintf(sp, sizeof sp, "%s/ctiny.vmc", seed_dir);
-      CHECK(spit(sp, b1, n1) == 0);
-    }
-    free(b1);
-    free(b2);
-  }
-  vmc_graph_free(h);
+  check_resave(g, "cround.vmc", 3, "ctiny.vmc");
   vmc_graph_free(g);
 }
 
@@ -1491,59 +1472,6 @@ TEST(vmcfile_coded_rejects_bad_fields) {
   free(b);
 }
 
-TEST(vmcfile_coded_corruption_sweeps) {
-  size_t n = 0;
-  uint8_t *b = ctiny_file(&n);
-  REQUIRE(b != NULL);
-  check_truncations(b, n);
-  check_byte_flips(b, n);
-  /* Fields of the sections and every byte of the data region (coded codes,
-   * tables, scales), CRC fixed: rejected or read, never a crash or a leak. */
-  long ok = 0, bad = field_sweep(b, n, n - 4, &ok);
-  CHECK(bad > 0 && ok > 0);
-  free(b);
-}
+TEST(vmcfile_coded_corruption_sweeps) { check_corruption_sweeps(build_ctiny, 7); }
 
-TEST(vmcfile_coded_alloc_failures) {
-  size_t n = 0;
-  uint8_t *b = ctiny_file(&n);
-  REQUIRE(b != NULL);
-  int failures = 0;
-  for (long k = 0; k < 10000; k++) {
-    vmc_graph *g = NULL;
-    vmc_fail_alloc_after(k);
-    vmc_status s = vmc_model_read_memory(b, n, "cmem.vmc", &g, NULL, NULL);
-    vmc_fail_alloc_after(-1);
-    if (s == VMC_OK) {
-      vmc_graph_free(g);
-      break;
-    }
-    failures++;
-    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
-    CHECK(g == NULL);
-  }
-  CHECK(failures > 10);
-  vmc_graph *g;
-  REQUIRE_OK(build_ctiny(7, &g));
-  char path[512];
-  tmp_path(path, sizeof path, "calloc.vmc");
-  failures = 0;
-  for (long k = 0; k < 1000; k++) {
-    vmc_fail_alloc_after(k);
-    vmc_status s = vmc_model_save(g, path);
-    vmc_fail_alloc_after(-1);
-    if (s == VMC_OK) break;
-    failures++;
-    CHECK_EQ_INT(s, VMC_ERR_NOMEM);
-    struct stat st;
-    CHECK(stat(path, &st) != 0);
-    CHECK_EQ_INT(count_temp_files(), 0);
-  }
-  CHECK(failures > 0);
-  size_t n2 = 0;
-  uint8_t *b2 = slurp(path, &n2);
-  CHECK(b2 && n2 == n && !memcmp(b, b2, n));
-  free(b2);
-  vmc_graph_free(g);
-  free(b);
-}
+TEST(vmcfile_coded_alloc_failures) { check_alloc_failures(build_ctiny, 7); }
