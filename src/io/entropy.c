@@ -194,37 +194,65 @@ void vmc_huff_decoder_init(vmc_huff_decoder *d, const vmc_huff_table *t) {
   }
 }
 
+static uint64_t load_be64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int k = 0; k < 8; k++) v = v << 8 | p[k];
+  return v;
+}
+
+/* The code at the top of buf: its length (0: no symbol has it, which only
+ * a one-symbol table allows) and its symbol in *s. */
+static inline int decode_one(const vmc_huff_decoder *d, uint64_t buf, int8_t *s) {
+  const uint32_t e = d->lut[buf >> (64 - VMC_HUFF_LUT_BITS)];
+  if (e) {
+    *s = (int8_t)(e >> 8);
+    return (int)(e & 15);
+  }
+  for (int L = VMC_HUFF_LUT_BITS + 1; L <= d->max_len; L++) {
+    const uint32_t c = (uint32_t)(buf >> (64 - L)) - d->first[L];
+    if (c < d->count[L]) {
+      *s = d->sym[d->start[L] + c];
+      return L;
+    }
+  }
+  return 0;
+}
+
 vmc_status vmc_huff_decode(const vmc_huff_decoder *d, const uint8_t *src, size_t nbytes,
                            size_t n, int8_t *out) {
-  uint64_t buf = 0, used = 0; /* buf: the next `have` bits of the stream, left-aligned */
-  int have = 0;
-  size_t pos = 0;
-  for (size_t i = 0; i < n; i++) {
-    while (have <= 56) { /* past the end: zero bits, caught below */
+  /* buf: the stream from bit 8 pos - have on, left-aligned; its first
+   * `have` bits are loaded (the bits after them may be too: the same
+   * bits); pos: the next byte to load. */
+  uint64_t buf = 0;
+  int have = 0, L = 1;
+  size_t pos = 0, i = 0;
+  /* 8 bytes at a time while they lie inside the stream: at least 56 bits,
+   * three codes of at most 15. */
+  while (i + 3 <= n && pos + 8 <= nbytes && L) {
+    buf |= load_be64(src + pos) >> have;
+    const int k = (63 - have) >> 3;
+    pos += (size_t)k;
+    have += 8 * k;
+    for (int j = 0; j < 3 && L; j++) {
+      L = decode_one(d, buf, &out[i]);
+      buf <<= L;
+      have -= L;
+      i += L != 0;
+    }
+  }
+  /* The rest, a byte at a time (past the end: zero bits, caught below). */
+  while (i < n && L) {
+    for (; have <= 56; pos++, have += 8)
       buf |= (uint64_t)(pos < nbytes ? src[pos] : 0) << (56 - have);
-      pos++;
-      have += 8;
-    }
-    const uint32_t e = d->lut[buf >> (64 - VMC_HUFF_LUT_BITS)];
-    int L = (int)(e & 15);
-    int8_t s = (int8_t)(e >> 8);
-    if (!e) {
-      for (L = VMC_HUFF_LUT_BITS + 1; L <= d->max_len; L++) {
-        const uint32_t c = (uint32_t)(buf >> (64 - L)) - d->first[L];
-        if (c < d->count[L]) {
-          s = d->sym[d->start[L] + c];
-          break;
-        }
-      }
-      if (L > d->max_len) /* only a one-symbol table has bit patterns without a code */
-        return vmc_error(VMC_ERR_FORMAT, "element %zu of %zu: no symbol has the code at bit %llu",
-                         i, n, (unsigned long long)used);
-    }
+    L = decode_one(d, buf, &out[i]);
     buf <<= L;
     have -= L;
-    used += (uint64_t)L;
-    out[i] = s;
+    i += L != 0;
   }
+  const uint64_t used = (uint64_t)pos * 8 - (uint64_t)have;
+  if (!L) /* at element i */
+    return vmc_error(VMC_ERR_FORMAT, "element %zu of %zu: no symbol has the code at bit %llu",
+                     i, n, (unsigned long long)used);
   const uint64_t total = (uint64_t)nbytes * 8;
   if (used > total)
     return vmc_error(VMC_ERR_FORMAT, "its %zu codes need %llu bits, more than its %zu coded "

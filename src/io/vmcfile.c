@@ -1081,24 +1081,35 @@ static vmc_status load_quantized(reader *r, int id, uint32_t index, const tensor
       s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': the unused high nibble of its last byte "
                     "is not zero", r->what, e->name);
   }
-  for (size_t i = 0; i < n && !s; i++) {
-    const int code = codes[i];
-    const float v = (float)code * scale[i / blk];
-    if (code < -qmax || code > qmax)
-      s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': element %zu has code %d, outside -%d..%d",
-                    r->what, e->name, i, code, qmax, qmax);
-    else if (!isfinite(v))
-      s = vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': element %zu, code %d times scale %g, "
-                    "overflows", r->what, e->name, i, code, (double)scale[i / blk]);
-    dst[i] = v;
-  }
-  if (!s) {
-    s = vmc_param_set_quantized(r->g, id, (vmc_dtype)e->dtype, scale, (int)nq);
-    if (s) s = file_error(s, r->what);
-  }
-  vmc_free(scale);
+  for (size_t c = 0, i = 0; c < nq && !s; c++) /* block c: elements c*blk .. (c+1)*blk - 1 */
+    for (const size_t end = i + blk; i < end; i++) {
+      const int code = codes[i];
+      const float v = (float)code * scale[c];
+      if (code < -qmax || code > qmax || !isfinite(v)) {
+        s = code < -qmax || code > qmax
+                ? vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': element %zu has code %d, outside "
+                            "-%d..%d", r->what, e->name, i, code, qmax, qmax)
+                : vmc_error(VMC_ERR_FORMAT, "%s: tensor '%s': element %zu, code %d times scale "
+                            "%g, overflows", r->what, e->name, i, code, (double)scale[c]);
+        break;
+      }
+      dst[i] = v;
+    }
   vmc_free(codes);
-  return s;
+  if (s) {
+    vmc_free(scale);
+    return s;
+  }
+  /* The storage, without vmc_param_set_quantized's check of every element:
+   * each value is an in-range code times a normal scale, computed in f32
+   * without overflow, so it divides back to exactly its code (the error of
+   * the two roundings is below 127 * 2^-23, far from 1/2) and a re-save
+   * writes the same codes. */
+  vmc_param *p = &r->g->params[id];
+  p->qscale = scale;
+  p->n_qscale = (int)nq;
+  p->store = (vmc_dtype)e->dtype;
+  return VMC_OK;
 }
 
 static vmc_status read_tensors(reader *r, bool want_extras) {
