@@ -874,6 +874,25 @@ static vmc_status add_conv(vmc_graph *g, const char *name, int out_c, int k, int
   return vmc_graph_add_node(g, "conv2d", name, v, 1, a, 5, w, 1, v);
 }
 
+/* Ends a test model after value v: gap -> flatten -> fc (5 outputs, weight
+ * fw, bias fb), metadata architecture `arch`; *out = g, or g freed when s
+ * (the building so far) or this fails. */
+static vmc_status finish_model(vmc_graph *g, vmc_status s, int v, int fw, int fb,
+                               const char *arch, vmc_graph **out) {
+  vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
+  int fc_p[] = {fw, fb};
+  if (!s) s = vmc_graph_add_node(g, "gap", "gap", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "flatten", "flat", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "linear", "fc", &v, 1, fc_attr, 1, fc_p, 2, &v);
+  if (!s) s = vmc_graph_set_meta(g, "architecture", arch);
+  if (s) {
+    vmc_graph_free(g);
+    return s;
+  }
+  *out = g;
+  return VMC_OK;
+}
+
 /* input 3x8x8 -> conv1 3x3x3x3 (s4 per channel, 81 codes: an odd count) ->
  * relu -> conv2 4x3x1x1 (s8 per tensor) -> relu -> gap -> flatten -> fc 5x4
  * (s8 per channel) + f32 bias. */
@@ -890,22 +909,11 @@ static vmc_status build_qtiny(uint64_t seed, vmc_graph **out) {
   if (!s) s = quantize_param(g, w1, VMC_S4, 3, -1, &rng);
   if (!s) s = quantize_param(g, w2, VMC_S8, 1, -1, &rng);
   if (!s) s = quantize_param(g, fw, VMC_S8, 5, -1, &rng);
-  vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
-  int fc_p[] = {fw, fb};
   if (!s) s = add_conv(g, "conv1", 3, 3, &w1, &v);
   if (!s) s = vmc_graph_add_node(g, "relu", "relu1", &v, 1, NULL, 0, NULL, 0, &v);
   if (!s) s = add_conv(g, "conv2", 4, 1, &w2, &v);
   if (!s) s = vmc_graph_add_node(g, "relu", "relu2", &v, 1, NULL, 0, NULL, 0, &v);
-  if (!s) s = vmc_graph_add_node(g, "gap", "gap", &v, 1, NULL, 0, NULL, 0, &v);
-  if (!s) s = vmc_graph_add_node(g, "flatten", "flat", &v, 1, NULL, 0, NULL, 0, &v);
-  if (!s) s = vmc_graph_add_node(g, "linear", "fc", &v, 1, fc_attr, 1, fc_p, 2, &v);
-  if (!s) s = vmc_graph_set_meta(g, "architecture", "qtiny");
-  if (s) {
-    vmc_graph_free(g);
-    return s;
-  }
-  *out = g;
-  return VMC_OK;
+  return finish_model(g, s, v, fw, fb, "qtiny", out);
 }
 
 typedef vmc_status (*build_fn)(uint64_t seed, vmc_graph **out);
@@ -922,7 +930,20 @@ static uint8_t *model_file(build_fn build, uint64_t seed, const char *name, size
   return s ? NULL : slurp(path, n);
 }
 
-static uint8_t *qtiny_file(size_t *n) { return model_file(build_qtiny, 5, "qtiny_bytes.vmc", n); }
+/* The file of build(seed) (malloc'd) and its layout *L; NULL (a failed
+ * check) unless it is of format `version` with nt tensor entries. */
+static uint8_t *walked_file(build_fn build, uint64_t seed, uint32_t version, int nt, size_t *n,
+                            layout *L) {
+  uint8_t *b = model_file(build, seed, "walked.vmc", n);
+  if (b) walk(b, L);
+  if (b && (rd32(b + VMC_FH_VERSION) != version || L->nt != nt)) {
+    vmc_test_fail(__FILE__, __LINE__, "version %u with %d tensor entries, want %u and %d",
+                  rd32(b + VMC_FH_VERSION), L->nt, version, nt);
+    free(b);
+    b = NULL;
+  }
+  return b;
+}
 
 static void check_same_storage(const vmc_graph *a, const vmc_graph *b) {
   for (int i = 0; i < a->n_params && i < b->n_params; i++) {
@@ -1075,14 +1096,11 @@ TEST(vmcfile_quantized_round_trip) {
 
 TEST(vmcfile_quantized_layout) {
   size_t n = 0;
-  uint8_t *b = qtiny_file(&n);
+  layout L;
+  uint8_t *b = walked_file(build_qtiny, 5, 2, 7, &n, &L); /* 4 parameters + 3 scale tensors */
   REQUIRE(b != NULL);
   vmc_graph *g;
   REQUIRE_OK(build_qtiny(5, &g));
-  layout L;
-  walk(b, &L);
-  CHECK_EQ_INT(rd32(b + VMC_FH_VERSION), 2);
-  REQUIRE(L.nt == 7); /* 4 parameters + 3 scale tensors */
   /* directory index of each parameter, and of its scales (or -1) */
   const int data_at[4] = {0, 2, 4, 6}, scale_at[4] = {1, 3, 5, -1};
   uint64_t prev_end = L.data;
@@ -1138,11 +1156,9 @@ static uint64_t f32_bits(float f) {
 
 TEST(vmcfile_quantized_rejects_bad_fields) {
   size_t n = 0;
-  uint8_t *b = qtiny_file(&n);
-  REQUIRE(b != NULL);
   layout L;
-  walk(b, &L);
-  REQUIRE(L.nt == 7);
+  uint8_t *b = walked_file(build_qtiny, 5, 2, 7, &n, &L);
+  REQUIRE(b != NULL);
   const tensor_at *w1 = &L.t[0], *s1 = &L.t[1], *w2 = &L.t[2], *s2 = &L.t[3], *fw = &L.t[4],
                   *fs = &L.t[5];
   const uint64_t c1 = rd64(b + w1->off), c2 = rd64(b + w2->off), sc1 = rd64(b + s1->off),
@@ -1335,21 +1351,9 @@ static vmc_status build_ctiny(uint64_t seed, vmc_graph **out) {
   if (!s) s = add_param(g, "fc.weight", vmc_shape2(5, 8), 1, &fw, &rng);
   if (!s) s = add_param(g, "fc.bias", (vmc_shape){1, {5}}, 1, &fb, &rng);
   if (!s) s = quantize_param(g, fw, VMC_S8, 5, 0.0f, &rng);
-  vmc_attr fc_attr[] = {vmc_attr_int("out_f", 5)};
-  int fc_p[] = {fw, fb};
-  if (!s) s = vmc_graph_add_node(g, "gap", "gap", &v, 1, NULL, 0, NULL, 0, &v);
-  if (!s) s = vmc_graph_add_node(g, "flatten", "flat", &v, 1, NULL, 0, NULL, 0, &v);
-  if (!s) s = vmc_graph_add_node(g, "linear", "fc", &v, 1, fc_attr, 1, fc_p, 2, &v);
-  if (!s) s = vmc_graph_set_meta(g, "architecture", "ctiny");
-  if (s) {
-    vmc_graph_free(g);
-    return s;
-  }
-  *out = g;
-  return VMC_OK;
+  return finish_model(g, s, v, fw, fb, "ctiny", out);
 }
 
-static uint8_t *ctiny_file(size_t *n) { return model_file(build_ctiny, 7, "ctiny_bytes.vmc", n); }
 
 /* Directory index of each parameter's codes (conv1..conv4, fc weight). */
 static const int ctiny_codes_at[5] = {0, 2, 4, 6, 8};
@@ -1363,14 +1367,11 @@ TEST(vmcfile_coded_round_trip) {
 
 TEST(vmcfile_coded_layout) {
   size_t n = 0;
-  uint8_t *b = ctiny_file(&n);
+  layout L;
+  uint8_t *b = walked_file(build_ctiny, 7, 3, 11, &n, &L); /* 6 parameters + 5 scale tensors */
   REQUIRE(b != NULL);
   vmc_graph *g;
   REQUIRE_OK(build_ctiny(7, &g));
-  layout L;
-  walk(b, &L);
-  CHECK_EQ_INT(rd32(b + VMC_FH_VERSION), 3);
-  REQUIRE(L.nt == 11); /* 6 parameters + 5 scale tensors */
   /* conv1: own table; conv2 defines the shared s8 table, conv3 uses it;
    * conv4 raw; fc: its own table. */
   static const int mode[5] = {VMC_CODED_OWN_TABLE, VMC_CODED_DEFINE_SHARED,
@@ -1422,11 +1423,9 @@ TEST(vmcfile_coded_layout) {
 
 TEST(vmcfile_coded_rejects_bad_fields) {
   size_t n = 0;
-  uint8_t *b = ctiny_file(&n);
-  REQUIRE(b != NULL);
   layout L;
-  walk(b, &L);
-  REQUIRE(L.nt == 11);
+  uint8_t *b = walked_file(build_ctiny, 7, 3, 11, &n, &L);
+  REQUIRE(b != NULL);
   const tensor_at *w1 = &L.t[0], *s1 = &L.t[1], *w2 = &L.t[2], *w3 = &L.t[4], *w4 = &L.t[6],
                   *fw = &L.t[8], *fb = &L.t[10];
   const uint64_t c1 = rd64(b + w1->off), c2 = rd64(b + w2->off), c3 = rd64(b + w3->off),
