@@ -9,8 +9,8 @@
 #     512 calibration images, the first of the training split, on both sides;
 #  2. speed of the int8 models of the archs in $SPEED: batch-1 median latency and batch-64
 #     images/s, vmc (`vmc bench` on the minmax-quantized file: whatever path vmc runs on a
-#     quantized file, printed as the "vmc path" column) and PyTorch alternating, $REPEATS
-#     rounds; each figure is the median of the rounds' medians.
+#     quantized file, printed as the "vmc path" column: precision, ISA, layout) and PyTorch
+#     alternating, $REPEATS rounds; each figure is the median of the rounds' medians.
 # Usage: bench/vs_torch_quant.sh [THREADS] [MODEL.vmc ...]
 #   Without models it trains resnet8 (8 epochs), resnet20 and mobilenetv2-tiny (15 epochs)
 #   with the default recipe into $ZOO (kept: a rerun reuses them; about 2 hours on 2 cores).
@@ -79,6 +79,8 @@ for model in "$@"; do
       o=$("$VMC" bench "$TMP/speed.vmc" --batch 1 --repeats 300 --warmup 20 --threads "$THREADS" --json)
       v1="$v1 $(echo "$o" | num median_ms)"
       path="$(echo "$o" | sed -n 's/.*"precision":[[:space:]]*"\([^"]*\)".*/\1/p'), $(echo "$o" | sed -n 's/.*"isa":[[:space:]]*"\([^"]*\)".*/\1/p')"
+      lay=$(echo "$o" | sed -n 's/.*"layout":[[:space:]]*"\([^"]*\)".*/\1/p')
+      [ -n "$lay" ] && path="$path, $lay"
       o=$("$VMC" bench "$TMP/speed.vmc" --batch 64 --repeats 40 --warmup 10 --threads "$THREADS" --json)
       v64="$v64 $(echo "$o" | tr -d '\n\t ' | sed 's/.*"batch":64,"median_ms":\([0-9.e+-]*\).*/\1/')"
       $PY bench/peer_torch_quant.py --model "$model" --threads "$THREADS" --engine "$ENGINE" \
