@@ -666,3 +666,44 @@ TEST(qrt_layout_choice) {
   vmc_graph_free(mb);
   vmc_dataset_free(d);
 }
+
+/* Three-channel images (channels padded to 4 in the pixel-major layout,
+ * the pad channels holding the zero point) and 32x32 inputs: resnet8 built
+ * for CIFAR-10's shape gives the planar reference's bits pixel-major, on
+ * every direct-conv variant. */
+TEST(qrt_pixel_major_three_channels) {
+  enum { N = 8, C = 3, H = 32 };
+  uint8_t *img = malloc((size_t)N * C * H * H), lab[N];
+  REQUIRE(img);
+  vmc_rng r;
+  vmc_rng_seed(&r, 21);
+  for (size_t i = 0; i < (size_t)N * C * H * H; i++) img[i] = (uint8_t)vmc_rng_below(&r, 256);
+  for (int i = 0; i < N; i++) lab[i] = (uint8_t)(i % 10);
+  vmc_dataset *d = NULL;
+  REQUIRE_OK(vmc_dataset_from_memory("rgb", N, C, H, H, 10, img, lab, NULL, NULL, &d));
+  free(img);
+  vmc_graph *g = NULL, *q = NULL;
+  REQUIRE_OK(vmc_zoo_build("resnet8", C, H, H, 10, 3, &g));
+  vmc_ptq_opts o;
+  vmc_ptq_opts_default(&o);
+  o.calib_images = N;
+  o.batch = 4;
+  REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, NULL));
+  const vmc_qrt_opts ref = {.gemm = &vmc_qgemm_u8s8s32__ref, .dwconv = vmc_qdwconv__ref,
+                            .layout = VMC_QRT_LAYOUT_PLANAR};
+  float *want = int_logits(q, d, N, 3, &ref);
+  REQUIRE(want);
+  const vmc_qconv_fn convs[] = {vmc_qconv__ref, vmc_qconv__avx512};
+  for (int k = 0; k < 2; k++) {
+    if (k == 1 && vmc_qconv_best() != vmc_qconv__avx512) continue;
+    const vmc_qrt_opts px = {.layout = VMC_QRT_LAYOUT_PIXEL, .conv = convs[k]};
+    float *got = int_logits(q, d, N, 3, &px);
+    if (!got || !same_floats(got, want, N * 10))
+      vmc_test_fail(__FILE__, __LINE__, "pixel-major (conv variant %d) differs from planar", k);
+    free(got);
+  }
+  free(want);
+  vmc_graph_free(q);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
