@@ -312,17 +312,47 @@ epi_vec(__m256 x, const tile_epi *e, int r, int v, __m256i m, int full) {
   return x;
 }
 
+/* One accumulator's write-back: C (op)= x, the epilogue, the store (all 8
+ * lanes when full, else masked by m). */
+static inline __attribute__((always_inline)) void
+store_vec(__m256 x, float *cv, int mode, __m256 vb, const tile_epi *e, int r, int v,
+          __m256i m, int full) {
+  if (mode == STORE_ADD)
+    x = _mm256_add_ps(full ? _mm256_loadu_ps(cv) : _mm256_maskload_ps(cv, m), x);
+  else if (mode == STORE_BETA)
+    x = _mm256_fmadd_ps(vb, full ? _mm256_loadu_ps(cv) : _mm256_maskload_ps(cv, m), x);
+  if (e) x = epi_vec(x, e, r, v, m, full);
+  if (full)
+    _mm256_storeu_ps(cv, x);
+  else
+    _mm256_maskstore_ps(cv, m, x);
+}
+
+/* X(0) ... X(MR - 1): the loops over the tile's rows are written out (each
+ * step kept for rows below MRE), so every accumulator index is a constant;
+ * clang (14) leaves them partly rolled, with the accumulators in memory,
+ * even under a full-unroll pragma. */
+#define REP4(X) X(0) X(1) X(2) X(3)
+#if MR == 4
+#define REP_MR(X) REP4(X)
+#elif MR == 6
+#define REP_MR(X) REP4(X) X(4) X(5)
+#elif MR == 8
+#define REP_MR(X) REP4(X) X(4) X(5) X(6) X(7)
+#else
+#error "GEMM256_MR must be 4, 6 or 8"
+#endif
+
 /* C[0:mr, 0:nr] (op)= A-tile * B-tile over kc, computing MRE rows and NV
  * ymm columns; MRE, NV, AROWS and BROWS are compile-time constants in each
  * instance. */
 static inline __attribute__((always_inline)) void
 ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const tile *t) {
   __m256 acc[MR][2];
-  UNROLL_FULL
-  for (int r = 0; r < MRE; r++) {
-    acc[r][0] = _mm256_setzero_ps();
-    acc[r][1] = _mm256_setzero_ps();
-  }
+#define ZERO_ROW(r)                                                                 \
+  if ((r) < MRE) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  REP_MR(ZERO_ROW)
+#undef ZERO_ROW
   const float *restrict a = t->a;
   const float *restrict b = t->b;
   const float *const *restrict brow = t->brow;
@@ -346,12 +376,14 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
       const float *bk = BROWS ? brow[k] + bs : b;
       const __m256 b0 = _mm256_loadu_ps(bk);
       const __m256 b1 = NV > 1 ? _mm256_loadu_ps(bk + 8) : b0;
-      UNROLL_FULL
-      for (int r = 0; r < MRE; r++) {
-        const __m256 ar = _mm256_broadcast_ss(AROWS ? ap[r] + k : a + r);
-        acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
-        if (NV > 1) acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
-      }
+#define FMA_ROW(r)                                                                  \
+  if ((r) < MRE) {                                                                  \
+    const __m256 ar = _mm256_broadcast_ss(AROWS ? ap[r] + k : a + (r));             \
+    acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);                                 \
+    if (NV > 1) acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);                     \
+  }
+      REP_MR(FMA_ROW)
+#undef FMA_ROW
       if (!AROWS) a += as;
       if (!BROWS) b += bs;
     }
@@ -361,41 +393,17 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const int mr = t->mr, nr = t->nr, mode = t->mode;
   const tile_epi *e = t->e;
   const __m256 vb = _mm256_set1_ps(t->beta);
-  if (nr == NV * 8) { /* full width: plain loads and stores */
-    UNROLL_FULL
-    for (int r = 0; r < MRE; r++) {
-      float *cr = c + (size_t)r * ldc;
-      UNROLL_FULL
-      for (int v = 0; v < NV; v++) {
-        if (r >= mr) continue;
-        __m256 x = acc[r][v];
-        if (mode == STORE_ADD)
-          x = _mm256_add_ps(_mm256_loadu_ps(cr + 8 * v), x);
-        else if (mode == STORE_BETA)
-          x = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8 * v), x);
-        if (e) x = epi_vec(x, e, r, v, _mm256_setzero_si256(), 1);
-        _mm256_storeu_ps(cr + 8 * v, x);
-      }
-    }
-    return;
+  /* Full width: plain loads and stores; else masked. */
+  const int full = nr == NV * 8;
+  const __m256i m0 = full ? _mm256_set1_epi32(-1) : lane_mask(nr);
+  const __m256i m1 = full ? _mm256_set1_epi32(-1) : lane_mask(nr - 8);
+#define STORE_ROW(r)                                                                \
+  if ((r) < MRE && (r) < mr) {                                                      \
+    store_vec(acc[r][0], c + (size_t)(r) * ldc, mode, vb, e, r, 0, m0, full);       \
+    if (NV > 1) store_vec(acc[r][1], c + (size_t)(r) * ldc + 8, mode, vb, e, r, 1, m1, full); \
   }
-  const __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
-  UNROLL_FULL
-  for (int r = 0; r < MRE; r++) {
-    float *cr = c + (size_t)r * ldc;
-    UNROLL_FULL
-    for (int v = 0; v < NV; v++) {
-      if (r >= mr) continue;
-      const __m256i m = v ? m1 : m0;
-      __m256 x = acc[r][v];
-      if (mode == STORE_ADD)
-        x = _mm256_add_ps(_mm256_maskload_ps(cr + 8 * v, m), x);
-      else if (mode == STORE_BETA)
-        x = _mm256_fmadd_ps(vb, _mm256_maskload_ps(cr + 8 * v, m), x);
-      if (e) x = epi_vec(x, e, r, v, m, 0);
-      _mm256_maskstore_ps(cr + 8 * v, m, x);
-    }
-  }
+  REP_MR(STORE_ROW)
+#undef STORE_ROW
 }
 
 /* The instances, named by tile and operand access:

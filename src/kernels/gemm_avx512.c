@@ -354,14 +354,39 @@ epi_vec(__m512 x, const tile_epi *e, int r, int v, __mmask16 m, int full) {
 /* C[0:mr, 0:nr] (op)= A-tile * B-tile over kc, computing MRE rows and NV zmm
  * columns (the smallest instance covering mr, nr).  MRE, NV, AROWS and BROWS
  * are compile-time constants in each instance below. */
+/* One accumulator's write-back: C (op)= x, the epilogue, the store (all 16
+ * lanes when full, else masked by m). */
+static inline __attribute__((always_inline)) void
+store_vec(__m512 x, float *cv, int mode, __m512 vb, const tile_epi *e, int r, int v,
+          __mmask16 m, int full) {
+  if (mode == STORE_ADD)
+    x = _mm512_add_ps(full ? _mm512_loadu_ps(cv) : _mm512_maskz_loadu_ps(m, cv), x);
+  else if (mode == STORE_BETA)
+    x = _mm512_fmadd_ps(vb, full ? _mm512_loadu_ps(cv) : _mm512_maskz_loadu_ps(m, cv), x);
+  if (e) x = epi_vec(x, e, r, v, m, full);
+  if (full)
+    _mm512_storeu_ps(cv, x);
+  else
+    _mm512_mask_storeu_ps(cv, m, x);
+}
+
+/* X(0) ... X(MR - 1). */
+#define REP8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#if MR == 8
+#define REP_MR(X) REP8(X)
+#elif MR == 12
+#define REP_MR(X) REP8(X) X(8) X(9) X(10) X(11)
+#else
+#error "GEMM512_MR must be 8 or 12"
+#endif
+
 static inline __attribute__((always_inline)) void
 ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const tile *t) {
   __m512 acc[MR][2];
-  UNROLL_FULL
-  for (int r = 0; r < MRE; r++) {
-    acc[r][0] = _mm512_setzero_ps();
-    acc[r][1] = _mm512_setzero_ps();
-  }
+#define ZERO_ROW(r)                                                                 \
+  if ((r) < MRE) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  REP_MR(ZERO_ROW)
+#undef ZERO_ROW
   const float *restrict a = t->a;
   const float *restrict b = t->b;
   const float *const *restrict brow = t->brow;
@@ -385,12 +410,16 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
       const float *bk = BROWS ? brow[k] + bs : b;
       const __m512 b0 = _mm512_loadu_ps(bk);
       const __m512 b1 = NV > 1 ? _mm512_loadu_ps(bk + 16) : b0;
-      UNROLL_FULL
-      for (int r = 0; r < MRE; r++) {
-        const __m512 ar = _mm512_set1_ps(AROWS ? ap[r][k] : a[r]);
-        acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
-        if (NV > 1) acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
-      }
+      /* Written out (rows below MRE): clang leaves this loop partly rolled,
+       * with the accumulators in memory, even under the pragma. */
+#define FMA_ROW(r)                                                                  \
+  if ((r) < MRE) {                                                                  \
+    const __m512 ar = _mm512_set1_ps(AROWS ? ap[r][k] : a[r]);                      \
+    acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);                                 \
+    if (NV > 1) acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);                     \
+  }
+      REP_MR(FMA_ROW)
+#undef FMA_ROW
       if (!AROWS) a += as;
       if (!BROWS) b += bs;
     }
@@ -400,41 +429,17 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const int mr = t->mr, nr = t->nr, mode = t->mode;
   const tile_epi *e = t->e;
   const __m512 vb = _mm512_set1_ps(t->beta);
-  if (nr == NV * 16) { /* full width: plain loads and stores */
-    UNROLL_FULL
-    for (int r = 0; r < MRE; r++) {
-      float *cr = c + (size_t)r * ldc;
-      UNROLL_FULL
-      for (int v = 0; v < NV; v++) {
-        if (r >= mr) continue;
-        __m512 x = acc[r][v];
-        if (mode == STORE_ADD)
-          x = _mm512_add_ps(_mm512_loadu_ps(cr + 16 * v), x);
-        else if (mode == STORE_BETA)
-          x = _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16 * v), x);
-        if (e) x = epi_vec(x, e, r, v, 0xffff, 1);
-        _mm512_storeu_ps(cr + 16 * v, x);
-      }
-    }
-    return;
+  /* Full width: plain loads and stores; else masked.  Written out like the
+   * multiply-adds, so every accumulator index is a constant. */
+  const int full = nr == NV * 16;
+  const __mmask16 m0 = full ? 0xffff : mask_lo(nr), m1 = full ? 0xffff : mask_hi(nr);
+#define STORE_ROW(r)                                                                \
+  if ((r) < MRE && (r) < mr) {                                                      \
+    store_vec(acc[r][0], c + (size_t)(r) * ldc, mode, vb, e, r, 0, m0, full);       \
+    if (NV > 1) store_vec(acc[r][1], c + (size_t)(r) * ldc + 16, mode, vb, e, r, 1, m1, full); \
   }
-  const __mmask16 m0 = mask_lo(nr), m1 = mask_hi(nr);
-  UNROLL_FULL
-  for (int r = 0; r < MRE; r++) {
-    float *cr = c + (size_t)r * ldc;
-    UNROLL_FULL
-    for (int v = 0; v < NV; v++) {
-      if (r >= mr) continue;
-      const __mmask16 m = v ? m1 : m0;
-      __m512 x = acc[r][v];
-      if (mode == STORE_ADD)
-        x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + 16 * v), x);
-      else if (mode == STORE_BETA)
-        x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, cr + 16 * v), x);
-      if (e) x = epi_vec(x, e, r, v, m, 0);
-      _mm512_mask_storeu_ps(cr + 16 * v, m, x);
-    }
-  }
+  REP_MR(STORE_ROW)
+#undef STORE_ROW
 }
 
 /* The instances, named by tile and operand access:

@@ -432,54 +432,65 @@ INLINE __m512i add16(const add_ctx *a, __m512i c, __m512i r) {
   return _mm512_add_epi32(_mm512_cvtps_epi32(v), a->zo);
 }
 
+/* The pixel loops below are written out 14 times (REP14), each step kept
+ * when its index is below P: clang (14) leaves such loops partly rolled and
+ * the accumulators in memory even under a full-unroll pragma; written out,
+ * every index is a constant and they stay in registers with gcc and clang. */
+#define REP14(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
+
 INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
                       const uint8_t *restrict xb, const int8_t *restrict w,
                       const epi_ctx *e, const add_ctx *a, int m0, uint8_t *restrict yb,
                       const uint8_t *res) {
   const size_t wblk = (size_t)p->kq * 64, xs = p->xs_pix;
-  __m512i acc[2][14];
-  __mmask16 km[2];
-  UNROLL_FULL
-  for (int b = 0; b < MB; b++) {
-    km[b] = mask16(p->M - m0 - 16 * b);
-    const __m512i vb = e->bias ? _mm512_maskz_loadu_epi32(km[b], e->bias + m0 + 16 * b)
-                               : _mm512_setzero_si512();
-    UNROLL_FULL
-    for (int i = 0; i < P; i++) acc[b][i] = vb;
+  __m512i acc0[14], acc1[14]; /* channel blocks 0 and 1 (MB = 2) */
+  const __mmask16 k0 = mask16(p->M - m0), k1 = mask16(p->M - m0 - 16);
+  {
+    const __m512i b0 = e->bias ? _mm512_maskz_loadu_epi32(k0, e->bias + m0) : _mm512_setzero_si512();
+    const __m512i b1 = MB > 1 && e->bias ? _mm512_maskz_loadu_epi32(k1, e->bias + m0 + 16)
+                                         : _mm512_setzero_si512();
+#define INIT(i)                                                                               \
+  if ((i) < P) {                                                                              \
+    acc0[i] = b0;                                                                             \
+    if (MB > 1) acc1[i] = b1;                                                                 \
+  }
+    REP14(INIT)
+#undef INIT
   }
   for (int q = 0; q < p->kq; q++) {
     const uint8_t *xq = xb + p->koff[q];
-    __m512i wv[2];
-    UNROLL_FULL
-    for (int b = 0; b < MB; b++) wv[b] = _mm512_load_si512(w + (size_t)b * wblk + (size_t)q * 64);
-    UNROLL_FULL
-    for (int i = 0; i < P; i++) {
-      int32_t v;
-      memcpy(&v, xq + (size_t)i * xs, sizeof v);
-      const __m512i xv = _mm512_set1_epi32(v);
-      UNROLL_FULL
-      for (int b = 0; b < MB; b++) acc[b][i] = _mm512_dpbusd_epi32(acc[b][i], xv, wv[b]);
-    }
+    const __m512i w0 = _mm512_load_si512(w + (size_t)q * 64);
+    const __m512i w1 = MB > 1 ? _mm512_load_si512(w + wblk + (size_t)q * 64) : w0;
+#define STEP(i)                                                                               \
+  if ((i) < P) {                                                                              \
+    int32_t v;                                                                                \
+    memcpy(&v, xq + (size_t)(i) * xs, sizeof v);                                              \
+    const __m512i xv = _mm512_set1_epi32(v);                                                  \
+    acc0[i] = _mm512_dpbusd_epi32(acc0[i], xv, w0);                                           \
+    if (MB > 1) acc1[i] = _mm512_dpbusd_epi32(acc1[i], xv, w1);                               \
   }
-  UNROLL_FULL
-  for (int b = 0; b < MB; b++) {
-    const __m512 vs = e->per_tensor ? _mm512_set1_ps(e->scale[0])
-                                    : _mm512_maskz_loadu_ps(km[b], e->scale + m0 + 16 * b);
-    if (a) {
-      UNROLL_FULL
-      for (int i = 0; i < P; i++) {
-        const size_t at = (size_t)i * p->ys_pix + 16 * (size_t)b;
-        const __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(km[b], res + at));
-        _mm_mask_storeu_epi8(yb + at, km[b],
-                             _mm512_cvtepi32_epi8(add16(a, requant16(e, acc[b][i], vs), r)));
-      }
-      continue;
-    }
-    UNROLL_FULL
-    for (int i = 0; i < P; i++)
-      _mm_mask_storeu_epi8(yb + (size_t)i * p->ys_pix + 16 * b, km[b],
-                           _mm512_cvtepi32_epi8(requant16(e, acc[b][i], vs)));
+    REP14(STEP)
+#undef STEP
   }
+  const __m512 s0 = e->per_tensor ? _mm512_set1_ps(e->scale[0])
+                                  : _mm512_maskz_loadu_ps(k0, e->scale + m0);
+  const __m512 s1 = e->per_tensor || MB < 2 ? s0 : _mm512_maskz_loadu_ps(k1, e->scale + m0 + 16);
+  /* One pixel's blocks: requantized (and added to the residual) and stored. */
+#define OUT1(i, acc, s, k, off)                                                               \
+  do {                                                                                        \
+    const size_t at = (size_t)(i) * p->ys_pix + (off);                                        \
+    __m512i t = requant16(e, acc[i], s);                                                      \
+    if (a) t = add16(a, t, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, res + at)));          \
+    _mm_mask_storeu_epi8(yb + at, k, _mm512_cvtepi32_epi8(t));                                \
+  } while (0);
+#define OUT(i)                                                                                \
+  if ((i) < P) {                                                                              \
+    OUT1(i, acc0, s0, k0, 0)                                                                  \
+    if (MB > 1) OUT1(i, acc1, s1, k1, 16)                                                     \
+  }
+  REP14(OUT)
+#undef OUT
+#undef OUT1
 }
 
 typedef void (*conv_tile_fn)(const vmc_qconv_params *, const uint8_t *, const int8_t *,
