@@ -172,3 +172,55 @@ TEST(qconv_avx512_vs_ref) {
   if (vmc_qconv_best() != vmc_qconv__avx512) SKIP("the CPU lacks AVX-512 VNNI");
   check_variant(vmc_qconv__avx512, "avx512");
 }
+
+/* The pixel-major depthwise convolution (vmc_qdwp): the reference against a
+ * naive loop on a padded NHWC image, the AVX-512 variant against the
+ * reference, over channel counts with a ragged last block of 16, 3x3 and 5x5
+ * kernels (an odd tap count: a half-empty pair), strides 1 and 2. */
+TEST(qdwp_vs_naive_and_simd) {
+  static const int cases[][5] = {/* C, h, k, stride, pad */
+                                 {16, 9, 3, 1, 1}, {20, 8, 3, 2, 1}, {36, 7, 5, 1, 2},
+                                 {4, 5, 3, 2, 1},  {96, 6, 3, 1, 1}, {8, 4, 1, 1, 0}};
+  for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+    const int C = cases[t][0], h = cases[t][1], k = cases[t][2], st = cases[t][3],
+              pd = cases[t][4];
+    const int oh = vmc_conv_out(h, k, st, pd, 1), taps = k * k, hp = h + 2 * pd;
+    const size_t row = (size_t)hp * C, xbytes = (size_t)hp * row;
+    uint8_t *x = malloc(xbytes), *want = malloc((size_t)oh * oh * C), *ref = malloc((size_t)oh * oh * C);
+    uint8_t *got = malloc((size_t)oh * oh * C);
+    int8_t *wk = malloc((size_t)C * taps);
+    int32_t *wp = aligned_alloc(64, (vmc_qdwp_w_bytes(C, taps) + 63) / 64 * 64);
+    int32_t *bias = malloc((size_t)C * sizeof *bias);
+    float *scale = malloc((size_t)C * sizeof *scale);
+    REQUIRE(x && want && ref && got && wk && wp && bias && scale);
+    for (size_t i = 0; i < xbytes; i++) x[i] = (uint8_t)rnd_in(0, 255);
+    for (int i = 0; i < C * taps; i++) wk[i] = (int8_t)rnd_in(-127, 127);
+    for (int c = 0; c < C; c++) bias[c] = rnd_in(-5000, 5000), scale[c] = (float)rnd_in(1, 300) * 1e-4f;
+    vmc_qdwp_pack_w(C, taps, wk, wp);
+    const vmc_qepi epi = {.bias = bias, .scale = scale, .zero_point = 3, .lo = 3, .hi = 250,
+                          .out = VMC_QOUT_U8};
+    const vmc_qdwp_params p = {.oh = oh, .ow = oh, .C = C, .kh = k, .kw = k, .sh = st, .sw = st,
+                               .xs_row = row, .xs_pix = (size_t)C, .ys_row = (size_t)oh * C,
+                               .ys_pix = (size_t)C};
+    const vmc_qepi_prep prep = vmc_qepi_prepare(&epi);
+    for (int oy = 0; oy < oh; oy++)
+      for (int ox = 0; ox < oh; ox++)
+        for (int c = 0; c < C; c++) {
+          int64_t acc = 0;
+          for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++)
+              acc += (int64_t)wk[c * taps + i * k + j] *
+                     x[(size_t)(oy * st + i) * row + (size_t)(ox * st + j) * C + c];
+          vmc_qepi_store1(&epi, &prep, c, (int32_t)acc, want, ((size_t)oy * oh + ox) * C + c);
+        }
+    vmc_qdwp__ref(&p, x, wp, &epi, ref);
+    if (memcmp(ref, want, (size_t)oh * oh * C))
+      vmc_test_fail(__FILE__, __LINE__, "case %zu: reference != naive", t);
+    if (vmc_qdwp_best() == vmc_qdwp__avx512) {
+      vmc_qdwp__avx512(&p, x, wp, &epi, got);
+      if (memcmp(ref, got, (size_t)oh * oh * C))
+        vmc_test_fail(__FILE__, __LINE__, "case %zu: avx512 != reference", t);
+    }
+    free(x), free(want), free(ref), free(got), free(wk), free(wp), free(bias), free(scale);
+  }
+}

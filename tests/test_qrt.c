@@ -128,8 +128,9 @@ static int same_floats(const float *a, const float *b, size_t n) {
 }
 
 /* Every GEMM variant the CPU runs, every depthwise variant, both layouts
- * (resnet8 runs pixel-major too, on every direct-conv variant), and any
- * batch split over threads: the bits of the planar reference. */
+ * (pixel-major on every direct-conv and depthwise variant: the reference
+ * pair and the AVX-512 pair), and any batch split over threads: the bits of
+ * the planar reference. */
 TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
   static const char *const models[] = {"resnet8", "mobilenetv2-tiny"};
   enum { N = 6 };
@@ -140,6 +141,7 @@ TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
   const vmc_qdwconv_fn dws[] = {vmc_qdwconv__ref, vmc_qdwconv__avx2, vmc_qdwconv__avx512};
   const int dw_ok[] = {1, (cpu & VMC_CPU_AVX2) != 0, (cpu & v512) == v512};
   const vmc_qconv_fn convs[] = {vmc_qconv__ref, vmc_qconv__avx512};
+  const vmc_qdwp_fn dwps[] = {vmc_qdwp__ref, vmc_qdwp__avx512};
   const int conv_ok[] = {1, vmc_qconv_best() == vmc_qconv__avx512};
   const int threads = vmc_get_threads();
   for (int m = 0; m < 2; m++) {
@@ -164,7 +166,7 @@ TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
       }
     static const int tb[][2] = {{1, N}, {2, 1}, {2, 4}};
     for (int lay = -2; lay < 2; lay++) {
-      if (lay >= 0 && (m != 0 || !conv_ok[lay])) continue; /* mobilenet: no pixel-major */
+      if (lay >= 0 && !conv_ok[lay]) continue;
       for (int k = 0; k < 3; k++) {
         int *r = runs[nr++];
         r[0] = r[1] = -1, r[2] = tb[k][0], r[3] = tb[k][1], r[4] = lay;
@@ -177,7 +179,8 @@ TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
                               .layout = r[4] == -1   ? VMC_QRT_LAYOUT_PLANAR
                                         : r[4] == -2 ? VMC_QRT_LAYOUT_AUTO
                                                      : VMC_QRT_LAYOUT_PIXEL,
-                              .conv = r[4] >= 0 ? convs[r[4]] : NULL};
+                              .conv = r[4] >= 0 ? convs[r[4]] : NULL,
+                              .dwp = r[4] >= 0 ? dwps[r[4]] : NULL};
       vmc_set_threads(r[2]);
       float *got = int_logits(q, d, N, r[3], &o);
       if (!got || !same_floats(got, want, N * 10))
@@ -631,15 +634,16 @@ TEST(qrt_cli_eval_and_bench) {
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 1 --warmup 0 --batch 1 --simulate --vs %s", fp, qp), 0);
 }
 
-/* The default layout: pixel-major for resnet8 where the CPU has the direct
- * kernel, planar for mobilenetv2-tiny (depthwise convs), whose pixel-major
- * request is refused with the node named. */
+/* The default layout: pixel-major for resnet8 and mobilenetv2-tiny where
+ * the CPU has the direct kernels, planar for lenet5 (5x5 convs padded by 2,
+ * max pooling), whose pixel-major request is refused with the node named. */
 TEST(qrt_layout_choice) {
   vmc_dataset *d = test_blobs(8, 5, 3, 30, 0);
   REQUIRE(d);
   vmc_graph *r8 = quantized("resnet8", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
   vmc_graph *mb = quantized("mobilenetv2-tiny", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
-  REQUIRE(r8 && mb);
+  vmc_graph *le = quantized("lenet5", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
+  REQUIRE(r8 && mb && le);
   const int pixel = vmc_qconv_best() != NULL;
   vmc_qrt *q = NULL;
   char buf[256];
@@ -658,13 +662,19 @@ TEST(qrt_layout_choice) {
   CHECK_EQ_INT(fused, pixel ? 3 : 0); /* each block's add, in its last conv */
   CHECK_EQ_INT(adds, pixel ? 0 : 3);
   vmc_qrt_destroy(q);
-  const vmc_qrt_opts px = {.layout = VMC_QRT_LAYOUT_PIXEL, .conv = vmc_qconv__ref};
-  CHECK(vmc_qrt_create(mb, 2, &px, &q) == VMC_ERR_UNSUPPORTED && !q);
-  CHECK(strstr(vmc_last_error(), "pixel-major") != NULL);
   REQUIRE_OK(vmc_qrt_create(mb, 2, NULL, &q));
+  CHECK(!strcmp(vmc_qrt_layout_name(q), pixel ? "pixel-major" : "planar"));
+  vmc_qrt_destroy(q);
+  const vmc_qrt_opts px = {.layout = VMC_QRT_LAYOUT_PIXEL, .conv = vmc_qconv__ref,
+                           .dwp = vmc_qdwp__ref};
+  CHECK(vmc_qrt_create(le, 2, &px, &q) == VMC_ERR_UNSUPPORTED && !q);
+  CHECK(strstr(vmc_last_error(), "pixel-major") != NULL);
+  REQUIRE_OK(vmc_qrt_create(le, 2, NULL, &q));
+  CHECK(!strcmp(vmc_qrt_layout_name(q), "planar"));
   vmc_qrt_destroy(q);
   vmc_graph_free(r8);
   vmc_graph_free(mb);
+  vmc_graph_free(le);
   vmc_dataset_free(d);
 }
 

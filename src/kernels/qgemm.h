@@ -324,4 +324,37 @@ void vmc_qconv__ref(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w
 void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
                        const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y);
 
+/* ---- Depthwise convolution on pixel-major activations --------------------------
+ * One kernel of kh x kw taps per channel, channels together in each pixel:
+ *   y[oy * ys_row + ox * ys_pix + c] =
+ *     epi_c( sum_{i<kh, j<kw} w[c][i*kw + j] * x[(oy*sh + i) * xs_row + (ox*sw + j) * xs_pix + c] )
+ * for 0 <= c < C, x pointing at tap (0, 0) of output (0, 0) of channel 0 (the
+ * caller pads the input, as for vmc_qconv), u8/s8 out with bias[c] and
+ * scale[c] (the GEMM's epilogue).  Weights packed by vmc_qdwp_pack_w: taps in
+ * pairs, each pair's two s8 codes of a channel as two s16 in one s32 lane,
+ * C rounded up to 16 (zeros). */
+typedef struct vmc_qdwp_params {
+  int oh, ow, C, kh, kw, sh, sw;
+  size_t xs_row, xs_pix; /* input bytes between rows / pixels */
+  size_t ys_row, ys_pix; /* output bytes between rows / pixels */
+} vmc_qdwp_params;
+
+static inline int vmc_qdwp_cpad(int C) { return (C + 15) / 16 * 16; }
+/* Bytes of packed weights: 4 per channel (padded) per pair of taps. */
+static inline size_t vmc_qdwp_w_bytes(int C, int taps) {
+  return (size_t)vmc_qdwp_cpad(C) * (size_t)((taps + 1) / 2) * 4;
+}
+/* wk: C x taps s8 codes; dst: vmc_qdwp_w_bytes(C, taps) bytes. */
+void vmc_qdwp_pack_w(int C, int taps, const int8_t *wk, int32_t *dst);
+
+typedef void (*vmc_qdwp_fn)(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+                            const vmc_qepi *epi, uint8_t *y);
+void vmc_qdwp__ref(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+                   const vmc_qepi *epi, uint8_t *y);
+/* Built with the AVX-512 VNNI file's flags (vpdpwssd). */
+void vmc_qdwp__avx512(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+                      const vmc_qepi *epi, uint8_t *y);
+/* The avx512 variant where vmc_qconv_best() is the avx512 one, else NULL. */
+vmc_qdwp_fn vmc_qdwp_best(void);
+
 #endif

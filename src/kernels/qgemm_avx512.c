@@ -538,3 +538,42 @@ void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t
       b += mb;
     }
 }
+
+/* ---- depthwise, pixel-major ----------------------------------------------------
+ * 16 channels per zmm: per pair of taps, the two pixels' bytes widened to the
+ * low and high s16 of each lane and vpdpwssd with the packed weight pair
+ * (exact: |products| <= 255 * 127), one channel block after another. */
+void vmc_qdwp__avx512(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+                      const vmc_qepi *epi, uint8_t *y) {
+  if (p->oh <= 0 || p->ow <= 0 || p->C <= 0) return;
+  epi_ctx e;
+  epi_init(&e, epi);
+  const int cp = vmc_qdwp_cpad(p->C), taps = p->kh * p->kw, pairs = (taps + 1) / 2;
+  size_t off[64]; /* byte offset of each tap from the pixel's tap (0, 0) */
+  if (taps > 64) {
+    vmc_qdwp__ref(p, x, w, epi, y);
+    return;
+  }
+  for (int t = 0; t < taps; t++)
+    off[t] = (size_t)(t / p->kw) * p->xs_row + (size_t)(t % p->kw) * p->xs_pix;
+  for (int oy = 0; oy < p->oh; oy++)
+    for (int ox = 0; ox < p->ow; ox++) {
+      const uint8_t *xb = x + (size_t)oy * p->sh * p->xs_row + (size_t)ox * p->sw * p->xs_pix;
+      uint8_t *yb = y + (size_t)oy * p->ys_row + (size_t)ox * p->ys_pix;
+      for (int c = 0; c < p->C; c += 16) {
+        const __mmask16 k = mask16(p->C - c);
+        __m512i acc = e.bias ? _mm512_maskz_loadu_epi32(k, e.bias + c) : _mm512_setzero_si512();
+        for (int q = 0; q < pairs; q++) {
+          const __m512i lo = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, xb + off[2 * q] + c));
+          const __m512i hi = 2 * q + 1 < taps
+                                 ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, xb + off[2 * q + 1] + c))
+                                 : _mm512_setzero_si512();
+          const __m512i xv = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+          acc = _mm512_dpwssd_epi32(acc, xv, _mm512_loadu_si512(w + (size_t)q * cp + c));
+        }
+        const __m512 vs = e.per_tensor ? _mm512_set1_ps(e.scale[0])
+                                       : _mm512_maskz_loadu_ps(k, e.scale + c);
+        _mm_mask_storeu_epi8(yb + c, k, _mm512_cvtepi32_epi8(requant16(&e, acc, vs)));
+      }
+    }
+}

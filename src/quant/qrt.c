@@ -258,18 +258,51 @@ static vmc_status pack_groups(lower *L, const vmc_node *n, qrt_step *s, const in
   return VMC_OK;
 }
 
+/* Depthwise conv2d n (rows channels, K = taps codes each) on pixel-major
+ * tensors x -> y (qgemm.h, vmc_qdwp). */
+static vmc_status lower_dw_pixel(lower *L, const vmc_node *n, const vmc_conv_geom *gm, int rows,
+                                 const int8_t *codes, const float *sw, int x, int y) {
+  const vmc_qnhwc xg = L->q->t[x].g, yg = L->q->t[y].g;
+  const int taps = gm->kh * gm->kw;
+  if (xg.c4 != rows) return unsupported(n, "depthwise input channels not a multiple of 4");
+  qrt_step *s;
+  VMC_TRY(new_step(L, n, QRT_DWCONV, &s));
+  s->in = reads(L, x);
+  s->out = y;
+  s->geom = *gm;
+  s->groups = rows;
+  s->M = 1;
+  s->K = taps;
+  /* Per channel: the epilogue of a one-row GEMM over its taps. */
+  VMC_TRY(gemm_epilogue(L, n, s, rows, taps, codes, sw, &L->q->t[x].q, &L->q->t[y].q));
+  s->packed_bytes = vmc_qdwp_w_bytes(rows, taps);
+  s->packed = vmc_alloc(s->packed_bytes);
+  if (!s->packed) return vmc_error(VMC_ERR_NOMEM, "node '%s': packed weights", n->name);
+  vmc_qdwp_pack_w(rows, taps, codes, (int32_t *)s->packed);
+  const size_t row = vmc_qnhwc_row(&xg);
+  s->dwp = (vmc_qdwp_params){.oh = gm->oh, .ow = gm->ow, .C = rows, .kh = gm->kh, .kw = gm->kw,
+                             .sh = gm->sh, .sw = gm->sw, .xs_row = row, .xs_pix = (size_t)xg.c4,
+                             .ys_row = vmc_qnhwc_row(&yg), .ys_pix = (size_t)yg.c4};
+  s->xo = vmc_qnhwc_origin(&xg) - (size_t)gm->ph * row - (size_t)gm->pw * xg.c4;
+  s->macs = (double)rows * taps * gm->oh * gm->ow;
+  L->q->weight_bytes += s->packed_bytes;
+  return VMC_OK;
+}
+
 /* conv2d n on pixel-major tensors x -> y: the direct kernel (qgemm.h). */
 static vmc_status lower_direct(lower *L, const vmc_node *n, const vmc_conv_geom *gm, int groups,
                                int rows, int K, const int8_t *codes, const float *sw, int x,
                                int y) {
   const vmc_qnhwc xg = L->q->t[x].g;
-  if (groups != 1) return unsupported(n, "grouped: no pixel-major kernel");
+  if (groups != 1 && (groups != rows || K != gm->kh * gm->kw || !L->q->dwp))
+    return unsupported(n, "grouped: no pixel-major kernel");
   if (gm->dh != 1 || gm->dw != 1) return unsupported(n, "dilated: no pixel-major kernel");
   if (gm->ph > xg.pad || gm->pw > xg.pad)
     return unsupported(n, "padding wider than the pixel-major border");
   if (y < 0) return unsupported(n, "a float output from a pixel-major conv");
   const vmc_qnhwc yg = L->q->t[y].g;
   if (yg.c4 != rows) return unsupported(n, "output channels not a multiple of 4");
+  if (groups != 1) return lower_dw_pixel(L, n, gm, rows, codes, sw, x, y);
   qrt_step *s;
   VMC_TRY(new_step(L, n, QRT_CONV, &s));
   s->in = reads(L, x);
@@ -660,6 +693,7 @@ static vmc_status create(const vmc_graph *g, int batch, const vmc_qrt_opts *opts
     q->gemm = opts && opts->gemm ? opts->gemm : vmc_qgemm_best();
     q->dwconv = opts && opts->dwconv ? opts->dwconv : vmc_qdwconv;
     q->conv = conv;
+    q->dwp = conv ? (opts && opts->dwp ? opts->dwp : vmc_qdwp_best()) : NULL;
     if (!vmc_qgemm_variant_ok(q->gemm))
       s = vmc_error(VMC_ERR_UNSUPPORTED, "integer runtime: this CPU cannot run %s", q->gemm->name);
     else

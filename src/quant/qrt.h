@@ -31,10 +31,11 @@
  * Two layouts.  Planar (NCHW) tensors run every op above, convolutions as
  * GEMMs.  Pixel-major tensors (qelt.h: NHWC, channels padded to 4, a
  * one-pixel border holding the zero point) let convolutions run directly
- * (vmc_qconv: no im2col, no packing, no crop), where the CPU has that kernel
- * (AVX-512 VNNI) and the graph has only convolutions (groups 1, dilation 1,
- * padding <= 1, output channels a multiple of 4), adds, relus, fakequants,
- * global average pooling and linear layers on pooled vectors: the resnets.
+ * (vmc_qconv: no im2col, no packing, no crop; depthwise ones on vmc_qdwp),
+ * where the CPU has those kernels (AVX-512 VNNI) and the graph has only
+ * convolutions (groups 1 or depthwise, dilation 1, padding <= 1, channels a
+ * multiple of 4), adds, relus, fakequants, global average pooling and linear
+ * layers on pooled vectors: the resnets and mobilenetv2-tiny.
  * The layout is chosen when the runtime is built (vmc_qrt_opts.layout; by
  * default pixel-major when it can run the graph, else planar); both give
  * the same bits.  Adds run over whole padded buffers: a border of zero
@@ -79,6 +80,7 @@ typedef struct vmc_qrt_opts {
   vmc_qdwconv_fn dwconv;         /* NULL: vmc_qdwconv, the best variant */
   vmc_qrt_layout layout;
   vmc_qconv_fn conv;             /* pixel-major convs; NULL: vmc_qconv_best() */
+  vmc_qdwp_fn dwp;               /* pixel-major depthwise convs; NULL: vmc_qdwp_best() */
 } vmc_qrt_opts;
 
 /* Nonzero if g has a fakequant node: a quantized graph that the runtime is

@@ -45,6 +45,7 @@ typedef struct qrt_step {
   vmc_qconv_params cp;
   size_t xo;
   double macs;
+  vmc_qdwp_params dwp;   /* DWCONV on pixel-major tensors (packed: its weights) */
   int res;               /* CONV: the residual of a fused add (its tensor), or -1 */
   vmc_qconv_add add;     /* its constants (add.res is set when running) */
   size_t packed_bytes; /* per group */
@@ -72,6 +73,7 @@ struct vmc_qrt {
   const vmc_qgemm_variant *gemm;
   vmc_qdwconv_fn dwconv;
   vmc_qconv_fn conv;      /* non-NULL: pixel-major tensors, convs on it */
+  vmc_qdwp_fn dwp;        /* and depthwise convs */
   size_t weight_bytes;
 };
 

@@ -62,29 +62,43 @@ static void run_dwconv(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, int nt
  * vmc_qgemm_run_mt decides). */
 #define CONV_MT_MIN_WORK (384.0 * 1024.0)
 
-/* A pixel-major conv: the direct kernel, output rows split over the
- * threads; then the output's border. */
-static void run_conv(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, int nthreads) {
+/* Output rows r0..r1 of a pixel-major conv or depthwise conv step. */
+static void pixel_rows(const vmc_qrt *q, const qrt_step *s, const uint8_t *x, uint8_t *yo,
+                       const vmc_qconv_add *add, int r0, int r1) {
+  if (s->kind == QRT_DWCONV) {
+    vmc_qdwp_params p = s->dwp;
+    p.oh = r1 - r0;
+    q->dwp(&p, x + (size_t)r0 * p.sh * p.xs_row, (const int32_t *)s->packed, &s->epi,
+           yo + (size_t)r0 * p.ys_row);
+    return;
+  }
+  vmc_qconv_params p = s->cp;
+  p.oh = r1 - r0;
+  vmc_qconv_add a;
+  if (add) {
+    a = *add;
+    a.res += (size_t)r0 * p.ys_row;
+  }
+  q->conv(&p, x + (size_t)r0 * p.xs_row, (const int8_t *)s->packed, &s->epi, add ? &a : NULL,
+          yo + (size_t)r0 * p.ys_row);
+}
+
+/* A pixel-major conv (the direct kernel) or depthwise conv: output rows
+ * split over the threads; then the output's border. */
+static void run_pixel(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, int nthreads) {
   const qrt_tensor *y = &q->t[s->out];
   const uint8_t *x = ctx + q->t[s->in].off + s->xo;
   uint8_t *yo = ctx + y->off + vmc_qnhwc_origin(&y->g);
   vmc_qconv_add add = s->add;
   if (s->res >= 0) add.res = ctx + q->t[s->res].off + vmc_qnhwc_origin(&q->t[s->res].g);
-  const int oh = s->cp.oh;
+  const vmc_qconv_add *pa = s->res >= 0 ? &add : NULL;
+  const int oh = s->kind == QRT_DWCONV ? s->dwp.oh : s->cp.oh;
   int parts = s->macs < CONV_MT_MIN_WORK ? 1 : nthreads < oh ? nthreads : oh;
   if (parts <= 1) {
-    q->conv(&s->cp, x, (const int8_t *)s->packed, &s->epi, s->res >= 0 ? &add : NULL, yo);
+    pixel_rows(q, s, x, yo, pa, 0, oh);
   } else {
 #pragma omp parallel for schedule(static, 1) num_threads(parts)
-    for (int t = 0; t < parts; t++) {
-      const int r0 = oh * t / parts, r1 = oh * (t + 1) / parts;
-      vmc_qconv_params p = s->cp;
-      p.oh = r1 - r0;
-      vmc_qconv_add a = add;
-      if (s->res >= 0) a.res += (size_t)r0 * p.ys_row;
-      q->conv(&p, x + (size_t)r0 * p.xs_row, (const int8_t *)s->packed, &s->epi,
-              s->res >= 0 ? &a : NULL, yo + (size_t)r0 * p.ys_row);
-    }
+    for (int t = 0; t < parts; t++) pixel_rows(q, s, x, yo, pa, oh * t / parts, oh * (t + 1) / parts);
   }
   vmc_qnhwc_border(&y->g, (uint8_t)y->q.zp, ctx + y->off);
 }
@@ -103,8 +117,13 @@ void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y,
         vmc_qquantize_f32(x, s->n, s->inv, &o->q, ctx + o->off);
       break;
     case QRT_GEMM: run_gemm(q, s, ctx, y); break;
-    case QRT_CONV: run_conv(q, s, ctx, nthreads); break;
-    case QRT_DWCONV: run_dwconv(q, s, ctx, nthreads); break;
+    case QRT_CONV: run_pixel(q, s, ctx, nthreads); break;
+    case QRT_DWCONV:
+      if (q->conv)
+        run_pixel(q, s, ctx, nthreads);
+      else
+        run_dwconv(q, s, ctx, nthreads);
+      break;
     case QRT_ADD:
       vmc_qadd_u8(ctx + a->off, &a->q, s->in2 >= 0 ? ctx + q->t[s->in2].off : NULL,
                   s->in2 >= 0 ? &q->t[s->in2].q : NULL, s->n, s->inv, &o->q, ctx + o->off);
