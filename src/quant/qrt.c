@@ -303,6 +303,8 @@ static vmc_status lower_direct(lower *L, const vmc_node *n, const vmc_conv_geom 
   const vmc_qnhwc yg = L->q->t[y].g;
   if (yg.c4 != rows) return unsupported(n, "output channels not a multiple of 4");
   if (groups != 1) return lower_dw_pixel(L, n, gm, rows, codes, sw, x, y);
+  if ((double)gm->kh * (double)vmc_qnhwc_row(&xg) > (double)INT32_MAX)
+    return unsupported(n, "rows too long for the pixel-major tap offsets");
   qrt_step *s;
   VMC_TRY(new_step(L, n, QRT_CONV, &s));
   s->in = reads(L, x);
