@@ -400,10 +400,10 @@ void vmc_qdwconv__avx512(const vmc_qdw_params *p, const uint8_t *x, const int8_t
  * the MB weight vectors are loaded once and each pixel's 4 input bytes are
  * broadcast once for MB vpdpbusd (u8 activations x s8 weights).  At most 14
  * accumulators (MB = 2 with P <= 7, or MB = 1 with P <= 14): beyond that
- * gcc spills them, and these already run 3x3 convolutions at 87-97 % of the
- * vpdpbusd peak on Zen 4 (resnet8/resnet20 shapes).  A row longer than P is covered by
- * tiles at 0, P, 2P, ... and a last one ending at the row's end (tiles that
- * overlap compute the same bytes twice).  The epilogue goes from registers
+ * gcc spills them, and these already run the 3x3 convolutions of resnet8 and
+ * resnet20 at about 75-95 % of the vpdpbusd peak on Zen 4 (bench_qgemm).  A
+ * row longer than P is covered by tiles at 0, P, 2P, ... and a last one
+ * ending at the row's end (tiles that overlap compute the same bytes twice).  The epilogue goes from registers
  * to 16 output bytes per pixel and block (masked past M). */
 
 /* The fused add's constants (qgemm.h, vmc_qconv_add1). */
