@@ -18,6 +18,7 @@
 #include "graph/plan.h"
 #include "graph/rebuild.h"
 #include "quant/adaround.h"
+#include "quant/qrt.h"
 #include "quant/ptq.h"
 
 TEST(adaround_rectified_sigmoid_and_regulariser_gradients) {
@@ -380,4 +381,52 @@ TEST(adaround_cli) {
   for (int i = 0; i < q->n_params; i++) s4 += q->params[i].store == VMC_S4;
   CHECK_EQ_INT(s4, 10);
   vmc_graph_free(q);
+}
+
+/* mobilenetv2-tiny: the depthwise convolutions (one group per channel, 9
+ * inputs per output) are rounded like the others -- each layer's error no
+ * worse than nearest (or nearest kept), every code floor or ceil -- and the
+ * integer runtime runs the result. */
+TEST(adaround_depthwise_layers) {
+  vmc_graph *g = NULL;
+  REQUIRE_OK(vmc_zoo_build("mobilenetv2-tiny", 1, 28, 28, 10, 5, &g));
+  vmc_dataset *d = blobs(8, 28, 28, 4);
+  REQUIRE(d);
+  vmc_ptq_opts po;
+  vmc_ptq_opts_default(&po);
+  po.weight_scheme = VMC_QSCHEME_S4;
+  po.calib_images = 8;
+  vmc_graph *q0 = NULL, *q = NULL;
+  REQUIRE_OK(vmc_ptq_quantize(g, d, &po, &q0, NULL));
+  REQUIRE_OK(vmc_graph_clone(q0, &q));
+  vmc_adaround_opts o;
+  vmc_adaround_opts_default(&o);
+  o.iters = 30;
+  o.batch = 128;
+  o.pixels = 8;
+  vmc_adaround_report rep;
+  REQUIRE_OK(vmc_adaround(g, q, d, &o, &rep));
+  int depthwise = 0;
+  for (int i = 0; i < rep.n_layers; i++) {
+    const vmc_adaround_layer *l = &rep.layers[i];
+    CHECK(l->columns > 0 && isfinite(l->err_nearest) && isfinite(l->err_learned));
+    CHECK(l->kept_nearest || l->err_learned <= l->err_nearest);
+    if (l->groups > 1) {
+      depthwise++;
+      CHECK(l->groups == l->rows && l->k == 9);
+    }
+  }
+  CHECK_EQ_INT(depthwise, 7); /* one per inverted-residual block */
+  vmc_graph *f = NULL;
+  REQUIRE_OK(vmc_graph_fold_bn_copy(g, &f, NULL));
+  check_codes(f, q, q0);
+  vmc_qrt *rt = NULL;
+  CHECK_OK(vmc_qrt_create(q, 2, NULL, &rt));
+  vmc_qrt_destroy(rt);
+  vmc_adaround_report_free(&rep);
+  vmc_graph_free(f);
+  vmc_graph_free(g);
+  vmc_graph_free(q0);
+  vmc_graph_free(q);
+  vmc_dataset_free(d);
 }
