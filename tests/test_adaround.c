@@ -219,6 +219,46 @@ TEST(adaround_small_conv_beats_nearest_with_valid_codes) {
   vmc_dataset_free(d);
 }
 
+/* g (a zoo model for 28x28 images) quantized with weight scheme w on n blob
+ * images, then rounded by AdaRound (iters steps) into *q with its report:
+ * every layer's error finite and no worse than nearest (or nearest kept),
+ * every code floor or ceil of the folded float weight (check_codes).
+ * Returns 0 (and *q NULL) where a step fails. */
+static int round_zoo_model(vmc_graph *g, vmc_qscheme w, int n, uint64_t seed, int iters,
+                           vmc_graph **q, vmc_adaround_report *rep) {
+  *q = NULL;
+  memset(rep, 0, sizeof *rep);
+  vmc_dataset *d = blobs(n, 28, 28, seed);
+  vmc_ptq_opts po;
+  vmc_ptq_opts_default(&po);
+  po.weight_scheme = w;
+  po.calib_images = n;
+  vmc_adaround_opts o;
+  vmc_adaround_opts_default(&o);
+  o.iters = iters;
+  o.batch = 128;
+  o.pixels = 8;
+  vmc_graph *q0 = NULL, *f = NULL;
+  int ok = d && !vmc_ptq_quantize(g, d, &po, &q0, NULL) && !vmc_graph_clone(q0, q) &&
+           !vmc_adaround(g, *q, d, &o, rep) && !vmc_graph_fold_bn_copy(g, &f, NULL);
+  if (!ok) vmc_test_fail(__FILE__, __LINE__, "quantize and round: %s", vmc_last_error());
+  for (int i = 0; ok && i < rep->n_layers; i++) {
+    const vmc_adaround_layer *l = &rep->layers[i];
+    CHECK(l->columns > 0 && isfinite(l->err_nearest) && isfinite(l->err_learned));
+    CHECK(l->kept_nearest || l->err_learned <= l->err_nearest);
+  }
+  if (ok) check_codes(f, *q, q0);
+  if (!ok) {
+    vmc_graph_free(*q);
+    *q = NULL;
+    vmc_adaround_report_free(rep);
+  }
+  vmc_graph_free(f);
+  vmc_graph_free(q0);
+  vmc_dataset_free(d);
+  return ok;
+}
+
 /* resnet8 from the zoo with BatchNorm statistics to fold: every conv and
  * the linear layer are matched by name and rounded; 8-bit weights. */
 TEST(adaround_resnet8_end_to_end) {
@@ -235,21 +275,9 @@ TEST(adaround_resnet8_end_to_end) {
         p->data[j] = (k == 0 || k == 3 ? 0.5f : -0.5f) + vmc_rng_uniform(&r);
     }
   }
-  vmc_dataset *d = blobs(16, 28, 28, 9);
-  REQUIRE(d);
-  vmc_ptq_opts po;
-  vmc_ptq_opts_default(&po);
-  po.calib_images = 16;
-  vmc_graph *q0 = NULL, *q = NULL;
-  REQUIRE_OK(vmc_ptq_quantize(g, d, &po, &q0, NULL));
-  REQUIRE_OK(vmc_graph_clone(q0, &q));
-  vmc_adaround_opts o;
-  vmc_adaround_opts_default(&o);
-  o.iters = 40;
-  o.batch = 128;
-  o.pixels = 8;
+  vmc_graph *q = NULL;
   vmc_adaround_report rep;
-  REQUIRE_OK(vmc_adaround(g, q, d, &o, &rep));
+  REQUIRE(round_zoo_model(g, VMC_QSCHEME_S8, 16, 9, 40, &q, &rep));
   int convs = 0, linears = 0;
   for (int i = 0; i < q->n_nodes; i++) {
     convs += !strcmp(q->nodes[i].op->name, "conv2d");
@@ -258,20 +286,9 @@ TEST(adaround_resnet8_end_to_end) {
   CHECK_EQ_INT(rep.n_layers, convs + linears);
   CHECK(linears == 1 && !strcmp(rep.layers[rep.n_layers - 1].op, "linear"));
   CHECK_EQ_INT(rep.layers[rep.n_layers - 1].columns, 16);
-  for (int i = 0; i < rep.n_layers; i++) {
-    const vmc_adaround_layer *l = &rep.layers[i];
-    CHECK(l->columns > 0 && isfinite(l->err_nearest) && isfinite(l->err_learned));
-    CHECK(l->kept_nearest || l->err_learned <= l->err_nearest);
-  }
-  vmc_graph *f = NULL;
-  REQUIRE_OK(vmc_graph_fold_bn_copy(g, &f, NULL));
-  check_codes(f, q, q0);
   vmc_adaround_report_free(&rep);
-  vmc_graph_free(f);
   vmc_graph_free(g);
-  vmc_graph_free(q0);
   vmc_graph_free(q);
-  vmc_dataset_free(d);
 }
 
 TEST(adaround_rejects_bad_requests) {
@@ -390,43 +407,22 @@ TEST(adaround_cli) {
 TEST(adaround_depthwise_layers) {
   vmc_graph *g = NULL;
   REQUIRE_OK(vmc_zoo_build("mobilenetv2-tiny", 1, 28, 28, 10, 5, &g));
-  vmc_dataset *d = blobs(8, 28, 28, 4);
-  REQUIRE(d);
-  vmc_ptq_opts po;
-  vmc_ptq_opts_default(&po);
-  po.weight_scheme = VMC_QSCHEME_S4;
-  po.calib_images = 8;
-  vmc_graph *q0 = NULL, *q = NULL;
-  REQUIRE_OK(vmc_ptq_quantize(g, d, &po, &q0, NULL));
-  REQUIRE_OK(vmc_graph_clone(q0, &q));
-  vmc_adaround_opts o;
-  vmc_adaround_opts_default(&o);
-  o.iters = 30;
-  o.batch = 128;
-  o.pixels = 8;
+  vmc_graph *q = NULL;
   vmc_adaround_report rep;
-  REQUIRE_OK(vmc_adaround(g, q, d, &o, &rep));
+  REQUIRE(round_zoo_model(g, VMC_QSCHEME_S4, 8, 4, 30, &q, &rep));
   int depthwise = 0;
   for (int i = 0; i < rep.n_layers; i++) {
     const vmc_adaround_layer *l = &rep.layers[i];
-    CHECK(l->columns > 0 && isfinite(l->err_nearest) && isfinite(l->err_learned));
-    CHECK(l->kept_nearest || l->err_learned <= l->err_nearest);
     if (l->groups > 1) {
       depthwise++;
       CHECK(l->groups == l->rows && l->k == 9);
     }
   }
   CHECK_EQ_INT(depthwise, 7); /* one per inverted-residual block */
-  vmc_graph *f = NULL;
-  REQUIRE_OK(vmc_graph_fold_bn_copy(g, &f, NULL));
-  check_codes(f, q, q0);
   vmc_qrt *rt = NULL;
   CHECK_OK(vmc_qrt_create(q, 2, NULL, &rt));
   vmc_qrt_destroy(rt);
   vmc_adaround_report_free(&rep);
-  vmc_graph_free(f);
   vmc_graph_free(g);
-  vmc_graph_free(q0);
   vmc_graph_free(q);
-  vmc_dataset_free(d);
 }
