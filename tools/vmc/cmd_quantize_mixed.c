@@ -142,17 +142,7 @@ int quantize_mixed(const cli_common *cc, const char *in_path, const cli_quant_ou
     struct stat st;
     if (!s && stat(out_path, &st) == 0) bytes = (long long)st.st_size;
   }
-  if (s) {
-    const int rc = cli_fail("quantize", s, NULL);
-    vmc_sens_report_free(&sr);
-    vmc_mixed_result_free(&mr);
-    vmc_ptq_report_free(&pr);
-    vmc_graph_free(g);
-    vmc_graph_free(q);
-    vmc_dataset_free(train);
-    vmc_dataset_free(test);
-    return rc;
-  }
+  if (s) goto done;
   if (cc->json || out->report) {
     cJSON *o = cJSON_CreateObject(), *layers = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "model", in_path);
@@ -219,6 +209,7 @@ int quantize_mixed(const cli_common *cc, const char *in_path, const cli_quant_ou
                100.0 * ((double)ef.accuracy - eq.accuracy));
     }
   }
+done:
   vmc_sens_report_free(&sr);
   vmc_mixed_result_free(&mr);
   vmc_ptq_report_free(&pr);
@@ -226,5 +217,6 @@ int quantize_mixed(const cli_common *cc, const char *in_path, const cli_quant_ou
   vmc_graph_free(q);
   vmc_dataset_free(train);
   vmc_dataset_free(test);
-  return s ? cli_fail("quantize", s, NULL) : 0; /* the report could not be written */
+  /* A failure, or the report could not be written. */
+  return s ? cli_fail("quantize", s, NULL) : 0;
 }
