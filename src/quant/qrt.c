@@ -258,6 +258,12 @@ static vmc_status pack_groups(lower *L, const vmc_node *n, qrt_step *s, const in
   return VMC_OK;
 }
 
+/* The byte of pixel-major tensor x that tap (0, 0) of output pixel (0, 0)
+ * of a conv of geometry gm reads (inside x's border: padding <= border). */
+static size_t tap_origin(const vmc_qnhwc *x, const vmc_conv_geom *gm) {
+  return vmc_qnhwc_origin(x) - (size_t)gm->ph * vmc_qnhwc_row(x) - (size_t)gm->pw * x->c4;
+}
+
 /* Depthwise conv2d n (rows channels, K = taps codes each) on pixel-major
  * tensors x -> y (qgemm.h, vmc_qdwp). */
 static vmc_status lower_dw_pixel(lower *L, const vmc_node *n, const vmc_conv_geom *gm, int rows,
@@ -283,7 +289,7 @@ static vmc_status lower_dw_pixel(lower *L, const vmc_node *n, const vmc_conv_geo
   s->dwp = (vmc_qdwp_params){.oh = gm->oh, .ow = gm->ow, .C = rows, .kh = gm->kh, .kw = gm->kw,
                              .sh = gm->sh, .sw = gm->sw, .xs_row = row, .xs_pix = (size_t)xg.c4,
                              .ys_row = vmc_qnhwc_row(&yg), .ys_pix = (size_t)yg.c4};
-  s->xo = vmc_qnhwc_origin(&xg) - (size_t)gm->ph * row - (size_t)gm->pw * xg.c4;
+  s->xo = tap_origin(&xg, gm);
   s->macs = (double)rows * taps * gm->oh * gm->ow;
   L->q->weight_bytes += s->packed_bytes;
   return VMC_OK;
@@ -331,7 +337,7 @@ static vmc_status lower_direct(lower *L, const vmc_node *n, const vmc_conv_geom 
   s->cp = (vmc_qconv_params){.oh = gm->oh, .ow = gm->ow, .M = rows, .kq = kq,
                              .xs_row = (size_t)gm->sh * row, .xs_pix = (size_t)gm->sw * xg.c4,
                              .ys_row = vmc_qnhwc_row(&yg), .ys_pix = (size_t)yg.c4, .koff = koff};
-  s->xo = vmc_qnhwc_origin(&xg) - (size_t)gm->ph * row - (size_t)gm->pw * xg.c4;
+  s->xo = tap_origin(&xg, gm);
   s->macs = (double)rows * K * gm->oh * gm->ow;
   L->q->weight_bytes += s->packed_bytes;
   return VMC_OK;
