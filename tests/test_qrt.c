@@ -242,15 +242,7 @@ TEST(qrt_elementwise_simd_matches_base) {
   if (!(vmc_cpu_features() & VMC_CPU_AVX2)) SKIP("the CPU lacks AVX2");
   const unsigned v512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL;
   const int avx512 = (vmc_cpu_features() & v512) == v512;
-  static const struct {
-    void (*add2)(const uint8_t *restrict, const uint8_t *restrict, size_t, float, int32_t, float,
-                 int32_t, float, float, float, int32_t, uint8_t *restrict);
-    void (*requant)(const uint8_t *restrict, size_t, float, int32_t, float, float, float, int32_t,
-                    uint8_t *restrict);
-    void (*quantize)(const float *restrict, size_t, float, float, float, int32_t,
-                     uint8_t *restrict);
-  } simd[2] = {{vmc_qadd2_u8_avx2, vmc_qrequant_u8_avx2, vmc_qquantize_f32_avx2},
-               {vmc_qadd2_u8_avx512, vmc_qrequant_u8_avx512, vmc_qquantize_f32_avx512}};
+  const vmc_qelt_loops *simd[2] = {&vmc_qelt_loops_avx2, &vmc_qelt_loops_avx512};
   enum { N = 1000 };
   vmc_rng r;
   vmc_rng_seed(&r, 8);
@@ -271,13 +263,13 @@ TEST(qrt_elementwise_simd_matches_base) {
     const float lo = (float)(-zp + (t % 3 == 0 ? zp : 0)), hi = (float)(255 - zp);
     for (int v = 0; v < (avx512 ? 2 : 1); v++) {
       vmc_qadd2_u8_base(a, b, n, sa, za, sb, zb, inv, lo, hi, zp, y0);
-      simd[v].add2(a, b, n, sa, za, sb, zb, inv, lo, hi, zp, y1);
+      simd[v]->add2(a, b, n, sa, za, sb, zb, inv, lo, hi, zp, y1);
       bad += memcmp(y0, y1, n) != 0;
       vmc_qrequant_u8_base(a, n, sa, za, inv, lo, hi, zp, y0);
-      simd[v].requant(a, n, sa, za, inv, lo, hi, zp, y1);
+      simd[v]->requant(a, n, sa, za, inv, lo, hi, zp, y1);
       bad += memcmp(y0, y1, n) != 0;
       vmc_qquantize_f32_base(x, n, inv, lo, hi, zp, y0);
-      simd[v].quantize(x, n, inv, lo, hi, zp, y1);
+      simd[v]->quantize(x, n, inv, lo, hi, zp, y1);
       bad += memcmp(y0, y1, n) != 0;
     }
   }

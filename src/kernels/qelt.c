@@ -59,18 +59,17 @@ static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
 #include "kernels/qelt_loops.h"
 
 
-/* 0 base, 1 AVX2, 2 AVX-512: what vmc_isa_name() allows. */
-static int loops_isa(void) {
+/* The widest build vmc_isa_name() allows. */
+static const vmc_qelt_loops *loops(void) {
   const char *isa = vmc_isa_name();
-  return !strcmp(isa, "avx512") ? 2 : strcmp(isa, "ref") ? 1 : 0;
+  return !strcmp(isa, "avx512") ? &vmc_qelt_loops_avx512
+         : strcmp(isa, "ref")   ? &vmc_qelt_loops_avx2
+                                : &vmc_qelt_loops_base;
 }
 
 void vmc_qquantize_f32(const float *x, size_t n, float inv, const vmc_qact *o, uint8_t *y) {
   const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
-  static void (*const f[3])(const float *restrict, size_t, float, float, float, int32_t,
-                            uint8_t *restrict) = {
-      vmc_qquantize_f32_base, vmc_qquantize_f32_avx2, vmc_qquantize_f32_avx512};
-  f[loops_isa()](x, n, inv, lo, hi, o->zp, y);
+  loops()->quantize(x, n, inv, lo, hi, o->zp, y);
 }
 
 void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y) {
@@ -82,16 +81,10 @@ void vmc_qdequantize_u8(const uint8_t *x, size_t n, const vmc_qact *a, float *y)
 void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const vmc_qact *qb,
                  size_t n, float inv_o, const vmc_qact *o, uint8_t *y) {
   const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
-  const int isa = loops_isa();
   if (!b)
-    (isa == 2   ? vmc_qrequant_u8_avx512
-     : isa == 1 ? vmc_qrequant_u8_avx2
-                : vmc_qrequant_u8_base)(a, n, qa->scale, qa->zp, inv_o, lo, hi, o->zp, y);
+    loops()->requant(a, n, qa->scale, qa->zp, inv_o, lo, hi, o->zp, y);
   else
-    (isa == 2   ? vmc_qadd2_u8_avx512
-     : isa == 1 ? vmc_qadd2_u8_avx2
-                : vmc_qadd2_u8_base)(a, b, n, qa->scale, qa->zp, qb->scale, qb->zp, inv_o, lo,
-                                     hi, o->zp, y);
+    loops()->add2(a, b, n, qa->scale, qa->zp, qb->scale, qb->zp, inv_o, lo, hi, o->zp, y);
 }
 
 void vmc_qmaxpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, uint8_t *y) {

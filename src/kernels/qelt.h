@@ -65,6 +65,19 @@ VMC_QELT_LOOPS(base)
 VMC_QELT_LOOPS(avx2)   /* built with AVX2: call only where the CPU has it */
 VMC_QELT_LOOPS(avx512) /* built with AVX-512 (F/BW/VL/DQ) likewise */
 
+/* The three loops of one build, as vmc_qquantize_f32 and vmc_qadd_u8 pick
+ * them (and the tests compare them). */
+typedef struct vmc_qelt_loops {
+  void (*quantize)(const float *restrict x, size_t n, float inv, float lo, float hi, int32_t zp,
+                   uint8_t *restrict y);
+  void (*requant)(const uint8_t *restrict a, size_t n, float sa, int32_t za, float inv_o,
+                  float lo, float hi, int32_t zp, uint8_t *restrict y);
+  void (*add2)(const uint8_t *restrict a, const uint8_t *restrict b, size_t n, float sa,
+               int32_t za, float sb, int32_t zb, float inv_o, float lo, float hi, int32_t zp,
+               uint8_t *restrict y);
+} vmc_qelt_loops;
+extern const vmc_qelt_loops vmc_qelt_loops_base, vmc_qelt_loops_avx2, vmc_qelt_loops_avx512;
+
 /* Max pooling of `planes` planes of g (padding is ignored, as the float op's
  * -inf): codes are monotonic in the value, so the output keeps x's params. */
 void vmc_qmaxpool_u8(const uint8_t *x, const vmc_conv_geom *g, int planes, uint8_t *y);

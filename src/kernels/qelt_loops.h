@@ -37,3 +37,7 @@ void QELT_FN(vmc_qadd2_u8_)(const uint8_t *restrict a, const uint8_t *restrict b
     y[i] = vmc_qround_u8((va + vb) * inv_o, lo, hi, zp);
   }
 }
+
+/* This build's three, for the dispatch in qelt.c. */
+const vmc_qelt_loops QELT_FN(vmc_qelt_loops_) = {
+    QELT_FN(vmc_qquantize_f32_), QELT_FN(vmc_qrequant_u8_), QELT_FN(vmc_qadd2_u8_)};
