@@ -58,6 +58,14 @@ typedef struct gcase {
     .pshape = {S1(C), S1(C), S1(C), S1(C)}, .pbuffer = {0, 0, 1, 1}},                           \
    GEN_UNIFORM}
 
+/* frozen: training with the running statistics (kept unchanged) */
+#define BN_FROZEN(nm, shape, C)                                                                \
+  {nm,                                                                                         \
+   {.op = "batchnorm", .mode = VMC_MODE_TRAIN, .n_in = 1, .in = {shape}, .n_attr = 3,          \
+    .attr = {AF("eps", 1e-5f), AF("momentum", 0.1f), AI("frozen", 1)}, .n_param = 4,          \
+    .pshape = {S1(C), S1(C), S1(C), S1(C)}, .pbuffer = {0, 0, 1, 1}},                           \
+   GEN_UNIFORM}
+
 #define POOL(nm, op_, N, C, H, W, kh, kw, sh, sw, ph, pw, gen)                                  \
   {nm,                                                                                         \
    {.op = op_, .mode = VMC_MODE_TRAIN, .n_in = 1, .in = {S4(N, C, H, W)}, .n_attr = 6,         \
@@ -99,6 +107,8 @@ static const gcase k_cases[] = {
     BN("bn_2d_train", VMC_MODE_TRAIN, S2(8, 5), 5),
     BN("bn_4d_eval", VMC_MODE_INFER, S4(3, 4, 3, 3), 4),
     BN("bn_2d_eval", VMC_MODE_INFER, S2(4, 5), 5),
+    BN_FROZEN("bn_4d_frozen", S4(3, 4, 3, 3), 4),
+    BN_FROZEN("bn_2d_frozen", S2(4, 5), 5),
     UNARY("relu_4d", "relu", VMC_MODE_TRAIN, S4(3, 3, 4, 4), GEN_AWAY0),
     UNARY("relu_2d", "relu", VMC_MODE_TRAIN, S2(4, 9), GEN_AWAY0),
     UNARY("relu6_4d", "relu6", VMC_MODE_TRAIN, S4(3, 3, 4, 4), GEN_RELU6),
@@ -429,6 +439,35 @@ static vmc_status run_case(const gcase *gc, int nt, unsigned no_dx, int zero_las
 
 static size_t count_of(const vmc_shape *s) { return vmc_shape_count(s); }
 
+/* A batchnorm training on batch statistics: its images are coupled. */
+static int batch_statistics(const gcase *gc) {
+  if (strcmp(gc->spec.op, "batchnorm") || gc->spec.mode != VMC_MODE_TRAIN) return 0;
+  for (int a = 0; a < gc->spec.n_attr; a++)
+    if (!strcmp(gc->spec.attr[a].key, "frozen") && gc->spec.attr[a].i) return 0;
+  return 1;
+}
+
+/* Training updates the running statistics, unless the batchnorm is frozen. */
+TEST(ops_grad_batchnorm_frozen_keeps_running_stats) {
+  for (int i = 0; i < N_CASES; i++) {
+    const gcase *gc = &k_cases[i];
+    if (strcmp(gc->spec.op, "batchnorm") || gc->spec.mode != VMC_MODE_TRAIN) continue;
+    vmc_oph *h;
+    REQUIRE_OK(make(gc, 1, 0, &h));
+    const size_t c = vmc_oph_param_count(h, 2);
+    float *before = dup(vmc_oph_param(h, 2), 2 * c);
+    memcpy(before + c, vmc_oph_param(h, 3), c * sizeof *before);
+    vmc_oph_forward(h, h->xs[0].d[0]);
+    const int same = !memcmp(before, vmc_oph_param(h, 2), c * sizeof *before) &&
+                     !memcmp(before + c, vmc_oph_param(h, 3), c * sizeof *before);
+    if (same != !batch_statistics(gc))
+      vmc_test_fail(__FILE__, __LINE__, "%s: running statistics %s", gc->name,
+                    same ? "not updated" : "changed while frozen");
+    free(before);
+    vmc_oph_free(h);
+  }
+}
+
 static void compare_results(const gcase *gc, const char *what, const result *a, const result *b,
                             double tol) {
   const vmc_oph_spec *s = &gc->spec;
@@ -565,7 +604,7 @@ TEST(ops_grad_partial_batch) {
       if (!tail_ok)
         vmc_test_fail(__FILE__, __LINE__, "%s (%d threads): wrote past the %d images run",
                       gc->name, nt, N - 1);
-      int per_image = !(strcmp(gc->spec.op, "batchnorm") == 0 && gc->spec.mode == VMC_MODE_TRAIN);
+      int per_image = !batch_statistics(gc);
       if (per_image) {
         double e = vmc_test_max_rel(h->y, full.y, h->yn - ypi);
         if (!(e <= THREAD_TOL))

@@ -2,7 +2,10 @@
  * attrs eps (1e-5), momentum (0.1; PyTorch's convention: running =
  * (1-m)*running + m*batch, the running variance unbiased).
  * params [gamma, beta, running_mean, running_var] each (C).
- * Training uses batch statistics; inference the running ones. */
+ * Training uses batch statistics; inference the running ones.  Attribute
+ * frozen (0): 1 makes training use the running statistics too and leave
+ * them unchanged (PyTorch's BatchNorm in eval mode inside a training step,
+ * as quantization-aware training freezes it); gamma and beta still learn. */
 #include "graph/op.h"
 #include "kernels/bn.h"
 
@@ -21,6 +24,10 @@ static vmc_status bn_infer(const vmc_graph *g, const vmc_node *n, const vmc_shap
   float eps = vmc_node_attr_f(n, "eps", 1e-5f), m = vmc_node_attr_f(n, "momentum", 0.1f);
   if (!(eps > 0 && eps < 1) || !(m >= 0 && m <= 1))
     return vmc_error(VMC_ERR_INVALID_ARG, "node '%s': bad eps or momentum", n->name);
+  const int32_t frozen = vmc_node_attr_i(n, "frozen", 0);
+  if (frozen != 0 && frozen != 1)
+    return vmc_error(VMC_ERR_INVALID_ARG, "node '%s': frozen is %d, expected 0 or 1", n->name,
+                     (int)frozen);
   vmc_shape ps = {1, {in[0].d[1]}};
   for (int i = 0; i < 4; i++) VMC_TRY(vmc_op_check_param(g, n, i, &ps));
   *out = in[0];
@@ -73,6 +80,11 @@ static int threads_for(const vmc_opctx *ctx, int C) {
   return ctx->nthreads > 1 ? (ctx->nthreads < C ? ctx->nthreads : C) : 1;
 }
 
+/* Batch statistics (and running statistics updated), or the running ones. */
+static int batch_stats(const vmc_opctx *ctx) {
+  return ctx->mode == VMC_MODE_TRAIN && !vmc_node_attr_i(ctx->node, "frozen", 0);
+}
+
 static void act_of(vmc_act act, vmc_bn_chan *ch) {
   ch->clamp = act != VMC_ACT_NONE;
   ch->lo = vmc_act_lo(act);
@@ -89,7 +101,7 @@ static void bn_forward_block(vmc_opctx *ctx, const chan_block *cb, int C, int HW
   const vmc_bn_kernels *k = vmc_bn_kernels_best();
   const vmc_bn_planes pl = {cb->n, HW, (size_t)HW};
   const size_t at = (size_t)cb->c0 * HW, img = (size_t)C * HW;
-  if (ctx->mode == VMC_MODE_TRAIN) {
+  if (batch_stats(ctx)) {
     /* sums shifted by each channel's first plane's mean: no cancellation */
     for (int j = 0; j < cb->n; j++) {
       const float *x0 = ctx->x[0] + at + (size_t)j * HW;
@@ -153,7 +165,7 @@ static void bn_backward_block(vmc_opctx *ctx, const chan_block *cb, int C, int H
   const float *gamma = ctx->g->params[n->param[0]].data;
   float *dgamma = ctx->g->params[n->param[0]].grad, *dbeta = ctx->g->params[n->param[1]].grad;
   const float *mean = ctx->state, *invstd = mean + C, *sa = invstd + C, *sb = sa + C;
-  const int train = ctx->mode == VMC_MODE_TRAIN;
+  const int train = batch_stats(ctx);
   const vmc_bn_kernels *k = vmc_bn_kernels_best();
   const vmc_bn_planes pl = {cb->n, HW, (size_t)HW};
   const size_t at = (size_t)cb->c0 * HW, img = (size_t)C * HW;
