@@ -4,7 +4,9 @@
  * freezing, learned scales, bad options, and vmc quantize --qat. */
 #include "data/data.h"
 #include "graph/plan.h"
+#include "graph/rebuild.h"
 #include "quant/qat.h"
+#include "quant/qat_bn.h"
 #include "cli_run.h"
 #include "test.h"
 #include "zoo_fixture.h"
@@ -326,6 +328,167 @@ TEST(qat_keeps_per_layer_rules) {
   vmc_dataset_free(d);
 }
 
+/* ---- BatchNorm learning before a freeze epoch (qat_bn.h) ------------------------- */
+
+static int count_op(const vmc_graph *g, const char *op) {
+  int n = 0;
+  for (int i = 0; i < g->n_nodes; i++) n += !strcmp(g->nodes[i].op->name, op);
+  return n;
+}
+
+/* The training graph: the PTQ graph's nodes, each folded batchnorm back
+ * after its conv (frozen 0), read where the conv was; folding it gives the
+ * PTQ graph's nodes again. */
+TEST(qat_bn_graph_unfolds_the_ptq_graph) {
+  vmc_graph *g = test_zoo_model("resnet8", 3, 4), *q = NULL, *u = NULL, *f = NULL;
+  vmc_dataset *d = test_blobs(64, 9, 2, 20, 1);
+  REQUIRE(g && d);
+  vmc_ptq_opts po;
+  vmc_ptq_opts_default(&po);
+  po.calib_images = 64;
+  vmc_ptq_report pr;
+  REQUIRE_OK(vmc_ptq_quantize(g, d, &po, &q, &pr));
+  int *bn_of = malloc((size_t)(q->n_nodes + g->n_nodes) * sizeof *bn_of);
+  REQUIRE(bn_of);
+  REQUIRE_OK(vmc_qat_bn_graph(g, q, &u, bn_of));
+  CHECK(pr.bn_folded > 0);
+  CHECK_EQ_INT(count_op(u, "batchnorm"), count_op(g, "batchnorm"));
+  CHECK_EQ_INT(count_op(u, "fakequant"), count_op(q, "fakequant"));
+  CHECK_EQ_INT(u->n_nodes, q->n_nodes + pr.bn_folded);
+  int after = 0;
+  for (int i = 0; i < u->n_nodes; i++) {
+    const vmc_node *n = &u->nodes[i];
+    if (!strcmp(n->op->name, "batchnorm")) CHECK_EQ_INT(vmc_node_attr_i(n, "frozen", -1), 0);
+    if (bn_of[i] < 0) continue;
+    after++;
+    const vmc_node *bn = &u->nodes[bn_of[i]];
+    CHECK(!strcmp(n->op->name, "conv2d") && !strcmp(bn->op->name, "batchnorm"));
+    CHECK(bn_of[i] == i + 1 && bn->in[0] == n->out);
+    /* The parameters are the model's (the weights before any fold). */
+    const vmc_param *w = &u->params[n->param[0]];
+    const vmc_param *gw = &g->params[vmc_graph_find_param(g, w->name)];
+    CHECK(!memcmp(w->data, gw->data, vmc_shape_count(&w->shape) * sizeof(float)));
+  }
+  CHECK_EQ_INT(after, pr.bn_folded);
+  REQUIRE_OK(vmc_graph_fold_bn_copy(u, &f, NULL));
+  REQUIRE(f->n_nodes == q->n_nodes);
+  for (int i = 0; i < q->n_nodes; i++) {
+    const vmc_node *a = &q->nodes[i], *b = &f->nodes[i];
+    CHECK(!strcmp(a->name, b->name) && a->op == b->op && a->n_in == b->n_in);
+    for (int k = 0; k < a->n_in && k < b->n_in; k++)
+      CHECK(!strcmp(q->values[a->in[k]].name, f->values[b->in[k]].name));
+  }
+  vmc_qat_bn_freeze(u, 1);
+  for (int i = 0; i < u->n_nodes; i++)
+    if (!strcmp(u->nodes[i].op->name, "batchnorm")) CHECK_EQ_INT(vmc_node_attr_i(&u->nodes[i], "frozen", -1), 1);
+  free(bn_of);
+  vmc_ptq_report_free(&pr);
+  vmc_graph_free(f);
+  vmc_graph_free(u);
+  vmc_graph_free(q);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
+
+/* Same weights, biases and fakequant parameters (by name). */
+static int same_graphs(const vmc_graph *a, const vmc_graph *b) {
+  if (a->n_nodes != b->n_nodes || a->n_params != b->n_params) return 0;
+  for (int i = 0; i < a->n_params; i++) {
+    const int j = vmc_graph_find_param(b, a->params[i].name);
+    if (j < 0 || !vmc_shape_eq(&a->params[i].shape, &b->params[j].shape) ||
+        memcmp(a->params[i].data, b->params[j].data, vmc_shape_count(&a->params[i].shape) * sizeof(float)))
+      return 0;
+  }
+  for (int i = 0; i < a->n_nodes; i++) {
+    const vmc_node *n = &a->nodes[i], *m = test_node_of(b, n->name);
+    if (!m || m->n_attr != n->n_attr || memcmp(m->attr, n->attr, (size_t)n->n_attr * sizeof *n->attr))
+      return 0;
+  }
+  return 1;
+}
+
+/* QAT with batchnorms learning during epochs 1..F, at a learning rate too
+ * small to move a weight (observers frozen): only the running statistics
+ * change, and only before the freeze.  With their momentum 0 nothing
+ * changes, and the result is bit for bit the one of BatchNorm folded from
+ * the start: fq(w * a) is the folded weight's fake quantization. */
+static vmc_graph *qat_bn_run(const vmc_graph *g, const vmc_dataset *d, int epochs, int freeze_bn) {
+  vmc_qat_opts o;
+  quick_opts(&o, epochs, 64);
+  o.ptq.calib_images = 64;
+  o.train.lr = 1e-30f;
+  o.freeze_observers_epoch = 0;
+  o.freeze_bn_epoch = freeze_bn;
+  vmc_graph *q = NULL;
+  if (vmc_qat(g, d, NULL, &o, &q, NULL)) {
+    vmc_test_fail(__FILE__, __LINE__, "qat: %s", vmc_last_error());
+    return NULL;
+  }
+  CHECK_EQ_INT(count_op(q, "batchnorm"), 0);
+  check_contract(q, VMC_S8, 255);
+  return q;
+}
+
+TEST(qat_bn_statistics_learn_until_the_freeze) {
+  vmc_graph *g = test_zoo_model("resnet8", 5, 6);
+  vmc_dataset *d = test_blobs(64, 10, 2, 20, 1);
+  REQUIRE(g && d);
+  vmc_graph *folded = qat_bn_run(g, d, 1, 0), *e1 = qat_bn_run(g, d, 1, 1),
+            *e2f1 = qat_bn_run(g, d, 2, 1), *e2f2 = qat_bn_run(g, d, 2, 2);
+  REQUIRE(folded && e1 && e2f1 && e2f2);
+  CHECK(!same_graphs(folded, e1)); /* epoch 1 moved the running statistics */
+  CHECK(same_graphs(e1, e2f1));    /* frozen after epoch 1: epoch 2 moved nothing */
+  CHECK(!same_graphs(e2f1, e2f2)); /* not frozen: epoch 2 moved them */
+  const char *meta = vmc_graph_meta(e2f1, "quant"), *hist = vmc_graph_meta(e2f1, "history");
+  REQUIRE(meta && hist);
+  CHECK(strstr(meta, "\"freeze_bn_epoch\":1") != NULL);
+  CHECK(strstr(hist, "batch statistics in epochs 1..1, then frozen") != NULL);
+  for (int i = 0; i < g->n_nodes; i++)
+    if (!strcmp(g->nodes[i].op->name, "batchnorm"))
+      for (int k = 0; k < g->nodes[i].n_attr; k++)
+        if (!strcmp(g->nodes[i].attr[k].key, "momentum")) g->nodes[i].attr[k].f = 0.0f;
+  vmc_graph *still = qat_bn_run(g, d, 1, 1), *still_folded = qat_bn_run(g, d, 1, 0);
+  REQUIRE(still && still_folded);
+  CHECK(same_graphs(still, still_folded));
+  vmc_graph_free(still);
+  vmc_graph_free(still_folded);
+  vmc_graph_free(folded);
+  vmc_graph_free(e1);
+  vmc_graph_free(e2f1);
+  vmc_graph_free(e2f2);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+}
+
+/* Real fine-tuning with batch statistics in epoch 1 lowers the loss and
+ * ends in the PTQ contract, which the integer runtime runs. */
+TEST(qat_bn_fine_tuning) {
+  vmc_graph *g = test_zoo_model("resnet8", 7, 8), *q = NULL;
+  vmc_dataset *d = test_blobs(128, 11, 2, 20, 1), *t = test_blobs(64, 12, 2, 20, 1);
+  REQUIRE(g && d && t);
+  vmc_qat_opts o;
+  quick_opts(&o, 2, 128);
+  o.train.lr = 0.02f;
+  o.freeze_observers_epoch = 1;
+  o.freeze_bn_epoch = 1;
+  vmc_qat_report rep;
+  REQUIRE_OK(vmc_qat(g, d, t, &o, &q, &rep));
+  REQUIRE(rep.epochs == 2);
+  CHECK(rep.epoch[1].train_loss < rep.epoch[0].train_loss);
+  CHECK_EQ_INT(count_op(q, "batchnorm"), 0);
+  check_contract(q, VMC_S8, 255);
+  /* The last epoch evaluated the graph before the fold; the fold moves each
+   * bias to its s32 grid (about 1e-4 of it). */
+  vmc_eval_result ev;
+  REQUIRE_OK(vmc_evaluate(q, t, 64, 0, 0, &ev));
+  CHECK(fabsf(ev.accuracy - rep.epoch[1].test_acc) <= 2.0f / 64);
+  vmc_qat_report_free(&rep);
+  vmc_graph_free(q);
+  vmc_graph_free(g);
+  vmc_dataset_free(d);
+  vmc_dataset_free(t);
+}
+
 TEST(qat_rejects_bad_options) {
   vmc_graph *g = lenet();
   vmc_dataset *d = test_blobs(16, 7, 2, 20, 1);
@@ -345,6 +508,14 @@ TEST(qat_rejects_bad_options) {
   o.freeze_observers_epoch = 3;
   CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
   CHECK(strstr(vmc_last_error(), "--freeze-observers-epoch") != NULL);
+  quick_opts(&o, 2, 16);
+  o.freeze_bn_epoch = 3;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "--freeze-bn-epoch") != NULL);
+  o.freeze_bn_epoch = 1;
+  o.fixed_weight_scales = 1;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "--fixed-weight-scales") != NULL);
   quick_opts(&o, 1, 16);
   o.train.checkpoint = "/tmp/never.vmc";
   CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_UNSUPPORTED);
@@ -386,7 +557,8 @@ TEST(qat_cli) {
       {"--scheme w4a4", "need --qat"},
       {"--scheme w8a4", "need --qat"},
       {"--epochs 2", "for --qat"},
-      {"--qat --freeze-bn-epoch 1", "folded"},
+      {"--qat --epochs 2 --freeze-bn-epoch 3", "--freeze-bn-epoch"},
+      {"--qat --freeze-bn-epoch 1 --fixed-weight-scales", "--fixed-weight-scales"},
       {"--qat --scheme w4a4 --act s8", "drop --act"},
       {"--qat --epochs 0", "--epochs"},
       {"--qat --act-ranges kl", "ema or lsq"},

@@ -3,6 +3,7 @@
 
 #include "data/data.h"
 #include "graph/rebuild.h"
+#include "quant/qat_bn.h"
 
 #include <float.h>
 #include <math.h>
@@ -74,6 +75,8 @@ typedef struct qweight {
   float *shadow;    /* what the optimizer updates */
   float *bshadow;   /* the float bias (NULL without one, or with float biases) */
   vmc_qparams *qp;  /* blocks entries: the scales fq(shadow) uses */
+  int bn;           /* the batchnorm node after it while one is in the graph, or -1 */
+  float *a;         /* with bn: its gamma / sqrt(var + eps) per output channel */
 } qweight;
 
 /* A fakequant node and its moving-average observer or learned scale. */
@@ -95,6 +98,7 @@ typedef struct qat_state {
   qobs *obs;
   int nobs;
   long freeze_step; /* observers update at steps < freeze_step (-1: always) */
+  long bn_freeze_step; /* batchnorms use batch statistics at steps < bn_freeze_step */
   long steps_per_epoch, total_steps; /* of the schedule (LSQ's learning rate) */
   vmc_qscheme wscheme;
   vmc_epoch_result *epochs;
@@ -137,14 +141,49 @@ static vmc_status fq_scheme(const vmc_node *n, vmc_qscheme *out) {
                    "known scheme's", n->name, (int)p.qmin, (int)p.qmax);
 }
 
+/* What the next forward multiplies, into the parameter: fq(shadow), with
+ * scales from max |shadow| (or the fixed ones, fixed); with a batchnorm
+ * after the layer, fq(shadow * a) / a, scales from max |shadow * a|, and
+ * the shadow itself in a channel whose a is 0 or subnormal (it contributes
+ * nothing there). */
+static vmc_status fake_weights(qat_state *st, qweight *w, int fixed);
+
+/* fq(shadow * a) into dst (oc * per floats), a of batchnorm w->bn of g, the
+ * scales w->qp from max |shadow * a|: the weights of the folded layer. */
+static vmc_status fake_folded(const vmc_graph *g, qweight *w, int oc, size_t per, float *dst) {
+  vmc_qat_bn_scale(g, w->bn, w->a);
+  for (int o = 0; o < oc; o++)
+    for (size_t j = (size_t)o * per; j < (size_t)(o + 1) * per; j++) dst[j] = w->shadow[j] * w->a[o];
+  return vmc_qat_fake_quantize_weights(dst, w->blocks, w->k, w->scheme, w->qp, dst);
+}
+
+static vmc_status fake_weights(qat_state *st, qweight *w, int fixed) {
+  vmc_param *pw = &st->q->params[w->w];
+  if (w->bn < 0)
+    return fixed ? vmc_qfake_quantize(w->shadow, w->blocks, w->k, w->qp, pw->data)
+                 : vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, w->scheme, w->qp,
+                                                 pw->data);
+  const int oc = pw->shape.d[0];
+  const size_t per = (size_t)w->blocks * w->k / (size_t)oc;
+  VMC_TRY(fake_folded(st->q, w, oc, per, pw->data));
+  for (int o = 0; o < oc; o++) {
+    const int unit = fabsf(w->a[o]) >= FLT_MIN;
+    for (size_t j = (size_t)o * per; j < (size_t)(o + 1) * per; j++)
+      pw->data[j] = unit ? pw->data[j] / w->a[o] : w->shadow[j];
+  }
+  return VMC_OK;
+}
+
 static int is_layer(const vmc_node *n) {
   return n->n_param >= 1 && (!strcmp(n->op->name, "conv2d") || !strcmp(n->op->name, "linear"));
 }
 
-/* Weights of q's conv2d/linear nodes: shadows from the folded float graph f
- * (q's weights are already fake-quantized); the fakequant each one reads
- * from the PTQ report. */
-static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq_report *pr) {
+/* Weights of q's conv2d/linear nodes: shadows from the float graph f (the
+ * folded one, or with batchnorms in q the model); the fakequant each one
+ * reads from the PTQ report; bn_of (NULL: no batchnorm in q) the batchnorm
+ * node after each node of q, or -1. */
+static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq_report *pr,
+                                const int *bn_of) {
   vmc_graph *q = st->q;
   int n = 0;
   for (int i = 0; i < q->n_nodes; i++) n += is_layer(&q->nodes[i]);
@@ -169,11 +208,13 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
     if (l->quant[0] && (w->fq < 0 || strcmp(q->nodes[w->fq].op->name, "fakequant")))
       return vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' reads '%s', not a fakequant", nd->name,
                        l->quant);
+    w->bn = bn_of ? bn_of[i] : -1;
     w->blocks = st->o->ptq.per_channel ? pw->shape.d[0] : 1;
     w->k = total / (size_t)w->blocks;
     w->shadow = vmc_malloc_plain(total * sizeof *w->shadow);
     w->qp = vmc_malloc_plain((size_t)w->blocks * sizeof *w->qp);
-    if (!w->shadow || !w->qp) return vmc_error(VMC_ERR_NOMEM, "qat: weights of '%s'", nd->name);
+    if (w->bn >= 0) w->a = vmc_malloc_plain((size_t)pw->shape.d[0] * sizeof *w->a);
+    if (!w->shadow || !w->qp || (w->bn >= 0 && !w->a)) return vmc_error(VMC_ERR_NOMEM, "qat: weights of '%s'", nd->name);
     const int fi = vmc_graph_find_param(f, pw->name);
     if (fi < 0 || !vmc_shape_eq(&f->params[fi].shape, &pw->shape))
       return vmc_error(VMC_ERR_INTERNAL, "qat: weight '%s' of node '%s' has no float original",
@@ -181,15 +222,14 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
     memcpy(w->shadow, f->params[fi].data, total * sizeof *w->shadow);
     /* Stored as float while it trains (the PTQ scales no longer hold). */
     VMC_TRY(vmc_param_set_quantized(q, w->w, VMC_F32, NULL, 0));
-    VMC_TRY(vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, w->scheme, w->qp,
-                                          pw->data));
+    VMC_TRY(fake_weights(st, w, 0));
     if (w->b >= 0) { /* the float bias: the shadow of the s32 one */
       const int fb = vmc_graph_find_param(f, q->params[w->b].name);
       const size_t nb = vmc_shape_count(&q->params[w->b].shape);
       if (fb < 0) return vmc_error(VMC_ERR_INTERNAL, "qat: bias '%s' has no float original",
                                    q->params[w->b].name);
       memcpy(q->params[w->b].data, f->params[fb].data, nb * sizeof(float));
-      if (st->o->ptq.bias_s32 && w->fq >= 0) {
+      if (st->o->ptq.bias_s32 && w->fq >= 0 && w->bn < 0) { /* else folded at the end */
         w->bshadow = vmc_malloc_plain(nb * sizeof *w->bshadow);
         if (!w->bshadow) return vmc_error(VMC_ERR_NOMEM, "qat: bias of '%s'", nd->name);
         memcpy(w->bshadow, f->params[fb].data, nb * sizeof(float));
@@ -350,16 +390,20 @@ static vmc_status qat_after_step(void *user, vmc_plan *p, long step) {
     qweight *w = &st->w[j];
     vmc_param *pw = &st->q->params[w->w];
     memcpy(w->shadow, pw->data, (size_t)w->blocks * w->k * sizeof(float));
-    vmc_status s = st->o->fixed_weight_scales
-                       ? vmc_qfake_quantize(w->shadow, w->blocks, w->k, w->qp, pw->data)
-                       : vmc_qat_fake_quantize_weights(w->shadow, w->blocks, w->k, w->scheme,
-                                                       w->qp, pw->data);
+    vmc_status s = fake_weights(st, w, st->o->fixed_weight_scales);
     if (s) return vmc_error(s, "qat: weight '%s' at step %ld: %s", pw->name, step, vmc_last_error());
     if (w->bshadow) {
       memcpy(w->bshadow, st->q->params[w->b].data, (size_t)st->q->params[w->b].shape.d[0] * sizeof(float));
       quantize_bias(st, w);
     }
   }
+  return VMC_OK;
+}
+
+/* Batch statistics before the freeze, the running ones from it on. */
+static vmc_status qat_before_step(void *user, vmc_plan *p, long step) {
+  qat_state *st = user;
+  vmc_qat_bn_freeze(st->q, step >= st->bn_freeze_step);
   return VMC_OK;
 }
 
@@ -370,6 +414,54 @@ static void qat_on_epoch(void *user, const vmc_epoch_result *r) {
 }
 
 /* ---- the end: the PTQ graph's contract -------------------------------------------- */
+
+/* The batchnorms folded (vmc_graph_fold_bn_copy) into st->q: each layer
+ * after one gets the weights fq(shadow * a) with its final scales and, with
+ * s32 biases, the folded bias as the shadow of its s32 one; the layers and
+ * observers move to the folded graph's nodes. */
+static vmc_status fold_bn(qat_state *st) {
+  vmc_graph *u = st->q, *q;
+  VMC_TRY(vmc_graph_fold_bn_copy(u, &q, NULL));
+  vmc_status s = VMC_OK;
+  for (int j = 0; j < st->nw && !s; j++) {
+    qweight *w = &st->w[j];
+    const int node = vmc_graph_find_node(q, u->nodes[w->node].name);
+    const int fq = w->fq >= 0 ? vmc_graph_find_node(q, u->nodes[w->fq].name) : -1;
+    if (node < 0 || (w->fq >= 0 && fq < 0)) {
+      s = vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' is not in the folded graph",
+                    u->nodes[w->node].name);
+      break;
+    }
+    const vmc_node *n = &q->nodes[node];
+    w->node = node;
+    w->fq = fq;
+    w->w = n->param[0];
+    w->b = n->n_param > 1 ? n->param[1] : -1;
+    if (w->bn < 0) continue;
+    vmc_param *pw = &q->params[w->w];
+    const int oc = pw->shape.d[0];
+    s = fake_folded(u, w, oc, vmc_shape_count(&pw->shape) / (size_t)oc, pw->data);
+    w->bn = -1;
+    if (s || !st->o->ptq.bias_s32 || fq < 0 || w->b < 0) continue;
+    w->bshadow = vmc_malloc_plain((size_t)oc * sizeof *w->bshadow);
+    if (!w->bshadow) s = vmc_error(VMC_ERR_NOMEM, "qat: bias of '%s'", n->name);
+    else memcpy(w->bshadow, q->params[w->b].data, (size_t)oc * sizeof *w->bshadow);
+  }
+  for (int j = 0; j < st->nobs && !s; j++) {
+    const char *name = u->nodes[st->obs[j].node].name;
+    st->obs[j].node = vmc_graph_find_node(q, name);
+    if (st->obs[j].node < 0)
+      s = vmc_error(VMC_ERR_INTERNAL, "qat: fakequant '%s' is not in the folded graph", name);
+  }
+  if (s) {
+    vmc_graph_free(q);
+    return s;
+  }
+  st->q = q;
+  vmc_graph_free(u);
+  for (int j = 0; j < st->nw; j++) quantize_bias(st, &st->w[j]);
+  return VMC_OK;
+}
 
 /* The weights' storage: codes times the final scales (the biases are on
  * their grid since the last step). */
@@ -437,6 +529,10 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
   const vmc_qat_opts *o = st->o;
   const vmc_train_config *c = &o->train;
   const vmc_qscheme_info *ws = vmc_qscheme_get(st->wscheme), *as = vmc_qscheme_get(o->ptq.act_scheme);
+  char bn[96] = "folded from epoch 0";
+  if (o->freeze_bn_epoch > 0)
+    snprintf(bn, sizeof bn, "batch statistics in epochs 1..%d, then frozen; folded at the end",
+             o->freeze_bn_epoch);
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
@@ -445,7 +541,7 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
           "\"granularity\":\"%s\",\"scales\":\"%s\"},\"activations\":{\"scheme\":\"%s\","
           "\"input_scheme\":\"%s\",\"gemm_inputs\":\"%s\",\"observer\":\"moving-avg\",\"momentum\":%.9g,"
           "\"frozen_after_epoch\":%d,\"start\":\"%s\"},\"bias\":\"%s\",\"batchnorm_folded\":%d,"
-          "\"batchnorm\":\"folded from epoch 0\",\"calibration\":{\"data\":\"%s\","
+          "\"batchnorm\":\"%s\",\"freeze_bn_epoch\":%d,\"calibration\":{\"data\":\"%s\","
           "\"split\":\"train\",\"images\":%d},\"training\":{\"data\":\"%s\",\"epochs\":%d,"
           "\"batch\":%d,\"optimizer\":\"%s\",\"lr\":%.9g,\"schedule\":\"%s\","
           "\"weight_decay\":%.9g,\"seed\":%llu},\"quantized_layers\":%d,\"quantized_values\":%d}",
@@ -454,7 +550,8 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
           o->ptq.act_scheme == VMC_QSCHEME_U4 ? "u8" : as->name,
           o->learn_act_scales ? "lsq" : "moving-avg", (double)o->momentum,
           o->freeze_observers_epoch, vmc_observer_kind_name(o->ptq.observer),
-          o->ptq.bias_s32 ? "s32" : "f32", pr->bn_folded, data_name, pr->calib_images, data_name,
+          o->ptq.bias_s32 ? "s32" : "f32", pr->bn_folded, bn, o->freeze_bn_epoch, data_name,
+          pr->calib_images, data_name,
           c->epochs, c->batch, c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd", (double)c->lr,
           sched_name(c->sched), (double)c->weight_decay, (unsigned long long)c->seed, st->nw,
           st->nobs);
@@ -469,13 +566,13 @@ static vmc_status write_meta(qat_state *st, const vmc_ptq_report *pr, const char
   char acc[48] = "";
   if (last && last->test_acc >= 0) snprintf(acc, sizeof acc, ", test accuracy %.2f%%", 100.0 * last->test_acc);
   snprintf(line, sizeof line, "qat %s: %d epochs on %s/train (%s lr %g %s, batch %d), weights %s "
-           "%s (%s), activations %s (%smoving-avg %g frozen after epoch %d), batchnorm folded "
-           "from epoch 0%s", scheme, c->epochs, data_name,
+           "%s (%s), activations %s (%smoving-avg %g frozen after epoch %d), batchnorm %s%s",
+           scheme, c->epochs, data_name,
            c->optimizer == VMC_OPT_ADAMW ? "adamw" : "sgd", (double)c->lr, sched_name(c->sched),
            c->batch, ws->name, o->ptq.per_channel ? "per-channel" : "per-tensor",
            o->fixed_weight_scales ? "fixed scales" : "scales from max|w| each step", as->name,
            o->learn_act_scales ? "conv/linear inputs LSQ, others " : "", (double)o->momentum,
-           o->freeze_observers_epoch, acc);
+           o->freeze_observers_epoch, bn, acc);
   return vmc_graph_add_history(st->q, line);
 }
 
@@ -494,6 +591,15 @@ static vmc_status check_opts(const vmc_qat_opts *o, const vmc_dataset *train) {
   if (o->freeze_observers_epoch < -1 || o->freeze_observers_epoch > o->train.epochs)
     return vmc_error(VMC_ERR_INVALID_ARG, "qat: --freeze-observers-epoch %d must be in 0..%d "
                      "(the epochs), or -1 for never", o->freeze_observers_epoch, o->train.epochs);
+  if (o->freeze_bn_epoch < 0 || o->freeze_bn_epoch > o->train.epochs)
+    return vmc_error(VMC_ERR_INVALID_ARG, "qat: --freeze-bn-epoch %d must be in 0..%d (the "
+                     "epochs)", o->freeze_bn_epoch, o->train.epochs);
+  if (o->freeze_bn_epoch > 0 && o->fixed_weight_scales)
+    return vmc_error(VMC_ERR_INVALID_ARG, "qat: --fixed-weight-scales needs BatchNorm folded from "
+                     "the start (--freeze-bn-epoch 0): while it learns, the folded weights move");
+  if (o->freeze_bn_epoch > 0 && o->ptq.equalize > 0)
+    return vmc_error(VMC_ERR_INVALID_ARG, "qat: cross-layer equalization rescales the folded "
+                     "weights; it needs --freeze-bn-epoch 0");
   if (o->train.checkpoint || o->train.resume)
     return vmc_error(VMC_ERR_UNSUPPORTED, "qat: checkpoints do not hold the float shadow "
                      "weights; QAT runs cannot be checkpointed or resumed");
@@ -506,6 +612,7 @@ static void free_state(qat_state *st) {
     vmc_free(st->w[j].shadow);
     vmc_free(st->w[j].qp);
     vmc_free(st->w[j].bshadow);
+    vmc_free(st->w[j].a);
   }
   vmc_free(st->w);
   vmc_free(st->obs);
@@ -525,10 +632,20 @@ vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_datas
   vmc_ptq_report pr = {0};
   vmc_graph *q = NULL, *f = NULL;
   qat_state st = {.o = &o, .wscheme = o.ptq.weight_scheme};
+  int *bn_of = NULL; /* batchnorms in the graph: the one after each node */
   vmc_status s = vmc_ptq_quantize(g, train, &po, &q, &pr);
-  if (!s) s = vmc_graph_fold_bn_copy(g, &f, NULL);
+  if (!s && o.freeze_bn_epoch > 0) {
+    bn_of = vmc_malloc_plain((size_t)(q->n_nodes + g->n_nodes) * sizeof *bn_of);
+    vmc_graph *u = NULL;
+    s = bn_of ? vmc_qat_bn_graph(g, q, &u, bn_of) : vmc_error(VMC_ERR_NOMEM, "qat");
+    vmc_graph_free(q);
+    q = u;
+  } else if (!s) {
+    s = vmc_graph_fold_bn_copy(g, &f, NULL);
+  }
   st.q = q;
-  if (!s) s = setup_weights(&st, f, &pr);
+  if (!s) s = setup_weights(&st, f ? f : g, &pr, bn_of);
+  vmc_free(bn_of);
   if (!s) s = setup_observers(&st, o.ptq.act_scheme);
   for (int j = 0; j < st.nw && !s; j++) quantize_bias(&st, &st.w[j]);
   st.epochs = vmc_malloc_plain((size_t)o.train.epochs * sizeof *st.epochs);
@@ -540,11 +657,14 @@ vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_datas
     st.steps_per_epoch = (n_train + batch - 1) / batch;
     st.total_steps = st.steps_per_epoch * o.train.epochs;
     st.freeze_step = o.freeze_observers_epoch < 0 ? -1 : o.freeze_observers_epoch * st.steps_per_epoch;
+    st.bn_freeze_step = o.freeze_bn_epoch * st.steps_per_epoch;
     const vmc_train_hooks hooks = {.user = &st, .after_forward = qat_after_forward,
-                                   .before_optim = qat_before_optim, .after_step = qat_after_step};
+                                   .before_optim = qat_before_optim, .after_step = qat_after_step,
+                                   .before_step = o.freeze_bn_epoch > 0 ? qat_before_step : NULL};
     vmc_train_result tr;
-    s = vmc_train(q, train, test, &o.train, &hooks, qat_on_epoch, &st, &tr);
+    s = vmc_train(st.q, train, test, &o.train, &hooks, qat_on_epoch, &st, &tr);
   }
+  if (!s && o.freeze_bn_epoch > 0) s = fold_bn(&st);
   char scheme[8];
   snprintf(scheme, sizeof scheme, "w%da%d", o.ptq.weight_scheme == VMC_QSCHEME_S4 ? 4 : 8,
            o.ptq.act_scheme == VMC_QSCHEME_U4 ? 4 : 8);
@@ -563,9 +683,9 @@ vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_datas
     vmc_free(st.epochs);
   }
   if (s) {
-    vmc_graph_free(q);
+    vmc_graph_free(st.q);
     return s;
   }
-  *out = q;
+  *out = st.q;
   return VMC_OK;
 }

@@ -25,10 +25,16 @@
  *     forward on (one batch later than PyTorch, which observes and then
  *     quantizes inside the same forward).  Observers stop after epoch
  *     freeze_observers_epoch (0: the calibrated ranges are kept throughout);
- *  4. BatchNorm is folded from epoch 0 (statistics frozen from the start):
- *     the model arrives trained, so its running statistics are those of the
- *     data, and the weights that are fake-quantized are exactly the folded
- *     ones the integer runtime uses;
+ *  4. BatchNorm: with freeze_bn_epoch 0 it is folded from epoch 0
+ *     (statistics frozen from the start: the model arrives trained, so its
+ *     running statistics are those of the data, and the weights that are
+ *     fake-quantized are exactly the folded ones the integer runtime uses).
+ *     With freeze_bn_epoch F > 0 the batchnorms stay in the training graph
+ *     (qat_bn.h): the conv before each sees fq(w * a) / a (a = gamma /
+ *     sqrt(running var + eps), the scales from max |w * a|), the batchnorm
+ *     normalises with batch statistics and updates its running ones during
+ *     epochs 1..F, then uses the running ones (frozen; gamma and beta still
+ *     learn); at the end they are folded and the weights are fq(w * a);
  *  5. at the end every conv2d/linear weight is fq(shadow) and marked
  *     quantized (vmc_param_set_quantized), every bias on its s32 grid
  *     (scale s_w[c] * s_x of the final scales), metadata "quant"
@@ -46,6 +52,7 @@ typedef struct vmc_qat_opts {
   vmc_ptq_opts ptq;           /* the starting point; act_scheme may be U4 */
   vmc_train_config train;     /* the fine-tuning run (epochs, lr, ...) */
   int freeze_observers_epoch; /* observers update in epochs 1..E; -1: never freeze */
+  int freeze_bn_epoch;        /* batch statistics in epochs 1..F (0: folded from the start) */
   float momentum;             /* of the moving-average observers, in (0, 1] */
   int fixed_weight_scales;    /* 1: keep the PTQ weight scales (STE mask active) */
   int learn_act_scales;       /* LSQ for the conv2d/linear inputs (not the image) */

@@ -70,8 +70,9 @@ static const char *const HELP =
     "Quantization-aware training (--qat): starts from the post-training quantized\n"
     "model above and fine-tunes it with fake-quantized weights and activations\n"
     "(float shadow weights, straight-through gradients, activation ranges from\n"
-    "moving averages or learned); BatchNorm is folded from epoch 0.  Evaluates on\n"
-    "the test split after each epoch (--eval-limit: the first N images).\n"
+    "moving averages or learned); BatchNorm is folded from epoch 0 unless\n"
+    "--freeze-bn-epoch says otherwise.  Evaluates on the test split after each\n"
+    "epoch (--eval-limit: the first N images).\n"
     "  --qat                 quantization-aware training (needed for w8a4, w4a4)\n"
     "  --scheme w8a4|w4a4    4-bit activations (u4) on the conv/linear inputs; the\n"
     "                        image and the residual add operands stay u8\n"
@@ -84,8 +85,11 @@ static const char *const HELP =
     "  --freeze-observers-epoch E  the moving averages follow the data during\n"
     "                        epochs 1..E, then stay fixed (default 1; 0: the\n"
     "                        calibrated ranges throughout)\n"
-    "  --freeze-bn-epoch 0   BatchNorm is folded (frozen) from epoch 0; no other\n"
-    "                        value is supported\n"
+    "  --freeze-bn-epoch F   BatchNorm normalises with batch statistics (and\n"
+    "                        updates its running ones) during epochs 1..F, the\n"
+    "                        conv weights fake-quantized as folded, then uses its\n"
+    "                        running statistics; folded at the end (default 0:\n"
+    "                        folded from the start)\n"
     "  --fixed-weight-scales keep the calibrated weight scales (default: from\n"
     "                        max |w| of each channel after every step)\n"
     "  --limit-train N       train on the first N images only\n\n"
@@ -379,10 +383,7 @@ int cmd_quantize(int argc, char **argv) {
       break;
     case O_FREEZE_BN:
       if (cli_int("--freeze-bn-epoch", optarg, 0, 10000, &v)) return 2;
-      if (v)
-        return cli_usage_error("quantize", "--freeze-bn-epoch %ld: BatchNorm is folded into the "
-                               "convolutions before QAT starts (frozen from epoch 0); only 0 is "
-                               "supported", v);
+      qo.freeze_bn_epoch = (int)v;
       qat_flag = 1;
       break;
     case O_ACT_RANGES:

@@ -94,6 +94,7 @@ int quantize_qat(const cli_common *cc, const char *in_path, const cli_quant_out 
     cJSON_AddNumberToObject(o, "lr", qo->train.lr);
     cJSON_AddNumberToObject(o, "batch", qo->train.batch);
     cJSON_AddNumberToObject(o, "freeze_observers_epoch", qo->freeze_observers_epoch);
+    cJSON_AddNumberToObject(o, "freeze_bn_epoch", qo->freeze_bn_epoch);
     cJSON_AddNumberToObject(o, "batchnorm_folded", rep.ptq.bn_folded);
     cJSON_AddNumberToObject(o, "seconds", rep.seconds);
     if (do_eval) cJSON_AddNumberToObject(o, "fp32_accuracy", ef.accuracy);
