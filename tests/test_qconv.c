@@ -197,7 +197,7 @@ TEST(qdwp_vs_naive_and_simd) {
     for (int i = 0; i < C * taps; i++) wk[i] = (int8_t)rnd_in(-127, 127);
     for (int c = 0; c < C; c++) bias[c] = rnd_in(-5000, 5000), scale[c] = (float)rnd_in(1, 300) * 1e-4f;
     vmc_qdwp_pack_w(C, taps, wk, wp);
-    const vmc_qepi epi = {.bias = bias, .scale = scale, .zero_point = 3, .lo = 3, .hi = 250,
+    const vmc_qepi epi = {.bias = bias, .scale = scale, .zero_point = 3, .lo = t % 2 ? 0 : 3, .hi = 250,
                           .out = VMC_QOUT_U8};
     const vmc_qdwp_params p = {.oh = oh, .ow = oh, .C = C, .kh = k, .kw = k, .sh = st, .sw = st,
                                .xs_row = row, .xs_pix = (size_t)C, .ys_row = (size_t)oh * C,

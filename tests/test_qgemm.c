@@ -305,6 +305,36 @@ static void requant_case(vmc_qout out, float scale, int32_t zp, int32_t lo, int3
                       v->name, ts[i], (double)scale, zp, y, want[i]);
     }
   }
+  /* Pixel-major direct and depthwise convolutions: a row of n pixels of
+   * 4 channels (byte t - t0, then zeros), a 1x1 kernel of weight 1 on
+   * channel 0 (direct) or on each channel (depthwise, channel 0 read). */
+  uint8_t x4[64 * 4] = {0};
+  for (int i = 0; i < n; i++) x4[4 * i] = B[i];
+  int8_t w4[4] = {1, 0, 0, 0}, wdw[4] = {1, 1, 1, 1};
+  _Alignas(64) int8_t wpk[64];
+  _Alignas(64) int32_t wdp[64];
+  vmc_qconv_pack_w(1, 1, w4, wpk);
+  vmc_qdwp_pack_w(4, 1, wdw, wdp);
+  const int32_t koff = 0, bias4[4] = {bias, bias, bias, bias};
+  const float scale4[4] = {scale, scale, scale, scale};
+  const vmc_qepi epi4 = {bias4, scale4, 0, zp, lo, hi, out};
+  const vmc_qconv_params cp = {1, n, 1, 1, 4 * (size_t)n, 4, (size_t)n, 1, &koff};
+  const vmc_qdwp_params wp = {1, n, 4, 1, 1, 1, 1, 4 * (size_t)n, 4, 4 * (size_t)n, 4};
+  const vmc_qconv_fn convs[] = {vmc_qconv__ref, vmc_qconv_best()};
+  const vmc_qdwp_fn dwps[] = {vmc_qdwp__ref, vmc_qdwp_best()};
+  for (int d = 0; d < 2; d++) {
+    uint8_t yc[64], yd[64 * 4];
+    if (convs[d]) convs[d](&cp, x4, wpk, &epi, NULL, yc);
+    if (dwps[d]) dwps[d](&wp, x4, wdp, &epi4, yd);
+    for (int i = 0; i < n; i++) {
+      const int32_t gc = out == VMC_QOUT_U8 ? yc[i] : (int8_t)yc[i];
+      const int32_t gd = out == VMC_QOUT_U8 ? yd[4 * i] : (int8_t)yd[4 * i];
+      if (convs[d] && gc != want[i])
+        vmc_test_fail(__FILE__, __LINE__, "qconv %d: t=%d -> %d, want %d", d, ts[i], gc, want[i]);
+      if (dwps[d] && gd != want[i])
+        vmc_test_fail(__FILE__, __LINE__, "qdwp %d: t=%d -> %d, want %d", d, ts[i], gd, want[i]);
+    }
+  }
   /* Depthwise: a 1 x n plane, 1x1 kernel of weight 1. */
   static const vmc_qdwconv_fn dws[] = {vmc_qdwconv__ref, vmc_qdwconv__avx2,
                                        vmc_qdwconv__avx512};
@@ -361,6 +391,15 @@ TEST(qgemm_rounding_rule) {
   for (int i = 0; i < 20; i++) want[i] = 7;
   requant_case(VMC_QOUT_U8, -INFINITY, 3, 7, 200, ts, want, 20);
   requant_case(VMC_QOUT_U8, NAN, 3, 7, 200, ts, want, 20);
+  /* The same with the clamp's low end at the type's minimum (the kernels
+   * may clamp there by saturation). */
+  for (int i = 0; i < 20; i++) want[i] = 200;
+  requant_case(VMC_QOUT_U8, INFINITY, 3, 0, 200, ts, want, 20);
+  for (int i = 0; i < 20; i++) want[i] = 0;
+  requant_case(VMC_QOUT_U8, -INFINITY, 3, 0, 200, ts, want, 20);
+  requant_case(VMC_QOUT_U8, NAN, 3, 0, 200, ts, want, 20);
+  for (int i = 0; i < 20; i++) want[i] = -128;
+  requant_case(VMC_QOUT_S8, NAN, 0, -128, 100, ts, want, 20);
 }
 
 TEST(qgemm_int4) {
