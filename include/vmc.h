@@ -154,7 +154,16 @@ typedef struct vmc_train_hooks {
    * this batch are complete (e.g. a straight-through mask, or swapping
    * fake-quantized weights for the float weights the optimizer updates). */
   vmc_status (*before_optim)(void *user, vmc_plan *p, long step);
+  /* Checkpoints (vmc_train_config.checkpoint / .resume) of a technique
+   * with state outside the parameters: VMC_CKPT_SAVE just before the graph
+   * is written (put what must be saved into the parameters, and into
+   * metadata keys starting "checkpoint."), VMC_CKPT_SAVED right after
+   * (put back what training uses), VMC_CKPT_LOADED after a resume restored
+   * the parameters and those metadata keys into g. */
+  vmc_status (*checkpoint)(void *user, vmc_graph *g, int phase);
 } vmc_train_hooks;
+
+enum { VMC_CKPT_SAVE = 1, VMC_CKPT_SAVED = 2, VMC_CKPT_LOADED = 3 };
 
 typedef struct vmc_epoch_result {
   int epoch;

@@ -260,6 +260,11 @@ static vmc_status load_checkpoint(vmc_graph *g, vmc_optimizer *o, const vmc_trai
     s = rng_from_hex(vmc_graph_meta(cg, "checkpoint.rng.data"), data_rng);
   }
   if (!s) s = rng_from_hex(vmc_graph_meta(cg, "checkpoint.rng.dropout"), plan_rng);
+  /* What a checkpoint hook stored (vmc_train_hooks.checkpoint) comes back
+   * with the rest. */
+  for (int i = 0; i < cg->n_meta && !s; i++)
+    if (!strncmp(cg->meta[i].key, "checkpoint.", 11))
+      s = vmc_graph_set_meta(g, cg->meta[i].key, cg->meta[i].value);
   vmc_blobs_free(b, nb);
   vmc_graph_free(cg);
   return s;
@@ -335,6 +340,7 @@ vmc_status vmc_train(vmc_graph *g, const vmc_dataset *train, const vmc_dataset *
   if (t.p) vmc_rng_seed(&t.p->rng, c->seed ^ 0xd20b0u);
   int start_epoch = 0;
   if (!s && c->resume) s = load_checkpoint(g, t.o, c, c->resume, &start_epoch, &rng, &t.p->rng);
+  if (!s && c->resume && hooks->checkpoint) s = hooks->checkpoint(hooks->user, g, VMC_CKPT_LOADED);
   if (!s && start_epoch >= c->epochs)
     s = vmc_error(VMC_ERR_INVALID_ARG, "checkpoint %s already has %d epochs; ask for more with --epochs",
                   c->resume, start_epoch);
@@ -401,7 +407,14 @@ vmc_status vmc_train(vmc_graph *g, const vmc_dataset *train, const vmc_dataset *
       er.test_loss = ev.loss;
       if (ev.accuracy > result->best_test_acc) result->best_test_acc = ev.accuracy;
     }
-    if (c->checkpoint) s = save_checkpoint(g, t.o, c, epoch + 1, &rng, &t.p->rng);
+    if (c->checkpoint) {
+      if (hooks->checkpoint) s = hooks->checkpoint(hooks->user, g, VMC_CKPT_SAVE);
+      if (!s) s = save_checkpoint(g, t.o, c, epoch + 1, &rng, &t.p->rng);
+      if (hooks->checkpoint) {
+        const vmc_status back = hooks->checkpoint(hooks->user, g, VMC_CKPT_SAVED);
+        if (!s) s = back;
+      }
+    }
     result->epochs_run++;
     result->last = er;
     if (cb) cb(cb_user, &er);
