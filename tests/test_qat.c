@@ -390,6 +390,17 @@ TEST(qat_bn_graph_unfolds_the_ptq_graph) {
   vmc_dataset_free(d);
 }
 
+/* Weights of a that differ from b's (same names). */
+static int weights_moved(const vmc_graph *a, const vmc_graph *b) {
+  int moved = 0;
+  for (int i = 0; i < a->n_params; i++) {
+    const int j = vmc_graph_find_param(b, a->params[i].name);
+    for (size_t k = 0; j >= 0 && k < vmc_shape_count(&a->params[i].shape); k++)
+      moved += a->params[i].data[k] != b->params[j].data[k];
+  }
+  return moved;
+}
+
 /* Same weights, biases and fakequant parameters (by name). */
 static int same_graphs(const vmc_graph *a, const vmc_graph *b) {
   if (a->n_nodes != b->n_nodes || a->n_params != b->n_params) return 0;
@@ -489,6 +500,77 @@ TEST(qat_bn_fine_tuning) {
   vmc_dataset_free(t);
 }
 
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+/* Two epochs in one run, or one epoch, a checkpoint, and a resumed run to
+ * two: the same bits (moving averages, LSQ scales, BatchNorm statistics and
+ * the shadows all carried over). */
+static void check_resume(vmc_graph *g, const vmc_dataset *d, vmc_qat_opts o, const char *tag) {
+  char ck[512];
+  snprintf(ck, sizeof ck, "%s/qat_%s.ckpt.vmc", vmc_test_tmpdir(), tag);
+  vmc_graph *whole = NULL, *first = NULL, *resumed = NULL;
+  o.train.epochs = 2;
+  REQUIRE_OK(vmc_qat(g, d, NULL, &o, &whole, NULL));
+  o.train.epochs = 1;
+  o.train.checkpoint = ck;
+  REQUIRE_OK(vmc_qat(g, d, NULL, &o, &first, NULL));
+  o.train.epochs = 2;
+  o.train.checkpoint = NULL;
+  o.train.resume = ck;
+  REQUIRE_OK(vmc_qat(g, d, NULL, &o, &resumed, NULL));
+  if (!same_graphs(whole, resumed)) vmc_test_fail(__FILE__, __LINE__, "%s: resumed != whole", tag);
+  CHECK(weights_moved(whole, first) > 0); /* epoch 2 changed weights */
+  CHECK(vmc_graph_meta(resumed, "checkpoint.qat") == NULL);
+  /* Another QAT configuration cannot resume it. */
+  o.ptq.weight_scheme = o.ptq.weight_scheme == VMC_QSCHEME_S4 ? VMC_QSCHEME_S8 : VMC_QSCHEME_S4;
+  vmc_graph *q = NULL;
+  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "another QAT run") != NULL && q == NULL);
+  vmc_graph_free(whole);
+  vmc_graph_free(first);
+  vmc_graph_free(resumed);
+}
+
+TEST(qat_checkpoint_resume_is_exact) {
+  vmc_graph *l5 = lenet(), *r8 = test_zoo_model("resnet8", 9, 10);
+  vmc_dataset *d = test_blobs(64, 13, 2, 20, 1);
+  REQUIRE(l5 && r8 && d);
+  vmc_qat_opts o;
+  quick_opts(&o, 2, 64);
+  o.train.lr = 0.05f;
+  o.freeze_observers_epoch = 1;
+  o.ptq.weight_scheme = VMC_QSCHEME_S4;
+  o.ptq.act_scheme = VMC_QSCHEME_U4;
+  o.learn_act_scales = 1;
+  check_resume(l5, d, o, "lenet_w4a4_lsq");
+  quick_opts(&o, 2, 64);
+  o.train.lr = 0.01f;
+  o.freeze_observers_epoch = -1;
+  o.freeze_bn_epoch = 1;
+  check_resume(r8, d, o, "resnet8_bn");
+  /* A plain training checkpoint holds no QAT state. */
+  char ck[512];
+  snprintf(ck, sizeof ck, "%s/qat_plain.ckpt.vmc", vmc_test_tmpdir());
+  vmc_train_config tc;
+  vmc_train_config_default(&tc);
+  tc.epochs = 1;
+  tc.batch = 32;
+  tc.limit_train = 64;
+  tc.quiet = 1;
+  tc.checkpoint = ck;
+  vmc_graph *l5b = lenet(), *q = NULL;
+  REQUIRE(l5b);
+  vmc_train_result tr;
+  REQUIRE_OK(vmc_train(l5b, d, NULL, &tc, NULL, NULL, NULL, &tr));
+  quick_opts(&o, 2, 64);
+  o.train.resume = ck;
+  CHECK(vmc_qat(l5, d, NULL, &o, &q, NULL) != VMC_OK && q == NULL);
+  vmc_graph_free(l5b);
+  vmc_graph_free(l5);
+  vmc_graph_free(r8);
+  vmc_dataset_free(d);
+}
+
 TEST(qat_rejects_bad_options) {
   vmc_graph *g = lenet();
   vmc_dataset *d = test_blobs(16, 7, 2, 20, 1);
@@ -517,9 +599,6 @@ TEST(qat_rejects_bad_options) {
   CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_INVALID_ARG);
   CHECK(strstr(vmc_last_error(), "--fixed-weight-scales") != NULL);
   quick_opts(&o, 1, 16);
-  o.train.checkpoint = "/tmp/never.vmc";
-  CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) == VMC_ERR_UNSUPPORTED);
-  quick_opts(&o, 1, 16);
   o.ptq.weight_scheme = VMC_QSCHEME_U8;
   CHECK(vmc_qat(g, d, NULL, &o, &q, NULL) != VMC_OK);
   CHECK(strstr(vmc_last_error(), "symmetric") != NULL);
@@ -532,6 +611,17 @@ TEST(qat_rejects_bad_options) {
 }
 
 /* ---- vmc quantize --qat ---------------------------------------------------------- */
+
+/* Two files with the same bytes. */
+static int same_file(const char *a, const char *b) {
+  FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+  int same = fa && fb, c;
+  while (same && (c = fgetc(fa)) != EOF) same = c == fgetc(fb);
+  if (same) same = fgetc(fb) == EOF;
+  if (fa) fclose(fa);
+  if (fb) fclose(fb);
+  return same;
+}
 
 static char g_out[1 << 16];
 
@@ -587,6 +677,24 @@ TEST(qat_cli) {
            "--eval-limit 100 --threads 2 -o %s", in, out);
   CHECK_EQ_INT(rc, 0);
   CHECK(strstr(g_out, "qat epoch   1") != NULL);
+  /* A checkpoint after epoch 1, resumed to epoch 2: the file of one run. */
+  char ck[512], whole[512];
+  snprintf(ck, sizeof ck, "%s/qat_l5.ckpt.vmc", vmc_test_tmpdir());
+  snprintf(whole, sizeof whole, "%s/qat_l5q2.vmc", vmc_test_tmpdir());
+  static const char *common = "--qat --limit-train 128 --calib-images 32 --threads 2";
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s %s --epochs 2 -o %s", in, common, whole), 0);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s %s --epochs 1 --checkpoint %s -o %s", in,
+                   common, ck, out), 0);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "quantize %s %s --epochs 2 --resume %s -o %s", in,
+                   common, ck, out), 0);
+  CHECK(same_file(whole, out));
+  rc = run(g_out, sizeof g_out, "quantize %s %s --epochs 2 --scheme w4a8 --resume %s -o %s", in,
+           common, ck, out);
+  CHECK(rc != 0 && strstr(g_out, "another QAT run"));
+  rc = run(g_out, sizeof g_out, "quantize %s --resume %s -o %s", in, ck, out);
+  CHECK(rc != 0 && strstr(g_out, "for --qat"));
   remove(in);
   remove(out);
+  remove(ck);
+  remove(whole);
 }

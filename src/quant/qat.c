@@ -407,6 +407,117 @@ static vmc_status qat_before_step(void *user, vmc_plan *p, long step) {
   return VMC_OK;
 }
 
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+/* What must match between the run that saved a checkpoint and the one that
+ * resumes it, beyond the trainer's checks (the parameters, batch,
+ * optimizer). */
+static void ckpt_header(const qat_state *st, char *buf, size_t n) {
+  const vmc_qat_opts *o = st->o;
+  snprintf(buf, n, "qat 1 w%d a%s %s fixed %d lsq %d bn %d fq %d layers %d",
+           o->ptq.weight_scheme == VMC_QSCHEME_S4 ? 4 : 8, vmc_qscheme_get(o->ptq.act_scheme)->name,
+           o->ptq.per_channel ? "per-channel" : "per-tensor", o->fixed_weight_scales,
+           o->learn_act_scales, o->freeze_bn_epoch, st->nobs, st->nw);
+}
+
+/* "checkpoint.qat": the header line, then per fakequant its moving-average
+ * range, LSQ state and next parameters (floats as %a: exact). */
+static vmc_status ckpt_save(qat_state *st, vmc_graph *g) {
+  char *buf = NULL, head[160];
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (!f) return vmc_error(VMC_ERR_NOMEM, "qat: checkpoint");
+  ckpt_header(st, head, sizeof head);
+  fprintf(f, "%s\n", head);
+  for (int j = 0; j < st->nobs; j++) {
+    const qobs *ob = &st->obs[j];
+    fprintf(f, "%a %a %d %a %a %d %d %d\n", (double)ob->lo, (double)ob->hi, ob->started,
+            (double)ob->velocity, (double)ob->next.scale, (int)ob->next.zero_point,
+            (int)ob->next.qmin, (int)ob->next.qmax);
+  }
+  const int bad = ferror(f);
+  fclose(f);
+  vmc_status s = bad || !buf ? vmc_error(VMC_ERR_NOMEM, "qat: checkpoint")
+                             : vmc_graph_set_meta(g, "checkpoint.qat", buf);
+  free(buf);
+  return s;
+}
+
+static int next_float(const char **p, float *v) {
+  char *end;
+  *v = strtof(*p, &end);
+  const int ok = end != *p && isfinite(*v);
+  *p = end;
+  return ok;
+}
+static int next_int(const char **p, int *v) {
+  char *end;
+  const long x = strtol(*p, &end, 10);
+  const int ok = end != *p && x >= INT32_MIN && x <= INT32_MAX;
+  *v = (int)x;
+  *p = end;
+  return ok;
+}
+
+static vmc_status ckpt_load(qat_state *st, const vmc_graph *g) {
+  const char *v = vmc_graph_meta(g, "checkpoint.qat");
+  const char *resume = st->o->train.resume;
+  if (!v)
+    return vmc_error(VMC_ERR_FORMAT, "checkpoint %s was not written by quantization-aware "
+                     "training", resume);
+  char head[160];
+  ckpt_header(st, head, sizeof head);
+  const size_t hl = strlen(head);
+  if (strncmp(v, head, hl) || v[hl] != '\n')
+    return vmc_error(VMC_ERR_INVALID_ARG, "checkpoint %s was written by another QAT run (%.*s), "
+                     "not this one (%s)", resume, (int)strcspn(v, "\n"), v, head);
+  const char *p = v + hl + 1;
+  for (int j = 0; j < st->nobs; j++) {
+    qobs *ob = &st->obs[j];
+    float lo, hi, vel, scale;
+    int started, zp, qmin, qmax;
+    if (!next_float(&p, &lo) || !next_float(&p, &hi) || !next_int(&p, &started) ||
+        !next_float(&p, &vel) || !next_float(&p, &scale) || !next_int(&p, &zp) ||
+        !next_int(&p, &qmin) || !next_int(&p, &qmax) || !(scale > 0) || qmin > qmax)
+      return vmc_error(VMC_ERR_FORMAT, "checkpoint %s: the state of fakequant %d is malformed",
+                       resume, j);
+    ob->lo = lo, ob->hi = hi, ob->started = started != 0, ob->velocity = vel;
+    ob->next = (vmc_qparams){scale, zp, qmin, qmax};
+    fq_set(&st->q->nodes[ob->node], &ob->next);
+  }
+  while (*p == '\n' || *p == ' ') p++;
+  if (*p)
+    return vmc_error(VMC_ERR_FORMAT, "checkpoint %s: trailing QAT state", resume);
+  return VMC_OK;
+}
+
+/* Saving: the parameters hold the shadows (the float weights and biases
+ * the optimizer updates), the observers go to metadata; saved: the forward's
+ * fq(shadow) and s32 biases back.  Loaded: shadows from the parameters,
+ * observers from the metadata, then the forward's weights. */
+static vmc_status qat_checkpoint(void *user, vmc_graph *g, int phase) {
+  qat_state *st = user;
+  for (int j = 0; j < st->nw && phase != VMC_CKPT_SAVED; j++) {
+    qweight *w = &st->w[j];
+    float *pw = g->params[w->w].data;
+    const size_t n = (size_t)w->blocks * w->k, nb = w->bshadow ? (size_t)g->params[w->b].shape.d[0] : 0;
+    if (phase == VMC_CKPT_SAVE) {
+      memcpy(pw, w->shadow, n * sizeof *pw);
+      if (nb) memcpy(g->params[w->b].data, w->bshadow, nb * sizeof(float));
+    } else {
+      memcpy(w->shadow, pw, n * sizeof *pw);
+      if (nb) memcpy(w->bshadow, g->params[w->b].data, nb * sizeof(float));
+    }
+  }
+  if (phase == VMC_CKPT_SAVE) return ckpt_save(st, g);
+  if (phase == VMC_CKPT_LOADED) VMC_TRY(ckpt_load(st, g));
+  for (int j = 0; j < st->nw; j++) {
+    VMC_TRY(fake_weights(st, &st->w[j], st->o->fixed_weight_scales));
+    quantize_bias(st, &st->w[j]);
+  }
+  return VMC_OK;
+}
+
 static void qat_on_epoch(void *user, const vmc_epoch_result *r) {
   qat_state *st = user;
   if (st->epochs) st->epochs[st->n_epochs++] = *r;
@@ -600,9 +711,6 @@ static vmc_status check_opts(const vmc_qat_opts *o, const vmc_dataset *train) {
   if (o->freeze_bn_epoch > 0 && o->ptq.equalize > 0)
     return vmc_error(VMC_ERR_INVALID_ARG, "qat: cross-layer equalization rescales the folded "
                      "weights; it needs --freeze-bn-epoch 0");
-  if (o->train.checkpoint || o->train.resume)
-    return vmc_error(VMC_ERR_UNSUPPORTED, "qat: checkpoints do not hold the float shadow "
-                     "weights; QAT runs cannot be checkpointed or resumed");
   if (!train || train->n < 1) return vmc_error(VMC_ERR_INVALID_ARG, "qat: no training images");
   return VMC_OK;
 }
@@ -660,7 +768,8 @@ vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_datas
     st.bn_freeze_step = o.freeze_bn_epoch * st.steps_per_epoch;
     const vmc_train_hooks hooks = {.user = &st, .after_forward = qat_after_forward,
                                    .before_optim = qat_before_optim, .after_step = qat_after_step,
-                                   .before_step = o.freeze_bn_epoch > 0 ? qat_before_step : NULL};
+                                   .before_step = o.freeze_bn_epoch > 0 ? qat_before_step : NULL,
+                                   .checkpoint = qat_checkpoint};
     vmc_train_result tr;
     s = vmc_train(st.q, train, test, &o.train, &hooks, qat_on_epoch, &st, &tr);
   }

@@ -92,7 +92,11 @@ static const char *const HELP =
     "                        folded from the start)\n"
     "  --fixed-weight-scales keep the calibrated weight scales (default: from\n"
     "                        max |w| of each channel after every step)\n"
-    "  --limit-train N       train on the first N images only\n\n"
+    "  --limit-train N       train on the first N images only\n"
+    "  --checkpoint FILE     write a checkpoint each epoch (the float shadow\n"
+    "                        weights, optimizer, observers, RNG)\n"
+    "  --resume FILE         continue from such a checkpoint, with the same model\n"
+    "                        and QAT options: the result is that of one run\n\n"
     "Sensitivity and mixed precision (see docs/quantization.md):\n"
     "  --sensitivity [FILE]  quantize each conv/linear alone (its input u8, its\n"
     "                        weights s8, then s4; the rest fp32) and print per\n"
@@ -125,7 +129,7 @@ enum {
   O_PERCENTILE, O_MOMENTUM, O_BINS, O_PER_CHANNEL, O_PER_TENSOR, O_FLOAT_BIAS, O_EQUALIZE, O_BIAS_CORR, O_EVAL,
   O_EVAL_LIMIT, O_INPUT_OBSERVER, O_QAT, O_EPOCHS, O_LR, O_BATCH, O_FREEZE_OBS, O_FREEZE_BN,
   O_FIXED_WSCALES, O_LIMIT_TRAIN, O_ACT_RANGES, O_SENSITIVITY, O_HELD_OUT, O_BITS_BUDGET,
-  O_MAX_DROP, O_RANK, O_ADAROUND, O_ADAROUND_ITERS, O_REPORT
+  O_MAX_DROP, O_RANK, O_ADAROUND, O_ADAROUND_ITERS, O_REPORT, O_CKPT, O_RESUME
 };
 
 /* JSON number, null where not finite (an SQNR of +inf: no error at all). */
@@ -254,6 +258,8 @@ int cmd_quantize(int argc, char **argv) {
                                        {"freeze-bn-epoch", required_argument, 0, O_FREEZE_BN},
                                        {"fixed-weight-scales", no_argument, 0, O_FIXED_WSCALES},
                                        {"limit-train", required_argument, 0, O_LIMIT_TRAIN},
+                                       {"checkpoint", required_argument, 0, O_CKPT},
+                                       {"resume", required_argument, 0, O_RESUME},
                                        {"act-ranges", required_argument, 0, O_ACT_RANGES},
                                        {"sensitivity", optional_argument, 0, O_SENSITIVITY},
                                        {"held-out", required_argument, 0, O_HELD_OUT},
@@ -398,6 +404,8 @@ int cmd_quantize(int argc, char **argv) {
       qo.train.limit_train = (int)v;
       qat_flag = 1;
       break;
+    case O_CKPT: qo.train.checkpoint = optarg; qat_flag = 1; break;
+    case O_RESUME: qo.train.resume = optarg; qat_flag = 1; break;
     case O_SENSITIVITY: mx.sensitivity = 1; mx.table = optarg; break;
     case O_HELD_OUT:
       if (cli_int("--held-out", optarg, 1, 1L << 30, &v)) return 2;
@@ -439,7 +447,8 @@ int cmd_quantize(int argc, char **argv) {
                            "supports w8a8 and w4a8", scheme);
   if (qat_flag && !qat)
     return cli_usage_error("quantize", "--epochs, --lr, --batch, --freeze-*, --act-ranges, "
-                           "--fixed-weight-scales and --limit-train are for --qat");
+                           "--fixed-weight-scales, --limit-train, --checkpoint and --resume are "
+                           "for --qat");
   if (qat && adaround)
     return cli_usage_error("quantize", "--adaround is for post-training quantization, not --qat");
   if (po.bias_correct && (qat || adaround))
