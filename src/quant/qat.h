@@ -41,7 +41,11 @@
  *     rewritten with method "qat" (a summary: schemes, observers, the
  *     training run), and a "history" line added: the same contract as a
  *     PTQ graph.  The final qparams of every fakequant and layer are in the
- *     graph and in the report. */
+ *     graph and in the report;
+ *  6. checkpoints (opts->train.checkpoint / .resume): the trainer's, with
+ *     the float shadows in place of the fake-quantized weights and the
+ *     fakequants' state in the metadata "checkpoint.qat"; a resume with the
+ *     same model and options continues bit for bit. */
 #ifndef VMC_QAT_H
 #define VMC_QAT_H
 
