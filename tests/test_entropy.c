@@ -1,6 +1,7 @@
-/* The canonical Huffman coder of quantized weight codes (io/entropy.h):
- * round trips, the limits of the code lengths, and the rejection of every
- * kind of malformed table and stream. */
+/* The canonical Huffman coder of .vmc files (io/entropy.h): round trips
+ * over the code, byte and bit-length alphabets, the limits of the code
+ * lengths, the rejection of every kind of malformed table and stream, and
+ * the integers' zigzag form and raw bits. */
 #include "test.h"
 
 #include "core/core.h"
@@ -10,9 +11,11 @@
 #include <stdlib.h>
 
 /* Codes through table t and back: the stream is (bits + 7) / 8 bytes, its
- * serialised table reads back as t, and decoding gives the codes. */
+ * serialised table reads back as t in the alphabet -qmax..qmax (qmax 128:
+ * the byte alphabet -128..127), and decoding gives the codes. */
 static size_t round_trip(const vmc_huff_table *t, const vmc_huff_hist *h, const int8_t *codes,
                          size_t n, int qmax) {
+  const int min = -qmax, max = qmax == 128 ? 127 : qmax;
   const uint64_t bits = vmc_huff_bits(t, h);
   const size_t nb = (size_t)((bits + 7) / 8);
   uint8_t *buf = bits != UINT64_MAX ? malloc(nb + 1) : NULL, tab[2 + 128];
@@ -27,7 +30,7 @@ static size_t round_trip(const vmc_huff_table *t, const vmc_huff_hist *h, const 
   vmc_huff_write_table(t, tab);
   vmc_huff_table u;
   size_t used = 0;
-  CHECK_OK(vmc_huff_read_table(tab, vmc_huff_table_bytes(t), qmax, &u, &used));
+  CHECK_OK(vmc_huff_read_table(tab, vmc_huff_table_bytes(t), min, max, &u, &used));
   CHECK_EQ_INT(used, vmc_huff_table_bytes(t));
   CHECK(u.lo == t->lo && u.n == t->n && !memcmp(u.len, t->len, (size_t)t->n));
   vmc_huff_decoder d;
@@ -196,7 +199,7 @@ TEST(entropy_table_checks) {
       {"first length 0", -1, "0122", 7, -1, 0, 0, "starts or ends with a symbol without a code"},
       {"last length 0", -1, "1220", 7, -1, 0, 0, "starts or ends"},
       {"padding nibble", -1, "122", 7, -1, 3, 0x30, "unused last nibble"},
-      {"no symbols", -1, "122", 7, -1, 1, 3, "covers 0 symbols"},
+      {"count byte 0: 256 symbols", -1, "122", 7, -1, 1, 3, "covers 256 symbols from -1"},
       {"past +7", 6, "122", 7, -1, 0, 0, "outside -7..7"},
       {"below -7", -8, "122", 7, -1, 0, 0, "outside -7..7"},
       {"-128", -128, "122", 127, -1, 0, 0, "outside -127..127"},
@@ -214,8 +217,8 @@ TEST(entropy_table_checks) {
     const size_t bytes = vmc_huff_table_bytes(&t);
     vmc_huff_table u;
     size_t used = 0;
-    vmc_status s = vmc_huff_read_table(tab, k->avail < 0 ? bytes : (size_t)k->avail, k->qmax, &u,
-                                       &used);
+    vmc_status s = vmc_huff_read_table(tab, k->avail < 0 ? bytes : (size_t)k->avail, -k->qmax,
+                                       k->qmax, &u, &used);
     if (k->msg ? s != VMC_ERR_FORMAT || !strstr(vmc_last_error(), k->msg) : s != VMC_OK)
       vmc_test_fail(__FILE__, __LINE__, "%s: %s: %s", k->what, vmc_status_str(s),
                     s ? vmc_last_error() : "accepted");
@@ -229,10 +232,10 @@ TEST(entropy_table_checks) {
   tab[2 + 127] = 0x08;
   vmc_huff_table u;
   size_t used = 0;
-  CHECK_EQ_INT(vmc_huff_read_table(tab, sizeof tab, 127, &u, &used), VMC_ERR_FORMAT);
+  CHECK_EQ_INT(vmc_huff_read_table(tab, sizeof tab, -127, 127, &u, &used), VMC_ERR_FORMAT);
   CHECK(strstr(vmc_last_error(), "Kraft sum 32640/32768") != NULL);
   tab[0] = 0x82;
-  CHECK_EQ_INT(vmc_huff_read_table(tab, sizeof tab, 127, &u, &used), VMC_ERR_FORMAT);
+  CHECK_EQ_INT(vmc_huff_read_table(tab, sizeof tab, -127, 127, &u, &used), VMC_ERR_FORMAT);
   CHECK(strstr(vmc_last_error(), "outside -127..127") != NULL);
 }
 
@@ -307,4 +310,103 @@ TEST(entropy_documented_example) {
   CHECK(tab[0] == 0xFF && tab[1] == 0x03 && tab[2] == 0x12 && tab[3] == 0x02);
   CHECK_EQ_INT(vmc_huff_encode(&t, codes, 5, bits), 1);
   CHECK_EQ_INT(bits[0], 0x2C);
+}
+
+/* The byte alphabet (the top bytes of f32 values): all 256 symbols, -128
+ * included, a table whose count byte is 0; a code alphabet refuses it. */
+TEST(entropy_byte_alphabet) {
+  vmc_rng r;
+  vmc_rng_seed(&r, 12);
+  const size_t n = 20000;
+  int8_t *codes = malloc(n);
+  REQUIRE(codes);
+  for (size_t i = 0; i < n; i++) /* every byte, the middle ones more often */
+    codes[i] = (int8_t)(uint8_t)(i < 256 ? (int)i : 128 + (int)(vmc_rng_normal(&r) * 20.0f) % 128);
+  vmc_huff_hist h;
+  vmc_huff_table t = build(codes, n, &h);
+  CHECK(t.lo == -128 && t.n == 256);
+  CHECK_EQ_INT(kraft(&t), 1u << VMC_HUFF_MAX_LEN);
+  uint8_t tab[2 + 128];
+  vmc_huff_write_table(&t, tab);
+  CHECK(tab[0] == 0x80 && tab[1] == 0);
+  round_trip(&t, &h, codes, n, 128);
+  vmc_huff_table u;
+  size_t used = 0;
+  CHECK_EQ_INT(vmc_huff_read_table(tab, sizeof tab, -127, 127, &u, &used), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "covers 256 symbols from -128, outside -127..127") != NULL);
+  /* Bit lengths of integers: the alphabet 0..32. */
+  for (size_t i = 0; i < n; i++) codes[i] = (int8_t)vmc_rng_below(&r, 33);
+  t = build(codes, n, &h);
+  vmc_huff_write_table(&t, tab);
+  CHECK_OK(vmc_huff_read_table(tab, vmc_huff_table_bytes(&t), 0, VMC_INT_MAX_LEN, &u, &used));
+  tab[0] = 0xff; /* from -1 */
+  CHECK_EQ_INT(vmc_huff_read_table(tab, vmc_huff_table_bytes(&t), 0, VMC_INT_MAX_LEN, &u, &used),
+               VMC_ERR_FORMAT);
+  free(codes);
+}
+
+/* A stream followed by other bytes: decoded up to its last code, its
+ * padding bits checked, the bytes it used returned. */
+TEST(entropy_decode_prefix) {
+  const int8_t codes[7] = {0, 0, -1, 1, 0, 1, 1}; /* 1+1+2+2+1+2+2 = 11 bits: 2 bytes */
+  vmc_huff_hist h;
+  vmc_huff_table t = build(codes, 7, &h);
+  vmc_huff_decoder d;
+  vmc_huff_decoder_init(&d, &t);
+  uint8_t buf[4] = {0, 0, 0xAB, 0xCD};
+  CHECK_EQ_INT(vmc_huff_encode(&t, codes, 7, buf), 2);
+  int8_t back[7];
+  size_t used = 0;
+  CHECK_OK(vmc_huff_decode_prefix(&d, buf, sizeof buf, 7, back, &used));
+  CHECK_EQ_INT(used, 2);
+  CHECK(!memcmp(back, codes, 7));
+  CHECK_EQ_INT(vmc_huff_decode(&d, buf, sizeof buf, 7, back), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "2 bytes follow the last of its 7 codes") != NULL);
+  buf[1] |= 1; /* a padding bit */
+  CHECK_EQ_INT(vmc_huff_decode_prefix(&d, buf, sizeof buf, 7, back, &used), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "the 5 padding bits") != NULL);
+  CHECK_EQ_INT(vmc_huff_decode_prefix(&d, buf, 1, 7, back, &used), VMC_ERR_FORMAT);
+  CHECK(strstr(vmc_last_error(), "more than its 1 coded bytes") != NULL);
+}
+
+/* Integers as bit lengths and raw bits: the zigzag form at the edges of
+ * s32, bit lengths, and bit streams written and read back at every width. */
+TEST(entropy_integer_bits) {
+  static const int32_t q[] = {0, -1, 1, -2, 2, 63, -64, INT32_MAX, INT32_MIN, INT32_MIN + 1};
+  static const uint32_t u[] = {0, 1, 2, 3, 4, 126, 127, 0xFFFFFFFEu, 0xFFFFFFFFu, 0xFFFFFFFDu};
+  static const int len[] = {0, 1, 2, 2, 3, 7, 7, 32, 32, 32};
+  for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+    CHECK_EQ_INT(vmc_zigzag(q[i]), u[i]);
+    CHECK_EQ_INT(vmc_unzigzag(u[i]), q[i]);
+    CHECK_EQ_INT(vmc_bit_length(u[i]), len[i]);
+  }
+  vmc_rng r;
+  vmc_rng_seed(&r, 21);
+  uint32_t v[300];
+  int k[300];
+  uint8_t buf[300 * 4 + 1] = {0};
+  vmc_bit_writer w = {buf, 0};
+  uint64_t total = 0;
+  for (int i = 0; i < 300; i++) {
+    k[i] = (int)vmc_rng_below(&r, 33);
+    v[i] = (uint32_t)vmc_rng_u64(&r) & (k[i] == 32 ? 0xFFFFFFFFu : (1u << k[i]) - 1);
+    vmc_bits_put(&w, v[i], k[i]);
+    total += (uint64_t)k[i];
+  }
+  CHECK_EQ_INT(w.at, total);
+  vmc_bit_reader rd = {buf, 0, total};
+  for (int i = 0; i < 300; i++) {
+    uint32_t x = 0;
+    CHECK(vmc_bits_get(&rd, k[i], &x));
+    CHECK_EQ_INT(x, v[i]);
+  }
+  uint32_t x = 7;
+  CHECK(vmc_bits_get(&rd, 0, &x) && x == 0);
+  CHECK(!vmc_bits_get(&rd, 1, &x)); /* past the end */
+  /* MSB first: 1, then 01 -> 101 00000 */
+  uint8_t one[1] = {0};
+  vmc_bit_writer w1 = {one, 0};
+  vmc_bits_put(&w1, 1, 1);
+  vmc_bits_put(&w1, 1, 2);
+  CHECK_EQ_INT(one[0], 0xA0);
 }

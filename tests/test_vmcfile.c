@@ -1,5 +1,7 @@
 /* The .vmc model file: round trip, layout, atomic writes, and a reader that
- * rejects every malformed file cleanly (run these under ASan+UBSan). */
+ * rejects every malformed file cleanly (run these under ASan+UBSan), for
+ * every format version: 1 (f32), 2 and 3 (quantized, fixed-width fields),
+ * 4 (quantized, compact). */
 #include "test.h"
 
 #include "core/core.h"
@@ -559,14 +561,18 @@ TEST(vmcfile_reject_bad_files) {
   wr32(c + VMC_FH_VERSION, VMC_FILE_VERSION + 1);
   fix_crc(c, n);
   CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
-  CHECK(strstr(vmc_last_error(), "version 4") != NULL);
+  CHECK(strstr(vmc_last_error(), "version 5") != NULL);
   CHECK(strstr(vmc_last_error(), "newer vmc") != NULL);
-  /* a float model in a version 2 or 3 file is fine */
+  /* a float model in a version 2 or 3 file is fine; version 4 lays its
+   * sections out differently */
   for (uint32_t v = 2; v <= 3; v++) {
     wr32(c + VMC_FH_VERSION, v);
     fix_crc(c, n);
     CHECK_OK(try_read(c, n));
   }
+  wr32(c + VMC_FH_VERSION, 4);
+  fix_crc(c, n);
+  CHECK_EQ_INT(try_read(c, n), VMC_ERR_FORMAT);
   wr32(c + VMC_FH_VERSION, 0);
   CHECK_EQ_INT(try_read(c, n), VMC_ERR_VERSION);
   /* trailing garbage */
@@ -804,12 +810,11 @@ TEST(vmcfile_parser_rejects_bad_fields) {
 /* Sets every field position of b[0..end) (end <= n - 4) to those values;
  * returns how many of the files were rejected, *ok how many were read. */
 static long field_sweep(const uint8_t *b, size_t n, size_t end, long *ok) {
-  layout L;
-  walk(b, &L);
   uint8_t *c = malloc(n);
   if (!c) return 0;
   const uint64_t vals[] = {0, 1, 2, 3, 4, 5, 7, 8, 63, 64, 65, 0x7f, 0x80, 0xff, 0x7fffffff,
-                           0x80000000u, 0xffffffffu, n - 4, n, L.data, UINT64_MAX};
+                           0x80000000u, 0xffffffffu, n - 4, n, rd64(b + VMC_FH_DATA_OFF),
+                           UINT64_MAX};
   const int widths[] = {1, 4, 8};
   long bad = 0;
   *ok = 0;
@@ -918,14 +923,15 @@ static vmc_status build_qtiny(uint64_t seed, vmc_graph **out) {
 
 typedef vmc_status (*build_fn)(uint64_t seed, vmc_graph **out);
 
-/* The bytes vmc_model_save writes for build(seed) (malloc'd), through the
- * temporary file `name`. */
-static uint8_t *model_file(build_fn build, uint64_t seed, const char *name, size_t *n) {
+/* The bytes the writer writes for build(seed) (malloc'd) in format
+ * `version` at most, through the temporary file `name`. */
+static uint8_t *model_file(build_fn build, uint64_t seed, uint32_t version, const char *name,
+                           size_t *n) {
   vmc_graph *g;
   if (build(seed, &g)) return NULL;
   char path[512];
   tmp_path(path, sizeof path, name);
-  vmc_status s = vmc_model_save(g, path);
+  vmc_status s = vmc_model_write_version(g, NULL, 0, version, path);
   vmc_graph_free(g);
   return s ? NULL : slurp(path, n);
 }
@@ -934,7 +940,7 @@ static uint8_t *model_file(build_fn build, uint64_t seed, const char *name, size
  * check) unless it is of format `version` with nt tensor entries. */
 static uint8_t *walked_file(build_fn build, uint64_t seed, uint32_t version, int nt, size_t *n,
                             layout *L) {
-  uint8_t *b = model_file(build, seed, "walked.vmc", n);
+  uint8_t *b = model_file(build, seed, version, "walked.vmc", n);
   if (b) walk(b, L);
   if (b && (rd32(b + VMC_FH_VERSION) != version || L->nt != nt)) {
     vmc_test_fail(__FILE__, __LINE__, "version %u with %d tensor entries, want %u and %d",
@@ -970,16 +976,16 @@ static void run_logits(vmc_graph *g, float *out) {
   vmc_plan_destroy(p);
 }
 
-/* g saved (to `name`), loaded and saved again: the same graph, storage and
- * logits, the same bytes (the writer is deterministic and a load keeps the
- * storage), of format `version`; the bytes also go to
- * $VMC_FUZZ_SEED_DIR/seed_name, seeds for tests/fuzz. */
+/* g saved (to `name`, in format `version` at most), loaded and saved
+ * again: the same graph, storage and logits, the same bytes (the writer is
+ * deterministic and a load keeps the storage), of format `version`; the
+ * bytes also go to $VMC_FUZZ_SEED_DIR/seed_name, seeds for tests/fuzz. */
 static void check_resave(vmc_graph *g, const char *name, uint32_t version, const char *seed_name) {
   char path[512], path2[512];
   tmp_path(path, sizeof path, name);
   snprintf(path2, sizeof path2, "%s.again", path);
   vmc_graph *h = NULL;
-  CHECK_OK(vmc_model_save(g, path));
+  CHECK_OK(vmc_model_write_version(g, NULL, 0, version, path));
   CHECK_OK(vmc_model_load(path, &h));
   if (!h) return;
   check_same_graph(g, h); /* data bit for bit */
@@ -988,7 +994,7 @@ static void check_resave(vmc_graph *g, const char *name, uint32_t version, const
   run_logits(g, y0);
   run_logits(h, y1);
   CHECK(!memcmp(y0, y1, sizeof y0));
-  CHECK_OK(vmc_model_save(h, path2));
+  CHECK_OK(vmc_model_write_version(h, NULL, 0, version, path2));
   vmc_graph_free(h);
   size_t n1 = 0, n2 = 0;
   uint8_t *b1 = slurp(path, &n1), *b2 = slurp(path2, &n2);
@@ -1004,13 +1010,14 @@ static void check_resave(vmc_graph *g, const char *name, uint32_t version, const
   free(b2);
 }
 
-/* The file of build(seed) truncated, its bytes flipped, and every field and
- * data byte set to odd values with the CRC fixed: rejected or read, never
- * a crash or a leak. */
-static void check_corruption_sweeps(build_fn build, uint64_t seed) {
+/* The file of build(seed) in format `version` truncated, its bytes
+ * flipped, and every field and data byte set to odd values with the CRC
+ * fixed: rejected or read, never a crash or a leak. */
+static void check_corruption_sweeps(build_fn build, uint64_t seed, uint32_t version) {
   size_t n = 0;
-  uint8_t *b = model_file(build, seed, "sweep.vmc", &n);
+  uint8_t *b = model_file(build, seed, version, "sweep.vmc", &n);
   REQUIRE(b != NULL);
+  CHECK_EQ_INT(rd32(b + VMC_FH_VERSION), version);
   check_truncations(b, n);
   check_byte_flips(b, n);
   long ok = 0, bad = field_sweep(b, n, n - 4, &ok);
@@ -1018,13 +1025,13 @@ static void check_corruption_sweeps(build_fn build, uint64_t seed) {
   free(b);
 }
 
-/* Reading the file of build(seed) with the k-th allocation failing, for
- * every k, then saving build(seed) the same way: VMC_ERR_NOMEM, nothing
- * returned and no file or temporary left, until it succeeds with the same
- * bytes. */
-static void check_alloc_failures(build_fn build, uint64_t seed) {
+/* Reading the file of build(seed) in format `version` with the k-th
+ * allocation failing, for every k, then saving build(seed) the same way:
+ * VMC_ERR_NOMEM, nothing returned and no file or temporary left, until it
+ * succeeds with the same bytes. */
+static void check_alloc_failures(build_fn build, uint64_t seed, uint32_t version) {
   size_t n = 0;
-  uint8_t *b = model_file(build, seed, "alloc_bytes.vmc", &n);
+  uint8_t *b = model_file(build, seed, version, "alloc_bytes.vmc", &n);
   REQUIRE(b != NULL);
   int failures = 0;
   for (long k = 0; k < 10000; k++) {
@@ -1051,7 +1058,7 @@ static void check_alloc_failures(build_fn build, uint64_t seed) {
   failures = 0;
   for (long k = 0; k < 1000; k++) {
     vmc_fail_alloc_after(k);
-    vmc_status s = vmc_model_save(g, path);
+    vmc_status s = vmc_model_write_version(g, NULL, 0, version, path);
     vmc_fail_alloc_after(-1);
     if (s == VMC_OK) break;
     failures++;
@@ -1073,6 +1080,13 @@ TEST(vmcfile_quantized_round_trip) {
   vmc_graph *g, *h = NULL;
   REQUIRE_OK(build_qtiny(5, &g));
   check_resave(g, "qround.vmc", 2, "qtiny.vmc"); /* random codes: not entropy-coded */
+  check_resave(g, "qround4.vmc", 4, "qtiny4.vmc");
+  /* Quantized weights need version 2 at least. */
+  char p1[512];
+  tmp_path(p1, sizeof p1, "qround1.vmc");
+  CHECK_EQ_INT(vmc_model_write_version(g, NULL, 0, 1, p1), VMC_ERR_INVALID_ARG);
+  CHECK(strstr(vmc_last_error(), "need version 2") != NULL);
+  CHECK_EQ_INT(vmc_model_write_version(g, NULL, 0, 5, p1), VMC_ERR_INVALID_ARG);
   char path2[512];
   tmp_path(path2, sizeof path2, "qround2.vmc");
   /* A clone keeps the storage too; marking a weight f32 stores it as f32. */
@@ -1167,7 +1181,8 @@ TEST(vmcfile_quantized_rejects_bad_fields) {
   const corruption cases[] = {
       /* envelope */
       {"quantized in version 1", VMC_FH_VERSION, 4, 1, VMC_ERR_FORMAT, "needs format version 2", NULL, 0, 0, 0},
-      {"version 4", VMC_FH_VERSION, 4, 4, VMC_ERR_VERSION, "version 4", NULL, 0, 0, 0},
+      {"version 5", VMC_FH_VERSION, 4, VMC_FILE_VERSION + 1, VMC_ERR_VERSION, "version 5", NULL, 0, 0, 0},
+      {"the layout read as version 4", VMC_FH_VERSION, 4, 4, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
       {"coded flag in version 2", w2->flags, 4, VMC_TFLAG_CODED, VMC_ERR_FORMAT, "needs format version 3", NULL, 0, 0, 0},
       /* codes */
       {"s8 code -128", c2, 1, 0x80, VMC_ERR_FORMAT, "code -128", NULL, 0, 0, 0},
@@ -1210,9 +1225,9 @@ TEST(vmcfile_quantized_rejects_bad_fields) {
   free(b);
 }
 
-TEST(vmcfile_quantized_corruption_sweeps) { check_corruption_sweeps(build_qtiny, 5); }
+TEST(vmcfile_quantized_corruption_sweeps) { check_corruption_sweeps(build_qtiny, 5, 2); }
 
-TEST(vmcfile_quantized_alloc_failures) { check_alloc_failures(build_qtiny, 5); }
+TEST(vmcfile_quantized_alloc_failures) { check_alloc_failures(build_qtiny, 5, 2); }
 
 /* The writer never stores a weight that would not read back as it is. */
 TEST(vmcfile_quantized_refuses_inexact_weights) {
@@ -1255,9 +1270,11 @@ static void file_parts(const char *path, uint64_t *data, uint64_t *dir, uint64_t
 }
 
 /* resnet8 with BatchNorm folded and every conv/linear weight quantized per
- * channel: the data region shrinks to the targets (int8 <= 26 %, int4 <=
- * 15 % of the f32 one) and the rest of the file grows only by the scale
- * tensors' directory entries (and up to 63 bytes of alignment). */
+ * channel: in a version 3 file the data region shrinks to the targets
+ * (int8 <= 26 %, int4 <= 15 % of the f32 one) and the rest of the file
+ * grows only by the scale tensors' directory entries (and up to 63 bytes of
+ * alignment); the version 4 file is smaller still, the whole of it within
+ * the targets, its directory and graph smaller than the f32 file's. */
 TEST(vmcfile_quantized_resnet8_size) {
   vmc_graph *z = NULL, *f = NULL;
   REQUIRE_OK(vmc_zoo_build("resnet8", 1, 28, 28, 10, 1, &z));
@@ -1265,9 +1282,10 @@ TEST(vmcfile_quantized_resnet8_size) {
   vmc_status st = vmc_graph_fold_bn_copy(z, &f, &folded);
   vmc_graph_free(z);
   REQUIRE_OK(st);
-  char fpath[512], qpath[512];
+  char fpath[512], qpath[512], q4path[512];
   tmp_path(fpath, sizeof fpath, "r8_f32.vmc");
   tmp_path(qpath, sizeof qpath, "r8_q.vmc");
+  tmp_path(q4path, sizeof q4path, "r8_q4.vmc");
   CHECK_OK(vmc_model_save(f, fpath));
   uint64_t fdata, fdir, frest;
   file_parts(fpath, &fdata, &fdir, &frest);
@@ -1296,9 +1314,15 @@ TEST(vmcfile_quantized_resnet8_size) {
       free(codes);
       free(scales);
     }
-    CHECK_OK(vmc_model_save(q, qpath));
-    uint64_t qdata, qdir, qrest;
+    CHECK_OK(vmc_model_write_version(q, NULL, 0, 3, qpath));
+    CHECK_OK(vmc_model_save(q, q4path));
+    uint64_t qdata, qdir, qrest, q4data, q4dir, q4rest;
     file_parts(qpath, &qdata, &qdir, &qrest);
+    file_parts(q4path, &q4data, &q4dir, &q4rest);
+    const uint64_t q4 = q4data + q4dir + q4rest, f32b = fdata + fdir + frest;
+    CHECK((double)q4 <= (bits == 8 ? 0.26 : 0.15) * (double)f32b);
+    CHECK(q4 < qdata + qdir + qrest && q4data < qdata);
+    CHECK(q4dir < fdir && q4rest < frest);
     const double ratio = (double)qdata / (double)fdata;
     if (getenv("VMC_TEST_VERBOSE"))
       printf("  resnet8 s%d: data %llu of %llu bytes (%.1f %%), file %llu of %llu (%.1f %%)\n",
@@ -1308,13 +1332,15 @@ TEST(vmcfile_quantized_resnet8_size) {
     CHECK(ratio <= (bits == 8 ? 0.26 : 0.15));
     CHECK_EQ_INT(qdir, fdir + dir_growth);
     CHECK(qrest >= frest - 63 && qrest <= frest + 63); /* padding before the data */
-    vmc_graph *h = NULL;
-    CHECK_OK(vmc_model_load(qpath, &h));
-    if (h) {
-      check_same_graph(q, h);
-      check_same_storage(q, h);
+    for (int v = 0; v < 2; v++) {
+      vmc_graph *h = NULL;
+      CHECK_OK(vmc_model_load(v ? q4path : qpath, &h));
+      if (h) {
+        check_same_graph(q, h);
+        check_same_storage(q, h);
+      }
+      vmc_graph_free(h);
     }
-    vmc_graph_free(h);
     vmc_graph_free(q);
   }
   vmc_graph_free(f);
@@ -1362,6 +1388,7 @@ TEST(vmcfile_coded_round_trip) {
   vmc_graph *g;
   REQUIRE_OK(build_ctiny(7, &g));
   check_resave(g, "cround.vmc", 3, "ctiny.vmc");
+  check_resave(g, "cround4.vmc", 4, "ctiny4.vmc");
   vmc_graph_free(g);
 }
 
@@ -1383,6 +1410,7 @@ TEST(vmcfile_coded_layout) {
     const size_t count = vmc_shape_count(&p->shape), raw = vmc_dtype_bytes(p->store, count);
     const uint64_t off = rd64(b + d->off), nb = rd64(b + d->nbytes);
     const uint8_t *src = b + off;
+    const int qmax = p->store == VMC_S8 ? 127 : 7;
     CHECK_EQ_INT(off % 64, 0);
     CHECK_EQ_INT(rd32(b + d->dtype), p->store);
     CHECK_EQ_INT(rd32(b + d->flags), VMC_TFLAG_TRAINABLE | (mode[k] >= 0 ? VMC_TFLAG_CODED : 0));
@@ -1398,7 +1426,7 @@ TEST(vmcfile_coded_layout) {
     if (mode[k] != VMC_CODED_SHARED_TABLE) {
       vmc_huff_table t;
       size_t tb = 0;
-      CHECK_OK(vmc_huff_read_table(src + 1, nb - 1, p->store == VMC_S8 ? 127 : 7, &t, &tb));
+      CHECK_OK(vmc_huff_read_table(src + 1, nb - 1, -qmax, qmax, &t, &tb));
       vmc_huff_decoder_init(mode[k] == VMC_CODED_OWN_TABLE ? &own : &shared, &t);
       used += tb;
     }
@@ -1472,9 +1500,452 @@ TEST(vmcfile_coded_rejects_bad_fields) {
   free(b);
 }
 
-TEST(vmcfile_coded_corruption_sweeps) { check_corruption_sweeps(build_ctiny, 7); }
+TEST(vmcfile_coded_corruption_sweeps) { check_corruption_sweeps(build_ctiny, 7, 3); }
 
-TEST(vmcfile_coded_alloc_failures) { check_alloc_failures(build_ctiny, 7); }
+TEST(vmcfile_coded_alloc_failures) { check_alloc_failures(build_ctiny, 7, 3); }
+
+/* ---- the compact layout (version 4) ----------------------------------------- */
+
+static vmc_status add_fakequant(vmc_graph *g, const char *name, float scale, int zp, int *v) {
+  vmc_attr a[] = {vmc_attr_float("scale", scale), vmc_attr_int("zero_point", zp),
+                  vmc_attr_int("qmin", 0), vmc_attr_int("qmax", 255)};
+  return vmc_graph_add_node(g, "fakequant", name, v, 1, a, 4, NULL, 0, v);
+}
+
+/* Puts parameter `bias` (n elements) on the s32 grid of quantized weight w
+ * and activation scale sx: (float)q * (scale * sx), q drawn up to `mag` in
+ * size, with 0, -1 and (mag > 2^16) +-2^30 among them. */
+static void grid_bias(vmc_graph *g, int bias, int w, float sx, int mag, vmc_rng *rng) {
+  const vmc_param *wp = &g->params[w];
+  vmc_param *b = &g->params[bias];
+  for (int c = 0; c < b->shape.d[0]; c++) {
+    int32_t q = (int32_t)vmc_rng_below(rng, 2 * (uint32_t)mag + 1) - mag;
+    if (c < 2 || (c < 4 && mag > 1 << 16))
+      q = c == 0 ? 0 : c == 1 ? -1 : c == 2 ? (1 << 30) : -(1 << 30);
+    b->data[c] = (float)q * (wp->qscale[wp->n_qscale == 1 ? 0 : c] * sx);
+  }
+}
+
+/* input 3x8x8 -> fakequant (scale 0.02) -> conv1 16x3x3x3 (s8 per channel,
+ * Gaussian) + a bias on its s32 grid -> relu1 (with attributes of all three
+ * forms, a NaN among them) -> fakequant (0.05) -> conv2 8x16x1x1 (s4 per
+ * tensor) + a bias on its grid -> relu2 -> conv3 8x8x3x3 (f32 weights) ->
+ * gap -> flatten -> fc 5x8 (s8 per channel) + an f32 bias off any grid
+ * (-0, a subnormal).  Version 4 stores the two grid biases as s32 codes,
+ * the scales and f32 weights coded. */
+static vmc_status build_vtiny(uint64_t seed, vmc_graph **out) {
+  vmc_graph *g;
+  vmc_rng rng;
+  vmc_rng_seed(&rng, seed);
+  VMC_TRY(vmc_graph_create(3, 8, 8, &g));
+  int w1 = 0, b1 = 0, w2 = 0, b2 = 0, w3 = 0, fw = 0, fb = 0, v = g->input;
+  vmc_status s = add_param(g, "conv1.weight", vmc_shape4(16, 3, 3, 3), 1, &w1, &rng);
+  if (!s) s = add_param(g, "conv1.bias", (vmc_shape){1, {16}}, 1, &b1, &rng);
+  if (!s) s = add_param(g, "conv2.weight", vmc_shape4(8, 16, 1, 1), 1, &w2, &rng);
+  if (!s) s = add_param(g, "conv2.bias", (vmc_shape){1, {8}}, 1, &b2, &rng);
+  if (!s) s = add_param(g, "conv3.weight", vmc_shape4(8, 8, 3, 3), 1, &w3, &rng);
+  if (!s) s = add_param(g, "fc.weight", vmc_shape2(5, 8), 1, &fw, &rng);
+  if (!s) s = add_param(g, "fc.bias", (vmc_shape){1, {5}}, 1, &fb, &rng);
+  if (!s) s = quantize_param(g, w1, VMC_S8, 16, 8.0f, &rng);
+  if (!s) s = quantize_param(g, w2, VMC_S4, 1, 2.0f, &rng);
+  if (!s) s = quantize_param(g, fw, VMC_S8, 5, 30.0f, &rng);
+  if (s) return finish_model(g, s, v, fw, fb, "vtiny", out);
+  grid_bias(g, b1, w1, 0.02f, 100000, &rng);
+  grid_bias(g, b2, w2, 0.05f, 300, &rng);
+  g->params[fb].data[0] = -0.0f;
+  g->params[fb].data[1] = 1e-40f;
+  vmc_attr c1[] = {vmc_attr_int("out_c", 16), vmc_attr_int("kh", 3), vmc_attr_int("kw", 3),
+                   vmc_attr_int("ph", 1), vmc_attr_int("pw", 1)};
+  vmc_attr c2[] = {vmc_attr_int("out_c", 8), vmc_attr_int("kh", 1), vmc_attr_int("kw", 1)};
+  vmc_attr c3[] = {vmc_attr_int("out_c", 8), vmc_attr_int("kh", 3), vmc_attr_int("kw", 3),
+                   vmc_attr_int("ph", 1), vmc_attr_int("pw", 1)};
+  vmc_attr note[] = {{.key = "note", .i = 7, .f = 0.5f}, {.key = "nan", .i = 0, .f = NAN},
+                     vmc_attr_float("pi", 3.25f)};
+  int p1[] = {w1, b1}, p2[] = {w2, b2};
+  s = add_fakequant(g, "input.quant", 0.02f, 128, &v);
+  if (!s) s = vmc_graph_add_node(g, "conv2d", "conv1", &v, 1, c1, 5, p1, 2, &v);
+  if (!s) s = vmc_graph_add_node(g, "relu", "relu1", &v, 1, note, 3, NULL, 0, &v);
+  if (!s) s = add_fakequant(g, "relu1.activation.quant", 0.05f, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "conv2d", "conv2", &v, 1, c2, 3, p2, 2, &v);
+  if (!s) s = vmc_graph_add_node(g, "relu", "relu2", &v, 1, NULL, 0, NULL, 0, &v);
+  if (!s) s = vmc_graph_add_node(g, "conv2d", "conv3", &v, 1, c3, 5, &w3, 1, &v);
+  return finish_model(g, s, v, fw, fb, "vtiny", out);
+}
+
+/* Where the fields of a well-formed version 4 file are, walked
+ * independently of the reader from docs/file-format.md. */
+typedef struct tensor_at4 {
+  size_t name, dtype, role, flags, link, axis, ndim, dims, nbytes;
+  uint64_t off, len; /* its data */
+} tensor_at4;
+typedef struct node_at4 {
+  size_t op, name, n_in, first_in, n_attr, n_param, first_param;
+  size_t attr_key[VMC_MAX_ATTRS], attr_form[VMC_MAX_ATTRS], attr_value[VMC_MAX_ATTRS];
+} node_at4;
+typedef struct layout4 {
+  size_t strings, tensors, graph, data, output;
+  int ns, nt, nn;
+  char str[64][VMC_NAME_MAX];
+  size_t str_at[64]; /* each string's shared-prefix field */
+  tensor_at4 t[16];
+  node_at4 node[16];
+} layout4;
+
+static uint32_t uv_at(const uint8_t *b, size_t *at) {
+  uint32_t v = 0;
+  for (int k = 0;; k++) {
+    const uint8_t c = b[(*at)++];
+    v |= (uint32_t)(c & 127) << (7 * k);
+    if (!(c & 128)) return v;
+  }
+}
+
+static void walk4(const uint8_t *b, size_t n, layout4 *L) {
+  memset(L, 0, sizeof *L);
+  L->strings = rd64(b + VMC_FH_STRINGS_OFF);
+  L->tensors = rd64(b + VMC_FH_TENSORS_OFF);
+  L->graph = rd64(b + VMC_FH_GRAPH_OFF);
+  L->data = rd64(b + VMC_FH_DATA_OFF);
+  L->nt = (int)rd32(b + VMC_FH_N_TENSORS);
+  L->nn = (int)rd32(b + VMC_FH_N_NODES);
+  size_t at = L->strings;
+  L->ns = (int)uv_at(b, &at);
+  for (int i = 0; i < L->ns && i < 64; i++) {
+    L->str_at[i] = at;
+    const uint32_t p = uv_at(b, &at), k = uv_at(b, &at);
+    if (i) memcpy(L->str[i], L->str[i - 1], p);
+    memcpy(L->str[i] + p, b + at, k);
+    L->str[i][p + k] = 0;
+    at += k;
+  }
+  uint64_t data = L->data;
+  at = L->tensors;
+  for (int i = 0; i < L->nt && i < 16; i++) {
+    tensor_at4 *t = &L->t[i];
+    t->name = at;
+    (void)uv_at(b, &at);
+    t->dtype = at;
+    t->role = at + 1;
+    t->flags = at + 2;
+    at += 3;
+    t->link = at;
+    (void)uv_at(b, &at);
+    t->axis = at;
+    (void)uv_at(b, &at);
+    t->ndim = at;
+    const int nd = b[at++];
+    t->dims = at;
+    for (int k = 0; k < nd; k++) (void)uv_at(b, &at);
+    t->nbytes = at;
+    t->off = data;
+    t->len = uv_at(b, &at);
+    data += t->len;
+  }
+  at = L->graph;
+  for (int k = 0; k < 3; k++) (void)uv_at(b, &at);
+  for (int i = 0; i < L->nn && i < 16; i++) {
+    node_at4 *d = &L->node[i];
+    d->op = at;
+    (void)uv_at(b, &at);
+    d->name = at;
+    (void)uv_at(b, &at);
+    d->n_in = at;
+    uint32_t k = uv_at(b, &at);
+    d->first_in = at;
+    while (k--) (void)uv_at(b, &at);
+    d->n_attr = at;
+    k = uv_at(b, &at);
+    for (uint32_t j = 0; j < k && j < VMC_MAX_ATTRS; j++) {
+      d->attr_key[j] = at;
+      (void)uv_at(b, &at);
+      d->attr_form[j] = at;
+      const int form = b[at++];
+      d->attr_value[j] = at;
+      if (form != VMC_ATTR_FORM_FLOAT) (void)uv_at(b, &at);
+      if (form != VMC_ATTR_FORM_INT) at += 4;
+    }
+    d->n_param = at;
+    k = uv_at(b, &at);
+    d->first_param = at;
+    while (k--) (void)uv_at(b, &at);
+  }
+  L->output = at;
+  (void)n;
+}
+
+/* The stream at src[0..nb) as the format says: the table mode, the table
+ * (own or the shared one of *shared), the Huffman bits of n symbols into
+ * out; returns the bytes used (0: a failed check). */
+static size_t hand_stream(const uint8_t *src, size_t nb, int min, int max,
+                          vmc_huff_decoder *shared, size_t n, int8_t *out) {
+  vmc_huff_decoder own;
+  const vmc_huff_decoder *d = shared;
+  size_t used = 1, hb = 0;
+  if (src[0] != VMC_CODED_SHARED_TABLE) {
+    vmc_huff_table t;
+    size_t tb = 0;
+    if (vmc_huff_read_table(src + 1, nb - 1, min, max, &t, &tb)) return 0;
+    vmc_huff_decoder_init(src[0] == VMC_CODED_OWN_TABLE ? &own : shared, &t);
+    if (src[0] == VMC_CODED_OWN_TABLE) d = &own;
+    used += tb;
+  }
+  if (vmc_huff_decode_prefix(d, src + used, nb - used, n, out, &hb)) return 0;
+  return used + hb;
+}
+
+TEST(vmcfile_v4_round_trip) {
+  vmc_graph *g;
+  REQUIRE_OK(build_vtiny(3, &g));
+  check_resave(g, "vround.vmc", 4, "vtiny.vmc");
+  /* The same values as the version 3 file of the same graph, and smaller. */
+  char p3[512], p4[512];
+  tmp_path(p3, sizeof p3, "vround3.vmc");
+  tmp_path(p4, sizeof p4, "vround.vmc");
+  CHECK_OK(vmc_model_write_version(g, NULL, 0, 3, p3));
+  vmc_graph *h3 = NULL, *h4 = NULL;
+  CHECK_OK(vmc_model_load(p3, &h3));
+  CHECK_OK(vmc_model_load(p4, &h4));
+  if (h3 && h4) {
+    check_same_graph(h3, h4);
+    check_same_storage(h3, h4);
+    for (int k = 0; k < 3; k++) { /* the forms of relu1's attributes, the NaN's bits */
+      const vmc_attr *a = &g->nodes[2].attr[k], *c = &h4->nodes[2].attr[k];
+      CHECK(a->i == c->i && !memcmp(&a->f, &c->f, 4));
+    }
+  }
+  vmc_graph_free(h3);
+  vmc_graph_free(h4);
+  size_t n3 = 0, n4 = 0;
+  uint8_t *b3 = slurp(p3, &n3), *b4 = slurp(p4, &n4);
+  CHECK(b3 && b4 && n4 < n3);
+  free(b3);
+  free(b4);
+  /* A checkpoint of a quantized model: extras in a version 4 file. */
+  vmc_blob e[2];
+  float store[109];
+  make_extras(e, store);
+  CHECK_OK(vmc_model_write(g, e, 2, p4));
+  vmc_blob *re = NULL;
+  int nre = 0;
+  vmc_graph *h = NULL;
+  CHECK_OK(vmc_model_read(p4, &h, &re, &nre));
+  CHECK_EQ_INT(nre, 2);
+  for (int i = 0; i < nre && i < 2; i++) {
+    CHECK(!strcmp(re[i].name, e[i].name) && vmc_shape_eq(&re[i].shape, &e[i].shape));
+    CHECK(!memcmp(re[i].data, e[i].data, vmc_shape_count(&e[i].shape) * sizeof(float)));
+  }
+  if (h) check_same_graph(g, h);
+  vmc_blobs_free(re, nre);
+  vmc_graph_free(h);
+  h = NULL;
+  CHECK_OK(vmc_model_load(p4, &h)); /* the extras checked, not returned */
+  vmc_graph_free(h);
+  vmc_graph_free(g);
+}
+
+/* The version 4 file of build_vtiny decoded by hand, as docs/file-format.md
+ * says: the string table, the directory, the coded codes, scales, s32
+ * biases and f32 weights, the graph's indices. */
+TEST(vmcfile_v4_layout) {
+  size_t n = 0;
+  uint8_t *b = model_file(build_vtiny, 3, 4, "v4layout.vmc", &n);
+  REQUIRE(b != NULL);
+  static layout4 L;
+  walk4(b, n, &L);
+  CHECK_EQ_INT(rd32(b + VMC_FH_VERSION), 4);
+  CHECK_EQ_INT(rd64(b + VMC_FH_META_OFF), 96);
+  CHECK(L.strings <= L.tensors && L.tensors <= L.graph && L.graph <= L.data);
+  for (int i = VMC_FH_RESERVED_V4; i < VMC_FILE_HEADER_BYTES; i++) CHECK_EQ_INT(b[i], 0);
+  /* 7 parameters, 3 of them with a scale tensor; 10 nodes */
+  REQUIRE(L.nt == 10 && L.nn == 10);
+  for (int i = 1; i < L.ns; i++) CHECK(strcmp(L.str[i - 1], L.str[i]) < 0);
+  vmc_graph *g;
+  REQUIRE_OK(build_vtiny(3, &g));
+  /* entry: parameter, dtype, role, link (back), coded */
+  static const struct {
+    int param, dtype, role, back, coded;
+  } want[10] = {{0, VMC_S8, 0, 0, 1},  {0, VMC_F32, 1, 1, 1}, {1, VMC_S32, 0, 2, 1},
+                {2, VMC_S4, 0, 0, 1},  {2, VMC_F32, 1, 1, 0}, {3, VMC_S32, 0, 2, 1},
+                {4, VMC_F32, 0, 0, 1}, {5, VMC_S8, 0, 0, 0},  {5, VMC_F32, 1, 1, 0},
+                {6, VMC_F32, 0, 0, 0}};
+  vmc_huff_decoder shared[4];
+  for (int i = 0; i < L.nt; i++) {
+    const tensor_at4 *t = &L.t[i];
+    const vmc_param *p = &g->params[want[i].param];
+    size_t at = t->name;
+    CHECK(!strcmp(L.str[uv_at(b, &at)], p->name));
+    CHECK_EQ_INT(b[t->dtype], want[i].dtype);
+    CHECK_EQ_INT(b[t->role], want[i].role);
+    CHECK_EQ_INT(b[t->flags], (want[i].role ? 0 : VMC_TFLAG_TRAINABLE) |
+                                  (want[i].coded ? VMC_TFLAG_CODED : 0));
+    CHECK_EQ_INT(b[t->link], want[i].back);
+    CHECK_EQ_INT(b[t->axis], 0);
+    const uint8_t *src = b + t->off;
+    const size_t nb = (size_t)t->len;
+    if (want[i].dtype == VMC_S32) { /* t, the bit lengths, the raw bits */
+      const vmc_param *w = &g->params[want[i - 2].param];
+      const size_t cnt = vmc_shape_count(&p->shape);
+      float tf;
+      memcpy(&tf, src, 4);
+      CHECK(tf == (i == 2 ? 0.02f : 0.05f));
+      int8_t len[16];
+      const size_t used = 4 + hand_stream(src + 4, nb - 4, 0, 32, &shared[3], cnt, len);
+      REQUIRE(used > 4);
+      vmc_bit_reader br = {src + used, 0, 8 * (uint64_t)(nb - used)};
+      for (size_t j = 0; j < cnt; j++) {
+        uint32_t u = len[j] ? 1 : 0, low = 0;
+        if (len[j] > 1) {
+          CHECK(vmc_bits_get(&br, len[j] - 1, &low));
+          u = 1u << (len[j] - 1) | low;
+        }
+        const float v = (float)vmc_unzigzag(u) * (w->qscale[w->n_qscale == 1 ? 0 : j] * tf);
+        CHECK(!memcmp(&v, &p->data[j], 4));
+      }
+      CHECK(br.end - br.at < 8);
+    } else if (want[i].dtype == VMC_F32 && want[i].coded) { /* top bytes, low bytes */
+      const float *x = want[i].role ? p->qscale : p->data;
+      const size_t cnt = want[i].role ? (size_t)p->n_qscale : vmc_shape_count(&p->shape);
+      int8_t top[600];
+      const size_t used = hand_stream(src, nb, -128, 127, &shared[2], cnt, top);
+      REQUIRE(used > 0);
+      CHECK_EQ_INT(nb - used, 3 * cnt);
+      for (size_t j = 0; j < cnt; j++) {
+        const uint8_t *lo = src + used + 3 * j;
+        const uint32_t u = (uint32_t)(uint8_t)top[j] << 24 | (uint32_t)lo[2] << 16 |
+                           (uint32_t)lo[1] << 8 | lo[0];
+        CHECK(!memcmp(&u, &x[j], 4));
+      }
+    } else if (want[i].dtype == VMC_F32) {
+      const float *x = want[i].role ? p->qscale : p->data;
+      CHECK(!memcmp(src, x, nb)); /* little-endian host */
+    } else { /* codes: coded, or raw s8 */
+      const size_t cnt = vmc_shape_count(&p->shape);
+      const int qmax = p->store == VMC_S8 ? 127 : 7;
+      int8_t codes[600];
+      if (want[i].coded)
+        CHECK_EQ_INT(hand_stream(src, nb, -qmax, qmax, &shared[p->store == VMC_S4], cnt, codes),
+                     nb);
+      else
+        memcpy(codes, src, cnt);
+      for (size_t j = 0; j < cnt; j++) CHECK_EQ_INT(codes[j], vmc_param_code(p, j));
+    }
+  }
+  CHECK_EQ_INT(L.t[9].off + L.t[9].len, n - 4); /* the data back to back, to the CRC */
+  /* graph: conv1 reads value 1 (input.quant), its parameters are entries 0 and 2 */
+  const node_at4 *conv1 = &L.node[1], *relu1 = &L.node[2];
+  size_t at = conv1->op;
+  CHECK(!strcmp(L.str[uv_at(b, &at)], "conv2d"));
+  CHECK_EQ_INT(b[conv1->first_in], 1);
+  CHECK(b[conv1->first_param] == 0 && b[conv1->first_param + 1] == 2);
+  static const int forms[3] = {VMC_ATTR_FORM_BOTH, VMC_ATTR_FORM_BOTH, VMC_ATTR_FORM_FLOAT};
+  for (int k = 0; k < 3; k++) CHECK_EQ_INT(b[relu1->attr_form[k]], forms[k]);
+  CHECK_EQ_INT(b[L.node[0].attr_form[0]], VMC_ATTR_FORM_FLOAT); /* scale */
+  CHECK_EQ_INT(b[L.node[0].attr_form[1]], VMC_ATTR_FORM_INT);   /* zero_point */
+  CHECK_EQ_INT(b[L.output], 10);
+  CHECK_EQ_INT(L.output + 1, L.data);
+  vmc_graph_free(g);
+  free(b);
+}
+
+/* The string of the table whose text is s (its index), or -1. */
+static int str_index(const layout4 *L, const char *s) {
+  for (int i = 0; i < L->ns; i++)
+    if (!strcmp(L->str[i], s)) return i;
+  return -1;
+}
+
+TEST(vmcfile_v4_rejects_bad_fields) {
+  size_t n = 0;
+  uint8_t *b = model_file(build_vtiny, 3, 4, "v4bad.vmc", &n);
+  REQUIRE(b != NULL);
+  static layout4 L;
+  walk4(b, n, &L);
+  REQUIRE(L.nt == 10 && L.nn == 10 && L.ns < 64);
+  const tensor_at4 *w1 = &L.t[0], *s1 = &L.t[1], *b1 = &L.t[2], *s2 = &L.t[4], *b2 = &L.t[5],
+                   *w3 = &L.t[6], *fb = &L.t[9];
+  const node_at4 *fq = &L.node[0], *conv1 = &L.node[1], *relu1 = &L.node[2], *fc = &L.node[9];
+  const int kh = str_index(&L, "kh"), conv1w = str_index(&L, "conv1.weight"),
+            longest = str_index(&L, "relu1.activation.quant");
+  REQUIRE(kh >= 0 && conv1w >= 0 && longest >= 0);
+  /* string 3: the bytes it adds to string 2 */
+  size_t at3 = L.str_at[3];
+  const uint32_t p3 = uv_at(b, &at3);
+  (void)uv_at(b, &at3);
+  const uint8_t NS = (uint8_t)L.ns;
+  const corruption cases[] = {
+      /* header */
+      {"string table before the metadata", VMC_FH_STRINGS_OFF, 8, 90, VMC_ERR_FORMAT, "bad section offsets", NULL, 0, 0, 0},
+      {"string table after the directory", VMC_FH_STRINGS_OFF, 8, L.tensors + 1, VMC_ERR_FORMAT, "bad section offsets", NULL, 0, 0, 0},
+      {"reserved byte", VMC_FH_RESERVED_V4, 1, 1, VMC_ERR_FORMAT, "reserved header byte 80", NULL, 0, 0, 0},
+      {"data offset earlier", VMC_FH_DATA_OFF, 8, L.data - 1, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"read as version 3", VMC_FH_VERSION, 4, 3, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      /* varints */
+      {"a needless last byte", fq->n_in, 0, 0, VMC_ERR_FORMAT, "needless last byte 0", "\x81", 0, 0, 0},
+      {"a varint of 33 bits", conv1->n_in, 0, 0, VMC_ERR_FORMAT, "more than 32 bits", "\xff\xff\xff\xff\x1f", 0, 0, 0},
+      {"string count", L.strings, 1, 0x7f, VMC_ERR_FORMAT, "strings do not fit", NULL, 0, 0, 0},
+      /* string table */
+      {"a shared prefix too long", L.str_at[1], 1, 20, VMC_ERR_FORMAT, "string 1", NULL, 0, 0, 0},
+      {"nothing new", L.str_at[3] + 1, 1, 0, VMC_ERR_FORMAT, "at least one new", NULL, 0, 0, 0},
+      {"64 bytes", L.str_at[3] + 1, 1, 64 - p3, VMC_ERR_FORMAT, "expected 1..63 bytes", NULL, 0, 0, 0},
+      {"NUL in a string", at3, 1, 0, VMC_ERR_FORMAT, "NUL", NULL, 0, 0, 0},
+      {"out of order", at3, 1, 1, VMC_ERR_FORMAT, "does not sort after", NULL, 0, 0, 0},
+      {"a string index past the table", w1->name, 1, NS, VMC_ERR_FORMAT, "of a table of", NULL, 0, 0, 0},
+      {"an unused string", relu1->attr_key[0], 1, (uint64_t)kh, VMC_ERR_FORMAT, "('note') of the string table is not used", NULL, 0, 0, 0},
+      {"an attribute key of 22 bytes", relu1->attr_key[0], 1, (uint64_t)longest, VMC_ERR_FORMAT, "has 22 bytes, at most 15", NULL, 0, 0, 0},
+      /* directory */
+      {"u8 tensor", fb->dtype, 1, VMC_U8, VMC_ERR_UNSUPPORTED, "u8", NULL, fb->dims, 1, 20},
+      {"link before the first entry", b1->link, 1, 3, VMC_ERR_FORMAT, "3 entries back", NULL, 0, 0, 0},
+      {"link on an f32 tensor", w3->link, 1, 1, VMC_ERR_FORMAT, "bad link", NULL, 0, 0, 0},
+      {"axis on data", w1->axis, 1, 1, VMC_ERR_FORMAT, "bad link", NULL, 0, 0, 0},
+      {"s32 without a link", b1->link, 1, 0, VMC_ERR_FORMAT, "bad link", NULL, 0, 0, 0},
+      {"s32 linked to scales", b1->link, 1, 1, VMC_ERR_FORMAT, "not the codes", NULL, 0, 0, 0},
+      {"s32 linked to s32", b2->link, 1, 3, VMC_ERR_FORMAT, "not the codes", NULL, 0, 0, 0},
+      {"s32 not coded", b1->flags, 1, VMC_TFLAG_TRAINABLE, VMC_ERR_FORMAT, "conv1.bias", NULL, 0, 0, 0},
+      {"s32 extra", b1->flags, 1, VMC_TFLAG_EXTRA | VMC_TFLAG_CODED, VMC_ERR_FORMAT, "conv1.bias", NULL, 0, 0, 0},
+      {"s32 companion", b1->role, 1, VMC_TROLE_SCALE, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"s32 count vs scales", b1->dims, 1, 8, VMC_ERR_FORMAT, "uses the 16 scales", NULL, 0, 0, 0},
+      {"s32 tensor 2-D", b1->ndim, 1, 2, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"coded u8", w3->dtype, 1, VMC_U8, VMC_ERR_FORMAT, "flag CODED on a u8", NULL, 0, 0, 0},
+      {"scale tensor trainable", s2->flags, 1, VMC_TFLAG_TRAINABLE, VMC_ERR_FORMAT, "flags 1", NULL, 0, 0, 0},
+      {"scale tensor coded and trainable", s1->flags, 1, VMC_TFLAG_TRAINABLE | VMC_TFLAG_CODED, VMC_ERR_FORMAT, "flags 5", NULL, 0, 0, 0},
+      {"five dimensions", w1->ndim, 1, 5, VMC_ERR_FORMAT, "too many dimensions", NULL, 0, 0, 0},
+      {"zero dimension", w1->dims, 1, 0, VMC_ERR_FORMAT, "dimension 0 is 0", NULL, 0, 0, 0},
+      {"data short of the region", w3->nbytes, 1, b[w3->nbytes] - 1u, VMC_ERR_FORMAT, "the data region at", NULL, 0, 0, 0},
+      {"data past the region", w3->nbytes, 1, b[w3->nbytes] + 1u, VMC_ERR_FORMAT, "'fc.bias'): data", NULL, 0, 0, 0},
+      /* data */
+      {"factor 0", b1->off, 4, 0, VMC_ERR_FORMAT, "its factor is 0", NULL, 0, 0, 0},
+      {"factor NaN", b1->off, 4, 0x7fc00000u, VMC_ERR_FORMAT, "its factor is nan", NULL, 0, 0, 0},
+      {"s32 table mode", b1->off + 4, 1, 3, VMC_ERR_FORMAT, "unknown code table mode 3", NULL, 0, 0, 0},
+      {"s32 bit length 33", b1->off + 5, 1, 0x01, VMC_ERR_FORMAT, "(entropy-coded s32): its code table", NULL, b1->off + 6, 1, 33},
+      {"coded scale table mode", s1->off, 1, 7, VMC_ERR_FORMAT, "'conv1.weight': unknown code table mode 7", NULL, 0, 0, 0},
+      {"coded f32 table", w3->off + 1, 1, 0x7f, VMC_ERR_FORMAT, "'conv3.weight' (entropy-coded f32)", NULL, 0, 0, 0},
+      {"s32 raw bits cut", b1->nbytes, 1, b1->len - 1, VMC_ERR_FORMAT, "bytes follow the bit lengths of its codes", NULL, L.t[3].nbytes, 1, L.t[3].len + 1},
+      /* graph */
+      {"input from the future", conv1->first_in, 1, 5, VMC_ERR_FORMAT, "input 0 is value 5", NULL, 0, 0, 0},
+      {"a parameter that is a scale tensor", conv1->first_param, 1, 1, VMC_ERR_FORMAT, "directory entry 1, not a parameter's data", NULL, 0, 0, 0},
+      {"a parameter past the directory", conv1->first_param, 1, 100, VMC_ERR_FORMAT, "directory entry 100", NULL, 0, 0, 0},
+      {"a node named like a tensor only", conv1->name, 1, (uint64_t)conv1w, VMC_ERR_FORMAT, NULL, NULL, 0, 0, 0},
+      {"unknown op", conv1->op, 1, (uint64_t)conv1w, VMC_ERR_NOT_FOUND, "unknown op 'conv1.weight'", NULL, 0, 0, 0},
+      {"attribute form 3", fq->attr_form[0], 1, 3, VMC_ERR_FORMAT, "form 3", NULL, 0, 0, 0},
+      {"an integral float", fq->attr_value[0], 4, 0x40400000u, VMC_ERR_FORMAT, "is in form 1, not 0", NULL, 0, 0, 0},
+      {"both, but an int", relu1->attr_value[0] + 1, 4, 0x40e00000u, VMC_ERR_FORMAT, "is in form 2, not 0", NULL, 0, 0, 0},
+      {"output past the nodes", L.output, 1, 11, VMC_ERR_FORMAT, "not a value of the graph", NULL, 0, 0, 0},
+      {"a byte after the graph", fc->n_param, 1, 1, VMC_ERR_FORMAT, "1 unexpected bytes at the end of the graph section", NULL, 0, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_rejected(b, n, &cases[i]);
+  free(b);
+}
+
+TEST(vmcfile_v4_corruption_sweeps) {
+  check_corruption_sweeps(build_vtiny, 3, 4);
+  check_corruption_sweeps(build_qtiny, 5, 4);
+  check_corruption_sweeps(build_ctiny, 7, 4);
+}
+
+TEST(vmcfile_v4_alloc_failures) {
+  check_alloc_failures(build_vtiny, 3, 4);
+  check_alloc_failures(build_ctiny, 7, 4);
+}
 
 /* The file's CRC is zlib's CRC-32 (docs/file-format.md): vmc_crc32 agrees
  * with it at every length and alignment, in one call or in pieces. */

@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-_Static_assert(VMC_HUFF_MAX_SYMS <= 255 && VMC_HUFF_MAX_LEN <= 15,
+_Static_assert(VMC_HUFF_MAX_SYMS <= 256 && VMC_HUFF_MAX_LEN <= 15,
                "a LUT entry holds a symbol byte and a 4-bit length");
 _Static_assert(VMC_HUFF_LUT_BITS < VMC_HUFF_MAX_LEN, "long codes take the slow path");
 
@@ -45,7 +45,7 @@ static int huffman_depths(const uint64_t *w_sorted, int m, uint8_t *depth) {
 
 void vmc_huff_build(const vmc_huff_hist *h, vmc_huff_table *t) {
   int lo = 0, hi = -1;
-  for (int s = 1; s < 256; s++) /* from -127: -128 is never a code */
+  for (int s = 0; s < 256; s++)
     if (h->n[s]) {
       if (hi < 0) lo = s;
       hi = s;
@@ -54,7 +54,7 @@ void vmc_huff_build(const vmc_huff_hist *h, vmc_huff_table *t) {
   if (hi < 0) return; /* no symbols: an empty table (n 0), which codes nothing */
   t->lo = lo - 128;
   t->n = hi - lo + 1;
-  /* Used symbols sorted by (count, value): insertion sort of <= 255. */
+  /* Used symbols sorted by (count, value): insertion sort of <= 256. */
   int sym[VMC_HUFF_MAX_SYMS], m = 0;
   uint64_t w[VMC_HUFF_MAX_SYMS];
   for (int s = lo; s <= hi; s++) {
@@ -90,7 +90,7 @@ size_t vmc_huff_table_bytes(const vmc_huff_table *t) { return 2 + ((size_t)t->n 
 
 void vmc_huff_write_table(const vmc_huff_table *t, uint8_t *dst) {
   dst[0] = (uint8_t)(int8_t)t->lo;
-  dst[1] = (uint8_t)t->n;
+  dst[1] = (uint8_t)(t->n & 255); /* 256 symbols: 0 */
   memset(dst + 2, 0, ((size_t)t->n + 1) / 2);
   for (int k = 0; k < t->n; k++) dst[2 + k / 2] |= (uint8_t)(t->len[k] << (4 * (k & 1)));
 }
@@ -133,16 +133,16 @@ size_t vmc_huff_encode(const vmc_huff_table *t, const int8_t *codes, size_t n, u
   return out;
 }
 
-vmc_status vmc_huff_read_table(const uint8_t *src, size_t avail, int qmax, vmc_huff_table *t,
-                               size_t *used) {
+vmc_status vmc_huff_read_table(const uint8_t *src, size_t avail, int min, int max,
+                               vmc_huff_table *t, size_t *used) {
   memset(t, 0, sizeof *t);
   if (avail < 2)
     return vmc_error(VMC_ERR_FORMAT, "its code table runs past the end of its coded bytes");
   t->lo = (int8_t)src[0];
-  t->n = src[1];
-  if (t->n < 1 || t->lo < -qmax || t->lo + t->n - 1 > qmax)
+  t->n = src[1] ? src[1] : 256;
+  if (t->lo < min || t->lo + t->n - 1 > max)
     return vmc_error(VMC_ERR_FORMAT, "its code table covers %d symbols from %d, outside "
-                     "-%d..%d", t->n, t->lo, qmax, qmax);
+                     "%d..%d", t->n, t->lo, min, max);
   const size_t bytes = vmc_huff_table_bytes(t);
   if (bytes > avail)
     return vmc_error(VMC_ERR_FORMAT, "its code table of %zu bytes runs past the end of its %zu "
@@ -218,8 +218,8 @@ static inline int decode_one(const vmc_huff_decoder *d, uint64_t buf, int8_t *s)
   return 0;
 }
 
-vmc_status vmc_huff_decode(const vmc_huff_decoder *d, const uint8_t *src, size_t nbytes,
-                           size_t n, int8_t *out) {
+vmc_status vmc_huff_decode_prefix(const vmc_huff_decoder *d, const uint8_t *src, size_t nbytes,
+                                  size_t n, int8_t *out, size_t *used_bytes) {
   /* buf: the stream from bit 8 pos - have on, left-aligned; its first
    * `have` bits are loaded (the bits after them may be too: the same
    * bits); pos: the next byte to load. */
@@ -257,12 +257,41 @@ vmc_status vmc_huff_decode(const vmc_huff_decoder *d, const uint8_t *src, size_t
   if (used > total)
     return vmc_error(VMC_ERR_FORMAT, "its %zu codes need %llu bits, more than its %zu coded "
                      "bytes hold", n, (unsigned long long)used, nbytes);
-  if (total - used >= 8)
-    return vmc_error(VMC_ERR_FORMAT, "%llu bytes follow the last of its %zu codes",
-                     (unsigned long long)((total - used) / 8), n);
-  const int pad = (int)(total - used);
-  if (pad && (src[nbytes - 1] & ((1u << pad) - 1)))
+  const int pad = (int)((8 - used % 8) % 8);
+  *used_bytes = (size_t)((used + 7) / 8);
+  if (pad && (src[*used_bytes - 1] & ((1u << pad) - 1)))
     return vmc_error(VMC_ERR_FORMAT, "the %d padding bits after its last code are not zero",
                      pad);
   return VMC_OK;
+}
+
+vmc_status vmc_huff_decode(const vmc_huff_decoder *d, const uint8_t *src, size_t nbytes,
+                           size_t n, int8_t *out) {
+  size_t used = 0;
+  VMC_TRY(vmc_huff_decode_prefix(d, src, nbytes, n, out, &used));
+  if (used < nbytes)
+    return vmc_error(VMC_ERR_FORMAT, "%zu bytes follow the last of its %zu codes", nbytes - used,
+                     n);
+  return VMC_OK;
+}
+
+/* ---- integers as bit lengths and raw bits ------------------------------- */
+
+int vmc_bit_length(uint32_t u) {
+  int L = 0;
+  for (; u; u >>= 1) L++;
+  return L;
+}
+
+void vmc_bits_put(vmc_bit_writer *w, uint32_t v, int k) {
+  for (int b = k - 1; b >= 0; b--, w->at++)
+    if (v >> b & 1) w->dst[w->at >> 3] |= (uint8_t)(0x80u >> (w->at & 7));
+}
+
+bool vmc_bits_get(vmc_bit_reader *r, int k, uint32_t *v) {
+  if ((uint64_t)k > r->end - r->at) return false;
+  uint32_t x = 0;
+  for (int b = 0; b < k; b++, r->at++) x = x << 1 | (uint32_t)(r->src[r->at >> 3] >> (7 - (r->at & 7)) & 1);
+  *v = x;
+  return true;
 }
