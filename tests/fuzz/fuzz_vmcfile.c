@@ -14,10 +14,14 @@
  *   VMC_FUZZ_SEED_DIR=build/fuzz/corpus build/vmc_tests round_trip
  *   build/fuzz/fuzz_vmcfile -max_len=16384 build/fuzz/corpus
  *
- * (The round-trip tests write small valid models into $VMC_FUZZ_SEED_DIR:
- * tiny.vmc, qtiny.vmc with s8/s4 weights (format version 2), and ctiny.vmc
- * with entropy-coded ones (version 3); seeds that get the fuzzer past the
- * CRC check.)
+ * (The round-trip tests write small valid models into $VMC_FUZZ_SEED_DIR,
+ * seeds that get the fuzzer past the CRC check: tiny.vmc (f32, format
+ * version 1), qtiny.vmc with s8/s4 weights (version 2), ctiny.vmc with
+ * entropy-coded ones (version 3), and the compact layout of version 4:
+ * qtiny4.vmc, ctiny4.vmc, and vtiny.vmc with coded scales and f32 weights
+ * and biases stored as s32 codes.  Version 4 files have varint fields and
+ * no padding, so most mutations reach the parser rather than an offset
+ * check: give the fuzzer -max_len of a few times the largest seed.)
  * Mutations rarely keep the CRC-32 valid, so by default this target fixes the
  * CRC of every input before reading it: the parser behind the checksum is
  * what needs fuzzing.  Build with -DVMC_FUZZ_KEEP_CRC to fuzz the input
