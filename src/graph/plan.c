@@ -4,8 +4,12 @@
 
 #include "graph/fold.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static int prof_on(void);
+static void prof_print(const vmc_plan *p);
 
 static size_t fbytes(const vmc_shape *s) { return vmc_shape_count(s) * sizeof(float); }
 
@@ -354,6 +358,7 @@ const float *vmc_plan_value(const vmc_plan *p, int value) {
 
 void vmc_plan_destroy(vmc_plan *p) {
   if (!p) return;
+  if (p->grad && prof_on()) prof_print(p);
   for (int t = 0; t < p->n_sub; t++) vmc_plan_destroy(p->sub[t]);
   vmc_free(p->sub);
   vmc_arena_release(&p->arena);
@@ -381,14 +386,47 @@ size_t vmc_plan_arena_bytes(const vmc_plan *p) {
 }
 const vmc_shape *vmc_plan_value_shape(const vmc_plan *p, int value) { return &p->shape[value]; }
 
+/* VMC_PROFILE=1: wall seconds per node of a training plan, forward and
+ * backward, summed over its calls and printed to stderr (then reset) when the
+ * plan is destroyed: where a training step's time goes, op by op.  One set of
+ * counters for the process, so it assumes one training plan at a time;
+ * inference plans are not timed. */
+#define PROF_MAX 512
+static int g_prof = -1;
+static double g_prof_s[2][PROF_MAX];
+static int prof_on(void) {
+  if (g_prof < 0) {
+    const char *e = getenv("VMC_PROFILE");
+    g_prof = e && *e && strcmp(e, "0");
+  }
+  return g_prof;
+}
+static void prof_print(const vmc_plan *p) {
+  double tot = 0;
+  for (int i = 0; i < p->g->n_nodes && i < PROF_MAX; i++) tot += g_prof_s[0][i] + g_prof_s[1][i];
+  if (tot <= 0) return;
+  fprintf(stderr, "%-28s %-10s %9s %9s %6s\n", "node", "op", "fwd s", "bwd s", "%");
+  for (int i = 0; i < p->g->n_nodes && i < PROF_MAX; i++) {
+    const double f = g_prof_s[0][i], b = g_prof_s[1][i];
+    if (f + b <= 0) continue;
+    fprintf(stderr, "%-28s %-10s %9.3f %9.3f %6.1f\n", p->g->nodes[i].name, p->g->nodes[i].op->name,
+            f, b, 100 * (f + b) / tot);
+    g_prof_s[0][i] = g_prof_s[1][i] = 0;
+  }
+  fprintf(stderr, "total %.3f s\n", tot);
+}
+
 /* Every node of a plan for n images, its ops on nthreads threads. */
 static void run_nodes(vmc_plan *p, int n, int nthreads) {
+  const int prof = p->grad && prof_on();
   for (int i = 0; i < p->g->n_nodes; i++) {
     if (p->skip[i]) continue;
     vmc_opctx c;
     fill_ctx(p, i, n, &c);
     c.nthreads = nthreads;
+    const double t0 = prof ? vmc_now() : 0;
     p->g->nodes[i].op->forward(&c);
+    if (prof && i < PROF_MAX) g_prof_s[0][i] += vmc_now() - t0;
   }
 }
 
@@ -437,7 +475,9 @@ vmc_status vmc_plan_backward(vmc_plan *p) {
                        n->name);
     vmc_opctx c;
     fill_ctx(p, i, p->last_n, &c);
+    const double t0 = prof_on() ? vmc_now() : 0;
     n->op->backward(&c);
+    if (prof_on() && i < PROF_MAX) g_prof_s[1][i] += vmc_now() - t0;
   }
   return VMC_OK;
 }
