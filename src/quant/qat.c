@@ -74,6 +74,7 @@ typedef struct qweight {
   size_t k;         /* weights per block */
   float *shadow;    /* what the optimizer updates */
   float *bshadow;   /* the float bias (NULL without one, or with float biases) */
+  int bp;           /* with bshadow: the parameter it shadows (the bias, or the beta of bn) */
   vmc_qparams *qp;  /* blocks entries: the scales fq(shadow) uses */
   int bn;           /* the batchnorm node after it while one is in the graph, or -1 */
   float *a;         /* with bn: its gamma / sqrt(var + eps) per output channel */
@@ -229,11 +230,15 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
       if (fb < 0) return vmc_error(VMC_ERR_INTERNAL, "qat: bias '%s' has no float original",
                                    q->params[w->b].name);
       memcpy(q->params[w->b].data, f->params[fb].data, nb * sizeof(float));
-      if (st->o->ptq.bias_s32 && w->fq >= 0 && w->bn < 0) { /* else folded at the end */
-        w->bshadow = vmc_malloc_plain(nb * sizeof *w->bshadow);
-        if (!w->bshadow) return vmc_error(VMC_ERR_NOMEM, "qat: bias of '%s'", nd->name);
-        memcpy(w->bshadow, f->params[fb].data, nb * sizeof(float));
-      }
+    }
+    /* The shadow of the s32 bias: the layer's float bias, or with a
+     * batchnorm after the layer its beta (the folded bias follows it). */
+    w->bp = w->bn >= 0 ? q->nodes[w->bn].param[1] : w->b;
+    if (st->o->ptq.bias_s32 && w->fq >= 0 && w->bp >= 0) {
+      const size_t nb = vmc_shape_count(&q->params[w->bp].shape);
+      w->bshadow = vmc_malloc_plain(nb * sizeof *w->bshadow);
+      if (!w->bshadow) return vmc_error(VMC_ERR_NOMEM, "qat: bias of '%s'", nd->name);
+      memcpy(w->bshadow, q->params[w->bp].data, nb * sizeof(float));
     }
   }
   if (!st->nw) return vmc_error(VMC_ERR_INVALID_ARG, "qat: no conv2d or linear weight to quantize");
@@ -274,13 +279,24 @@ static vmc_status setup_observers(qat_state *st, vmc_qscheme act) {
 
 /* The bias as the integer runtime adds it: s32 codes of scale s_w[c] * s_x
  * (the scales of this step), as the PTQ pass rounds it; a product below
- * FLT_MIN stays float. */
+ * FLT_MIN stays float.  With a batchnorm after the layer, the beta that
+ * makes the folded bias a * b + (beta - mean * a) (fold.h) that grid value,
+ * a the scales of the last fake_weights, b the layer's bias (0 without). */
 static void quantize_bias(qat_state *st, const qweight *w) {
   if (!w->bshadow) return;
-  vmc_param *pb = &st->q->params[w->b];
+  vmc_param *pb = &st->q->params[w->bp];
   const float sx = fq_params(&st->q->nodes[w->fq]).scale;
-  for (int c = 0; c < pb->shape.d[0]; c++)
-    pb->data[c] = vmc_qbias_s32(w->bshadow[c], w->qp[w->blocks > 1 ? c : 0].scale, sx);
+  const float *mean = w->bn >= 0 ? st->q->params[st->q->nodes[w->bn].param[2]].data : NULL;
+  const float *b = w->bn >= 0 && w->b >= 0 ? st->q->params[w->b].data : NULL;
+  for (int c = 0; c < pb->shape.d[0]; c++) {
+    const float sw = w->qp[w->blocks > 1 ? c : 0].scale;
+    if (!mean) {
+      pb->data[c] = vmc_qbias_s32(w->bshadow[c], sw, sx);
+      continue;
+    }
+    const float ab = b ? w->a[c] * b[c] : 0.0f, ma = mean[c] * w->a[c];
+    pb->data[c] = vmc_qbias_s32(ab + (w->bshadow[c] - ma), sw, sx) - ab + ma;
+  }
 }
 
 /* ---- the hooks ------------------------------------------------------------------ */
@@ -376,7 +392,7 @@ static vmc_status qat_before_optim(void *user, vmc_plan *p, long step) {
     if (st->o->fixed_weight_scales) vmc_qat_ste_mask(w->shadow, w->blocks, w->k, w->qp, pw->grad);
     memcpy(pw->data, w->shadow, (size_t)w->blocks * w->k * sizeof(float));
     if (w->bshadow) /* the s32 grid is fine (about 1e-4 of the bias): plain STE */
-      memcpy(st->q->params[w->b].data, w->bshadow, (size_t)st->q->params[w->b].shape.d[0] * sizeof(float));
+      memcpy(st->q->params[w->bp].data, w->bshadow, (size_t)st->q->params[w->bp].shape.d[0] * sizeof(float));
   }
   return VMC_OK;
 }
@@ -393,7 +409,7 @@ static vmc_status qat_after_step(void *user, vmc_plan *p, long step) {
     vmc_status s = fake_weights(st, w, st->o->fixed_weight_scales);
     if (s) return vmc_error(s, "qat: weight '%s' at step %ld: %s", pw->name, step, vmc_last_error());
     if (w->bshadow) {
-      memcpy(w->bshadow, st->q->params[w->b].data, (size_t)st->q->params[w->b].shape.d[0] * sizeof(float));
+      memcpy(w->bshadow, st->q->params[w->bp].data, (size_t)st->q->params[w->bp].shape.d[0] * sizeof(float));
       quantize_bias(st, w);
     }
   }
@@ -500,13 +516,13 @@ static vmc_status qat_checkpoint(void *user, vmc_graph *g, int phase) {
   for (int j = 0; j < st->nw && phase != VMC_CKPT_SAVED; j++) {
     qweight *w = &st->w[j];
     float *pw = g->params[w->w].data;
-    const size_t n = (size_t)w->blocks * w->k, nb = w->bshadow ? (size_t)g->params[w->b].shape.d[0] : 0;
+    const size_t n = (size_t)w->blocks * w->k, nb = w->bshadow ? (size_t)g->params[w->bp].shape.d[0] : 0;
     if (phase == VMC_CKPT_SAVE) {
       memcpy(pw, w->shadow, n * sizeof *pw);
-      if (nb) memcpy(g->params[w->b].data, w->bshadow, nb * sizeof(float));
+      if (nb) memcpy(g->params[w->bp].data, w->bshadow, nb * sizeof(float));
     } else {
       memcpy(w->shadow, pw, n * sizeof *pw);
-      if (nb) memcpy(w->bshadow, g->params[w->b].data, nb * sizeof(float));
+      if (nb) memcpy(w->bshadow, g->params[w->bp].data, nb * sizeof(float));
     }
   }
   if (phase == VMC_CKPT_SAVE) return ckpt_save(st, g);
@@ -532,6 +548,10 @@ static void qat_on_epoch(void *user, const vmc_epoch_result *r) {
  * observers move to the folded graph's nodes. */
 static vmc_status fold_bn(qat_state *st) {
   vmc_graph *u = st->q, *q;
+  for (int j = 0; j < st->nw; j++) /* the betas themselves, not their grid-fitted forms */
+    if (st->w[j].bshadow)
+      memcpy(u->params[st->w[j].bp].data, st->w[j].bshadow,
+             vmc_shape_count(&u->params[st->w[j].bp].shape) * sizeof(float));
   VMC_TRY(vmc_graph_fold_bn_copy(u, &q, NULL));
   vmc_status s = VMC_OK;
   for (int j = 0; j < st->nw && !s; j++) {
@@ -548,15 +568,19 @@ static vmc_status fold_bn(qat_state *st) {
     w->fq = fq;
     w->w = n->param[0];
     w->b = n->n_param > 1 ? n->param[1] : -1;
+    w->bp = w->b;
     if (w->bn < 0) continue;
     vmc_param *pw = &q->params[w->w];
     const int oc = pw->shape.d[0];
     s = fake_folded(u, w, oc, vmc_shape_count(&pw->shape) / (size_t)oc, pw->data);
     w->bn = -1;
-    if (s || !st->o->ptq.bias_s32 || fq < 0 || w->b < 0) continue;
-    w->bshadow = vmc_malloc_plain((size_t)oc * sizeof *w->bshadow);
-    if (!w->bshadow) s = vmc_error(VMC_ERR_NOMEM, "qat: bias of '%s'", n->name);
-    else memcpy(w->bshadow, q->params[w->b].data, (size_t)oc * sizeof *w->bshadow);
+    if (s || !w->bshadow) continue;
+    if (w->b < 0) { /* the fold always gives a bias; never here */
+      vmc_free(w->bshadow);
+      w->bshadow = NULL;
+      continue;
+    }
+    memcpy(w->bshadow, q->params[w->b].data, (size_t)oc * sizeof *w->bshadow); /* folded */
   }
   for (int j = 0; j < st->nobs && !s; j++) {
     const char *name = u->nodes[st->obs[j].node].name;
