@@ -410,3 +410,26 @@ TEST(entropy_integer_bits) {
   vmc_bits_put(&w1, 1, 2);
   CHECK_EQ_INT(one[0], 0xA0);
 }
+
+/* The f32 example of docs/file-format.md: the top bytes of 0.5 and -2.25
+ * (symbols 63 and -64) under their own table, byte for byte. */
+TEST(entropy_documented_f32_example) {
+  const float x[2] = {0.5f, -2.25f};
+  int8_t top[2];
+  for (int i = 0; i < 2; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    top[i] = (int8_t)(uint8_t)(u >> 24);
+  }
+  CHECK(top[0] == 63 && top[1] == -64);
+  vmc_huff_hist h;
+  vmc_huff_table t = build(top, 2, &h);
+  CHECK(t.lo == -64 && t.n == 128 && t.len[0] == 1 && t.len[127] == 1);
+  uint8_t tab[2 + 64], bits[1];
+  CHECK_EQ_INT(vmc_huff_table_bytes(&t), 66);
+  vmc_huff_write_table(&t, tab);
+  CHECK(tab[0] == 0xC0 && tab[1] == 0x80 && tab[2] == 0x01 && tab[65] == 0x10);
+  for (int i = 3; i < 65; i++) CHECK_EQ_INT(tab[i], 0);
+  CHECK_EQ_INT(vmc_huff_encode(&t, top, 2, bits), 1);
+  CHECK_EQ_INT(bits[0], 0x80);
+}
