@@ -447,6 +447,25 @@ static int batch_statistics(const gcase *gc) {
   return 1;
 }
 
+/* Absurd window attributes (as a corrupted file may hold) are rejected by
+ * shape inference, without overflowing anything on the way. */
+TEST(ops_conv2d_absurd_windows_rejected) {
+  static const int32_t sizes[] = {65, 1 << 20, 1 << 30, INT32_MAX, 0, -1, INT32_MIN};
+  for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+    vmc_graph *g;
+    REQUIRE_OK(vmc_graph_create(4, 8, 8, &g));
+    int w, v = g->input;
+    REQUIRE_OK(vmc_graph_add_param(g, "w", vmc_shape4(2, 4, 3, 3), 1, &w));
+    const vmc_attr a[] = {vmc_attr_int("out_c", 2), vmc_attr_int("kh", sizes[i]),
+                          vmc_attr_int("kw", sizes[i]), vmc_attr_int("dh", sizes[i])};
+    if (!vmc_graph_add_node(g, "conv2d", "conv", &v, 1, a, 4, &w, 1, &v)) {
+      vmc_shape shapes[4];
+      CHECK(g->n_values <= 4 && vmc_graph_infer_shapes(g, 1, shapes) != VMC_OK);
+    }
+    vmc_graph_free(g);
+  }
+}
+
 /* Training updates the running statistics, unless the batchnorm is frozen. */
 TEST(ops_grad_batchnorm_frozen_keeps_running_stats) {
   for (int i = 0; i < N_CASES; i++) {

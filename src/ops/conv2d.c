@@ -82,8 +82,9 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   const vmc_conv_geom *g = &c.g;
   /* Attributes from a file may be absurd: products in 64 bits, and an
    * out-of-range result leaves K or P 0 for conv_infer to reject. */
-  int64_t K = (int64_t)g->c * g->kh * g->kw, P = (int64_t)g->oh * g->ow;
-  c.K = (g->kh < 1 || g->kw < 1 || K < 1 || K > (1 << 28)) ? 0 : (int)K;
+  const int window = g->kh >= 1 && g->kw >= 1 && g->kh <= 64 && g->kw <= 64;
+  int64_t K = window ? (int64_t)g->c * g->kh * g->kw : 0, P = (int64_t)g->oh * g->ow;
+  c.K = (K < 1 || K > (1 << 28)) ? 0 : (int)K;
   c.P = (P < 1 || P > (1 << 28)) ? 0 : (int)P;
   if (!c.K || !c.P || g->kh > 64 || g->kw > 64 || g->ph > 64 || g->pw > 64 || g->dh > 64 ||
       g->dw > 64 || g->ph < 0 || g->pw < 0)
