@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "graph/graph.h"
+#include "io/io.h"
 #include "quant/qrt.h"
 
 static const char *const HELP =
@@ -111,15 +112,24 @@ typedef struct bench_model {
   bench_row rows[2];
 } bench_model;
 
-static void param_storage(bench_model *m) {
-  m->param_bytes = m->n_f32 = m->n_s8 = m->n_s4 = 0;
+/* The scalars per storage type, and the bytes the file gives the parameters
+ * (codes, scales and values, coded where the writer codes them). */
+static vmc_status param_storage(bench_model *m) {
+  m->n_f32 = m->n_s8 = m->n_s4 = 0;
   for (int i = 0; i < m->g->n_params; i++) {
     const vmc_param *p = &m->g->params[i];
     const double n = (double)vmc_shape_count(&p->shape);
-    if (p->store == VMC_S8) m->n_s8 += n, m->param_bytes += n + 4.0 * p->n_qscale;
-    else if (p->store == VMC_S4) m->n_s4 += n, m->param_bytes += (n + 1) / 2 + 4.0 * p->n_qscale;
-    else m->n_f32 += n, m->param_bytes += 4 * n;
+    if (p->store == VMC_S8) m->n_s8 += n;
+    else if (p->store == VMC_S4) m->n_s4 += n;
+    else m->n_f32 += n;
   }
+  uint64_t *bytes = vmc_malloc_plain((size_t)(m->g->n_params ? m->g->n_params : 1) * sizeof *bytes);
+  if (!bytes) return vmc_error(VMC_ERR_NOMEM, "bench");
+  const vmc_status s = vmc_model_param_bytes(m->g, bytes, NULL);
+  m->param_bytes = 0;
+  for (int i = 0; i < m->g->n_params && !s; i++) m->param_bytes += (double)bytes[i];
+  vmc_free(bytes);
+  return s;
 }
 
 static const char *storage_str(const bench_model *m, char *buf, size_t n) {
@@ -133,7 +143,7 @@ static const char *storage_str(const bench_model *m, char *buf, size_t n) {
 
 static vmc_status bench_model_run(bench_model *m, int nrows, int batch, int warmup,
                                   int repeats, uint64_t seed) {
-  param_storage(m);
+  VMC_TRY(param_storage(m));
   for (int i = 0; i < nrows; i++)
     VMC_TRY(bench_batch(m->g, m->integer, i == 0 ? 1 : batch, warmup, repeats, seed, &m->rows[i]));
   return VMC_OK;
