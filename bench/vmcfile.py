@@ -193,10 +193,18 @@ def _decode_codes(bits, lookup, count, fail, prefix=False):
     return out
 
 
-def _tensor_data(buf, dtype, dims, off, nbytes):
+def _count(path, name, dims):
+    """The element count of a tensor's dimensions, each 1 .. 2^31 - 1."""
+    if any(d < 1 or d >= 1 << 31 for d in dims):
+        raise VmcFileError("%s: tensor %s: bad dimension %s" % (path, name, dims))
     count = 1
     for d in dims:
         count *= d
+    return count
+
+
+def _tensor_data(buf, dtype, dims, off, nbytes):
+    count = _count("", "", dims)
     raw = bytearray(buf[off:off + nbytes])
     if dtype == "f32":
         return torch.frombuffer(raw, dtype=torch.float32).clone().view(*dims)
@@ -333,16 +341,12 @@ def _read_compact(buf, path, n_meta, n_tensors, n_nodes, meta_off, strings_off, 
                                "ndim %d" % (path, tname, code, role, tflags, back, ndim))
         link = i - back if back else None
         dims = [c.uv(tname + " dims") for _ in range(ndim)]
-        if any(d < 1 or d >= 1 << 31 for d in dims):
-            raise VmcFileError("%s: tensor %s: bad dimension %s" % (path, tname, dims))
+        count = _count(path, tname, dims)
         nbytes = c.uv(tname + " nbytes")
         off, at = at, at + nbytes
         if at > len(buf) - 4:
             raise VmcFileError("%s: tensor %s: data past the data region" % (path, tname))
         dtype, size = DTYPES[code]
-        count = 1
-        for d in dims:
-            count *= d
         want = (count + 1) // 2 if size is None else count * size
         coded = tflags & FLAG_CODED
         what = "%s: tensor %s (entropy-coded %s)" % (path, tname, dtype)
@@ -508,13 +512,9 @@ def read(path):
             raise VmcFileError("%s: tensor %s: bad dtype %d, role %d or ndim %d"
                                % (path, name, code, role, ndim))
         dims = [c.u32(name + " dims") for _ in range(ndim)]
-        if any(d < 1 or d >= 1 << 31 for d in dims):
-            raise VmcFileError("%s: tensor %s: bad dimension %s" % (path, name, dims))
+        count = _count(path, name, dims)
         off, nbytes = c.u64(name + " offset"), c.u64(name + " nbytes")
         dtype, size = DTYPES[code]
-        count = 1
-        for d in dims:
-            count *= d
         want = (count + 1) // 2 if size is None else count * size
         coded = tflags & FLAG_CODED
         if coded and (version < 3 or role or dtype not in ("s8", "s4")):
