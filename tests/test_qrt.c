@@ -237,7 +237,8 @@ TEST(qrt_add_requant_by_hand) {
 }
 
 /* The AVX2 and AVX-512 builds of the element-wise loops give the base
- * build's bits (random codes and parameters, ties included, odd lengths). */
+ * build's bits (random codes and parameters, ties, NaN and infinities
+ * included, odd lengths). */
 TEST(qrt_elementwise_simd_matches_base) {
   if (!(vmc_cpu_features() & VMC_CPU_AVX2)) SKIP("the CPU lacks AVX2");
   const unsigned v512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL;
@@ -247,7 +248,7 @@ TEST(qrt_elementwise_simd_matches_base) {
   vmc_rng r;
   vmc_rng_seed(&r, 8);
   uint8_t a[N], b[N], y0[N], y1[N];
-  float x[N];
+  float x[N], dy[N], f0[N], f1[N];
   size_t bad = 0;
   for (int t = 0; t < 40; t++) {
     const size_t n = 1 + vmc_rng_below(&r, N);
@@ -255,6 +256,8 @@ TEST(qrt_elementwise_simd_matches_base) {
       a[i] = (uint8_t)vmc_rng_below(&r, 256), b[i] = (uint8_t)vmc_rng_below(&r, 256);
       x[i] = (vmc_rng_uniform(&r) - 0.5f) * 40.0f;
       if (i % 7 == 0) x[i] = (float)(int)x[i] + 0.5f; /* ties */
+      if (i % 97 == 5) x[i] = i % 3 ? NAN : i % 2 ? INFINITY : -INFINITY;
+      dy[i] = vmc_rng_uniform(&r) - 0.5f;
     }
     const float sa = 0.01f + vmc_rng_uniform(&r), sb = t % 5 == 0 ? sa : 0.01f + vmc_rng_uniform(&r);
     const float inv = 1.0f / (0.01f + vmc_rng_uniform(&r));
@@ -271,6 +274,15 @@ TEST(qrt_elementwise_simd_matches_base) {
       vmc_qquantize_f32_base(x, n, inv, lo, hi, zp, y0);
       simd[v]->quantize(x, n, inv, lo, hi, zp, y1);
       bad += memcmp(y0, y1, n) != 0;
+      vmc_qfake_f32_base(x, n, inv, sa, lo, hi, f0);
+      simd[v]->fake(x, n, inv, sa, lo, hi, f1);
+      bad += memcmp(f0, f1, n * sizeof *f0) != 0;
+      for (int set = 0; set < 2; set++) {
+        for (size_t i = 0; i < n; i++) f0[i] = f1[i] = (float)i;
+        vmc_qfake_grad_base(x, dy, n, inv, lo, hi, set, f0);
+        simd[v]->fake_grad(x, dy, n, inv, lo, hi, set, f1);
+        bad += memcmp(f0, f1, n * sizeof *f0) != 0;
+      }
     }
   }
   CHECK_EQ_INT(bad, 0);

@@ -75,6 +75,15 @@ static const vmc_qelt_loops *loops(void) {
   return l;
 }
 
+void vmc_qfake_f32(const float *x, size_t n, float inv, float s, float lo, float hi, float *y) {
+  loops()->fake(x, n, inv, s, lo, hi, y);
+}
+
+void vmc_qfake_grad_f32(const float *x, const float *dy, size_t n, float inv, float lo, float hi,
+                        int set, float *dx) {
+  loops()->fake_grad(x, dy, n, inv, lo, hi, set, dx);
+}
+
 void vmc_qquantize_f32(const float *x, size_t n, float inv, const vmc_qact *o, uint8_t *y) {
   const float lo = (float)(o->lo - o->zp), hi = (float)(o->hi - o->zp);
   loops()->quantize(x, n, inv, lo, hi, o->zp, y);

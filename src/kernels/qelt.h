@@ -60,13 +60,32 @@ void vmc_qadd_u8(const uint8_t *a, const vmc_qact *qa, const uint8_t *b, const v
                              uint8_t *restrict y);                                            \
   void vmc_qadd2_u8_##sfx(const uint8_t *restrict a, const uint8_t *restrict b, size_t n,     \
                           float sa, int32_t za, float sb, int32_t zb, float inv_o, float lo,  \
-                          float hi, int32_t zp, uint8_t *restrict y);
+                          float hi, int32_t zp, uint8_t *restrict y);                    \
+  void vmc_qfake_f32_##sfx(const float *restrict x, size_t n, float inv, float s, float lo,   \
+                           float hi, float *restrict y);                                      \
+  void vmc_qfake_grad_##sfx(const float *restrict x, const float *restrict dy, size_t n,      \
+                            float inv, float lo, float hi, int set, float *restrict dx);
 VMC_QELT_LOOPS(base)
 VMC_QELT_LOOPS(avx2)   /* built with AVX2: call only where the CPU has it */
 VMC_QELT_LOOPS(avx512) /* built with AVX-512 (F/BW/VL/DQ) likewise */
 
-/* The three loops of one build, as vmc_qquantize_f32 and vmc_qadd_u8 pick
- * them (and the tests compare them). */
+/* Fake quantization on a grid of integer bounds lo..hi relative to the zero
+ * point, |lo|, |hi| <= 2^21 (every 8- and 4-bit scheme): y = r * s with r
+ * the value x * inv clamped to [lo, hi] and rounded half to even by the
+ * magic-number sum (exact there, nearbyint's result under the default
+ * rounding mode); NaN gives 0.  The float ops of ops/fakequant.c, whose
+ * fast path this is. */
+#define VMC_QFAKE_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define VMC_QFAKE_LIMIT 2097152.0f  /* 2^21 */
+void vmc_qfake_f32(const float *x, size_t n, float inv, float s, float lo, float hi, float *y);
+/* Its straight-through gradient: g = dy where the code of x (x * inv,
+ * clamped to [lo - 2, hi + 2], rounded as above) lies in [lo, hi], else 0
+ * (NaN and +-inf included); dx = g (set) or dx += g. */
+void vmc_qfake_grad_f32(const float *x, const float *dy, size_t n, float inv, float lo, float hi,
+                        int set, float *dx);
+
+/* The loops of one build, as vmc_qquantize_f32, vmc_qadd_u8, vmc_qfake_f32
+ * ... pick them (and the tests compare them). */
 typedef struct vmc_qelt_loops {
   void (*quantize)(const float *restrict x, size_t n, float inv, float lo, float hi, int32_t zp,
                    uint8_t *restrict y);
@@ -75,6 +94,10 @@ typedef struct vmc_qelt_loops {
   void (*add2)(const uint8_t *restrict a, const uint8_t *restrict b, size_t n, float sa,
                int32_t za, float sb, int32_t zb, float inv_o, float lo, float hi, int32_t zp,
                uint8_t *restrict y);
+  void (*fake)(const float *restrict x, size_t n, float inv, float s, float lo, float hi,
+               float *restrict y);
+  void (*fake_grad)(const float *restrict x, const float *restrict dy, size_t n, float inv,
+                    float lo, float hi, int set, float *restrict dx);
 } vmc_qelt_loops;
 extern const vmc_qelt_loops vmc_qelt_loops_base, vmc_qelt_loops_avx2, vmc_qelt_loops_avx512;
 

@@ -38,6 +38,33 @@ void QELT_FN(vmc_qadd2_u8_)(const uint8_t *restrict a, const uint8_t *restrict b
   }
 }
 
-/* This build's three, for the dispatch in qelt.c. */
+/* Fake quantization in fp32 (qelt.h, vmc_qfake_f32). */
+void QELT_FN(vmc_qfake_f32_)(const float *restrict x, size_t n, float inv, float s, float lo,
+                             float hi, float *restrict y) {
+  for (size_t i = 0; i < n; i++) {
+    const float v = x[i] * inv;
+    float c = v > lo ? v : lo; /* NaN: lo */
+    c = c < hi ? c : hi;
+    const float r = (c + VMC_QFAKE_MAGIC) - VMC_QFAKE_MAGIC;
+    y[i] = v == v ? r * s : 0.0f;
+  }
+}
+
+/* Its straight-through gradient (qelt.h, vmc_qfake_grad_f32). */
+void QELT_FN(vmc_qfake_grad_)(const float *restrict x, const float *restrict dy, size_t n,
+                              float inv, float lo, float hi, int set, float *restrict dx) {
+  const float clo = lo - 2.0f, chi = hi + 2.0f;
+  for (size_t i = 0; i < n; i++) {
+    float c = x[i] * inv;
+    c = c > clo ? c : clo; /* NaN: below lo */
+    c = c < chi ? c : chi;
+    const float r = (c + VMC_QFAKE_MAGIC) - VMC_QFAKE_MAGIC;
+    const float g = ((r >= lo) & (r <= hi)) ? dy[i] : 0.0f;
+    dx[i] = set ? g : dx[i] + g;
+  }
+}
+
+/* This build's loops, for the dispatch in qelt.c. */
 const vmc_qelt_loops QELT_FN(vmc_qelt_loops_) = {
-    QELT_FN(vmc_qquantize_f32_), QELT_FN(vmc_qrequant_u8_), QELT_FN(vmc_qadd2_u8_)};
+    QELT_FN(vmc_qquantize_f32_), QELT_FN(vmc_qrequant_u8_), QELT_FN(vmc_qadd2_u8_),
+    QELT_FN(vmc_qfake_f32_), QELT_FN(vmc_qfake_grad_)};

@@ -8,7 +8,9 @@
  * in fp32, clamped to [qmin - zp, qmax - zp], rounded half to even, times
  * scale; NaN gives 0.0 (the code of zp).  For ranges within +-2^21 (every
  * 8- and 4-bit scheme) the rounding is the fp32 "magic number" sum, which
- * vectorises and gives nearbyint's result under the default rounding mode.
+ * vectorises and gives nearbyint's result under the default rounding mode:
+ * the element-wise loops vmc_qfake_f32 / vmc_qfake_grad_f32 (kernels/qelt.h),
+ * built for each ISA.
  * (The rule is restated here rather than taken from quant/quant.h, a layer
  * above the ops; tests/test_ptq.c checks the two agree bit for bit.)
  *
@@ -19,14 +21,10 @@
  * [(qmin - zp - 1/2) * scale, (qmax - zp + 1/2) * scale]: a value that
  * rounds onto an edge code is not clipped and keeps its gradient. */
 #include "graph/op.h"
+#include "kernels/qelt.h"
 
 #include <float.h>
 #include <math.h>
-
-/* Largest |qmin - zp|, |qmax - zp| of the fast path: the magic-number
- * rounding is exact for |v| <= 2^22, with room for the backward's margin. */
-#define FQ_FAST_LIMIT 2097152.0f
-#define FQ_MAGIC 12582912.0f /* 1.5 * 2^23 */
 
 typedef struct fq_params {
   float scale;
@@ -69,7 +67,16 @@ static size_t count(const vmc_opctx *c) {
 static int fq_bounds(const fq_params *p, double *lo, double *hi) {
   *lo = (double)p->qmin - p->zp;
   *hi = (double)p->qmax - p->zp;
-  return *lo >= -FQ_FAST_LIMIT && *hi <= FQ_FAST_LIMIT;
+  return *lo >= -VMC_QFAKE_LIMIT && *hi <= VMC_QFAKE_LIMIT;
+}
+
+/* Thread t of nt takes elements [span(t), span(t + 1)), multiples of 64. */
+static size_t span(size_t n, int t, int nt) {
+  return t == nt ? n : (size_t)((unsigned long long)n * (unsigned)t / (unsigned)nt) & ~(size_t)63;
+}
+
+static int fq_threads(const vmc_opctx *c, size_t n) {
+  return c->nthreads > 1 && n > 65536 ? c->nthreads : 1;
 }
 
 static void fq_forward(vmc_opctx *c) {
@@ -89,12 +96,11 @@ static void fq_forward(vmc_opctx *c) {
     }
     return;
   }
-  const float lo = (float)dlo, hi = (float)dhi;
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
-  for (size_t i = 0; i < n; i++) {
-    const float v = x[i] * inv;
-    const float r = (vmc_clampf(v, lo, hi) + FQ_MAGIC) - FQ_MAGIC;
-    y[i] = v == v ? r * s : 0.0f;
+  const int nt = fq_threads(c, n);
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
+  for (int t = 0; t < nt; t++) {
+    const size_t a = span(n, t, nt);
+    vmc_qfake_f32(x + a, span(n, t + 1, nt) - a, inv, s, (float)dlo, (float)dhi, y + a);
   }
 }
 
@@ -118,12 +124,12 @@ static void fq_backward(vmc_opctx *c) {
   }
   /* The clamp to [lo - 2, hi + 2] keeps the rounding exact and maps NaN
    * below lo; the values it moves are outside either way. */
-  const float lo = (float)dlo, hi = (float)dhi, clo = lo - 2.0f, chi = hi + 2.0f;
-#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
-  for (size_t i = 0; i < n; i++) {
-    const float r = (vmc_clampf(x[i] * inv, clo, chi) + FQ_MAGIC) - FQ_MAGIC;
-    const float g = ((r >= lo) & (r <= hi)) ? dy[i] : 0.0f;
-    dx[i] = set ? g : dx[i] + g;
+  const int nt = fq_threads(c, n);
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
+  for (int t = 0; t < nt; t++) {
+    const size_t a = span(n, t, nt);
+    vmc_qfake_grad_f32(x + a, dy + a, span(n, t + 1, nt) - a, inv, (float)dlo, (float)dhi, set,
+                       dx + a);
   }
 }
 
