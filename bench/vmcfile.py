@@ -382,14 +382,7 @@ def _read_compact(buf, path, n_meta, n_tensors, n_nodes, meta_off, strings_off, 
             else:
                 data = _tensor_data(buf, dtype, dims, off, nbytes)
             t = Tensor(tname, dtype, ROLES[role], tflags, link, axis, dims, data)
-        by_index.append(t)
-        if role:
-            _attach(path, t, i, by_index)
-            continue
-        if tname in tensors:
-            raise VmcFileError("%s: tensor %s appears twice" % (path, tname))
-        tensors[tname] = t
-        order.append(tname)
+        _add_tensor(path, t, i, by_index, tensors, order)
     if c.pos != graph_off or at != len(buf) - 4:
         raise VmcFileError("%s: tensor directory or data region not consumed exactly" % path)
 
@@ -463,6 +456,19 @@ def _attach(path, t, i, by_index):
     target.qaxis = axis
 
 
+def _add_tensor(path, t, i, by_index, tensors, order):
+    """Directory entry i: a companion attached to the tensor it qualifies, or
+    a data tensor under its (unique) name."""
+    by_index.append(t)
+    if t.role != "data":
+        _attach(path, t, i, by_index)
+        return
+    if t.name in tensors:
+        raise VmcFileError("%s: tensor %s appears twice" % (path, t.name))
+    tensors[t.name] = t
+    order.append(t.name)
+
+
 def read(path):
     """The model in `path` (a Model); VmcFileError on any malformed input."""
     with open(path, "rb") as f:
@@ -530,14 +536,7 @@ def read(path):
         else:
             data = _tensor_data(buf, dtype, dims, off, nbytes)
         t = Tensor(name, dtype, ROLES[role], tflags, link, axis, dims, data)
-        by_index.append(t)
-        if role:  # a companion: attach it to the tensor it qualifies
-            _attach(path, t, i, by_index)
-            continue
-        if name in tensors:
-            raise VmcFileError("%s: tensor %s appears twice" % (path, name))
-        tensors[name] = t
-        order.append(name)
+        _add_tensor(path, t, i, by_index, tensors, order)
 
     c = _Cursor(buf, graph_off, data_off, path, "graph")
     input_chw = (c.u32("input C"), c.u32("input H"), c.u32("input W"))
