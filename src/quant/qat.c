@@ -142,13 +142,6 @@ static vmc_status fq_scheme(const vmc_node *n, vmc_qscheme *out) {
                    "known scheme's", n->name, (int)p.qmin, (int)p.qmax);
 }
 
-/* What the next forward multiplies, into the parameter: fq(shadow), with
- * scales from max |shadow| (or the fixed ones, fixed); with a batchnorm
- * after the layer, fq(shadow * a) / a, scales from max |shadow * a|, and
- * the shadow itself in a channel whose a is 0 or subnormal (it contributes
- * nothing there). */
-static vmc_status fake_weights(qat_state *st, qweight *w, int fixed);
-
 /* fq(shadow * a) into dst (oc * per floats), a of batchnorm w->bn of g, the
  * scales w->qp from max |shadow * a|: the weights of the folded layer. */
 static vmc_status fake_folded(const vmc_graph *g, qweight *w, int oc, size_t per, float *dst) {
@@ -158,6 +151,11 @@ static vmc_status fake_folded(const vmc_graph *g, qweight *w, int oc, size_t per
   return vmc_qat_fake_quantize_weights(dst, w->blocks, w->k, w->scheme, w->qp, dst);
 }
 
+/* What the next forward multiplies, into the parameter: fq(shadow), with
+ * scales from max |shadow| (or the fixed ones, fixed); with a batchnorm
+ * after the layer, fq(shadow * a) / a, scales from max |shadow * a|, and
+ * the shadow itself in a channel whose a is 0 or subnormal (it contributes
+ * nothing there). */
 static vmc_status fake_weights(qat_state *st, qweight *w, int fixed) {
   vmc_param *pw = &st->q->params[w->w];
   if (w->bn < 0)
@@ -173,6 +171,19 @@ static vmc_status fake_weights(qat_state *st, qweight *w, int fixed) {
       pw->data[j] = unit ? pw->data[j] / w->a[o] : w->shadow[j];
   }
   return VMC_OK;
+}
+
+/* The shadows into the parameters they stand for (what the optimizer
+ * updates and a checkpoint saves), or the parameters back into them. */
+static void shadows_to_params(vmc_graph *g, const qweight *w) {
+  memcpy(g->params[w->w].data, w->shadow, (size_t)w->blocks * w->k * sizeof(float));
+  if (w->bshadow)
+    memcpy(g->params[w->bp].data, w->bshadow, vmc_shape_count(&g->params[w->bp].shape) * sizeof(float));
+}
+static void params_to_shadows(const vmc_graph *g, qweight *w) {
+  memcpy(w->shadow, g->params[w->w].data, (size_t)w->blocks * w->k * sizeof(float));
+  if (w->bshadow)
+    memcpy(w->bshadow, g->params[w->bp].data, vmc_shape_count(&g->params[w->bp].shape) * sizeof(float));
 }
 
 static int is_layer(const vmc_node *n) {
@@ -390,9 +401,7 @@ static vmc_status qat_before_optim(void *user, vmc_plan *p, long step) {
     qweight *w = &st->w[j];
     vmc_param *pw = &st->q->params[w->w];
     if (st->o->fixed_weight_scales) vmc_qat_ste_mask(w->shadow, w->blocks, w->k, w->qp, pw->grad);
-    memcpy(pw->data, w->shadow, (size_t)w->blocks * w->k * sizeof(float));
-    if (w->bshadow) /* the s32 grid is fine (about 1e-4 of the bias): plain STE */
-      memcpy(st->q->params[w->bp].data, w->bshadow, (size_t)st->q->params[w->bp].shape.d[0] * sizeof(float));
+    shadows_to_params(st->q, w); /* the bias: plain STE (its grid is about 1e-4 of it) */
   }
   return VMC_OK;
 }
@@ -404,14 +413,12 @@ static vmc_status qat_after_step(void *user, vmc_plan *p, long step) {
   for (int j = 0; j < st->nobs; j++) fq_set(&st->q->nodes[st->obs[j].node], &st->obs[j].next);
   for (int j = 0; j < st->nw; j++) {
     qweight *w = &st->w[j];
-    vmc_param *pw = &st->q->params[w->w];
-    memcpy(w->shadow, pw->data, (size_t)w->blocks * w->k * sizeof(float));
+    params_to_shadows(st->q, w);
     vmc_status s = fake_weights(st, w, st->o->fixed_weight_scales);
-    if (s) return vmc_error(s, "qat: weight '%s' at step %ld: %s", pw->name, step, vmc_last_error());
-    if (w->bshadow) {
-      memcpy(w->bshadow, st->q->params[w->bp].data, (size_t)st->q->params[w->bp].shape.d[0] * sizeof(float));
-      quantize_bias(st, w);
-    }
+    if (s)
+      return vmc_error(s, "qat: weight '%s' at step %ld: %s", st->q->params[w->w].name, step,
+                       vmc_last_error());
+    quantize_bias(st, w);
   }
   return VMC_OK;
 }
@@ -513,17 +520,9 @@ static vmc_status ckpt_load(qat_state *st, const vmc_graph *g) {
  * observers from the metadata, then the forward's weights. */
 static vmc_status qat_checkpoint(void *user, vmc_graph *g, int phase) {
   qat_state *st = user;
-  for (int j = 0; j < st->nw && phase != VMC_CKPT_SAVED; j++) {
-    qweight *w = &st->w[j];
-    float *pw = g->params[w->w].data;
-    const size_t n = (size_t)w->blocks * w->k, nb = w->bshadow ? (size_t)g->params[w->bp].shape.d[0] : 0;
-    if (phase == VMC_CKPT_SAVE) {
-      memcpy(pw, w->shadow, n * sizeof *pw);
-      if (nb) memcpy(g->params[w->bp].data, w->bshadow, nb * sizeof(float));
-    } else {
-      memcpy(w->shadow, pw, n * sizeof *pw);
-      if (nb) memcpy(w->bshadow, g->params[w->bp].data, nb * sizeof(float));
-    }
+  for (int j = 0; j < st->nw; j++) {
+    if (phase == VMC_CKPT_SAVE) shadows_to_params(g, &st->w[j]);
+    else if (phase == VMC_CKPT_LOADED) params_to_shadows(g, &st->w[j]);
   }
   if (phase == VMC_CKPT_SAVE) return ckpt_save(st, g);
   if (phase == VMC_CKPT_LOADED) VMC_TRY(ckpt_load(st, g));
@@ -558,9 +557,9 @@ static vmc_status fold_bn(qat_state *st) {
     qweight *w = &st->w[j];
     const int node = vmc_graph_find_node(q, u->nodes[w->node].name);
     const int fq = w->fq >= 0 ? vmc_graph_find_node(q, u->nodes[w->fq].name) : -1;
-    if (node < 0 || (w->fq >= 0 && fq < 0)) {
-      s = vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' is not in the folded graph",
-                    u->nodes[w->node].name);
+    if (node < 0 || (w->fq >= 0 && fq < 0) || (w->bn >= 0 && q->nodes[node].n_param < 2)) {
+      s = vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' is not in the folded graph, or its "
+                    "batchnorm was not folded into it", u->nodes[w->node].name);
       break;
     }
     const vmc_node *n = &q->nodes[node];
@@ -575,11 +574,6 @@ static vmc_status fold_bn(qat_state *st) {
     s = fake_folded(u, w, oc, vmc_shape_count(&pw->shape) / (size_t)oc, pw->data);
     w->bn = -1;
     if (s || !w->bshadow) continue;
-    if (w->b < 0) { /* the fold always gives a bias; never here */
-      vmc_free(w->bshadow);
-      w->bshadow = NULL;
-      continue;
-    }
     memcpy(w->bshadow, q->params[w->b].data, (size_t)oc * sizeof *w->bshadow); /* folded */
   }
   for (int j = 0; j < st->nobs && !s; j++) {
