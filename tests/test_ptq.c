@@ -215,13 +215,6 @@ static double sqnr(const float *a, const float *b, size_t n) {
   return e > 0 ? 10 * log10(s / e) : INFINITY;
 }
 
-/* The node called name (NULL if none). */
-static int count_op(const vmc_graph *g, const char *op) {
-  int n = 0;
-  for (int i = 0; i < g->n_nodes; i++) n += !strcmp(g->nodes[i].op->name, op);
-  return n;
-}
-
 /* A checksum of every parameter and the node list, to see g untouched. */
 static uint32_t graph_sum(const vmc_graph *g) {
   uint32_t h = 2166136261u;
@@ -243,8 +236,8 @@ TEST(ptq_fold_bn_copy_drops_batchnorms_and_keeps_outputs) {
     int nf = -1;
     REQUIRE_OK(vmc_graph_fold_bn_copy(g, &f, &nf));
     CHECK(graph_sum(g) == before);
-    CHECK_EQ_INT(count_op(f, "batchnorm"), count_op(g, "batchnorm") - nf);
-    if (strcmp(models[m], "lenet5")) CHECK(nf > 0 && count_op(f, "batchnorm") == 0);
+    CHECK_EQ_INT(test_count_op(f, "batchnorm"), test_count_op(g, "batchnorm") - nf);
+    if (strcmp(models[m], "lenet5")) CHECK(nf > 0 && test_count_op(f, "batchnorm") == 0);
     CHECK_EQ_INT(f->n_nodes, g->n_nodes - nf);
     /* Names kept; no batchnorm parameter survives. */
     for (int i = 0; i < f->n_nodes; i++) CHECK(vmc_graph_find_value(g, f->nodes[i].name) >= 0);
@@ -384,8 +377,8 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
   CHECK_EQ_INT(rep.bn_folded, 9);
   CHECK_EQ_INT(rep.calib_images, 36);
   CHECK_EQ_INT(rep.n_sites, 14);
-  CHECK_EQ_INT(count_op(q, "batchnorm"), 0);
-  CHECK_EQ_INT(count_op(q, "fakequant"), 14);
+  CHECK_EQ_INT(test_count_op(q, "batchnorm"), 0);
+  CHECK_EQ_INT(test_count_op(q, "fakequant"), 14);
   CHECK_EQ_INT(q->n_nodes, g->n_nodes - 9 + 14);
   /* Every input of every node but relu and fakequant comes from a
    * fakequant, or from a flatten reading one; each value a conv/add/pool
@@ -553,7 +546,7 @@ TEST(ptq_layer_rules_and_layer_sites) {
   o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 8);
   o.integer_sites = 0;
   REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
-  CHECK_EQ_INT(count_op(q, "fakequant"), 8);
+  CHECK_EQ_INT(test_count_op(q, "fakequant"), 8);
   CHECK_EQ_INT(rep.n_sites, 8);
   vmc_ptq_report_free(&rep);
   vmc_graph_free(q);
@@ -562,7 +555,7 @@ TEST(ptq_layer_rules_and_layer_sites) {
   REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
   /* The stem's output was a site only for layer1.0.conv1, which reads it
    * in float now. */
-  CHECK_EQ_INT(count_op(q, "fakequant"), 7);
+  CHECK_EQ_INT(test_count_op(q, "fakequant"), 7);
   const vmc_node *c1 = test_node_of(q, "layer1.0.conv1");
   REQUIRE(c1);
   CHECK(strcmp(producer(q, c1->in[0])->op->name, "fakequant"));

@@ -227,9 +227,7 @@ TEST(qat_epochs_lower_the_loss_and_keep_codes) {
     CHECK(strstr(hist, cases[c].a == VMC_QSCHEME_U4 ? "qat w4a4" : "qat w8a8") != NULL);
     /* The final qparams: in the graph and the report, not in the metadata. */
     CHECK(!strstr(meta, "\"node\"") && strlen(meta) < 1024);
-    int n_fq = 0;
-    for (int i = 0; i < q->n_nodes; i++) n_fq += !strcmp(q->nodes[i].op->name, "fakequant");
-    CHECK_EQ_INT(rep.n_fakequant, n_fq);
+    CHECK_EQ_INT(rep.n_fakequant, test_count_op(q, "fakequant"));
     for (int i = 0; i < rep.n_fakequant; i++) {
       const vmc_qat_fakequant *f = &rep.fakequant[i];
       const vmc_node *n = test_node_of(q, f->node);
@@ -330,12 +328,6 @@ TEST(qat_keeps_per_layer_rules) {
 
 /* ---- BatchNorm learning before a freeze epoch (qat_bn.h) ------------------------- */
 
-static int count_op(const vmc_graph *g, const char *op) {
-  int n = 0;
-  for (int i = 0; i < g->n_nodes; i++) n += !strcmp(g->nodes[i].op->name, op);
-  return n;
-}
-
 /* The training graph: the PTQ graph's nodes, each folded batchnorm back
  * after its conv (frozen 0), read where the conv was; folding it gives the
  * PTQ graph's nodes again. */
@@ -352,8 +344,8 @@ TEST(qat_bn_graph_unfolds_the_ptq_graph) {
   REQUIRE(bn_of);
   REQUIRE_OK(vmc_qat_bn_graph(g, q, &u, bn_of));
   CHECK(pr.bn_folded > 0);
-  CHECK_EQ_INT(count_op(u, "batchnorm"), count_op(g, "batchnorm"));
-  CHECK_EQ_INT(count_op(u, "fakequant"), count_op(q, "fakequant"));
+  CHECK_EQ_INT(test_count_op(u, "batchnorm"), test_count_op(g, "batchnorm"));
+  CHECK_EQ_INT(test_count_op(u, "fakequant"), test_count_op(q, "fakequant"));
   CHECK_EQ_INT(u->n_nodes, q->n_nodes + pr.bn_folded);
   int after = 0;
   for (int i = 0; i < u->n_nodes; i++) {
@@ -435,7 +427,7 @@ static vmc_graph *qat_bn_run(const vmc_graph *g, const vmc_dataset *d, int epoch
     vmc_test_fail(__FILE__, __LINE__, "qat: %s", vmc_last_error());
     return NULL;
   }
-  CHECK_EQ_INT(count_op(q, "batchnorm"), 0);
+  CHECK_EQ_INT(test_count_op(q, "batchnorm"), 0);
   check_contract(q, VMC_S8, 255);
   return q;
 }
@@ -486,7 +478,7 @@ TEST(qat_bn_fine_tuning) {
   REQUIRE_OK(vmc_qat(g, d, t, &o, &q, &rep));
   REQUIRE(rep.epochs == 2);
   CHECK(rep.epoch[1].train_loss < rep.epoch[0].train_loss);
-  CHECK_EQ_INT(count_op(q, "batchnorm"), 0);
+  CHECK_EQ_INT(test_count_op(q, "batchnorm"), 0);
   check_contract(q, VMC_S8, 255);
   /* The last epoch evaluated the graph before the fold, with each beta set
    * so that the folded bias lies on its s32 grid: the folded graph's

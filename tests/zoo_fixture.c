@@ -55,6 +55,12 @@ const vmc_node *test_node_of(const vmc_graph *g, const char *name) {
   return i >= 0 ? &g->nodes[i] : NULL;
 }
 
+int test_count_op(const vmc_graph *g, const char *op) {
+  int n = 0;
+  for (int i = 0; i < g->n_nodes; i++) n += !strcmp(g->nodes[i].op->name, op);
+  return n;
+}
+
 float *test_plan_logits(vmc_graph *g, const vmc_dataset *d, int n) {
   vmc_plan *p = NULL;
   if (vmc_plan_create(g, n, VMC_MODE_INFER, &p)) return NULL;

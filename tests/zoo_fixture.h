@@ -20,6 +20,9 @@ vmc_dataset *test_blobs(int n, uint64_t seed, float rad_min, float noise, int sh
 /* The node called name, or NULL. */
 const vmc_node *test_node_of(const vmc_graph *g, const char *name);
 
+/* How many nodes of g run op. */
+int test_count_op(const vmc_graph *g, const char *op);
+
 /* Logits (n x 10, malloc'd) of images [0, n) of d through an inference plan
  * of g at batch n; NULL on failure. */
 float *test_plan_logits(vmc_graph *g, const vmc_dataset *d, int n);
