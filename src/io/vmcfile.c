@@ -793,19 +793,25 @@ static size_t wb_tensor_entry(wbuf *b, const tensor_ent *e) {
   return at;
 }
 
+/* Room for the header (wb_finish fills it in), then the metadata section,
+ * strings with u32 lengths or (compact, version 4) varint ones; its offset. */
+static size_t wb_begin(wbuf *b, const vmc_graph *g, const write_plan *plan, bool compact) {
+  wb_need(b, (size_t)plan->data_bytes + 65536);
+  wb_zeros(b, VMC_FILE_HEADER_BYTES);
+  const size_t meta_off = b->n;
+  for (int i = 0; i < g->n_meta; i++) {
+    wb_str(b, g->meta[i].key, compact);
+    wb_str(b, g->meta[i].value, compact);
+  }
+  return meta_off;
+}
+
 /* Serialises a version 1..3 file into b: fixed-width fields, names as
  * strings, each tensor's data at a 64-byte aligned offset.  entry_at:
  * n_tensors scratch entries. */
 static void serialise_fixed(const vmc_graph *g, const write_plan *plan, int8_t *scratch,
                             wbuf *b, size_t *entry_at) {
-  wb_need(b, (size_t)plan->data_bytes + 65536);
-  wb_zeros(b, VMC_FILE_HEADER_BYTES);
-  /* metadata */
-  const size_t meta_off = b->n;
-  for (int i = 0; i < g->n_meta; i++) {
-    wb_str(b, g->meta[i].key, false);
-    wb_str(b, g->meta[i].value, false);
-  }
+  const size_t meta_off = wb_begin(b, g, plan, false);
   /* tensor directory: parameters in graph order, then extras */
   const size_t tensors_off = b->n;
   for (int i = 0; i < plan->n_tensors; i++) entry_at[i] = wb_tensor_entry(b, &plan->ents[i].e);
@@ -909,14 +915,7 @@ static vmc_status value_indices(const vmc_graph *g, const char *path, int *vi) {
  * string table st, values as value indices vi, the data back to back. */
 static void serialise_compact(const vmc_graph *g, const write_plan *plan, const strtab *st,
                               const int *vi, int8_t *scratch, wbuf *b) {
-  wb_need(b, (size_t)plan->data_bytes + 65536);
-  wb_zeros(b, VMC_FILE_HEADER_BYTES);
-  /* metadata */
-  const size_t meta_off = b->n;
-  for (int i = 0; i < g->n_meta; i++) {
-    wb_str(b, g->meta[i].key, true);
-    wb_str(b, g->meta[i].value, true);
-  }
+  const size_t meta_off = wb_begin(b, g, plan, true);
   /* string table: each string as the bytes it shares with the one before,
    * and the rest */
   const size_t strings_off = b->n;
