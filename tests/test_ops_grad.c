@@ -96,6 +96,12 @@ static const gcase k_cases[] = {
     /* stride 1, padding other than "same" (WIDE without the shared dY copy) */
     CONV("conv_3x3_p0",         2, 2, 6, 7, 3, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1),
     CONV("conv_3x3_p2",         2, 2, 5, 5, 3, 3, 3, 1, 1, 2, 2, 1, 1, 1, 0),
+    /* padding wider than the kernel's reach, or on one axis only (rows
+     * share padding columns: a tap wraps into the next row's) */
+    CONV("conv_1x1_p1",         2, 3, 4, 5, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1),
+    CONV("conv_1x3_p0x1",       3, 3, 4, 5, 3, 1, 3, 1, 1, 0, 1, 1, 1, 1, 0),
+    CONV("conv_3x3_p1x0",       2, 2, 5, 4, 3, 3, 3, 1, 1, 1, 0, 1, 1, 1, 1),
+    CONV("conv_3x3_p2x1_d1x2",  2, 2, 6, 7, 3, 3, 3, 1, 1, 2, 1, 1, 2, 1, 0),
     /* strided convs: conv2d's PHASE strategy (strides <= 4), then IM2COL */
     CONV("conv_3x3_s3_p1",      3, 2, 8, 8, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 0),
     CONV("conv_3x3_s2_d2_g2",   2, 4, 9, 9, 4, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1),

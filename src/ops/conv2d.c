@@ -5,7 +5,8 @@
  *   DIRECT     1x1, stride 1, no padding: the input is the GEMM operand.
  *   DEPTHWISE  one input and one output channel per group: direct loops.
  *   WIDE       stride 1: no im2col.  The input is copied once into a
- *              zero-padded plane (width Wp = W + 2pw); every row of the
+ *              zero-padded plane of width Wp = W + pw (neighbouring rows
+ *              share their padding columns); every row of the
  *              virtual im2col matrix is then a contiguous slice of that
  *              plane (vmc_sgemm_rows), computed over a "wide" output grid
  *              OH x Wp whose last Wp - OW columns are discarded.  Backward
@@ -102,14 +103,18 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   c.dw_wide = c.kind == DEPTHWISE && g->sh == 1 && g->sw == 1;
   if (c.kind == WIDE || c.dw_wide) {
     c.hp = g->h + 2 * g->ph;
-    c.wp = g->w + 2 * g->pw;
+    /* Rows share their padding: the pw zeros that open each padded row
+     * are also the right padding of the row above, which a tap reading
+     * past the end of its row wraps into (it reads at most pw beyond for a
+     * valid output column).  wp >= ow keeps a wide row's outputs in it. */
+    c.wp = g->w + g->pw > g->ow ? g->w + g->pw : g->ow;
     c.nw = g->oh * c.wp;
     c.plane = (size_t)c.hp * c.wp;
     c.pth = g->dh * (g->kh - 1) - g->ph;
     c.ptw = g->dw * (g->kw - 1) - g->pw;
     c.bwd_wide = c.pth >= 0 && c.ptw >= 0;
     c.hq = g->oh + 2 * c.pth;
-    c.wq = g->ow + 2 * c.ptw;
+    c.wq = g->ow + c.ptw > g->w ? g->ow + c.ptw : g->w; /* shared padding, as wp */
     c.nq = g->h * c.wq;
   }
   if (c.kind == PHASE) {
