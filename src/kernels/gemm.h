@@ -94,6 +94,22 @@ void vmc_sgemm_rows__avx512(int trans_b, int M, int N, int K, float alpha,
                             const float *A, int lda, const float *const *brow,
                             float beta, float *C, int ldc);
 
+/* Accumulating GEMM whose operands are both contiguous along K (a conv's
+ * weight gradient, dW += dY x^T over the output pixels):
+ *   C[m][n] += sum_k A[m][k] * brow[n][k]
+ * A row-major (lda), brow N pointers each readable for K floats (they may
+ * overlap).  Runs on the calling thread.  Where the dispatched variant is
+ * AVX-512 and K >= VMC_SGEMM_DOT_MIN_K, both operands are read in place
+ * (vmc_sgemm_dot__avx512, which has its own fixed summation order: not
+ * vmc_sgemm's bits); otherwise this is exactly
+ * vmc_sgemm_rows(1, M, N, K, 1, A, lda, brow, 1, C, ldc).  Either way the
+ * result depends only on the arguments and the ISA. */
+#define VMC_SGEMM_DOT_MIN_K 128 /* below it, a packed tile is repaid (bench_gemm) */
+void vmc_sgemm_dot(int M, int N, int K, const float *A, int lda, const float *const *brow,
+                   float *C, int ldc);
+void vmc_sgemm_dot__avx512(int M, int N, int K, const float *A, int lda,
+                           const float *const *brow, float *C, int ldc);
+
 /* ---- Pre-packed A (weights) ---------------------------------------------
  * alpha * op(A) packed once, in the layout of one variant (its register tile
  * and K blocking), so that a plan packs conv weights at build time and each

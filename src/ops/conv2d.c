@@ -432,6 +432,16 @@ static void conv_forward(vmc_opctx *ctx) {
   }
 }
 
+/* dW (+)= dYw . rows^T over the wide grid: both operands run along the
+ * grid, so on one thread the dot GEMM reads them in place (gemm.h). */
+static void dw_gemm(const vmc_opctx *ctx, int par, const conv_cfg *c, const float *dyw, int lda,
+                    const float *const *rows, float *dWg) {
+  if (par || ctx->nthreads <= 1)
+    vmc_sgemm_dot(c->ocg, c->K, c->nw, dyw, lda, rows, dWg, c->K);
+  else
+    vmc_sgemm_rows_mt(1, c->ocg, c->K, c->nw, 1.0f, dyw, lda, rows, 1.0f, dWg, c->K);
+}
+
 /* WIDE backward of one image and group: dW (+)= dYw · rows^T, and dx from
  * the padded dY convolved with the rotated kernel. */
 static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp,
@@ -463,7 +473,7 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   } else {
     pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->wp, 0, dyw);
   }
-  gemm_rows(1, c->ocg, c->K, c->nw, 1.0f, dyA, lda, rows, 1.0f, dWg, c->K);
+  dw_gemm(ctx, par, c, dyA, lda, rows, dWg);
   if (!dxg) return;
   if (!c->bwd_wide) { /* general: dcol = W^T dY, col2im */
     const float *Wg = Wtg; /* caller passes the plain kernel here */
@@ -488,7 +498,6 @@ static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratc
                            float *base, const float *xg, const float *dyg, const float *Wg,
                            float *dxg, int dx_add, float *dWg, int par) {
   const vmc_conv_geom *g = &c->g;
-  gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
   gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
   float *xq = base, *dyw = base + sp->a, *dcol = dyw + sp->b, *dq = dcol + sp->c;
   const float **rows = thread_rows(ctx, sp, base);
@@ -502,7 +511,7 @@ static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratc
     pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->phw, 0, dyw);
     dw = dyw;
   }
-  gemm_rows(1, c->ocg, c->K, c->nw, 1.0f, dw, c->nw, rows, 1.0f, dWg, c->K);
+  dw_gemm(ctx, par, c, dw, c->nw, rows, dWg);
   if (!dxg) return;
   if (c->K == g->c) {
     /* one tap, at shift 0: dcol is the phase planes' gradient itself */
