@@ -140,8 +140,37 @@ static void bn_forward_block(vmc_opctx *ctx, const chan_block *cb, int C, int HW
     sa[c] = ch->a;
     sb[c] = ch->b;
   }
-  for (int b = 0; b < N; b++) k->apply(ctx->x[0] + b * img + at, &pl, cb->ch, ctx->y + b * img + at);
 }
+
+/* The element-wise passes run over images [b0, b1) with every block's
+ * channel constants (each block's in its thread's scratch slice): split by
+ * images, two threads stream disjoint memory (split by channels, they
+ * scale poorly), and each element is computed as in any split. */
+static void apply_images(vmc_opctx *ctx, int C, int HW, int nt, int b0, int b1) {
+  const vmc_bn_kernels *k = vmc_bn_kernels_best();
+  const size_t img = (size_t)C * HW;
+  for (int b = b0; b < b1; b++)
+    for (int t = 0; t < nt; t++) {
+      const chan_block cb = block_of(ctx, C, t, nt);
+      const vmc_bn_planes pl = {cb.n, HW, (size_t)HW};
+      const size_t at = b * img + (size_t)cb.c0 * HW;
+      k->apply(ctx->x[0] + at, &pl, cb.ch, ctx->y + at);
+    }
+}
+
+static void dx_images(vmc_opctx *ctx, int C, int HW, int nt, int b0, int b1) {
+  const vmc_bn_kernels *k = vmc_bn_kernels_best();
+  const size_t img = (size_t)C * HW;
+  for (int b = b0; b < b1; b++)
+    for (int t = 0; t < nt; t++) {
+      const chan_block cb = block_of(ctx, C, t, nt);
+      const vmc_bn_planes pl = {cb.n, HW, (size_t)HW};
+      const size_t at = b * img + (size_t)cb.c0 * HW;
+      k->bwd_dx(ctx->x[0] + at, ctx->dy + at, &pl, cb.ch, ctx->dx[0] + at, !ctx->dx_set[0]);
+    }
+}
+
+static inline int image_lo(int batch, int t, int nt) { return (int)((long)batch * t / nt); }
 
 static void bn_forward(vmc_opctx *ctx) {
   int C, HW;
@@ -150,13 +179,18 @@ static void bn_forward(vmc_opctx *ctx) {
   if (nt == 1) {
     chan_block cb = block_of(ctx, C, 0, 1);
     bn_forward_block(ctx, &cb, C, HW);
+    apply_images(ctx, C, HW, 1, 0, ctx->batch);
     return;
   }
+  /* statistics and constants by channel blocks, then y by images */
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
   for (int t = 0; t < nt; t++) {
     chan_block cb = block_of(ctx, C, t, nt);
     bn_forward_block(ctx, &cb, C, HW);
   }
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; t++)
+    apply_images(ctx, C, HW, nt, image_lo(ctx->batch, t, nt), image_lo(ctx->batch, t + 1, nt));
 }
 
 static void bn_backward_block(vmc_opctx *ctx, const chan_block *cb, int C, int HW) {
@@ -200,10 +234,6 @@ static void bn_backward_block(vmc_opctx *ctx, const chan_block *cb, int C, int H
       ch->c2 = (float)((double)ch->k * is * (sdyx / cnt));
     }
   }
-  if (!ctx->dx[0]) return;
-  for (int b = 0; b < N; b++)
-    k->bwd_dx(ctx->x[0] + b * img + at, ctx->dy + b * img + at, &pl, cb->ch,
-              ctx->dx[0] + b * img + at, !ctx->dx_set[0]);
 }
 
 static void bn_backward(vmc_opctx *ctx) {
@@ -213,13 +243,19 @@ static void bn_backward(vmc_opctx *ctx) {
   if (nt == 1) {
     chan_block cb = block_of(ctx, C, 0, 1);
     bn_backward_block(ctx, &cb, C, HW);
+    if (ctx->dx[0]) dx_images(ctx, C, HW, 1, 0, ctx->batch);
     return;
   }
+  /* sums and constants by channel blocks, then dx by images */
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
   for (int t = 0; t < nt; t++) {
     chan_block cb = block_of(ctx, C, t, nt);
     bn_backward_block(ctx, &cb, C, HW);
   }
+  if (!ctx->dx[0]) return;
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+  for (int t = 0; t < nt; t++)
+    dx_images(ctx, C, HW, nt, image_lo(ctx->batch, t, nt), image_lo(ctx->batch, t + 1, nt));
 }
 
 const vmc_op vmc_op_batchnorm = {
