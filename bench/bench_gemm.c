@@ -8,7 +8,9 @@
  * A second table times vmc_sgemm_rows (B given by row pointers into a padded
  * plane, as an im2col-free conv reads it) against vmc_sgemm on the same B
  * materialised, per ISA, for the forward, weight- and input-gradient GEMMs
- * of 3x3 pad-1 convs; "rows/mat" is the best rows over the best sgemm.
+ * of 3x3 pad-1 convs; "rows/mat" is the best rows over the best sgemm.  For
+ * the weight gradients, "dot" is vmc_sgemm_dot (both operands read in place
+ * along K), which conv2d uses there.
  *
  * A third table times the inference forms on the NCHW conv GEMMs of one
  * image: vmc_sgemm followed by a separate bias + ReLU pass, the same fused
@@ -115,10 +117,19 @@ static double measure_rows(void (*rows_fn)(int, int, int, int, float, const floa
   return 2.0 * c->M * c->N * c->K / t[BATCHES / 2] / 1e9;
 }
 
+/* vmc_sgemm_dot in measure_rows' form (it accumulates: alpha and beta are
+ * not its to take, which timing does not mind). */
+static void dot_as_rows(int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *const *brow, float beta, float *C, int ldc) {
+  (void)tb, (void)alpha, (void)beta;
+  vmc_sgemm_dot(M, N, K, A, lda, brow, C, ldc);
+}
+
 /* vmc_sgemm_rows vs vmc_sgemm on the materialised B for conv GEMMs: a
- * C_in x (H+2) x (W+2) padded plane X, whose tap (c, di, dj) is the row
- * X + c*plane + di*(W+2) + dj, read for H*(W+2) floats (the "wide" output
- * grid, two junk columns per row). */
+ * C_in x (H+2) x (W+1) padded plane X as conv2d lays it out (rows share
+ * their padding column), whose tap (c, di, dj) is the row
+ * X + c*plane + di*(W+1) + dj, read for H*(W+1) floats (the "wide" output
+ * grid, one junk column per row). */
 static int rows_table(int has_avx2, int has_avx512) {
   static const struct {
     int tb, co, ci, H, W;
@@ -131,10 +142,10 @@ static int rows_table(int has_avx2, int has_avx512) {
   };
   printf("\nsgemm_rows vs sgemm on the materialised B, GFLOP/s (mat = sgemm, rows = "
          "sgemm_rows)\n");
-  printf("%-18s %2s %5s %5s %5s %8s %8s %8s %8s %8s %8s %8s\n", "problem", "tr", "M", "N",
-         "K", "mat2", "rows2", "mat512", "rows512", "mat_mt", "rows_mt", "rows/mat");
+  printf("%-18s %2s %5s %5s %5s %8s %8s %8s %8s %8s %8s %8s %8s\n", "problem", "tr", "M", "N",
+         "K", "mat2", "rows2", "mat512", "rows512", "mat_mt", "rows_mt", "rows/mat", "dot");
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    const int tb = cases[i].tb, Wp = cases[i].W + 2, plane = (cases[i].H + 2) * Wp;
+    const int tb = cases[i].tb, Wp = cases[i].W + 1, plane = (cases[i].H + 2) * Wp;
     const int grid = cases[i].H * Wp, taps = cases[i].ci * 9;
     /* fwd: C[co, grid] = W[co, taps] rows; dW: C[co, taps] = dY[co, grid] rows^T
      * with dY stored plane-strided; dX: as fwd (rotated kernel, in = out). */
@@ -173,7 +184,12 @@ static int rows_table(int has_avx2, int has_avx512) {
     print_cell(r5);
     print_cell(mmt);
     print_cell(rmt);
-    printf(" %7.2fx\n", fmax(fmax(r2, r5), rst) / fmax(fmax(m2, m5), mst));
+    printf(" %7.2fx", fmax(fmax(r2, r5), rst) / fmax(fmax(m2, m5), mst));
+    if (tb)
+      print_cell(measure_rows(dot_as_rows, NULL, &c));
+    else
+      printf(" %8s", "-");
+    printf("\n");
     fflush(stdout);
     free(X);
     free(A);
