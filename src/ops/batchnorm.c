@@ -142,11 +142,13 @@ static void bn_forward_block(vmc_opctx *ctx, const chan_block *cb, int C, int HW
   }
 }
 
-/* The element-wise passes run over images [b0, b1) with every block's
- * channel constants (each block's in its thread's scratch slice): split by
- * images, two threads stream disjoint memory (split by channels, they
- * scale poorly), and each element is computed as in any split. */
-static void apply_images(vmc_opctx *ctx, int C, int HW, int nt, int b0, int b1) {
+/* The element-wise pass (forward: y; backward: dx) over images [b0, b1)
+ * with every block's channel constants (each block's in its thread's
+ * scratch slice): split by images, two threads stream disjoint memory
+ * (split by channels, they scale poorly), and each element is computed as
+ * in any split. */
+static void elementwise_images(vmc_opctx *ctx, int C, int HW, int nt, int b0, int b1,
+                               int backward) {
   const vmc_bn_kernels *k = vmc_bn_kernels_best();
   const size_t img = (size_t)C * HW;
   for (int b = b0; b < b1; b++)
@@ -154,19 +156,10 @@ static void apply_images(vmc_opctx *ctx, int C, int HW, int nt, int b0, int b1) 
       const chan_block cb = block_of(ctx, C, t, nt);
       const vmc_bn_planes pl = {cb.n, HW, (size_t)HW};
       const size_t at = b * img + (size_t)cb.c0 * HW;
-      k->apply(ctx->x[0] + at, &pl, cb.ch, ctx->y + at);
-    }
-}
-
-static void dx_images(vmc_opctx *ctx, int C, int HW, int nt, int b0, int b1) {
-  const vmc_bn_kernels *k = vmc_bn_kernels_best();
-  const size_t img = (size_t)C * HW;
-  for (int b = b0; b < b1; b++)
-    for (int t = 0; t < nt; t++) {
-      const chan_block cb = block_of(ctx, C, t, nt);
-      const vmc_bn_planes pl = {cb.n, HW, (size_t)HW};
-      const size_t at = b * img + (size_t)cb.c0 * HW;
-      k->bwd_dx(ctx->x[0] + at, ctx->dy + at, &pl, cb.ch, ctx->dx[0] + at, !ctx->dx_set[0]);
+      if (backward)
+        k->bwd_dx(ctx->x[0] + at, ctx->dy + at, &pl, cb.ch, ctx->dx[0] + at, !ctx->dx_set[0]);
+      else
+        k->apply(ctx->x[0] + at, &pl, cb.ch, ctx->y + at);
     }
 }
 
@@ -179,7 +172,7 @@ static void bn_forward(vmc_opctx *ctx) {
   if (nt == 1) {
     chan_block cb = block_of(ctx, C, 0, 1);
     bn_forward_block(ctx, &cb, C, HW);
-    apply_images(ctx, C, HW, 1, 0, ctx->batch);
+    elementwise_images(ctx, C, HW, 1, 0, ctx->batch, 0);
     return;
   }
   /* statistics and constants by channel blocks, then y by images */
@@ -190,7 +183,8 @@ static void bn_forward(vmc_opctx *ctx) {
   }
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
   for (int t = 0; t < nt; t++)
-    apply_images(ctx, C, HW, nt, image_lo(ctx->batch, t, nt), image_lo(ctx->batch, t + 1, nt));
+    elementwise_images(ctx, C, HW, nt, image_lo(ctx->batch, t, nt),
+                       image_lo(ctx->batch, t + 1, nt), 0);
 }
 
 static void bn_backward_block(vmc_opctx *ctx, const chan_block *cb, int C, int HW) {
@@ -243,7 +237,7 @@ static void bn_backward(vmc_opctx *ctx) {
   if (nt == 1) {
     chan_block cb = block_of(ctx, C, 0, 1);
     bn_backward_block(ctx, &cb, C, HW);
-    if (ctx->dx[0]) dx_images(ctx, C, HW, 1, 0, ctx->batch);
+    if (ctx->dx[0]) elementwise_images(ctx, C, HW, 1, 0, ctx->batch, 1);
     return;
   }
   /* sums and constants by channel blocks, then dx by images */
@@ -255,7 +249,8 @@ static void bn_backward(vmc_opctx *ctx) {
   if (!ctx->dx[0]) return;
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
   for (int t = 0; t < nt; t++)
-    dx_images(ctx, C, HW, nt, image_lo(ctx->batch, t, nt), image_lo(ctx->batch, t + 1, nt));
+    elementwise_images(ctx, C, HW, nt, image_lo(ctx->batch, t, nt),
+                       image_lo(ctx->batch, t + 1, nt), 1);
 }
 
 const vmc_op vmc_op_batchnorm = {
