@@ -119,39 +119,35 @@ static const int k_m[] = {1, 3, 4, 5, 8, 17};
 static const int k_n[] = {1, 2, 4, 5, 9, 37};
 static const int k_k[] = {0, 1, 15, 16, 17, 127, 128, 129, 840};
 
+/* One problem through the dispatching entry and, where the CPU has it, the
+ * AVX-512 kernel; failures found, or -1 if out of memory (reported). */
+static int run_case(int M, int N, int K, int overlap) {
+  dot_case c;
+  int bad = -1;
+  if (case_init(&c, M, N, K, overlap)) {
+    bad = check(&c, vmc_sgemm_dot, "dispatch");
+    if (has_avx512()) bad += check(&c, vmc_sgemm_dot__avx512, "avx512");
+  } else {
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+  }
+  case_free(&c);
+  return bad;
+}
+
 TEST(gemm_dot_vs_double) {
-  const int avx512 = has_avx512();
   for (size_t im = 0; im < sizeof k_m / sizeof *k_m; im++)
     for (size_t in = 0; in < sizeof k_n / sizeof *k_n; in++)
       for (size_t ik = 0; ik < sizeof k_k / sizeof *k_k; ik++) {
-        dot_case c;
-        const int overlap = (int)((im + in + ik) % 2);
-        if (!case_init(&c, k_m[im], k_n[in], k_k[ik], overlap)) {
-          case_free(&c);
-          vmc_test_fail(__FILE__, __LINE__, "out of memory");
-          return;
-        }
-        int bad = check(&c, vmc_sgemm_dot, "dispatch");
-        if (avx512) bad += check(&c, vmc_sgemm_dot__avx512, "avx512");
-        case_free(&c);
-        if (bad && vmc_test_failed_now() >= 10) return;
+        const int bad = run_case(k_m[im], k_n[in], k_k[ik], (int)((im + in + ik) % 2));
+        if (bad < 0 || (bad && vmc_test_failed_now() >= 10)) return;
       }
 }
 
 /* The conv weight-gradient shapes of resnet8 (ocg x C*9 over a wide grid). */
 TEST(gemm_dot_conv_shapes) {
   static const int shapes[][3] = {{16, 9, 812}, {16, 144, 812}, {32, 288, 210}, {64, 576, 56}};
-  for (int s = 0; s < 4; s++) {
-    dot_case c;
-    if (!case_init(&c, shapes[s][0], shapes[s][1], shapes[s][2], 1)) {
-      case_free(&c);
-      vmc_test_fail(__FILE__, __LINE__, "out of memory");
-      return;
-    }
-    check(&c, vmc_sgemm_dot, "dispatch");
-    if (has_avx512()) check(&c, vmc_sgemm_dot__avx512, "avx512");
-    case_free(&c);
-  }
+  for (int s = 0; s < 4; s++)
+    if (run_case(shapes[s][0], shapes[s][1], shapes[s][2], 1) < 0) return;
 }
 
 /* Below VMC_SGEMM_DOT_MIN_K (and on a CPU without AVX-512 at any K) the
@@ -171,8 +167,7 @@ TEST(gemm_dot_dispatch_contract) {
       memcpy(a, c.C0, sizeof(float) * cn);
       memcpy(b, c.C0, sizeof(float) * cn);
       vmc_sgemm_dot(c.M, c.N, c.K, c.A, c.lda, c.rows, a, c.ldc);
-      const int kernel = has_avx512() && !strcmp(vmc_isa_name(), "avx512") && t == 1;
-      if (kernel)
+      if (t == 1 && !strcmp(vmc_isa_name(), "avx512")) /* the ISA path implies the CPU */
         vmc_sgemm_dot__avx512(c.M, c.N, c.K, c.A, c.lda, c.rows, b, c.ldc);
       else
         vmc_sgemm_rows(1, c.M, c.N, c.K, 1.0f, c.A, c.lda, c.rows, 1.0f, b, c.ldc);
