@@ -94,6 +94,53 @@ TEST(plan_infer_shares_activation_buffers) {
   vmc_graph_free(g);
 }
 
+/* Values of a batch-1 inference plan held in the padded layout (op.h). */
+static int padded_values(vmc_graph *g, int threads) {
+  vmc_set_threads(threads);
+  vmc_plan *p = NULL;
+  int n = -1;
+  if (!vmc_plan_create(g, 1, VMC_MODE_INFER, &p)) {
+    n = 0;
+    for (int v = 0; p->padded && v < p->g->n_values; v++) n += p->padded[v] && p->alias[v] < 0;
+  }
+  vmc_plan_destroy(p);
+  vmc_set_threads(0);
+  return n;
+}
+
+/* Convolutions and adds that hand each other padded planes skip the pad
+ * and crop copies, not a bit of arithmetic: the logits equal those of the
+ * same plans without (VMC_NO_PADDED=1), per image and threaded. */
+TEST(plan_infer_padded_layout_changes_no_bit) {
+  const char *models[] = {"resnet8", "resnet20", "mobilenetv2-tiny"};
+  /* Every conv output but the 1x1 downsamples' (their rows are ow long),
+   * and the adds' outputs inside a stage: resnet8 7 convs; resnet20 19
+   * convs and 6 adds.  The outputs read by a stride-2 conv (it splits its
+   * input into phases) or by global pooling stay plain.  MobileNetV2's 1x1
+   * and depthwise convs take none. */
+  const int want[] = {7, 25, 0};
+  for (int m = 0; m < 3; m++) {
+    vmc_graph *g = test_zoo_model(models[m], 7, 11);
+    REQUIRE(g);
+    const int np = padded_values(g, 1);
+    if (np != want[m])
+      vmc_test_fail(__FILE__, __LINE__, "%s: %d padded values", models[m], np);
+    size_t n0, n1, n2, n3;
+    setenv("VMC_NO_PADDED", "1", 1);
+    CHECK(padded_values(g, 1) == 0);
+    float *plain = logits(g, 5, 5, 2, &n0, NULL);
+    float *plain1 = logits(g, 1, 3, 2, &n1, NULL);
+    unsetenv("VMC_NO_PADDED");
+    float *per_image = logits(g, 5, 5, 2, &n2, NULL);
+    float *single = logits(g, 1, 3, 2, &n3, NULL); /* threaded GEMMs */
+    REQUIRE(plain && plain1 && per_image && single && n0 == n2 && n1 == n3);
+    CHECK(memcmp(plain, per_image, n0 * sizeof(float)) == 0);
+    CHECK(memcmp(plain1, single, n1 * sizeof(float)) == 0);
+    free(plain), free(plain1), free(per_image), free(single);
+    vmc_graph_free(g);
+  }
+}
+
 TEST(plan_fold_bn_only_where_exact) {
   vmc_graph *g = test_zoo_model("resnet8", 7, 11);
   REQUIRE(g);

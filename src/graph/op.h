@@ -54,6 +54,11 @@ typedef struct vmc_opctx {
    * not zero dx[k]: the op writes it (=) instead of accumulating.  Only
    * for ops with sets_dx; always 0 for the others. */
   uint8_t dx_set[VMC_MAX_INPUTS];
+  /* Inference only: input k / the output is in the padded layout (below)
+   * instead of plain NCHW.  Set only for ops whose padded_in / padded_out
+   * said yes. */
+  uint8_t xpad[VMC_MAX_INPUTS];
+  uint8_t ypad;
 } vmc_opctx;
 
 typedef struct vmc_op {
@@ -81,12 +86,43 @@ typedef struct vmc_op {
   int can_fuse_act;
   /* Nonzero: backward honours vmc_opctx.dx_set. */
   int sets_dx;
+  /* Nonzero: forward reads input k (writes its output) in the padded layout
+   * when the plan sets xpad[k] (ypad).  NULL: never.  The plan pads a value
+   * only where its producer and every consumer say yes. */
+  int (*padded_in)(const vmc_node *n, const vmc_shape *in, int k);
+  int (*padded_out)(const vmc_node *n, const vmc_shape *in);
   /* Multiply-accumulates per image (NULL: 0). */
   uint64_t (*macs)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out);
 } vmc_op;
 
 const vmc_op *vmc_op_find(const char *name);
 const vmc_op *const *vmc_op_all(int *count);
+
+/* The padded layout of an inference activation [N, C, H, W]: each image is
+ * C planes of (H + 2) x (W + 1) floats, pixel (i, j) at (i + 1)(W + 1) + 1 + j
+ * of its plane, zero everywhere else, then VMC_PADDED_SLACK zero floats.
+ * It is the zero-padded plane a 3x3-reach stride-1 convolution with padding
+ * 1 reads (rows share their padding column, src/ops/conv2d.c), and the
+ * plane a convolution whose wide output rows are W + 1 long writes: where
+ * producer and consumers both take it, the pad and crop copies between them
+ * vanish.  Pads are rewritten by every producer on every forward. */
+#define VMC_PADDED_SLACK 32
+typedef struct vmc_padded {
+  int h, w, wp;      /* wp = w + 1 */
+  size_t plane;      /* (h + 2) * wp */
+  size_t image;      /* floats per image: c * plane + VMC_PADDED_SLACK */
+} vmc_padded;
+static inline vmc_padded vmc_padded_of(const vmc_shape *s) {
+  vmc_padded p;
+  p.h = s->d[2], p.w = s->d[3], p.wp = p.w + 1;
+  p.plane = (size_t)(p.h + 2) * (size_t)p.wp;
+  p.image = (size_t)s->d[1] * p.plane + VMC_PADDED_SLACK;
+  return p;
+}
+/* Offset of pixel (0, 0) in its plane. */
+static inline size_t vmc_padded_origin(const vmc_padded *p) { return (size_t)p->wp + 1; }
+/* Zeroes every float of image y (channels ch) that is not a pixel. */
+void vmc_padded_zero_borders(const vmc_padded *p, int ch, float *y);
 
 /* Shared helpers for ops. */
 static inline int vmc_ceil_div(int a, int b) { return (a + b - 1) / b; }

@@ -13,6 +13,12 @@ static void prof_print(const vmc_plan *p);
 
 static size_t fbytes(const vmc_shape *s) { return vmc_shape_count(s) * sizeof(float); }
 
+/* Bytes of value v's activation buffer. */
+static size_t act_bytes(const vmc_plan *p, int v) {
+  if (!p->padded || !p->padded[v]) return fbytes(&p->shape[v]);
+  return vmc_padded_of(&p->shape[v]).image * (size_t)p->shape[v].d[0] * sizeof(float);
+}
+
 static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
   const vmc_graph *g = p->g;
   const vmc_node *n = &g->nodes[node];
@@ -26,6 +32,8 @@ static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
     c->xs[k] = p->shape[n->in[k]];
     if (p->grad) c->dx[k] = p->grad[n->in[k]];
   }
+  for (int k = 0; p->padded && k < n->n_in; k++) c->xpad[k] = p->padded[n->in[k]];
+  c->ypad = p->padded ? p->padded[n->out] : 0;
   c->y = p->act[n->out];
   c->ys = p->shape[n->out];
   if (p->grad) c->dy = p->grad[n->out];
@@ -42,10 +50,11 @@ static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
  * is its only consumer: the relu's output shares the producer's buffers. */
 /* VMC_NO_FUSION=1: plain execution (no folding, every gradient zeroed and
  * accumulated, inference batch by batch), for tests and comparisons. */
-static int fusion_enabled(void) {
-  const char *off = getenv("VMC_NO_FUSION");
-  return !(off && *off && strcmp(off, "0"));
+static int env_set(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0");
 }
+static int fusion_enabled(void) { return !env_set("VMC_NO_FUSION"); }
 
 /* folded_into (inference, may be NULL): per node, the conv a batchnorm was
  * folded into (fold.h), or -1.  Such a batchnorm is skipped and its output
@@ -117,6 +126,39 @@ static int alias_root(const vmc_plan *p, int v) {
   return v;
 }
 
+/* Batch-1 inference: the values whose producer and every consumer take the
+ * padded layout (op.h) get it; each alias shares its owner's flag.
+ * VMC_NO_PADDED=1: none (the same bits; for tests and comparisons).
+ * Returns 0 when out of memory. */
+static int plan_padded(vmc_plan *p) {
+  const vmc_graph *g = p->g;
+  const int nv = g->n_values;
+  p->padded = vmc_malloc_plain((size_t)nv);
+  uint8_t *veto = vmc_malloc_plain((size_t)nv);
+  if (!p->padded || !veto) {
+    vmc_free(veto);
+    return 0;
+  }
+  memset(p->padded, 0, (size_t)nv);
+  memset(veto, 0, (size_t)nv);
+  veto[g->input] = veto[alias_root(p, g->output)] = 1;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (p->skip[i]) continue;
+    const vmc_node *n = &g->nodes[i];
+    const vmc_op *op = n->op;
+    vmc_shape in[VMC_MAX_INPUTS];
+    for (int k = 0; k < n->n_in; k++) in[k] = p->shape[n->in[k]];
+    const int r = alias_root(p, n->out);
+    if (p->shape[r].ndim == 4 && op->padded_out && op->padded_out(n, in)) p->padded[r] = 1;
+    else veto[r] = 1;
+    for (int k = 0; k < n->n_in; k++)
+      if (!op->padded_in || !op->padded_in(n, in, k)) veto[alias_root(p, n->in[k])] = 1;
+  }
+  for (int v = 0; v < nv; v++) p->padded[v] = p->padded[alias_root(p, v)] && !veto[alias_root(p, v)];
+  vmc_free(veto);
+  return 1;
+}
+
 /* Inference: activation buffers share memory where their lives do not
  * overlap.  A buffer lives from the node that writes it to the last node
  * that reads it (the input from before the first node, the output to the
@@ -149,17 +191,17 @@ static size_t plan_offsets(const vmc_plan *p, size_t *off) {
   for (int v = 0; v < nv; v++) { /* values are numbered in node order */
     if (p->alias[v] >= 0) continue;
     if (end[v] < start[v]) end[v] = start[v]; /* written, never read */
-    const size_t size = vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
+    const size_t size = vmc_align_up(act_bytes(p, v), VMC_ALIGN);
     /* Lowest offset (0 or the end of a live neighbour) clear of every
      * buffer alive at the same time. */
     size_t best = (size_t)-1;
     for (int c = -1; c < n_placed; c++) {
-      const size_t o = c < 0 ? 0 : off[placed[c]] + vmc_align_up(fbytes(&p->shape[placed[c]]), VMC_ALIGN);
+      const size_t o = c < 0 ? 0 : off[placed[c]] + vmc_align_up(act_bytes(p, placed[c]), VMC_ALIGN);
       if (o >= best) continue;
       int clear = 1;
       for (int j = 0; j < n_placed && clear; j++) {
         const int u = placed[j];
-        const size_t us = vmc_align_up(fbytes(&p->shape[u]), VMC_ALIGN);
+        const size_t us = vmc_align_up(act_bytes(p, u), VMC_ALIGN);
         const int live = start[u] <= end[v] && start[v] <= end[u];
         clear = !live || o + size <= off[u] || off[u] + us <= o;
       }
@@ -214,12 +256,17 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
     return s;
   }
   plan_fusions(p, folded_into, keep_all != 2);
+  if (off && batch == 1 && !env_set("VMC_NO_PADDED") && !plan_padded(p)) {
+    vmc_free(off);
+    vmc_plan_destroy(p);
+    return vmc_error(VMC_ERR_NOMEM, "plan tables");
+  }
   /* Sizes. */
   size_t acts = off ? plan_offsets(p, off) : 0, state_total = 0, grads = 0;
   const int shared = acts > 0;
   for (int v = 0; v < g->n_values; v++) {
     if (p->alias[v] >= 0) continue;
-    if (!shared) acts += vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
+    if (!shared) acts += vmc_align_up(act_bytes(p, v), VMC_ALIGN);
     if (p->grad && v != g->input) grads += vmc_align_up(fbytes(&p->shape[v]), VMC_ALIGN);
   }
   for (int i = 0; i < g->n_nodes; i++) {
@@ -245,7 +292,7 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
   for (int v = 0; v < g->n_values; v++)
     p->act[v] = p->alias[v] >= 0 ? p->act[p->alias[v]]
                 : shared         ? (float *)(act_base + off[v])
-                                 : vmc_arena_take(&p->arena, fbytes(&p->shape[v]));
+                                 : vmc_arena_take(&p->arena, act_bytes(p, v));
   vmc_free(off);
   if (p->grad) {
     for (int v = 0; v < g->n_values; v++)
@@ -371,6 +418,7 @@ void vmc_plan_destroy(vmc_plan *p) {
   vmc_free(p->zero_grad);
   vmc_free(p->dx_set);
   vmc_free(p->alias);
+  vmc_free(p->padded);
   if (p->owned) vmc_graph_free(p->owned);
   vmc_free(p);
 }

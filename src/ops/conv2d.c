@@ -352,12 +352,17 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
   const float *B = n->n_param > 1 ? ctx->g->params[n->param[1]].data : NULL;
   const int C = ctx->xs[0].d[1], HW = g->h * g->w;
   const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
+  /* Padded input or output (op.h; one group then, see conv_padded_in/out):
+   * the input is already the plane WIDE pads to, and the wide output rows,
+   * written at the padded output's origin, leave their garbage column on
+   * the padding, which is zeroed after. */
+  const vmc_padded xpl = vmc_padded_of(&ctx->xs[0]), yq = vmc_padded_of(&ctx->ys);
   /* Bias and activation are applied as the GEMM writes each output. */
   vmc_gemm_epi epi = VMC_GEMM_EPI_NONE;
   epi.lo = lo;
   epi.hi = hi;
-  const float *x = ctx->x[0] + (size_t)b * C * HW;
-  float *y = ctx->y + (size_t)b * c.oc * c.P;
+  const float *x = ctx->x[0] + (size_t)b * (ctx->xpad[0] ? xpl.image : (size_t)C * HW);
+  float *y = ctx->y + (size_t)b * (ctx->ypad ? yq.image : (size_t)c.oc * c.P);
   for (int gi = 0; gi < c.groups; gi++) {
     const float *xg = x + (size_t)gi * g->c * HW;
     float *yg = y + (size_t)gi * c.ocg * c.P;
@@ -393,6 +398,9 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       phase_rows(xq, g->c, &c, rows);
       if (c.phw == g->ow) { /* no garbage columns: straight into y */
         fwd_gemm_rows(pk, par, &c, Wg, rows, yg, c.P, &epi);
+      } else if (ctx->ypad) {
+        fwd_gemm_rows(pk, par, &c, Wg, rows, yg + vmc_padded_origin(&yq), (int)yq.plane, &epi);
+        vmc_padded_zero_borders(&yq, c.oc, yg);
       } else {
         fwd_gemm_rows(pk, par, &c, Wg, rows, yw, c.nw, &epi);
         crop_planes(yw, c.ocg, (size_t)c.nw, c.phw, 0, 0, g->oh, g->ow, yg, 0);
@@ -402,11 +410,17 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
     case WIDE: {
       float *xp = base, *yw = base + sp.a;
       const float **rows = thread_rows(ctx, &sp, base);
-      pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
-                 xp);
-      plane_rows(xp, g->c, c.plane, c.wp, g, rows);
-      fwd_gemm_rows(pk, par, &c, Wg, rows, yw, c.nw, &epi);
-      crop_planes(yw, c.ocg, (size_t)c.nw, c.wp, 0, 0, g->oh, g->ow, yg, 0);
+      if (!ctx->xpad[0])
+        pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
+                   xp);
+      plane_rows(ctx->xpad[0] ? xg : xp, g->c, c.plane, c.wp, g, rows);
+      if (ctx->ypad) {
+        fwd_gemm_rows(pk, par, &c, Wg, rows, yg + vmc_padded_origin(&yq), (int)yq.plane, &epi);
+        vmc_padded_zero_borders(&yq, c.oc, yg);
+      } else {
+        fwd_gemm_rows(pk, par, &c, Wg, rows, yw, c.nw, &epi);
+        crop_planes(yw, c.ocg, (size_t)c.nw, c.wp, 0, 0, g->oh, g->ow, yg, 0);
+      }
       break;
     }
     }
@@ -644,6 +658,23 @@ static void conv_backward(vmc_opctx *ctx) {
   }
 }
 
+/* The padded layout (op.h), inference only, one group.  In: a WIDE
+ * convolution whose padded plane is exactly that layout's (padding 1, rows
+ * W + 1 long, a reach of at most 3 columns past a row).  Out: a WIDE or
+ * PHASE convolution whose wide output rows are OW + 1 long. */
+static int conv_padded_in(const vmc_node *n, const vmc_shape *in, int k) {
+  const conv_cfg c = cfg_of(n, &in[0]);
+  const vmc_conv_geom *g = &c.g;
+  return k == 0 && c.groups == 1 && c.kind == WIDE && g->ph == 1 && g->pw == 1 &&
+         c.wp == g->w + 1 && (size_t)(g->kw - 1) * g->dw + 16 <= VMC_PADDED_SLACK;
+}
+
+static int conv_padded_out(const vmc_node *n, const vmc_shape *in) {
+  const conv_cfg c = cfg_of(n, &in[0]);
+  return c.groups == 1 && ((c.kind == WIDE && c.wp == c.g.ow + 1) ||
+                           (c.kind == PHASE && c.phw == c.g.ow + 1));
+}
+
 static uint64_t conv_macs(const vmc_node *n, const vmc_shape *in, const vmc_shape *out) {
   conv_cfg c = cfg_of(n, &in[0]);
   return (uint64_t)c.oc * c.P * c.K;
@@ -653,4 +684,4 @@ const vmc_op vmc_op_conv2d = {
     .name = "conv2d", .min_in = 1, .max_in = 1, .n_param_min = 1, .n_param_max = 2,
     .sets_dx = 1, .can_fuse_act = 1, .infer = conv_infer, .state_bytes = conv_state, .prepare = conv_prepare,
     .scratch_bytes = conv_scratch, .forward = conv_forward, .backward = conv_backward,
-    .macs = conv_macs};
+    .padded_in = conv_padded_in, .padded_out = conv_padded_out, .macs = conv_macs};

@@ -18,10 +18,51 @@ static vmc_status add_infer(const vmc_graph *g, const vmc_node *n, const vmc_sha
   return VMC_OK;
 }
 
+/* Where the rows of one operand of a 4-d add lie: image, channel and row
+ * strides from its first pixel. */
+typedef struct {
+  size_t first, image, chan, row;
+} add_view;
+
+static add_view view_of(const vmc_padded *q, int ch, int padded) {
+  if (padded) return (add_view){vmc_padded_origin(q), q->image, q->plane, (size_t)q->wp};
+  const size_t hw = (size_t)q->h * q->w;
+  return (add_view){0, ch * hw, hw, (size_t)q->w};
+}
+
+static void add_row(const float *restrict a, const float *restrict b, float *restrict y, int w,
+                    float lo, float hi) {
+  for (int j = 0; j < w; j++) y[j] = vmc_clampf(a[j] + b[j], lo, hi);
+}
+
+/* Some operands in the padded layout (op.h), not all: row by row. */
+static void add_rows(const vmc_opctx *c, float lo, float hi) {
+  const vmc_padded q = vmc_padded_of(&c->ys);
+  const int ch = c->ys.d[1];
+  const add_view va = view_of(&q, ch, c->xpad[0]), vb = view_of(&q, ch, c->xpad[1]),
+                 vy = view_of(&q, ch, c->ypad);
+  for (int i = 0; i < c->batch; i++) {
+    for (int k = 0; k < ch; k++) {
+      const float *a = c->x[0] + va.first + i * va.image + k * va.chan;
+      const float *b = c->x[1] + vb.first + i * vb.image + k * vb.chan;
+      float *y = c->y + vy.first + i * vy.image + k * vy.chan;
+      for (int r = 0; r < q.h; r++, a += va.row, b += vb.row, y += vy.row)
+        add_row(a, b, y, q.w, lo, hi);
+    }
+    if (c->ypad) vmc_padded_zero_borders(&q, ch, c->y + i * q.image);
+  }
+}
+
 static void add_forward(vmc_opctx *c) {
-  const size_t n = per_image(&c->ys) * (size_t)c->batch;
   const float *a = c->x[0], *b = c->x[1];
   const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
+  const int pads = c->xpad[0] + c->xpad[1] + c->ypad;
+  if (pads && pads < 3) {
+    add_rows(c, lo, hi);
+    return;
+  }
+  /* All padded: zero borders add (and clamp) to zero borders. */
+  const size_t n = (pads ? vmc_padded_of(&c->ys).image : per_image(&c->ys)) * (size_t)c->batch;
   if (c->act == VMC_ACT_NONE) {
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && n > 65536)
     for (size_t i = 0; i < n; i++) c->y[i] = a[i] + b[i];
@@ -136,9 +177,13 @@ static void flatten_backward(vmc_opctx *c) {
   for (size_t i = 0; i < n; i++) c->dx[0][i] += c->dy[i];
 }
 
+/* Any operand of a 4-d add may be padded (op.h). */
+static int add_padded_in(const vmc_node *n, const vmc_shape *in, int k) { return in[k].ndim == 4; }
+static int add_padded_out(const vmc_node *n, const vmc_shape *in) { return in[0].ndim == 4; }
+
 const vmc_op vmc_op_add = {.name = "add", .min_in = 2, .max_in = 2, .infer = add_infer,
                            .forward = add_forward, .backward = add_backward, .can_fuse_act = 1,
-                           .sets_dx = 1};
+                           .sets_dx = 1, .padded_in = add_padded_in, .padded_out = add_padded_out};
 const vmc_op vmc_op_concat = {.name = "concat", .min_in = 1, .max_in = VMC_MAX_INPUTS,
                               .infer = concat_infer, .forward = concat_forward,
                               .backward = concat_backward};
