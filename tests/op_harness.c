@@ -124,6 +124,8 @@ void vmc_oph_forward(vmc_oph *h, int batch) {
   vmc_rng_seed(&h->rng, h->rng_seed);
   vmc_opctx c;
   fill_ctx(h, &c, 0);
+  /* As an inference plan does, from the weights as they are now. */
+  if (h->mode != VMC_MODE_TRAIN && h->op->prepare) h->op->prepare(&c);
   h->op->forward(&c);
 }
 

@@ -233,18 +233,24 @@ static size_t packs_bytes(const conv_cfg *c) {
          (size_t)c->groups * vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, c->K), VMC_ALIGN);
 }
 
+/* Inference state: the node's conv_cfg (prepared once: attributes are
+ * looked up by name), then the packs (not for depthwise). */
+static size_t cfg_bytes(void) { return vmc_align_up(sizeof(conv_cfg), VMC_ALIGN); }
+
 static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                          vmc_mode mode) {
   conv_cfg c = cfg_of(n, &in[0]);
-  if (mode != VMC_MODE_TRAIN) return c.kind == DEPTHWISE ? 0 : packs_bytes(&c);
+  if (mode != VMC_MODE_TRAIN) return cfg_bytes() + (c.kind == DEPTHWISE ? 0 : packs_bytes(&c));
   return c.kind == WIDE && c.bwd_wide ? (size_t)c.oc * c.K * sizeof(float) : 0;
 }
 
 static void conv_prepare(vmc_opctx *ctx) {
+  if (!ctx->state) return;
   conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
-  if (c.kind == DEPTHWISE || !ctx->state) return;
-  vmc_sgemm_packed_a *pk = ctx->state;
-  uint8_t *data = (uint8_t *)ctx->state + vmc_align_up((size_t)c.groups * sizeof *pk, VMC_ALIGN);
+  memcpy(ctx->state, &c, sizeof c);
+  if (c.kind == DEPTHWISE) return;
+  vmc_sgemm_packed_a *pk = (vmc_sgemm_packed_a *)((uint8_t *)ctx->state + cfg_bytes());
+  uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)c.groups * sizeof *pk, VMC_ALIGN);
   const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(c.ocg, c.K), VMC_ALIGN);
   const float *W = ctx->g->params[ctx->node->param[0]].data;
   for (int gi = 0; gi < c.groups; gi++)
@@ -368,9 +374,10 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
     float *yg = y + (size_t)gi * c.ocg * c.P;
     const float *Wg = W + (size_t)gi * c.ocg * c.K;
     epi.bias = B ? B + (size_t)gi * c.ocg : NULL;
-    const vmc_sgemm_packed_a *pk = ctx->mode != VMC_MODE_TRAIN && ctx->state && c.kind != DEPTHWISE
-                                       ? (const vmc_sgemm_packed_a *)ctx->state + gi
-                                       : NULL;
+    const vmc_sgemm_packed_a *pk =
+        ctx->mode != VMC_MODE_TRAIN && ctx->state && c.kind != DEPTHWISE
+            ? (const vmc_sgemm_packed_a *)((const uint8_t *)ctx->state + cfg_bytes()) + gi
+            : NULL;
     if (pk && !pk->data) pk = NULL;
     switch (c.kind) {
     case DEPTHWISE:
@@ -432,7 +439,8 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
 }
 
 static void conv_forward(vmc_opctx *ctx) {
-  conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
+  conv_cfg c = ctx->mode != VMC_MODE_TRAIN && ctx->state ? *(const conv_cfg *)ctx->state
+                                                         : cfg_of(ctx->node, &ctx->xs[0]);
   scratch_plan sp = scratch_of(&c, ctx->mode);
   if (IMAGE_LOOP_PARALLEL(ctx)) {
     const int nt = ctx->nthreads;
