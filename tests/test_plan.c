@@ -94,49 +94,74 @@ TEST(plan_infer_shares_activation_buffers) {
   vmc_graph_free(g);
 }
 
-/* Values of a batch-1 inference plan held in the padded layout (op.h). */
-static int padded_values(vmc_graph *g, int threads) {
-  vmc_set_threads(threads);
+/* Of a batch-1 inference plan: the nodes that run and write the padded
+ * layout (op.h), and the adds folded into their operand's producer. */
+static void layout_counts(vmc_graph *g, int *padded, int *folded) {
+  vmc_set_threads(1);
   vmc_plan *p = NULL;
-  int n = -1;
+  *padded = *folded = -1;
   if (!vmc_plan_create(g, 1, VMC_MODE_INFER, &p)) {
-    n = 0;
-    for (int v = 0; p->padded && v < p->g->n_values; v++) n += p->padded[v] && p->alias[v] < 0;
+    *padded = *folded = 0;
+    for (int i = 0; i < p->g->n_nodes; i++) {
+      *padded += !p->skip[i] && p->padded && p->padded[p->g->nodes[i].out];
+      *folded += p->res && p->res[i] >= 0;
+    }
   }
   vmc_plan_destroy(p);
   vmc_set_threads(0);
-  return n;
+}
+
+/* Logits of models under each combination of VMC_NO_PADDED and
+ * VMC_NO_FOLD_ADD (bit k of the combination: knob k set). */
+static float *logits_with(vmc_graph *g, int combo, int b, int n, size_t *count) {
+  if (combo & 1) setenv("VMC_NO_PADDED", "1", 1);
+  if (combo & 2) setenv("VMC_NO_FOLD_ADD", "1", 1);
+  float *out = logits(g, b, n, 2, count, NULL);
+  unsetenv("VMC_NO_PADDED");
+  unsetenv("VMC_NO_FOLD_ADD");
+  return out;
 }
 
 /* Convolutions and adds that hand each other padded planes skip the pad
- * and crop copies, not a bit of arithmetic: the logits equal those of the
- * same plans without (VMC_NO_PADDED=1), per image and threaded. */
-TEST(plan_infer_padded_layout_changes_no_bit) {
+ * and crop copies, and an add folded into a convolution's write-back skips
+ * a pass; neither changes a bit of arithmetic: the logits equal those of
+ * the same plans without them, per image and threaded. */
+TEST(plan_infer_padded_layout_and_folded_adds_change_no_bit) {
   const char *models[] = {"resnet8", "resnet20", "mobilenetv2-tiny"};
-  /* Every conv output but the 1x1 downsamples' (their rows are ow long),
-   * and the adds' outputs inside a stage: resnet8 7 convs; resnet20 19
-   * convs and 6 adds.  The outputs read by a stride-2 conv (it splits its
-   * input into phases) or by global pooling stay plain.  MobileNetV2's 1x1
-   * and depthwise convs take none. */
-  const int want[] = {7, 25, 0};
+  /* Padded: every conv but the 1x1 downsamples (their rows are ow long),
+   * and the adds inside a stage, less the adds folded away: resnet8 7
+   * convs; resnet20 19 convs and 6 adds, 4 of them folded (the others mix
+   * layouts).  The outputs read by a stride-2 conv (it splits its input
+   * into phases) or by global pooling stay plain.  MobileNetV2's 1x1 and
+   * depthwise convs take none; its 4 residual adds fold into their 1x1
+   * projections. */
+  const int want_padded[] = {7, 21, 0}, want_folded[] = {0, 4, 4};
   for (int m = 0; m < 3; m++) {
     vmc_graph *g = test_zoo_model(models[m], 7, 11);
     REQUIRE(g);
-    const int np = padded_values(g, 1);
-    if (np != want[m])
-      vmc_test_fail(__FILE__, __LINE__, "%s: %d padded values", models[m], np);
-    size_t n0, n1, n2, n3;
+    int np, nf;
+    layout_counts(g, &np, &nf);
+    if (np != want_padded[m] || nf != want_folded[m])
+      vmc_test_fail(__FILE__, __LINE__, "%s: %d padded outputs, %d folded adds", models[m], np, nf);
     setenv("VMC_NO_PADDED", "1", 1);
-    CHECK(padded_values(g, 1) == 0);
-    float *plain = logits(g, 5, 5, 2, &n0, NULL);
-    float *plain1 = logits(g, 1, 3, 2, &n1, NULL);
+    setenv("VMC_NO_FOLD_ADD", "1", 1);
+    layout_counts(g, &np, &nf);
+    CHECK(np == 0 && nf == 0);
     unsetenv("VMC_NO_PADDED");
-    float *per_image = logits(g, 5, 5, 2, &n2, NULL);
-    float *single = logits(g, 1, 3, 2, &n3, NULL); /* threaded GEMMs */
-    REQUIRE(plain && plain1 && per_image && single && n0 == n2 && n1 == n3);
-    CHECK(memcmp(plain, per_image, n0 * sizeof(float)) == 0);
-    CHECK(memcmp(plain1, single, n1 * sizeof(float)) == 0);
-    free(plain), free(plain1), free(per_image), free(single);
+    unsetenv("VMC_NO_FOLD_ADD");
+    size_t n0 = 0, n1 = 0;
+    float *plain = logits_with(g, 3, 5, 5, &n0), *plain1 = logits_with(g, 3, 1, 3, &n1);
+    REQUIRE(plain && plain1);
+    for (int combo = 0; combo < 3; combo++) {
+      size_t n2 = 0, n3 = 0;
+      float *per_image = logits_with(g, combo, 5, 5, &n2);
+      float *single = logits_with(g, combo, 1, 3, &n3); /* threaded GEMMs */
+      REQUIRE(per_image && single && n0 == n2 && n1 == n3);
+      CHECK(memcmp(plain, per_image, n0 * sizeof(float)) == 0);
+      CHECK(memcmp(plain1, single, n1 * sizeof(float)) == 0);
+      free(per_image), free(single);
+    }
+    free(plain), free(plain1);
     vmc_graph_free(g);
   }
 }

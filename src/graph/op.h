@@ -59,6 +59,10 @@ typedef struct vmc_opctx {
    * said yes. */
   uint8_t xpad[VMC_MAX_INPUTS];
   uint8_t ypad;
+  /* Inference only (ops with fuses_residual): a tensor of the output's
+   * shape and layout to add to it before act, rounded as the add node the
+   * plan folded into this one (bias first, then res, then the clamp). */
+  const float *res;
 } vmc_opctx;
 
 typedef struct vmc_op {
@@ -91,6 +95,10 @@ typedef struct vmc_op {
    * only where its producer and every consumer say yes. */
   int (*padded_in)(const vmc_node *n, const vmc_shape *in, int k);
   int (*padded_out)(const vmc_node *n, const vmc_shape *in);
+  /* Nonzero: forward honours vmc_opctx.res when its output has the given
+   * layout (ypad), so the plan may fold a following add into it.  NULL:
+   * never. */
+  int (*fuses_residual)(const vmc_node *n, const vmc_shape *in, int ypad);
   /* Multiply-accumulates per image (NULL: 0). */
   uint64_t (*macs)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out);
 } vmc_op;

@@ -43,6 +43,7 @@ static void fill_ctx(vmc_plan *p, int node, int batch, vmc_opctx *c) {
   c->nthreads = p->nthreads;
   c->rng = &p->rng;
   c->act = p->fused[node];
+  c->res = p->res && p->res[node] >= 0 ? p->act[p->res[node]] : NULL;
   for (int k = 0; k < n->n_in; k++) c->dx_set[k] = p->dx_set ? (p->dx_set[node] >> k) & 1 : 0;
 }
 
@@ -159,6 +160,58 @@ static int plan_padded(vmc_plan *p) {
   return 1;
 }
 
+/* Inference: an add whose operand k is read by it alone, and produced by
+ * a node that can add a residual in its output's layout (op.h
+ * fuses_residual) with no activation of its own, is folded into that node:
+ * the other operand becomes the node's res (it must exist by then), the
+ * add's activation the node's, and the add's output shares the node's
+ * buffer.  Both operands and the output must have one layout.
+ * VMC_NO_FOLD_ADD=1: no such folding (the same bits; for tests and
+ * comparisons).  Returns 0 when out of memory. */
+static int plan_residuals(vmc_plan *p) {
+  const vmc_graph *g = p->g;
+  int *readers = vmc_malloc_plain((size_t)g->n_values * sizeof *readers);
+  int *producer = vmc_malloc_plain((size_t)g->n_values * sizeof *producer);
+  p->res = vmc_malloc_plain((size_t)(g->n_nodes ? g->n_nodes : 1) * sizeof *p->res);
+  if (!readers || !producer || !p->res) {
+    vmc_free(readers), vmc_free(producer);
+    return 0;
+  }
+  for (int v = 0; v < g->n_values; v++) producer[v] = -1;
+  for (int i = 0; i < g->n_nodes; i++) {
+    p->res[i] = -1;
+    if (p->skip[i]) continue;
+    producer[alias_root(p, g->nodes[i].out)] = i;
+    for (int k = 0; k < g->nodes[i].n_in; k++) readers[alias_root(p, g->nodes[i].in[k])]++;
+  }
+  const uint8_t *pad = p->padded;
+  for (int i = 0; i < g->n_nodes; i++) {
+    const vmc_node *n = &g->nodes[i];
+    if (p->skip[i] || strcmp(n->op->name, "add") || n->n_in != 2) continue;
+    const int out = alias_root(p, n->out);
+    if (out == alias_root(p, g->output)) continue;
+    for (int k = 0; k < 2; k++) {
+      const int r = alias_root(p, n->in[k]), s = alias_root(p, n->in[1 - k]), pr = producer[r];
+      if (pr < 0 || readers[r] != 1 || r == s || p->fused[pr] != VMC_ACT_NONE) continue;
+      if (s != g->input && (producer[s] < 0 || producer[s] >= pr)) continue;
+      const int lay = pad ? pad[r] : 0;
+      if ((pad ? pad[s] : 0) != lay || (pad ? pad[out] : 0) != lay) continue;
+      const vmc_node *pn = &g->nodes[pr];
+      vmc_shape in[VMC_MAX_INPUTS];
+      for (int j = 0; j < pn->n_in; j++) in[j] = p->shape[pn->in[j]];
+      if (!pn->op->fuses_residual || !pn->op->fuses_residual(pn, in, lay)) continue;
+      p->res[pr] = n->in[1 - k];
+      p->fused[pr] = p->fused[i];
+      p->skip[i] = 1;
+      p->alias[n->out] = n->in[k];
+      break;
+    }
+  }
+  vmc_free(readers);
+  vmc_free(producer);
+  return 1;
+}
+
 /* Inference: activation buffers share memory where their lives do not
  * overlap.  A buffer lives from the node that writes it to the last node
  * that reads it (the input from before the first node, the output to the
@@ -182,8 +235,10 @@ static size_t plan_offsets(const vmc_plan *p, size_t *off) {
     const vmc_node *n = &g->nodes[i];
     const int r = alias_root(p, n->out);
     if (i < start[r]) start[r] = i;
-    for (int k = 0; k < n->n_in; k++) {
-      const int q = alias_root(p, n->in[k]);
+    for (int k = 0; k <= n->n_in; k++) { /* the inputs, and a folded add's other operand */
+      const int in = k < n->n_in ? n->in[k] : p->res ? p->res[i] : -1;
+      if (in < 0) continue;
+      const int q = alias_root(p, in);
       if (i > end[q]) end[q] = i;
     }
   }
@@ -256,7 +311,8 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
     return s;
   }
   plan_fusions(p, folded_into, keep_all != 2);
-  if (off && batch == 1 && !env_set("VMC_NO_PADDED") && !plan_padded(p)) {
+  if (off && ((batch == 1 && !env_set("VMC_NO_PADDED") && !plan_padded(p)) ||
+              (folded_into && !env_set("VMC_NO_FOLD_ADD") && !plan_residuals(p)))) {
     vmc_free(off);
     vmc_plan_destroy(p);
     return vmc_error(VMC_ERR_NOMEM, "plan tables");
@@ -419,6 +475,7 @@ void vmc_plan_destroy(vmc_plan *p) {
   vmc_free(p->dx_set);
   vmc_free(p->alias);
   vmc_free(p->padded);
+  vmc_free(p->res);
   if (p->owned) vmc_graph_free(p->owned);
   vmc_free(p);
 }

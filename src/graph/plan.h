@@ -17,6 +17,7 @@ struct vmc_plan {
   uint8_t *skip;    /* per node: a relu folded into its producer */
   int *alias;       /* per value: value whose buffers it shares, or -1 */
   uint8_t *padded;  /* per value: held in the padded layout (op.h), or NULL */
+  int *res;         /* per node: value added to its output (op.h), -1; or NULL */
   uint8_t *zero_grad; /* per value: backward zeroes its gradient buffer */
   uint8_t *dx_set;    /* per node, bit k: the node writes dx[k] (=) */
   uint8_t *scratch;

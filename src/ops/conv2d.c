@@ -369,6 +369,11 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
   epi.hi = hi;
   const float *x = ctx->x[0] + (size_t)b * (ctx->xpad[0] ? xpl.image : (size_t)C * HW);
   float *y = ctx->y + (size_t)b * (ctx->ypad ? yq.image : (size_t)c.oc * c.P);
+  if (ctx->res) { /* a folded add (conv_fuses_residual): y's layout, one group */
+    const float *r = ctx->res + (y - ctx->y);
+    epi.res = ctx->ypad ? r + vmc_padded_origin(&yq) : r;
+    epi.ldr = ctx->ypad ? (int)yq.plane : c.P;
+  }
   for (int gi = 0; gi < c.groups; gi++) {
     const float *xg = x + (size_t)gi * g->c * HW;
     float *yg = y + (size_t)gi * c.ocg * c.P;
@@ -683,6 +688,24 @@ static int conv_padded_out(const vmc_node *n, const vmc_shape *in) {
                            (c.kind == PHASE && c.phw == c.g.ow + 1));
 }
 
+/* A residual rides on the GEMM's epilogue wherever the GEMM writes y
+ * itself: not where a wide result is cropped into plain y. */
+static int conv_fuses_residual(const vmc_node *n, const vmc_shape *in, int ypad) {
+  const conv_cfg c = cfg_of(n, &in[0]);
+  if (c.groups != 1) return 0;
+  switch (c.kind) {
+  case DIRECT:
+  case IM2COL:
+    return !ypad;
+  case PHASE:
+    return ypad || c.phw == c.g.ow;
+  case WIDE:
+    return ypad;
+  default:
+    return 0;
+  }
+}
+
 static uint64_t conv_macs(const vmc_node *n, const vmc_shape *in, const vmc_shape *out) {
   conv_cfg c = cfg_of(n, &in[0]);
   return (uint64_t)c.oc * c.P * c.K;
@@ -692,4 +715,5 @@ const vmc_op vmc_op_conv2d = {
     .name = "conv2d", .min_in = 1, .max_in = 1, .n_param_min = 1, .n_param_max = 2,
     .sets_dx = 1, .can_fuse_act = 1, .infer = conv_infer, .state_bytes = conv_state, .prepare = conv_prepare,
     .scratch_bytes = conv_scratch, .forward = conv_forward, .backward = conv_backward,
-    .padded_in = conv_padded_in, .padded_out = conv_padded_out, .macs = conv_macs};
+    .padded_in = conv_padded_in, .padded_out = conv_padded_out,
+    .fuses_residual = conv_fuses_residual, .macs = conv_macs};
