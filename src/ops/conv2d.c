@@ -44,7 +44,7 @@ typedef struct {
   size_t plane;     /* hp*wp, + slack after the last channel */
   /* WIDE backward: dx = conv(pad(dY), rot(W)) */
   int hq, wq, nq;   /* padded dY height/width, nq = h*wq */
-  int pth, ptw;     /* its padding */
+  int pth, ptw;     /* its padding (PHASE: the same four, see phase_backward) */
   int bwd_wide;     /* that convolution is possible (padding >= 0) */
   int dw_wide;      /* DEPTHWISE with stride 1: also over a padded plane */
   /* PHASE: the phase planes (kernels/planes.h), plane = phh*phw floats,
@@ -132,6 +132,14 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.nslots = q->nslots;
     c.plane = (size_t)q->phh * q->phw;
     c.nw = g->oh * c.phw; /* phw >= ow + the largest column shift: rows stay in their plane row */
+    /* Backward: dY zero-padded by the largest tap shifts, rows phw long
+     * (phw >= ow + ptw always), and one zero row more than a phase plane
+     * reads past it. */
+    c.pth = (g->kh - 1) * g->dh / g->sh;
+    c.ptw = (g->kw - 1) * g->dw / g->sw;
+    c.wq = c.phw;
+    c.hq = q->phh + c.pth + 1;
+    c.nq = q->phh * c.phw;
   }
   return c;
 }
@@ -197,11 +205,13 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
     break;
   case PHASE: {
     const size_t xq = (size_t)g->c * c->nslots * c->plane + slack;
-    s.a = xq;                                             /* phase planes */
-    s.b = (size_t)c->ocg * c->nw;                         /* wide output / wide dY */
-    s.c = mode == VMC_MODE_TRAIN ? (size_t)c->K * c->nw : 0; /* dcol */
-    s.d = mode == VMC_MODE_TRAIN ? xq : 0;                /* phase-plane gradient */
-    s.rows = (size_t)c->K;
+    s.a = xq; /* phase planes */
+    /* wide output / padded dY (hq*wq >= nw) */
+    s.b = (size_t)c->ocg * (mode == VMC_MODE_TRAIN ? (size_t)c->hq * c->wq : (size_t)c->nw);
+    s.d = mode == VMC_MODE_TRAIN ? xq : 0; /* phase-plane gradient */
+    /* the x rows, or one phase's dY rows (ocg per tap) */
+    const size_t kt = mode == VMC_MODE_TRAIN ? (size_t)c->ocg * g->kh * g->kw : 0;
+    s.rows = (size_t)c->K > kt ? (size_t)c->K : kt;
     break;
   }
   case IM2COL:
@@ -241,7 +251,8 @@ static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape
                          vmc_mode mode) {
   conv_cfg c = cfg_of(n, &in[0]);
   if (mode != VMC_MODE_TRAIN) return cfg_bytes() + (c.kind == DEPTHWISE ? 0 : packs_bytes(&c));
-  return c.kind == WIDE && c.bwd_wide ? (size_t)c.oc * c.K * sizeof(float) : 0;
+  /* the weights rearranged for dx (rotate_kernel, phase_kernel) */
+  return (c.kind == WIDE && c.bwd_wide) || c.kind == PHASE ? (size_t)c.oc * c.K * sizeof(float) : 0;
 }
 
 static void conv_prepare(vmc_opctx *ctx) {
@@ -521,46 +532,76 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
 /* PHASE backward of one image and group: dW (+)= dYw · rows^T; dcol =
  * W^T dYw added into the phase planes' gradient along the same rows, then
  * merged into dx. */
+/* PHASE dx, phase plane by phase plane.  Input pixel (sh*u' + r, sw*v' + q)
+ * of the padded image (phase (r, q), position (u', v')) takes tap (i, j)
+ * from output (u' - di, v' - dj) where i*dh = sh*di + r, j*dw = sw*dj + q:
+ * each phase plane is a convolution of dY, zero-padded by the largest
+ * shifts (pth, ptw), with the taps of its phase.  Row pointers into that
+ * padded dY (rows phw long, so a read past a row's end wraps into the next
+ * row's zeros) make it one GEMM per phase writing the plane in place: no
+ * col matrix.  Taps of slot sl in (i, j) order; returns their count. */
+static int slot_taps(const conv_cfg *c, int sl, int *tap) {
+  const vmc_conv_geom *g = &c->g;
+  int n = 0;
+  for (int i = 0; i < g->kh; i++)
+    for (int j = 0; j < g->kw; j++)
+      if (c->pg.slot[i * g->dh % g->sh][j * g->dw % g->sw] == sl) tap[n++] = i * g->kw + j;
+  return n;
+}
+
+/* The weights as the phase GEMMs read them: per group, per slot, a
+ * c x (ocg * taps) matrix, row ci = w[o][ci][tap] for o, then tap. */
+static void phase_kernel(const conv_cfg *c, const float *w, float *wp) {
+  const vmc_conv_geom *g = &c->g;
+  const int kk = g->kh * g->kw;
+  int tap[64 * 64];
+  for (int gi = 0; gi < c->groups; gi++) {
+    const float *wg = w + (size_t)gi * c->ocg * c->K;
+    for (int sl = 0; sl < c->nslots; sl++) {
+      const int nt = slot_taps(c, sl, tap);
+      for (int ci = 0; ci < g->c; ci++)
+        for (int o = 0; o < c->ocg; o++)
+          for (int t = 0; t < nt; t++) *wp++ = wg[((size_t)o * g->c + ci) * kk + tap[t]];
+    }
+  }
+}
+
 static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp,
-                           float *base, const float *xg, const float *dyg, const float *Wg,
+                           float *base, const float *xg, const float *dyg, const float *Wpg,
                            float *dxg, int dx_add, float *dWg, int par) {
   const vmc_conv_geom *g = &c->g;
-  gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
-  float *xq = base, *dyw = base + sp->a, *dcol = dyw + sp->b, *dq = dcol + sp->c;
+  float *xq = base, *dyp = base + sp->a, *dq = base + sp->a + sp->b;
   const float **rows = thread_rows(ctx, sp, base);
   const size_t slack = sp->a - (size_t)g->c * c->nslots * c->plane;
   const vmc_planes_kernels *pk = vmc_planes_kernels_best();
   pk->phase_split(xg, g->c, &c->pg, slack, xq);
   phase_rows(xq, g->c, c, rows);
-  /* wide dY: oh x phw, zero past ow */
-  const float *dw = dyg;
-  if (c->phw != g->ow) {
-    pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->phw, 0, dyw);
-    dw = dyw;
-  }
-  dw_gemm(ctx, par, c, dw, c->nw, rows, dWg);
+  /* Taps that never shift (a 1x1 downsample) over phase planes as wide as
+   * dY and no taller: dY itself is the padded dY. */
+  const int as_is = !c->pth && !c->ptw && c->phw == g->ow && c->pg.phh <= g->oh;
+  const size_t dplane = as_is ? (size_t)c->P : (size_t)c->hq * c->wq;
+  if (as_is)
+    dyp = (float *)dyg; /* read only */
+  else
+    pad_planes(dyg, c->ocg, g->oh, g->ow, c->pth, c->ptw, c->hq, c->wq, 0, dyp);
+  /* its rows, from pixel (0, 0) on, are the wide dY: oh x phw, zero past ow */
+  dw_gemm(ctx, par, c, dyp + (size_t)c->pth * c->wq + c->ptw, (int)dplane, rows, dWg);
   if (!dxg) return;
-  if (c->K == g->c) {
-    /* one tap, at shift 0: dcol is the phase planes' gradient itself */
-    gemm(1, 0, g->c, c->nw, c->ocg, 1.0f, Wg, c->K, dw, c->nw, 0.0f, dq, (int)c->plane);
-    for (int ci = 0; ci < g->c; ci++)
-      memset(dq + (size_t)ci * c->plane + c->nw, 0, sizeof(float) * (c->plane - (size_t)c->nw));
-  } else {
-    /* dcol's garbage columns are 0 (dYw's are): adding whole rows is exact */
-    gemm(1, 0, c->K, c->nw, c->ocg, 1.0f, Wg, c->K, dw, c->nw, 0.0f, dcol, c->nw);
-    memset(dq, 0, sizeof(float) * sp->d);
-    for (int ci = 0, k = 0; ci < g->c; ci++)
-      for (int i = 0; i < g->kh; i++)
-        for (int j = 0; j < g->kw; j++, k++) {
-          float *dst = (float *)phase_row(dq, c, ci, i, j);
-          const float *src = dcol + (size_t)k * c->nw;
-          for (int n = 0; n < c->nw; n++) dst[n] += src[n];
-        }
+  int tap[64 * 64];
+  for (int sl = 0; sl < c->nslots; sl++) {
+    const int nt = slot_taps(c, sl, tap), kt = c->ocg * nt;
+    for (int o = 0, k = 0; o < c->ocg; o++)
+      for (int t = 0; t < nt; t++, k++) {
+        const int di = tap[t] / g->kw * g->dh / g->sh, dj = tap[t] % g->kw * g->dw / g->sw;
+        rows[k] = dyp + o * dplane + (size_t)(c->pth - di) * c->wq + (c->ptw - dj);
+      }
+    (par ? vmc_sgemm_rows : vmc_sgemm_rows_mt)(0, g->c, c->nq, kt, 1.0f, Wpg, kt, rows, 0.0f,
+                                               dq + (size_t)sl * c->plane, (int)(c->nslots * c->plane));
+    Wpg += (size_t)g->c * kt;
   }
   pk->phase_merge(dq, g->c, &c->pg, dxg, dx_add);
 }
 
-/* One image's share of the backward: private dW/dB, and dx. */
 static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                            int b, float *base, int par, const float *Wt) {
   const vmc_node *n = ctx->node;
@@ -620,7 +661,8 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
       break;
     }
     case PHASE:
-      phase_backward(ctx, &c, &sp, base, xg, dyg, Wg, dxg, dx_beta != 0.0f, dWg, par);
+      phase_backward(ctx, &c, &sp, base, xg, dyg, Wt + (size_t)gi * c.ocg * c.K, dxg,
+                     dx_beta != 0.0f, dWg, par);
       break;
     case WIDE:
       wide_backward(ctx, &c, &sp, base, xg, dyg,
@@ -645,8 +687,8 @@ static void conv_backward(vmc_opctx *ctx) {
     float *base = (float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes);
     memset(base + priv, 0, dw_floats(&c) * sizeof(float));
   }
-  float *Wt = c.kind == WIDE && c.bwd_wide ? ctx->state : NULL;
-  if (Wt && ctx->dx[0]) rotate_kernel(&c, pw->data, Wt);
+  float *Wt = (c.kind == WIDE && c.bwd_wide) || c.kind == PHASE ? ctx->state : NULL;
+  if (Wt && ctx->dx[0]) (c.kind == PHASE ? phase_kernel : rotate_kernel)(&c, pw->data, Wt);
   /* A fused activation masks dY in place: the output is not needed again. */
   if (ctx->act != VMC_ACT_NONE) {
     float *dy = (float *)ctx->dy;
