@@ -64,7 +64,7 @@ static void split_ref(const float *x, int ch, const vmc_phase_geom *g, size_t sl
             memset(d, 0, sizeof(float) * (size_t)phw);
             continue;
           }
-          const float *src = x + ((size_t)ci * g->h + y) * g->w;
+          const float *src = x + ci * vmc_phase_xplane(g) + y * vmc_phase_xrow(g);
           for (int v = 0; v < v0; v++) d[v] = 0;
           for (int v = v0; v < v1; v++) d[v] = src[sw * v + off];
           for (int v = v1; v < phw; v++) d[v] = 0;

@@ -23,7 +23,19 @@ typedef struct vmc_phase_geom {
   int phh, phw;
   int nslots;
   signed char slot[VMC_MAX_PHASE][VMC_MAX_PHASE]; /* -1: not built */
+  /* Where phase_split reads the image: row r of channel c at x + c*xplane
+   * + r*xrow.  0, 0: a plain image (w, h*w). */
+  int xrow;
+  size_t xplane;
 } vmc_phase_geom;
+
+/* phase_split's source strides. */
+static inline size_t vmc_phase_xrow(const vmc_phase_geom *g) {
+  return g->xrow ? (size_t)g->xrow : (size_t)g->w;
+}
+static inline size_t vmc_phase_xplane(const vmc_phase_geom *g) {
+  return g->xplane ? g->xplane : (size_t)g->h * g->w;
+}
 
 typedef struct vmc_planes_kernels {
   const char *isa;

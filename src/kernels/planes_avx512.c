@@ -82,7 +82,7 @@ static void split_avx512(const float *x, int ch, const vmc_phase_geom *g, size_t
           if (d1) zero(d1, (size_t)phw);
           continue;
         }
-        const float *s = x + ((size_t)ci * g->h + y) * w;
+        const float *s = x + ci * vmc_phase_xplane(g) + y * vmc_phase_xrow(g);
         for (int v0 = 0; v0 < phw; v0 += 16) {
           /* element e of the 32 loaded is source column x0 + e: phase 0 the
            * even elements, phase 1 the odd */

@@ -416,7 +416,13 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
     case PHASE: {
       float *xq = base, *yw = base + sp.a;
       const float **rows = thread_rows(ctx, &sp, base);
-      vmc_planes_kernels_best()->phase_split(xg, g->c, &c.pg,
+      vmc_phase_geom pg = c.pg;
+      if (ctx->xpad[0]) { /* the pixels of a padded input */
+        pg.xrow = xpl.wp;
+        pg.xplane = xpl.plane;
+        xg += vmc_padded_origin(&xpl);
+      }
+      vmc_planes_kernels_best()->phase_split(xg, g->c, &pg,
                                              sp.a - (size_t)g->c * c.nslots * c.plane, xq);
       phase_rows(xq, g->c, &c, rows);
       if (c.phw == g->ow) { /* no garbage columns: straight into y */
@@ -715,13 +721,15 @@ static void conv_backward(vmc_opctx *ctx) {
 
 /* The padded layout (op.h), inference only, one group.  In: a WIDE
  * convolution whose padded plane is exactly that layout's (padding 1, rows
- * W + 1 long, a reach of at most 3 columns past a row).  Out: a WIDE or
- * PHASE convolution whose wide output rows are OW + 1 long. */
+ * W + 1 long, a reach of at most 3 columns past a row), or any PHASE one
+ * (its split reads the pixels where they lie).  Out: a WIDE or PHASE
+ * convolution whose wide output rows are OW + 1 long. */
 static int conv_padded_in(const vmc_node *n, const vmc_shape *in, int k) {
   const conv_cfg c = cfg_of(n, &in[0]);
   const vmc_conv_geom *g = &c.g;
-  return k == 0 && c.groups == 1 && c.kind == WIDE && g->ph == 1 && g->pw == 1 &&
-         c.wp == g->w + 1 && (size_t)(g->kw - 1) * g->dw + 16 <= VMC_PADDED_SLACK;
+  if (k != 0 || c.groups != 1) return 0;
+  return c.kind == PHASE || (c.kind == WIDE && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 &&
+                             (size_t)(g->kw - 1) * g->dw + 16 <= VMC_PADDED_SLACK);
 }
 
 static int conv_padded_out(const vmc_node *n, const vmc_shape *in) {

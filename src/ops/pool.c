@@ -147,8 +147,20 @@ static vmc_status gap_infer(const vmc_graph *gr, const vmc_node *n, const vmc_sh
 }
 
 static void gap_forward(vmc_opctx *c) {
-  const int planes = c->batch * c->xs[0].d[1], HW = c->xs[0].d[2] * c->xs[0].d[3];
+  const int C = c->xs[0].d[1], planes = c->batch * C, HW = c->xs[0].d[2] * c->xs[0].d[3];
   const float inv = 1.0f / (float)HW;
+  if (c->xpad[0]) { /* the padded layout (op.h): the same sums, row by row */
+    const vmc_padded q = vmc_padded_of(&c->xs[0]);
+    for (int p = 0; p < planes; p++) {
+      const float *x = c->x[0] + (size_t)(p / C) * q.image + (size_t)(p % C) * q.plane +
+                       vmc_padded_origin(&q);
+      float s = 0;
+      for (int r = 0; r < q.h; r++, x += q.wp)
+        for (int j = 0; j < q.w; j++) s += x[j];
+      c->y[p] = s * inv;
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && planes > 256)
   for (int p = 0; p < planes; p++) {
     const float *x = c->x[0] + (size_t)p * HW;
@@ -157,6 +169,9 @@ static void gap_forward(vmc_opctx *c) {
     c->y[p] = s * inv;
   }
 }
+
+/* Global pooling reads a padded input (op.h) in the plain sums' order. */
+static int gap_padded_in(const vmc_node *n, const vmc_shape *in, int k) { return in[0].ndim == 4; }
 
 static void gap_backward(vmc_opctx *c) {
   if (!c->dx[0]) return;
@@ -178,4 +193,5 @@ const vmc_op vmc_op_maxpool = {.name = "maxpool", .min_in = 1, .max_in = 1, .inf
 const vmc_op vmc_op_avgpool = {.name = "avgpool", .min_in = 1, .max_in = 1, .infer = pool_infer,
                                .forward = avgpool_forward, .backward = avgpool_backward};
 const vmc_op vmc_op_gap = {.name = "gap", .min_in = 1, .max_in = 1, .infer = gap_infer,
-                           .forward = gap_forward, .backward = gap_backward, .sets_dx = 1};
+                           .forward = gap_forward, .backward = gap_backward, .sets_dx = 1,
+                           .padded_in = gap_padded_in};
