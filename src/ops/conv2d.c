@@ -144,6 +144,16 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   return c;
 }
 
+/* A PHASE convolution whose phase rows are exactly ow long (a 1x1
+ * downsample), given one more zero column per phase row: its wide output
+ * rows are then ow + 1 long, so it can write the padded layout (op.h). */
+static int phase_widens(const conv_cfg *c) { return c->kind == PHASE && c->phw == c->g.ow; }
+static void phase_widen(conv_cfg *c) {
+  c->phw = c->pg.phw = c->g.ow + 1;
+  c->plane = (size_t)c->pg.phh * c->phw;
+  c->nw = c->g.oh * c->phw;
+}
+
 static vmc_status conv_infer(const vmc_graph *gr, const vmc_node *n, const vmc_shape *in,
                              vmc_shape *out) {
   if (in[0].ndim != 4) return vmc_error(VMC_ERR_SHAPE, "node '%s': conv2d needs NCHW input", n->name);
@@ -229,6 +239,7 @@ static size_t dw_floats(const conv_cfg *c) { return (size_t)c->oc * c->K + (size
 static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                            vmc_mode mode, int nthreads) {
   conv_cfg c = cfg_of(n, &in[0]);
+  if (mode != VMC_MODE_TRAIN && phase_widens(&c)) phase_widen(&c); /* the larger */
   scratch_plan s = scratch_of(&c, mode);
   size_t f = s.a + s.b + s.c + s.d + (mode == VMC_MODE_TRAIN ? dw_floats(&c) : 0);
   return vmc_align_up(f * sizeof(float), 64) + s.rows * sizeof(float *);
@@ -463,6 +474,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
 static void conv_forward(vmc_opctx *ctx) {
   conv_cfg c = ctx->mode != VMC_MODE_TRAIN && ctx->state ? *(const conv_cfg *)ctx->state
                                                          : cfg_of(ctx->node, &ctx->xs[0]);
+  if (ctx->ypad && phase_widens(&c)) phase_widen(&c);
   scratch_plan sp = scratch_of(&c, ctx->mode);
   if (IMAGE_LOOP_PARALLEL(ctx)) {
     const int nt = ctx->nthreads;
@@ -723,7 +735,8 @@ static void conv_backward(vmc_opctx *ctx) {
  * convolution whose padded plane is exactly that layout's (padding 1, rows
  * W + 1 long, a reach of at most 3 columns past a row), or any PHASE one
  * (its split reads the pixels where they lie).  Out: a WIDE or PHASE
- * convolution whose wide output rows are OW + 1 long. */
+ * convolution whose wide output rows are OW + 1 long, or made so
+ * (phase_widen). */
 static int conv_padded_in(const vmc_node *n, const vmc_shape *in, int k) {
   const conv_cfg c = cfg_of(n, &in[0]);
   const vmc_conv_geom *g = &c.g;
@@ -735,7 +748,7 @@ static int conv_padded_in(const vmc_node *n, const vmc_shape *in, int k) {
 static int conv_padded_out(const vmc_node *n, const vmc_shape *in) {
   const conv_cfg c = cfg_of(n, &in[0]);
   return c.groups == 1 && ((c.kind == WIDE && c.wp == c.g.ow + 1) ||
-                           (c.kind == PHASE && c.phw == c.g.ow + 1));
+                           (c.kind == PHASE && (c.phw == c.g.ow + 1 || phase_widens(&c))));
 }
 
 /* A residual rides on the GEMM's epilogue wherever the GEMM writes y
