@@ -65,8 +65,10 @@ static void crop_avx512(const float *src, int ch, size_t plane, int wp, int top,
   }
   __mmask16 m[MAX_BLOCKS];
   for (int b = 0; b < nb; b++) m[b] = range(0, w - 16 * b);
-  for (int c = 0; c < ch; c++)
-    for (int y = 0; y < h; y++) {
+  /* Adding, channel innermost: a row's last vector reaches into the next
+   * row, and a load overlapping a store still in flight waits for it. */
+  for (int y = 0; y < h; y++)
+    for (int c = 0; c < ch; c++) {
       const float *s = src + (size_t)c * plane + (size_t)(top + y) * wp + left;
       float *d = dst + ((size_t)c * h + y) * w;
       for (int b = 0; b < nb; b++) {
@@ -146,21 +148,23 @@ static void merge_avx512(const float *dq, int ch, const vmc_phase_geom *g, float
   }
   const int v_start = (x_start + g->left) / 2;
   float *base = (float *)dq;
-  /* Phase row by phase row (no division per image row).  The image rows of
-   * one phase row parity are two apart: a row's first vector, which
-   * reaches back into the row above, never overlaps a store still in
-   * flight. */
-  for (int ci = 0; ci < ch; ci++)
-    for (int r = 0; r < g->sh; r++) {
-      const float *s0 = phase_row(base, ci, g, r, 0, 0), *s1 = phase_row(base, ci, g, r, 1, 0);
-      /* a phase not built leaves its columns alone when adding */
-      __mmask16 keep = 0xffff;
-      if (add && !s0) keep &= 0xaaaa;
-      if (add && !s1) keep &= 0x5555;
-      for (int u = 0; u < g->phh; u++, s0 = s0 ? s0 + phw : NULL, s1 = s1 ? s1 + phw : NULL) {
-        const int y = g->sh * u + r - g->top;
-        if (y < 0 || y >= g->h) continue;
-        float *d = dx + ((size_t)ci * g->h + y) * w + x_start;
+  const size_t chan_q = (size_t)g->nslots * g->phh * phw, chan_x = (size_t)g->h * w;
+  /* Phase row by phase row (no division per image row), channel innermost:
+   * a row's first vector reaches back into the row above, and a load
+   * overlapping a store still in flight waits for it. */
+  for (int r = 0; r < g->sh; r++) {
+    const float *q0 = phase_row(base, 0, g, r, 0, 0), *q1 = phase_row(base, 0, g, r, 1, 0);
+    /* a phase not built leaves its columns alone when adding */
+    __mmask16 keep = 0xffff;
+    if (add && !q0) keep &= 0xaaaa;
+    if (add && !q1) keep &= 0x5555;
+    for (int u = 0; u < g->phh; u++) {
+      const int y = g->sh * u + r - g->top;
+      if (y < 0 || y >= g->h) continue;
+      for (int ci = 0; ci < ch; ci++) {
+        const float *s0 = q0 ? q0 + ci * chan_q + (size_t)u * phw : NULL;
+        const float *s1 = q1 ? q1 + ci * chan_q + (size_t)u * phw : NULL;
+        float *d = dx + ci * chan_x + (size_t)y * w + x_start;
         for (int b = 0; b < nb; b++, d += 32) {
           const int vb = v_start + 16 * b;
           const __m512 p0 = s0 ? _mm512_maskz_loadu_ps(mv[b], s0 + vb) : _mm512_setzero_ps();
@@ -176,6 +180,7 @@ static void merge_avx512(const float *dq, int ch, const vmc_phase_geom *g, float
         }
       }
     }
+  }
 }
 
 const vmc_planes_kernels vmc_planes_kernels__avx512 = {"avx512", pad_avx512, crop_avx512,
