@@ -258,27 +258,44 @@ static size_t packs_bytes(const conv_cfg *c) {
  * looked up by name), then the packs (not for depthwise). */
 static size_t cfg_bytes(void) { return vmc_align_up(sizeof(conv_cfg), VMC_ALIGN); }
 
+/* Training state: the weights rearranged for dx (rotate_kernel,
+ * phase_kernel), then the packs, made once per forward. */
+static size_t wt_bytes(const conv_cfg *c) {
+  const int rearranged = (c->kind == WIDE && c->bwd_wide) || c->kind == PHASE;
+  return rearranged ? vmc_align_up((size_t)c->oc * c->K * sizeof(float), VMC_ALIGN) : 0;
+}
+
 static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                          vmc_mode mode) {
   conv_cfg c = cfg_of(n, &in[0]);
-  if (mode != VMC_MODE_TRAIN) return cfg_bytes() + (c.kind == DEPTHWISE ? 0 : packs_bytes(&c));
-  /* the weights rearranged for dx (rotate_kernel, phase_kernel) */
-  return (c.kind == WIDE && c.bwd_wide) || c.kind == PHASE ? (size_t)c.oc * c.K * sizeof(float) : 0;
+  const size_t packs = c.kind == DEPTHWISE ? 0 : packs_bytes(&c);
+  return (mode != VMC_MODE_TRAIN ? cfg_bytes() : wt_bytes(&c)) + packs;
+}
+
+/* The packs in the state (either mode), or NULL. */
+static vmc_sgemm_packed_a *packs_of(const vmc_opctx *ctx, const conv_cfg *c) {
+  if (!ctx->state || c->kind == DEPTHWISE) return NULL;
+  return (vmc_sgemm_packed_a *)((uint8_t *)ctx->state +
+                                (ctx->mode != VMC_MODE_TRAIN ? cfg_bytes() : wt_bytes(c)));
+}
+
+/* Each group's weights packed for the forward GEMMs. */
+static void pack_weights(const vmc_opctx *ctx, const conv_cfg *c, vmc_sgemm_packed_a *pk) {
+  uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)c->groups * sizeof *pk, VMC_ALIGN);
+  const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, c->K), VMC_ALIGN);
+  const float *W = ctx->g->params[ctx->node->param[0]].data;
+  for (int gi = 0; gi < c->groups; gi++)
+    if (vmc_sgemm_pack_a(0, c->ocg, c->K, 1.0f, W + (size_t)gi * c->ocg * c->K, c->K,
+                         data + (size_t)gi * each, each, &pk[gi]))
+      pk[gi].data = NULL; /* cannot happen with a buffer this size: forward packs per call */
 }
 
 static void conv_prepare(vmc_opctx *ctx) {
   if (!ctx->state) return;
   conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
   memcpy(ctx->state, &c, sizeof c);
-  if (c.kind == DEPTHWISE) return;
-  vmc_sgemm_packed_a *pk = (vmc_sgemm_packed_a *)((uint8_t *)ctx->state + cfg_bytes());
-  uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)c.groups * sizeof *pk, VMC_ALIGN);
-  const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(c.ocg, c.K), VMC_ALIGN);
-  const float *W = ctx->g->params[ctx->node->param[0]].data;
-  for (int gi = 0; gi < c.groups; gi++)
-    if (vmc_sgemm_pack_a(0, c.ocg, c.K, 1.0f, W + (size_t)gi * c.ocg * c.K, c.K,
-                         data + (size_t)gi * each, each, &pk[gi]))
-      pk[gi].data = NULL; /* cannot happen with a buffer this size: forward packs per call */
+  vmc_sgemm_packed_a *pk = packs_of(ctx, &c);
+  if (pk) pack_weights(ctx, &c, pk);
 }
 
 static void rotate_kernel(const conv_cfg *c, const float *w, float *wt) {
@@ -401,10 +418,8 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
     float *yg = y + (size_t)gi * c.ocg * c.P;
     const float *Wg = W + (size_t)gi * c.ocg * c.K;
     epi.bias = B ? B + (size_t)gi * c.ocg : NULL;
-    const vmc_sgemm_packed_a *pk =
-        ctx->mode != VMC_MODE_TRAIN && ctx->state && c.kind != DEPTHWISE
-            ? (const vmc_sgemm_packed_a *)((const uint8_t *)ctx->state + cfg_bytes()) + gi
-            : NULL;
+    const vmc_sgemm_packed_a *pk = packs_of(ctx, &c);
+    if (pk) pk += gi;
     if (pk && !pk->data) pk = NULL;
     switch (c.kind) {
     case DEPTHWISE:
@@ -475,6 +490,9 @@ static void conv_forward(vmc_opctx *ctx) {
   conv_cfg c = ctx->mode != VMC_MODE_TRAIN && ctx->state ? *(const conv_cfg *)ctx->state
                                                          : cfg_of(ctx->node, &ctx->xs[0]);
   if (ctx->ypad && phase_widens(&c)) phase_widen(&c);
+  /* Training: the weights change between steps, not between images. */
+  vmc_sgemm_packed_a *pk = ctx->mode == VMC_MODE_TRAIN ? packs_of(ctx, &c) : NULL;
+  if (pk) pack_weights(ctx, &c, pk);
   scratch_plan sp = scratch_of(&c, ctx->mode);
   if (IMAGE_LOOP_PARALLEL(ctx)) {
     const int nt = ctx->nthreads;
