@@ -4,7 +4,9 @@
 #include "test.h"
 #include "zoo_fixture.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "graph/fold.h"
 #include "graph/plan.h"
@@ -161,6 +163,77 @@ TEST(plan_infer_padded_layout_and_folded_adds_change_no_bit) {
     free(plain), free(plain1);
     vmc_graph_free(g);
   }
+}
+
+/* A conv with seeded weights and bias in a hand-built graph. */
+static int hand_conv(vmc_graph *g, int in, const char *name, int cin, int oc, int k, int s, int p,
+                     vmc_rng *r) {
+  char pn[64];
+  int prm[2], out = -1;
+  snprintf(pn, sizeof pn, "%s.weight", name);
+  if (vmc_graph_add_param(g, pn, vmc_shape4(oc, cin, k, k), 1, &prm[0])) return -1;
+  snprintf(pn, sizeof pn, "%s.bias", name);
+  if (vmc_graph_add_param(g, pn, (vmc_shape){1, {oc}}, 1, &prm[1])) return -1;
+  for (int j = 0; j < 2; j++)
+    for (size_t i = 0; i < vmc_shape_count(&g->params[prm[j]].shape); i++)
+      g->params[prm[j]].data[i] = 0.3f * vmc_rng_normal(r);
+  const vmc_attr a[] = {vmc_attr_int("out_c", oc), vmc_attr_int("kh", k), vmc_attr_int("sh", s),
+                        vmc_attr_int("ph", p)};
+  return vmc_graph_add_node(g, "conv2d", name, &in, 1, a, 4, prm, 2, &out) ? -1 : out;
+}
+
+static int hand_op(vmc_graph *g, const char *op, const char *name, int a, int b) {
+  const int in[2] = {a, b};
+  const vmc_attr mp[] = {vmc_attr_int("kh", 2)};
+  const int pool = !strcmp(op, "maxpool");
+  int out = -1;
+  return vmc_graph_add_node(g, op, name, in, b >= 0 ? 2 : 1, pool ? mp : NULL, pool, NULL, 0,
+                            &out) ? -1 : out;
+}
+
+/* What the zoo does not have: two adds in a row with no activation between
+ * them (only the first may fold into the conv), an add mixing the padded
+ * layout with the plain image, and a conv reading a padded input into a
+ * plain output (a maxpool reads it). */
+TEST(plan_infer_hand_graph_adds_and_layouts) {
+  vmc_graph *g = NULL;
+  REQUIRE(!vmc_graph_create(3, 9, 9, &g));
+  vmc_rng r;
+  vmc_rng_seed(&r, 5);
+  const int x = g->input;
+  const int s = hand_conv(g, x, "s", 3, 3, 3, 1, 1, &r);
+  const int a = hand_conv(g, s, "a", 3, 3, 3, 1, 1, &r);
+  const int y1 = hand_op(g, "add", "y1", a, s);
+  const int y2 = hand_op(g, "add", "y2", y1, s);
+  const int m = hand_op(g, "add", "m", y2, x);
+  const int c = hand_conv(g, m, "c", 3, 4, 3, 1, 1, &r);
+  const int mp = hand_op(g, "maxpool", "mp", c, -1);
+  const int gp = hand_op(g, "gap", "gap", mp, -1);
+  const int fl = hand_op(g, "flatten", "flat", gp, -1);
+  REQUIRE(y1 >= 0 && y2 >= 0 && m >= 0 && fl >= 0);
+  int prm[2], out = -1;
+  REQUIRE(!vmc_graph_add_param(g, "fc.weight", vmc_shape2(2, 4), 1, &prm[0]));
+  REQUIRE(!vmc_graph_add_param(g, "fc.bias", (vmc_shape){1, {2}}, 1, &prm[1]));
+  for (int i = 0; i < 8; i++) g->params[prm[0]].data[i] = vmc_rng_normal(&r);
+  const vmc_attr fa[] = {vmc_attr_int("out_f", 2)};
+  REQUIRE(!vmc_graph_add_node(g, "linear", "fc", &fl, 1, fa, 1, prm, 2, &out));
+  /* padded: s, a (+ y1 folded into it), y2, m; c is plain (the maxpool) */
+  int np, nf;
+  layout_counts(g, &np, &nf);
+  if (np != 4 || nf != 1) vmc_test_fail(__FILE__, __LINE__, "%d padded outputs, %d folded adds", np, nf);
+  size_t n0 = 0, n1 = 0;
+  float *plain = logits_with(g, 3, 3, 3, &n0), *plain1 = logits_with(g, 3, 1, 2, &n1);
+  REQUIRE(plain && plain1);
+  for (int combo = 0; combo < 3; combo++) {
+    size_t n2 = 0, n3 = 0;
+    float *per_image = logits_with(g, combo, 3, 3, &n2), *single = logits_with(g, combo, 1, 2, &n3);
+    REQUIRE(per_image && single && n0 == n2 && n1 == n3);
+    if (memcmp(plain, per_image, n0 * sizeof(float)) || memcmp(plain1, single, n1 * sizeof(float)))
+      vmc_test_fail(__FILE__, __LINE__, "combination %d changed the logits", combo);
+    free(per_image), free(single);
+  }
+  free(plain), free(plain1);
+  vmc_graph_free(g);
 }
 
 TEST(plan_fold_bn_only_where_exact) {

@@ -165,7 +165,8 @@ static int plan_padded(vmc_plan *p) {
  * fuses_residual) with no activation of its own, is folded into that node:
  * the other operand becomes the node's res (it must exist by then), the
  * add's activation the node's, and the add's output shares the node's
- * buffer.  Both operands and the output must have one layout.
+ * buffer.  Both operands and the output must have one layout, and a node
+ * takes one add at most.
  * VMC_NO_FOLD_ADD=1: no such folding (the same bits; for tests and
  * comparisons).  Returns 0 when out of memory. */
 static int plan_residuals(vmc_plan *p) {
@@ -192,7 +193,8 @@ static int plan_residuals(vmc_plan *p) {
     if (out == alias_root(p, g->output)) continue;
     for (int k = 0; k < 2; k++) {
       const int r = alias_root(p, n->in[k]), s = alias_root(p, n->in[1 - k]), pr = producer[r];
-      if (pr < 0 || readers[r] != 1 || r == s || p->fused[pr] != VMC_ACT_NONE) continue;
+      if (pr < 0 || readers[r] != 1 || r == s || p->fused[pr] != VMC_ACT_NONE || p->res[pr] >= 0)
+        continue;
       if (s != g->input && (producer[s] < 0 || producer[s] >= pr)) continue;
       const int lay = pad ? pad[r] : 0;
       if ((pad ? pad[s] : 0) != lay || (pad ? pad[out] : 0) != lay) continue;
@@ -204,6 +206,7 @@ static int plan_residuals(vmc_plan *p) {
       p->fused[pr] = p->fused[i];
       p->skip[i] = 1;
       p->alias[n->out] = n->in[k];
+      readers[r] = readers[out]; /* the add's readers now read r */
       break;
     }
   }
