@@ -25,7 +25,9 @@ TEST(planes_pad_crop_match_reference) {
   if (!k) SKIP("no SIMD variant for this CPU");
   vmc_rng r;
   vmc_rng_seed(&r, 21);
-  static const int hw[][2] = {{1, 1}, {3, 5}, {7, 7}, {14, 14}, {28, 28}, {5, 16}, {4, 17}, {2, 40}};
+  /* (2, 600: rows of more than MAX_BLOCKS vectors take the reference) */
+  static const int hw[][2] = {{1, 1}, {3, 5},  {7, 7},  {14, 14}, {28, 28},
+                              {5, 16}, {4, 17}, {2, 40}, {2, 600}};
   for (size_t t = 0; t < sizeof hw / sizeof hw[0]; t++)
     for (int pad = 0; pad <= 3; pad++) {
       const int ch = 3, h = hw[t][0], w = hw[t][1], top = pad, left = (pad * 2) % 4;
@@ -74,14 +76,17 @@ TEST(planes_phases_match_reference_and_adjoint) {
   vmc_rng_seed(&r, 22);
   /* h, w, pad, sh, sw, kh, kw, dilation */
   static const int cs[][8] = {{28, 28, 1, 2, 2, 3, 3, 1}, {14, 14, 0, 2, 2, 1, 1, 1},
+                              {3, 1100, 1, 2, 2, 3, 3, 1}, /* more than MAX_BLOCKS vectors */
                               {7, 7, 1, 2, 2, 3, 3, 1},   {9, 40, 2, 2, 2, 3, 3, 2},
                               {8, 33, 1, 2, 2, 2, 2, 1},  {6, 9, 2, 1, 2, 3, 5, 1},
                               {8, 8, 1, 3, 3, 3, 3, 1},   {13, 10, 2, 4, 4, 5, 5, 1},
                               {7, 8, 1, 2, 3, 2, 2, 1},   {5, 31, 3, 2, 2, 1, 2, 1},
                               {1, 1, 0, 2, 2, 1, 1, 1},   {3, 3, 1, 2, 2, 1, 3, 1}};
-  for (size_t t = 0; t < sizeof cs / sizeof cs[0]; t++) {
-    const vmc_phase_geom g = geom(cs[t][0], cs[t][1], cs[t][2], cs[t][3], cs[t][4], cs[t][5],
-                                  cs[t][6], cs[t][7]);
+  for (size_t t = 0; t < 2 * sizeof cs / sizeof cs[0]; t++) {
+    const size_t ci = t / 2;
+    vmc_phase_geom g = geom(cs[ci][0], cs[ci][1], cs[ci][2], cs[ci][3], cs[ci][4], cs[ci][5], cs[ci][6],
+                            cs[ci][7]);
+    if (t % 2) g.phw++; /* a widened phase row (conv2d's phase_widen): one zero column more */
     const int ch = 2;
     const size_t slack = 5, nq = (size_t)ch * g.nslots * g.phh * g.phw + slack,
                  m = (size_t)ch * g.h * g.w;

@@ -79,9 +79,10 @@ typedef struct vmc_op {
   /* Per-thread scratch needed by forward or backward (may be NULL: 0). */
   size_t (*scratch_bytes)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                           vmc_mode mode, int nthreads);
-  /* Inference plans call it once, after allocation, with the plan's state:
-   * an op may prepare what the frozen weights allow (e.g. pre-packed GEMM
-   * panels).  May be NULL. */
+  /* Inference plans call it once, after allocation and before any forward,
+   * with the plan's state: an op may prepare what the frozen weights allow
+   * (e.g. pre-packed GEMM panels) and rely on it in an inference forward.
+   * May be NULL. */
   void (*prepare)(vmc_opctx *c);
   void (*forward)(vmc_opctx *c);
   void (*backward)(vmc_opctx *c); /* NULL: not differentiable */

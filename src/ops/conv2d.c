@@ -18,10 +18,11 @@
  *              (i, j) reads phase ((i*dh) % sh, (j*dw) % sw) shifted by
  *              ((i*dh) / sh, (j*dw) / sw), a contiguous slice over the wide
  *              output grid OH x phw, so the WIDE machinery applies: one
- *              vmc_sgemm_rows, dW from a wide dY.  dx: dcol = W^T dYw added
- *              row by row into phase planes at the same slices, then the
- *              phases merged back into the image.  Only the phases some tap
- *              reads are built (a 1x1 stride-2 conv: one, a plain GEMM).
+ *              vmc_sgemm_rows, dW from a wide dY.  dx: each phase plane is
+ *              a convolution of the padded dY with the taps of that phase
+ *              (one vmc_sgemm_rows per phase), then the phases are merged
+ *              back into the image.  Only the phases some tap reads are
+ *              built (a 1x1 stride-2 conv: one, a plain GEMM).
  *   IM2COL     everything else (larger strides): im2col + GEMM, col2im.
  * Images run in parallel, one per thread with its own scratch; a batch
  * smaller than the thread count runs images in turn with threaded GEMMs. */
@@ -245,10 +246,9 @@ static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_sha
   return vmc_align_up(f * sizeof(float), 64) + s.rows * sizeof(float *);
 }
 
-/* Training keeps the rotated, channel-swapped kernel for the WIDE dx:
- * wt[g][c][o][i][j] = w[g][o][c][kh-1-i][kw-1-j]. */
-/* Inference: the weights of each group pre-packed for the GEMM (one
- * vmc_sgemm_packed_a per group, then their panels). */
+/* The weights of each group pre-packed for the forward GEMM (one
+ * vmc_sgemm_packed_a per group, then their panels): made once by an
+ * inference plan, once per forward in training. */
 static size_t packs_bytes(const conv_cfg *c) {
   return vmc_align_up((size_t)c->groups * sizeof(vmc_sgemm_packed_a), VMC_ALIGN) +
          (size_t)c->groups * vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, c->K), VMC_ALIGN);
@@ -298,6 +298,8 @@ static void conv_prepare(vmc_opctx *ctx) {
   if (pk) pack_weights(ctx, &c, pk);
 }
 
+/* Training keeps the rotated, channel-swapped kernel for the WIDE dx:
+ * wt[g][c][o][i][j] = w[g][o][c][kh-1-i][kw-1-j]. */
 static void rotate_kernel(const conv_cfg *c, const float *w, float *wt) {
   const int kk = c->g.kh * c->g.kw;
   for (int gi = 0; gi < c->groups; gi++)
@@ -565,9 +567,6 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   crop_planes(dxw, g->c, (size_t)c->nq, c->wq, 0, 0, g->h, g->w, dxg, dx_beta != 0.0f);
 }
 
-/* PHASE backward of one image and group: dW (+)= dYw · rows^T; dcol =
- * W^T dYw added into the phase planes' gradient along the same rows, then
- * merged into dx. */
 /* PHASE dx, phase plane by phase plane.  Input pixel (sh*u' + r, sw*v' + q)
  * of the padded image (phase (r, q), position (u', v')) takes tap (i, j)
  * from output (u' - di, v' - dj) where i*dh = sh*di + r, j*dw = sw*dj + q:
@@ -751,7 +750,7 @@ static void conv_backward(vmc_opctx *ctx) {
 
 /* The padded layout (op.h), inference only, one group.  In: a WIDE
  * convolution whose padded plane is exactly that layout's (padding 1, rows
- * W + 1 long, a reach of at most 3 columns past a row), or any PHASE one
+ * W + 1 long, a reach past a row within the layout's slack), or any PHASE one
  * (its split reads the pixels where they lie).  Out: a WIDE or PHASE
  * convolution whose wide output rows are OW + 1 long, or made so
  * (phase_widen). */
