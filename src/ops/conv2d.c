@@ -389,6 +389,22 @@ static void fwd_gemm_rows(const vmc_sgemm_packed_a *pk, int par, const conv_cfg 
                                                        0.0f, C, ldc, epi);
 }
 
+/* The wide result of a WIDE or PHASE GEMM (rows row_len long): at a padded
+ * output's origin, its garbage columns on the padding, which is zeroed
+ * after; or into the grid yw, cropped into plain y. */
+static void wide_out(const vmc_opctx *ctx, const vmc_sgemm_packed_a *pk, int par,
+                     const conv_cfg *c, const float *Wg, const float *const *rows, int row_len,
+                     float *yw, float *yg, const vmc_gemm_epi *epi) {
+  if (ctx->ypad) {
+    const vmc_padded q = vmc_padded_of(&ctx->ys);
+    fwd_gemm_rows(pk, par, c, Wg, rows, yg + vmc_padded_origin(&q), (int)q.plane, epi);
+    vmc_padded_zero_borders(&q, c->oc, yg);
+  } else {
+    fwd_gemm_rows(pk, par, c, Wg, rows, yw, c->nw, epi);
+    crop_planes(yw, c->ocg, (size_t)c->nw, row_len, 0, 0, c->g.oh, c->g.ow, yg, 0);
+  }
+}
+
 static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                           int b, float *base, int par) {
   const vmc_node *n = ctx->node;
@@ -400,9 +416,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
   const int C = ctx->xs[0].d[1], HW = g->h * g->w;
   const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
   /* Padded input or output (op.h; one group then, see conv_padded_in/out):
-   * the input is already the plane WIDE pads to, and the wide output rows,
-   * written at the padded output's origin, leave their garbage column on
-   * the padding, which is zeroed after. */
+   * the input is already the plane WIDE pads to; the output, wide_out. */
   const vmc_padded xpl = vmc_padded_of(&ctx->xs[0]), yq = vmc_padded_of(&ctx->ys);
   /* Bias and activation are applied as the GEMM writes each output. */
   vmc_gemm_epi epi = VMC_GEMM_EPI_NONE;
@@ -453,15 +467,10 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       vmc_planes_kernels_best()->phase_split(xg, g->c, &pg,
                                              sp.a - (size_t)g->c * c.nslots * c.plane, xq);
       phase_rows(xq, g->c, &c, rows);
-      if (c.phw == g->ow) { /* no garbage columns: straight into y */
+      if (c.phw == g->ow) /* no garbage columns: straight into y */
         fwd_gemm_rows(pk, par, &c, Wg, rows, yg, c.P, &epi);
-      } else if (ctx->ypad) {
-        fwd_gemm_rows(pk, par, &c, Wg, rows, yg + vmc_padded_origin(&yq), (int)yq.plane, &epi);
-        vmc_padded_zero_borders(&yq, c.oc, yg);
-      } else {
-        fwd_gemm_rows(pk, par, &c, Wg, rows, yw, c.nw, &epi);
-        crop_planes(yw, c.ocg, (size_t)c.nw, c.phw, 0, 0, g->oh, g->ow, yg, 0);
-      }
+      else
+        wide_out(ctx, pk, par, &c, Wg, rows, c.phw, yw, yg, &epi);
       break;
     }
     case WIDE: {
@@ -471,13 +480,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
         pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
                    xp);
       plane_rows(ctx->xpad[0] ? xg : xp, g->c, c.plane, c.wp, g, rows);
-      if (ctx->ypad) {
-        fwd_gemm_rows(pk, par, &c, Wg, rows, yg + vmc_padded_origin(&yq), (int)yq.plane, &epi);
-        vmc_padded_zero_borders(&yq, c.oc, yg);
-      } else {
-        fwd_gemm_rows(pk, par, &c, Wg, rows, yw, c.nw, &epi);
-        crop_planes(yw, c.ocg, (size_t)c.nw, c.wp, 0, 0, g->oh, g->ow, yg, 0);
-      }
+      wide_out(ctx, pk, par, &c, Wg, rows, c.wp, yw, yg, &epi);
       break;
     }
     }
