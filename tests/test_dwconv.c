@@ -110,3 +110,88 @@ TEST(dwconv_strided_forward_matches_reference) {
     free(x), free(w), free(y0), free(y1);
   }
 }
+
+/* All channels in one call: exactly the floats of the per-channel avx512
+ * kernels followed by the clamp, or 0 with y untouched where it declines. */
+static void dw_one_channel(const float *x, const float *w, float bias, const vmc_conv_geom *g,
+                           float *y) {
+  if (g->sw == 2) {
+    vmc_dwconv_forward__avx512(x, w, bias, g, y);
+    return;
+  }
+  const int hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw;
+  float *xp = calloc((size_t)hp * wp + (size_t)(g->kw - 1) * g->dw + 16, sizeof *xp);
+  float *yw = malloc((size_t)g->oh * wp * sizeof *yw);
+  if (!xp || !yw) {
+    vmc_test_fail(__FILE__, __LINE__, "out of memory");
+    free(xp), free(yw);
+    return;
+  }
+  for (int i = 0; i < g->h; i++)
+    memcpy(xp + (size_t)(i + g->ph) * wp + g->pw, x + (size_t)i * g->w, (size_t)g->w * 4);
+  vmc_dwconv_wide_forward__avx512(xp, wp, w, bias, g, yw);
+  for (int i = 0; i < g->oh; i++) memcpy(y + (size_t)i * g->ow, yw + (size_t)i * wp, (size_t)g->ow * 4);
+  free(xp), free(yw);
+}
+
+TEST(dwconv_planes_match_per_channel) {
+  if (strcmp(vmc_isa_name(), "avx512")) SKIP("needs AVX-512");
+  /* kh, kw, stride, pad, dilation, h, w, taken: "same" stride-1 planes
+   * (one pixel, narrower than a vector, odd, dilated, 1x1), stride 2, and
+   * the geometries it leaves to the per-channel kernels. */
+  const int cases[][8] = {
+      {3, 3, 1, 1, 1, 28, 28, 1}, {3, 3, 1, 1, 1, 14, 14, 1}, {3, 3, 1, 1, 1, 7, 7, 1},
+      {5, 5, 1, 2, 1, 9, 13, 1},  {3, 3, 1, 2, 2, 10, 6, 1},  {1, 1, 1, 0, 1, 5, 33, 1},
+      {3, 3, 1, 1, 1, 1, 1, 1},   {3, 3, 2, 1, 1, 28, 28, 1}, {3, 3, 2, 1, 1, 14, 14, 1},
+      {5, 5, 2, 2, 1, 15, 15, 1}, {3, 3, 2, 0, 1, 7, 9, 1},   {3, 3, 2, 1, 2, 40, 70, 1},
+      {1, 1, 2, 0, 1, 5, 33, 1},  {3, 5, 2, 2, 1, 3, 2, 1},
+      {3, 3, 1, 1, 1, 112, 112, 0}, /* more blocks x taps than its mask table */
+      {3, 3, 1, 0, 1, 9, 9, 0},     /* output smaller than the input */
+      {9, 9, 2, 4, 1, 20, 20, 0},   /* kw > 8 at stride 2 */
+      {3, 3, 2, 1, 1, 600, 600, 0}, /* ow > 256 */
+      {3, 3, 3, 1, 1, 11, 11, 0}};
+  vmc_rng r;
+  vmc_rng_seed(&r, 21);
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    const int *k = cases[c];
+    vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
+                       .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
+    g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
+    g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+    REQUIRE(g.oh > 0 && g.ow > 0);
+    const int ch = k[7] ? 6 : 1, taps = g.kh * g.kw; /* 6: four at a time, then two */
+    const size_t in = (size_t)g.h * g.w, out = (size_t)g.oh * g.ow;
+    float *x = randv(in * ch, &r), *w = randv((size_t)taps * ch, &r), *b = randv((size_t)ch, &r);
+    float *y0 = malloc(out * ch * 4), *y1 = malloc(out * ch * 4);
+    REQUIRE(x && w && b && y0 && y1);
+    for (int form = 0; form < 2; form++) { /* bias and no clamp; no bias, clamp */
+      const int clamp = form == 1;
+      const float lo = 0.0f, hi = 0.25f;
+      for (size_t i = 0; i < out * ch; i++) y1[i] = 7.0f;
+      const int taken = vmc_dwconv_planes__avx512(x, ch, w, clamp ? NULL : b, &g, clamp, lo, hi, y1);
+      if (taken != k[7]) {
+        vmc_test_fail(__FILE__, __LINE__, "case %zu: taken %d, want %d", c, taken, k[7]);
+        continue;
+      }
+      if (!taken) {
+        for (size_t i = 0; i < out * ch; i++)
+          if (y1[i] != 7.0f) {
+            vmc_test_fail(__FILE__, __LINE__, "case %zu: declined but wrote y", c);
+            break;
+          }
+        continue;
+      }
+      for (int ci = 0; ci < ch; ci++)
+        dw_one_channel(x + ci * in, w + (size_t)ci * taps, clamp ? 0.0f : b[ci], &g, y0 + ci * out);
+      if (clamp)
+        for (size_t i = 0; i < out * ch; i++) {
+          const float v = y0[i] > lo ? y0[i] : lo;
+          y0[i] = v < hi ? v : hi;
+        }
+      if (memcmp(y0, y1, out * ch * 4))
+        vmc_test_fail(__FILE__, __LINE__, "case %zu clamp %d: not the per-channel floats (%g)", c,
+                      clamp, rel(y0, y1, out * ch));
+    }
+    free(x), free(w), free(b), free(y0), free(y1);
+  }
+}

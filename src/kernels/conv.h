@@ -61,4 +61,20 @@ VMC_DWCONV_WIDE_VARIANT(ref)
 VMC_DWCONV_WIDE_VARIANT(avx2)
 VMC_DWCONV_WIDE_VARIANT(avx512)
 
+/* Depthwise forward over ch channels in one call, straight from the
+ * unpadded planes: channel c reads x + c*h*w and writes y + c*oh*ow,
+ *   y = bias[c] + sum_ij w[c*kh*kw + i*kw + j] * x[oy*sh - ph + i*dh][ox*sw - pw + j*dw]
+ * (bias NULL: 0; x 0 outside the plane), then with clamp != 0 min(max(y,
+ * lo), hi) as vmc_clampf.  Returns 0, writing nothing, where no kernel for
+ * this CPU takes the geometry; the caller then runs the per-channel kernels
+ * above.  The avx512 variant takes stride 1 with the output the input's
+ * size ("same" padding) on planes of up to 4096 / (kh*kw) blocks of 16
+ * pixels, and stride 2 with kw <= 8 and ow <= 256.  Its floats are exactly
+ * those of the per-channel avx512 kernels (the wide one for stride 1,
+ * vmc_dwconv_forward__avx512 for stride 2) followed by the clamp. */
+int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
+                      const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
+int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const float *bias,
+                              const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
+
 #endif

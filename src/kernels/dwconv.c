@@ -1,43 +1,54 @@
 /* Depthwise convolution: the ISA variants, chosen once. */
 #include "kernels/conv.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 typedef void (*fwd_fn)(const float *, int, const float *, float, const vmc_conv_geom *, float *);
 typedef void (*bwd_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
                        float *, float *);
 
-static void pick(fwd_fn *f, bwd_fn *b) {
-  const char *isa = vmc_isa_name(); /* fixed after the first call */
-  if (!strcmp(isa, "avx512")) {
-    *f = vmc_dwconv_wide_forward__avx512, *b = vmc_dwconv_wide_backward__avx512;
-  } else if (!strcmp(isa, "avx2")) {
-    *f = vmc_dwconv_wide_forward__avx2, *b = vmc_dwconv_wide_backward__avx2;
-  } else {
-    *f = vmc_dwconv_wide_forward__ref, *b = vmc_dwconv_wide_backward__ref;
-  }
+typedef struct {
+  fwd_fn fwd;
+  bwd_fn bwd;
+  int avx512;
+} dw_variant;
+
+/* Chosen once (vmc_isa_name() is fixed after its first call); the kernels
+ * run once per channel, so the choice is not remade per call. */
+static const dw_variant *pick(void) {
+  static const dw_variant v512 = {vmc_dwconv_wide_forward__avx512,
+                                  vmc_dwconv_wide_backward__avx512, 1};
+  static const dw_variant v2 = {vmc_dwconv_wide_forward__avx2, vmc_dwconv_wide_backward__avx2, 0};
+  static const dw_variant vref = {vmc_dwconv_wide_forward__ref, vmc_dwconv_wide_backward__ref, 0};
+  static _Atomic(const dw_variant *) best;
+  const dw_variant *v = atomic_load_explicit(&best, memory_order_acquire);
+  if (v) return v;
+  const char *isa = vmc_isa_name();
+  v = !strcmp(isa, "avx512") ? &v512 : !strcmp(isa, "avx2") ? &v2 : &vref;
+  atomic_store_explicit(&best, v, memory_order_release);
+  return v;
 }
 
 void vmc_dwconv_wide_forward(const float *xp, int wp, const float *w, float bias,
                              const vmc_conv_geom *g, float *yw) {
-  fwd_fn f;
-  bwd_fn b;
-  pick(&f, &b);
-  f(xp, wp, w, bias, g, yw);
+  pick()->fwd(xp, wp, w, bias, g, yw);
 }
 
 void vmc_dwconv_wide_backward(const float *xp, int wp, const float *w, const float *dyw,
                               const vmc_conv_geom *g, float *dxp, float *dw) {
-  fwd_fn f;
-  bwd_fn b;
-  pick(&f, &b);
-  b(xp, wp, w, dyw, g, dxp, dw);
+  pick()->bwd(xp, wp, w, dyw, g, dxp, dw);
 }
 
 void vmc_dwconv_forward(const float *x, const float *w, float bias, const vmc_conv_geom *g,
                         float *y) {
-  if (!strcmp(vmc_isa_name(), "avx512"))
+  if (pick()->avx512)
     vmc_dwconv_forward__avx512(x, w, bias, g, y);
   else
     vmc_dwconv_forward__ref(x, w, bias, g, y);
+}
+
+int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
+                      const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
+  return pick()->avx512 ? vmc_dwconv_planes__avx512(x, ch, w, bias, g, clamp, lo, hi, y) : 0;
 }

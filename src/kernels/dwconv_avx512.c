@@ -12,13 +12,60 @@ typedef __m512 vec;
 #define FN(name) name##__avx512
 #include "kernels/dwconv_simd.h"
 
-/* Strided depthwise forward (vmc_dwconv_forward's contract, conv.h) for
- * stride-2 rows: each block of 16 output columns keeps its accumulator in
- * a register across all taps.  A tap's 16 inputs x[2*ox + off] are one
+#include <stddef.h>
+#include <stdint.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- stride 2 ---------------------------------------------------------------
+ * A block of 16 output columns (b0, b0 + 1, ...) keeps its accumulator in a
+ * register across all taps.  Tap column j's 16 inputs x[2*ox + off] are one
  * masked 32-float load from the first in-bounds column and a two-source
  * permute picking the even elements; lanes whose input is padding are
  * zeroed by the permute's mask, so nothing outside the row's valid span is
- * read. */
+ * read.  s2_column works out that load for one block and tap column (the
+ * same for every row and channel). */
+typedef struct {
+  int used;          /* some lane of the block has its input in the row */
+  int col;           /* the first column loaded */
+  int shift;         /* output lanes before the first in-bounds one */
+  __mmask16 ma, mb;  /* valid elements of the two 16-float halves */
+  __mmask16 lanes;   /* output lanes with their input in the row */
+} s2_col;
+
+static s2_col s2_column(const vmc_conv_geom *g, int b0, int nb, int j) {
+  s2_col c = {0};
+  const int off = j * g->dw - g->pw;
+  /* Columns ox in [lo, hi) of this block read x[2*ox + off] in bounds. */
+  int lo = off < 0 ? (-off + 1) / 2 : 0, hi = (g->w - off - 1) / 2 + 1;
+  if (g->w - off <= 0) hi = 0;
+  if (lo < b0) lo = b0;
+  if (hi > b0 + nb) hi = b0 + nb;
+  if (lo >= hi) return c;
+  /* Element e of the load is column 2*lo + off + e; lane l (ox = b0 + l)
+   * wants e = 2*(b0 + l - lo). */
+  const int span = 2 * (hi - lo) - 1; /* floats needed */
+  c.used = 1;
+  c.col = 2 * lo + off;
+  c.shift = lo - b0;
+  c.ma = (__mmask16)(span >= 16 ? 0xffff : (1u << span) - 1);
+  c.mb = (__mmask16)(span > 16 ? (1u << (span - 16)) - 1 : 0);
+  c.lanes = (__mmask16)(((1u << (hi - b0)) - 1) & ~((1u << c.shift) - 1));
+  return c;
+}
+
+/* The 16 inputs of one tap column from image row xr (zeros where padding). */
+INLINE __m512 s2_tap(const float *xr, const s2_col *c) {
+  const __m512i even =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 a = _mm512_maskz_loadu_ps(c->ma, xr + c->col);
+  const __m512 b = c->mb ? _mm512_maskz_loadu_ps(c->mb, xr + c->col + 16) : _mm512_setzero_ps();
+  const __m512i idx = _mm512_sub_epi32(even, _mm512_set1_epi32(2 * c->shift));
+  return _mm512_maskz_permutex2var_ps(c->lanes, a, idx, b);
+}
+
+/* Strided depthwise forward (vmc_dwconv_forward's contract, conv.h) for
+ * stride-2 rows, one channel. */
 void vmc_dwconv_forward__avx512(const float *x, const float *w, float bias,
                                 const vmc_conv_geom *g, float *y) {
   if (g->sw != 2) {
@@ -36,29 +83,146 @@ void vmc_dwconv_forward__avx512(const float *x, const float *w, float bias,
         if (iy < 0 || iy >= g->h) continue;
         const float *xr = x + (size_t)iy * g->w;
         for (int j = 0; j < g->kw; j++) {
-          const int off = j * g->dw - g->pw;
-          /* Columns ox in [lo, hi) of this block read x[2*ox + off] in bounds. */
-          int lo = off < 0 ? (-off + 1) / 2 : 0, hi = (g->w - off - 1) / 2 + 1;
-          if (g->w - off <= 0) hi = 0;
-          if (lo < b0) lo = b0;
-          if (hi > b0 + nb) hi = b0 + nb;
-          if (lo >= hi) continue;
-          /* Element e of the load is column 2*lo + off + e; lane l (ox =
-           * b0 + l) wants e = 2*(b0 + l - lo). */
-          const int shift = lo - b0, span = 2 * (hi - lo) - 1; /* floats needed */
-          const float *base = xr + 2 * lo + off;
-          const __m512 a = _mm512_maskz_loadu_ps((__mmask16)(span >= 16 ? 0xffff : (1u << span) - 1), base);
-          const __m512 b = span > 16 ? _mm512_maskz_loadu_ps((__mmask16)((1u << (span - 16)) - 1), base + 16)
-                                     : _mm512_setzero_ps();
-          const __m512i idx = _mm512_sub_epi32(
-              _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-              _mm512_set1_epi32(2 * shift));
-          const __mmask16 lanes = (__mmask16)(((1u << (hi - b0)) - 1) & ~((1u << shift) - 1));
-          const __m512 v = _mm512_maskz_permutex2var_ps(lanes, a, idx, b);
-          acc = _mm512_fmadd_ps(_mm512_set1_ps(w[i * g->kw + j]), v, acc);
+          const s2_col c = s2_column(g, b0, nb, j);
+          if (c.used) acc = _mm512_fmadd_ps(_mm512_set1_ps(w[i * g->kw + j]), s2_tap(xr, &c), acc);
         }
       }
       _mm512_mask_storeu_ps(yr + b0, (__mmask16)((1u << nb) - 1), acc);
     }
   }
+}
+
+/* ---- all channels in one call (vmc_dwconv_planes) ------------------------------
+ * NC channels at a time (4, then the rest one by one) share each block's
+ * loads' masks and give four independent accumulation chains. */
+#define PL_MAX_MASKS 4096
+#define S2_MAX_BLOCKS 16
+#define S2_MAX_KW 8
+
+INLINE __m512 finish(__m512 v, int clamp, __m512 lo, __m512 hi) {
+  return clamp ? _mm512_min_ps(_mm512_max_ps(v, lo), hi) : v; /* vmc_clampf */
+}
+
+/* Stride 1, output the input's size: each plane is one run of P pixels and
+ * tap t of output n reads x[n + off[t]] where msk[b * taps + t] (block b =
+ * n / 16) has n's lane.  The address of a lane outside the plane is formed
+ * as an integer and never dereferenced (masked off). */
+INLINE void s1_channels(const int NC, const float *x, size_t P, const float *w,
+                        const float *bias, int taps, int nb, const __mmask16 *msk,
+                        const ptrdiff_t *off, int clamp, __m512 lo, __m512 hi, float *y) {
+  for (int b = 0; b < nb; b++) {
+    const size_t n0 = 16 * (size_t)b;
+    __m512 acc[4];
+    for (int k = 0; k < NC; k++) acc[k] = _mm512_set1_ps(bias ? bias[k] : 0.0f);
+    const __mmask16 *m = msk + (size_t)b * taps;
+    for (int t = 0; t < taps; t++) {
+      const uintptr_t at = (uintptr_t)(x + n0) + (uintptr_t)(off[t] * (ptrdiff_t)sizeof(float));
+      for (int k = 0; k < NC; k++) {
+        const __m512 v = _mm512_maskz_loadu_ps(m[t], (const float *)(at + k * P * sizeof(float)));
+        acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)k * taps + t]), v, acc[k]);
+      }
+    }
+    const __mmask16 keep = (__mmask16)(n0 + 16 <= P ? 0xffffu : (1u << (P - n0)) - 1);
+    for (int k = 0; k < NC; k++)
+      _mm512_mask_storeu_ps(y + k * P + n0, keep, finish(acc[k], clamp, lo, hi));
+  }
+}
+
+static int planes_s1(const float *x, int ch, const float *w, const float *bias,
+                     const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
+  const int h = g->h, wd = g->w, taps = g->kh * g->kw;
+  const size_t P = (size_t)h * wd;
+  const size_t nb = (P + 15) / 16;
+  if (g->oh != h || g->ow != wd || taps > DW_MAX_TAPS || nb * (size_t)taps > PL_MAX_MASKS)
+    return 0;
+  ptrdiff_t off[DW_MAX_TAPS];
+  __mmask16 msk[PL_MAX_MASKS];
+  /* Pixel n = oy*w + ox of a block: oy from a float division, exact for the
+   * P < 2^16 these planes have. */
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 fw = _mm512_set1_ps((float)wd);
+  for (size_t b = 0; b < nb; b++) {
+    const __m512i n = _mm512_add_epi32(_mm512_set1_epi32((int)(16 * b)), iota);
+    const __m512i oy = _mm512_cvttps_epi32(_mm512_div_ps(_mm512_cvtepi32_ps(n), fw));
+    const __m512i ox = _mm512_sub_epi32(n, _mm512_mullo_epi32(oy, _mm512_set1_epi32(wd)));
+    const __mmask16 in = _mm512_cmplt_epi32_mask(n, _mm512_set1_epi32((int)P));
+    for (int i = 0; i < g->kh; i++) {
+      const int di = i * g->dh - g->ph;
+      const __m512i iy = _mm512_add_epi32(oy, _mm512_set1_epi32(di));
+      const __mmask16 rows = in & _mm512_cmpge_epi32_mask(iy, _mm512_setzero_si512()) &
+                             _mm512_cmplt_epi32_mask(iy, _mm512_set1_epi32(h));
+      for (int j = 0; j < g->kw; j++) {
+        const int dj = j * g->dw - g->pw;
+        const __m512i ix = _mm512_add_epi32(ox, _mm512_set1_epi32(dj));
+        msk[b * taps + i * g->kw + j] = rows & _mm512_cmpge_epi32_mask(ix, _mm512_setzero_si512()) &
+                                        _mm512_cmplt_epi32_mask(ix, _mm512_set1_epi32(wd));
+        off[i * g->kw + j] = (ptrdiff_t)di * wd + dj;
+      }
+    }
+  }
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  int c = 0;
+  for (; c + 4 <= ch; c += 4)
+    s1_channels(4, x + c * P, P, w + (size_t)c * taps, bias ? bias + c : NULL, taps, (int)nb, msk,
+                off, clamp, vlo, vhi, y + c * P);
+  for (; c < ch; c++)
+    s1_channels(1, x + c * P, P, w + (size_t)c * taps, bias ? bias + c : NULL, taps, (int)nb, msk,
+                off, clamp, vlo, vhi, y + c * P);
+  return 1;
+}
+
+INLINE void s2_channels(const int NC, const float *x, const vmc_conv_geom *g, const float *w,
+                        const float *bias, const s2_col (*cols)[S2_MAX_KW], int clamp,
+                        __m512 lo, __m512 hi, float *y) {
+  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
+  const int taps = g->kh * g->kw;
+  for (int oy = 0; oy < g->oh; oy++)
+    for (int b0 = 0, bo = 0; b0 < g->ow; b0 += 16, bo++) {
+      __m512 acc[4];
+      for (int k = 0; k < NC; k++) acc[k] = _mm512_set1_ps(bias ? bias[k] : 0.0f);
+      for (int i = 0; i < g->kh; i++) {
+        const int iy = oy * g->sh - g->ph + i * g->dh;
+        if (iy < 0 || iy >= g->h) continue;
+        const float *xr = x + (size_t)iy * g->w;
+        for (int j = 0; j < g->kw; j++) {
+          const s2_col *c = &cols[bo][j];
+          if (!c->used) continue;
+          for (int k = 0; k < NC; k++)
+            acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)k * taps + i * g->kw + j]),
+                                     s2_tap(xr + k * in_plane, c), acc[k]);
+        }
+      }
+      const int nb = g->ow - b0 < 16 ? g->ow - b0 : 16;
+      float *yr = y + (size_t)oy * g->ow + b0;
+      for (int k = 0; k < NC; k++)
+        _mm512_mask_storeu_ps(yr + k * out_plane, (__mmask16)((1u << nb) - 1),
+                              finish(acc[k], clamp, lo, hi));
+    }
+}
+
+static int planes_s2(const float *x, int ch, const float *w, const float *bias,
+                     const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
+  if (g->sw != 2 || g->kw > S2_MAX_KW || g->ow > 16 * S2_MAX_BLOCKS) return 0;
+  s2_col cols[S2_MAX_BLOCKS][S2_MAX_KW];
+  for (int b0 = 0, bo = 0; b0 < g->ow; b0 += 16, bo++)
+    for (int j = 0; j < g->kw; j++)
+      cols[bo][j] = s2_column(g, b0, g->ow - b0 < 16 ? g->ow - b0 : 16, j);
+  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
+  const size_t taps = (size_t)g->kh * g->kw;
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  int c = 0;
+  for (; c + 4 <= ch; c += 4)
+    s2_channels(4, x + c * in_plane, g, w + c * taps, bias ? bias + c : NULL, cols, clamp, vlo,
+                vhi, y + c * out_plane);
+  for (; c < ch; c++)
+    s2_channels(1, x + c * in_plane, g, w + c * taps, bias ? bias + c : NULL, cols, clamp, vlo,
+                vhi, y + c * out_plane);
+  return 1;
+}
+
+int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const float *bias,
+                              const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
+  if (ch < 1 || g->oh < 1 || g->ow < 1) return 0;
+  if (g->sh == 1 && g->sw == 1) return planes_s1(x, ch, w, bias, g, clamp, lo, hi, y);
+  return planes_s2(x, ch, w, bias, g, clamp, lo, hi, y);
 }

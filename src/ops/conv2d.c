@@ -405,6 +405,29 @@ static void wide_out(const vmc_opctx *ctx, const vmc_sgemm_packed_a *pk, int par
   }
 }
 
+/* Depthwise, one image: every channel in one kernel call where a SIMD
+ * kernel takes the geometry (else 0, nothing written), the channels split
+ * over nt threads in runs of four. */
+static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, float *y, int nt) {
+  const float *W = ctx->g->params[ctx->node->param[0]].data;
+  const float *B = ctx->node->n_param > 1 ? ctx->g->params[ctx->node->param[1]].data : NULL;
+  const vmc_conv_geom *g = &c->g;
+  const int clamp = ctx->act != VMC_ACT_NONE, ch = c->groups;
+  const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
+  if (nt <= 1 || ch < 8) return vmc_dwconv_planes(x, ch, W, B, g, clamp, lo, hi, y);
+  const size_t in = (size_t)g->h * g->w, out = (size_t)c->P, taps = (size_t)c->K;
+  const int per = (ch + 4 * nt - 1) / (4 * nt) * 4;
+  int ok = 1;
+#pragma omp parallel for schedule(static, 1) num_threads(nt) reduction(&& : ok)
+  for (int t = 0; t < nt; t++) {
+    const int c0 = t * per, n = ch - c0 < per ? ch - c0 : per;
+    if (n > 0)
+      ok = vmc_dwconv_planes(x + c0 * in, n, W + c0 * taps, B ? B + c0 : NULL, g, clamp, lo, hi,
+                             y + c0 * out) && ok;
+  }
+  return ok; /* the same geometry: every chunk taken, or none */
+}
+
 static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                           int b, float *base, int par) {
   const vmc_node *n = ctx->node;
@@ -429,6 +452,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
     epi.res = ctx->ypad ? r + vmc_padded_origin(&yq) : r;
     epi.ldr = ctx->ypad ? (int)yq.plane : c.P;
   }
+  if (c.kind == DEPTHWISE && dw_planes(ctx, &c, x, y, par ? 1 : ctx->nthreads)) return;
   for (int gi = 0; gi < c.groups; gi++) {
     const float *xg = x + (size_t)gi * g->c * HW;
     float *yg = y + (size_t)gi * c.ocg * c.P;
