@@ -134,26 +134,27 @@ static void dw_one_channel(const float *x, const float *w, float bias, const vmc
   free(xp), free(yw);
 }
 
+/* vmc_dwconv_planes cases: kh, kw, stride, pad, dilation, h, w, taken: "same" stride-1 planes
+ * (one pixel, narrower than a vector, odd, dilated, 1x1), stride 2, and
+ * the geometries it leaves to the per-channel kernels. */
+static const int k_planes[][8] = {
+    {3, 3, 1, 1, 1, 28, 28, 1}, {3, 3, 1, 1, 1, 14, 14, 1}, {3, 3, 1, 1, 1, 7, 7, 1},
+    {5, 5, 1, 2, 1, 9, 13, 1},  {3, 3, 1, 2, 2, 10, 6, 1},  {1, 1, 1, 0, 1, 5, 33, 1},
+    {3, 3, 1, 1, 1, 1, 1, 1},   {3, 3, 2, 1, 1, 28, 28, 1}, {3, 3, 2, 1, 1, 14, 14, 1},
+    {5, 5, 2, 2, 1, 15, 15, 1}, {3, 3, 2, 0, 1, 7, 9, 1},   {3, 3, 2, 1, 2, 40, 70, 1},
+    {1, 1, 2, 0, 1, 5, 33, 1},  {3, 5, 2, 2, 1, 3, 2, 1},
+    {3, 3, 1, 1, 1, 112, 112, 0}, /* more blocks x taps than its mask table */
+    {3, 3, 1, 0, 1, 9, 9, 0},     /* output smaller than the input */
+    {9, 9, 2, 4, 1, 20, 20, 0},   /* kw > 8 at stride 2 */
+    {3, 3, 2, 1, 1, 600, 600, 0}, /* ow > 256 */
+    {3, 3, 3, 1, 1, 11, 11, 0}};
+
 TEST(dwconv_planes_match_per_channel) {
   if (strcmp(vmc_isa_name(), "avx512")) SKIP("needs AVX-512");
-  /* kh, kw, stride, pad, dilation, h, w, taken: "same" stride-1 planes
-   * (one pixel, narrower than a vector, odd, dilated, 1x1), stride 2, and
-   * the geometries it leaves to the per-channel kernels. */
-  const int cases[][8] = {
-      {3, 3, 1, 1, 1, 28, 28, 1}, {3, 3, 1, 1, 1, 14, 14, 1}, {3, 3, 1, 1, 1, 7, 7, 1},
-      {5, 5, 1, 2, 1, 9, 13, 1},  {3, 3, 1, 2, 2, 10, 6, 1},  {1, 1, 1, 0, 1, 5, 33, 1},
-      {3, 3, 1, 1, 1, 1, 1, 1},   {3, 3, 2, 1, 1, 28, 28, 1}, {3, 3, 2, 1, 1, 14, 14, 1},
-      {5, 5, 2, 2, 1, 15, 15, 1}, {3, 3, 2, 0, 1, 7, 9, 1},   {3, 3, 2, 1, 2, 40, 70, 1},
-      {1, 1, 2, 0, 1, 5, 33, 1},  {3, 5, 2, 2, 1, 3, 2, 1},
-      {3, 3, 1, 1, 1, 112, 112, 0}, /* more blocks x taps than its mask table */
-      {3, 3, 1, 0, 1, 9, 9, 0},     /* output smaller than the input */
-      {9, 9, 2, 4, 1, 20, 20, 0},   /* kw > 8 at stride 2 */
-      {3, 3, 2, 1, 1, 600, 600, 0}, /* ow > 256 */
-      {3, 3, 3, 1, 1, 11, 11, 0}};
   vmc_rng r;
   vmc_rng_seed(&r, 21);
-  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-    const int *k = cases[c];
+  for (size_t c = 0; c < sizeof k_planes / sizeof k_planes[0]; c++) {
+    const int *k = k_planes[c];
     vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
                        .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
     g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
@@ -193,5 +194,48 @@ TEST(dwconv_planes_match_per_channel) {
                       clamp, rel(y0, y1, out * ch));
     }
     free(x), free(w), free(b), free(y0), free(y1);
+  }
+}
+
+/* Its backward: vmc_dwconv_backward's dw and dx, accumulated, to rounding. */
+TEST(dwconv_planes_backward_matches_reference) {
+  if (strcmp(vmc_isa_name(), "avx512")) SKIP("needs AVX-512");
+  vmc_rng r;
+  vmc_rng_seed(&r, 22);
+  for (size_t c = 0; c < sizeof k_planes / sizeof k_planes[0]; c++) {
+    const int *k = k_planes[c];
+    vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
+                       .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
+    g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
+    g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+    const int ch = k[7] ? 6 : 1, taps = g.kh * g.kw;
+    const size_t in = (size_t)g.h * g.w * ch, out = (size_t)g.oh * g.ow * ch;
+    float *x = randv(in, &r), *w = randv((size_t)taps * ch, &r), *dy = randv(out, &r);
+    float *dx0 = randv(in, &r), *dw0 = randv((size_t)taps * ch, &r);
+    float *dx1 = malloc(in * 4), *dw1 = malloc((size_t)taps * ch * 4);
+    REQUIRE(x && w && dy && dx0 && dw0 && dx1 && dw1);
+    memcpy(dx1, dx0, in * 4);
+    memcpy(dw1, dw0, (size_t)taps * ch * 4);
+    const int taken = vmc_dwconv_planes_backward__avx512(x, dy, ch, w, &g, dx1, dw1);
+    if (taken != k[7])
+      vmc_test_fail(__FILE__, __LINE__, "case %zu: taken %d, want %d", c, taken, k[7]);
+    if (!taken) {
+      CHECK(!memcmp(dx0, dx1, in * 4) && !memcmp(dw0, dw1, (size_t)taps * ch * 4));
+    } else {
+      for (int ci = 0; ci < ch; ci++)
+        vmc_dwconv_backward(x + ci * in / ch, w + ci * taps, dy + ci * out / ch, &g,
+                            dx0 + ci * in / ch, dw0 + ci * taps);
+      const float e1 = rel(dx0, dx1, in), e2 = rel(dw0, dw1, (size_t)taps * ch);
+      if (e1 > 1e-5f || e2 > 1e-5f)
+        vmc_test_fail(__FILE__, __LINE__, "case %zu: dx %g dw %g", c, e1, e2);
+      /* without dx, dw alone */
+      memcpy(dw1, dw0, (size_t)taps * ch * 4);
+      for (int ci = 0; ci < ch; ci++)
+        vmc_dwconv_backward(x + ci * in / ch, w + ci * taps, dy + ci * out / ch, &g, NULL,
+                            dw0 + ci * taps);
+      CHECK(vmc_dwconv_planes_backward__avx512(x, dy, ch, w, &g, NULL, dw1) == 1);
+      CHECK(rel(dw0, dw1, (size_t)taps * ch) <= 1e-5f);
+    }
+    free(x), free(w), free(dy), free(dx0), free(dw0), free(dx1), free(dw1);
   }
 }

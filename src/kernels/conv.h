@@ -76,5 +76,13 @@ int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
                       const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
 int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const float *bias,
                               const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
+/* Its adjoint over the same channels and geometries (0, nothing written,
+ * where vmc_dwconv_planes declines): dw[c*kh*kw + t] += sum over the plane
+ * of dy * the input tap t reads, and with dx non-NULL, dx += the input
+ * gradient.  Agrees with vmc_dwconv_backward to rounding. */
+int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const float *w,
+                               const vmc_conv_geom *g, float *dx, float *dw);
+int vmc_dwconv_planes_backward__avx512(const float *x, const float *dy, int ch, const float *w,
+                                       const vmc_conv_geom *g, float *dx, float *dw);
 
 #endif

@@ -52,3 +52,8 @@ int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
                       const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
   return pick()->avx512 ? vmc_dwconv_planes__avx512(x, ch, w, bias, g, clamp, lo, hi, y) : 0;
 }
+
+int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const float *w,
+                               const vmc_conv_geom *g, float *dx, float *dw) {
+  return pick()->avx512 ? vmc_dwconv_planes_backward__avx512(x, dy, ch, w, g, dx, dw) : 0;
+}

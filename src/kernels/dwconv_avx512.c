@@ -106,37 +106,58 @@ INLINE __m512 finish(__m512 v, int clamp, __m512 lo, __m512 hi) {
 /* Stride 1, output the input's size: each plane is one run of P pixels and
  * tap t of output n reads x[n + off[t]] where msk[b * taps + t] (block b =
  * n / 16) has n's lane.  The address of a lane outside the plane is formed
- * as an integer and never dereferenced (masked off). */
-INLINE void s1_channels(const int NC, const float *x, size_t P, const float *w,
-                        const float *bias, int taps, int nb, const __mmask16 *msk,
-                        const ptrdiff_t *off, int clamp, __m512 lo, __m512 hi, float *y) {
+ * as an integer and never dereferenced (masked off).  Such a convolution's
+ * padding is symmetric, so tap taps-1-t has offset -off[t]: with REV the
+ * weights are taken in reverse, which makes it the input gradient's
+ * convolution of dY (and ADD adds the result to y instead of bias). */
+INLINE const float *at_offset(const float *p, ptrdiff_t off) {
+  return (const float *)((uintptr_t)p + (uintptr_t)(off * (ptrdiff_t)sizeof(float)));
+}
+
+INLINE void s1_channels(const int NC, const int REV, const int ADD, const float *x, size_t P,
+                        const float *w, const float *bias, int taps, int nb,
+                        const __mmask16 *msk, const ptrdiff_t *off, int clamp, __m512 lo,
+                        __m512 hi, float *y) {
   for (int b = 0; b < nb; b++) {
     const size_t n0 = 16 * (size_t)b;
     __m512 acc[4];
-    for (int k = 0; k < NC; k++) acc[k] = _mm512_set1_ps(bias ? bias[k] : 0.0f);
+    for (int k = 0; k < NC; k++) acc[k] = _mm512_set1_ps(bias && !ADD ? bias[k] : 0.0f);
     const __mmask16 *m = msk + (size_t)b * taps;
     for (int t = 0; t < taps; t++) {
-      const uintptr_t at = (uintptr_t)(x + n0) + (uintptr_t)(off[t] * (ptrdiff_t)sizeof(float));
+      const float *at = at_offset(x + n0, off[t]);
+      const int wt = REV ? taps - 1 - t : t;
       for (int k = 0; k < NC; k++) {
-        const __m512 v = _mm512_maskz_loadu_ps(m[t], (const float *)(at + k * P * sizeof(float)));
-        acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)k * taps + t]), v, acc[k]);
+        const __m512 v = _mm512_maskz_loadu_ps(m[t], at + k * P);
+        acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)k * taps + wt]), v, acc[k]);
       }
     }
     const __mmask16 keep = (__mmask16)(n0 + 16 <= P ? 0xffffu : (1u << (P - n0)) - 1);
-    for (int k = 0; k < NC; k++)
-      _mm512_mask_storeu_ps(y + k * P + n0, keep, finish(acc[k], clamp, lo, hi));
+    for (int k = 0; k < NC; k++) {
+      float *yk = y + k * P + n0;
+      const __m512 v = ADD ? _mm512_add_ps(_mm512_maskz_loadu_ps(keep, yk), acc[k])
+                           : finish(acc[k], clamp, lo, hi);
+      _mm512_mask_storeu_ps(yk, keep, v);
+    }
   }
 }
 
-static int planes_s1(const float *x, int ch, const float *w, const float *bias,
-                     const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
-  const int h = g->h, wd = g->w, taps = g->kh * g->kw;
-  const size_t P = (size_t)h * wd;
-  const size_t nb = (P + 15) / 16;
-  if (g->oh != h || g->ow != wd || taps > DW_MAX_TAPS || nb * (size_t)taps > PL_MAX_MASKS)
-    return 0;
+/* The tap masks and offsets of a stride-1 "same" geometry (above), or 0. */
+typedef struct {
+  size_t P;
+  int taps, nb;
   ptrdiff_t off[DW_MAX_TAPS];
   __mmask16 msk[PL_MAX_MASKS];
+} s1_geom;
+
+static int s1_prepare(const vmc_conv_geom *g, s1_geom *s) {
+  const int h = g->h, wd = g->w, taps = g->kh * g->kw;
+  const size_t P = (size_t)h * wd, nb = (P + 15) / 16;
+  if (g->sh != 1 || g->sw != 1 || g->oh != h || g->ow != wd || taps > DW_MAX_TAPS ||
+      nb * (size_t)taps > PL_MAX_MASKS)
+    return 0;
+  s->P = P;
+  s->taps = taps;
+  s->nb = (int)nb;
   /* Pixel n = oy*w + ox of a block: oy from a float division, exact for the
    * P < 2^16 these planes have. */
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -154,20 +175,29 @@ static int planes_s1(const float *x, int ch, const float *w, const float *bias,
       for (int j = 0; j < g->kw; j++) {
         const int dj = j * g->dw - g->pw;
         const __m512i ix = _mm512_add_epi32(ox, _mm512_set1_epi32(dj));
-        msk[b * taps + i * g->kw + j] = rows & _mm512_cmpge_epi32_mask(ix, _mm512_setzero_si512()) &
-                                        _mm512_cmplt_epi32_mask(ix, _mm512_set1_epi32(wd));
-        off[i * g->kw + j] = (ptrdiff_t)di * wd + dj;
+        s->msk[b * taps + i * g->kw + j] = rows &
+                                           _mm512_cmpge_epi32_mask(ix, _mm512_setzero_si512()) &
+                                           _mm512_cmplt_epi32_mask(ix, _mm512_set1_epi32(wd));
+        s->off[i * g->kw + j] = (ptrdiff_t)di * wd + dj;
       }
     }
   }
+  return 1;
+}
+
+static int planes_s1(const float *x, int ch, const float *w, const float *bias,
+                     const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
+  s1_geom s;
+  if (!s1_prepare(g, &s)) return 0;
+  const size_t P = s.P, taps = (size_t)s.taps;
   const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
   int c = 0;
   for (; c + 4 <= ch; c += 4)
-    s1_channels(4, x + c * P, P, w + (size_t)c * taps, bias ? bias + c : NULL, taps, (int)nb, msk,
-                off, clamp, vlo, vhi, y + c * P);
+    s1_channels(4, 0, 0, x + c * P, P, w + c * taps, bias ? bias + c : NULL, s.taps, s.nb, s.msk,
+                s.off, clamp, vlo, vhi, y + c * P);
   for (; c < ch; c++)
-    s1_channels(1, x + c * P, P, w + (size_t)c * taps, bias ? bias + c : NULL, taps, (int)nb, msk,
-                off, clamp, vlo, vhi, y + c * P);
+    s1_channels(1, 0, 0, x + c * P, P, w + c * taps, bias ? bias + c : NULL, s.taps, s.nb, s.msk,
+                s.off, clamp, vlo, vhi, y + c * P);
   return 1;
 }
 
@@ -225,4 +255,109 @@ int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const floa
   if (ch < 1 || g->oh < 1 || g->ow < 1) return 0;
   if (g->sh == 1 && g->sw == 1) return planes_s1(x, ch, w, bias, g, clamp, lo, hi, y);
   return planes_s2(x, ch, w, bias, g, clamp, lo, hi, y);
+}
+
+/* ---- backward of vmc_dwconv_planes (vmc_dwconv_planes_backward) ------------------
+ * Tap by tap: dw[t] is one dot product over the plane (four chains), dY
+ * re-read per tap from L1.  Stride 1: dx is the forward's flat convolution
+ * of dY with the kernel reversed.  Stride 2: each tap's w * dY block is
+ * spread back to the even elements of the window s2_tap gathered from
+ * (two permutes) and added there. */
+INLINE float sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+}
+
+static void s1_dw(const float *x, const float *dy, const s1_geom *s, float *dw) {
+  const int nb = s->nb, taps = s->taps;
+  for (int t = 0; t < taps; t++) {
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+    const float *xt = at_offset(x, s->off[t]);
+    for (int b = 0; b < nb; b++) {
+      const __mmask16 m = s->msk[(size_t)b * taps + t];
+      const __m512 d = _mm512_maskz_loadu_ps(m, dy + 16 * (size_t)b);
+      a[b & 3] = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, xt + 16 * (size_t)b), a[b & 3]);
+    }
+    dw[t] += sum4(a[0], a[1], a[2], a[3]);
+  }
+}
+
+static int backward_s1(const float *x, const float *dy, int ch, const float *w,
+                       const vmc_conv_geom *g, float *dx, float *dw) {
+  s1_geom s;
+  if (!s1_prepare(g, &s)) return 0;
+  const size_t P = s.P, taps = (size_t)s.taps;
+  const __m512 z = _mm512_setzero_ps();
+  for (int c = 0; c < ch; c++) s1_dw(x + c * P, dy + c * P, &s, dw + c * taps);
+  if (!dx) return 1;
+  int c = 0;
+  for (; c + 4 <= ch; c += 4)
+    s1_channels(4, 1, 1, dy + c * P, P, w + c * taps, NULL, s.taps, s.nb, s.msk, s.off, 0, z, z,
+                dx + c * P);
+  for (; c < ch; c++)
+    s1_channels(1, 1, 1, dy + c * P, P, w + c * taps, NULL, s.taps, s.nb, s.msk, s.off, 0, z, z,
+                dx + c * P);
+  return 1;
+}
+
+static int backward_s2(const float *x, const float *dy, int ch, const float *w,
+                       const vmc_conv_geom *g, float *dx, float *dw) {
+  if (g->sw != 2 || g->kw > S2_MAX_KW || g->ow > 16 * S2_MAX_BLOCKS) return 0;
+  s2_col cols[S2_MAX_BLOCKS][S2_MAX_KW];
+  const int nbk = (g->ow + 15) / 16;
+  for (int bo = 0; bo < nbk; bo++)
+    for (int j = 0; j < g->kw; j++)
+      cols[bo][j] = s2_column(g, 16 * bo, g->ow - 16 * bo < 16 ? g->ow - 16 * bo : 16, j);
+  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
+  const int taps = g->kh * g->kw;
+  const __m512i half = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  for (int c = 0; c < ch; c++) {
+    const float *xc = x + c * in_plane, *dyc = dy + c * out_plane;
+    float *dxc = dx ? dx + c * in_plane : NULL;
+    for (int i = 0; i < g->kh; i++)
+      for (int j = 0; j < g->kw; j++) {
+        const int t = i * g->kw + j;
+        const __m512 wv = _mm512_set1_ps(w[(size_t)c * taps + t]);
+        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                       _mm512_setzero_ps()};
+        int chain = 0;
+        for (int oy = 0; oy < g->oh; oy++) {
+          const int iy = oy * g->sh - g->ph + i * g->dh;
+          if (iy < 0 || iy >= g->h) continue;
+          for (int bo = 0; bo < nbk; bo++) {
+            const s2_col *col = &cols[bo][j];
+            if (!col->used) continue;
+            const int b0 = 16 * bo, nb = g->ow - b0 < 16 ? g->ow - b0 : 16;
+            const __m512 d =
+                _mm512_maskz_loadu_ps((__mmask16)((1u << nb) - 1), dyc + (size_t)oy * g->ow + b0);
+            const float *xr = xc + (size_t)iy * g->w;
+            a[chain] = _mm512_fmadd_ps(d, s2_tap(xr, col), a[chain]);
+            chain = (chain + 1) & 3;
+            if (!dxc) continue;
+            /* element e of the window: lane e/2 + shift's w*dy where e is even
+             * and inside the valid span */
+            const __m512 v = _mm512_mul_ps(wv, d);
+            const __m512i sh = _mm512_set1_epi32(col->shift);
+            const __m512 lo = _mm512_permutexvar_ps(_mm512_add_epi32(half, sh), v);
+            const __m512 hi =
+                _mm512_permutexvar_ps(_mm512_add_epi32(half, _mm512_add_epi32(sh, _mm512_set1_epi32(8))), v);
+            const __mmask16 mlo = col->ma & 0x5555, mhi = col->mb & 0x5555;
+            float *dr = dxc + (size_t)iy * g->w + col->col;
+            _mm512_mask_storeu_ps(dr, mlo, _mm512_add_ps(_mm512_maskz_loadu_ps(mlo, dr), lo));
+            if (mhi)
+              _mm512_mask_storeu_ps(dr + 16, mhi,
+                                    _mm512_add_ps(_mm512_maskz_loadu_ps(mhi, dr + 16), hi));
+          }
+        }
+        dw[(size_t)c * taps + t] += sum4(a[0], a[1], a[2], a[3]);
+      }
+  }
+  return 1;
+}
+
+int vmc_dwconv_planes_backward__avx512(const float *x, const float *dy, int ch, const float *w,
+                                       const vmc_conv_geom *g, float *dx, float *dw) {
+  if (ch < 1 || g->oh < 1 || g->ow < 1) return 0;
+  if (g->sh == 1 && g->sw == 1) return backward_s1(x, dy, ch, w, g, dx, dw);
+  return backward_s2(x, dy, ch, w, g, dx, dw);
 }

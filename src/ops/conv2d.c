@@ -683,6 +683,8 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
   const float dx_beta = ctx->dx_set[0] ? 0.0f : 1.0f;
   if (dx && ctx->dx_set[0] && (c.kind == DEPTHWISE || c.kind == IM2COL))
     memset(dx, 0, (size_t)C * HW * sizeof(float));
+  /* Depthwise: every channel in one call where a SIMD kernel takes it. */
+  const int dw_all = c.kind == DEPTHWISE && vmc_dwconv_planes_backward(x, dy, c.groups, W, g, dx, dW);
   for (int gi = 0; gi < c.groups; gi++) {
     const float *xg = x + (size_t)gi * g->c * HW;
     float *dxg = dx ? dx + (size_t)gi * g->c * HW : NULL;
@@ -695,6 +697,7 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
       for (int p = 0; p < c.P; p++) s += r[p];
       dB[gi * c.ocg + o] += s;
     }
+    if (dw_all) continue;
     switch (c.kind) {
     case DEPTHWISE:
       if (c.dw_wide) {
