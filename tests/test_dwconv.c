@@ -146,6 +146,8 @@ static const int k_planes[][8] = {
     {3, 3, 1, 1, 1, 112, 112, 0}, /* more blocks x taps than its mask table */
     {3, 3, 1, 0, 1, 9, 9, 0},     /* output smaller than the input */
     {9, 9, 2, 4, 1, 20, 20, 0},   /* kw > 8 at stride 2 */
+    {3, 7, 2, 3, 3, 12, 40, 0},   /* a stride-2 row window past 48 floats */
+    {3, 5, 2, 2, 3, 12, 40, 1},   /* one of 43 */
     {3, 3, 2, 1, 1, 600, 600, 0}, /* ow > 256 */
     {3, 3, 3, 1, 1, 11, 11, 0}};
 

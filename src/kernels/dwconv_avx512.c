@@ -16,6 +16,11 @@ typedef __m512 vec;
 #include <stdint.h>
 
 #define INLINE static inline __attribute__((always_inline))
+#if defined(__clang__)
+#define UNROLL4 _Pragma("unroll")
+#else
+#define UNROLL4 _Pragma("GCC unroll 4")
+#endif
 
 /* ---- stride 2 ---------------------------------------------------------------
  * A block of 16 output columns (b0, b0 + 1, ...) keeps its accumulator in a
@@ -201,28 +206,93 @@ static int planes_s1(const float *x, int ch, const float *w, const float *bias,
   return 1;
 }
 
+/* Stride 2 over all channels: per block of 16 output columns and image row,
+ * one window of up to 48 input floats from column ws = 2*b0 - pw (masked
+ * loads: zeros outside the row), from which tap column j's inputs are
+ * elements 2l + j*dw: one permute of the window's first two vectors, and
+ * for lanes reaching element 32 or beyond, one more of its last two.  The
+ * same floats as s2_tap gives, so the sums are those of
+ * vmc_dwconv_forward__avx512 bit for bit. */
+typedef struct {
+  __m512i idx[S2_MAX_KW], idx2[S2_MAX_KW]; /* elements 2l + j*dw, and minus 16 */
+  __mmask16 hi[S2_MAX_KW];                 /* lanes whose element is >= 32 */
+  ptrdiff_t ws[S2_MAX_BLOCKS];             /* window start column per block */
+  __mmask16 ma[S2_MAX_BLOCKS], mb[S2_MAX_BLOCKS], mc[S2_MAX_BLOCKS];
+  unsigned char used[S2_MAX_BLOCKS][S2_MAX_KW]; /* some stored lane reads the row */
+  int nbk;
+} s2_geom;
+
+/* The stride-2 geometries the kernels here take: a window's 48 floats
+ * cover every tap column of 16 outputs. */
+static int s2_takes(const vmc_conv_geom *g) {
+  return g->sw == 2 && g->kw <= S2_MAX_KW && g->ow <= 16 * S2_MAX_BLOCKS &&
+         30 + (g->kw - 1) * g->dw <= 47;
+}
+
+static int s2_prepare(const vmc_conv_geom *g, s2_geom *s) {
+  if (!s2_takes(g)) return 0;
+  const __m512i two_l = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int j = 0; j < g->kw; j++) {
+    s->idx[j] = _mm512_add_epi32(two_l, _mm512_set1_epi32(j * g->dw));
+    s->idx2[j] = _mm512_sub_epi32(s->idx[j], _mm512_set1_epi32(16));
+    s->hi[j] = _mm512_cmpge_epi32_mask(s->idx[j], _mm512_set1_epi32(32));
+  }
+  s->nbk = (g->ow + 15) / 16;
+  for (int bo = 0; bo < s->nbk; bo++) {
+    const int b0 = 16 * bo, nb = g->ow - b0 < 16 ? g->ow - b0 : 16;
+    const int ws = 2 * b0 - g->pw;
+    s->ws[bo] = ws;
+    unsigned m[3] = {0, 0, 0};
+    for (int e = 0; e < 48; e++)
+      if (ws + e >= 0 && ws + e < g->w) m[e / 16] |= 1u << (e % 16);
+    s->ma[bo] = (__mmask16)m[0];
+    s->mb[bo] = (__mmask16)m[1];
+    s->mc[bo] = (__mmask16)m[2];
+    for (int j = 0; j < g->kw; j++) s->used[bo][j] = s2_column(g, b0, nb, j).used != 0;
+  }
+  return 1;
+}
+
+/* Tap column j's 16 inputs from a row's window (s2_channels). */
+INLINE __m512 s2_gather(const s2_geom *s, int j, int need_c, __m512 va, __m512 vb, __m512 vc) {
+  __m512 v = _mm512_permutex2var_ps(va, s->idx[j], vb);
+  if (need_c && s->hi[j])
+    v = _mm512_mask_mov_ps(v, s->hi[j], _mm512_permutex2var_ps(vb, s->idx2[j], vc));
+  return v;
+}
+
 INLINE void s2_channels(const int NC, const float *x, const vmc_conv_geom *g, const float *w,
-                        const float *bias, const s2_col (*cols)[S2_MAX_KW], int clamp,
-                        __m512 lo, __m512 hi, float *y) {
+                        const float *bias, const s2_geom *s, int clamp, __m512 lo, __m512 hi,
+                        float *y) {
   const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
   const int taps = g->kh * g->kw;
   for (int oy = 0; oy < g->oh; oy++)
-    for (int b0 = 0, bo = 0; b0 < g->ow; b0 += 16, bo++) {
+    for (int bo = 0; bo < s->nbk; bo++) {
+      const int b0 = 16 * bo, nb = g->ow - b0 < 16 ? g->ow - b0 : 16;
+      /* lanes below nb reaching the window's third vector */
+      const int need_c = 2 * (nb - 1) + (g->kw - 1) * g->dw >= 32;
       __m512 acc[4];
       for (int k = 0; k < NC; k++) acc[k] = _mm512_set1_ps(bias ? bias[k] : 0.0f);
       for (int i = 0; i < g->kh; i++) {
         const int iy = oy * g->sh - g->ph + i * g->dh;
         if (iy < 0 || iy >= g->h) continue;
-        const float *xr = x + (size_t)iy * g->w;
+        const float *win = at_offset(x + (size_t)iy * g->w, s->ws[bo]);
+        __m512 va[4], vb[4], vc[4];
+        UNROLL4
+        for (int k = 0; k < NC; k++) {
+          const float *wk = win + k * in_plane;
+          va[k] = _mm512_maskz_loadu_ps(s->ma[bo], wk);
+          vb[k] = _mm512_maskz_loadu_ps(s->mb[bo], wk + 16);
+          vc[k] = need_c ? _mm512_maskz_loadu_ps(s->mc[bo], wk + 32) : _mm512_setzero_ps();
+        }
         for (int j = 0; j < g->kw; j++) {
-          const s2_col *c = &cols[bo][j];
-          if (!c->used) continue;
+          if (!s->used[bo][j]) continue;
+          UNROLL4
           for (int k = 0; k < NC; k++)
             acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)k * taps + i * g->kw + j]),
-                                     s2_tap(xr + k * in_plane, c), acc[k]);
+                                     s2_gather(s, j, need_c, va[k], vb[k], vc[k]), acc[k]);
         }
       }
-      const int nb = g->ow - b0 < 16 ? g->ow - b0 : 16;
       float *yr = y + (size_t)oy * g->ow + b0;
       for (int k = 0; k < NC; k++)
         _mm512_mask_storeu_ps(yr + k * out_plane, (__mmask16)((1u << nb) - 1),
@@ -232,21 +302,18 @@ INLINE void s2_channels(const int NC, const float *x, const vmc_conv_geom *g, co
 
 static int planes_s2(const float *x, int ch, const float *w, const float *bias,
                      const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
-  if (g->sw != 2 || g->kw > S2_MAX_KW || g->ow > 16 * S2_MAX_BLOCKS) return 0;
-  s2_col cols[S2_MAX_BLOCKS][S2_MAX_KW];
-  for (int b0 = 0, bo = 0; b0 < g->ow; b0 += 16, bo++)
-    for (int j = 0; j < g->kw; j++)
-      cols[bo][j] = s2_column(g, b0, g->ow - b0 < 16 ? g->ow - b0 : 16, j);
+  s2_geom s;
+  if (!s2_prepare(g, &s)) return 0;
   const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
   const size_t taps = (size_t)g->kh * g->kw;
   const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
   int c = 0;
   for (; c + 4 <= ch; c += 4)
-    s2_channels(4, x + c * in_plane, g, w + c * taps, bias ? bias + c : NULL, cols, clamp, vlo,
-                vhi, y + c * out_plane);
+    s2_channels(4, x + c * in_plane, g, w + c * taps, bias ? bias + c : NULL, &s, clamp, vlo, vhi,
+                y + c * out_plane);
   for (; c < ch; c++)
-    s2_channels(1, x + c * in_plane, g, w + c * taps, bias ? bias + c : NULL, cols, clamp, vlo,
-                vhi, y + c * out_plane);
+    s2_channels(1, x + c * in_plane, g, w + c * taps, bias ? bias + c : NULL, &s, clamp, vlo, vhi,
+                y + c * out_plane);
   return 1;
 }
 
@@ -302,7 +369,7 @@ static int backward_s1(const float *x, const float *dy, int ch, const float *w,
 
 static int backward_s2(const float *x, const float *dy, int ch, const float *w,
                        const vmc_conv_geom *g, float *dx, float *dw) {
-  if (g->sw != 2 || g->kw > S2_MAX_KW || g->ow > 16 * S2_MAX_BLOCKS) return 0;
+  if (!s2_takes(g)) return 0;
   s2_col cols[S2_MAX_BLOCKS][S2_MAX_KW];
   const int nbk = (g->ow + 15) / 16;
   for (int bo = 0; bo < nbk; bo++)
