@@ -1,10 +1,12 @@
 #!/bin/sh
 # vmc against PyTorch (Debian's python3-torch) on the same machine, in one run:
-#  1. resnet8 training: one epoch of Fashion-MNIST (batch 128, SGD Nesterov,
-#     same thread count), images/s for both and the ratio;
-#  2. fp32 inference of resnet8 and resnet20 at batch 1 and 64: median
-#     latency and images/s for both and the ratio.
-# Usage: bench/vs_torch.sh [THREADS]   (env IMAGES=60000 REPEATS=1 MODELS="resnet8 resnet20")
+#  1. training (resnet8 unless TRAIN_MODEL says otherwise): one epoch of
+#     Fashion-MNIST (batch 128, SGD Nesterov, same thread count), images/s
+#     for both and the ratio;
+#  2. fp32 inference of MODELS at batch 1 and 64: median latency and
+#     images/s for both and the ratio.
+# Usage: bench/vs_torch.sh [THREADS]
+#   env IMAGES=60000 REPEATS=1 MODELS="resnet8 resnet20" TRAIN_MODEL=resnet8
 # Run `make` first.  Prints a markdown table.
 set -eu
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ THREADS=${1:-$(nproc)}
 IMAGES=${IMAGES:-60000}
 REPEATS=${REPEATS:-1}
 MODELS=${MODELS:-resnet8 resnet20}
+TRAIN_MODEL=${TRAIN_MODEL:-resnet8}
 PY=/usr/bin/python3
 [ -x "$VMC" ] || { echo "build vmc first: make" >&2; exit 1; }
 $PY -c 'import torch' 2>/dev/null || { echo "needs Debian's python3-torch: apt-get install python3-torch" >&2; exit 1; }
@@ -26,14 +29,14 @@ echo "vmc: $($VMC --version); torch: $($PY -c 'import torch; print(torch.__versi
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
 
-echo "| resnet8 training, batch 128, $IMAGES images | vmc img/s | PyTorch img/s | vmc / PyTorch |"
+echo "| $TRAIN_MODEL training, batch 128, $IMAGES images | vmc img/s | PyTorch img/s | vmc / PyTorch |"
 echo "|---|---:|---:|---:|"
 v=""; t=""
 i=0
 while [ $i -lt "$REPEATS" ]; do
-  v="$v $($VMC train --model resnet8 --data fashion-mnist --epochs 1 --no-eval --limit-train "$IMAGES" \
+  v="$v $($VMC train --model "$TRAIN_MODEL" --data fashion-mnist --epochs 1 --no-eval --limit-train "$IMAGES" \
         --threads "$THREADS" --json --quiet -o /tmp/vmc-bench-$$.vmc | num images_per_sec)"
-  t="$t $($PY bench/peer_torch.py --task train --model resnet8 --threads "$THREADS" --batch 128 \
+  t="$t $($PY bench/peer_torch.py --task train --model "$TRAIN_MODEL" --threads "$THREADS" --batch 128 \
         --images "$IMAGES" | num images_per_sec)"
   i=$((i + 1))
 done
