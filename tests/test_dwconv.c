@@ -111,12 +111,14 @@ TEST(dwconv_strided_forward_matches_reference) {
   }
 }
 
-/* All channels in one call: exactly the floats of the per-channel avx512
- * kernels followed by the clamp, or 0 with y untouched where it declines. */
-static void dw_one_channel(const float *x, const float *w, float bias, const vmc_conv_geom *g,
-                           float *y) {
+/* All channels in one call: the floats of the same ISA's per-channel
+ * kernels followed by the clamp (exactly, except AVX2 at stride 2, whose
+ * per-channel kernel is the reference without FMA), or 0 with y untouched
+ * where it declines. */
+static void dw_one_channel(int avx2, const float *x, const float *w, float bias,
+                           const vmc_conv_geom *g, float *y) {
   if (g->sw == 2) {
-    vmc_dwconv_forward__avx512(x, w, bias, g, y);
+    (avx2 ? vmc_dwconv_forward__ref : vmc_dwconv_forward__avx512)(x, w, bias, g, y);
     return;
   }
   const int hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw;
@@ -129,30 +131,41 @@ static void dw_one_channel(const float *x, const float *w, float bias, const vmc
   }
   for (int i = 0; i < g->h; i++)
     memcpy(xp + (size_t)(i + g->ph) * wp + g->pw, x + (size_t)i * g->w, (size_t)g->w * 4);
-  vmc_dwconv_wide_forward__avx512(xp, wp, w, bias, g, yw);
+  (avx2 ? vmc_dwconv_wide_forward__avx2 : vmc_dwconv_wide_forward__avx512)(xp, wp, w, bias, g, yw);
   for (int i = 0; i < g->oh; i++) memcpy(y + (size_t)i * g->ow, yw + (size_t)i * wp, (size_t)g->ow * 4);
   free(xp), free(yw);
 }
 
-/* vmc_dwconv_planes cases: kh, kw, stride, pad, dilation, h, w, taken: "same" stride-1 planes
- * (one pixel, narrower than a vector, odd, dilated, 1x1), stride 2, and
- * the geometries it leaves to the per-channel kernels. */
-static const int k_planes[][8] = {
-    {3, 3, 1, 1, 1, 28, 28, 1}, {3, 3, 1, 1, 1, 14, 14, 1}, {3, 3, 1, 1, 1, 7, 7, 1},
-    {5, 5, 1, 2, 1, 9, 13, 1},  {3, 3, 1, 2, 2, 10, 6, 1},  {1, 1, 1, 0, 1, 5, 33, 1},
-    {3, 3, 1, 1, 1, 1, 1, 1},   {3, 3, 2, 1, 1, 28, 28, 1}, {3, 3, 2, 1, 1, 14, 14, 1},
-    {5, 5, 2, 2, 1, 15, 15, 1}, {3, 3, 2, 0, 1, 7, 9, 1},   {3, 3, 2, 1, 2, 40, 70, 1},
-    {1, 1, 2, 0, 1, 5, 33, 1},  {3, 5, 2, 2, 1, 3, 2, 1},
-    {3, 3, 1, 1, 1, 112, 112, 0}, /* more blocks x taps than its mask table */
-    {3, 3, 1, 0, 1, 9, 9, 0},     /* output smaller than the input */
-    {9, 9, 2, 4, 1, 20, 20, 0},   /* kw > 8 at stride 2 */
-    {3, 7, 2, 3, 3, 12, 40, 0},   /* a stride-2 row window past 48 floats */
-    {3, 5, 2, 2, 3, 12, 40, 1},   /* one of 43 */
-    {3, 3, 2, 1, 1, 600, 600, 0}, /* ow > 256 */
-    {3, 3, 3, 1, 1, 11, 11, 0}};
+/* vmc_dwconv_planes cases: kh, kw, stride, pad, dilation, h, w, taken by
+ * avx512, by avx2: "same" stride-1 planes (one pixel, narrower than a
+ * vector, odd, dilated, 1x1), stride 2, and the geometries left to the
+ * per-channel kernels. */
+static const int k_planes[][9] = {
+    {3, 3, 1, 1, 1, 28, 28, 1, 1}, {3, 3, 1, 1, 1, 14, 14, 1, 1}, {3, 3, 1, 1, 1, 7, 7, 1, 1},
+    {5, 5, 1, 2, 1, 9, 13, 1, 1},  {3, 3, 1, 2, 2, 10, 6, 1, 1},  {1, 1, 1, 0, 1, 5, 33, 1, 1},
+    {3, 3, 1, 1, 1, 1, 1, 1, 1},   {3, 3, 2, 1, 1, 28, 28, 1, 1}, {3, 3, 2, 1, 1, 14, 14, 1, 1},
+    {5, 5, 2, 2, 1, 15, 15, 1, 1}, {3, 3, 2, 0, 1, 7, 9, 1, 1},   {3, 3, 2, 1, 2, 40, 70, 1, 1},
+    {1, 1, 2, 0, 1, 5, 33, 1, 1},  {3, 5, 2, 2, 1, 3, 2, 1, 1},   {3, 5, 2, 4, 2, 12, 40, 1, 1},
+    {3, 3, 1, 1, 1, 112, 112, 0, 0}, /* more blocks x taps than the mask table */
+    {3, 3, 1, 0, 1, 9, 9, 0, 0},     /* output smaller than the input */
+    {9, 9, 2, 4, 1, 20, 20, 0, 0},   /* kw > 8 at stride 2 */
+    {3, 7, 2, 3, 3, 12, 40, 0, 0},   /* a stride-2 row window past 48 floats */
+    {3, 5, 2, 2, 3, 12, 40, 1, 0},   /* 43: past AVX2's 24 */
+    {3, 3, 2, 5, 5, 20, 40, 1, 0},   /* 41 */
+    {3, 3, 2, 1, 1, 600, 600, 0, 0}, /* ow > 256 */
+    {3, 3, 3, 1, 1, 11, 11, 0, 0}};
+
+typedef int (*planes_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
+                         int, float, float, float *);
 
 TEST(dwconv_planes_match_per_channel) {
-  if (strcmp(vmc_isa_name(), "avx512")) SKIP("needs AVX-512");
+  const char *isa = vmc_isa_name();
+  const struct {
+    planes_fn fn;
+    const char *name;
+    int runs, col;
+  } vs[] = {{vmc_dwconv_planes__avx512, "avx512", !strcmp(isa, "avx512"), 7},
+            {vmc_dwconv_planes__avx2, "avx2", strcmp(isa, "ref") != 0, 8}};
   vmc_rng r;
   vmc_rng_seed(&r, 21);
   for (size_t c = 0; c < sizeof k_planes / sizeof k_planes[0]; c++) {
@@ -162,39 +175,47 @@ TEST(dwconv_planes_match_per_channel) {
     g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
     g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
     REQUIRE(g.oh > 0 && g.ow > 0);
-    const int ch = k[7] ? 6 : 1, taps = g.kh * g.kw; /* 6: four at a time, then two */
+    const int ch = k[7] || k[8] ? 6 : 1, taps = g.kh * g.kw; /* 6: four at a time, then two */
     const size_t in = (size_t)g.h * g.w, out = (size_t)g.oh * g.ow;
     float *x = randv(in * ch, &r), *w = randv((size_t)taps * ch, &r), *b = randv((size_t)ch, &r);
     float *y0 = malloc(out * ch * 4), *y1 = malloc(out * ch * 4);
     REQUIRE(x && w && b && y0 && y1);
-    for (int form = 0; form < 2; form++) { /* bias and no clamp; no bias, clamp */
-      const int clamp = form == 1;
-      const float lo = 0.0f, hi = 0.25f;
-      for (size_t i = 0; i < out * ch; i++) y1[i] = 7.0f;
-      const int taken = vmc_dwconv_planes__avx512(x, ch, w, clamp ? NULL : b, &g, clamp, lo, hi, y1);
-      if (taken != k[7]) {
-        vmc_test_fail(__FILE__, __LINE__, "case %zu: taken %d, want %d", c, taken, k[7]);
-        continue;
-      }
-      if (!taken) {
-        for (size_t i = 0; i < out * ch; i++)
-          if (y1[i] != 7.0f) {
-            vmc_test_fail(__FILE__, __LINE__, "case %zu: declined but wrote y", c);
-            break;
-          }
-        continue;
-      }
-      for (int ci = 0; ci < ch; ci++)
-        dw_one_channel(x + ci * in, w + (size_t)ci * taps, clamp ? 0.0f : b[ci], &g, y0 + ci * out);
-      if (clamp)
-        for (size_t i = 0; i < out * ch; i++) {
-          const float v = y0[i] > lo ? y0[i] : lo;
-          y0[i] = v < hi ? v : hi;
+    for (size_t v = 0; v < sizeof vs / sizeof vs[0]; v++)
+      for (int form = 0; v < 2 && vs[v].runs && form < 2; form++) { /* bias; no bias, clamp */
+        const int clamp = form == 1, want = k[vs[v].col], avx2 = vs[v].col == 8;
+        const float lo = 0.0f, hi = 0.25f;
+        for (size_t i = 0; i < out * ch; i++) y1[i] = 7.0f;
+        const int taken = vs[v].fn(x, ch, w, clamp ? NULL : b, &g, clamp, lo, hi, y1);
+        if (taken != want) {
+          vmc_test_fail(__FILE__, __LINE__, "%s case %zu: taken %d, want %d", vs[v].name, c,
+                        taken, want);
+          continue;
         }
-      if (memcmp(y0, y1, out * ch * 4))
-        vmc_test_fail(__FILE__, __LINE__, "case %zu clamp %d: not the per-channel floats (%g)", c,
-                      clamp, rel(y0, y1, out * ch));
-    }
+        if (!taken) {
+          for (size_t i = 0; i < out * ch; i++)
+            if (y1[i] != 7.0f) {
+              vmc_test_fail(__FILE__, __LINE__, "%s case %zu: declined but wrote y", vs[v].name, c);
+              break;
+            }
+          continue;
+        }
+        for (int ci = 0; ci < ch; ci++)
+          dw_one_channel(avx2, x + ci * in, w + (size_t)ci * taps, clamp ? 0.0f : b[ci], &g,
+                         y0 + ci * out);
+        if (clamp)
+          for (size_t i = 0; i < out * ch; i++) {
+            const float t = y0[i] > lo ? y0[i] : lo;
+            y0[i] = t < hi ? t : hi;
+          }
+        if (avx2 && g.sw == 2) {
+          const float e = rel(y0, y1, out * ch);
+          if (!(e <= 1e-5f))
+            vmc_test_fail(__FILE__, __LINE__, "avx2 case %zu clamp %d: off by %g", c, clamp, e);
+        } else if (memcmp(y0, y1, out * ch * 4)) {
+          vmc_test_fail(__FILE__, __LINE__, "%s case %zu clamp %d: not the per-channel floats (%g)",
+                        vs[v].name, c, clamp, rel(y0, y1, out * ch));
+        }
+      }
     free(x), free(w), free(b), free(y0), free(y1);
   }
 }

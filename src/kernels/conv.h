@@ -76,6 +76,12 @@ int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
                       const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
 int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const float *bias,
                               const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
+/* The AVX2+FMA variant: the same geometries with 8-lane blocks (stride 2:
+ * 14 + (kw-1)*dw <= 23, ow <= 256); stride 1 gives exactly the floats of
+ * vmc_dwconv_wide_forward__avx2 plus the clamp, stride 2 those of
+ * vmc_dwconv_forward__ref to rounding (FMA). */
+int vmc_dwconv_planes__avx2(const float *x, int ch, const float *w, const float *bias,
+                            const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
 /* Its adjoint over the same channels and geometries (0, nothing written,
  * where vmc_dwconv_planes declines): dw[c*kh*kw + t] += sum over the plane
  * of dy * the input tap t reads, and with dx non-NULL, dx += the input

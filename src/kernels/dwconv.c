@@ -8,9 +8,13 @@ typedef void (*fwd_fn)(const float *, int, const float *, float, const vmc_conv_
 typedef void (*bwd_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
                        float *, float *);
 
+typedef int (*planes_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
+                         int, float, float, float *);
+
 typedef struct {
   fwd_fn fwd;
   bwd_fn bwd;
+  planes_fn planes;
   int avx512;
 } dw_variant;
 
@@ -18,9 +22,11 @@ typedef struct {
  * run once per channel, so the choice is not remade per call. */
 static const dw_variant *pick(void) {
   static const dw_variant v512 = {vmc_dwconv_wide_forward__avx512,
-                                  vmc_dwconv_wide_backward__avx512, 1};
-  static const dw_variant v2 = {vmc_dwconv_wide_forward__avx2, vmc_dwconv_wide_backward__avx2, 0};
-  static const dw_variant vref = {vmc_dwconv_wide_forward__ref, vmc_dwconv_wide_backward__ref, 0};
+                                  vmc_dwconv_wide_backward__avx512, vmc_dwconv_planes__avx512, 1};
+  static const dw_variant v2 = {vmc_dwconv_wide_forward__avx2, vmc_dwconv_wide_backward__avx2,
+                                vmc_dwconv_planes__avx2, 0};
+  static const dw_variant vref = {vmc_dwconv_wide_forward__ref, vmc_dwconv_wide_backward__ref, NULL,
+                                  0};
   static _Atomic(const dw_variant *) best;
   const dw_variant *v = atomic_load_explicit(&best, memory_order_acquire);
   if (v) return v;
@@ -50,7 +56,8 @@ void vmc_dwconv_forward(const float *x, const float *w, float bias, const vmc_co
 
 int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
                       const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
-  return pick()->avx512 ? vmc_dwconv_planes__avx512(x, ch, w, bias, g, clamp, lo, hi, y) : 0;
+  const dw_variant *v = pick();
+  return v->planes ? v->planes(x, ch, w, bias, g, clamp, lo, hi, y) : 0;
 }
 
 int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const float *w,
