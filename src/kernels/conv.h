@@ -83,7 +83,8 @@ int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const floa
 int vmc_dwconv_planes__avx2(const float *x, int ch, const float *w, const float *bias,
                             const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
 /* Its adjoint over the same channels and geometries (0, nothing written,
- * where vmc_dwconv_planes declines): dw[c*kh*kw + t] += sum over the plane
+ * where vmc_dwconv_planes declines, and at stride 2 with dx on input rows
+ * wider than 512): dw[c*kh*kw + t] += sum over the plane
  * of dy * the input tap t reads, and with dx non-NULL, dx += the input
  * gradient.  Agrees with vmc_dwconv_backward to rounding. */
 int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const float *w,

@@ -325,27 +325,32 @@ int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const floa
 }
 
 /* ---- backward of vmc_dwconv_planes (vmc_dwconv_planes_backward) ------------------
- * Tap by tap: dw[t] is one dot product over the plane (four chains), dY
- * re-read per tap from L1.  Stride 1: dx is the forward's flat convolution
- * of dY with the kernel reversed.  Stride 2: each tap's w * dY block is
- * spread back to the even elements of the window s2_tap gathered from
- * (two permutes) and added there. */
-INLINE float sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
-}
+ * Four channels at a time, as the forward.  dw[t] is one dot product per
+ * channel over the plane, dY re-read per tap from L1.  Stride 1: dx is the
+ * forward's flat convolution of dY with the kernel reversed.  Stride 2: dx
+ * is gathered per input row (s2_dx_channels). */
 
-static void s1_dw(const float *x, const float *dy, const s1_geom *s, float *dw) {
+/* dw of NC channels, tap by tap, one chain per channel (kept in registers:
+ * the channel loops are unrolled). */
+INLINE void s1_dw_channels(const int NC, const float *x, const float *dy, const s1_geom *s,
+                           float *dw) {
   const int nb = s->nb, taps = s->taps;
+  const size_t P = s->P;
   for (int t = 0; t < taps; t++) {
-    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                   _mm512_setzero_ps()};
+    __m512 acc[4];
+    UNROLL4
+    for (int k = 0; k < NC; k++) acc[k] = _mm512_setzero_ps();
     const float *xt = at_offset(x, s->off[t]);
     for (int b = 0; b < nb; b++) {
       const __mmask16 m = s->msk[(size_t)b * taps + t];
-      const __m512 d = _mm512_maskz_loadu_ps(m, dy + 16 * (size_t)b);
-      a[b & 3] = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, xt + 16 * (size_t)b), a[b & 3]);
+      const size_t n0 = 16 * (size_t)b;
+      UNROLL4
+      for (int k = 0; k < NC; k++)
+        acc[k] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + k * P + n0),
+                                 _mm512_maskz_loadu_ps(m, xt + k * P + n0), acc[k]);
     }
-    dw[t] += sum4(a[0], a[1], a[2], a[3]);
+    UNROLL4
+    for (int k = 0; k < NC; k++) dw[(size_t)k * taps + t] += _mm512_reduce_add_ps(acc[k]);
   }
 }
 
@@ -355,9 +360,11 @@ static int backward_s1(const float *x, const float *dy, int ch, const float *w,
   if (!s1_prepare(g, &s)) return 0;
   const size_t P = s.P, taps = (size_t)s.taps;
   const __m512 z = _mm512_setzero_ps();
-  for (int c = 0; c < ch; c++) s1_dw(x + c * P, dy + c * P, &s, dw + c * taps);
-  if (!dx) return 1;
   int c = 0;
+  for (; c + 4 <= ch; c += 4) s1_dw_channels(4, x + c * P, dy + c * P, &s, dw + c * taps);
+  for (; c < ch; c++) s1_dw_channels(1, x + c * P, dy + c * P, &s, dw + c * taps);
+  if (!dx) return 1;
+  c = 0;
   for (; c + 4 <= ch; c += 4)
     s1_channels(4, 1, 1, dy + c * P, P, w + c * taps, NULL, s.taps, s.nb, s.msk, s.off, 0, z, z,
                 dx + c * P);
@@ -367,57 +374,136 @@ static int backward_s1(const float *x, const float *dy, int ch, const float *w,
   return 1;
 }
 
+/* dx of a stride-2 row, gathered: input column 2m + p (parity p) takes
+ * w[i][j] * dY[oy][m + (p + pw - j*dw) / 2] from every tap column j of its
+ * parity, so each parity is a short correlation of the dY row (masked
+ * shifted loads), and the two are interleaved into 32 input columns.  All
+ * tap rows reaching input row iy are summed before one add into it.  NC
+ * channels at a time share the bookkeeping (these planes are small). */
+#define S2_MAX_QBLOCKS 16 /* 32-column blocks: w <= 512 */
+
+typedef struct {
+  __mmask16 dmask[S2_MAX_QBLOCKS][2][S2_MAX_KW]; /* dY lanes of block q, parity p, column j */
+  ptrdiff_t shift[2][S2_MAX_KW];
+  int nq;
+} s2_dx_geom;
+
+INLINE void s2_dx_parity(const int NC, const int p, const vmc_conv_geom *g, const s2_dx_geom *s,
+                         int q, int i, const float *dyr, size_t out_plane, const float *w,
+                         int taps, __m512 *e) {
+  for (int j = 0; j < g->kw; j++) {
+    const __mmask16 m = s->dmask[q][p][j];
+    if (!m) continue;
+    const float *src = at_offset(dyr, s->shift[p][j]);
+    UNROLL4
+    for (int k = 0; k < NC; k++)
+      e[k] = _mm512_fmadd_ps(_mm512_set1_ps(w[(size_t)k * taps + i * g->kw + j]),
+                             _mm512_maskz_loadu_ps(m, src + k * out_plane), e[k]);
+  }
+}
+
+INLINE void s2_dx_channels(const int NC, const vmc_conv_geom *g, const s2_dx_geom *s,
+                           const float *w, const float *dy, float *dx) {
+  const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
+  const int taps = g->kh * g->kw;
+  for (int iy = 0; iy < g->h; iy++)
+    for (int q = 0; q < s->nq; q++) {
+      __m512 e0[4], e1[4];
+      UNROLL4
+      for (int k = 0; k < NC; k++) e0[k] = e1[k] = _mm512_setzero_ps();
+      int any = 0;
+      for (int i = 0; i < g->kh; i++) {
+        const int t = iy + g->ph - i * g->dh;
+        if (t < 0 || t % g->sh || t / g->sh >= g->oh) continue;
+        const float *dyr = dy + (size_t)(t / g->sh) * g->ow + 16 * q;
+        s2_dx_parity(NC, 0, g, s, q, i, dyr, out_plane, w, taps, e0);
+        s2_dx_parity(NC, 1, g, s, q, i, dyr, out_plane, w, taps, e1);
+        any = 1;
+      }
+      if (!any) continue;
+      const int left = g->w - 32 * q;
+      const __mmask16 klo = (__mmask16)(left >= 16 ? 0xffffu : (1u << left) - 1);
+      const __mmask16 khi =
+          (__mmask16)(left >= 32 ? 0xffffu : left <= 16 ? 0u : (1u << (left - 16)) - 1);
+      UNROLL4
+      for (int k = 0; k < NC; k++) {
+        float *d = dx + k * in_plane + (size_t)iy * g->w + 32 * q;
+        _mm512_mask_storeu_ps(d, klo, _mm512_add_ps(_mm512_maskz_loadu_ps(klo, d),
+                                                    _mm512_permutex2var_ps(e0[k], ilo, e1[k])));
+        if (khi)
+          _mm512_mask_storeu_ps(d + 16, khi,
+                                _mm512_add_ps(_mm512_maskz_loadu_ps(khi, d + 16),
+                                              _mm512_permutex2var_ps(e0[k], ihi, e1[k])));
+      }
+    }
+}
+
+/* dw of NC channels, tap by tap: one chain per channel. */
+INLINE void s2_dw_channels(const int NC, const vmc_conv_geom *g,
+                           const s2_col (*cols)[S2_MAX_KW], int nbk, const float *x,
+                           const float *dy, float *dw) {
+  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
+  const int taps = g->kh * g->kw;
+  for (int i = 0; i < g->kh; i++)
+    for (int j = 0; j < g->kw; j++) {
+      __m512 acc[4];
+      UNROLL4
+      for (int k = 0; k < NC; k++) acc[k] = _mm512_setzero_ps();
+      for (int oy = 0; oy < g->oh; oy++) {
+        const int iy = oy * g->sh - g->ph + i * g->dh;
+        if (iy < 0 || iy >= g->h) continue;
+        for (int bo = 0; bo < nbk; bo++) {
+          const s2_col *col = &cols[bo][j];
+          if (!col->used) continue;
+          const int b0 = 16 * bo, nb = g->ow - b0 < 16 ? g->ow - b0 : 16;
+          const __mmask16 keep = (__mmask16)((1u << nb) - 1);
+          const float *dyr = dy + (size_t)oy * g->ow + b0, *xr = x + (size_t)iy * g->w;
+          UNROLL4
+          for (int k = 0; k < NC; k++)
+            acc[k] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(keep, dyr + k * out_plane),
+                                     s2_tap(xr + k * in_plane, col), acc[k]);
+        }
+      }
+      UNROLL4
+      for (int k = 0; k < NC; k++) dw[(size_t)k * taps + i * g->kw + j] += _mm512_reduce_add_ps(acc[k]);
+    }
+}
+
 static int backward_s2(const float *x, const float *dy, int ch, const float *w,
                        const vmc_conv_geom *g, float *dx, float *dw) {
-  if (!s2_takes(g)) return 0;
+  if (!s2_takes(g) || (dx && g->w > 32 * S2_MAX_QBLOCKS)) return 0;
   s2_col cols[S2_MAX_BLOCKS][S2_MAX_KW];
   const int nbk = (g->ow + 15) / 16;
   for (int bo = 0; bo < nbk; bo++)
     for (int j = 0; j < g->kw; j++)
       cols[bo][j] = s2_column(g, 16 * bo, g->ow - 16 * bo < 16 ? g->ow - 16 * bo : 16, j);
-  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
-  const int taps = g->kh * g->kw;
-  const __m512i half = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-  for (int c = 0; c < ch; c++) {
-    const float *xc = x + c * in_plane, *dyc = dy + c * out_plane;
-    float *dxc = dx ? dx + c * in_plane : NULL;
-    for (int i = 0; i < g->kh; i++)
-      for (int j = 0; j < g->kw; j++) {
-        const int t = i * g->kw + j;
-        const __m512 wv = _mm512_set1_ps(w[(size_t)c * taps + t]);
-        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                       _mm512_setzero_ps()};
-        int chain = 0;
-        for (int oy = 0; oy < g->oh; oy++) {
-          const int iy = oy * g->sh - g->ph + i * g->dh;
-          if (iy < 0 || iy >= g->h) continue;
-          for (int bo = 0; bo < nbk; bo++) {
-            const s2_col *col = &cols[bo][j];
-            if (!col->used) continue;
-            const int b0 = 16 * bo, nb = g->ow - b0 < 16 ? g->ow - b0 : 16;
-            const __m512 d =
-                _mm512_maskz_loadu_ps((__mmask16)((1u << nb) - 1), dyc + (size_t)oy * g->ow + b0);
-            const float *xr = xc + (size_t)iy * g->w;
-            a[chain] = _mm512_fmadd_ps(d, s2_tap(xr, col), a[chain]);
-            chain = (chain + 1) & 3;
-            if (!dxc) continue;
-            /* element e of the window: lane e/2 + shift's w*dy where e is even
-             * and inside the valid span */
-            const __m512 v = _mm512_mul_ps(wv, d);
-            const __m512i sh = _mm512_set1_epi32(col->shift);
-            const __m512 lo = _mm512_permutexvar_ps(_mm512_add_epi32(half, sh), v);
-            const __m512 hi =
-                _mm512_permutexvar_ps(_mm512_add_epi32(half, _mm512_add_epi32(sh, _mm512_set1_epi32(8))), v);
-            const __mmask16 mlo = col->ma & 0x5555, mhi = col->mb & 0x5555;
-            float *dr = dxc + (size_t)iy * g->w + col->col;
-            _mm512_mask_storeu_ps(dr, mlo, _mm512_add_ps(_mm512_maskz_loadu_ps(mlo, dr), lo));
-            if (mhi)
-              _mm512_mask_storeu_ps(dr + 16, mhi,
-                                    _mm512_add_ps(_mm512_maskz_loadu_ps(mhi, dr + 16), hi));
-          }
+  s2_dx_geom sx;
+  sx.nq = (g->w + 31) / 32;
+  for (int p = 0; p < 2; p++)
+    for (int j = 0; j < g->kw; j++) {
+      const int num = p + g->pw - j * g->dw;
+      sx.shift[p][j] = num / 2; /* exact where used: num even */
+      for (int q = 0; q < sx.nq; q++) {
+        unsigned m = 0;
+        for (int l = 0; l < 16 && num % 2 == 0; l++) {
+          const int ox = 16 * q + l + num / 2, ix = 2 * (16 * q + l) + p;
+          if (ox >= 0 && ox < g->ow && ix < g->w) m |= 1u << l;
         }
-        dw[(size_t)c * taps + t] += sum4(a[0], a[1], a[2], a[3]);
+        sx.dmask[q][p][j] = (__mmask16)m;
       }
+    }
+  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
+  const size_t taps = (size_t)g->kh * g->kw;
+  int c = 0;
+  for (; c + 4 <= ch; c += 4) {
+    s2_dw_channels(4, g, cols, nbk, x + c * in_plane, dy + c * out_plane, dw + c * taps);
+    if (dx) s2_dx_channels(4, g, &sx, w + c * taps, dy + c * out_plane, dx + c * in_plane);
+  }
+  for (; c < ch; c++) {
+    s2_dw_channels(1, g, cols, nbk, x + c * in_plane, dy + c * out_plane, dw + c * taps);
+    if (dx) s2_dx_channels(1, g, &sx, w + c * taps, dy + c * out_plane, dx + c * in_plane);
   }
   return 1;
 }
