@@ -220,45 +220,59 @@ TEST(dwconv_planes_match_per_channel) {
   }
 }
 
-/* Its backward: vmc_dwconv_backward's dw and dx, accumulated, to rounding. */
+/* Its backward: vmc_dwconv_backward's dw and dx, accumulated, to rounding,
+ * for each variant the CPU runs. */
+typedef int (*planes_bwd_fn)(const float *, const float *, int, const float *,
+                             const vmc_conv_geom *, float *, float *);
+
 TEST(dwconv_planes_backward_matches_reference) {
-  if (strcmp(vmc_isa_name(), "avx512")) SKIP("needs AVX-512");
+  const char *isa = vmc_isa_name();
+  const struct {
+    planes_bwd_fn fn;
+    const char *name;
+    int runs, col;
+  } vs[] = {{vmc_dwconv_planes_backward__avx512, "avx512", !strcmp(isa, "avx512"), 7},
+            {vmc_dwconv_planes_backward__avx2, "avx2", strcmp(isa, "ref") != 0, 8}};
   vmc_rng r;
   vmc_rng_seed(&r, 22);
-  for (size_t c = 0; c < sizeof k_planes / sizeof k_planes[0]; c++) {
-    const int *k = k_planes[c];
-    vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
-                       .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
-    g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
-    g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
-    const int ch = k[7] ? 6 : 1, taps = g.kh * g.kw;
-    const size_t in = (size_t)g.h * g.w * ch, out = (size_t)g.oh * g.ow * ch;
-    float *x = randv(in, &r), *w = randv((size_t)taps * ch, &r), *dy = randv(out, &r);
-    float *dx0 = randv(in, &r), *dw0 = randv((size_t)taps * ch, &r);
-    float *dx1 = malloc(in * 4), *dw1 = malloc((size_t)taps * ch * 4);
-    REQUIRE(x && w && dy && dx0 && dw0 && dx1 && dw1);
-    memcpy(dx1, dx0, in * 4);
-    memcpy(dw1, dw0, (size_t)taps * ch * 4);
-    const int taken = vmc_dwconv_planes_backward__avx512(x, dy, ch, w, &g, dx1, dw1);
-    if (taken != k[7])
-      vmc_test_fail(__FILE__, __LINE__, "case %zu: taken %d, want %d", c, taken, k[7]);
-    if (!taken) {
-      CHECK(!memcmp(dx0, dx1, in * 4) && !memcmp(dw0, dw1, (size_t)taps * ch * 4));
-    } else {
-      for (int ci = 0; ci < ch; ci++)
-        vmc_dwconv_backward(x + ci * in / ch, w + ci * taps, dy + ci * out / ch, &g,
-                            dx0 + ci * in / ch, dw0 + ci * taps);
-      const float e1 = rel(dx0, dx1, in), e2 = rel(dw0, dw1, (size_t)taps * ch);
-      if (e1 > 1e-5f || e2 > 1e-5f)
-        vmc_test_fail(__FILE__, __LINE__, "case %zu: dx %g dw %g", c, e1, e2);
-      /* without dx, dw alone */
+  for (size_t v = 0; v < sizeof vs / sizeof vs[0]; v++) {
+    if (!vs[v].runs) continue;
+    for (size_t c = 0; c < sizeof k_planes / sizeof k_planes[0]; c++) {
+      const int *k = k_planes[c], want = k[vs[v].col];
+      vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
+                         .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
+      g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
+      g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+      const int ch = want ? 6 : 1, taps = g.kh * g.kw;
+      const size_t in = (size_t)g.h * g.w * ch, out = (size_t)g.oh * g.ow * ch;
+      float *x = randv(in, &r), *w = randv((size_t)taps * ch, &r), *dy = randv(out, &r);
+      float *dx0 = randv(in, &r), *dw0 = randv((size_t)taps * ch, &r);
+      float *dx1 = malloc(in * 4), *dw1 = malloc((size_t)taps * ch * 4);
+      REQUIRE(x && w && dy && dx0 && dw0 && dx1 && dw1);
+      memcpy(dx1, dx0, in * 4);
       memcpy(dw1, dw0, (size_t)taps * ch * 4);
-      for (int ci = 0; ci < ch; ci++)
-        vmc_dwconv_backward(x + ci * in / ch, w + ci * taps, dy + ci * out / ch, &g, NULL,
-                            dw0 + ci * taps);
-      CHECK(vmc_dwconv_planes_backward__avx512(x, dy, ch, w, &g, NULL, dw1) == 1);
-      CHECK(rel(dw0, dw1, (size_t)taps * ch) <= 1e-5f);
+      const int taken = vs[v].fn(x, dy, ch, w, &g, dx1, dw1);
+      if (taken != want)
+        vmc_test_fail(__FILE__, __LINE__, "%s case %zu: taken %d, want %d", vs[v].name, c, taken,
+                      want);
+      if (!taken) {
+        CHECK(!memcmp(dx0, dx1, in * 4) && !memcmp(dw0, dw1, (size_t)taps * ch * 4));
+      } else {
+        for (int ci = 0; ci < ch; ci++)
+          vmc_dwconv_backward(x + ci * in / ch, w + ci * taps, dy + ci * out / ch, &g,
+                              dx0 + ci * in / ch, dw0 + ci * taps);
+        const float e1 = rel(dx0, dx1, in), e2 = rel(dw0, dw1, (size_t)taps * ch);
+        if (e1 > 1e-5f || e2 > 1e-5f)
+          vmc_test_fail(__FILE__, __LINE__, "%s case %zu: dx %g dw %g", vs[v].name, c, e1, e2);
+        /* without dx, dw alone */
+        memcpy(dw1, dw0, (size_t)taps * ch * 4);
+        for (int ci = 0; ci < ch; ci++)
+          vmc_dwconv_backward(x + ci * in / ch, w + ci * taps, dy + ci * out / ch, &g, NULL,
+                              dw0 + ci * taps);
+        CHECK(vs[v].fn(x, dy, ch, w, &g, NULL, dw1) == 1);
+        CHECK(rel(dw0, dw1, (size_t)taps * ch) <= 1e-5f);
+      }
+      free(x), free(w), free(dy), free(dx0), free(dw0), free(dx1), free(dw1);
     }
-    free(x), free(w), free(dy), free(dx0), free(dw0), free(dx1), free(dw1);
   }
 }

@@ -91,5 +91,7 @@ int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const fl
                                const vmc_conv_geom *g, float *dx, float *dw);
 int vmc_dwconv_planes_backward__avx512(const float *x, const float *dy, int ch, const float *w,
                                        const vmc_conv_geom *g, float *dx, float *dw);
+int vmc_dwconv_planes_backward__avx2(const float *x, const float *dy, int ch, const float *w,
+                                     const vmc_conv_geom *g, float *dx, float *dw);
 
 #endif

@@ -11,22 +11,26 @@ typedef void (*bwd_fn)(const float *, int, const float *, const float *, const v
 typedef int (*planes_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
                          int, float, float, float *);
 
+typedef int (*planes_bwd_fn)(const float *, const float *, int, const float *,
+                             const vmc_conv_geom *, float *, float *);
+
 typedef struct {
   fwd_fn fwd;
   bwd_fn bwd;
   planes_fn planes;
+  planes_bwd_fn planes_bwd;
   int avx512;
 } dw_variant;
 
 /* Chosen once (vmc_isa_name() is fixed after its first call); the kernels
  * run once per channel, so the choice is not remade per call. */
 static const dw_variant *pick(void) {
-  static const dw_variant v512 = {vmc_dwconv_wide_forward__avx512,
-                                  vmc_dwconv_wide_backward__avx512, vmc_dwconv_planes__avx512, 1};
+  static const dw_variant v512 = {vmc_dwconv_wide_forward__avx512, vmc_dwconv_wide_backward__avx512,
+                                  vmc_dwconv_planes__avx512, vmc_dwconv_planes_backward__avx512, 1};
   static const dw_variant v2 = {vmc_dwconv_wide_forward__avx2, vmc_dwconv_wide_backward__avx2,
-                                vmc_dwconv_planes__avx2, 0};
+                                vmc_dwconv_planes__avx2, vmc_dwconv_planes_backward__avx2, 0};
   static const dw_variant vref = {vmc_dwconv_wide_forward__ref, vmc_dwconv_wide_backward__ref, NULL,
-                                  0};
+                                  NULL, 0};
   static _Atomic(const dw_variant *) best;
   const dw_variant *v = atomic_load_explicit(&best, memory_order_acquire);
   if (v) return v;
@@ -62,5 +66,6 @@ int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
 
 int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const float *w,
                                const vmc_conv_geom *g, float *dx, float *dw) {
-  return pick()->avx512 ? vmc_dwconv_planes_backward__avx512(x, dy, ch, w, g, dx, dw) : 0;
+  const dw_variant *v = pick();
+  return v->planes_bwd ? v->planes_bwd(x, dy, ch, w, g, dx, dw) : 0;
 }
