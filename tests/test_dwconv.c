@@ -27,6 +27,15 @@ static float rel(const float *a, const float *b, size_t n) {
   return d / s;
 }
 
+/* One channel's geometry from a case row: kh, kw, stride, pad, dilation, h, w. */
+static vmc_conv_geom geom_of(const int *k) {
+  vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
+                     .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
+  g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
+  g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+  return g;
+}
+
 TEST(dwconv_wide_variants_match_reference) {
   const char *isa = vmc_isa_name();
   variant vs[] = {
@@ -94,10 +103,7 @@ TEST(dwconv_strided_forward_matches_reference) {
   vmc_rng_seed(&r, 9);
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
     const int *k = cases[c];
-    vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
-                       .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
-    g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
-    g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+    const vmc_conv_geom g = geom_of(k);
     REQUIRE(g.oh > 0 && g.ow > 0);
     const size_t n = (size_t)g.oh * g.ow;
     float *x = randv((size_t)g.h * g.w, &r), *w = randv((size_t)g.kh * g.kw, &r);
@@ -113,12 +119,18 @@ TEST(dwconv_strided_forward_matches_reference) {
 
 /* All channels in one call: the floats of the same ISA's per-channel
  * kernels followed by the clamp (exactly, except AVX2 at stride 2, whose
- * per-channel kernel is the reference without FMA), or 0 with y untouched
- * where it declines. */
-static void dw_one_channel(int avx2, const float *x, const float *w, float bias,
+ * per-channel kernel is the reference without FMA), and the reference's to
+ * rounding; or 0 with y untouched where it declines. */
+enum { V_REF, V_AVX2, V_AVX512 };
+
+static void dw_one_channel(int v, const float *x, const float *w, float bias,
                            const vmc_conv_geom *g, float *y) {
-  if (g->sw == 2) {
-    (avx2 ? vmc_dwconv_forward__ref : vmc_dwconv_forward__avx512)(x, w, bias, g, y);
+  if (v == V_REF || (v == V_AVX2 && g->sw != 1)) {
+    vmc_dwconv_forward__ref(x, w, bias, g, y);
+    return;
+  }
+  if (g->sw != 1) {
+    vmc_dwconv_forward__avx512(x, w, bias, g, y);
     return;
   }
   const int hp = g->h + 2 * g->ph, wp = g->w + 2 * g->pw;
@@ -131,7 +143,8 @@ static void dw_one_channel(int avx2, const float *x, const float *w, float bias,
   }
   for (int i = 0; i < g->h; i++)
     memcpy(xp + (size_t)(i + g->ph) * wp + g->pw, x + (size_t)i * g->w, (size_t)g->w * 4);
-  (avx2 ? vmc_dwconv_wide_forward__avx2 : vmc_dwconv_wide_forward__avx512)(xp, wp, w, bias, g, yw);
+  (v == V_AVX2 ? vmc_dwconv_wide_forward__avx2 : vmc_dwconv_wide_forward__avx512)(xp, wp, w, bias,
+                                                                                  g, yw);
   for (int i = 0; i < g->oh; i++) memcpy(y + (size_t)i * g->ow, yw + (size_t)i * wp, (size_t)g->ow * 4);
   free(xp), free(yw);
 }
@@ -155,37 +168,37 @@ static const int k_planes[][9] = {
     {3, 3, 2, 1, 1, 600, 600, 0, 0}, /* ow > 256 */
     {3, 3, 3, 1, 1, 11, 11, 0, 0}};
 
-typedef int (*planes_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
-                         int, float, float, float *);
+typedef int (*planes_fn)(const float *, int, const float *, const vmc_dwconv_epi *,
+                         const vmc_conv_geom *, float *);
 
 TEST(dwconv_planes_match_per_channel) {
   const char *isa = vmc_isa_name();
   const struct {
     planes_fn fn;
     const char *name;
-    int runs, col;
-  } vs[] = {{vmc_dwconv_planes__avx512, "avx512", !strcmp(isa, "avx512"), 7},
-            {vmc_dwconv_planes__avx2, "avx2", strcmp(isa, "ref") != 0, 8}};
+    int runs, col, v;
+  } vs[] = {{vmc_dwconv_planes__ref, "ref", 1, -1, V_REF},
+            {vmc_dwconv_planes__avx2, "avx2", strcmp(isa, "ref") != 0, 8, V_AVX2},
+            {vmc_dwconv_planes__avx512, "avx512", !strcmp(isa, "avx512"), 7, V_AVX512}};
   vmc_rng r;
   vmc_rng_seed(&r, 21);
   for (size_t c = 0; c < sizeof k_planes / sizeof k_planes[0]; c++) {
     const int *k = k_planes[c];
-    vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
-                       .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
-    g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
-    g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+    const vmc_conv_geom g = geom_of(k);
     REQUIRE(g.oh > 0 && g.ow > 0);
     const int ch = k[7] || k[8] ? 6 : 1, taps = g.kh * g.kw; /* 6: four at a time, then two */
     const size_t in = (size_t)g.h * g.w, out = (size_t)g.oh * g.ow;
     float *x = randv(in * ch, &r), *w = randv((size_t)taps * ch, &r), *b = randv((size_t)ch, &r);
-    float *y0 = malloc(out * ch * 4), *y1 = malloc(out * ch * 4);
-    REQUIRE(x && w && b && y0 && y1);
-    for (size_t v = 0; v < sizeof vs / sizeof vs[0]; v++)
-      for (int form = 0; v < 2 && vs[v].runs && form < 2; form++) { /* bias; no bias, clamp */
-        const int clamp = form == 1, want = k[vs[v].col], avx2 = vs[v].col == 8;
-        const float lo = 0.0f, hi = 0.25f;
+    float *y0 = malloc(out * ch * 4), *y1 = malloc(out * ch * 4), *yr = malloc(out * ch * 4);
+    REQUIRE(x && w && b && y0 && y1 && yr);
+    for (int form = 0; form < 2; form++) { /* bias; no bias, clamp */
+      const vmc_dwconv_epi epi = {form ? NULL : b, form, 0.0f, 0.25f};
+      REQUIRE(vmc_dwconv_planes__ref(x, ch, w, &epi, &g, yr) == 1);
+      for (size_t v = 0; v < sizeof vs / sizeof vs[0]; v++) {
+        if (!vs[v].runs) continue;
+        const int want = vs[v].col < 0 ? 1 : k[vs[v].col];
         for (size_t i = 0; i < out * ch; i++) y1[i] = 7.0f;
-        const int taken = vs[v].fn(x, ch, w, clamp ? NULL : b, &g, clamp, lo, hi, y1);
+        const int taken = vs[v].fn(x, ch, w, &epi, &g, y1);
         if (taken != want) {
           vmc_test_fail(__FILE__, __LINE__, "%s case %zu: taken %d, want %d", vs[v].name, c,
                         taken, want);
@@ -200,23 +213,23 @@ TEST(dwconv_planes_match_per_channel) {
           continue;
         }
         for (int ci = 0; ci < ch; ci++)
-          dw_one_channel(avx2, x + ci * in, w + (size_t)ci * taps, clamp ? 0.0f : b[ci], &g,
+          dw_one_channel(vs[v].v, x + ci * in, w + (size_t)ci * taps, form ? 0.0f : b[ci], &g,
                          y0 + ci * out);
-        if (clamp)
-          for (size_t i = 0; i < out * ch; i++) {
-            const float t = y0[i] > lo ? y0[i] : lo;
-            y0[i] = t < hi ? t : hi;
-          }
-        if (avx2 && g.sw == 2) {
-          const float e = rel(y0, y1, out * ch);
-          if (!(e <= 1e-5f))
-            vmc_test_fail(__FILE__, __LINE__, "avx2 case %zu clamp %d: off by %g", c, clamp, e);
-        } else if (memcmp(y0, y1, out * ch * 4)) {
-          vmc_test_fail(__FILE__, __LINE__, "%s case %zu clamp %d: not the per-channel floats (%g)",
-                        vs[v].name, c, clamp, rel(y0, y1, out * ch));
+        for (size_t i = 0; form && i < out * ch; i++) {
+          const float t = y0[i] > epi.lo ? y0[i] : epi.lo;
+          y0[i] = t < epi.hi ? t : epi.hi;
         }
+        const float to_ref = rel(yr, y1, out * ch);
+        if (!(to_ref <= 1e-5f))
+          vmc_test_fail(__FILE__, __LINE__, "%s case %zu clamp %d: off the reference by %g",
+                        vs[v].name, c, form, to_ref);
+        if (vs[v].v == V_AVX2 && g.sw == 2) continue; /* FMA against mul + add: to rounding */
+        if (memcmp(y0, y1, out * ch * 4))
+          vmc_test_fail(__FILE__, __LINE__, "%s case %zu clamp %d: not the per-channel floats (%g)",
+                        vs[v].name, c, form, rel(y0, y1, out * ch));
       }
-    free(x), free(w), free(b), free(y0), free(y1);
+    }
+    free(x), free(w), free(b), free(y0), free(y1), free(yr);
   }
 }
 
@@ -231,18 +244,16 @@ TEST(dwconv_planes_backward_matches_reference) {
     planes_bwd_fn fn;
     const char *name;
     int runs, col;
-  } vs[] = {{vmc_dwconv_planes_backward__avx512, "avx512", !strcmp(isa, "avx512"), 7},
+  } vs[] = {{vmc_dwconv_planes_backward__ref, "ref", 1, -1},
+            {vmc_dwconv_planes_backward__avx512, "avx512", !strcmp(isa, "avx512"), 7},
             {vmc_dwconv_planes_backward__avx2, "avx2", strcmp(isa, "ref") != 0, 8}};
   vmc_rng r;
   vmc_rng_seed(&r, 22);
   for (size_t v = 0; v < sizeof vs / sizeof vs[0]; v++) {
     if (!vs[v].runs) continue;
     for (size_t c = 0; c < sizeof k_planes / sizeof k_planes[0]; c++) {
-      const int *k = k_planes[c], want = k[vs[v].col];
-      vmc_conv_geom g = {.c = 1, .h = k[5], .w = k[6], .kh = k[0], .kw = k[1], .sh = k[2],
-                         .sw = k[2], .ph = k[3], .pw = k[3], .dh = k[4], .dw = k[4]};
-      g.oh = vmc_conv_out(g.h, g.kh, g.sh, g.ph, g.dh);
-      g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
+      const int *k = k_planes[c], want = vs[v].col < 0 ? 1 : k[vs[v].col];
+      const vmc_conv_geom g = geom_of(k);
       const int ch = want ? 6 : 1, taps = g.kh * g.kw;
       const size_t in = (size_t)g.h * g.w * ch, out = (size_t)g.oh * g.ow * ch;
       float *x = randv(in, &r), *w = randv((size_t)taps * ch, &r), *dy = randv(out, &r);

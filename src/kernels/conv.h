@@ -64,34 +64,40 @@ VMC_DWCONV_WIDE_VARIANT(avx512)
 /* Depthwise forward over ch channels in one call, straight from the
  * unpadded planes: channel c reads x + c*h*w and writes y + c*oh*ow,
  *   y = bias[c] + sum_ij w[c*kh*kw + i*kw + j] * x[oy*sh - ph + i*dh][ox*sw - pw + j*dw]
- * (bias NULL: 0; x 0 outside the plane), then with clamp != 0 min(max(y,
- * lo), hi) as vmc_clampf.  Returns 0, writing nothing, where no kernel for
- * this CPU takes the geometry; the caller then runs the per-channel kernels
- * above.  The avx512 variant takes stride 1 with the output the input's
- * size ("same" padding) on planes of up to 4096 / (kh*kw) blocks of 16
- * pixels, and stride 2 with kw <= 8 and ow <= 256.  Its floats are exactly
- * those of the per-channel avx512 kernels (the wide one for stride 1,
- * vmc_dwconv_forward__avx512 for stride 2) followed by the clamp. */
-int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
-                      const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
-int vmc_dwconv_planes__avx512(const float *x, int ch, const float *w, const float *bias,
-                              const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
-/* The AVX2+FMA variant: the same geometries with 8-lane blocks (stride 2:
- * 14 + (kw-1)*dw <= 23, ow <= 256); stride 1 gives exactly the floats of
- * vmc_dwconv_wide_forward__avx2 plus the clamp, stride 2 those of
- * vmc_dwconv_forward__ref to rounding (FMA). */
-int vmc_dwconv_planes__avx2(const float *x, int ch, const float *w, const float *bias,
-                            const vmc_conv_geom *g, int clamp, float lo, float hi, float *y);
+ * (x 0 outside the plane), then the epilogue's clamp.  Returns 0, writing
+ * nothing, where the variant does not take the geometry; the caller then
+ * runs the per-channel kernels above.  __ref takes every geometry (the
+ * per-channel reference loops).  The SIMD variants (dwconv_planes_simd.h)
+ * take stride 1 with the output the input's size ("same" padding) on planes
+ * of up to 4096 / (kh*kw) blocks of VL pixels, and stride 2 with kw <= 8,
+ * ow <= 256 and (kw-1)*dw <= VL + 1 (VL: 16 avx512, 8 avx2).  avx512 gives
+ * exactly the floats of its per-channel kernels (the wide one for stride 1,
+ * vmc_dwconv_forward__avx512 for stride 2) followed by the clamp; avx2 those
+ * of vmc_dwconv_wide_forward__avx2 at stride 1, and agrees with the
+ * reference to rounding (FMA) at stride 2. */
+typedef struct vmc_dwconv_epi {
+  const float *bias; /* per channel, or NULL: 0 */
+  int clamp;         /* nonzero: min(max(y, lo), hi), as vmc_clampf */
+  float lo, hi;
+} vmc_dwconv_epi;
+
+int vmc_dwconv_planes(const float *x, int ch, const float *w, const vmc_dwconv_epi *epi,
+                      const vmc_conv_geom *g, float *y);
 /* Its adjoint over the same channels and geometries (0, nothing written,
- * where vmc_dwconv_planes declines, and at stride 2 with dx on input rows
- * wider than 512): dw[c*kh*kw + t] += sum over the plane
- * of dy * the input tap t reads, and with dx non-NULL, dx += the input
- * gradient.  Agrees with vmc_dwconv_backward to rounding. */
+ * where the forward declines, and at stride 2 with dx on input rows wider
+ * than 512): dw[c*kh*kw + t] += sum over the plane of dy * the input tap t
+ * reads, and with dx non-NULL, dx += the input gradient.  The SIMD variants
+ * agree with __ref (vmc_dwconv_backward per channel) to rounding. */
 int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const float *w,
                                const vmc_conv_geom *g, float *dx, float *dw);
-int vmc_dwconv_planes_backward__avx512(const float *x, const float *dy, int ch, const float *w,
-                                       const vmc_conv_geom *g, float *dx, float *dw);
-int vmc_dwconv_planes_backward__avx2(const float *x, const float *dy, int ch, const float *w,
-                                     const vmc_conv_geom *g, float *dx, float *dw);
+
+#define VMC_DWCONV_PLANES_VARIANT(sfx)                                                         \
+  int vmc_dwconv_planes__##sfx(const float *x, int ch, const float *w,                         \
+                               const vmc_dwconv_epi *epi, const vmc_conv_geom *g, float *y);   \
+  int vmc_dwconv_planes_backward__##sfx(const float *x, const float *dy, int ch, const float *w, \
+                                        const vmc_conv_geom *g, float *dx, float *dw);
+VMC_DWCONV_PLANES_VARIANT(ref)
+VMC_DWCONV_PLANES_VARIANT(avx2)
+VMC_DWCONV_PLANES_VARIANT(avx512)
 
 #endif

@@ -8,8 +8,8 @@ typedef void (*fwd_fn)(const float *, int, const float *, float, const vmc_conv_
 typedef void (*bwd_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
                        float *, float *);
 
-typedef int (*planes_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
-                         int, float, float, float *);
+typedef int (*planes_fn)(const float *, int, const float *, const vmc_dwconv_epi *,
+                         const vmc_conv_geom *, float *);
 
 typedef int (*planes_bwd_fn)(const float *, const float *, int, const float *,
                              const vmc_conv_geom *, float *, float *);
@@ -29,8 +29,8 @@ static const dw_variant *pick(void) {
                                   vmc_dwconv_planes__avx512, vmc_dwconv_planes_backward__avx512, 1};
   static const dw_variant v2 = {vmc_dwconv_wide_forward__avx2, vmc_dwconv_wide_backward__avx2,
                                 vmc_dwconv_planes__avx2, vmc_dwconv_planes_backward__avx2, 0};
-  static const dw_variant vref = {vmc_dwconv_wide_forward__ref, vmc_dwconv_wide_backward__ref, NULL,
-                                  NULL, 0};
+  static const dw_variant vref = {vmc_dwconv_wide_forward__ref, vmc_dwconv_wide_backward__ref,
+                                  vmc_dwconv_planes__ref, vmc_dwconv_planes_backward__ref, 0};
   static _Atomic(const dw_variant *) best;
   const dw_variant *v = atomic_load_explicit(&best, memory_order_acquire);
   if (v) return v;
@@ -58,14 +58,36 @@ void vmc_dwconv_forward(const float *x, const float *w, float bias, const vmc_co
     vmc_dwconv_forward__ref(x, w, bias, g, y);
 }
 
-int vmc_dwconv_planes(const float *x, int ch, const float *w, const float *bias,
-                      const vmc_conv_geom *g, int clamp, float lo, float hi, float *y) {
-  const dw_variant *v = pick();
-  return v->planes ? v->planes(x, ch, w, bias, g, clamp, lo, hi, y) : 0;
+int vmc_dwconv_planes(const float *x, int ch, const float *w, const vmc_dwconv_epi *epi,
+                      const vmc_conv_geom *g, float *y) {
+  return pick()->planes(x, ch, w, epi, g, y);
 }
 
 int vmc_dwconv_planes_backward(const float *x, const float *dy, int ch, const float *w,
                                const vmc_conv_geom *g, float *dx, float *dw) {
-  const dw_variant *v = pick();
-  return v->planes_bwd ? v->planes_bwd(x, dy, ch, w, g, dx, dw) : 0;
+  return pick()->planes_bwd(x, dy, ch, w, g, dx, dw);
+}
+
+/* The references: the per-channel loops (im2col.c), every geometry. */
+int vmc_dwconv_planes__ref(const float *x, int ch, const float *w, const vmc_dwconv_epi *epi,
+                           const vmc_conv_geom *g, float *y) {
+  const size_t in = (size_t)g->h * g->w, out = (size_t)g->oh * g->ow, taps = (size_t)g->kh * g->kw;
+  for (int c = 0; c < ch; c++) {
+    float *yc = y + c * out;
+    vmc_dwconv_forward__ref(x + c * in, w + c * taps, epi->bias ? epi->bias[c] : 0.0f, g, yc);
+    for (size_t i = 0; epi->clamp && i < out; i++) {
+      const float v = yc[i] > epi->lo ? yc[i] : epi->lo; /* vmc_clampf */
+      yc[i] = v < epi->hi ? v : epi->hi;
+    }
+  }
+  return 1;
+}
+
+int vmc_dwconv_planes_backward__ref(const float *x, const float *dy, int ch, const float *w,
+                                    const vmc_conv_geom *g, float *dx, float *dw) {
+  const size_t in = (size_t)g->h * g->w, out = (size_t)g->oh * g->ow, taps = (size_t)g->kh * g->kw;
+  for (int c = 0; c < ch; c++)
+    vmc_dwconv_backward(x + c * in, w + c * taps, dy + c * out, g, dx ? dx + c * in : NULL,
+                        dw + c * taps);
+  return 1;
 }

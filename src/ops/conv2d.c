@@ -412,18 +412,19 @@ static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, fl
   const float *W = ctx->g->params[ctx->node->param[0]].data;
   const float *B = ctx->node->n_param > 1 ? ctx->g->params[ctx->node->param[1]].data : NULL;
   const vmc_conv_geom *g = &c->g;
-  const int clamp = ctx->act != VMC_ACT_NONE, ch = c->groups;
-  const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
-  if (nt <= 1 || ch < 8) return vmc_dwconv_planes(x, ch, W, B, g, clamp, lo, hi, y);
+  const int ch = c->groups;
+  const vmc_dwconv_epi epi = {B, ctx->act != VMC_ACT_NONE, vmc_act_lo(ctx->act),
+                              vmc_act_hi(ctx->act)};
+  if (nt <= 1 || ch < 8) return vmc_dwconv_planes(x, ch, W, &epi, g, y);
   const size_t in = (size_t)g->h * g->w, out = (size_t)c->P, taps = (size_t)c->K;
   const int per = (ch + 4 * nt - 1) / (4 * nt) * 4;
   int ok = 1;
 #pragma omp parallel for schedule(static, 1) num_threads(nt) reduction(&& : ok)
   for (int t = 0; t < nt; t++) {
     const int c0 = t * per, n = ch - c0 < per ? ch - c0 : per;
-    if (n > 0)
-      ok = vmc_dwconv_planes(x + c0 * in, n, W + c0 * taps, B ? B + c0 : NULL, g, clamp, lo, hi,
-                             y + c0 * out) && ok;
+    vmc_dwconv_epi part = epi;
+    part.bias = B ? B + c0 : NULL;
+    if (n > 0) ok = vmc_dwconv_planes(x + c0 * in, n, W + c0 * taps, &part, g, y + c0 * out) && ok;
   }
   return ok; /* the same geometry: every chunk taken, or none */
 }
