@@ -405,9 +405,10 @@ static void wide_out(const vmc_opctx *ctx, const vmc_sgemm_packed_a *pk, int par
   }
 }
 
-/* Depthwise, one image: every channel in one kernel call where a SIMD
- * kernel takes the geometry (else 0, nothing written), the channels split
- * over nt threads in runs of four. */
+/* Depthwise, one image: every channel in one kernel call where the ISA's
+ * all-channel kernel takes the geometry (else 0, nothing written; the
+ * reference takes every one), the channels split over nt threads in runs of
+ * four. */
 static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, float *y, int nt) {
   const float *W = ctx->g->params[ctx->node->param[0]].data;
   const float *B = ctx->node->n_param > 1 ? ctx->g->params[ctx->node->param[1]].data : NULL;
@@ -684,7 +685,7 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
   const float dx_beta = ctx->dx_set[0] ? 0.0f : 1.0f;
   if (dx && ctx->dx_set[0] && (c.kind == DEPTHWISE || c.kind == IM2COL))
     memset(dx, 0, (size_t)C * HW * sizeof(float));
-  /* Depthwise: every channel in one call where a SIMD kernel takes it. */
+  /* Depthwise: every channel in one call where the ISA's kernel takes it. */
   const int dw_all = c.kind == DEPTHWISE && vmc_dwconv_planes_backward(x, dy, c.groups, W, g, dx, dW);
   for (int gi = 0; gi < c.groups; gi++) {
     const float *xg = x + (size_t)gi * g->c * HW;
