@@ -1,4 +1,5 @@
-/* Depthwise "wide" convolution, AVX2+FMA (see dwconv_simd.h). */
+/* Depthwise convolution, AVX2+FMA: the wide kernels (dwconv_simd.h) and the
+ * all-channel kernels (dwconv_planes_simd.h). */
 #include <immintrin.h>
 #include <stdint.h>
 

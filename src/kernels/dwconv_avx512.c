@@ -1,4 +1,6 @@
-/* Depthwise "wide" convolution, AVX-512F (see dwconv_simd.h). */
+/* Depthwise convolution, AVX-512F: the wide kernels (dwconv_simd.h), the
+ * per-channel strided forward, and the all-channel kernels
+ * (dwconv_planes_simd.h). */
 #include <immintrin.h>
 
 #define VL 16
