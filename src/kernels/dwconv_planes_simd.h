@@ -232,47 +232,14 @@ INLINE void s2_channels(const int NC, const float *x, const float *w, const vmc_
     }
 }
 
-/* dw of NC channels, tap by tap, one chain per channel. */
-INLINE void s2_dw_channels(const int NC, const float *x, const float *dy, const vmc_conv_geom *g,
-                           const s2_geom *s, float *dw) {
+/* dw of NC channels for tap columns j0 .. j0 + nj - 1 (nj <= 3) of every
+ * tap row: each channel's window and dY block are loaded once per row for
+ * those taps (up to 12 chains for four channels).  Taps whose columns lie
+ * outside the row gather zeros, so nothing is skipped. */
+INLINE void s2_dw_channels(const int NC, int j0, int nj, const float *x, const float *dy,
+                           const vmc_conv_geom *g, const s2_geom *s, float *dw) {
   const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
   const int taps = g->kh * g->kw;
-  for (int i = 0; i < g->kh; i++)
-    for (int j = 0; j < g->kw; j++) {
-      vec acc[4];
-      UNROLL4
-      for (int k = 0; k < NC; k++) acc[k] = VZERO();
-      for (int oy = 0; oy < g->oh; oy++) {
-        const int iy = oy * g->sh - g->ph + i * g->dh;
-        if (iy < 0 || iy >= g->h) continue;
-        for (int bo = 0; bo < s->nbk; bo++) {
-          if (!s->used[bo][j]) continue;
-          const int b0 = VL * bo, nb = g->ow - b0 < VL ? g->ow - b0 : VL, need_c = s2_need_c(g, nb);
-          const float *win = at_offset(x + (size_t)iy * g->w, s->ws[bo]);
-          const float *dyr = dy + (size_t)oy * g->ow + b0;
-          UNROLL4
-          for (int k = 0; k < NC; k++) {
-            const float *wk = win + k * in_plane;
-            const vec v = s2_gather(&s->lanes, j, need_c, VMLOAD(s->ma[bo], wk),
-                                    VMLOAD(s->mb[bo], wk + VL),
-                                    need_c ? VMLOAD(s->mc[bo], wk + 2 * VL) : VZERO());
-            acc[k] = VFMA(VMLOAD(lanes_below(nb), dyr + k * out_plane), v, acc[k]);
-          }
-        }
-      }
-      UNROLL4
-      for (int k = 0; k < NC; k++) dw[(size_t)k * taps + i * g->kw + j] += VSUM(acc[k]);
-    }
-}
-
-/* The same for kernels three columns wide, tap row by tap row: each
- * channel's window and dY block are loaded once for the three taps of the
- * row (12 chains for four channels).  Taps whose columns lie outside the
- * row gather zeros, so nothing is skipped. */
-INLINE void s2_dw3_channels(const int NC, const float *x, const float *dy,
-                            const vmc_conv_geom *g, const s2_geom *s, float *dw) {
-  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
-  const int taps = g->kh * 3;
   for (int i = 0; i < g->kh; i++) {
     vec a0[4], a1[4], a2[4];
     UNROLL4
@@ -290,20 +257,27 @@ INLINE void s2_dw3_channels(const int NC, const float *x, const float *dy,
           const vec va = VMLOAD(s->ma[bo], wk), vb = VMLOAD(s->mb[bo], wk + VL);
           const vec vc = need_c ? VMLOAD(s->mc[bo], wk + 2 * VL) : VZERO();
           const vec d = VMLOAD(lanes_below(nb), dyr + k * out_plane);
-          a0[k] = VFMA(d, s2_gather(&s->lanes, 0, need_c, va, vb, vc), a0[k]);
-          a1[k] = VFMA(d, s2_gather(&s->lanes, 1, need_c, va, vb, vc), a1[k]);
-          a2[k] = VFMA(d, s2_gather(&s->lanes, 2, need_c, va, vb, vc), a2[k]);
+          a0[k] = VFMA(d, s2_gather(&s->lanes, j0, need_c, va, vb, vc), a0[k]);
+          if (nj > 1) a1[k] = VFMA(d, s2_gather(&s->lanes, j0 + 1, need_c, va, vb, vc), a1[k]);
+          if (nj > 2) a2[k] = VFMA(d, s2_gather(&s->lanes, j0 + 2, need_c, va, vb, vc), a2[k]);
         }
       }
     }
     UNROLL4
     for (int k = 0; k < NC; k++) {
-      float *dk = dw + (size_t)k * taps + i * 3;
+      float *dk = dw + (size_t)k * taps + i * g->kw + j0;
       dk[0] += VSUM(a0[k]);
-      dk[1] += VSUM(a1[k]);
-      dk[2] += VSUM(a2[k]);
+      if (nj > 1) dk[1] += VSUM(a1[k]);
+      if (nj > 2) dk[2] += VSUM(a2[k]);
     }
   }
+}
+
+/* All tap columns, three at a time. */
+INLINE void s2_dw_all(const int NC, const float *x, const float *dy, const vmc_conv_geom *g,
+                      const s2_geom *s, float *dw) {
+  for (int j0 = 0; j0 < g->kw; j0 += 3)
+    s2_dw_channels(NC, j0, g->kw - j0 < 3 ? g->kw - j0 : 3, x, dy, g, s, dw);
 }
 
 /* The dx gather's dY lanes: block q (2*VL input columns), parity p, tap
@@ -426,14 +400,11 @@ int PLANES(vmc_dwconv_planes_backward)(const float *x, const float *dy, int ch, 
   s2_dx_geom sx = {0};
   if (!s2_prepare(g, &s) || (dx && !s2_dx_prepare(g, &sx))) return 0;
   for (; c + 4 <= ch; c += 4) {
-    if (g->kw == 3)
-      s2_dw3_channels(4, x + c * in, dy + c * out, g, &s, dw + c * taps);
-    else
-      s2_dw_channels(4, x + c * in, dy + c * out, g, &s, dw + c * taps);
+    s2_dw_all(4, x + c * in, dy + c * out, g, &s, dw + c * taps);
     if (dx) s2_dx_channels(4, dy + c * out, w + c * taps, g, &sx, dx + c * in);
   }
   for (; c < ch; c++) {
-    s2_dw_channels(1, x + c * in, dy + c * out, g, &s, dw + c * taps);
+    s2_dw_all(1, x + c * in, dy + c * out, g, &s, dw + c * taps);
     if (dx) s2_dx_channels(1, dy + c * out, w + c * taps, g, &sx, dx + c * in);
   }
   return 1;
