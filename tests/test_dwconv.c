@@ -287,3 +287,48 @@ TEST(dwconv_planes_backward_matches_reference) {
     }
   }
 }
+
+/* Stride 1 "same" with a kernel wider than tall and the reverse (padding
+ * 1 x 2 and 2 x 1): every variant, forward and backward, against the
+ * reference. */
+TEST(dwconv_planes_rectangular_kernels) {
+  const char *isa = vmc_isa_name();
+  const struct {
+    planes_fn fwd;
+    planes_bwd_fn bwd;
+    int runs;
+  } vs[] = {{vmc_dwconv_planes__avx2, vmc_dwconv_planes_backward__avx2, strcmp(isa, "ref") != 0},
+            {vmc_dwconv_planes__avx512, vmc_dwconv_planes_backward__avx512,
+             !strcmp(isa, "avx512")}};
+  const int dims[2][4] = {{3, 5, 1, 2}, {5, 3, 2, 1}}; /* kh, kw, ph, pw */
+  vmc_rng r;
+  vmc_rng_seed(&r, 23);
+  for (int d = 0; d < 2; d++) {
+    vmc_conv_geom g = {.c = 1, .h = 11, .w = 13, .kh = dims[d][0], .kw = dims[d][1], .sh = 1,
+                       .sw = 1, .ph = dims[d][2], .pw = dims[d][3], .dh = 1, .dw = 1};
+    g.oh = vmc_conv_out(g.h, g.kh, 1, g.ph, 1);
+    g.ow = vmc_conv_out(g.w, g.kw, 1, g.pw, 1);
+    REQUIRE(g.oh == g.h && g.ow == g.w);
+    const int ch = 5, taps = g.kh * g.kw;
+    const size_t n = (size_t)g.h * g.w * ch;
+    float *x = randv(n, &r), *w = randv((size_t)taps * ch, &r), *dy = randv(n, &r);
+    float *y0 = malloc(n * 4), *y1 = malloc(n * 4), *dx0 = calloc(n, 4), *dx1 = calloc(n, 4);
+    float *dw0 = calloc((size_t)taps * ch, 4), *dw1 = calloc((size_t)taps * ch, 4);
+    REQUIRE(x && w && dy && y0 && y1 && dx0 && dx1 && dw0 && dw1);
+    const vmc_dwconv_epi epi = {NULL, 0, 0.0f, 0.0f};
+    REQUIRE(vmc_dwconv_planes__ref(x, ch, w, &epi, &g, y0) == 1);
+    REQUIRE(vmc_dwconv_planes_backward__ref(x, dy, ch, w, &g, dx0, dw0) == 1);
+    for (size_t v = 0; v < sizeof vs / sizeof vs[0]; v++) {
+      if (!vs[v].runs) continue;
+      memset(dx1, 0, n * 4);
+      memset(dw1, 0, (size_t)taps * ch * 4);
+      CHECK(vs[v].fwd(x, ch, w, &epi, &g, y1) == 1);
+      CHECK(vs[v].bwd(x, dy, ch, w, &g, dx1, dw1) == 1);
+      const float e1 = rel(y0, y1, n), e2 = rel(dx0, dx1, n), e3 = rel(dw0, dw1, (size_t)taps * ch);
+      if (!(e1 <= 1e-5f && e2 <= 1e-5f && e3 <= 1e-5f))
+        vmc_test_fail(__FILE__, __LINE__, "variant %zu, %dx%d: y %g dx %g dw %g", v, g.kh, g.kw,
+                      e1, e2, e3);
+    }
+    free(x), free(w), free(dy), free(y0), free(y1), free(dx0), free(dx1), free(dw0), free(dw1);
+  }
+}
