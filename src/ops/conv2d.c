@@ -229,6 +229,9 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
     s.a = (size_t)c->K * c->P;                              /* col */
     s.b = mode == VMC_MODE_TRAIN ? (size_t)c->K * c->P : 0; /* dcol */
     break;
+  case DIRECT:
+    s.rows = mode == VMC_MODE_TRAIN ? (size_t)c->K : 0; /* x's rows, for dW */
+    break;
   default:
     break;
   }
@@ -537,14 +540,16 @@ static void conv_forward(vmc_opctx *ctx) {
   }
 }
 
-/* dW (+)= dYw . rows^T over the wide grid: both operands run along the
- * grid, so on one thread the dot GEMM reads them in place (gemm.h). */
+/* dW (+)= dYw . rows^T over the output grid (the wide one of WIDE and
+ * PHASE, a DIRECT conv's pixels): both operands run along the grid, so on
+ * one thread the dot GEMM reads them in place (gemm.h). */
 static void dw_gemm(const vmc_opctx *ctx, int par, const conv_cfg *c, const float *dyw, int lda,
                     const float *const *rows, float *dWg) {
+  const int len = c->kind == DIRECT ? c->P : c->nw; /* the grid the sum runs over */
   if (par || ctx->nthreads <= 1)
-    vmc_sgemm_dot(c->ocg, c->K, c->nw, dyw, lda, rows, dWg, c->K);
+    vmc_sgemm_dot(c->ocg, c->K, len, dyw, lda, rows, dWg, c->K);
   else
-    vmc_sgemm_rows_mt(1, c->ocg, c->K, c->nw, 1.0f, dyw, lda, rows, 1.0f, dWg, c->K);
+    vmc_sgemm_rows_mt(1, c->ocg, c->K, len, 1.0f, dyw, lda, rows, 1.0f, dWg, c->K);
 }
 
 /* WIDE backward of one image and group: dW (+)= dYw · rows^T, and dx from
@@ -714,10 +719,13 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
         vmc_dwconv_backward(xg, Wg, dyg, g, dxg, dWg);
       }
       break;
-    case DIRECT: /* dW += dY · x^T, dx (+)= W^T · dY */
-      gemm(0, 1, c.ocg, c.K, c.P, 1.0f, dyg, c.P, xg, c.P, 1.0f, dWg, c.K);
+    case DIRECT: { /* dW += dY · x^T, dx (+)= W^T · dY */
+      const float **rows = thread_rows(ctx, &sp, base);
+      for (int k = 0; k < c.K; k++) rows[k] = xg + (size_t)k * c.P;
+      dw_gemm(ctx, par, &c, dyg, c.P, rows, dWg);
       if (dxg) gemm(1, 0, c.K, c.P, c.ocg, 1.0f, Wg, c.K, dyg, c.P, dx_beta, dxg, c.P);
       break;
+    }
     case IM2COL: {
       float *col = base, *dcol = base + sp.a;
       vmc_im2col(xg, g, col);
