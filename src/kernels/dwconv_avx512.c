@@ -14,58 +14,13 @@ typedef __m512 vec;
 #define FN(name) name##__avx512
 #include "kernels/dwconv_simd.h"
 
-#include <stddef.h>
-#include <stdint.h>
-
-/* ---- stride 2 ---------------------------------------------------------------
- * A block of 16 output columns (b0, b0 + 1, ...) keeps its accumulator in a
- * register across all taps.  Tap column j's 16 inputs x[2*ox + off] are one
+/* Strided depthwise forward (vmc_dwconv_forward's contract, conv.h) for
+ * stride-2 rows: each block of 16 output columns keeps its accumulator in
+ * a register across all taps.  A tap's 16 inputs x[2*ox + off] are one
  * masked 32-float load from the first in-bounds column and a two-source
  * permute picking the even elements; lanes whose input is padding are
  * zeroed by the permute's mask, so nothing outside the row's valid span is
- * read.  s2_column works out that load for one block and tap column (the
- * same for every row and channel). */
-typedef struct {
-  int used;          /* some lane of the block has its input in the row */
-  int col;           /* the first column loaded */
-  int shift;         /* output lanes before the first in-bounds one */
-  __mmask16 ma, mb;  /* valid elements of the two 16-float halves */
-  __mmask16 lanes;   /* output lanes with their input in the row */
-} s2_col;
-
-static s2_col s2_column(const vmc_conv_geom *g, int b0, int nb, int j) {
-  s2_col c = {0};
-  const int off = j * g->dw - g->pw;
-  /* Columns ox in [lo, hi) of this block read x[2*ox + off] in bounds. */
-  int lo = off < 0 ? (-off + 1) / 2 : 0, hi = (g->w - off - 1) / 2 + 1;
-  if (g->w - off <= 0) hi = 0;
-  if (lo < b0) lo = b0;
-  if (hi > b0 + nb) hi = b0 + nb;
-  if (lo >= hi) return c;
-  /* Element e of the load is column 2*lo + off + e; lane l (ox = b0 + l)
-   * wants e = 2*(b0 + l - lo). */
-  const int span = 2 * (hi - lo) - 1; /* floats needed */
-  c.used = 1;
-  c.col = 2 * lo + off;
-  c.shift = lo - b0;
-  c.ma = (__mmask16)(span >= 16 ? 0xffff : (1u << span) - 1);
-  c.mb = (__mmask16)(span > 16 ? (1u << (span - 16)) - 1 : 0);
-  c.lanes = (__mmask16)(((1u << (hi - b0)) - 1) & ~((1u << c.shift) - 1));
-  return c;
-}
-
-/* The 16 inputs of one tap column from image row xr (zeros where padding). */
-static inline __attribute__((always_inline)) __m512 s2_tap(const float *xr, const s2_col *c) {
-  const __m512i even =
-      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512 a = _mm512_maskz_loadu_ps(c->ma, xr + c->col);
-  const __m512 b = c->mb ? _mm512_maskz_loadu_ps(c->mb, xr + c->col + 16) : _mm512_setzero_ps();
-  const __m512i idx = _mm512_sub_epi32(even, _mm512_set1_epi32(2 * c->shift));
-  return _mm512_maskz_permutex2var_ps(c->lanes, a, idx, b);
-}
-
-/* Strided depthwise forward (vmc_dwconv_forward's contract, conv.h) for
- * stride-2 rows, one channel. */
+ * read. */
 void vmc_dwconv_forward__avx512(const float *x, const float *w, float bias,
                                 const vmc_conv_geom *g, float *y) {
   if (g->sw != 2) {
@@ -83,8 +38,26 @@ void vmc_dwconv_forward__avx512(const float *x, const float *w, float bias,
         if (iy < 0 || iy >= g->h) continue;
         const float *xr = x + (size_t)iy * g->w;
         for (int j = 0; j < g->kw; j++) {
-          const s2_col c = s2_column(g, b0, nb, j);
-          if (c.used) acc = _mm512_fmadd_ps(_mm512_set1_ps(w[i * g->kw + j]), s2_tap(xr, &c), acc);
+          const int off = j * g->dw - g->pw;
+          /* Columns ox in [lo, hi) of this block read x[2*ox + off] in bounds. */
+          int lo = off < 0 ? (-off + 1) / 2 : 0, hi = (g->w - off - 1) / 2 + 1;
+          if (g->w - off <= 0) hi = 0;
+          if (lo < b0) lo = b0;
+          if (hi > b0 + nb) hi = b0 + nb;
+          if (lo >= hi) continue;
+          /* Element e of the load is column 2*lo + off + e; lane l (ox =
+           * b0 + l) wants e = 2*(b0 + l - lo). */
+          const int shift = lo - b0, span = 2 * (hi - lo) - 1; /* floats needed */
+          const float *base = xr + 2 * lo + off;
+          const __m512 a = _mm512_maskz_loadu_ps((__mmask16)(span >= 16 ? 0xffff : (1u << span) - 1), base);
+          const __m512 b = span > 16 ? _mm512_maskz_loadu_ps((__mmask16)((1u << (span - 16)) - 1), base + 16)
+                                     : _mm512_setzero_ps();
+          const __m512i idx = _mm512_sub_epi32(
+              _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+              _mm512_set1_epi32(2 * shift));
+          const __mmask16 lanes = (__mmask16)(((1u << (hi - b0)) - 1) & ~((1u << shift) - 1));
+          const __m512 v = _mm512_maskz_permutex2var_ps(lanes, a, idx, b);
+          acc = _mm512_fmadd_ps(_mm512_set1_ps(w[i * g->kw + j]), v, acc);
         }
       }
       _mm512_mask_storeu_ps(yr + b0, (__mmask16)((1u << nb) - 1), acc);
@@ -119,8 +92,9 @@ typedef __m512i vint;
 
 /* Tap column j's inputs, elements 2l + j*dw of the window: one two-source
  * permute of its first two vectors, and for the lanes reaching element 32
- * or beyond one of its last two.  The floats s2_tap gives, so the forward's
- * sums are those of vmc_dwconv_forward__avx512 bit for bit. */
+ * or beyond one of its last two.  The floats vmc_dwconv_forward__avx512
+ * gathers (zeros on the padding), so the forward's sums are its bit for
+ * bit. */
 typedef struct {
   __m512i idx[8], idx2[8]; /* 2l + j*dw, and 16 less */
   __mmask16 hi[8];         /* lanes whose element is >= 32 */
