@@ -385,6 +385,14 @@ TEST(qgemm_rounding_rule) {
   requant_case(VMC_QOUT_S8, 1.0f, -5, -100, 120, ts, want, 33);
   for (int i = 0; i < 33; i++) ts[i] = 2000000000 + i, want[i] = 127;
   requant_case(VMC_QOUT_S8, 4.0f, 0, -128, 1000, ts, want, 33); /* beyond int32 */
+  /* Far beyond s16 but below 2^30 (the kernels' write-back without the fp32
+   * clamp, where it saturates in s16), with the largest zero points. */
+  for (int i = 0; i < 33; i++) ts[i] = 300000 + 7 * i, want[i] = 255;
+  requant_case(VMC_QOUT_U8, 1.0f, 255, 0, 255, ts, want, 33);
+  for (int i = 0; i < 33; i++) want[i] = 127;
+  requant_case(VMC_QOUT_S8, 3000.0f, -128, -128, 127, ts, want, 33); /* ~2^30 */
+  for (int i = 0; i < 33; i++) ts[i] = -300000 + 7 * i, want[i] = -128;
+  requant_case(VMC_QOUT_S8, 1.0f, 127, -128, 127, ts, want, 33);
   /* Non-finite scales: +inf -> hi, -inf -> lo, NaN (0 * inf or NaN) -> lo. */
   for (int i = 0; i < 20; i++) ts[i] = 1 + i, want[i] = 200;
   requant_case(VMC_QOUT_U8, INFINITY, 3, 7, 200, ts, want, 20);

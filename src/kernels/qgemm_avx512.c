@@ -22,6 +22,13 @@
  * kind has its own micro-kernel instance, so the write-back has no branches
  * but the ragged-edge mask.
  *
+ * The u8/s8 write-back converts to fp32, scales and rounds; where no value
+ * can overflow the conversion back (epi_set_fast, checked once per call from
+ * K, the biases and the scales) it clamps after rounding, in the saturating
+ * packs to bytes, rather than in fp32: two fewer fp32 operations per 16
+ * outputs, on the execution ports the conversions need (Zen 4 runs vpdpbusd
+ * and the conversions on different ones, min/max on the conversions').
+ *
  * On AMD Zen 4 (bench/bench_qgemm.c) this tile runs square GEMMs at about
  * 90% of the measured vpdpbusd peak, so a wider one has little to win; the
  * conv shapes (M 16..64, K 16..576) lose their remaining time to packing B
@@ -32,6 +39,7 @@
 #include "kernels/qgemm.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define MR 8
@@ -66,6 +74,8 @@ typedef struct epi_ctx {
   int per_tensor;
   __m512 lo, hi;
   __m512i zp;
+  int fast, clampb; /* epi_set_fast */
+  __m512i zp16, blo, bhi;
 } epi_ctx;
 
 static void epi_init(epi_ctx *e, const vmc_qepi *q) {
@@ -77,6 +87,34 @@ static void epi_init(epi_ctx *e, const vmc_qepi *q) {
   e->lo = _mm512_set1_ps(p.lo);
   e->hi = _mm512_set1_ps(p.hi);
   e->zp = _mm512_set1_epi32(p.zp);
+  e->fast = 0;
+}
+
+/* The fast write-back (U8/S8 out): where every |t * s| stays below 2^30, no
+ * scale is NaN or infinite, the clamp [lo, hi] lies in the type's range and
+ * |zp| <= 255, requant16's bytes are round16's codes (not clamped in fp32:
+ * rounding is monotone, so clamping before or after it gives the same
+ * integers) packed with saturation, zp added in s16 with saturation and
+ * the bytes clamped to [lo, hi] (only when that is tighter than the
+ * type's range; the packs' saturation gives the type's). */
+static void epi_set_fast(epi_ctx *e, const vmc_qepi *q, int M, int K) {
+  e->fast = 0;
+  if (q->out != VMC_QOUT_U8 && q->out != VMC_QOUT_S8) return;
+  const vmc_qepi_prep p = vmc_qepi_prepare(q);
+  const int tmin = q->out == VMC_QOUT_S8 ? -128 : 0, tmax = tmin + 255;
+  const int lo = (int)p.lo + p.zp, hi = (int)p.hi + p.zp;
+  if (lo < tmin || hi > tmax || lo > hi || p.zp < -255 || p.zp > 255) return;
+  const double amax = 255.0 * 128.0 * K; /* |sum of K u8 x s8 products| */
+  for (int m = 0; m < (q->per_tensor ? 1 : M); m++) {
+    const double sm = fabs((double)q->scale[m]);
+    const double t = amax + (q->bias ? fabs((double)q->bias[m]) : 0.0);
+    if (!(sm <= 1e30) || t >= 2147483647.0 || t * sm >= 1073741824.0) return;
+  }
+  e->fast = 1;
+  e->clampb = lo > tmin || hi < tmax;
+  e->zp16 = _mm512_set1_epi16((short)p.zp);
+  e->blo = _mm512_set1_epi8((char)lo);
+  e->bhi = _mm512_set1_epi8((char)hi);
 }
 
 static inline __mmask16 mask16(int n) {
@@ -91,6 +129,37 @@ INLINE __m512i requant16(const epi_ctx *e, __m512i t, __m512 s) {
   __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(t), s);
   f = _mm512_min_ps(_mm512_max_ps(f, e->lo), e->hi);
   return _mm512_add_epi32(_mm512_cvtps_epi32(f), e->zp);
+}
+
+/* t * s rounded to the nearest integer (ties to even), 16 lanes. */
+INLINE __m512i round16(__m512i t, __m512 s) {
+  return _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(t), s));
+}
+
+/* t0, t1 of in-range codes (U8 out: 0..255, else -128..127) to bytes: per
+ * 128-bit lane L, four 4-byte groups t0.L, t1.L, t0.L, t1.L (no pack
+ * saturates). */
+INLINE __m512i pack_codes(__m512i t0, __m512i t1, int u8) {
+  const __m512i w = _mm512_packs_epi32(t0, t1);
+  return u8 ? _mm512_packus_epi16(w, w) : _mm512_packs_epi16(w, w);
+}
+
+/* pack_codes of requant16(t0), requant16(t1) from round16's t0, t1 where
+ * e->fast (epi_set_fast). */
+INLINE __m512i pack_fast(const epi_ctx *e, __m512i t0, __m512i t1) {
+  const __m512i w = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), e->zp16);
+  if (e->out == VMC_QOUT_U8) {
+    const __m512i b = _mm512_packus_epi16(w, w);
+    return e->clampb ? _mm512_min_epu8(_mm512_max_epu8(b, e->blo), e->bhi) : b;
+  }
+  const __m512i b = _mm512_packs_epi16(w, w);
+  return e->clampb ? _mm512_min_epi8(_mm512_max_epi8(b, e->blo), e->bhi) : b;
+}
+
+/* The 32 bytes of pack_codes/pack_fast in the order t0's lanes, t1's. */
+INLINE __m256i codes_in_order(__m512i b) {
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, b));
 }
 
 /* Stores 16 lanes in pixel order (acc + bias already added) at y, the first
@@ -129,8 +198,9 @@ INLINE void store32(const epi_ctx *e, const vmc_qout OUT, __m512i t0, __m512i t1
     /* Per 128-bit lane L the packs leave (4-byte groups) t0.L, t1.L, twice:
      * lane 0 = pixels 0-3, 8-11; 1 = 16-19, 24-27; 2 = 4-7, 12-15;
      * 3 = 20-23, 28-31.  Values are in range, so no pack saturates. */
-    const __m512i w = _mm512_packs_epi32(requant16(e, t0, s), requant16(e, t1, s));
-    const __m512i b = OUT == VMC_QOUT_U8 ? _mm512_packus_epi16(w, w) : _mm512_packs_epi16(w, w);
+    const __m512i b = e->fast ? pack_fast(e, round16(t0, s), round16(t1, s))
+                              : pack_codes(requant16(e, t0, s), requant16(e, t1, s),
+                                           OUT == VMC_QOUT_U8);
     const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m256i r = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, b));
     if (n >= 32)
@@ -310,6 +380,7 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
   }
   epi_ctx e;
   epi_init(&e, epi);
+  epi_set_fast(&e, epi, M, K);
   const size_t osz = vmc_qout_bytes(epi->out), ldc_bytes = (size_t)ldc * osz;
   const size_t a_panel = (size_t)kq * MR * 4;
   const uint8_t *A = packed_a;
@@ -432,6 +503,14 @@ INLINE __m512i add16(const add_ctx *a, __m512i c, __m512i r) {
   return _mm512_add_epi32(_mm512_cvtps_epi32(v), a->zo);
 }
 
+/* 16 bytes at y, the first ones of mask k unless full. */
+INLINE void store_u8x16(uint8_t *y, __mmask16 k, int full, __m128i b) {
+  if (full)
+    _mm_storeu_si128((__m128i *)y, b);
+  else
+    _mm_mask_storeu_epi8(y, k, b);
+}
+
 /* The pixel loops below are written out 14 times (REP14), each step kept
  * when its index is below P: clang (14) leaves such loops partly rolled and
  * the accumulators in memory even under a full-unroll pragma; written out,
@@ -475,22 +554,47 @@ INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
   const __m512 s0 = e->per_tensor ? _mm512_set1_ps(e->scale[0])
                                   : _mm512_maskz_loadu_ps(k0, e->scale + m0);
   const __m512 s1 = e->per_tensor || MB < 2 ? s0 : _mm512_maskz_loadu_ps(k1, e->scale + m0 + 16);
-  /* One pixel's blocks: requantized (and added to the residual) and stored. */
-#define OUT1(i, acc, s, k, off)                                                               \
-  do {                                                                                        \
-    const size_t at = (size_t)(i) * p->ys_pix + (off);                                        \
-    __m512i t = requant16(e, acc[i], s);                                                      \
-    if (a) t = add16(a, t, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, res + at)));          \
-    _mm_mask_storeu_epi8(yb + at, k, _mm512_cvtepi32_epi8(t));                                \
-  } while (0);
+  /* One pixel's blocks: requantized (and added to the residual), packed to
+   * bytes and stored with one store per pixel. */
+  const __mmask32 kk = (__mmask32)k0 | (MB > 1 ? (__mmask32)k1 << 16 : 0);
+  const int full = p->M - m0 >= 16 * MB, fast = !a && e->fast;
 #define OUT(i)                                                                                \
   if ((i) < P) {                                                                              \
-    OUT1(i, acc0, s0, k0, 0)                                                                  \
-    if (MB > 1) OUT1(i, acc1, s1, k1, 16)                                                     \
+    const size_t at = (size_t)(i) * p->ys_pix;                                                \
+    if (MB == 1 && fast) {                                                                    \
+      /* One block: pixels i and i + 1 share the packs. */                                    \
+      if ((i) % 2 == 0) {                                                                     \
+        const __m512i t0 = round16(acc0[i], s0);                                              \
+        const __m256i b =                                                                     \
+            codes_in_order(pack_fast(e, t0, (i) + 1 < P ? round16(acc0[(i) + 1], s0) : t0));  \
+        store_u8x16(yb + at, k0, full, _mm256_castsi256_si128(b));                            \
+        if ((i) + 1 < P)                                                                      \
+          store_u8x16(yb + at + p->ys_pix, k0, full, _mm256_extracti128_si256(b, 1));         \
+      }                                                                                       \
+    } else {                                                                                  \
+      __m256i b;                                                                              \
+      if (fast) {                                                                             \
+        b = codes_in_order(pack_fast(e, round16(acc0[i], s0), round16(acc1[i], s1)));         \
+      } else {                                                                                \
+        __m512i t0 = requant16(e, acc0[i], s0);                                               \
+        __m512i t1 = MB > 1 ? requant16(e, acc1[i], s1) : t0;                                 \
+        if (a) {                                                                              \
+          const __m256i r = _mm256_maskz_loadu_epi8(kk, res + at);                            \
+          t0 = add16(a, t0, _mm512_cvtepu8_epi32(_mm256_castsi256_si128(r)));                 \
+          if (MB > 1) t1 = add16(a, t1, _mm512_cvtepu8_epi32(_mm256_extracti128_si256(r, 1)));\
+        }                                                                                     \
+        b = codes_in_order(pack_codes(t0, t1, e->out == VMC_QOUT_U8));                        \
+      }                                                                                       \
+      if (MB == 1)                                                                            \
+        store_u8x16(yb + at, k0, full, _mm256_castsi256_si128(b));                            \
+      else if (full)                                                                          \
+        _mm256_storeu_si256((__m256i *)(yb + at), b);                                         \
+      else                                                                                    \
+        _mm256_mask_storeu_epi8(yb + at, kk, b);                                              \
+    }                                                                                         \
   }
   REP14(OUT)
 #undef OUT
-#undef OUT1
 }
 
 typedef void (*conv_tile_fn)(const vmc_qconv_params *, const uint8_t *, const int8_t *,
@@ -520,6 +624,7 @@ void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t
   if (p->oh <= 0 || p->ow <= 0 || p->M <= 0) return;
   epi_ctx e;
   epi_init(&e, epi);
+  epi_set_fast(&e, epi, p->M, 4 * p->kq);
   add_ctx a;
   if (add) add_init(&a, add);
   const int blocks = (p->M + 15) / 16;
