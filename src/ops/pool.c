@@ -3,6 +3,7 @@
  * gap (global average pool, output (N,C,1,1)). */
 #include "graph/op.h"
 #include "kernels/conv.h"
+#include "kernels/pool.h"
 
 #include <float.h>
 #include <string.h>
@@ -50,10 +51,18 @@ static void maxpool_forward(vmc_opctx *c) {
   vmc_conv_geom g = vmc_pool_window(c->node, &c->xs[0]);
   const int planes = c->batch * g.c, OP = g.oh * g.ow;
   int32_t *arg = c->mode == VMC_MODE_TRAIN ? c->state : NULL;
+  /* 2x2, stride 2, unpadded: the SIMD kernel (the same rule, pool.h). */
+  const vmc_maxpool2_fn k2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && !g.ph && !g.pw
+                                 ? vmc_maxpool2_best()
+                                 : NULL;
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1)
   for (int p = 0; p < planes; p++) {
     const float *x = c->x[0] + (size_t)p * g.h * g.w;
     float *y = c->y + (size_t)p * OP;
+    if (k2) {
+      k2(x, g.h, g.w, y, arg ? arg + (size_t)p * OP : NULL);
+      continue;
+    }
     for (int oy = 0; oy < g.oh; oy++)
       for (int ox = 0; ox < g.ow; ox++) {
         float best = -FLT_MAX;
