@@ -671,6 +671,22 @@ static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratc
   pk->phase_merge(dq, g->c, &c->pg, dxg, dx_add);
 }
 
+/* The sum of n floats in a fixed order that vectorises: 16 partial sums,
+ * lane l taking the elements i = l (mod 16) of the whole blocks of 16 in
+ * increasing i, then the lanes in order, then the rest.  (One chain of
+ * additions, as before, waited on the adder's latency for every element: a
+ * conv's bias gradient was 7 % of lenet5's training.) */
+static float sum_lanes(const float *r, int n) {
+  float acc[16] = {0};
+  int p = 0;
+  for (; p + 16 <= n; p += 16)
+    for (int l = 0; l < 16; l++) acc[l] += r[p + l];
+  float s = 0;
+  for (int l = 0; l < 16; l++) s += acc[l];
+  for (; p < n; p++) s += r[p];
+  return s;
+}
+
 static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                            int b, float *base, int par, const float *Wt) {
   const vmc_node *n = ctx->node;
@@ -686,6 +702,14 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
   const float *x = ctx->x[0] + (size_t)b * C * HW;
   float *dx = ctx->dx[0] ? ctx->dx[0] + (size_t)b * C * HW : NULL;
   const float *dy = ctx->dy + (size_t)b * c.oc * c.P;
+  /* A fused activation masks this image's dY in place (the output is not
+   * needed again). */
+  if (ctx->act != VMC_ACT_NONE) {
+    float *dym = (float *)dy;
+    const float *y = ctx->y + (size_t)b * c.oc * c.P;
+    const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
+    for (size_t i = 0; i < (size_t)c.oc * c.P; i++) dym[i] = vmc_act_grad(y[i], dym[i], lo, hi);
+  }
   /* dx_set: GEMM paths overwrite (beta 0); scatter paths start from 0. */
   const float dx_beta = ctx->dx_set[0] ? 0.0f : 1.0f;
   if (dx && ctx->dx_set[0] && (c.kind == DEPTHWISE || c.kind == IM2COL))
@@ -698,12 +722,7 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
     const float *dyg = dy + (size_t)gi * c.ocg * c.P;
     const float *Wg = W + (size_t)gi * c.ocg * c.K;
     float *dWg = dW + (size_t)gi * c.ocg * c.K;
-    for (int o = 0; pb && o < c.ocg; o++) {
-      const float *r = dyg + (size_t)o * c.P;
-      float s = 0;
-      for (int p = 0; p < c.P; p++) s += r[p];
-      dB[gi * c.ocg + o] += s;
-    }
+    for (int o = 0; pb && o < c.ocg; o++) dB[gi * c.ocg + o] += sum_lanes(dyg + (size_t)o * c.P, c.P);
     if (dw_all) continue;
     switch (c.kind) {
     case DEPTHWISE:
@@ -757,20 +776,12 @@ static void conv_backward(vmc_opctx *ctx) {
   const int par = IMAGE_LOOP_PARALLEL(ctx);
   const size_t wn = (size_t)c.oc * c.K, priv = sp.a + sp.b + sp.c + sp.d;
   const int nt = par ? ctx->nthreads : 1;
-  const float lo = vmc_act_lo(ctx->act), hi = vmc_act_hi(ctx->act);
   for (int t = 0; t < nt; t++) {
     float *base = (float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes);
     memset(base + priv, 0, dw_floats(&c) * sizeof(float));
   }
   float *Wt = (c.kind == WIDE && c.bwd_wide) || c.kind == PHASE ? ctx->state : NULL;
   if (Wt && ctx->dx[0]) (c.kind == PHASE ? phase_kernel : rotate_kernel)(&c, pw->data, Wt);
-  /* A fused activation masks dY in place: the output is not needed again. */
-  if (ctx->act != VMC_ACT_NONE) {
-    float *dy = (float *)ctx->dy;
-    const float *y = ctx->y;
-    const size_t m = (size_t)ctx->batch * c.oc * c.P;
-    for (size_t i = 0; i < m; i++) dy[i] = vmc_act_grad(y[i], dy[i], lo, hi);
-  }
   if (par) {
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
     for (int t = 0; t < nt; t++)
