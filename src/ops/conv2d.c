@@ -673,9 +673,8 @@ static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratc
 
 /* The sum of n floats in a fixed order that vectorises: 16 partial sums,
  * lane l taking the elements i = l (mod 16) of the whole blocks of 16 in
- * increasing i, then the lanes in order, then the rest.  (One chain of
- * additions, as before, waited on the adder's latency for every element: a
- * conv's bias gradient was 7 % of lenet5's training.) */
+ * increasing i, then the lanes in order, then the rest (a single chain of
+ * additions would wait on the adder's latency for every element). */
 static float sum_lanes(const float *r, int n) {
   float acc[16] = {0};
   int p = 0;
