@@ -47,6 +47,7 @@ TEST(cli_bad_options_fail_cleanly) {
       "train --model resnet8 --bogus -o %s",
       "bench resnet8 --batch 0",
       "bench resnet8 --repeats x",
+      "bench resnet8 --profile --vs lenet5",
       "eval",
       "info",
   };
@@ -115,6 +116,13 @@ TEST(cli_train_eval_info_bench_end_to_end) {
   CHECK_EQ_INT(run(g_out, sizeof g_out, "info %s", model), 0);
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --batch 4 --repeats 3 --warmup 1 --json", model), 0);
   CHECK(strstr(g_out, "\"images_per_sec\"") != NULL);
+  /* Per-layer timing: every node that runs, with its multiply-adds. */
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --batch 4 --repeats 3 --warmup 1 --profile", model), 0);
+  CHECK(strstr(g_out, "per layer, batch 4") && strstr(g_out, "conv2 ") && strstr(g_out, "fc1 ") &&
+        strstr(g_out, "all nodes"));
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --batch 2 --repeats 2 --warmup 0 --profile --json", model), 0);
+  CHECK(strstr(g_out, "\"profile\"") && strstr(g_out, "\"layers\"") &&
+        strstr(g_out, "\"us_per_image\"") && strstr(g_out, "\"gflops\""));
   /* Resume the 2-epoch checkpoint to 3 epochs. */
   char model3[512];
   snprintf(model3, sizeof model3, "%s/l5-3.vmc", dir);

@@ -627,6 +627,12 @@ TEST(qrt_cli_eval_and_bench) {
         strstr(g_out, "batch 4 images/s") && strstr(g_out, "s8 "));
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --simulate --repeats 2 --warmup 0 --batch 2 --json", qp), 0);
   CHECK(strstr(g_out, "fp32 simulation") != NULL);
+  /* Per-layer timing is the fp32 plan's: refused on the integer runtime,
+   * given for the simulation. */
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 1 --warmup 0 --batch 2 --profile", qp), 1);
+  CHECK(strstr(g_out, "--simulate") != NULL);
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --simulate --repeats 1 --warmup 0 --batch 2 --profile", qp), 0);
+  CHECK(strstr(g_out, "per layer") && strstr(g_out, "fakequant"));
   char cmd[700];
   snprintf(cmd, sizeof cmd, "VMC_ISA=ref %s bench %s --repeats 1 --warmup 0 --batch 1 2>&1", vmc_bin(), qp);
   FILE *p = popen(cmd, "r");

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int prof_on(void);
+static int prof_env(void);
 static void prof_print(const vmc_plan *p);
 
 static size_t fbytes(const vmc_shape *s) { return vmc_shape_count(s) * sizeof(float); }
@@ -406,8 +406,16 @@ vmc_status vmc_plan_create(vmc_graph *g, int batch, vmc_mode mode, vmc_plan **ou
   if (batch < 1 || batch > (1 << 20))
     return vmc_error(VMC_ERR_INVALID_ARG, "batch size %d is out of range (1..1048576)", batch);
   const int nthreads = vmc_get_threads();
-  if (mode != VMC_MODE_INFER || !fusion_enabled())
-    return plan_build(g, batch, mode, nthreads, NULL, 0, out);
+  if (mode == VMC_MODE_TRAIN) {
+    VMC_TRY(plan_build(g, batch, mode, nthreads, NULL, 0, out));
+    const vmc_status s = prof_env() ? vmc_plan_profile(*out, 1) : VMC_OK;
+    if (s) {
+      vmc_plan_destroy(*out);
+      *out = NULL;
+    }
+    return s;
+  }
+  if (!fusion_enabled()) return plan_build(g, batch, mode, nthreads, NULL, 0, out);
   /* Inference: a private copy of the weights with BatchNorm folded into the
    * convolutions (the plan keeps the weights it was made with). */
   vmc_graph *own;
@@ -464,7 +472,8 @@ const float *vmc_plan_value(const vmc_plan *p, int value) {
 
 void vmc_plan_destroy(vmc_plan *p) {
   if (!p) return;
-  if (p->grad && prof_on()) prof_print(p);
+  if (p->grad && p->prof && prof_env()) prof_print(p);
+  vmc_free(p->prof);
   for (int t = 0; t < p->n_sub; t++) vmc_plan_destroy(p->sub[t]);
   vmc_free(p->sub);
   vmc_arena_release(&p->arena);
@@ -494,47 +503,72 @@ size_t vmc_plan_arena_bytes(const vmc_plan *p) {
 }
 const vmc_shape *vmc_plan_value_shape(const vmc_plan *p, int value) { return &p->shape[value]; }
 
-/* VMC_PROFILE=1: wall seconds per node of a training plan, forward and
- * backward, summed over its calls and printed to stderr (then reset) when the
- * plan is destroyed: where a training step's time goes, op by op.  One set of
- * counters for the process, so it assumes one training plan at a time;
- * inference plans are not timed. */
-#define PROF_MAX 512
-static int g_prof = -1;
-static double g_prof_s[2][PROF_MAX];
-static int prof_on(void) {
-  if (g_prof < 0) {
+/* VMC_PROFILE=1: a training plan times its nodes (vmc_plan_profile) and
+ * prints the forward and backward seconds of each to stderr when it is
+ * destroyed: where a training step's time goes, op by op. */
+static int prof_env(void) {
+  static int on = -1;
+  if (on < 0) {
     const char *e = getenv("VMC_PROFILE");
-    g_prof = e && *e && strcmp(e, "0");
+    on = e && *e && strcmp(e, "0");
   }
-  return g_prof;
+  return on;
 }
+
+vmc_status vmc_plan_profile(vmc_plan *p, int on) {
+  vmc_free(p->prof);
+  p->prof = NULL;
+  for (int t = 0; t < p->n_sub; t++) VMC_TRY(vmc_plan_profile(p->sub[t], on));
+  if (!on) return VMC_OK;
+  p->prof = vmc_malloc_plain(2 * (size_t)(p->g->n_nodes ? p->g->n_nodes : 1) * sizeof *p->prof);
+  if (!p->prof) return vmc_error(VMC_ERR_NOMEM, "profile counters");
+  memset(p->prof, 0, 2 * (size_t)p->g->n_nodes * sizeof *p->prof);
+  return VMC_OK;
+}
+
+const vmc_graph *vmc_plan_graph(const vmc_plan *p) { return p->g; }
+
+double vmc_plan_node_seconds(const vmc_plan *p, int i, int backward) {
+  if (i < 0 || i >= p->g->n_nodes) return 0;
+  double s = p->prof ? p->prof[(backward ? p->g->n_nodes : 0) + i] : 0;
+  for (int t = 0; t < p->n_sub; t++) s += vmc_plan_node_seconds(p->sub[t], i, backward);
+  return s;
+}
+
+uint64_t vmc_plan_node_macs(const vmc_plan *p, int i) {
+  if (i < 0 || i >= p->g->n_nodes) return 0;
+  const vmc_plan *q = p->n_sub ? p->sub[0] : p; /* an outer plan keeps no inner shapes */
+  const vmc_node *n = &q->g->nodes[i];
+  if (!n->op->macs) return 0;
+  vmc_shape in[VMC_MAX_INPUTS];
+  for (int k = 0; k < n->n_in; k++) in[k] = q->shape[n->in[k]];
+  return n->op->macs(n, in, &q->shape[n->out]);
+}
+
 static void prof_print(const vmc_plan *p) {
   double tot = 0;
-  for (int i = 0; i < p->g->n_nodes && i < PROF_MAX; i++) tot += g_prof_s[0][i] + g_prof_s[1][i];
+  for (int i = 0; i < p->g->n_nodes; i++) tot += p->prof[i] + p->prof[p->g->n_nodes + i];
   if (tot <= 0) return;
   fprintf(stderr, "%-28s %-10s %9s %9s %6s\n", "node", "op", "fwd s", "bwd s", "%");
-  for (int i = 0; i < p->g->n_nodes && i < PROF_MAX; i++) {
-    const double f = g_prof_s[0][i], b = g_prof_s[1][i];
+  for (int i = 0; i < p->g->n_nodes; i++) {
+    const double f = p->prof[i], b = p->prof[p->g->n_nodes + i];
     if (f + b <= 0) continue;
     fprintf(stderr, "%-28s %-10s %9.3f %9.3f %6.1f\n", p->g->nodes[i].name, p->g->nodes[i].op->name,
             f, b, 100 * (f + b) / tot);
-    g_prof_s[0][i] = g_prof_s[1][i] = 0;
   }
   fprintf(stderr, "total %.3f s\n", tot);
 }
 
 /* Every node of a plan for n images, its ops on nthreads threads. */
 static void run_nodes(vmc_plan *p, int n, int nthreads) {
-  const int prof = p->grad && prof_on();
   for (int i = 0; i < p->g->n_nodes; i++) {
     if (p->skip[i]) continue;
     vmc_opctx c;
     fill_ctx(p, i, n, &c);
     c.nthreads = nthreads;
-    const double t0 = prof ? vmc_now() : 0;
+    const double t0 = p->prof ? vmc_now() : 0;
     p->g->nodes[i].op->forward(&c);
-    if (prof && i < PROF_MAX) g_prof_s[0][i] += vmc_now() - t0;
+    if (p->prof) p->prof[i] += vmc_now() - t0;
   }
 }
 
@@ -583,9 +617,9 @@ vmc_status vmc_plan_backward(vmc_plan *p) {
                        n->name);
     vmc_opctx c;
     fill_ctx(p, i, p->last_n, &c);
-    const double t0 = prof_on() ? vmc_now() : 0;
+    const double t0 = p->prof ? vmc_now() : 0;
     n->op->backward(&c);
-    if (prof_on() && i < PROF_MAX) g_prof_s[1][i] += vmc_now() - t0;
+    if (p->prof) p->prof[g->n_nodes + i] += vmc_now() - t0;
   }
   return VMC_OK;
 }

@@ -31,6 +31,7 @@ struct vmc_plan {
   vmc_graph *owned;
   struct vmc_plan **sub;
   int n_sub;
+  double *prof; /* vmc_plan_profile: 2 x nodes seconds (forward, backward), or NULL */
 };
 
 /* Backward from the gradient of the logits (batch x classes, already in
@@ -39,6 +40,19 @@ vmc_status vmc_plan_backward(vmc_plan *p);
 /* Gradient buffer of the logits. */
 float *vmc_plan_output_grad(vmc_plan *p);
 const vmc_shape *vmc_plan_value_shape(const vmc_plan *p, int value);
+
+/* Per-node timing.  vmc_plan_profile(p, 1) zeroes and starts the counters
+ * (sub-plans each get their own, so threads never share one): every later
+ * forward and backward adds each node's wall time to its node; 0 stops and
+ * frees them.  The nodes are those of vmc_plan_graph(p), the plan's own
+ * folded copy for inference; a node folded into another gets no time. */
+vmc_status vmc_plan_profile(vmc_plan *p, int on);
+const vmc_graph *vmc_plan_graph(const vmc_plan *p);
+/* Seconds counted for node i, forward (backward: 1) summed over the
+ * sub-plans (so thread-seconds where images ran on several threads). */
+double vmc_plan_node_seconds(const vmc_plan *p, int i, int backward);
+/* Multiply-adds of node i per image (0 for ops that do not count them). */
+uint64_t vmc_plan_node_macs(const vmc_plan *p, int i);
 
 /* An inference plan that runs g as given, layer by layer over the whole
  * batch: no BatchNorm folding, no private copy of the weights (recreate it

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "graph/graph.h"
+#include "graph/plan.h"
 #include "io/io.h"
 #include "quant/qrt.h"
 
@@ -20,11 +21,15 @@ static const char *const HELP =
     "  --repeats N   timed runs per batch size (default 50)\n"
     "  --warmup N    untimed runs first (default 10)\n"
     "  --simulate    run a quantized model's fp32 simulation instead\n"
+    "  --profile     then time every layer at the larger batch (fp32 plans; as\n"
+    "                many more runs): time per image, share, multiply-adds and\n"
+    "                GFLOP/s of each node (on several threads, images run on\n"
+    "                one thread each and the times add up over the threads)\n"
     "  --vs OTHER    also bench OTHER (e.g. the float model MODEL came from) and\n"
     "                print both side by side: file size, parameter storage,\n"
     "                batch-1 latency, batch-N throughput (medians), ratios\n\n" CLI_COMMON_HELP;
 
-enum { O_BATCH = OPT_CMD_BASE, O_REPEATS, O_WARMUP, O_SIMULATE, O_VS };
+enum { O_BATCH = OPT_CMD_BASE, O_REPEATS, O_WARMUP, O_SIMULATE, O_VS, O_PROFILE };
 
 typedef struct {
   int batch;
@@ -98,6 +103,77 @@ static vmc_status bench_batch(vmc_graph *g, int integer, int batch, int warmup, 
   r->layout = e.q ? vmc_qrt_layout_name(e.q) : NULL;
   vmc_free(t);
   engine_destroy(&e);
+  return VMC_OK;
+}
+
+/* --profile: the fp32 plan for batch, warmed up, then `repeats` runs with
+ * its nodes timed; a table on stdout, or a "layers" array added to json. */
+static vmc_status bench_profile(vmc_graph *g, int batch, int warmup, int repeats, uint64_t seed,
+                                cJSON *json) {
+  vmc_plan *p;
+  VMC_TRY(vmc_plan_create(g, batch, VMC_MODE_INFER, &p));
+  const size_t n = (size_t)batch * g->in_shape.d[1] * g->in_shape.d[2] * g->in_shape.d[3];
+  vmc_rng rng;
+  vmc_rng_seed(&rng, seed);
+  float *x = vmc_plan_input(p);
+  for (size_t i = 0; i < n; i++) x[i] = vmc_rng_normal(&rng);
+  vmc_status s = VMC_OK;
+  for (int i = 0; i < warmup && !s; i++) s = vmc_plan_forward(p, batch);
+  if (!s) s = vmc_plan_profile(p, 1);
+  for (int i = 0; i < repeats && !s; i++) s = vmc_plan_forward(p, batch);
+  if (s) {
+    vmc_plan_destroy(p);
+    return s;
+  }
+  const vmc_graph *pg = vmc_plan_graph(p);
+  const double images = (double)batch * repeats;
+  double total = 0, total_macs = 0;
+  for (int i = 0; i < pg->n_nodes; i++) total += vmc_plan_node_seconds(p, i, 0);
+  cJSON *arr = json ? cJSON_CreateArray() : NULL;
+  if (!json) {
+    const int nt = vmc_get_threads();
+    printf("\nper layer, batch %d, %d runs, %d thread%s%s:\n", batch, repeats, nt, nt > 1 ? "s" : "",
+           batch > 1 && nt > 1 ? " (time summed over the threads)" : "");
+    printf("%-28s %-10s %12s %7s %12s %9s\n", "node", "op", "us/image", "%", "MMAC/image",
+           "GFLOP/s");
+  }
+  for (int i = 0; i < pg->n_nodes; i++) {
+    const double sec = vmc_plan_node_seconds(p, i, 0);
+    if (sec <= 0) continue; /* folded into another node */
+    const double us = sec / images * 1e6, macs = (double)vmc_plan_node_macs(p, i);
+    const double gflops = macs > 0 ? 2.0 * macs / (us * 1e-6) / 1e9 : 0;
+    total_macs += macs;
+    if (json) {
+      cJSON *r = cJSON_CreateObject();
+      cJSON_AddStringToObject(r, "node", pg->nodes[i].name);
+      cJSON_AddStringToObject(r, "op", pg->nodes[i].op->name);
+      cJSON_AddNumberToObject(r, "us_per_image", us);
+      cJSON_AddNumberToObject(r, "share", sec / total);
+      cJSON_AddNumberToObject(r, "macs", macs);
+      cJSON_AddNumberToObject(r, "gflops", gflops);
+      cJSON_AddItemToArray(arr, r);
+    } else {
+      printf("%-28s %-10s %12.2f %7.1f ", pg->nodes[i].name, pg->nodes[i].op->name, us,
+             100 * sec / total);
+      if (macs > 0)
+        printf("%12.3f %9.1f\n", macs / 1e6, gflops);
+      else
+        printf("%12s %9s\n", "-", "-");
+    }
+  }
+  const double us = total / images * 1e6;
+  if (json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "batch", batch);
+    cJSON_AddNumberToObject(o, "runs", repeats);
+    cJSON_AddNumberToObject(o, "us_per_image", us);
+    cJSON_AddItemToObject(o, "layers", arr);
+    cJSON_AddItemToObject(json, "profile", o);
+  } else {
+    printf("%-28s %-10s %12.2f %7.1f %12.3f %9.1f\n", "all nodes", "", us, 100.0, total_macs / 1e6,
+           2.0 * total_macs / (us * 1e-6) / 1e9);
+  }
+  vmc_plan_destroy(p);
   return VMC_OK;
 }
 
@@ -217,11 +293,12 @@ int cmd_bench(int argc, char **argv) {
                                        {"warmup", required_argument, 0, O_WARMUP},
                                        {"simulate", no_argument, 0, O_SIMULATE},
                                        {"vs", required_argument, 0, O_VS},
+                                       {"profile", no_argument, 0, O_PROFILE},
                                        {0, 0, 0, 0}};
   cli_common cc;
   cli_common_init(&cc);
   long batch = 64, repeats = 50, warmup = 10;
-  int opt, simulate = 0;
+  int opt, simulate = 0, profile = 0;
   const char *vs = NULL;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -235,10 +312,12 @@ int cmd_bench(int argc, char **argv) {
     case O_WARMUP: if (cli_int("--warmup", optarg, 0, 100000, &warmup)) return 2; break;
     case O_SIMULATE: simulate = 1; break;
     case O_VS: vs = optarg; break;
+    case O_PROFILE: profile = 1; break;
     default: return cli_usage_error("bench", "unknown option");
     }
   }
   if (optind != argc - 1) return cli_usage_error("bench", "expected one MODEL.vmc argument");
+  if (profile && vs) return cli_usage_error("bench", "--profile times one model; drop --vs");
   cli_common_apply(&cc);
   bench_model m[2];
   memset(m, 0, sizeof m);
@@ -251,12 +330,17 @@ int cmd_bench(int argc, char **argv) {
     if (!s) m[k].integer = !simulate && vmc_graph_is_quantized(m[k].g);
     if (!s) s = bench_model_run(&m[k], nrows, (int)batch, (int)warmup, (int)repeats, cc.seed);
   }
+  if (!s && profile && m[0].integer)
+    s = vmc_error(VMC_ERR_UNSUPPORTED,
+                  "--profile times the fp32 plan's layers; the integer runtime has no per-layer "
+                  "timing (--simulate times the fp32 simulation)");
   if (s) {
     vmc_graph_free(m[0].g);
     vmc_graph_free(m[1].g);
     return cli_fail("bench", s, NULL);
   }
   const bench_row *rows = m[0].rows;
+  const int prof_batch = rows[nrows - 1].batch;
   const char *path = m[0].path;
   if (vs) {
     print_vs(&m[0], &m[1], nrows, cc.json);
@@ -279,7 +363,9 @@ int cmd_bench(int argc, char **argv) {
       cJSON_AddItemToArray(arr, r);
     }
     cJSON_AddItemToObject(o, "results", arr);
-    cli_print_json(o);
+    if (profile) s = bench_profile(m[0].g, prof_batch, (int)warmup, (int)repeats, cc.seed, o);
+    if (s) cJSON_Delete(o);
+    else cli_print_json(o);
   } else {
     char label[48];
     printf("%s: %s, %d threads, %s kernels, %ld warm-up + %ld timed runs\n\n", path,
@@ -290,8 +376,9 @@ int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < nrows; i++)
       printf("%6d %12.4f %12.4f %12.4f %14.0f %12.1f\n", rows[i].batch, rows[i].median_ms,
              rows[i].p10_ms, rows[i].p90_ms, rows[i].images_per_sec, rows[i].arena_bytes / 1024.0);
+    if (profile) s = bench_profile(m[0].g, prof_batch, (int)warmup, (int)repeats, cc.seed, NULL);
   }
   vmc_graph_free(m[0].g);
   vmc_graph_free(m[1].g);
-  return 0;
+  return s ? cli_fail("bench", s, NULL) : 0;
 }
