@@ -194,9 +194,13 @@ void vmc_sgemm_rows_epi_mt(int trans_b, int M, int N, int K, float alpha,
   run_mt(dispatched_variant(), &g);
 }
 
+int vmc_sgemm_dot_in_place(int K) {
+  return dispatched_variant() == VMC_GEMM_AVX512 && K >= VMC_SGEMM_DOT_MIN_K;
+}
+
 void vmc_sgemm_dot(int M, int N, int K, const float *A, int lda, const float *const *brow,
                    float *C, int ldc) {
-  if (dispatched_variant() == VMC_GEMM_AVX512 && K >= VMC_SGEMM_DOT_MIN_K)
+  if (vmc_sgemm_dot_in_place(K))
     vmc_sgemm_dot__avx512(M, N, K, A, lda, brow, C, ldc);
   else
     vmc_sgemm_rows(1, M, N, K, 1.0f, A, lda, brow, 1.0f, C, ldc);

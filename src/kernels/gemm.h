@@ -107,6 +107,9 @@ void vmc_sgemm_rows__avx512(int trans_b, int M, int N, int K, float alpha,
 #define VMC_SGEMM_DOT_MIN_K 128 /* below it, a packed tile is repaid (bench_gemm) */
 void vmc_sgemm_dot(int M, int N, int K, const float *A, int lda, const float *const *brow,
                    float *C, int ldc);
+/* Whether vmc_sgemm_dot reads its operands in place for this K (else it is
+ * the rows GEMM, which packs brow). */
+int vmc_sgemm_dot_in_place(int K);
 void vmc_sgemm_dot__avx512(int M, int N, int K, const float *A, int lda,
                            const float *const *brow, float *C, int ldc);
 

@@ -22,10 +22,33 @@ static vmc_status linear_infer(const vmc_graph *g, const vmc_node *n, const vmc_
   return VMC_OK;
 }
 
+/* A few images (a per-image inference plan runs one) and a long K: y = b,
+ * then += the dot products of each image with W's rows, both read in place
+ * (vmc_sgemm_dot), where the GEMM would pack all of W for every call.
+ * Chunks of DOT_ROWS outputs, over the threads. */
+#define DOT_MAX_N 4
+#define DOT_ROWS 32
+static void linear_dot(vmc_opctx *c, int N, int F, int O, const float *W, const float *b) {
+  const int chunks = (O + DOT_ROWS - 1) / DOT_ROWS;
+#pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && chunks > 1)
+  for (int ch = 0; ch < chunks; ch++) {
+    const int o0 = ch * DOT_ROWS, no = O - o0 < DOT_ROWS ? O - o0 : DOT_ROWS;
+    const float *rows[DOT_ROWS];
+    for (int o = 0; o < no; o++) rows[o] = W + (size_t)(o0 + o) * F;
+    for (int i = 0; i < N; i++)
+      for (int o = 0; o < no; o++) c->y[(size_t)i * O + o0 + o] = b ? b[o0 + o] : 0.0f;
+    vmc_sgemm_dot(N, no, F, c->x[0], F, rows, c->y + o0, O);
+  }
+}
+
 static void linear_forward(vmc_opctx *c) {
   const vmc_node *n = c->node;
   const int N = c->batch, F = in_features(&c->xs[0]), O = c->ys.d[1];
   const float *W = c->g->params[n->param[0]].data;
+  if (N <= DOT_MAX_N && vmc_sgemm_dot_in_place(F)) {
+    linear_dot(c, N, F, O, W, n->n_param > 1 ? c->g->params[n->param[1]].data : NULL);
+    return;
+  }
   vmc_sgemm_mt(0, 1, N, O, F, 1.0f, c->x[0], F, W, F, 0.0f, c->y, O);
   if (n->n_param > 1) {
     const float *b = c->g->params[n->param[1]].data;
