@@ -627,10 +627,12 @@ TEST(qrt_cli_eval_and_bench) {
         strstr(g_out, "batch 4 images/s") && strstr(g_out, "s8 "));
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --simulate --repeats 2 --warmup 0 --batch 2 --json", qp), 0);
   CHECK(strstr(g_out, "fp32 simulation") != NULL);
-  /* Per-layer timing is the fp32 plan's: refused on the integer runtime,
-   * given for the simulation. */
-  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 1 --warmup 0 --batch 2 --profile", qp), 1);
-  CHECK(strstr(g_out, "--simulate") != NULL);
+  /* Per-step timing of the integer runtime, per-layer of its simulation. */
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 2 --warmup 0 --batch 2 --profile", qp), 0);
+  CHECK(strstr(g_out, "per step of the integer runtime, batch 2") && strstr(g_out, "conv2d") &&
+        strstr(g_out, "all "));
+  CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 1 --warmup 0 --batch 1 --profile --json", qp), 0);
+  CHECK(strstr(g_out, "\"profile\"") && strstr(g_out, "\"macs\""));
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --simulate --repeats 1 --warmup 0 --batch 2 --profile", qp), 0);
   CHECK(strstr(g_out, "per layer") && strstr(g_out, "fakequant"));
   char cmd[700];

@@ -751,6 +751,7 @@ void vmc_qrt_destroy(vmc_qrt *q) {
   }
   for (int c = 0; q->ctx && c < q->n_ctx; c++) vmc_free(q->ctx[c]);
   vmc_free(q->ctx);
+  vmc_free(q->prof);
   vmc_free(q->t);
   vmc_free(q->s);
   vmc_free(q->input);
@@ -804,6 +805,33 @@ int vmc_qrt_describe(const vmc_qrt *q, int i, char *buf, size_t n) {
   return q->n_s;
 }
 
+/* ---- per-step timing ------------------------------------------------------------------ */
+
+vmc_status vmc_qrt_profile(vmc_qrt *q, int on) {
+  vmc_free(q->prof);
+  q->prof = NULL;
+  if (!on || !q->n_s) return VMC_OK;
+  const size_t n = (size_t)q->n_ctx * q->n_s;
+  q->prof = vmc_malloc_plain(n * sizeof *q->prof);
+  if (!q->prof) return vmc_error(VMC_ERR_NOMEM, "profile counters");
+  memset(q->prof, 0, n * sizeof *q->prof);
+  return VMC_OK;
+}
+
+int vmc_qrt_step_info(const vmc_qrt *q, int i, const char **node, const char **op,
+                      double *seconds, double *macs) {
+  if (i < 0 || i >= q->n_s) return q->n_s;
+  const qrt_step *s = &q->s[i];
+  *node = s->node;
+  *op = s->op ? s->op : "";
+  *seconds = 0;
+  for (int c = 0; q->prof && c < q->n_ctx; c++) *seconds += q->prof[(size_t)c * q->n_s + i];
+  *macs = s->macs > 0 ? s->macs /* the pixel-major convolutions */
+          : s->kind == QRT_GEMM || s->kind == QRT_DWCONV ? (double)s->groups * s->M * s->K * s->N
+                                                         : 0;
+  return q->n_s;
+}
+
 /* ---- the batch ------------------------------------------------------------------------ */
 
 vmc_status vmc_qrt_forward(vmc_qrt *q, int n) {
@@ -814,7 +842,7 @@ vmc_status vmc_qrt_forward(vmc_qrt *q, int n) {
   if (nt <= 1) {
     for (int b = 0; b < n; b++)
       vmc_qrt_run_image(q, q->ctx[0], q->input + (size_t)b * q->in_count,
-                        q->output + (size_t)b * q->classes, 1);
+                        q->output + (size_t)b * q->classes, 1, q->prof);
     return VMC_OK;
   }
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
@@ -822,7 +850,8 @@ vmc_status vmc_qrt_forward(vmc_qrt *q, int n) {
     const int lo = (int)((int64_t)n * t / nt), hi = (int)((int64_t)n * (t + 1) / nt);
     for (int b = lo; b < hi; b++)
       vmc_qrt_run_image(q, q->ctx[t], q->input + (size_t)b * q->in_count,
-                        q->output + (size_t)b * q->classes, 0);
+                        q->output + (size_t)b * q->classes, 0,
+                        q->prof ? q->prof + (size_t)t * q->n_s : NULL);
   }
   return VMC_OK;
 }

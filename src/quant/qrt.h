@@ -110,5 +110,13 @@ void vmc_qrt_infer_fn(vmc_qrt *q, vmc_infer_fn *f);
  * layer1.0.conv1 gemm 16x144x784" ...; returns the number of steps, writes
  * step i's description into buf when i is in range. */
 int vmc_qrt_describe(const vmc_qrt *q, int i, char *buf, size_t n);
+/* Per-step timing: 1 zeroes and starts counters (one row per thread
+ * context), 0 stops and frees them.  vmc_qrt_step_info gives step i's graph
+ * node and op, its seconds summed over the contexts and its multiply-adds
+ * per image (0 where not counted); returns the number of steps (and sets
+ * nothing when i is out of range). */
+vmc_status vmc_qrt_profile(vmc_qrt *q, int on);
+int vmc_qrt_step_info(const vmc_qrt *q, int i, const char **node, const char **op,
+                      double *seconds, double *macs);
 
 #endif

@@ -75,11 +75,14 @@ struct vmc_qrt {
   vmc_qconv_fn conv;      /* non-NULL: pixel-major tensors, convs on it */
   vmc_qdwp_fn dwp;        /* and depthwise convs */
   size_t weight_bytes;
+  double *prof;           /* vmc_qrt_profile: n_ctx rows of n_s seconds, or NULL */
 };
 
 /* qrt_run.c: image x (in_count floats) through the steps on the arena
  * ctx, logits into y (classes floats); threaded: a single image's GEMMs and
- * depthwise channels may use the thread team. */
-void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y, int threaded);
+ * depthwise channels may use the thread team.  prof (n_s seconds, or
+ * NULL): each step's wall time added. */
+void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y, int threaded,
+                       double *prof);
 
 #endif

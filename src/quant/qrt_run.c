@@ -103,9 +103,16 @@ static void run_pixel(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, int nth
   vmc_qnhwc_border(&y->g, (uint8_t)y->q.zp, ctx + y->off);
 }
 
-void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y, int threaded) {
+void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y, int threaded,
+                       double *prof) {
   const int nthreads = threaded && !omp_in_parallel() ? q->nthreads : 1;
+  double t0 = prof ? vmc_now() : 0;
   for (int i = 0; i < q->n_s; i++) {
+    if (prof && i) {
+      const double t1 = vmc_now();
+      prof[i - 1] += t1 - t0;
+      t0 = t1;
+    }
     const qrt_step *s = &q->s[i];
     const qrt_tensor *a = s->in >= 0 ? &q->t[s->in] : NULL;
     const qrt_tensor *o = s->out >= 0 ? &q->t[s->out] : NULL;
@@ -141,4 +148,5 @@ void vmc_qrt_run_image(const vmc_qrt *q, uint8_t *ctx, const float *x, float *y,
     case QRT_DEQUANTIZE: vmc_qdequantize_u8(ctx + a->off, s->n, &a->q, y); break;
     }
   }
+  if (prof && q->n_s) prof[q->n_s - 1] += vmc_now() - t0;
 }

@@ -21,10 +21,11 @@ static const char *const HELP =
     "  --repeats N   timed runs per batch size (default 50)\n"
     "  --warmup N    untimed runs first (default 10)\n"
     "  --simulate    run a quantized model's fp32 simulation instead\n"
-    "  --profile     then time every layer at the larger batch (fp32 plans; as\n"
-    "                many more runs): time per image, share, multiply-adds and\n"
-    "                GFLOP/s of each node (on several threads, images run on\n"
-    "                one thread each and the times add up over the threads)\n"
+    "  --profile     then time every layer (the integer runtime: every step) at\n"
+    "                the larger batch, as many runs again: time per image,\n"
+    "                share, multiply-adds and GFLOP/s (GOP/s for int8) of each\n"
+    "                (on several threads, images run on one thread each and the\n"
+    "                times add up over the threads)\n"
     "  --vs OTHER    also bench OTHER (e.g. the float model MODEL came from) and\n"
     "                print both side by side: file size, parameter storage,\n"
     "                batch-1 latency, batch-N throughput (medians), ratios\n\n" CLI_COMMON_HELP;
@@ -106,74 +107,91 @@ static vmc_status bench_batch(vmc_graph *g, int integer, int batch, int warmup, 
   return VMC_OK;
 }
 
-/* --profile: the fp32 plan for batch, warmed up, then `repeats` runs with
- * its nodes timed; a table on stdout, or a "layers" array added to json. */
-static vmc_status bench_profile(vmc_graph *g, int batch, int warmup, int repeats, uint64_t seed,
-                                cJSON *json) {
-  vmc_plan *p;
-  VMC_TRY(vmc_plan_create(g, batch, VMC_MODE_INFER, &p));
+/* --profile: the engine for batch, warmed up, then `repeats` runs with its
+ * nodes (the integer runtime: its steps) timed; a table on stdout, or a
+ * "profile" object added to json. */
+static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup, int repeats,
+                                uint64_t seed, cJSON *json) {
+  engine e;
+  VMC_TRY(engine_create(g, integer, batch, &e));
   const size_t n = (size_t)batch * g->in_shape.d[1] * g->in_shape.d[2] * g->in_shape.d[3];
   vmc_rng rng;
   vmc_rng_seed(&rng, seed);
-  float *x = vmc_plan_input(p);
+  float *x = engine_input(&e);
   for (size_t i = 0; i < n; i++) x[i] = vmc_rng_normal(&rng);
   vmc_status s = VMC_OK;
-  for (int i = 0; i < warmup && !s; i++) s = vmc_plan_forward(p, batch);
-  if (!s) s = vmc_plan_profile(p, 1);
-  for (int i = 0; i < repeats && !s; i++) s = vmc_plan_forward(p, batch);
+  for (int i = 0; i < warmup && !s; i++) s = engine_forward(&e, batch);
+  if (!s) s = e.q ? vmc_qrt_profile(e.q, 1) : vmc_plan_profile(e.p, 1);
+  for (int i = 0; i < repeats && !s; i++) s = engine_forward(&e, batch);
   if (s) {
-    vmc_plan_destroy(p);
+    engine_destroy(&e);
     return s;
   }
-  const vmc_graph *pg = vmc_plan_graph(p);
+  /* The timed units: the plan's nodes, or the runtime's steps. */
+  const vmc_graph *pg = e.p ? vmc_plan_graph(e.p) : NULL;
+  const char *node, *op;
+  double sec, macs;
+  const int units = pg ? pg->n_nodes : vmc_qrt_step_info(e.q, -1, &node, &op, &sec, &macs);
   const double images = (double)batch * repeats;
   double total = 0, total_macs = 0;
-  for (int i = 0; i < pg->n_nodes; i++) total += vmc_plan_node_seconds(p, i, 0);
-  cJSON *arr = json ? cJSON_CreateArray() : NULL;
-  if (!json) {
-    const int nt = vmc_get_threads();
-    printf("\nper layer, batch %d, %d runs, %d thread%s%s:\n", batch, repeats, nt, nt > 1 ? "s" : "",
-           batch > 1 && nt > 1 ? " (time summed over the threads)" : "");
-    printf("%-28s %-10s %12s %7s %12s %9s\n", "node", "op", "us/image", "%", "MMAC/image",
-           "GFLOP/s");
-  }
-  for (int i = 0; i < pg->n_nodes; i++) {
-    const double sec = vmc_plan_node_seconds(p, i, 0);
-    if (sec <= 0) continue; /* folded into another node */
-    const double us = sec / images * 1e6, macs = (double)vmc_plan_node_macs(p, i);
-    const double gflops = macs > 0 ? 2.0 * macs / (us * 1e-6) / 1e9 : 0;
-    total_macs += macs;
-    if (json) {
-      cJSON *r = cJSON_CreateObject();
-      cJSON_AddStringToObject(r, "node", pg->nodes[i].name);
-      cJSON_AddStringToObject(r, "op", pg->nodes[i].op->name);
-      cJSON_AddNumberToObject(r, "us_per_image", us);
-      cJSON_AddNumberToObject(r, "share", sec / total);
-      cJSON_AddNumberToObject(r, "macs", macs);
-      cJSON_AddNumberToObject(r, "gflops", gflops);
-      cJSON_AddItemToArray(arr, r);
-    } else {
-      printf("%-28s %-10s %12.2f %7.1f ", pg->nodes[i].name, pg->nodes[i].op->name, us,
-             100 * sec / total);
+  for (int pass = 0; pass < 2; pass++) {
+    cJSON *arr = json && pass ? cJSON_CreateArray() : NULL;
+    if (pass && !json) {
+      const int nt = vmc_get_threads();
+      printf("\nper %s, batch %d, %d runs, %d thread%s%s:\n", pg ? "layer" : "step of the integer runtime",
+             batch, repeats, nt, nt > 1 ? "s" : "",
+             batch > 1 && nt > 1 ? " (time summed over the threads)" : "");
+      printf("%-28s %-10s %12s %7s %12s %9s\n", "node", "op", "us/image", "%", "MMAC/image",
+             "GFLOP/s");
+    }
+    for (int i = 0; i < units; i++) {
+      if (pg) {
+        node = pg->nodes[i].name;
+        op = pg->nodes[i].op->name;
+        sec = vmc_plan_node_seconds(e.p, i, 0);
+        macs = (double)vmc_plan_node_macs(e.p, i);
+      } else {
+        vmc_qrt_step_info(e.q, i, &node, &op, &sec, &macs);
+      }
+      if (sec <= 0) continue; /* folded into another node */
+      if (!pass) {
+        total += sec;
+        total_macs += macs;
+        continue;
+      }
+      const double us = sec / images * 1e6, gflops = macs > 0 ? 2.0 * macs / (us * 1e-6) / 1e9 : 0;
+      if (json) {
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "node", node);
+        cJSON_AddStringToObject(r, "op", op);
+        cJSON_AddNumberToObject(r, "us_per_image", us);
+        cJSON_AddNumberToObject(r, "share", sec / total);
+        cJSON_AddNumberToObject(r, "macs", macs);
+        cJSON_AddNumberToObject(r, "gflops", gflops);
+        cJSON_AddItemToArray(arr, r);
+        continue;
+      }
+      printf("%-28s %-10s %12.2f %7.1f ", node, op, us, 100 * sec / total);
       if (macs > 0)
         printf("%12.3f %9.1f\n", macs / 1e6, gflops);
       else
         printf("%12s %9s\n", "-", "-");
     }
+    if (!pass) continue;
+    const double us = total / images * 1e6;
+    if (json) {
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddNumberToObject(o, "batch", batch);
+      cJSON_AddNumberToObject(o, "runs", repeats);
+      cJSON_AddNumberToObject(o, "us_per_image", us);
+      cJSON_AddItemToObject(o, "layers", arr);
+      cJSON_AddItemToObject(json, "profile", o);
+    } else {
+      printf("%-28s %-10s %12.2f %7.1f %12.3f %9.1f\n", "all", "", us, 100.0, total_macs / 1e6,
+             2.0 * total_macs / (us * 1e-6) / 1e9);
+    }
   }
-  const double us = total / images * 1e6;
-  if (json) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "batch", batch);
-    cJSON_AddNumberToObject(o, "runs", repeats);
-    cJSON_AddNumberToObject(o, "us_per_image", us);
-    cJSON_AddItemToObject(o, "layers", arr);
-    cJSON_AddItemToObject(json, "profile", o);
-  } else {
-    printf("%-28s %-10s %12.2f %7.1f %12.3f %9.1f\n", "all nodes", "", us, 100.0, total_macs / 1e6,
-           2.0 * total_macs / (us * 1e-6) / 1e9);
-  }
-  vmc_plan_destroy(p);
+  engine_destroy(&e);
   return VMC_OK;
 }
 
@@ -330,10 +348,6 @@ int cmd_bench(int argc, char **argv) {
     if (!s) m[k].integer = !simulate && vmc_graph_is_quantized(m[k].g);
     if (!s) s = bench_model_run(&m[k], nrows, (int)batch, (int)warmup, (int)repeats, cc.seed);
   }
-  if (!s && profile && m[0].integer)
-    s = vmc_error(VMC_ERR_UNSUPPORTED,
-                  "--profile times the fp32 plan's layers; the integer runtime has no per-layer "
-                  "timing (--simulate times the fp32 simulation)");
   if (s) {
     vmc_graph_free(m[0].g);
     vmc_graph_free(m[1].g);
@@ -363,7 +377,8 @@ int cmd_bench(int argc, char **argv) {
       cJSON_AddItemToArray(arr, r);
     }
     cJSON_AddItemToObject(o, "results", arr);
-    if (profile) s = bench_profile(m[0].g, prof_batch, (int)warmup, (int)repeats, cc.seed, o);
+    if (profile)
+      s = bench_profile(m[0].g, m[0].integer, prof_batch, (int)warmup, (int)repeats, cc.seed, o);
     if (s) cJSON_Delete(o);
     else cli_print_json(o);
   } else {
@@ -376,7 +391,8 @@ int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < nrows; i++)
       printf("%6d %12.4f %12.4f %12.4f %14.0f %12.1f\n", rows[i].batch, rows[i].median_ms,
              rows[i].p10_ms, rows[i].p90_ms, rows[i].images_per_sec, rows[i].arena_bytes / 1024.0);
-    if (profile) s = bench_profile(m[0].g, prof_batch, (int)warmup, (int)repeats, cc.seed, NULL);
+    if (profile)
+      s = bench_profile(m[0].g, m[0].integer, prof_batch, (int)warmup, (int)repeats, cc.seed, NULL);
   }
   vmc_graph_free(m[0].g);
   vmc_graph_free(m[1].g);
