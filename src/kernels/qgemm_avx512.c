@@ -66,6 +66,34 @@ const vmc_qgemm_variant vmc_qgemm_u8s8s32_8x32__avx512vnni = {
     .run = qgemm_run,
 };
 
+/* A u8/s8 write-back that rounds first and clamps after (rounding is
+ * monotone, so clamping before or after it gives the same integers): a
+ * code is round(v) + zp clamped to [lo, hi], here by saturating packs to
+ * bytes (zp added in s16 with saturation) and a byte min/max where [lo, hi]
+ * is tighter than the type's range, or in s32 (zp32, ilo, ihi). */
+typedef struct byte_out {
+  int u8, clampb;
+  __m512i zp16, blo, bhi, zp32, ilo, ihi;
+} byte_out;
+
+/* b for codes of out (U8/S8) with prep p; 0 where the clamp leaves the
+ * type's range or |zp| > 255 (then only the fp32 clamp is exact). */
+static int byte_out_set(byte_out *b, vmc_qout out, const vmc_qepi_prep *p) {
+  if (out != VMC_QOUT_U8 && out != VMC_QOUT_S8) return 0;
+  const int tmin = out == VMC_QOUT_S8 ? -128 : 0, tmax = tmin + 255;
+  const int lo = (int)p->lo + p->zp, hi = (int)p->hi + p->zp;
+  if (lo < tmin || hi > tmax || lo > hi || p->zp < -255 || p->zp > 255) return 0;
+  b->u8 = out == VMC_QOUT_U8;
+  b->clampb = lo > tmin || hi < tmax;
+  b->zp16 = _mm512_set1_epi16((short)p->zp);
+  b->blo = _mm512_set1_epi8((char)lo);
+  b->bhi = _mm512_set1_epi8((char)hi);
+  b->zp32 = _mm512_set1_epi32(p->zp);
+  b->ilo = _mm512_set1_epi32(lo);
+  b->ihi = _mm512_set1_epi32(hi);
+  return 1;
+}
+
 /* The epilogue's per-call constants (qgemm.h). */
 typedef struct epi_ctx {
   vmc_qout out;
@@ -74,8 +102,8 @@ typedef struct epi_ctx {
   int per_tensor;
   __m512 lo, hi;
   __m512i zp;
-  int fast, clampb; /* epi_set_fast */
-  __m512i zp16, blo, bhi;
+  int fast;     /* epi_set_fast */
+  byte_out bo;  /* where fast */
 } epi_ctx;
 
 static void epi_init(epi_ctx *e, const vmc_qepi *q) {
@@ -90,20 +118,12 @@ static void epi_init(epi_ctx *e, const vmc_qepi *q) {
   e->fast = 0;
 }
 
-/* The fast write-back (U8/S8 out): where every |t * s| stays below 2^30, no
- * scale is NaN or infinite, the clamp [lo, hi] lies in the type's range and
- * |zp| <= 255, requant16's bytes are round16's codes (not clamped in fp32:
- * rounding is monotone, so clamping before or after it gives the same
- * integers) packed with saturation, zp added in s16 with saturation and
- * the bytes clamped to [lo, hi] (only when that is tighter than the
- * type's range; the packs' saturation gives the type's). */
+/* The fast write-back (byte_out): where every |t * s| stays below 2^30 (so
+ * its conversion to s32 cannot overflow) and no scale is NaN or infinite. */
 static void epi_set_fast(epi_ctx *e, const vmc_qepi *q, int M, int K) {
   e->fast = 0;
-  if (q->out != VMC_QOUT_U8 && q->out != VMC_QOUT_S8) return;
   const vmc_qepi_prep p = vmc_qepi_prepare(q);
-  const int tmin = q->out == VMC_QOUT_S8 ? -128 : 0, tmax = tmin + 255;
-  const int lo = (int)p.lo + p.zp, hi = (int)p.hi + p.zp;
-  if (lo < tmin || hi > tmax || lo > hi || p.zp < -255 || p.zp > 255) return;
+  if (!byte_out_set(&e->bo, q->out, &p)) return;
   const double amax = 255.0 * 128.0 * K; /* |sum of K u8 x s8 products| */
   for (int m = 0; m < (q->per_tensor ? 1 : M); m++) {
     const double sm = fabs((double)q->scale[m]);
@@ -111,10 +131,6 @@ static void epi_set_fast(epi_ctx *e, const vmc_qepi *q, int M, int K) {
     if (!(sm <= 1e30) || t >= 2147483647.0 || t * sm >= 1073741824.0) return;
   }
   e->fast = 1;
-  e->clampb = lo > tmin || hi < tmax;
-  e->zp16 = _mm512_set1_epi16((short)p.zp);
-  e->blo = _mm512_set1_epi8((char)lo);
-  e->bhi = _mm512_set1_epi8((char)hi);
 }
 
 static inline __mmask16 mask16(int n) {
@@ -144,16 +160,21 @@ INLINE __m512i pack_codes(__m512i t0, __m512i t1, int u8) {
   return u8 ? _mm512_packus_epi16(w, w) : _mm512_packs_epi16(w, w);
 }
 
-/* pack_codes of requant16(t0), requant16(t1) from round16's t0, t1 where
- * e->fast (epi_set_fast). */
-INLINE __m512i pack_fast(const epi_ctx *e, __m512i t0, __m512i t1) {
-  const __m512i w = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), e->zp16);
-  if (e->out == VMC_QOUT_U8) {
+/* pack_codes of the codes of round16's (or add16_fast's) t0, t1 (byte_out). */
+INLINE __m512i pack_fast(const byte_out *o, __m512i t0, __m512i t1) {
+  const __m512i w = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), o->zp16);
+  if (o->u8) {
     const __m512i b = _mm512_packus_epi16(w, w);
-    return e->clampb ? _mm512_min_epu8(_mm512_max_epu8(b, e->blo), e->bhi) : b;
+    return o->clampb ? _mm512_min_epu8(_mm512_max_epu8(b, o->blo), o->bhi) : b;
   }
   const __m512i b = _mm512_packs_epi16(w, w);
-  return e->clampb ? _mm512_min_epi8(_mm512_max_epi8(b, e->blo), e->bhi) : b;
+  return o->clampb ? _mm512_min_epi8(_mm512_max_epi8(b, o->blo), o->bhi) : b;
+}
+
+/* requant16(t) where e->fast: the code in s32. */
+INLINE __m512i code_fast(const epi_ctx *e, __m512i t, __m512 s) {
+  const __m512i c = _mm512_add_epi32(round16(t, s), e->bo.zp32);
+  return _mm512_min_epi32(_mm512_max_epi32(c, e->bo.ilo), e->bo.ihi);
 }
 
 /* The 32 bytes of pack_codes/pack_fast in the order t0's lanes, t1's. */
@@ -198,7 +219,7 @@ INLINE void store32(const epi_ctx *e, const vmc_qout OUT, __m512i t0, __m512i t1
     /* Per 128-bit lane L the packs leave (4-byte groups) t0.L, t1.L, twice:
      * lane 0 = pixels 0-3, 8-11; 1 = 16-19, 24-27; 2 = 4-7, 12-15;
      * 3 = 20-23, 28-31.  Values are in range, so no pack saturates. */
-    const __m512i b = e->fast ? pack_fast(e, round16(t0, s), round16(t1, s))
+    const __m512i b = e->fast ? pack_fast(&e->bo, round16(t0, s), round16(t1, s))
                               : pack_codes(requant16(e, t0, s), requant16(e, t1, s),
                                            OUT == VMC_QOUT_U8);
     const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -481,6 +502,8 @@ void vmc_qdwconv__avx512(const vmc_qdw_params *p, const uint8_t *x, const int8_t
 typedef struct add_ctx {
   __m512 sc, sr, inv, lo, hi;
   __m512i zc, zr, zo;
+  int fast;    /* add16_fast and pack_fast(&bo) give add16's codes */
+  byte_out bo;
 } add_ctx;
 
 static void add_init(add_ctx *c, const vmc_qconv_add *a) {
@@ -492,6 +515,12 @@ static void add_init(add_ctx *c, const vmc_qconv_add *a) {
   c->zc = _mm512_set1_epi32(a->zc);
   c->zr = _mm512_set1_epi32(a->zr);
   c->zo = _mm512_set1_epi32(a->o.zp);
+  /* The sum of two codes' values, scaled, stays below 2^30: no overflow
+   * when rounding it without the fp32 clamp first. */
+  const double v = ((255.0 + fabs((double)a->zc)) * fabs((double)a->sc) +
+                    (255.0 + fabs((double)a->zr)) * fabs((double)a->sr)) *
+                   fabs((double)a->inv_o);
+  c->fast = v < 1073741824.0 && byte_out_set(&c->bo, VMC_QOUT_U8, &a->o);
 }
 
 /* vmc_qconv_add1 on 16 lanes: codes c (s32) and residual bytes r (s32). */
@@ -501,6 +530,14 @@ INLINE __m512i add16(const add_ctx *a, __m512i c, __m512i r) {
   __m512 v = _mm512_mul_ps(_mm512_add_ps(vc, vr), a->inv);
   v = _mm512_min_ps(_mm512_max_ps(v, a->lo), a->hi);
   return _mm512_add_epi32(_mm512_cvtps_epi32(v), a->zo);
+}
+
+/* add16 without its clamp and zero point (pack_fast(&a->bo) applies them)
+ * where a->fast. */
+INLINE __m512i add16_fast(const add_ctx *a, __m512i c, __m512i r) {
+  const __m512 vc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, a->zc)), a->sc);
+  const __m512 vr = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, a->zr)), a->sr);
+  return _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_add_ps(vc, vr), a->inv));
 }
 
 /* 16 bytes at y, the first ones of mask k unless full. */
@@ -557,7 +594,7 @@ INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
   /* One pixel's blocks: requantized (and added to the residual), packed to
    * bytes and stored with one store per pixel. */
   const __mmask32 kk = (__mmask32)k0 | (MB > 1 ? (__mmask32)k1 << 16 : 0);
-  const int full = p->M - m0 >= 16 * MB, fast = !a && e->fast;
+  const int full = p->M - m0 >= 16 * MB, fast = !a && e->fast, afast = a && e->fast && a->fast;
 #define OUT(i)                                                                                \
   if ((i) < P) {                                                                              \
     const size_t at = (size_t)(i) * p->ys_pix;                                                \
@@ -566,7 +603,7 @@ INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
       if ((i) % 2 == 0) {                                                                     \
         const __m512i t0 = round16(acc0[i], s0);                                              \
         const __m256i b =                                                                     \
-            codes_in_order(pack_fast(e, t0, (i) + 1 < P ? round16(acc0[(i) + 1], s0) : t0));  \
+            codes_in_order(pack_fast(&e->bo, t0, (i) + 1 < P ? round16(acc0[(i) + 1], s0) : t0)); \
         store_u8x16(yb + at, k0, full, _mm256_castsi256_si128(b));                            \
         if ((i) + 1 < P)                                                                      \
           store_u8x16(yb + at + p->ys_pix, k0, full, _mm256_extracti128_si256(b, 1));         \
@@ -574,7 +611,16 @@ INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
     } else {                                                                                  \
       __m256i b;                                                                              \
       if (fast) {                                                                             \
-        b = codes_in_order(pack_fast(e, round16(acc0[i], s0), round16(acc1[i], s1)));         \
+        b = codes_in_order(pack_fast(&e->bo, round16(acc0[i], s0), round16(acc1[i], s1)));    \
+      } else if (afast) {                                                                     \
+        const __m256i r = _mm256_maskz_loadu_epi8(kk, res + at);                              \
+        const __m512i t0 = add16_fast(a, code_fast(e, acc0[i], s0),                           \
+                                      _mm512_cvtepu8_epi32(_mm256_castsi256_si128(r)));       \
+        const __m512i t1 =                                                                    \
+            MB > 1 ? add16_fast(a, code_fast(e, acc1[i], s1),                                 \
+                                _mm512_cvtepu8_epi32(_mm256_extracti128_si256(r, 1)))         \
+                   : t0;                                                                      \
+        b = codes_in_order(pack_fast(&a->bo, t0, t1));                                        \
       } else {                                                                                \
         __m512i t0 = requant16(e, acc0[i], s0);                                               \
         __m512i t1 = MB > 1 ? requant16(e, acc1[i], s1) : t0;                                 \
