@@ -28,6 +28,37 @@ static inline float vmc_act_grad(float y, float dy, float lo, float hi) {
   return ((y > lo) & (y < hi)) ? dy : 0.0f;
 }
 
+/* The sum of n floats in a fixed order that vectorises: 16 partial sums,
+ * element i going to sum i mod 16 in increasing i, then the 16 in order (a
+ * single chain of additions would wait on the adder's latency for every
+ * element). */
+static inline float vmc_sum_lanes(const float *x, size_t n) {
+  float acc[16] = {0};
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; l++) acc[l] += x[i + l];
+  for (int l = 0; i + (size_t)l < n; l++) acc[l] += x[i + (size_t)l];
+  float s = 0;
+  for (int l = 0; l < 16; l++) s += acc[l];
+  return s;
+}
+
+/* The sum of an h x w plane whose rows lie `row` floats apart (plain: w;
+ * the padded layout: its row length), in one order for any row length:
+ * each row's sum in increasing j, then the rows' sums in increasing r.  The
+ * rows' chains of additions are independent, so the core overlaps them (one
+ * chain over the whole plane would wait on the adder's latency for every
+ * element). */
+static inline float vmc_sum_plane(const float *x, int h, int w, size_t row) {
+  float s = 0;
+  for (int r = 0; r < h; r++, x += row) {
+    float t = 0;
+    for (int j = 0; j < w; j++) t += x[j];
+    s += t;
+  }
+  return s;
+}
+
 typedef struct vmc_opctx {
   const vmc_graph *g;
   const vmc_node *node;

@@ -671,21 +671,6 @@ static void phase_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratc
   pk->phase_merge(dq, g->c, &c->pg, dxg, dx_add);
 }
 
-/* The sum of n floats in a fixed order that vectorises: 16 partial sums,
- * lane l taking the elements i = l (mod 16) of the whole blocks of 16 in
- * increasing i, then the lanes in order, then the rest (a single chain of
- * additions would wait on the adder's latency for every element). */
-static float sum_lanes(const float *r, int n) {
-  float acc[16] = {0};
-  int p = 0;
-  for (; p + 16 <= n; p += 16)
-    for (int l = 0; l < 16; l++) acc[l] += r[p + l];
-  float s = 0;
-  for (int l = 0; l < 16; l++) s += acc[l];
-  for (; p < n; p++) s += r[p];
-  return s;
-}
-
 static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                            int b, float *base, int par, const float *Wt) {
   const vmc_node *n = ctx->node;
@@ -721,7 +706,7 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
     const float *dyg = dy + (size_t)gi * c.ocg * c.P;
     const float *Wg = W + (size_t)gi * c.ocg * c.K;
     float *dWg = dW + (size_t)gi * c.ocg * c.K;
-    for (int o = 0; pb && o < c.ocg; o++) dB[gi * c.ocg + o] += sum_lanes(dyg + (size_t)o * c.P, c.P);
+    for (int o = 0; pb && o < c.ocg; o++) dB[gi * c.ocg + o] += vmc_sum_lanes(dyg + (size_t)o * c.P, (size_t)c.P);
     if (dw_all) continue;
     switch (c.kind) {
     case DEPTHWISE:

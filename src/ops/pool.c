@@ -160,23 +160,18 @@ static void gap_forward(vmc_opctx *c) {
   const float inv = 1.0f / (float)HW;
   if (c->xpad[0]) { /* the padded layout (op.h): the same sums, row by row */
     const vmc_padded q = vmc_padded_of(&c->xs[0]);
-    for (int p = 0; p < planes; p++) {
-      const float *x = c->x[0] + (size_t)(p / C) * q.image + (size_t)(p % C) * q.plane +
-                       vmc_padded_origin(&q);
-      float s = 0;
-      for (int r = 0; r < q.h; r++, x += q.wp)
-        for (int j = 0; j < q.w; j++) s += x[j];
-      c->y[p] = s * inv;
-    }
+    for (int p = 0; p < planes; p++)
+      c->y[p] = vmc_sum_plane(c->x[0] + (size_t)(p / C) * q.image + (size_t)(p % C) * q.plane +
+                                  vmc_padded_origin(&q),
+                              q.h, q.w, q.wp) *
+                inv;
     return;
   }
 #pragma omp parallel for schedule(static) num_threads(c->nthreads) if (c->nthreads > 1 && planes > 256)
-  for (int p = 0; p < planes; p++) {
-    const float *x = c->x[0] + (size_t)p * HW;
-    float s = 0;
-    for (int i = 0; i < HW; i++) s += x[i];
-    c->y[p] = s * inv;
-  }
+  for (int p = 0; p < planes; p++)
+    c->y[p] = vmc_sum_plane(c->x[0] + (size_t)p * HW, c->xs[0].d[2], c->xs[0].d[3],
+                            (size_t)c->xs[0].d[3]) *
+              inv;
 }
 
 /* Global pooling reads a padded input (op.h) in the plain sums' order. */
