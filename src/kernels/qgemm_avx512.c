@@ -598,15 +598,26 @@ INLINE void conv_tile(const int MB, const int P, const vmc_qconv_params *p,
 #define OUT(i)                                                                                \
   if ((i) < P) {                                                                              \
     const size_t at = (size_t)(i) * p->ys_pix;                                                \
-    if (MB == 1 && fast) {                                                                    \
+    if (MB == 1 && (fast || afast)) {                                                         \
       /* One block: pixels i and i + 1 share the packs. */                                    \
       if ((i) % 2 == 0) {                                                                     \
-        const __m512i t0 = round16(acc0[i], s0);                                              \
-        const __m256i b =                                                                     \
-            codes_in_order(pack_fast(&e->bo, t0, (i) + 1 < P ? round16(acc0[(i) + 1], s0) : t0)); \
+        const int two = (i) + 1 < P;                                                          \
+        __m256i b;                                                                            \
+        if (fast) {                                                                           \
+          const __m512i t0 = round16(acc0[i], s0);                                            \
+          b = codes_in_order(pack_fast(&e->bo, t0, two ? round16(acc0[(i) + 1], s0) : t0));   \
+        } else {                                                                              \
+          const __m512i t0 = add16_fast(                                                      \
+              a, code_fast(e, acc0[i], s0),                                                   \
+              _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k0, res + at)));                      \
+          const __m512i t1 =                                                                  \
+              two ? add16_fast(a, code_fast(e, acc0[(i) + 1], s0),                            \
+                               _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k0, res + at + p->ys_pix))) \
+                  : t0;                                                                       \
+          b = codes_in_order(pack_fast(&a->bo, t0, t1));                                      \
+        }                                                                                     \
         store_u8x16(yb + at, k0, full, _mm256_castsi256_si128(b));                            \
-        if ((i) + 1 < P)                                                                      \
-          store_u8x16(yb + at + p->ys_pix, k0, full, _mm256_extracti128_si256(b, 1));         \
+        if (two) store_u8x16(yb + at + p->ys_pix, k0, full, _mm256_extracti128_si256(b, 1));  \
       }                                                                                       \
     } else {                                                                                  \
       __m256i b;                                                                              \
