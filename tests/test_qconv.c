@@ -180,7 +180,9 @@ TEST(qconv_avx512_vs_ref) {
 TEST(qdwp_vs_naive_and_simd) {
   static const int cases[][5] = {/* C, h, k, stride, pad */
                                  {16, 9, 3, 1, 1}, {20, 8, 3, 2, 1}, {36, 7, 5, 1, 2},
-                                 {4, 5, 3, 2, 1},  {96, 6, 3, 1, 1}, {8, 4, 1, 1, 0}};
+                                 {4, 5, 3, 2, 1},  {96, 6, 3, 1, 1}, {8, 4, 1, 1, 0},
+                                 {144, 5, 3, 2, 1}, {200, 4, 5, 1, 2}, {64, 3, 3, 1, 1},
+                                 {128, 4, 7, 1, 3}};
   for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
     const int C = cases[t][0], h = cases[t][1], k = cases[t][2], st = cases[t][3],
               pd = cases[t][4];
@@ -189,7 +191,7 @@ TEST(qdwp_vs_naive_and_simd) {
     uint8_t *x = malloc(xbytes), *want = malloc((size_t)oh * oh * C), *ref = malloc((size_t)oh * oh * C);
     uint8_t *got = malloc((size_t)oh * oh * C);
     int8_t *wk = malloc((size_t)C * taps);
-    int32_t *wp = aligned_alloc(64, (vmc_qdwp_w_bytes(C, taps) + 63) / 64 * 64);
+    int8_t *wp = aligned_alloc(64, (vmc_qdwp_w_bytes(C, taps) + 63) / 64 * 64);
     int32_t *bias = malloc((size_t)C * sizeof *bias);
     float *scale = malloc((size_t)C * sizeof *scale);
     REQUIRE(x && want && ref && got && wk && wp && bias && scale);

@@ -312,7 +312,7 @@ static void requant_case(vmc_qout out, float scale, int32_t zp, int32_t lo, int3
   for (int i = 0; i < n; i++) x4[4 * i] = B[i];
   int8_t w4[4] = {1, 0, 0, 0}, wdw[4] = {1, 1, 1, 1};
   _Alignas(64) int8_t wpk[64];
-  _Alignas(64) int32_t wdp[64];
+  _Alignas(64) int8_t wdp[256];
   vmc_qconv_pack_w(1, 1, w4, wpk);
   vmc_qdwp_pack_w(4, 1, wdw, wdp);
   const int32_t koff = 0, bias4[4] = {bias, bias, bias, bias};

@@ -298,15 +298,10 @@ vmc_qconv_fn vmc_qconv_best(void) {
   return vmc_qgemm_best() == &vmc_qgemm_u8s8s32_8x32__avx512vnni ? vmc_qconv__avx512 : NULL;
 }
 
-void vmc_qdwp_pack_w(int C, int taps, const int8_t *wk, int32_t *dst) {
-  const int cp = vmc_qdwp_cpad(C), pairs = (taps + 1) / 2;
-  for (int q = 0; q < pairs; q++)
-    for (int c = 0; c < cp; c++) {
-      const int t0 = 2 * q, t1 = 2 * q + 1;
-      const int16_t w0 = c < C ? wk[(size_t)c * taps + t0] : 0;
-      const int16_t w1 = c < C && t1 < taps ? wk[(size_t)c * taps + t1] : 0;
-      dst[(size_t)q * cp + c] = (int32_t)(((uint32_t)(uint16_t)w1 << 16) | (uint16_t)w0);
-    }
+void vmc_qdwp_pack_w(int C, int taps, const int8_t *wk, int8_t *dst) {
+  memset(dst, 0, vmc_qdwp_w_bytes(C, taps));
+  for (int c = 0; c < C; c++)
+    for (int t = 0; t < taps; t++) dst[vmc_qdwp_w_at(taps, c, t)] = wk[(size_t)c * taps + t];
 }
 
 vmc_qdwp_fn vmc_qdwp_best(void) {

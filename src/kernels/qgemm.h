@@ -330,29 +330,36 @@ void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t
  *     epi_c( sum_{i<kh, j<kw} w[c][i*kw + j] * x[(oy*sh + i) * xs_row + (ox*sw + j) * xs_pix + c] )
  * for 0 <= c < C, x pointing at tap (0, 0) of output (0, 0) of channel 0 (the
  * caller pads the input, as for vmc_qconv), u8/s8 out with bias[c] and
- * scale[c] (the GEMM's epilogue).  Weights packed by vmc_qdwp_pack_w: taps in
- * pairs, each pair's two s8 codes of a channel as two s16 in one s32 lane,
- * C rounded up to 16 (zeros). */
+ * scale[c] (the GEMM's epilogue).  Weights packed by vmc_qdwp_pack_w (below). */
 typedef struct vmc_qdwp_params {
   int oh, ow, C, kh, kw, sh, sw;
   size_t xs_row, xs_pix; /* input bytes between rows / pixels */
   size_t ys_row, ys_pix; /* output bytes between rows / pixels */
 } vmc_qdwp_params;
 
-static inline int vmc_qdwp_cpad(int C) { return (C + 15) / 16 * 16; }
-/* Bytes of packed weights: 4 per channel (padded) per pair of taps. */
+/* Packed weights: blocks of 64 channels; per block, groups of 4 taps; per
+ * group 4 vectors of 64 bytes, vector q holding in its dword 4L + d (L, d <
+ * 4) the s8 codes of taps 4g .. 4g + 3 of channel 64b + 16L + 4q + d (0 past
+ * C and past the taps): the order in which byte and word unpacks of 4 taps'
+ * 64 channels leave the activations for vpdpbusd.  vmc_qdwp_w_at is the
+ * byte of channel c, tap t. */
 static inline size_t vmc_qdwp_w_bytes(int C, int taps) {
-  return (size_t)vmc_qdwp_cpad(C) * (size_t)((taps + 1) / 2) * 4;
+  return (size_t)((C + 63) / 64) * (size_t)((taps + 3) / 4) * 256;
+}
+static inline size_t vmc_qdwp_w_at(int taps, int c, int t) {
+  const int b = c / 64, r = c % 64, L = r / 16, q = (r % 16) / 4, d = r % 4;
+  return ((((size_t)b * (size_t)((taps + 3) / 4) + (size_t)(t / 4)) * 4 + (size_t)q) * 16 +
+          (size_t)(4 * L + d)) * 4 + (size_t)(t % 4);
 }
 /* wk: C x taps s8 codes; dst: vmc_qdwp_w_bytes(C, taps) bytes. */
-void vmc_qdwp_pack_w(int C, int taps, const int8_t *wk, int32_t *dst);
+void vmc_qdwp_pack_w(int C, int taps, const int8_t *wk, int8_t *dst);
 
-typedef void (*vmc_qdwp_fn)(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+typedef void (*vmc_qdwp_fn)(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
                             const vmc_qepi *epi, uint8_t *y);
-void vmc_qdwp__ref(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+void vmc_qdwp__ref(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
                    const vmc_qepi *epi, uint8_t *y);
-/* Built with the AVX-512 VNNI file's flags (vpdpwssd). */
-void vmc_qdwp__avx512(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+/* Built with the AVX-512 VNNI file's flags (vpdpbusd). */
+void vmc_qdwp__avx512(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
                       const vmc_qepi *epi, uint8_t *y);
 /* The avx512 variant where vmc_qconv_best() is the avx512 one, else NULL. */
 vmc_qdwp_fn vmc_qdwp_best(void);

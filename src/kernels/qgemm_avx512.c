@@ -702,40 +702,147 @@ void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t
 }
 
 /* ---- depthwise, pixel-major ----------------------------------------------------
- * 16 channels per zmm: per pair of taps, the two pixels' bytes widened to the
- * low and high s16 of each lane and vpdpwssd with the packed weight pair
- * (exact: |products| <= 255 * 127), one channel block after another. */
-void vmc_qdwp__avx512(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+ * 64 channels per step, vpdpbusd over 4 taps at a time: each tap's 64 bytes
+ * (one load, masked past C) are interleaved with the next three taps' by a
+ * byte and a word unpack (per 128-bit lane: channels 16L + 4q .. 4q + 3 of
+ * all four taps in vector q), so vector q's dwords meet the packed weights'
+ * (vmc_qdwp_pack_w).  The accumulators stay in that order; the write-back's
+ * packs (dwords to words, words to bytes, per lane) put the 64 channels back
+ * in order, so no permutation is needed either way.  u8 x s8 products in
+ * s32: exact, so the bits of the reference. */
+/* The write-back of 4 accumulators in the vmc_qdwp order (per 128-bit lane
+ * L: channels 16L + 4q .. 4q + 3 in acc[q]) to 64 bytes in channel order. */
+INLINE __m512i dwp_bytes(const epi_ctx *e, const __m512i acc[4], const __m512 sq[4]) {
+  __m512i r[4];
+  if (e->fast) {
+    for (int q = 0; q < 4; q++) r[q] = round16(acc[q], sq[q]);
+    const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), e->bo.zp16);
+    const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), e->bo.zp16);
+    if (e->bo.u8) {
+      const __m512i b = _mm512_packus_epi16(w01, w23);
+      return e->bo.clampb ? _mm512_min_epu8(_mm512_max_epu8(b, e->bo.blo), e->bo.bhi) : b;
+    }
+    const __m512i b = _mm512_packs_epi16(w01, w23);
+    return e->bo.clampb ? _mm512_min_epi8(_mm512_max_epi8(b, e->bo.blo), e->bo.bhi) : b;
+  }
+  for (int q = 0; q < 4; q++) r[q] = requant16(e, acc[q], sq[q]);
+  const __m512i w01 = _mm512_packs_epi32(r[0], r[1]), w23 = _mm512_packs_epi32(r[2], r[3]);
+  return e->out == VMC_QOUT_U8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+}
+
+/* The block's biases and scales (channels c0 ..) in the accumulators' order. */
+static void dwp_consts(const epi_ctx *e, int C, int c0, __m512i bq[4], __m512 sq[4]) {
+  _Alignas(64) int32_t b[4][16];
+  _Alignas(64) float s[4][16];
+  for (int q = 0; q < 4; q++)
+    for (int l = 0; l < 16; l++) {
+      const int c = c0 + 16 * (l / 4) + 4 * q + l % 4;
+      b[q][l] = c < C && e->bias ? e->bias[c] : 0;
+      s[q][l] = c < C ? e->scale[e->per_tensor ? 0 : c] : 0.0f;
+    }
+  for (int q = 0; q < 4; q++) bq[q] = _mm512_load_si512(b[q]), sq[q] = _mm512_load_ps(s[q]);
+}
+
+/* Four taps' 64-byte rows t[] interleaved for vpdpbusd (vmc_qdwp order). */
+INLINE void dwp_quads(const __m512i t[4], __m512i v[4]) {
+  const __m512i lo01 = _mm512_unpacklo_epi8(t[0], t[1]), hi01 = _mm512_unpackhi_epi8(t[0], t[1]);
+  const __m512i lo23 = _mm512_unpacklo_epi8(t[2], t[3]), hi23 = _mm512_unpackhi_epi8(t[2], t[3]);
+  v[0] = _mm512_unpacklo_epi16(lo01, lo23);
+  v[1] = _mm512_unpackhi_epi16(lo01, lo23);
+  v[2] = _mm512_unpacklo_epi16(hi01, hi23);
+  v[3] = _mm512_unpackhi_epi16(hi01, hi23);
+}
+
+/* At most 16 channels: four pixels of a row per step, one in each 128-bit
+ * lane (the weights, biases and scales of channels 0-15 repeated in every
+ * lane); a row's last step repeats its last pixel where fewer than 4 are
+ * left (the same bytes stored twice). */
+static void dwp_narrow(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
+                       const epi_ctx *e, const size_t *off, int taps, int groups, uint8_t *y) {
+  const __mmask16 kc = (__mmask16)((1u << p->C) - 1u);
+  __m512i bq[4], wr[16][4];
+  __m512 sq[4];
+  dwp_consts(e, p->C, 0, bq, sq);
+  for (int q = 0; q < 4; q++) {
+    bq[q] = _mm512_broadcast_i32x4(_mm512_castsi512_si128(bq[q]));
+    sq[q] = _mm512_castsi512_ps(_mm512_broadcast_i32x4(_mm512_castsi512_si128(_mm512_castps_si512(sq[q]))));
+  }
+  for (int g = 0; g < groups; g++)
+    for (int q = 0; q < 4; q++)
+      wr[g][q] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(w + (size_t)g * 256 + 64 * q)));
+  for (int oy = 0; oy < p->oh; oy++)
+    for (int ox = 0; ox < p->ow; ox += 4) {
+      size_t px[4];
+      for (int k = 0; k < 4; k++)
+        px[k] = (size_t)(ox + k < p->ow ? ox + k : p->ow - 1) * p->sw * p->xs_pix;
+      const uint8_t *xr = x + (size_t)oy * p->sh * p->xs_row;
+      __m512i acc[4] = {bq[0], bq[1], bq[2], bq[3]};
+      for (int g = 0; g < groups; g++) {
+        __m512i t[4], v[4];
+        for (int k = 0; k < 4; k++) {
+          if (4 * g + k >= taps) {
+            t[k] = _mm512_setzero_si512();
+            continue;
+          }
+          const uint8_t *s = xr + off[4 * g + k];
+          __m512i r = _mm512_castsi128_si512(_mm_maskz_loadu_epi8(kc, s + px[0]));
+          r = _mm512_inserti32x4(r, _mm_maskz_loadu_epi8(kc, s + px[1]), 1);
+          r = _mm512_inserti32x4(r, _mm_maskz_loadu_epi8(kc, s + px[2]), 2);
+          t[k] = _mm512_inserti32x4(r, _mm_maskz_loadu_epi8(kc, s + px[3]), 3);
+        }
+        dwp_quads(t, v);
+        for (int q = 0; q < 4; q++) acc[q] = _mm512_dpbusd_epi32(acc[q], v[q], wr[g][q]);
+      }
+      const __m512i b = dwp_bytes(e, acc, sq);
+      uint8_t *yr = y + (size_t)oy * p->ys_row + (size_t)ox * p->ys_pix;
+      _mm_mask_storeu_epi8(yr, kc, _mm512_castsi512_si128(b));
+      if (ox + 1 < p->ow) _mm_mask_storeu_epi8(yr + p->ys_pix, kc, _mm512_extracti32x4_epi32(b, 1));
+      if (ox + 2 < p->ow) _mm_mask_storeu_epi8(yr + 2 * p->ys_pix, kc, _mm512_extracti32x4_epi32(b, 2));
+      if (ox + 3 < p->ow) _mm_mask_storeu_epi8(yr + 3 * p->ys_pix, kc, _mm512_extracti32x4_epi32(b, 3));
+    }
+}
+
+void vmc_qdwp__avx512(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
                       const vmc_qepi *epi, uint8_t *y) {
   if (p->oh <= 0 || p->ow <= 0 || p->C <= 0) return;
-  epi_ctx e;
-  epi_init(&e, epi);
-  const int cp = vmc_qdwp_cpad(p->C), taps = p->kh * p->kw, pairs = (taps + 1) / 2;
-  size_t off[64]; /* byte offset of each tap from the pixel's tap (0, 0) */
+  const int taps = p->kh * p->kw, groups = (taps + 3) / 4;
   if (taps > 64) {
     vmc_qdwp__ref(p, x, w, epi, y);
     return;
   }
+  epi_ctx e;
+  epi_init(&e, epi);
+  epi_set_fast(&e, epi, p->C, taps);
+  size_t off[64]; /* byte offset of each tap from the pixel's tap (0, 0) */
   for (int t = 0; t < taps; t++)
     off[t] = (size_t)(t / p->kw) * p->xs_row + (size_t)(t % p->kw) * p->xs_pix;
-  for (int oy = 0; oy < p->oh; oy++)
-    for (int ox = 0; ox < p->ow; ox++) {
-      const uint8_t *xb = x + (size_t)oy * p->sh * p->xs_row + (size_t)ox * p->sw * p->xs_pix;
-      uint8_t *yb = y + (size_t)oy * p->ys_row + (size_t)ox * p->ys_pix;
-      for (int c = 0; c < p->C; c += 16) {
-        const __mmask16 k = mask16(p->C - c);
-        __m512i acc = e.bias ? _mm512_maskz_loadu_epi32(k, e.bias + c) : _mm512_setzero_si512();
-        for (int q = 0; q < pairs; q++) {
-          const __m512i lo = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, xb + off[2 * q] + c));
-          const __m512i hi = 2 * q + 1 < taps
-                                 ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, xb + off[2 * q + 1] + c))
-                                 : _mm512_setzero_si512();
-          const __m512i xv = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
-          acc = _mm512_dpwssd_epi32(acc, xv, _mm512_loadu_si512(w + (size_t)q * cp + c));
+  if (p->C <= 16) {
+    dwp_narrow(p, x, w, &e, off, taps, groups, y);
+    return;
+  }
+  for (int c0 = 0; c0 < p->C; c0 += 64) {
+    const int nc = p->C - c0 < 64 ? p->C - c0 : 64;
+    const __mmask64 km = nc == 64 ? ~(__mmask64)0 : ((__mmask64)1 << nc) - 1;
+    __m512i bq[4];
+    __m512 sq[4];
+    dwp_consts(&e, p->C, c0, bq, sq);
+    const int8_t *wb = w + (size_t)(c0 / 64) * groups * 256;
+    for (int oy = 0; oy < p->oh; oy++)
+      for (int ox = 0; ox < p->ow; ox++) {
+        const uint8_t *xb = x + (size_t)oy * p->sh * p->xs_row + (size_t)ox * p->sw * p->xs_pix + c0;
+        __m512i acc[4] = {bq[0], bq[1], bq[2], bq[3]};
+        for (int g = 0; g < groups; g++) {
+          __m512i t[4], v[4];
+          for (int k = 0; k < 4; k++)
+            t[k] = 4 * g + k < taps ? _mm512_maskz_loadu_epi8(km, xb + off[4 * g + k])
+                                    : _mm512_setzero_si512();
+          dwp_quads(t, v);
+          const int8_t *wg = wb + (size_t)g * 256;
+          for (int q = 0; q < 4; q++)
+            acc[q] = _mm512_dpbusd_epi32(acc[q], v[q], _mm512_loadu_si512(wg + 64 * q));
         }
-        const __m512 vs = e.per_tensor ? _mm512_set1_ps(e.scale[0])
-                                       : _mm512_maskz_loadu_ps(k, e.scale + c);
-        _mm_mask_storeu_epi8(yb + c, k, _mm512_cvtepi32_epi8(requant16(&e, acc, vs)));
+        const __m512i b = dwp_bytes(&e, acc, sq);
+        _mm512_mask_storeu_epi8(y + (size_t)oy * p->ys_row + (size_t)ox * p->ys_pix + c0, km, b);
       }
-    }
+  }
 }

@@ -63,10 +63,10 @@ void vmc_qconv__ref(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w
     }
 }
 
-void vmc_qdwp__ref(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
+void vmc_qdwp__ref(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
                    const vmc_qepi *epi, uint8_t *y) {
   const vmc_qepi_prep prep = vmc_qepi_prepare(epi);
-  const int cp = vmc_qdwp_cpad(p->C), taps = p->kh * p->kw;
+  const int taps = p->kh * p->kw;
   for (int oy = 0; oy < p->oh; oy++)
     for (int ox = 0; ox < p->ow; ox++) {
       uint8_t *yb = y + (size_t)oy * p->ys_row + (size_t)ox * p->ys_pix;
@@ -74,10 +74,9 @@ void vmc_qdwp__ref(const vmc_qdwp_params *p, const uint8_t *x, const int32_t *w,
         uint32_t acc = 0;
         for (int t = 0; t < taps; t++) {
           const int i = t / p->kw, j = t % p->kw;
-          const uint32_t lane = (uint32_t)w[(size_t)(t / 2) * cp + c];
-          const int wt = (int16_t)(t % 2 ? lane >> 16 : lane & 0xffff);
-          acc += (uint32_t)(wt * (int)x[(size_t)(oy * p->sh + i) * p->xs_row +
-                                        (size_t)(ox * p->sw + j) * p->xs_pix + (size_t)c]);
+          acc += (uint32_t)(w[vmc_qdwp_w_at(taps, c, t)] *
+                            (int)x[(size_t)(oy * p->sh + i) * p->xs_row +
+                                   (size_t)(ox * p->sw + j) * p->xs_pix + (size_t)c]);
         }
         vmc_qepi_store1(epi, &prep, c, (int32_t)acc, yb, (size_t)c);
       }

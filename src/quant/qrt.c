@@ -284,7 +284,7 @@ static vmc_status lower_dw_pixel(lower *L, const vmc_node *n, const vmc_conv_geo
   s->packed_bytes = vmc_qdwp_w_bytes(rows, taps);
   s->packed = vmc_alloc(s->packed_bytes);
   if (!s->packed) return vmc_error(VMC_ERR_NOMEM, "node '%s': packed weights", n->name);
-  vmc_qdwp_pack_w(rows, taps, codes, (int32_t *)s->packed);
+  vmc_qdwp_pack_w(rows, taps, codes, (int8_t *)s->packed);
   const size_t row = vmc_qnhwc_row(&xg);
   s->dwp = (vmc_qdwp_params){.oh = gm->oh, .ow = gm->ow, .C = rows, .kh = gm->kh, .kw = gm->kw,
                              .sh = gm->sh, .sw = gm->sw, .xs_row = row, .xs_pix = (size_t)xg.c4,

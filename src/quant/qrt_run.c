@@ -68,7 +68,7 @@ static void pixel_rows(const vmc_qrt *q, const qrt_step *s, const uint8_t *x, ui
   if (s->kind == QRT_DWCONV) {
     vmc_qdwp_params p = s->dwp;
     p.oh = r1 - r0;
-    q->dwp(&p, x + (size_t)r0 * p.sh * p.xs_row, (const int32_t *)s->packed, &s->epi,
+    q->dwp(&p, x + (size_t)r0 * p.sh * p.xs_row, (const int8_t *)s->packed, &s->epi,
            yo + (size_t)r0 * p.ys_row);
     return;
   }
