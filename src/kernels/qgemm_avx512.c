@@ -125,12 +125,13 @@ static void epi_set_fast(epi_ctx *e, const vmc_qepi *q, int M, int K) {
   const vmc_qepi_prep p = vmc_qepi_prepare(q);
   if (!byte_out_set(&e->bo, q->out, &p)) return;
   const double amax = 255.0 * 128.0 * K; /* |sum of K u8 x s8 products| */
+  int bad = 0; /* one pass without an early exit: the compiler vectorises it */
   for (int m = 0; m < (q->per_tensor ? 1 : M); m++) {
     const double sm = fabs((double)q->scale[m]);
     const double t = amax + (q->bias ? fabs((double)q->bias[m]) : 0.0);
-    if (!(sm <= 1e30) || t >= 2147483647.0 || t * sm >= 1073741824.0) return;
+    bad |= !(sm <= 1e30) | (t >= 2147483647.0) | !(t * sm < 1073741824.0);
   }
-  e->fast = 1;
+  e->fast = !bad;
 }
 
 static inline __mmask16 mask16(int n) {
@@ -152,23 +153,40 @@ INLINE __m512i round16(__m512i t, __m512 s) {
   return _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(t), s));
 }
 
-/* t0, t1 of in-range codes (U8 out: 0..255, else -128..127) to bytes: per
- * 128-bit lane L, four 4-byte groups t0.L, t1.L, t0.L, t1.L (no pack
- * saturates). */
-INLINE __m512i pack_codes(__m512i t0, __m512i t1, int u8) {
-  const __m512i w = _mm512_packs_epi32(t0, t1);
-  return u8 ? _mm512_packus_epi16(w, w) : _mm512_packs_epi16(w, w);
+/* Words of in-range codes (U8 out: 0..255, else -128..127) to bytes: per
+ * 128-bit lane L, w01.L's 8 then w23.L's 8 (no pack saturates). */
+INLINE __m512i codes_bytes(__m512i w01, __m512i w23, int u8) {
+  return u8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
 }
 
-/* pack_codes of the codes of round16's (or add16_fast's) t0, t1 (byte_out). */
-INLINE __m512i pack_fast(const byte_out *o, __m512i t0, __m512i t1) {
-  const __m512i w = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), o->zp16);
+/* t0, t1 of in-range codes to bytes: per 128-bit lane L, four 4-byte
+ * groups t0.L, t1.L, t0.L, t1.L. */
+INLINE __m512i pack_codes(__m512i t0, __m512i t1, int u8) {
+  const __m512i w = _mm512_packs_epi32(t0, t1);
+  return codes_bytes(w, w, u8);
+}
+
+/* Rounded values t0, t1 (round16's or add16_fast's) to s16 words with the
+ * zero point added, saturating (byte_out). */
+INLINE __m512i words_fast(const byte_out *o, __m512i t0, __m512i t1) {
+  return _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), o->zp16);
+}
+
+/* words_fast's w01, w23 to the codes' bytes, in codes_bytes' order: the
+ * packs saturate to the type, a byte min/max applies a tighter clamp. */
+INLINE __m512i bytes_fast(const byte_out *o, __m512i w01, __m512i w23) {
   if (o->u8) {
-    const __m512i b = _mm512_packus_epi16(w, w);
+    const __m512i b = _mm512_packus_epi16(w01, w23);
     return o->clampb ? _mm512_min_epu8(_mm512_max_epu8(b, o->blo), o->bhi) : b;
   }
-  const __m512i b = _mm512_packs_epi16(w, w);
+  const __m512i b = _mm512_packs_epi16(w01, w23);
   return o->clampb ? _mm512_min_epi8(_mm512_max_epi8(b, o->blo), o->bhi) : b;
+}
+
+/* pack_codes of the codes of rounded values t0, t1 (byte_out). */
+INLINE __m512i pack_fast(const byte_out *o, __m512i t0, __m512i t1) {
+  const __m512i w = words_fast(o, t0, t1);
+  return bytes_fast(o, w, w);
 }
 
 /* requant16(t) where e->fast: the code in s32. */
@@ -716,18 +734,11 @@ INLINE __m512i dwp_bytes(const epi_ctx *e, const __m512i acc[4], const __m512 sq
   __m512i r[4];
   if (e->fast) {
     for (int q = 0; q < 4; q++) r[q] = round16(acc[q], sq[q]);
-    const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), e->bo.zp16);
-    const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), e->bo.zp16);
-    if (e->bo.u8) {
-      const __m512i b = _mm512_packus_epi16(w01, w23);
-      return e->bo.clampb ? _mm512_min_epu8(_mm512_max_epu8(b, e->bo.blo), e->bo.bhi) : b;
-    }
-    const __m512i b = _mm512_packs_epi16(w01, w23);
-    return e->bo.clampb ? _mm512_min_epi8(_mm512_max_epi8(b, e->bo.blo), e->bo.bhi) : b;
+    return bytes_fast(&e->bo, words_fast(&e->bo, r[0], r[1]), words_fast(&e->bo, r[2], r[3]));
   }
   for (int q = 0; q < 4; q++) r[q] = requant16(e, acc[q], sq[q]);
-  const __m512i w01 = _mm512_packs_epi32(r[0], r[1]), w23 = _mm512_packs_epi32(r[2], r[3]);
-  return e->out == VMC_QOUT_U8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+  return codes_bytes(_mm512_packs_epi32(r[0], r[1]), _mm512_packs_epi32(r[2], r[3]),
+                     e->out == VMC_QOUT_U8);
 }
 
 /* The block's biases and scales (channels c0 ..) in the accumulators' order. */
@@ -755,8 +766,8 @@ INLINE void dwp_quads(const __m512i t[4], __m512i v[4]) {
 
 /* At most 16 channels: four pixels of a row per step, one in each 128-bit
  * lane (the weights, biases and scales of channels 0-15 repeated in every
- * lane); a row's last step repeats its last pixel where fewer than 4 are
- * left (the same bytes stored twice). */
+ * lane); where fewer than 4 pixels are left, the spare lanes compute the
+ * row's last pixel again and are not stored. */
 static void dwp_narrow(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
                        const epi_ctx *e, const size_t *off, int taps, int groups, uint8_t *y) {
   const __mmask16 kc = (__mmask16)((1u << p->C) - 1u);
