@@ -68,22 +68,32 @@ static void engine_destroy(engine *e) {
   vmc_plan_destroy(e->p);
 }
 
-static vmc_status bench_batch(vmc_graph *g, int integer, int batch, int warmup, int repeats,
-                              uint64_t seed, bench_row *r) {
-  engine e;
-  VMC_TRY(engine_create(g, integer, batch, &e));
-  size_t n = (size_t)batch * g->in_shape.d[1] * g->in_shape.d[2] * g->in_shape.d[3];
+/* The engine for batch with a random input, after `warmup` runs (destroyed
+ * again on an error). */
+static vmc_status engine_ready(vmc_graph *g, int integer, int batch, int warmup, uint64_t seed,
+                               engine *e) {
+  VMC_TRY(engine_create(g, integer, batch, e));
+  const size_t n = (size_t)batch * g->in_shape.d[1] * g->in_shape.d[2] * g->in_shape.d[3];
   vmc_rng rng;
   vmc_rng_seed(&rng, seed);
-  float *x = engine_input(&e);
+  float *x = engine_input(e);
   for (size_t i = 0; i < n; i++) x[i] = vmc_rng_normal(&rng);
-  double *t = vmc_malloc_plain((size_t)repeats * sizeof *t);
-  if (!t) {
-    engine_destroy(&e);
-    return vmc_error(VMC_ERR_NOMEM, "bench");
-  }
   vmc_status s = VMC_OK;
-  for (int i = 0; i < warmup && !s; i++) s = engine_forward(&e, batch);
+  for (int i = 0; i < warmup && !s; i++) s = engine_forward(e, batch);
+  if (s) engine_destroy(e);
+  return s;
+}
+
+static vmc_status bench_batch(vmc_graph *g, int integer, int batch, int warmup, int repeats,
+                              uint64_t seed, bench_row *r) {
+  double *t = vmc_malloc_plain((size_t)repeats * sizeof *t);
+  if (!t) return vmc_error(VMC_ERR_NOMEM, "bench");
+  engine e;
+  vmc_status s = engine_ready(g, integer, batch, warmup, seed, &e);
+  if (s) {
+    vmc_free(t);
+    return s;
+  }
   for (int i = 0; i < repeats && !s; i++) {
     double t0 = vmc_now();
     s = engine_forward(&e, batch);
@@ -113,15 +123,8 @@ static vmc_status bench_batch(vmc_graph *g, int integer, int batch, int warmup, 
 static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup, int repeats,
                                 uint64_t seed, cJSON *json) {
   engine e;
-  VMC_TRY(engine_create(g, integer, batch, &e));
-  const size_t n = (size_t)batch * g->in_shape.d[1] * g->in_shape.d[2] * g->in_shape.d[3];
-  vmc_rng rng;
-  vmc_rng_seed(&rng, seed);
-  float *x = engine_input(&e);
-  for (size_t i = 0; i < n; i++) x[i] = vmc_rng_normal(&rng);
-  vmc_status s = VMC_OK;
-  for (int i = 0; i < warmup && !s; i++) s = engine_forward(&e, batch);
-  if (!s) s = e.q ? vmc_qrt_profile(e.q, 1) : vmc_plan_profile(e.p, 1);
+  VMC_TRY(engine_ready(g, integer, batch, warmup, seed, &e));
+  vmc_status s = e.q ? vmc_qrt_profile(e.q, 1) : vmc_plan_profile(e.p, 1);
   for (int i = 0; i < repeats && !s; i++) s = engine_forward(&e, batch);
   if (s) {
     engine_destroy(&e);
