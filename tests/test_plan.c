@@ -79,14 +79,43 @@ TEST(plan_infer_folded_per_image_matches_plain) {
   }
 }
 
+/* Winograd (kernels/winograd.h) in the 3x3 convolutions of an inference
+ * plan: the direct convolutions' logits within fp32 rounding.  It is used
+ * (its transformed weights take more of the arena) and, like every plan,
+ * gives each image the same floats whatever the batch and thread count. */
+TEST(plan_infer_winograd_matches_direct) {
+  const char *models[] = {"resnet8", "resnet20"};
+  for (int m = 0; m < 2; m++) {
+    vmc_graph *g = test_zoo_model(models[m], 7, 11);
+    REQUIRE(g);
+    size_t n0, n1, n2, a0, a1;
+    setenv("VMC_WINOGRAD", "0", 1);
+    float *direct = logits(g, 1, 5, 1, &n0, &a0);
+    unsetenv("VMC_WINOGRAD");
+    float *wino = logits(g, 1, 5, 1, &n1, &a1);
+    float *batch = logits(g, 4, 5, 2, &n2, NULL);
+    REQUIRE(direct && wino && batch && n0 == n1 && n1 == n2);
+    const float d = max_rel_diff(direct, wino, n0);
+    if (!(d <= 1e-4f)) vmc_test_fail(__FILE__, __LINE__, "%s: Winograd vs direct %g", models[m], d);
+    CHECK(a1 > a0);
+    CHECK(memcmp(wino, batch, n1 * sizeof(float)) == 0);
+    free(direct), free(wino), free(batch);
+    vmc_graph_free(g);
+  }
+}
+
 TEST(plan_infer_shares_activation_buffers) {
   vmc_graph *g = test_zoo_model("resnet20", 7, 11);
   REQUIRE(g);
   size_t n, shared, plain;
+  /* Direct convolutions in both: Winograd's weights would dominate the
+   * arenas, and only the plain plan could not use it. */
+  setenv("VMC_WINOGRAD", "0", 1);
   float *a = logits(g, 1, 1, 1, &n, &shared);
   setenv("VMC_NO_FUSION", "1", 1);
   float *b = logits(g, 1, 1, 1, &n, &plain);
   unsetenv("VMC_NO_FUSION");
+  unsetenv("VMC_WINOGRAD");
   REQUIRE(a && b);
   /* resnet20 keeps ~60 activations, a few alive at once (both arenas also
    * hold the pre-packed weights). */

@@ -30,6 +30,7 @@
 #include "kernels/conv.h"
 #include "kernels/gemm.h"
 #include "kernels/planes.h"
+#include "kernels/winograd.h"
 
 #include <string.h>
 
@@ -52,6 +53,11 @@ typedef struct {
    * nw = oh*phw */
   vmc_phase_geom pg;
   int phw, nslots; /* copies of pg's */
+  /* WIDE, inference: Winograd F(2x2, 3x3) (kernels/winograd.h) over the
+   * same padded input, nt tiles in rows ldt apart (winograd.h's slack,
+   * 64-byte multiples) */
+  int wino;
+  size_t nt, ldt;
 } conv_cfg;
 
 vmc_conv_geom vmc_conv2d_window(const vmc_node *n, const vmc_shape *in) {
@@ -73,6 +79,10 @@ vmc_conv_geom vmc_conv2d_window(const vmc_node *n, const vmc_shape *in) {
   g.ow = vmc_conv_out(g.w, g.kw, g.sw, g.pw, g.dw);
   return g;
 }
+
+/* Winograd needs this many input and output channels: below, its GEMMs are
+ * too thin to repay the transforms. */
+#define WINO_MIN_C 8
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   conv_cfg c;
@@ -117,6 +127,11 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.hq = g->oh + 2 * c.pth;
     c.wq = g->ow + c.ptw > g->w ? g->ow + c.ptw : g->w; /* shared padding, as wp */
     c.nq = g->h * c.wq;
+    c.wino = c.kind == WIDE && c.groups == 1 && g->kh == 3 && g->kw == 3 && g->dh == 1 &&
+             g->dw == 1 && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 &&
+             g->c >= WINO_MIN_C && c.ocg >= WINO_MIN_C && vmc_wino_enabled();
+    c.nt = vmc_wino_tiles(g->oh, g->ow);
+    c.ldt = vmc_align_up(c.nt + VMC_WINO_ROW_SLACK, 16);
   }
   if (c.kind == PHASE) {
     vmc_phase_geom *q = &c.pg;
@@ -144,6 +159,18 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   }
   return c;
 }
+
+/* The configuration a mode runs: training keeps the direct WIDE path. */
+static conv_cfg cfg_mode(const vmc_node *n, const vmc_shape *in, vmc_mode mode) {
+  conv_cfg c = cfg_of(n, in);
+  if (mode == VMC_MODE_TRAIN) c.wino = 0;
+  return c;
+}
+
+/* Winograd's planes: position ab's at ab * (channels * ldt) + 16 floats
+ * (64 bytes more than the rows, so that the 16 planes a transform streams
+ * through do not share L1 sets, as they would 4 KiB apart). */
+static size_t wino_pos_stride(const conv_cfg *c, int ch) { return (size_t)ch * c->ldt + 16; }
 
 /* A PHASE convolution whose phase rows are exactly ow long (a 1x1
  * downsample), given one more zero column per phase row: its wide output
@@ -192,7 +219,12 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
   const size_t xp = (size_t)g->c * c->plane + slack;
   switch (c->kind) {
   case WIDE:
-    if (mode != VMC_MODE_TRAIN) {
+    if (c->wino) {
+      s.a = xp; /* padded input */
+      /* V, M (position-major planes), the transforms' rows */
+      s.b = VMC_WINO_POS * (wino_pos_stride(c, g->c) + wino_pos_stride(c, c->ocg)) +
+            vmc_wino_tmp_floats(g->ow) + 16;
+    } else if (mode != VMC_MODE_TRAIN) {
       s.a = xp;                        /* padded input */
       s.b = (size_t)c->ocg * c->nw;    /* wide output */
       s.rows = (size_t)c->K;
@@ -242,7 +274,7 @@ static size_t dw_floats(const conv_cfg *c) { return (size_t)c->oc * c->K + (size
 
 static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                            vmc_mode mode, int nthreads) {
-  conv_cfg c = cfg_of(n, &in[0]);
+  conv_cfg c = cfg_mode(n, &in[0], mode);
   if (mode != VMC_MODE_TRAIN && phase_widens(&c)) phase_widen(&c); /* the larger */
   scratch_plan s = scratch_of(&c, mode);
   size_t f = s.a + s.b + s.c + s.d + (mode == VMC_MODE_TRAIN ? dw_floats(&c) : 0);
@@ -251,10 +283,16 @@ static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_sha
 
 /* The weights of each group pre-packed for the forward GEMM (one
  * vmc_sgemm_packed_a per group, then their panels): made once by an
- * inference plan, once per forward in training. */
+ * inference plan, once per forward in training.  Winograd: one per
+ * position of the transformed kernel, then room to transform one. */
+static int n_packs(const conv_cfg *c) { return c->wino ? VMC_WINO_POS : c->groups; }
+static int pack_k(const conv_cfg *c) { return c->wino ? c->g.c : c->K; }
+
 static size_t packs_bytes(const conv_cfg *c) {
-  return vmc_align_up((size_t)c->groups * sizeof(vmc_sgemm_packed_a), VMC_ALIGN) +
-         (size_t)c->groups * vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, c->K), VMC_ALIGN);
+  const size_t stage = c->wino ? (size_t)c->ocg * c->g.c * sizeof(float) : 0;
+  return vmc_align_up((size_t)n_packs(c) * sizeof(vmc_sgemm_packed_a), VMC_ALIGN) +
+         (size_t)n_packs(c) * vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, pack_k(c)), VMC_ALIGN) +
+         vmc_align_up(stage, VMC_ALIGN);
 }
 
 /* Inference state: the node's conv_cfg (prepared once: attributes are
@@ -270,7 +308,7 @@ static size_t wt_bytes(const conv_cfg *c) {
 
 static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                          vmc_mode mode) {
-  conv_cfg c = cfg_of(n, &in[0]);
+  conv_cfg c = cfg_mode(n, &in[0], mode);
   const size_t packs = c.kind == DEPTHWISE ? 0 : packs_bytes(&c);
   return (mode != VMC_MODE_TRAIN ? cfg_bytes() : wt_bytes(&c)) + packs;
 }
@@ -282,20 +320,28 @@ static vmc_sgemm_packed_a *packs_of(const vmc_opctx *ctx, const conv_cfg *c) {
                                 (ctx->mode != VMC_MODE_TRAIN ? cfg_bytes() : wt_bytes(c)));
 }
 
-/* Each group's weights packed for the forward GEMMs. */
+/* Each group's weights packed for the forward GEMMs (Winograd: each
+ * position's transformed kernel). */
 static void pack_weights(const vmc_opctx *ctx, const conv_cfg *c, vmc_sgemm_packed_a *pk) {
-  uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)c->groups * sizeof *pk, VMC_ALIGN);
-  const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, c->K), VMC_ALIGN);
+  const int np = n_packs(c), K = pack_k(c);
+  uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)np * sizeof *pk, VMC_ALIGN);
+  const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, K), VMC_ALIGN);
+  float *stage = (float *)(data + (size_t)np * each);
   const float *W = ctx->g->params[ctx->node->param[0]].data;
-  for (int gi = 0; gi < c->groups; gi++)
-    if (vmc_sgemm_pack_a(0, c->ocg, c->K, 1.0f, W + (size_t)gi * c->ocg * c->K, c->K,
-                         data + (size_t)gi * each, each, &pk[gi]))
-      pk[gi].data = NULL; /* cannot happen with a buffer this size: forward packs per call */
+  for (int i = 0; i < np; i++) {
+    const float *A = W + (size_t)i * c->ocg * c->K;
+    if (c->wino) {
+      vmc_wino_weights(W, c->ocg, K, i, stage, K);
+      A = stage;
+    }
+    if (vmc_sgemm_pack_a(0, c->ocg, K, 1.0f, A, K, data + (size_t)i * each, each, &pk[i]))
+      pk[i].data = NULL; /* cannot happen with a buffer this size: forward packs per call */
+  }
 }
 
 static void conv_prepare(vmc_opctx *ctx) {
   if (!ctx->state) return;
-  conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
+  conv_cfg c = cfg_mode(ctx->node, &ctx->xs[0], ctx->mode);
   memcpy(ctx->state, &c, sizeof c);
   vmc_sgemm_packed_a *pk = packs_of(ctx, &c);
   if (pk) pack_weights(ctx, &c, pk);
@@ -433,6 +479,62 @@ static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, fl
   return ok; /* the same geometry: every chunk taken, or none */
 }
 
+/* Winograd over tile rows [ti0, ti1) of one image, on one thread with the
+ * V and M planes of its own scratch slice: the tiles transformed from the
+ * padded planes xp, one GEMM per position with the pre-packed transformed
+ * kernel, the output transform with the epilogue o. */
+static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const float *xp,
+                      size_t xplane, const vmc_wino_out *o, float *slice, size_t slice_at,
+                      int ti0, int ti1) {
+  const vmc_conv_geom *g = &c->g;
+  const vmc_wino_kernels *k = vmc_wino_kernels_best();
+  const size_t ld = c->ldt, ps_v = wino_pos_stride(c, g->c), ps_m = wino_pos_stride(c, c->ocg);
+  float *V = (float *)vmc_align_up((uintptr_t)(slice + slice_at), 64),
+        *M = V + VMC_WINO_POS * ps_v, *rows = M + VMC_WINO_POS * ps_m;
+  const int n = (ti1 - ti0) * ((g->ow + 1) / 2);
+  const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
+  k->input(xp, g->c, xplane, (size_t)c->wp, g->h, g->w, &vb, ti0, ti1, rows);
+  for (int ab = 0; ab < VMC_WINO_POS; ab++)
+    vmc_sgemm_packed(&pk[ab], 0, n, V + ab * ps_v, (int)ld, 0.0f, M + ab * ps_m, (int)ld, NULL);
+  k->output(&mb, ti0, ti1, c->ocg, g->oh, g->ow, o, rows);
+}
+
+/* Winograd, one image (inference, one group), from the padded input itself
+ * or the planes padded here into xp.  par: on this thread (its scratch
+ * slice base); else the image's tile rows split over the team, each
+ * thread on its own slice. */
+static void wino_image(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
+                       int par, const float *x, float *y, float *base, const scratch_plan *sp) {
+  const vmc_conv_geom *g = &c->g;
+  const vmc_padded xq = vmc_padded_of(&ctx->xs[0]), yq = vmc_padded_of(&ctx->ys);
+  const float *xp = x;
+  if (!ctx->xpad[0]) {
+    pad_planes(x, g->c, g->h, g->w, g->ph, g->pw, c->hp, c->wp, sp->a - (size_t)g->c * c->plane,
+               base);
+    xp = base;
+  }
+  const size_t xplane = ctx->xpad[0] ? xq.plane : c->plane;
+  const float *B = ctx->node->n_param > 1 ? ctx->g->params[ctx->node->param[1]].data : NULL;
+  vmc_wino_out o = {y, (size_t)c->P, (size_t)g->ow, B, NULL, vmc_act_lo(ctx->act),
+                    vmc_act_hi(ctx->act)};
+  if (ctx->ypad) {
+    o.y = y + vmc_padded_origin(&yq);
+    o.plane = yq.plane;
+    o.row = (size_t)yq.wp;
+  }
+  if (ctx->res) o.res = ctx->res + (o.y - ctx->y);
+  const int th = vmc_wino_tiles_h(g->oh), team = par ? 1 : ctx->nthreads < th ? ctx->nthreads : th;
+  if (team <= 1) {
+    wino_rows(c, pk, xp, xplane, &o, base, sp->a, 0, th);
+  } else {
+#pragma omp parallel for schedule(static, 1) num_threads(team)
+    for (int t = 0; t < team; t++)
+      wino_rows(c, pk, xp, xplane, &o, slice_scratch(ctx, t), sp->a, chunk_lo(th, t, team),
+                chunk_lo(th, t + 1, team));
+  }
+  if (ctx->ypad) vmc_padded_zero_borders(&yq, c->oc, y);
+}
+
 static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
                           int b, float *base, int par) {
   const vmc_node *n = ctx->node;
@@ -503,6 +605,10 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       break;
     }
     case WIDE: {
+      if (c.wino) { /* inference: the packs are the plan's (conv_prepare) */
+        wino_image(ctx, &c, pk, par, x, y, base, &sp);
+        break;
+      }
       float *xp = base, *yw = base + sp.a;
       const float **rows = thread_rows(ctx, &sp, base);
       if (!ctx->xpad[0])
@@ -521,8 +627,9 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
 }
 
 static void conv_forward(vmc_opctx *ctx) {
-  conv_cfg c = ctx->mode != VMC_MODE_TRAIN && ctx->state ? *(const conv_cfg *)ctx->state
-                                                         : cfg_of(ctx->node, &ctx->xs[0]);
+  conv_cfg c = ctx->mode != VMC_MODE_TRAIN && ctx->state
+                    ? *(const conv_cfg *)ctx->state
+                    : cfg_mode(ctx->node, &ctx->xs[0], ctx->mode);
   if (ctx->ypad && phase_widens(&c)) phase_widen(&c);
   /* Training: the weights change between steps, not between images. */
   vmc_sgemm_packed_a *pk = ctx->mode == VMC_MODE_TRAIN ? packs_of(ctx, &c) : NULL;
@@ -753,7 +860,7 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
 
 static void conv_backward(vmc_opctx *ctx) {
   const vmc_node *n = ctx->node;
-  conv_cfg c = cfg_of(n, &ctx->xs[0]);
+  conv_cfg c = cfg_mode(n, &ctx->xs[0], ctx->mode);
   scratch_plan sp = scratch_of(&c, ctx->mode);
   vmc_param *pw = &ctx->g->params[n->param[0]];
   vmc_param *pb = n->n_param > 1 ? &ctx->g->params[n->param[1]] : NULL;
@@ -815,7 +922,7 @@ static int conv_fuses_residual(const vmc_node *n, const vmc_shape *in, int ypad)
   case PHASE:
     return ypad || c.phw == c.g.ow;
   case WIDE:
-    return ypad;
+    return ypad || c.wino; /* Winograd writes y's pixels itself */
   default:
     return 0;
   }

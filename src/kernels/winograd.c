@@ -1,0 +1,165 @@
+/* Winograd F(2x2, 3x3): the weight transform, the reference transforms and
+ * the dispatch.  The reference is plain loops over the tiles of a row;
+ * additions and subtractions only, in the order the SIMD variants follow,
+ * so all give the same floats. */
+#include "kernels/winograd.h"
+
+#include "core/core.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One tile row of one channel: the four padded rows' even and odd columns
+ * (e[r][t] = column 2t, o[r][t] = column 2t + 1, t <= tw), then the tiles. */
+static void input_row(const float *restrict s0, int rows, size_t row, int w, int tw,
+                      float *restrict e, float *restrict o, float *restrict dst, size_t ps) {
+  const int n = tw + 1;
+  for (int r = 0; r < 4; r++) {
+    float *restrict er = e + r * n, *restrict orr = o + r * n;
+    if (r >= rows) { /* past the padded image: zero */
+      for (int t = 0; t < n; t++) er[t] = orr[t] = 0.0f;
+      continue;
+    }
+    const float *restrict s = s0 + (size_t)r * row;
+    for (int t = 0; t < tw; t++) {
+      er[t] = s[2 * t];
+      orr[t] = s[2 * t + 1];
+    }
+    /* column 2tw: the last pixel (w even) or the right padding (w odd);
+     * column 2tw + 1: the right padding (w even) or past it */
+    er[tw] = 2 * tw <= w ? s[2 * tw] : 0.0f;
+    orr[tw] = 0.0f;
+  }
+  const float *restrict e0 = e, *restrict e1 = e + n, *restrict e2 = e + 2 * n,
+                        *restrict e3 = e + 3 * n;
+  const float *restrict o0 = o, *restrict o1 = o + n, *restrict o2 = o + 2 * n,
+                        *restrict o3 = o + 3 * n;
+  for (int t = 0; t < tw; t++) {
+    /* d B along each row: columns (d0, d1, d2, d3) = (e[t], o[t], e[t+1], o[t+1]) */
+    const float a0 = e0[t] - e0[t + 1], a1 = o0[t] + e0[t + 1], a2 = e0[t + 1] - o0[t],
+                a3 = o0[t] - o0[t + 1];
+    const float b0 = e1[t] - e1[t + 1], b1 = o1[t] + e1[t + 1], b2 = e1[t + 1] - o1[t],
+                b3 = o1[t] - o1[t + 1];
+    const float c0 = e2[t] - e2[t + 1], c1 = o2[t] + e2[t + 1], c2 = e2[t + 1] - o2[t],
+                c3 = o2[t] - o2[t + 1];
+    const float d0 = e3[t] - e3[t + 1], d1 = o3[t] + e3[t + 1], d2 = e3[t + 1] - o3[t],
+                d3 = o3[t] - o3[t + 1];
+    /* B^T along the columns: rows (a, b, c, d) of the row-transformed tile */
+    dst[0 * ps + t] = a0 - c0;
+    dst[1 * ps + t] = a1 - c1;
+    dst[2 * ps + t] = a2 - c2;
+    dst[3 * ps + t] = a3 - c3;
+    dst[4 * ps + t] = b0 + c0;
+    dst[5 * ps + t] = b1 + c1;
+    dst[6 * ps + t] = b2 + c2;
+    dst[7 * ps + t] = b3 + c3;
+    dst[8 * ps + t] = c0 - b0;
+    dst[9 * ps + t] = c1 - b1;
+    dst[10 * ps + t] = c2 - b2;
+    dst[11 * ps + t] = c3 - b3;
+    dst[12 * ps + t] = b0 - d0;
+    dst[13 * ps + t] = b1 - d1;
+    dst[14 * ps + t] = b2 - d2;
+    dst[15 * ps + t] = b3 - d3;
+  }
+}
+
+static void wino_input(const float *xp, int ch, size_t plane, size_t row, int h, int w,
+                       const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
+  const int tw = (w + 1) / 2;
+  float *e = tmp, *o = tmp + 4 * (size_t)(tw + 1);
+  for (int c = 0; c < ch; c++)
+    for (int ti = ti0; ti < ti1; ti++) {
+      const int rows = h + 2 - 2 * ti < 4 ? h + 2 - 2 * ti : 4; /* padded rows 0 .. h + 1 */
+      input_row(xp + (size_t)c * plane + (size_t)(2 * ti) * row, rows, row, w, tw, e, o,
+                v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw, v->pos_stride);
+    }
+}
+
+/* One output row: the epilogue, the image's w pixels. */
+static void output_pixels(const float *restrict yt, int w, const float *restrict res, float lo,
+                          float hi, float *restrict y) {
+  if (res)
+    for (int j = 0; j < w; j++) {
+      const float v = yt[j] + res[j];
+      y[j] = v < lo ? lo : v > hi ? hi : v;
+    }
+  else
+    for (int j = 0; j < w; j++) {
+      const float v = yt[j];
+      y[j] = v < lo ? lo : v > hi ? hi : v;
+    }
+}
+
+static void output_row(const float *restrict src, size_t ps, int tw, float bias,
+                       float *restrict y0, float *restrict y1) {
+  for (int t = 0; t < tw; t++) {
+    float m[16];
+    for (int k = 0; k < 16; k++) m[k] = src[(size_t)k * ps + t];
+    /* M A along each row, then A^T along the columns */
+    const float p0 = m[0] + m[1] + m[2], q0 = m[1] - m[2] - m[3];
+    const float p1 = m[4] + m[5] + m[6], q1 = m[5] - m[6] - m[7];
+    const float p2 = m[8] + m[9] + m[10], q2 = m[9] - m[10] - m[11];
+    const float p3 = m[12] + m[13] + m[14], q3 = m[13] - m[14] - m[15];
+    y0[2 * t] = p0 + p1 + p2 + bias;
+    y0[2 * t + 1] = q0 + q1 + q2 + bias;
+    y1[2 * t] = p1 - p2 - p3 + bias;
+    y1[2 * t + 1] = q1 - q2 - q3 + bias;
+  }
+}
+
+static void wino_output(const vmc_wino_buf *m, int ti0, int ti1, int oc, int h, int w,
+                        const vmc_wino_out *o, float *tmp) {
+  const int tw = (w + 1) / 2;
+  float *y0 = tmp, *y1 = tmp + 2 * (size_t)tw + 16;
+  for (int k = 0; k < oc; k++) {
+    const float bias = o->bias ? o->bias[k] : 0.0f;
+    for (int ti = ti0; ti < ti1; ti++) {
+      output_row(m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw, m->pos_stride, tw,
+                 bias, y0, y1);
+      for (int r = 0; r < 2 && 2 * ti + r < h; r++) {
+        const size_t at = (size_t)k * o->plane + (size_t)(2 * ti + r) * o->row;
+        output_pixels(r ? y1 : y0, w, o->res ? o->res + at : NULL, o->lo, o->hi, o->y + at);
+      }
+    }
+  }
+}
+
+const vmc_wino_kernels vmc_wino_kernels__ref = {"ref", wino_input, wino_output};
+
+void vmc_wino_weights(const float *w, int oc, int c, int ab, float *u, int ldu) {
+  const int a = ab / 4, b = ab % 4;
+  /* row a of G (3 weights), then G^T's column b: the same rows */
+  static const float G[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f},
+                                {0.0f, 0.0f, 1.0f}};
+  for (int o = 0; o < oc; o++)
+    for (int ci = 0; ci < c; ci++) {
+      const float *g = w + ((size_t)o * c + ci) * 9;
+      float s = 0.0f;
+      for (int i = 0; i < 3; i++) {
+        float r = 0.0f;
+        for (int j = 0; j < 3; j++) r += g[i * 3 + j] * G[b][j];
+        s += G[a][i] * r;
+      }
+      u[(size_t)o * ldu + ci] = s;
+    }
+}
+
+static _Atomic(const vmc_wino_kernels *) g_best;
+
+const vmc_wino_kernels *vmc_wino_kernels_best(void) {
+  const vmc_wino_kernels *k = atomic_load_explicit(&g_best, memory_order_acquire);
+  if (k) return k;
+  const char *isa = vmc_isa_name();
+  k = !strcmp(isa, "avx512") ? &vmc_wino_kernels__avx512
+      : !strcmp(isa, "ref")  ? &vmc_wino_kernels__ref
+                             : &vmc_wino_kernels__avx2;
+  atomic_store_explicit(&g_best, k, memory_order_release);
+  return k;
+}
+
+int vmc_wino_enabled(void) {
+  const char *e = getenv("VMC_WINOGRAD");
+  return !(e && !strcmp(e, "0"));
+}

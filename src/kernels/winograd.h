@@ -1,0 +1,91 @@
+/* Winograd F(2x2, 3x3) for 3x3, stride-1, padding-1 convolutions (fp32).
+ *
+ * Each 2x2 output tile is computed from the 4x4 input tile around it: with
+ * the input tile d, the kernel g and the usual matrices
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+ *   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+ *   A^T = [1 1 1 0; 0 1 -1 -1]
+ * the tile is A^T [(G g G^T) .* (B^T d B)] A.  Over channels the
+ * element-wise product becomes 16 GEMMs, one per position (a, b) of the 4x4
+ * transformed tile:  M[ab] (oc x tiles) = U[ab] (oc x c) . V[ab] (c x tiles),
+ * 2.25 times fewer multiply-adds than the direct convolution.  The caller
+ * runs the GEMMs (kernels/gemm.h); this file has the three transforms.
+ *
+ * Tiles are numbered row by row, ti * tw + tj, over th x tw tiles (th =
+ * ceil(h / 2), tw = ceil(w / 2)): output sizes that are odd get a last tile
+ * whose second row or column is computed and dropped.  Such a tile's fourth
+ * input row or column lies past the padded image; it is read as zero.
+ * Only that row or column of the transformed tile depends on it, and only
+ * the dropped outputs depend on that (A^T's first row is 0 in its last
+ * column), so every output is the convolution's.
+ *
+ * The input and output transforms are additions and subtractions only, in a
+ * fixed order: every ISA variant gives the reference's floats. */
+#ifndef VMC_KERNELS_WINOGRAD_H
+#define VMC_KERNELS_WINOGRAD_H
+
+#include <stddef.h>
+
+#define VMC_WINO_POS 16 /* positions of the transformed 4x4 tile */
+
+/* Where the 16 transformed planes lie: position ab's plane at
+ * base + ab * pos_stride, its row for channel c at + c * ch_stride.  The
+ * transforms take a range of tile rows [ti0, ti1); tile (ti, tj) is at
+ * + (ti - ti0) * tw + tj of a row (so threads can split an image's tiles).
+ * The SIMD variants read and write whole vectors: ch_stride must leave
+ * VMC_WINO_ROW_SLACK floats after a channel's last tile, which they may
+ * overwrite, as they may the tiles after the one they are writing (which
+ * they write later). */
+#define VMC_WINO_ROW_SLACK 16
+typedef struct vmc_wino_buf {
+  float *base;
+  size_t pos_stride, ch_stride;
+} vmc_wino_buf;
+
+/* The output transform's epilogue, in the order the GEMM epilogue applies
+ * it (gemm.h): + bias[oc], + res, then clamp to [lo, hi]. */
+typedef struct vmc_wino_out {
+  float *y;           /* pixel (i, j) of channel oc at y + oc * plane + i * row + j */
+  size_t plane, row;
+  const float *bias;  /* oc floats or NULL */
+  const float *res;   /* same layout as y, or NULL */
+  float lo, hi;
+} vmc_wino_out;
+
+typedef struct vmc_wino_kernels {
+  const char *isa;
+  /* V = B^T d B of the tiles in tile rows [ti0, ti1) of ch channels of an
+   * h x w image, read from its zero-padded planes: padded pixel (i, j) (the image's pixel
+   * (i - 1, j - 1)) of channel c at xp[c * plane + i * row + j], for
+   * i <= h + 1, j <= w (row >= w + 1).  tmp: vmc_wino_tmp_floats(w) floats. */
+  void (*input)(const float *xp, int ch, size_t plane, size_t row, int h, int w,
+                const vmc_wino_buf *v, int ti0, int ti1, float *tmp);
+  /* Y = A^T M A of the tiles in tile rows [ti0, ti1) of oc channels,
+   * epilogue, those tiles' pixels of the image written (nothing else). */
+  void (*output)(const vmc_wino_buf *m, int ti0, int ti1, int oc, int h, int w,
+                 const vmc_wino_out *o, float *tmp);
+} vmc_wino_kernels;
+
+extern const vmc_wino_kernels vmc_wino_kernels__ref;
+extern const vmc_wino_kernels vmc_wino_kernels__avx2;
+extern const vmc_wino_kernels vmc_wino_kernels__avx512;
+/* The variant vmc_isa_name() picks, chosen once. */
+const vmc_wino_kernels *vmc_wino_kernels_best(void);
+
+static inline int vmc_wino_tiles_h(int h) { return (h + 1) / 2; }
+static inline size_t vmc_wino_tiles(int h, int w) {
+  return (size_t)((h + 1) / 2) * (size_t)((w + 1) / 2);
+}
+/* Scratch floats the transforms take for an image w pixels wide. */
+static inline size_t vmc_wino_tmp_floats(int w) { return 16 * (size_t)((w + 1) / 2 + 1) + 16; }
+
+/* U[ab] = (G g G^T)[ab] for every output channel o and input channel c of
+ * the kernel w (oc x c x 3 x 3): u[o * ldu + c]. */
+void vmc_wino_weights(const float *w, int oc, int c, int ab, float *u, int ldu);
+
+/* Whether plans use Winograd where it applies: yes unless the environment
+ * sets VMC_WINOGRAD=0 (for comparison, or to keep the weights' memory at
+ * 9/16), read whenever a plan is made. */
+int vmc_wino_enabled(void);
+
+#endif

@@ -1,0 +1,233 @@
+/* Winograd F(2x2, 3x3) (src/kernels/winograd.h): the transforms with a
+ * plain GEMM in between give the direct 3x3 convolution (computed in
+ * double) within fp32 rounding, with bias, residual and clamp, over odd and
+ * even sizes, rows narrower and wider than a vector, and tile rows split
+ * into ranges as threads split them.  Inputs are read from padded planes
+ * allocated to their exact size and outputs written into a layout with
+ * sentinels around the pixels, which must survive.  Every SIMD variant the
+ * CPU runs gives the reference's floats, transform by transform. */
+#include "kernels/winograd.h"
+#include "core/core.h"
+#include "test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SENTINEL 12345.0f
+
+typedef struct {
+  int c, oc, h, w;
+  float *xp;          /* padded planes, exactly c * plane floats */
+  size_t row, plane;  /* row = w + 1 */
+  float *wt, *bias, *res, *ref;
+  float lo, hi;
+} problem;
+
+static void problem_free(problem *p) {
+  free(p->xp), free(p->wt), free(p->bias), free(p->res), free(p->ref);
+}
+
+/* Random input, kernel, bias and residual; ref = the direct convolution in
+ * double, then the epilogue in fp32 as the transforms apply it. */
+static int problem_make(problem *p, int c, int oc, int h, int w, int with_res, vmc_rng *r) {
+  memset(p, 0, sizeof *p);
+  p->c = c, p->oc = oc, p->h = h, p->w = w;
+  p->row = (size_t)w + 1, p->plane = (size_t)(h + 2) * p->row;
+  p->xp = calloc((size_t)c * p->plane, sizeof(float));
+  p->wt = malloc((size_t)oc * c * 9 * sizeof(float));
+  p->bias = malloc((size_t)oc * sizeof(float));
+  p->res = with_res ? malloc((size_t)oc * h * w * sizeof(float)) : NULL;
+  p->ref = malloc((size_t)oc * h * w * sizeof(float));
+  if (!p->xp || !p->wt || !p->bias || (with_res && !p->res) || !p->ref) return 0;
+  for (int ci = 0; ci < c; ci++)
+    for (int i = 0; i < h; i++)
+      for (int j = 0; j < w; j++)
+        p->xp[(size_t)ci * p->plane + (size_t)(i + 1) * p->row + 1 + j] = vmc_rng_normal(r);
+  for (size_t i = 0; i < (size_t)oc * c * 9; i++) p->wt[i] = vmc_rng_normal(r) * 0.3f;
+  for (int o = 0; o < oc; o++) p->bias[o] = vmc_rng_normal(r);
+  for (size_t i = 0; with_res && i < (size_t)oc * h * w; i++) p->res[i] = vmc_rng_normal(r);
+  p->lo = with_res ? -INFINITY : 0.0f; /* ReLU without the residual, none with it */
+  p->hi = with_res ? INFINITY : 3.0f;
+  for (int o = 0; o < oc; o++)
+    for (int i = 0; i < h; i++)
+      for (int j = 0; j < w; j++) {
+        double s = 0;
+        for (int ci = 0; ci < c; ci++)
+          for (int a = 0; a < 3; a++)
+            /* padded pixel (i + a, j + b); column w + 1 is the right
+             * padding, the next row's first float */
+            for (int b = 0; b < 3 && j + b <= w; b++)
+              s += (double)p->wt[(((size_t)o * c + ci) * 3 + a) * 3 + b] *
+                   p->xp[(size_t)ci * p->plane + (size_t)(i + a) * p->row + j + b];
+        float v = (float)s + p->bias[o];
+        if (p->res) v += p->res[((size_t)o * h + i) * w + j];
+        p->ref[((size_t)o * h + i) * w + j] = v < p->lo ? p->lo : v > p->hi ? p->hi : v;
+      }
+  return 1;
+}
+
+/* The planes of one tile-row range, as conv2d lays them out. */
+typedef struct {
+  size_t ld, ps_v, ps_m;
+  float *v, *m;
+} planes;
+
+static int planes_make(planes *q, const problem *p) {
+  const size_t nt = vmc_wino_tiles(p->h, p->w);
+  q->ld = (nt + VMC_WINO_ROW_SLACK + 15) / 16 * 16;
+  q->ps_v = (size_t)p->c * q->ld + 16, q->ps_m = (size_t)p->oc * q->ld + 16;
+  q->v = calloc(VMC_WINO_POS * q->ps_v, sizeof(float));
+  q->m = calloc(VMC_WINO_POS * q->ps_m, sizeof(float));
+  return q->v && q->m;
+}
+
+/* M[ab] = U[ab] . V[ab] over the n tiles of a range, in double. */
+static void gemms(const problem *p, const planes *q, int n) {
+  float *u = malloc((size_t)p->oc * p->c * sizeof(float));
+  if (!u) return;
+  for (int ab = 0; ab < VMC_WINO_POS; ab++) {
+    vmc_wino_weights(p->wt, p->oc, p->c, ab, u, p->c);
+    for (int o = 0; o < p->oc; o++)
+      for (int t = 0; t < n; t++) {
+        double s = 0;
+        for (int ci = 0; ci < p->c; ci++)
+          s += (double)u[(size_t)o * p->c + ci] * q->v[ab * q->ps_v + (size_t)ci * q->ld + t];
+        q->m[ab * q->ps_m + (size_t)o * q->ld + t] = (float)s;
+      }
+  }
+  free(u);
+}
+
+/* y in a layout wider than the image (row w + 3, one row more), sentinels
+ * around the pixels. */
+static float *y_make(const problem *p, size_t *row, size_t *plane) {
+  *row = (size_t)p->w + 3, *plane = (size_t)(p->h + 1) * *row;
+  float *y = malloc((size_t)p->oc * *plane * sizeof(float));
+  for (size_t i = 0; y && i < (size_t)p->oc * *plane; i++) y[i] = SENTINEL;
+  return y;
+}
+
+/* One variant (and, when given, the reference to match bit for bit) over
+ * the problem, its tile rows split at `split`. */
+static void run_case(const vmc_wino_kernels *k, const problem *p, int split) {
+  const int th = vmc_wino_tiles_h(p->h), tw = (p->w + 1) / 2;
+  const vmc_wino_kernels *ref = &vmc_wino_kernels__ref;
+  size_t row, plane;
+  float *y = y_make(p, &row, &plane), *yr = y_make(p, &row, &plane);
+  float *resl = NULL;
+  float *tmp = malloc(vmc_wino_tmp_floats(p->w) * sizeof(float));
+  REQUIRE(y && yr && tmp);
+  if (p->res) { /* the residual in y's layout */
+    resl = malloc((size_t)p->oc * plane * sizeof(float));
+    REQUIRE(resl);
+    for (size_t i = 0; i < (size_t)p->oc * plane; i++) resl[i] = SENTINEL;
+    for (int o = 0; o < p->oc; o++)
+      for (int i = 0; i < p->h; i++)
+        memcpy(resl + (size_t)o * plane + (size_t)i * row, p->res + ((size_t)o * p->h + i) * p->w,
+               (size_t)p->w * sizeof(float));
+  }
+  const int cut[3] = {0, split, th};
+  for (int part = 0; part < 2; part++) {
+    const int ti0 = cut[part], ti1 = cut[part + 1], n = (ti1 - ti0) * tw;
+    if (ti1 <= ti0) continue;
+    planes q, qr;
+    REQUIRE(planes_make(&q, p) && planes_make(&qr, p));
+    k->input(p->xp, p->c, p->plane, p->row, p->h, p->w,
+             &(vmc_wino_buf){q.v, q.ps_v, q.ld}, ti0, ti1, tmp);
+    ref->input(p->xp, p->c, p->plane, p->row, p->h, p->w,
+               &(vmc_wino_buf){qr.v, qr.ps_v, qr.ld}, ti0, ti1, tmp);
+    int same = 1;
+    for (int ab = 0; ab < VMC_WINO_POS; ab++)
+      for (int ci = 0; ci < p->c; ci++) {
+        const size_t at = ab * q.ps_v + (size_t)ci * q.ld;
+        same = same && !memcmp(q.v + at, qr.v + at, (size_t)n * sizeof(float));
+      }
+    if (!same)
+      vmc_test_fail(__FILE__, __LINE__, "%s input %dx%d c %d rows [%d, %d): not the reference's",
+                    k->isa, p->h, p->w, p->c, ti0, ti1);
+    gemms(p, &qr, n);
+    vmc_wino_out o = {y, plane, row, p->bias, resl, p->lo, p->hi}, orf = o;
+    orf.y = yr;
+    k->output(&(vmc_wino_buf){qr.m, qr.ps_m, qr.ld}, ti0, ti1, p->oc, p->h, p->w, &o, tmp);
+    ref->output(&(vmc_wino_buf){qr.m, qr.ps_m, qr.ld}, ti0, ti1, p->oc, p->h, p->w, &orf, tmp);
+    free(q.v), free(q.m), free(qr.v), free(qr.m);
+  }
+  if (memcmp(y, yr, (size_t)p->oc * plane * sizeof(float)))
+    vmc_test_fail(__FILE__, __LINE__, "%s output %dx%d oc %d: not the reference's", k->isa, p->h,
+                  p->w, p->oc);
+  double worst = 0;
+  int kept = 1;
+  for (int o = 0; o < p->oc; o++)
+    for (size_t i = 0; i < plane; i++) {
+      const size_t r = i / row, j = i % row;
+      const float got = y[(size_t)o * plane + i];
+      if (r >= (size_t)p->h || j >= (size_t)p->w) {
+        kept = kept && got == SENTINEL;
+        continue;
+      }
+      const double want = p->ref[((size_t)o * p->h + r) * p->w + j];
+      const double d = fabs(got - want) / (1.0 + fabs(want));
+      if (!(d <= worst)) worst = d; /* NaN too */
+    }
+  CHECK(kept);
+  if (!(worst <= 2e-5))
+    vmc_test_fail(__FILE__, __LINE__, "%s %dx%d c %d oc %d: off the direct conv by %g", k->isa,
+                  p->h, p->w, p->c, p->oc, worst);
+  free(y), free(yr), free(resl), free(tmp);
+}
+
+static void check_variant(const vmc_wino_kernels *k) {
+  vmc_rng r;
+  vmc_rng_seed(&r, 33);
+  static const int hw[][2] = {{1, 1}, {2, 2}, {3, 5},  {7, 7},   {8, 9},  {14, 14},
+                              {15, 4}, {28, 28}, {5, 33}, {6, 40}, {4, 65}};
+  for (size_t t = 0; t < sizeof hw / sizeof hw[0]; t++)
+    for (int with_res = 0; with_res < 2; with_res++) {
+      problem p;
+      const int c = 3 + (int)t % 5, oc = 2 + (int)(t * 3) % 7;
+      if (!problem_make(&p, c, oc, hw[t][0], hw[t][1], with_res, &r)) {
+        problem_free(&p);
+        REQUIRE(0);
+      }
+      const int th = vmc_wino_tiles_h(p.h);
+      run_case(k, &p, th);      /* one range */
+      run_case(k, &p, th / 2);  /* two, as two threads take them */
+      problem_free(&p);
+    }
+}
+
+TEST(winograd_ref_matches_direct_conv) { check_variant(&vmc_wino_kernels__ref); }
+
+TEST(winograd_avx2_matches_reference) {
+  if (!strcmp(vmc_isa_name(), "ref")) SKIP("the CPU lacks AVX2");
+  check_variant(&vmc_wino_kernels__avx2);
+}
+
+TEST(winograd_avx512_matches_reference) {
+  if (strcmp(vmc_isa_name(), "avx512")) SKIP("the CPU lacks AVX-512");
+  check_variant(&vmc_wino_kernels__avx512);
+}
+
+/* The weight transform against G g G^T written out for one kernel. */
+TEST(winograd_weight_transform) {
+  const float g[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  /* G g (4 x 3), then (G g) G^T (4 x 4), by hand from G's rows */
+  float gg[4][3], u[4][4];
+  for (int j = 0; j < 3; j++) {
+    gg[0][j] = g[j];
+    gg[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+    gg[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+    gg[3][j] = g[6 + j];
+  }
+  for (int i = 0; i < 4; i++) {
+    u[i][0] = gg[i][0];
+    u[i][1] = 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]);
+    u[i][2] = 0.5f * (gg[i][0] - gg[i][1] + gg[i][2]);
+    u[i][3] = gg[i][2];
+  }
+  for (int ab = 0; ab < VMC_WINO_POS; ab++) {
+    float got;
+    vmc_wino_weights(g, 1, 1, ab, &got, 1);
+    CHECK_NEAR(got, u[ab / 4][ab % 4], 1e-6);
+  }
+}
