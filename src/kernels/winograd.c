@@ -77,9 +77,9 @@ static void wino_input(const float *xp, int ch, size_t plane, size_t row, int h,
     }
 }
 
-/* One output row: the epilogue, the image's w pixels. */
-static void output_pixels(const float *restrict yt, int w, const float *restrict res, float lo,
-                          float hi, float *restrict y) {
+/* One output row: the epilogue, the image's w pixels (res may be y). */
+static void output_pixels(const float *restrict yt, int w, const float *res, float lo, float hi,
+                          float *y) {
   if (res)
     for (int j = 0; j < w; j++) {
       const float v = yt[j] + res[j];

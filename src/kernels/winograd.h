@@ -48,7 +48,7 @@ typedef struct vmc_wino_out {
   float *y;           /* pixel (i, j) of channel oc at y + oc * plane + i * row + j */
   size_t plane, row;
   const float *bias;  /* oc floats or NULL */
-  const float *res;   /* same layout as y, or NULL */
+  const float *res;   /* same layout as y (y itself: accumulate), or NULL */
   float lo, hi;
 } vmc_wino_out;
 

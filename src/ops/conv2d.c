@@ -53,9 +53,9 @@ typedef struct {
    * nw = oh*phw */
   vmc_phase_geom pg;
   int phw, nslots; /* copies of pg's */
-  /* WIDE, inference: Winograd F(2x2, 3x3) (kernels/winograd.h) over the
-   * same padded input, nt tiles in rows ldt apart (winograd.h's slack,
-   * 64-byte multiples) */
+  /* WIDE: Winograd F(2x2, 3x3) (kernels/winograd.h) over the same padded
+   * input (training: and for dx, over the padded dY), nt tiles in rows ldt
+   * apart (winograd.h's slack, 64-byte multiples) */
   int wino;
   size_t nt, ldt;
 } conv_cfg;
@@ -128,7 +128,7 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.wq = g->ow + c.ptw > g->w ? g->ow + c.ptw : g->w; /* shared padding, as wp */
     c.nq = g->h * c.wq;
     c.wino = c.kind == WIDE && c.groups == 1 && g->kh == 3 && g->kw == 3 && g->dh == 1 &&
-             g->dw == 1 && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 &&
+             g->dw == 1 && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 && c.wq == c.wp &&
              g->c >= WINO_MIN_C && c.ocg >= WINO_MIN_C && vmc_wino_enabled();
     c.nt = vmc_wino_tiles(g->oh, g->ow);
     c.ldt = vmc_align_up(c.nt + VMC_WINO_ROW_SLACK, 16);
@@ -160,17 +160,17 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   return c;
 }
 
-/* The configuration a mode runs: training keeps the direct WIDE path. */
-static conv_cfg cfg_mode(const vmc_node *n, const vmc_shape *in, vmc_mode mode) {
-  conv_cfg c = cfg_of(n, in);
-  if (mode == VMC_MODE_TRAIN) c.wino = 0;
-  return c;
-}
-
 /* Winograd's planes: position ab's at ab * (channels * ldt) + 16 floats
  * (64 bytes more than the rows, so that the 16 planes a transform streams
  * through do not share L1 sets, as they would 4 KiB apart). */
 static size_t wino_pos_stride(const conv_cfg *c, int ch) { return (size_t)ch * c->ldt + 16; }
+
+/* Scratch floats of Winograd's V and M planes (forward: c then ocg
+ * channels, dx: the other way round), the transforms' rows, alignment. */
+static size_t wino_floats(const conv_cfg *c) {
+  return VMC_WINO_POS * (wino_pos_stride(c, c->g.c) + wino_pos_stride(c, c->ocg)) +
+         vmc_wino_tmp_floats(c->g.ow) + 16;
+}
 
 /* A PHASE convolution whose phase rows are exactly ow long (a 1x1
  * downsample), given one more zero column per phase row: its wide output
@@ -219,22 +219,22 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
   const size_t xp = (size_t)g->c * c->plane + slack;
   switch (c->kind) {
   case WIDE:
-    if (c->wino) {
-      s.a = xp; /* padded input */
-      /* V, M (position-major planes), the transforms' rows */
-      s.b = VMC_WINO_POS * (wino_pos_stride(c, g->c) + wino_pos_stride(c, c->ocg)) +
-            vmc_wino_tmp_floats(g->ow) + 16;
+    if (c->wino && mode != VMC_MODE_TRAIN) {
+      s.a = xp;            /* padded input */
+      s.b = wino_floats(c); /* Winograd's planes */
     } else if (mode != VMC_MODE_TRAIN) {
       s.a = xp;                        /* padded input */
       s.b = (size_t)c->ocg * c->nw;    /* wide output */
       s.rows = (size_t)c->K;
     } else {
-      s.a = xp;                                      /* padded input */
-      s.b = (size_t)c->ocg * c->nw;                  /* wide output / wide dY */
+      s.a = xp; /* padded input */
+      /* wide output / wide dY; with Winograd (and so the shared padded dY
+       * below), its planes */
+      s.b = c->wino ? wino_floats(c) : (size_t)c->ocg * c->nw;
       /* padded dY (with room before it for wide_backward's shared layout), or dcol */
       s.c = c->bwd_wide ? (size_t)c->pth * c->wq + c->ptw + (size_t)c->ocg * c->hq * c->wq + slack
                         : (size_t)c->K * c->P;
-      s.d = c->bwd_wide ? (size_t)g->c * c->nq : 0;  /* wide dx */
+      s.d = c->bwd_wide && !c->wino ? (size_t)g->c * c->nq : 0; /* wide dx */
       size_t kt = (size_t)c->ocg * g->kh * g->kw;
       s.rows = (size_t)c->K > kt ? (size_t)c->K : kt;
     }
@@ -274,7 +274,7 @@ static size_t dw_floats(const conv_cfg *c) { return (size_t)c->oc * c->K + (size
 
 static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                            vmc_mode mode, int nthreads) {
-  conv_cfg c = cfg_mode(n, &in[0], mode);
+  conv_cfg c = cfg_of(n, &in[0]);
   if (mode != VMC_MODE_TRAIN && phase_widens(&c)) phase_widen(&c); /* the larger */
   scratch_plan s = scratch_of(&c, mode);
   size_t f = s.a + s.b + s.c + s.d + (mode == VMC_MODE_TRAIN ? dw_floats(&c) : 0);
@@ -284,15 +284,39 @@ static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_sha
 /* The weights of each group pre-packed for the forward GEMM (one
  * vmc_sgemm_packed_a per group, then their panels): made once by an
  * inference plan, once per forward in training.  Winograd: one per
- * position of the transformed kernel, then room to transform one. */
-static int n_packs(const conv_cfg *c) { return c->wino ? VMC_WINO_POS : c->groups; }
-static int pack_k(const conv_cfg *c) { return c->wino ? c->g.c : c->K; }
+ * position of the transformed kernel, then room to transform one; training
+ * adds the same for its dx convolution (the rotated kernel, c x ocg). */
+typedef struct {
+  int np, M, K, wino; /* np packs of M x K; wino: of a 3x3 kernel's positions */
+} pack_set;
 
-static size_t packs_bytes(const conv_cfg *c) {
-  const size_t stage = c->wino ? (size_t)c->ocg * c->g.c * sizeof(float) : 0;
-  return vmc_align_up((size_t)n_packs(c) * sizeof(vmc_sgemm_packed_a), VMC_ALIGN) +
-         (size_t)n_packs(c) * vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, pack_k(c)), VMC_ALIGN) +
+static pack_set fwd_set(const conv_cfg *c) {
+  return (pack_set){c->wino ? VMC_WINO_POS : c->groups, c->ocg, c->wino ? c->g.c : c->K, c->wino};
+}
+static pack_set dx_set(const conv_cfg *c) { return (pack_set){VMC_WINO_POS, c->g.c, c->ocg, 1}; }
+
+static size_t set_bytes(pack_set p) {
+  const size_t stage = p.wino ? (size_t)p.M * p.K * sizeof(float) : 0;
+  return vmc_align_up((size_t)p.np * sizeof(vmc_sgemm_packed_a), VMC_ALIGN) +
+         (size_t)p.np * vmc_align_up(vmc_sgemm_pack_a_bytes(p.M, p.K), VMC_ALIGN) +
          vmc_align_up(stage, VMC_ALIGN);
+}
+
+/* Packs W (np groups of M x K, or with wino the M x K x 3 x 3 kernel
+ * transformed position by position) into the set at pk. */
+static void pack_set_fill(pack_set p, const float *W, vmc_sgemm_packed_a *pk) {
+  uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)p.np * sizeof *pk, VMC_ALIGN);
+  const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(p.M, p.K), VMC_ALIGN);
+  float *stage = (float *)(data + (size_t)p.np * each);
+  for (int i = 0; i < p.np; i++) {
+    const float *A = W + (size_t)i * p.M * p.K;
+    if (p.wino) {
+      vmc_wino_weights(W, p.M, p.K, i, stage, p.K);
+      A = stage;
+    }
+    if (vmc_sgemm_pack_a(0, p.M, p.K, 1.0f, A, p.K, data + (size_t)i * each, each, &pk[i]))
+      pk[i].data = NULL; /* cannot happen with a buffer this size: forward packs per call */
+  }
 }
 
 /* Inference state: the node's conv_cfg (prepared once: attributes are
@@ -300,7 +324,8 @@ static size_t packs_bytes(const conv_cfg *c) {
 static size_t cfg_bytes(void) { return vmc_align_up(sizeof(conv_cfg), VMC_ALIGN); }
 
 /* Training state: the weights rearranged for dx (rotate_kernel,
- * phase_kernel), then the packs, made once per forward. */
+ * phase_kernel), then the packs, made once per forward, then Winograd's dx
+ * packs, made once per backward. */
 static size_t wt_bytes(const conv_cfg *c) {
   const int rearranged = (c->kind == WIDE && c->bwd_wide) || c->kind == PHASE;
   return rearranged ? vmc_align_up((size_t)c->oc * c->K * sizeof(float), VMC_ALIGN) : 0;
@@ -308,9 +333,10 @@ static size_t wt_bytes(const conv_cfg *c) {
 
 static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                          vmc_mode mode) {
-  conv_cfg c = cfg_mode(n, &in[0], mode);
-  const size_t packs = c.kind == DEPTHWISE ? 0 : packs_bytes(&c);
-  return (mode != VMC_MODE_TRAIN ? cfg_bytes() : wt_bytes(&c)) + packs;
+  conv_cfg c = cfg_of(n, &in[0]);
+  const size_t packs = c.kind == DEPTHWISE ? 0 : set_bytes(fwd_set(&c));
+  if (mode != VMC_MODE_TRAIN) return cfg_bytes() + packs;
+  return wt_bytes(&c) + packs + (c.wino ? set_bytes(dx_set(&c)) : 0);
 }
 
 /* The packs in the state (either mode), or NULL. */
@@ -320,28 +346,20 @@ static vmc_sgemm_packed_a *packs_of(const vmc_opctx *ctx, const conv_cfg *c) {
                                 (ctx->mode != VMC_MODE_TRAIN ? cfg_bytes() : wt_bytes(c)));
 }
 
+/* Training with Winograd: the dx packs, after the forward's. */
+static vmc_sgemm_packed_a *dx_packs_of(const vmc_opctx *ctx, const conv_cfg *c) {
+  return (vmc_sgemm_packed_a *)((uint8_t *)packs_of(ctx, c) + set_bytes(fwd_set(c)));
+}
+
 /* Each group's weights packed for the forward GEMMs (Winograd: each
  * position's transformed kernel). */
 static void pack_weights(const vmc_opctx *ctx, const conv_cfg *c, vmc_sgemm_packed_a *pk) {
-  const int np = n_packs(c), K = pack_k(c);
-  uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)np * sizeof *pk, VMC_ALIGN);
-  const size_t each = vmc_align_up(vmc_sgemm_pack_a_bytes(c->ocg, K), VMC_ALIGN);
-  float *stage = (float *)(data + (size_t)np * each);
-  const float *W = ctx->g->params[ctx->node->param[0]].data;
-  for (int i = 0; i < np; i++) {
-    const float *A = W + (size_t)i * c->ocg * c->K;
-    if (c->wino) {
-      vmc_wino_weights(W, c->ocg, K, i, stage, K);
-      A = stage;
-    }
-    if (vmc_sgemm_pack_a(0, c->ocg, K, 1.0f, A, K, data + (size_t)i * each, each, &pk[i]))
-      pk[i].data = NULL; /* cannot happen with a buffer this size: forward packs per call */
-  }
+  pack_set_fill(fwd_set(c), ctx->g->params[ctx->node->param[0]].data, pk);
 }
 
 static void conv_prepare(vmc_opctx *ctx) {
   if (!ctx->state) return;
-  conv_cfg c = cfg_mode(ctx->node, &ctx->xs[0], ctx->mode);
+  conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
   memcpy(ctx->state, &c, sizeof c);
   vmc_sgemm_packed_a *pk = packs_of(ctx, &c);
   if (pk) pack_weights(ctx, &c, pk);
@@ -499,10 +517,26 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
   k->output(&mb, ti0, ti1, c->ocg, g->oh, g->ow, o, rows);
 }
 
-/* Winograd, one image (inference, one group), from the padded input itself
- * or the planes padded here into xp.  par: on this thread (its scratch
- * slice base); else the image's tile rows split over the team, each
- * thread on its own slice. */
+/* Winograd over one image's padded planes xp (plane floats apart, rows
+ * c->wp long) into the output o.  par: on this thread (its scratch slice
+ * base); else the image's tile rows split over the team, each thread on its
+ * own slice. */
+static void wino_conv(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
+                      int par, const float *xp, size_t xplane, const vmc_wino_out *o,
+                      float *base, const scratch_plan *sp) {
+  const int th = vmc_wino_tiles_h(c->g.oh), team = par ? 1 : ctx->nthreads < th ? ctx->nthreads : th;
+  if (team <= 1) {
+    wino_rows(c, pk, xp, xplane, o, base, sp->a, 0, th);
+  } else {
+#pragma omp parallel for schedule(static, 1) num_threads(team)
+    for (int t = 0; t < team; t++)
+      wino_rows(c, pk, xp, xplane, o, slice_scratch(ctx, t), sp->a, chunk_lo(th, t, team),
+                chunk_lo(th, t + 1, team));
+  }
+}
+
+/* Winograd forward of one image (one group), from the padded input itself
+ * or the planes padded here into base. */
 static void wino_image(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
                        int par, const float *x, float *y, float *base, const scratch_plan *sp) {
   const vmc_conv_geom *g = &c->g;
@@ -513,7 +547,6 @@ static void wino_image(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_
                base);
     xp = base;
   }
-  const size_t xplane = ctx->xpad[0] ? xq.plane : c->plane;
   const float *B = ctx->node->n_param > 1 ? ctx->g->params[ctx->node->param[1]].data : NULL;
   vmc_wino_out o = {y, (size_t)c->P, (size_t)g->ow, B, NULL, vmc_act_lo(ctx->act),
                     vmc_act_hi(ctx->act)};
@@ -523,15 +556,7 @@ static void wino_image(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_
     o.row = (size_t)yq.wp;
   }
   if (ctx->res) o.res = ctx->res + (o.y - ctx->y);
-  const int th = vmc_wino_tiles_h(g->oh), team = par ? 1 : ctx->nthreads < th ? ctx->nthreads : th;
-  if (team <= 1) {
-    wino_rows(c, pk, xp, xplane, &o, base, sp->a, 0, th);
-  } else {
-#pragma omp parallel for schedule(static, 1) num_threads(team)
-    for (int t = 0; t < team; t++)
-      wino_rows(c, pk, xp, xplane, &o, slice_scratch(ctx, t), sp->a, chunk_lo(th, t, team),
-                chunk_lo(th, t + 1, team));
-  }
+  wino_conv(ctx, c, pk, par, xp, ctx->xpad[0] ? xq.plane : c->plane, &o, base, sp);
   if (ctx->ypad) vmc_padded_zero_borders(&yq, c->oc, y);
 }
 
@@ -629,7 +654,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
 static void conv_forward(vmc_opctx *ctx) {
   conv_cfg c = ctx->mode != VMC_MODE_TRAIN && ctx->state
                     ? *(const conv_cfg *)ctx->state
-                    : cfg_mode(ctx->node, &ctx->xs[0], ctx->mode);
+                    : cfg_of(ctx->node, &ctx->xs[0]);
   if (ctx->ypad && phase_widens(&c)) phase_widen(&c);
   /* Training: the weights change between steps, not between images. */
   vmc_sgemm_packed_a *pk = ctx->mode == VMC_MODE_TRAIN ? packs_of(ctx, &c) : NULL;
@@ -663,7 +688,8 @@ static void dw_gemm(const vmc_opctx *ctx, int par, const conv_cfg *c, const floa
  * the padded dY convolved with the rotated kernel. */
 static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp,
                           float *base, const float *xg, const float *dyg, const float *Wtg,
-                          float *dxg, float dx_beta, float *dWg, int par) {
+                          const vmc_sgemm_packed_a *dxpk, float *dxg, float dx_beta, float *dWg,
+                          int par) {
   const vmc_conv_geom *g = &c->g;
   gemm_rows_fn gemm_rows = par ? vmc_sgemm_rows : vmc_sgemm_rows_mt;
   gemm_fn gemm = par ? vmc_sgemm : vmc_sgemm_mt;
@@ -697,6 +723,15 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
     if (dx_beta == 0.0f) memset(dxg, 0, sizeof(float) * (size_t)g->c * g->h * g->w);
     gemm(1, 0, c->K, c->P, c->ocg, 1.0f, Wg, c->K, dyg, c->P, 0.0f, third, c->P);
     vmc_col2im_add(third, g, dxg);
+    return;
+  }
+  if (c->wino) { /* dx = the padded dY through Winograd with the rotated kernel */
+    conv_cfg d = *c;
+    d.g.c = c->ocg;
+    d.ocg = d.oc = g->c;
+    const vmc_wino_out o = {dxg, (size_t)g->h * g->w, (size_t)g->w, NULL,
+                            dx_beta != 0.0f ? dxg : NULL, -INFINITY, INFINITY};
+    wino_conv(ctx, &d, dxpk, par, dyA - pre, (size_t)c->hq * c->wq, &o, base, sp);
     return;
   }
   vmc_conv_geom gt = *g;
@@ -851,8 +886,8 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
       break;
     case WIDE:
       wide_backward(ctx, &c, &sp, base, xg, dyg,
-                    Wt ? Wt + (size_t)gi * g->c * c.ocg * g->kh * g->kw : Wg, dxg, dx_beta,
-                    dWg, par);
+                    Wt ? Wt + (size_t)gi * g->c * c.ocg * g->kh * g->kw : Wg,
+                    c.wino ? dx_packs_of(ctx, &c) : NULL, dxg, dx_beta, dWg, par);
       break;
     }
   }
@@ -860,7 +895,7 @@ static void backward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scrat
 
 static void conv_backward(vmc_opctx *ctx) {
   const vmc_node *n = ctx->node;
-  conv_cfg c = cfg_mode(n, &ctx->xs[0], ctx->mode);
+  conv_cfg c = cfg_of(n, &ctx->xs[0]);
   scratch_plan sp = scratch_of(&c, ctx->mode);
   vmc_param *pw = &ctx->g->params[n->param[0]];
   vmc_param *pb = n->n_param > 1 ? &ctx->g->params[n->param[1]] : NULL;
@@ -873,6 +908,7 @@ static void conv_backward(vmc_opctx *ctx) {
   }
   float *Wt = (c.kind == WIDE && c.bwd_wide) || c.kind == PHASE ? ctx->state : NULL;
   if (Wt && ctx->dx[0]) (c.kind == PHASE ? phase_kernel : rotate_kernel)(&c, pw->data, Wt);
+  if (c.wino && ctx->dx[0]) pack_set_fill(dx_set(&c), Wt, dx_packs_of(ctx, &c));
   if (par) {
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
     for (int t = 0; t < nt; t++)
