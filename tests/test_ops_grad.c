@@ -80,8 +80,10 @@ static const gcase k_cases[] = {
     /* name                     N  C  H  W  O  kh kw sh sw ph pw dh dw  g bias */
     CONV("conv_3x3_p1_bias",    3, 3, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
     CONV("conv_3x3_p1_nobias",  2, 2, 5, 5, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0),
-    /* >= 8 channels each way: Winograd forward and dx (kernels/winograd.h) */
+    /* >= 8 channels each way: Winograd forward and dx (kernels/winograd.h);
+     * with >= 128 tiles its dW too */
     CONV("conv_3x3_p1_winograd", 3, 8, 5, 6, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+    CONV("conv_3x3_p1_wino_dw", 3, 8, 3, 255, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0),
     CONV("conv_3x3_s2_p1",      3, 3, 7, 7, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0),
     CONV("conv_3x3_s2_p0_even", 2, 2, 8, 8, 3, 3, 3, 2, 2, 0, 0, 1, 1, 1, 1),
     CONV("conv_3x3_d2_p2",      3, 2, 7, 7, 3, 3, 3, 1, 1, 2, 2, 2, 2, 1, 1),

@@ -4,8 +4,10 @@
  * even sizes, rows narrower and wider than a vector, and tile rows split
  * into ranges as threads split them.  Inputs are read from padded planes
  * allocated to their exact size and outputs written into a layout with
- * sentinels around the pixels, which must survive.  Every SIMD variant the
- * CPU runs gives the reference's floats, transform by transform. */
+ * sentinels around the pixels, which must survive.  The weight gradient
+ * through the transforms (grad_output, vmc_wino_weights_grad) gives the
+ * direct one.  Every SIMD variant the CPU runs gives the reference's floats,
+ * transform by transform. */
 #include "kernels/winograd.h"
 #include "core/core.h"
 #include "test.h"
@@ -176,6 +178,64 @@ static void run_case(const vmc_wino_kernels *k, const problem *p, int split) {
   free(y), free(yr), free(resl), free(tmp);
 }
 
+/* The weight gradient: dM = A dY A^T from the variant (the reference's
+ * floats), V from the input, dU = sum over tiles dM V^T in double, then
+ * vmc_wino_weights_grad, against sum over pixels dY * x in double.  dY
+ * lies in a layout with a row longer than the image (row w + 2). */
+static void check_dw(const vmc_wino_kernels *k, const problem *p, vmc_rng *r) {
+  const int th = vmc_wino_tiles_h(p->h);
+  const size_t nt = vmc_wino_tiles(p->h, p->w), row = (size_t)p->w + 2, plane = p->h * row;
+  float *dy = malloc((size_t)p->oc * plane * sizeof(float));
+  float *tmp = malloc(vmc_wino_tmp_floats(p->w) * sizeof(float));
+  float *du = calloc((size_t)VMC_WINO_POS * p->oc * p->c, sizeof(float));
+  float *dw = calloc((size_t)p->oc * p->c * 9, sizeof(float));
+  planes q, qr;
+  REQUIRE(dy && tmp && du && dw && planes_make(&q, p) && planes_make(&qr, p));
+  for (size_t i = 0; i < (size_t)p->oc * plane; i++) dy[i] = vmc_rng_normal(r);
+  k->grad_output(dy, plane, row, p->oc, p->h, p->w, &(vmc_wino_buf){q.m, q.ps_m, q.ld}, 0, th);
+  vmc_wino_kernels__ref.grad_output(dy, plane, row, p->oc, p->h, p->w,
+                                    &(vmc_wino_buf){qr.m, qr.ps_m, qr.ld}, 0, th);
+  int same = 1;
+  for (int ab = 0; ab < VMC_WINO_POS; ab++)
+    for (int o = 0; o < p->oc; o++) {
+      const size_t at = ab * q.ps_m + (size_t)o * q.ld;
+      same = same && !memcmp(q.m + at, qr.m + at, nt * sizeof(float));
+    }
+  if (!same)
+    vmc_test_fail(__FILE__, __LINE__, "%s grad_output %dx%d: not the reference's", k->isa, p->h,
+                  p->w);
+  vmc_wino_kernels__ref.input(p->xp, p->c, p->plane, p->row, p->h, p->w,
+                              &(vmc_wino_buf){qr.v, qr.ps_v, qr.ld}, 0, th, tmp);
+  for (int ab = 0; ab < VMC_WINO_POS; ab++)
+    for (int o = 0; o < p->oc; o++)
+      for (int ci = 0; ci < p->c; ci++) {
+        double sum = 0;
+        for (size_t t = 0; t < nt; t++)
+          sum += (double)qr.m[ab * qr.ps_m + (size_t)o * qr.ld + t] *
+                 qr.v[ab * qr.ps_v + (size_t)ci * qr.ld + t];
+        du[((size_t)ab * p->oc + o) * p->c + ci] = (float)sum;
+      }
+  vmc_wino_weights_grad(du, (size_t)p->oc * p->c, p->oc, p->c, dw);
+  double worst = 0, scale = 1e-3;
+  for (int o = 0; o < p->oc; o++)
+    for (int ci = 0; ci < p->c; ci++)
+      for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++) {
+          double want = 0;
+          for (int i = 0; i < p->h; i++)
+            for (int j = 0; j < p->w && j + b <= p->w; j++)
+              want += (double)dy[(size_t)o * plane + (size_t)i * row + j] *
+                      p->xp[(size_t)ci * p->plane + (size_t)(i + a) * p->row + j + b];
+          const double got = dw[(((size_t)o * p->c + ci) * 3 + a) * 3 + b];
+          if (fabs(want) > scale) scale = fabs(want);
+          if (!(fabs(got - want) <= worst)) worst = fabs(got - want);
+        }
+  if (!(worst <= 2e-5 * scale))
+    vmc_test_fail(__FILE__, __LINE__, "%s dW %dx%d c %d oc %d: off by %g of %g", k->isa, p->h,
+                  p->w, p->c, p->oc, worst, scale);
+  free(dy), free(tmp), free(du), free(dw), free(q.v), free(q.m), free(qr.v), free(qr.m);
+}
+
 static void check_variant(const vmc_wino_kernels *k) {
   vmc_rng r;
   vmc_rng_seed(&r, 33);
@@ -192,6 +252,7 @@ static void check_variant(const vmc_wino_kernels *k) {
       const int th = vmc_wino_tiles_h(p.h);
       run_case(k, &p, th);      /* one range */
       run_case(k, &p, th / 2);  /* two, as two threads take them */
+      if (!with_res) check_dw(k, &p, &r);
       problem_free(&p);
     }
 }

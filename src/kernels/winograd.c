@@ -126,7 +126,34 @@ static void wino_output(const vmc_wino_buf *m, int ti0, int ti1, int oc, int h, 
   }
 }
 
-const vmc_wino_kernels vmc_wino_kernels__ref = {"ref", wino_input, wino_output};
+/* dM = A dY A^T of one tile: dY = [p q; r s]. */
+static void grad_output(const float *dy, size_t plane, size_t row, int oc, int h, int w,
+                        const vmc_wino_buf *m, int ti0, int ti1) {
+  const int tw = (w + 1) / 2;
+  const size_t ps = m->pos_stride;
+  for (int k = 0; k < oc; k++)
+    for (int ti = ti0; ti < ti1; ti++) {
+      const float *d0 = dy + (size_t)k * plane + (size_t)(2 * ti) * row, *d1 = d0 + row;
+      const int second = 2 * ti + 1 < h;
+      float *dst = m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw;
+      for (int t = 0; t < tw; t++) {
+        const int right = 2 * t + 1 < w;
+        const float p = d0[2 * t], q = right ? d0[2 * t + 1] : 0.0f;
+        const float r = second ? d1[2 * t] : 0.0f, s = second && right ? d1[2 * t + 1] : 0.0f;
+        /* A dY: rows (p, q), (p + r, q + s), (p - r, q - s), (-r, -s); then
+         * each row (u, v) times A^T: (u, u + v, u - v, -v) */
+        const float u[4] = {p, p + r, p - r, -r}, v[4] = {q, q + s, q - s, -s};
+        for (int a = 0; a < 4; a++) {
+          dst[(size_t)(4 * a + 0) * ps + t] = u[a];
+          dst[(size_t)(4 * a + 1) * ps + t] = u[a] + v[a];
+          dst[(size_t)(4 * a + 2) * ps + t] = u[a] - v[a];
+          dst[(size_t)(4 * a + 3) * ps + t] = -v[a];
+        }
+      }
+    }
+}
+
+const vmc_wino_kernels vmc_wino_kernels__ref = {"ref", wino_input, wino_output, grad_output};
 
 void vmc_wino_weights(const float *w, int oc, int c, int ab, float *u, int ldu) {
   const int a = ab / 4, b = ab % 4;
@@ -143,6 +170,27 @@ void vmc_wino_weights(const float *w, int oc, int c, int ab, float *u, int ldu) 
         s += G[a][i] * r;
       }
       u[(size_t)o * ldu + ci] = s;
+    }
+}
+
+void vmc_wino_weights_grad(const float *du, size_t pos_stride, int oc, int c, float *dw) {
+  /* G^T's rows: what each of the 4 positions gives the 3 taps */
+  static const float Gt[3][4] = {{1.0f, 0.5f, 0.5f, 0.0f}, {0.0f, 0.5f, -0.5f, 0.0f},
+                                 {0.0f, 0.5f, 0.5f, 1.0f}};
+  for (int o = 0; o < oc; o++)
+    for (int ci = 0; ci < c; ci++) {
+      const float *u = du + (size_t)o * c + ci;
+      float *g = dw + ((size_t)o * c + ci) * 9;
+      for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+          float s = 0.0f;
+          for (int a = 0; a < 4; a++) {
+            float r = 0.0f;
+            for (int b = 0; b < 4; b++) r += u[(size_t)(4 * a + b) * pos_stride] * Gt[j][b];
+            s += Gt[i][a] * r;
+          }
+          g[i * 3 + j] += s;
+        }
     }
 }
 

@@ -19,8 +19,11 @@
  * the dropped outputs depend on that (A^T's first row is 0 in its last
  * column), so every output is the convolution's.
  *
- * The input and output transforms are additions and subtractions only, in a
- * fixed order: every ISA variant gives the reference's floats. */
+ * The transforms are additions, subtractions and negations only, in a
+ * fixed order: every ISA variant gives the reference's floats.  The
+ * weight gradient runs the same machinery backwards (Lavin and Gray, 2016):
+ * 4x4 gradients dM = A dY A^T of the output tiles, one GEMM per position
+ * with the input's transformed tiles, then dW = G^T dU G. */
 #ifndef VMC_KERNELS_WINOGRAD_H
 #define VMC_KERNELS_WINOGRAD_H
 
@@ -64,6 +67,12 @@ typedef struct vmc_wino_kernels {
    * epilogue, those tiles' pixels of the image written (nothing else). */
   void (*output)(const vmc_wino_buf *m, int ti0, int ti1, int oc, int h, int w,
                  const vmc_wino_out *o, float *tmp);
+  /* Its adjoint, for the weight gradient: dM = A dY A^T of the tiles in
+   * tile rows [ti0, ti1) of oc channels of an h x w gradient, pixel (i, j)
+   * of channel k at dy[k * plane + i * row + j]; a last tile's pixels past
+   * the image count as zero. */
+  void (*grad_output)(const float *dy, size_t plane, size_t row, int oc, int h, int w,
+                      const vmc_wino_buf *m, int ti0, int ti1);
 } vmc_wino_kernels;
 
 extern const vmc_wino_kernels vmc_wino_kernels__ref;
@@ -82,6 +91,12 @@ static inline size_t vmc_wino_tmp_floats(int w) { return 16 * (size_t)((w + 1) /
 /* U[ab] = (G g G^T)[ab] for every output channel o and input channel c of
  * the kernel w (oc x c x 3 x 3): u[o * ldu + c]. */
 void vmc_wino_weights(const float *w, int oc, int c, int ab, float *u, int ldu);
+
+/* The adjoint of vmc_wino_weights: dw[(o * c + ci) * 9 + k] += (G^T dU G)[k]
+ * for the 4x4 gradient dU whose position ab is du[ab * pos_stride + o * c +
+ * ci].  With dU = sum over tiles of dM[ab] V[ab]^T (dM from grad_output,
+ * V from input), that is the convolution's weight gradient. */
+void vmc_wino_weights_grad(const float *du, size_t pos_stride, int oc, int c, float *dw);
 
 /* Whether plans use Winograd where it applies: yes unless the environment
  * sets VMC_WINOGRAD=0 (for comparison, or to keep the weights' memory at

@@ -116,4 +116,31 @@ static void wino_output(const vmc_wino_buf *mb, int ti0, int ti1, int oc, int h,
   }
 }
 
-const vmc_wino_kernels vmc_wino_kernels__avx2 = {"avx2", wino_input, wino_output};
+static void grad_output(const float *dy, size_t plane, size_t row, int oc, int h, int w,
+                        const vmc_wino_buf *m, int ti0, int ti1) {
+  const int tw = (w + 1) / 2;
+  const size_t ps = m->pos_stride;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int k = 0; k < oc; k++)
+    for (int ti = ti0; ti < ti1; ti++) {
+      const float *d0 = dy + (size_t)k * plane + (size_t)(2 * ti) * row;
+      float *dst0 = m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw;
+      for (int t0 = 0; t0 < tw; t0 += 8) {
+        const int n = w - 2 * t0;
+        __m256 p, q, r = _mm256_setzero_ps(), s = _mm256_setzero_ps();
+        columns(d0 + 2 * t0, 0, n, &p, &q);
+        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, 0, n, &r, &s);
+        const __m256 u[4] = {p, _mm256_add_ps(p, r), _mm256_sub_ps(p, r), _mm256_xor_ps(r, sign)};
+        const __m256 v[4] = {q, _mm256_add_ps(q, s), _mm256_sub_ps(q, s), _mm256_xor_ps(s, sign)};
+        float *dst = dst0 + t0;
+        for (int a = 0; a < 4; a++) {
+          _mm256_storeu_ps(dst + (4 * a + 0) * ps, u[a]);
+          _mm256_storeu_ps(dst + (4 * a + 1) * ps, _mm256_add_ps(u[a], v[a]));
+          _mm256_storeu_ps(dst + (4 * a + 2) * ps, _mm256_sub_ps(u[a], v[a]));
+          _mm256_storeu_ps(dst + (4 * a + 3) * ps, _mm256_xor_ps(v[a], sign));
+        }
+      }
+    }
+}
+
+const vmc_wino_kernels vmc_wino_kernels__avx2 = {"avx2", wino_input, wino_output, grad_output};

@@ -57,6 +57,7 @@ typedef struct {
    * input (training: and for dx, over the padded dY), nt tiles in rows ldt
    * apart (winograd.h's slack, 64-byte multiples) */
   int wino;
+  int wino_dw; /* training: dW through Winograd too (wino_dw) */
   size_t nt, ldt;
 } conv_cfg;
 
@@ -132,6 +133,10 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
              g->c >= WINO_MIN_C && c.ocg >= WINO_MIN_C && vmc_wino_enabled();
     c.nt = vmc_wino_tiles(g->oh, g->ow);
     c.ldt = vmc_align_up(c.nt + VMC_WINO_ROW_SLACK, 16);
+    /* Its GEMMs run over an image's tiles, the wide dW's over its wide
+     * grid (4x as long): only where the dot GEMM reads the tiles in place
+     * does Winograd's dW beat the wide one. */
+    c.wino_dw = c.wino && vmc_sgemm_dot_in_place((int)c.nt);
   }
   if (c.kind == PHASE) {
     vmc_phase_geom *q = &c.pg;
@@ -270,7 +275,13 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
   return s;
 }
 
-static size_t dw_floats(const conv_cfg *c) { return (size_t)c->oc * c->K + (size_t)c->oc; }
+/* A thread's private gradients: dW, dB, and with Winograd the transformed
+ * dW of its images (wino_dw), VMC_WINO_POS planes of oc x c. */
+static size_t dw_floats(const conv_cfg *c) {
+  return (size_t)c->oc * c->K + (size_t)c->oc +
+         (c->wino_dw ? (size_t)VMC_WINO_POS * c->oc * c->g.c : 0);
+}
+static float *wino_du(const conv_cfg *c, float *dW) { return dW + (size_t)c->oc * c->K + c->oc; }
 
 static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                            vmc_mode mode, int nthreads) {
@@ -684,8 +695,30 @@ static void dw_gemm(const vmc_opctx *ctx, int par, const conv_cfg *c, const floa
     vmc_sgemm_rows_mt(1, c->ocg, c->K, len, 1.0f, dyw, lda, rows, 1.0f, dWg, c->K);
 }
 
-/* WIDE backward of one image and group: dW (+)= dYw · rows^T, and dx from
- * the padded dY convolved with the rotated kernel. */
+/* Winograd's weight gradient of one image: dU[ab] += dM[ab] . V[ab]^T over
+ * its tiles (dM from dY, V from the padded input xp), one dot GEMM per
+ * position into the thread's private dU; conv_backward turns dU into dW. */
+static void wino_dw(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp, float *base,
+                    const float *xp, const float *dy, float *du) {
+  const vmc_conv_geom *g = &c->g;
+  const vmc_wino_kernels *k = vmc_wino_kernels_best();
+  const size_t ld = c->ldt, ps_v = wino_pos_stride(c, g->c), ps_m = wino_pos_stride(c, c->ocg);
+  float *V = (float *)vmc_align_up((uintptr_t)(base + sp->a), 64), *M = V + VMC_WINO_POS * ps_v,
+        *rows_f = M + VMC_WINO_POS * ps_m;
+  const int th = vmc_wino_tiles_h(g->oh);
+  const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
+  k->input(xp, g->c, c->plane, (size_t)c->wp, g->h, g->w, &vb, 0, th, rows_f);
+  k->grad_output(dy, (size_t)c->P, (size_t)g->ow, c->ocg, g->oh, g->ow, &mb, 0, th);
+  const float **rows = thread_rows(ctx, sp, base);
+  for (int ab = 0; ab < VMC_WINO_POS; ab++) {
+    for (int ci = 0; ci < g->c; ci++) rows[ci] = V + ab * ps_v + (size_t)ci * ld;
+    vmc_sgemm_dot(c->ocg, g->c, (int)c->nt, M + ab * ps_m, (int)ld, rows,
+                  du + (size_t)ab * c->ocg * g->c, g->c);
+  }
+}
+
+/* WIDE backward of one image and group: dW (+)= dYw · rows^T (Winograd:
+ * wino_dw), and dx from the padded dY convolved with the rotated kernel. */
 static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp,
                           float *base, const float *xg, const float *dyg, const float *Wtg,
                           const vmc_sgemm_packed_a *dxpk, float *dxg, float dx_beta, float *dWg,
@@ -697,7 +730,12 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   const float **rows = thread_rows(ctx, sp, base);
   const size_t slack = (size_t)(g->kw - 1) * g->dw + 16;
   pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c->hp, c->wp, slack, xp);
-  plane_rows(xp, g->c, c->plane, c->wp, g, rows);
+  if (c->wino_dw) {
+    wino_dw(ctx, c, sp, base, xp, dyg, wino_du(c, dWg));
+    if (!dxg) return;
+  } else {
+    plane_rows(xp, g->c, c->plane, c->wp, g, rows);
+  }
   /* wide dY: oh x wp with zero columns past ow.  When the padded dY of the
    * dx step has the same width (wq == wp: "same" padding), one copy serves
    * both: planes of hq x wq, the wide dY's rows at the top of each, start
@@ -716,7 +754,7 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   } else {
     pad_planes(dyg, c->ocg, g->oh, g->ow, 0, 0, g->oh, c->wp, 0, dyw);
   }
-  dw_gemm(ctx, par, c, dyA, lda, rows, dWg);
+  if (!c->wino_dw) dw_gemm(ctx, par, c, dyA, lda, rows, dWg);
   if (!dxg) return;
   if (!c->bwd_wide) { /* general: dcol = W^T dY, col2im */
     const float *Wg = Wtg; /* caller passes the plain kernel here */
@@ -919,7 +957,8 @@ static void conv_backward(vmc_opctx *ctx) {
   }
   /* Reduce the private gradients in thread order: deterministic. */
   for (int t = 0; t < nt; t++) {
-    const float *dW = (const float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes) + priv;
+    float *dW = (float *)(ctx->scratch + (size_t)t * ctx->scratch_bytes) + priv;
+    if (c.wino_dw) vmc_wino_weights_grad(wino_du(&c, dW), (size_t)c.oc * c.g.c, c.oc, c.g.c, dW);
     for (size_t i = 0; pw->grad && i < wn; i++) pw->grad[i] += dW[i];
     if (pb && pb->grad)
       for (int o = 0; o < c.oc; o++) pb->grad[o] += dW[wn + (size_t)o];
