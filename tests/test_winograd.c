@@ -2,9 +2,9 @@
  * plain GEMM in between give the direct 3x3 convolution (computed in
  * double) within fp32 rounding, with bias, residual and clamp, over odd and
  * even sizes, rows narrower and wider than a vector, and tile rows split
- * into ranges as threads split them.  Inputs are read from padded planes
- * allocated to their exact size and outputs written into a layout with
- * sentinels around the pixels, which must survive.  The weight gradient
+ * into ranges as threads split them.  Inputs are read from plain and padded
+ * planes allocated to their exact size and outputs written into a layout
+ * with sentinels around the pixels, which must survive.  The weight gradient
  * through the transforms (grad_output, vmc_wino_weights_grad) gives the
  * direct one.  Every SIMD variant the CPU runs gives the reference's floats,
  * transform by transform. */
@@ -19,14 +19,15 @@
 
 typedef struct {
   int c, oc, h, w;
-  float *xp;          /* padded planes, exactly c * plane floats */
+  float *x;           /* the image, plain planes, exactly c * h * w floats */
+  float *xp;          /* the same in padded planes, exactly c * plane floats */
   size_t row, plane;  /* row = w + 1 */
   float *wt, *bias, *res, *ref;
   float lo, hi;
 } problem;
 
 static void problem_free(problem *p) {
-  free(p->xp), free(p->wt), free(p->bias), free(p->res), free(p->ref);
+  free(p->x), free(p->xp), free(p->wt), free(p->bias), free(p->res), free(p->ref);
 }
 
 /* Random input, kernel, bias and residual; ref = the direct convolution in
@@ -35,16 +36,20 @@ static int problem_make(problem *p, int c, int oc, int h, int w, int with_res, v
   memset(p, 0, sizeof *p);
   p->c = c, p->oc = oc, p->h = h, p->w = w;
   p->row = (size_t)w + 1, p->plane = (size_t)(h + 2) * p->row;
-  p->xp = calloc((size_t)c * p->plane, sizeof(float));
+  p->x = malloc((size_t)c * h * w * sizeof(float));
+  p->xp = malloc((size_t)c * p->plane * sizeof(float));
   p->wt = malloc((size_t)oc * c * 9 * sizeof(float));
   p->bias = malloc((size_t)oc * sizeof(float));
   p->res = with_res ? malloc((size_t)oc * h * w * sizeof(float)) : NULL;
   p->ref = malloc((size_t)oc * h * w * sizeof(float));
-  if (!p->xp || !p->wt || !p->bias || (with_res && !p->res) || !p->ref) return 0;
+  if (!p->x || !p->xp || !p->wt || !p->bias || (with_res && !p->res) || !p->ref) return 0;
+  /* the padding is never read: NaN there would show */
+  for (size_t i = 0; i < (size_t)c * p->plane; i++) p->xp[i] = NAN;
   for (int ci = 0; ci < c; ci++)
     for (int i = 0; i < h; i++)
       for (int j = 0; j < w; j++)
-        p->xp[(size_t)ci * p->plane + (size_t)(i + 1) * p->row + 1 + j] = vmc_rng_normal(r);
+        p->xp[(size_t)ci * p->plane + (size_t)(i + 1) * p->row + 1 + j] =
+            p->x[((size_t)ci * h + i) * w + j] = vmc_rng_normal(r);
   for (size_t i = 0; i < (size_t)oc * c * 9; i++) p->wt[i] = vmc_rng_normal(r) * 0.3f;
   for (int o = 0; o < oc; o++) p->bias[o] = vmc_rng_normal(r);
   for (size_t i = 0; with_res && i < (size_t)oc * h * w; i++) p->res[i] = vmc_rng_normal(r);
@@ -56,11 +61,12 @@ static int problem_make(problem *p, int c, int oc, int h, int w, int with_res, v
         double s = 0;
         for (int ci = 0; ci < c; ci++)
           for (int a = 0; a < 3; a++)
-            /* padded pixel (i + a, j + b); column w + 1 is the right
-             * padding, the next row's first float */
-            for (int b = 0; b < 3 && j + b <= w; b++)
-              s += (double)p->wt[(((size_t)o * c + ci) * 3 + a) * 3 + b] *
-                   p->xp[(size_t)ci * p->plane + (size_t)(i + a) * p->row + j + b];
+            for (int b = 0; b < 3; b++) { /* pixel (i + a - 1, j + b - 1), 0 outside */
+              const int y = i + a - 1, xx = j + b - 1;
+              if (y >= 0 && y < h && xx >= 0 && xx < w)
+                s += (double)p->wt[(((size_t)o * c + ci) * 3 + a) * 3 + b] *
+                     p->x[((size_t)ci * h + y) * w + xx];
+            }
         float v = (float)s + p->bias[o];
         if (p->res) v += p->res[((size_t)o * h + i) * w + j];
         p->ref[((size_t)o * h + i) * w + j] = v < p->lo ? p->lo : v > p->hi ? p->hi : v;
@@ -134,10 +140,12 @@ static void run_case(const vmc_wino_kernels *k, const problem *p, int split) {
     if (ti1 <= ti0) continue;
     planes q, qr;
     REQUIRE(planes_make(&q, p) && planes_make(&qr, p));
-    k->input(p->xp, p->c, p->plane, p->row, p->h, p->w,
-             &(vmc_wino_buf){q.v, q.ps_v, q.ld}, ti0, ti1, tmp);
-    ref->input(p->xp, p->c, p->plane, p->row, p->h, p->w,
-               &(vmc_wino_buf){qr.v, qr.ps_v, qr.ld}, ti0, ti1, tmp);
+    /* the padded layout, read at its first pixel */
+    const float *x0 = p->xp + p->row + 1;
+    k->input(x0, p->c, p->plane, p->row, p->h, p->w, &(vmc_wino_buf){q.v, q.ps_v, q.ld}, ti0,
+             ti1, tmp);
+    ref->input(x0, p->c, p->plane, p->row, p->h, p->w, &(vmc_wino_buf){qr.v, qr.ps_v, qr.ld},
+               ti0, ti1, tmp);
     int same = 1;
     for (int ab = 0; ab < VMC_WINO_POS; ab++)
       for (int ci = 0; ci < p->c; ci++) {
@@ -204,8 +212,9 @@ static void check_dw(const vmc_wino_kernels *k, const problem *p, vmc_rng *r) {
   if (!same)
     vmc_test_fail(__FILE__, __LINE__, "%s grad_output %dx%d: not the reference's", k->isa, p->h,
                   p->w);
-  vmc_wino_kernels__ref.input(p->xp, p->c, p->plane, p->row, p->h, p->w,
-                              &(vmc_wino_buf){qr.v, qr.ps_v, qr.ld}, 0, th, tmp);
+  /* the plain layout this time, from the variant */
+  k->input(p->x, p->c, (size_t)p->h * p->w, (size_t)p->w, p->h, p->w,
+           &(vmc_wino_buf){qr.v, qr.ps_v, qr.ld}, 0, th, tmp);
   for (int ab = 0; ab < VMC_WINO_POS; ab++)
     for (int o = 0; o < p->oc; o++)
       for (int ci = 0; ci < p->c; ci++) {
@@ -223,9 +232,12 @@ static void check_dw(const vmc_wino_kernels *k, const problem *p, vmc_rng *r) {
         for (int b = 0; b < 3; b++) {
           double want = 0;
           for (int i = 0; i < p->h; i++)
-            for (int j = 0; j < p->w && j + b <= p->w; j++)
-              want += (double)dy[(size_t)o * plane + (size_t)i * row + j] *
-                      p->xp[(size_t)ci * p->plane + (size_t)(i + a) * p->row + j + b];
+            for (int j = 0; j < p->w; j++) {
+              const int y = i + a - 1, xx = j + b - 1;
+              if (y >= 0 && y < p->h && xx >= 0 && xx < p->w)
+                want += (double)dy[(size_t)o * plane + (size_t)i * row + j] *
+                        p->x[((size_t)ci * p->h + y) * p->w + xx];
+            }
           const double got = dw[(((size_t)o * p->c + ci) * 3 + a) * 3 + b];
           if (fabs(want) > scale) scale = fabs(want);
           if (!(fabs(got - want) <= worst)) worst = fabs(got - want);

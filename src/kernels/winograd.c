@@ -11,25 +11,18 @@
 #include <string.h>
 
 /* One tile row of one channel: the four padded rows' even and odd columns
- * (e[r][t] = column 2t, o[r][t] = column 2t + 1, t <= tw), then the tiles. */
-static void input_row(const float *restrict s0, int rows, size_t row, int w, int tw,
-                      float *restrict e, float *restrict o, float *restrict dst, size_t ps) {
+ * (e[r][t] = padded column 2t, the pixel 2t - 1; o[r][t] = column 2t + 1,
+ * the pixel 2t; t <= tw; zero outside the image), then the tiles.  s[r]:
+ * the image row of padded row r, or NULL (padding). */
+static void input_row(const float *const s[4], int w, int tw, float *restrict e,
+                      float *restrict o, float *restrict dst, size_t ps) {
   const int n = tw + 1;
   for (int r = 0; r < 4; r++) {
     float *restrict er = e + r * n, *restrict orr = o + r * n;
-    if (r >= rows) { /* past the padded image: zero */
-      for (int t = 0; t < n; t++) er[t] = orr[t] = 0.0f;
-      continue;
+    for (int t = 0; t < n; t++) {
+      er[t] = s[r] && t >= 1 && 2 * t <= w ? s[r][2 * t - 1] : 0.0f;
+      orr[t] = s[r] && 2 * t < w ? s[r][2 * t] : 0.0f;
     }
-    const float *restrict s = s0 + (size_t)r * row;
-    for (int t = 0; t < tw; t++) {
-      er[t] = s[2 * t];
-      orr[t] = s[2 * t + 1];
-    }
-    /* column 2tw: the last pixel (w even) or the right padding (w odd);
-     * column 2tw + 1: the right padding (w even) or past it */
-    er[tw] = 2 * tw <= w ? s[2 * tw] : 0.0f;
-    orr[tw] = 0.0f;
   }
   const float *restrict e0 = e, *restrict e1 = e + n, *restrict e2 = e + 2 * n,
                         *restrict e3 = e + 3 * n;
@@ -65,15 +58,19 @@ static void input_row(const float *restrict s0, int rows, size_t row, int w, int
   }
 }
 
-static void wino_input(const float *xp, int ch, size_t plane, size_t row, int h, int w,
+static void wino_input(const float *x, int ch, size_t plane, size_t row, int h, int w,
                        const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
   const int tw = (w + 1) / 2;
   float *e = tmp, *o = tmp + 4 * (size_t)(tw + 1);
   for (int c = 0; c < ch; c++)
     for (int ti = ti0; ti < ti1; ti++) {
-      const int rows = h + 2 - 2 * ti < 4 ? h + 2 - 2 * ti : 4; /* padded rows 0 .. h + 1 */
-      input_row(xp + (size_t)c * plane + (size_t)(2 * ti) * row, rows, row, w, tw, e, o,
-                v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw, v->pos_stride);
+      const float *s[4];
+      for (int r = 0; r < 4; r++) { /* padded row 2ti + r: image row 2ti + r - 1 */
+        const int i = 2 * ti + r - 1;
+        s[r] = i >= 0 && i < h ? x + (size_t)c * plane + (size_t)i * row : NULL;
+      }
+      input_row(s, w, tw, e, o, v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw,
+                v->pos_stride);
     }
 }
 

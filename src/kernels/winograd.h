@@ -58,10 +58,10 @@ typedef struct vmc_wino_out {
 typedef struct vmc_wino_kernels {
   const char *isa;
   /* V = B^T d B of the tiles in tile rows [ti0, ti1) of ch channels of an
-   * h x w image, read from its zero-padded planes: padded pixel (i, j) (the image's pixel
-   * (i - 1, j - 1)) of channel c at xp[c * plane + i * row + j], for
-   * i <= h + 1, j <= w (row >= w + 1).  tmp: vmc_wino_tmp_floats(w) floats. */
-  void (*input)(const float *xp, int ch, size_t plane, size_t row, int h, int w,
+   * h x w image, pixel (i, j) of channel c at x[c * plane + i * row + j],
+   * padded by one zero all round (the padding is not read: a plain or a
+   * padded layout alike).  tmp: vmc_wino_tmp_floats(w) floats. */
+  void (*input)(const float *x, int ch, size_t plane, size_t row, int h, int w,
                 const vmc_wino_buf *v, int ti0, int ti1, float *tmp);
   /* Y = A^T M A of the tiles in tile rows [ti0, ti1) of oc channels,
    * epilogue, those tiles' pixels of the image written (nothing else). */

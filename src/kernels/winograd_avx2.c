@@ -12,43 +12,47 @@
 static inline __m256i lanes(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
+/* Lanes first <= k < n. */
+static inline __m256i span(int first, int n) {
+  return _mm256_andnot_si256(lanes(first), lanes(n));
+}
 
-/* Columns 2t + off and 2t + off + 1 (t < 8) of a row whose columns >= n
- * read as zero. */
-static inline void columns(const float *s, int off, int n, __m256 *even, __m256 *odd) {
-  const __m256 lo = _mm256_maskload_ps(s + off, lanes(n - off));
-  const __m256 hi = _mm256_maskload_ps(s + off + 8, lanes(n - off - 8));
+/* Columns 2t + off and 2t + off + 1 (t < 8) of a row of which only the
+ * columns in [first, n) are read, the others zero. */
+static inline void columns(const float *s, int off, int first, int n, __m256 *even,
+                           __m256 *odd) {
+  const __m256 lo = _mm256_maskload_ps(s + off, span(first - off, n - off));
+  const __m256 hi = _mm256_maskload_ps(s + off + 8, span(first - off - 8, n - off - 8));
   const __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xdd);
   *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8));
   *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xd8));
 }
 
-static inline void row_b(const float *s, int n, __m256 out[4]) {
+static inline void row_b(const float *s, int first, int n, __m256 out[4]) {
   __m256 e, o, e1, o1;
-  columns(s, 0, n, &e, &o);
-  columns(s, 2, n, &e1, &o1);
+  columns(s, 0, first, n, &e, &o);
+  columns(s, 2, first, n, &e1, &o1);
   out[0] = _mm256_sub_ps(e, e1);
   out[1] = _mm256_add_ps(o, e1);
   out[2] = _mm256_sub_ps(e1, o);
   out[3] = _mm256_sub_ps(o, o1);
 }
 
-static void wino_input(const float *xp, int ch, size_t plane, size_t row, int h, int w,
+static void wino_input(const float *x, int ch, size_t plane, size_t row, int h, int w,
                        const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
   (void)tmp;
   const int tw = (w + 1) / 2;
   const size_t ps = v->pos_stride;
   for (int c = 0; c < ch; c++)
     for (int ti = ti0; ti < ti1; ti++) {
-      const int rows = h + 2 - 2 * ti < 4 ? h + 2 - 2 * ti : 4;
-      const float *s0 = xp + (size_t)c * plane + (size_t)(2 * ti) * row;
       float *dst0 = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw;
       for (int t0 = 0; t0 < tw; t0 += 8) {
-        const int n = w + 1 - 2 * t0;
+        const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
         __m256 r[4][4];
         for (int i = 0; i < 4; i++) {
-          if (i < rows)
-            row_b(s0 + (size_t)i * row + 2 * t0, n, r[i]);
+          const int y = 2 * ti + i - 1;
+          if (y >= 0 && y < h)
+            row_b(x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1, first, n, r[i]);
           else
             r[i][0] = r[i][1] = r[i][2] = r[i][3] = _mm256_setzero_ps();
         }
@@ -128,8 +132,8 @@ static void grad_output(const float *dy, size_t plane, size_t row, int oc, int h
       for (int t0 = 0; t0 < tw; t0 += 8) {
         const int n = w - 2 * t0;
         __m256 p, q, r = _mm256_setzero_ps(), s = _mm256_setzero_ps();
-        columns(d0 + 2 * t0, 0, n, &p, &q);
-        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, 0, n, &r, &s);
+        columns(d0 + 2 * t0, 0, 0, n, &p, &q);
+        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, 0, 0, n, &r, &s);
         const __m256 u[4] = {p, _mm256_add_ps(p, r), _mm256_sub_ps(p, r), _mm256_xor_ps(r, sign)};
         const __m256 v[4] = {q, _mm256_add_ps(q, s), _mm256_sub_ps(q, s), _mm256_xor_ps(s, sign)};
         float *dst = dst0 + t0;

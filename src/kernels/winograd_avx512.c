@@ -1,5 +1,5 @@
 /* winograd.h's transforms with AVX-512 (F/BW/VL/DQ): 16 tiles of a tile row
- * per vector.  The even and odd columns of a padded row come from two
+ * per vector (rows of at most 8 tiles take the AVX2 variant's 8 lanes).  The even and odd columns of a padded row come from two
  * masked loads and two two-source permutes; columns past w load as zero,
  * exactly the ones winograd_loops.h zeroes.  The arithmetic is that file's,
  * operation for operation, so the floats are the reference's.  Call only
@@ -13,45 +13,49 @@ static inline __mmask16 lanes(int n) {
   return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
 
-/* Columns 2t + off and 2t + off + 1 (t < 16) of a row whose columns >= n
- * read as zero: (even, odd). */
-static inline void columns(const float *s, int off, int n, __m512 *even, __m512 *odd) {
+/* Columns 2t + off and 2t + off + 1 (t < 16) of a row of which only the
+ * columns in [first, n) are read, the others zero: (even, odd). */
+static inline void columns(const float *s, int off, int first, int n, __m512 *even,
+                           __m512 *odd) {
   const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512 lo = _mm512_maskz_loadu_ps(lanes(n - off), s + off);
-  const __m512 hi = _mm512_maskz_loadu_ps(lanes(n - off - 16), s + off + 16);
+  const __m512 lo = _mm512_maskz_loadu_ps(lanes(n - off) & ~lanes(first - off), s + off);
+  const __m512 hi =
+      _mm512_maskz_loadu_ps(lanes(n - off - 16) & ~lanes(first - off - 16), s + off + 16);
   *even = _mm512_permutex2var_ps(lo, ie, hi);
   *odd = _mm512_permutex2var_ps(lo, io, hi);
 }
 
 /* d B of one padded row for 16 tiles: (d0, d1, d2, d3) = (e, o, e', o'). */
-static inline void row_b(const float *s, int n, __m512 out[4]) {
+static inline void row_b(const float *s, int first, int n, __m512 out[4]) {
   __m512 e, o, e1, o1;
-  columns(s, 0, n, &e, &o);
-  columns(s, 2, n, &e1, &o1);
+  columns(s, 0, first, n, &e, &o);
+  columns(s, 2, first, n, &e1, &o1);
   out[0] = _mm512_sub_ps(e, e1);
   out[1] = _mm512_add_ps(o, e1);
   out[2] = _mm512_sub_ps(e1, o);
   out[3] = _mm512_sub_ps(o, o1);
 }
 
-static void wino_input(const float *xp, int ch, size_t plane, size_t row, int h, int w,
+static void wino_input(const float *x, int ch, size_t plane, size_t row, int h, int w,
                        const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
-  (void)tmp;
   const int tw = (w + 1) / 2;
+  if (tw <= 8) { /* half a vector or less: 8 lanes cost half (Zen 4: 2 x 256 bits) */
+    vmc_wino_kernels__avx2.input(x, ch, plane, row, h, w, v, ti0, ti1, tmp);
+    return;
+  }
   const size_t ps = v->pos_stride;
   for (int c = 0; c < ch; c++)
     for (int ti = ti0; ti < ti1; ti++) {
-      const int rows = h + 2 - 2 * ti < 4 ? h + 2 - 2 * ti : 4;
-      const float *s0 = xp + (size_t)c * plane + (size_t)(2 * ti) * row;
       float *dst0 = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw;
       for (int t0 = 0; t0 < tw; t0 += 16) {
-        /* columns 2 * t0 + k, k < n, are read: the padded columns <= w */
-        const int n = w + 1 - 2 * t0;
+        /* padded columns 2 * t0 + k, read for k in [first, n): the pixels */
+        const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
         __m512 r[4][4];
         for (int i = 0; i < 4; i++) {
-          if (i < rows)
-            row_b(s0 + (size_t)i * row + 2 * t0, n, r[i]);
+          const int y = 2 * ti + i - 1; /* the image row of padded row 2ti + i */
+          if (y >= 0 && y < h)
+            row_b(x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1, first, n, r[i]);
           else
             r[i][0] = r[i][1] = r[i][2] = r[i][3] = _mm512_setzero_ps();
         }
@@ -130,8 +134,8 @@ static void grad_output(const float *dy, size_t plane, size_t row, int oc, int h
       for (int t0 = 0; t0 < tw; t0 += 16) {
         const int n = w - 2 * t0;
         __m512 p, q, r = _mm512_setzero_ps(), s = _mm512_setzero_ps();
-        columns(d0 + 2 * t0, 0, n, &p, &q);
-        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, 0, n, &r, &s);
+        columns(d0 + 2 * t0, 0, 0, n, &p, &q);
+        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, 0, 0, n, &r, &s);
         const __m512 u[4] = {p, _mm512_add_ps(p, r), _mm512_sub_ps(p, r), _mm512_xor_ps(r, sign)};
         const __m512 v[4] = {q, _mm512_add_ps(q, s), _mm512_sub_ps(q, s), _mm512_xor_ps(s, sign)};
         float *dst = dst0 + t0; /* whole vectors, as the input */

@@ -225,8 +225,7 @@ static scratch_plan scratch_of(const conv_cfg *c, vmc_mode mode) {
   switch (c->kind) {
   case WIDE:
     if (c->wino && mode != VMC_MODE_TRAIN) {
-      s.a = xp;            /* padded input */
-      s.b = wino_floats(c); /* Winograd's planes */
+      s.b = wino_floats(c); /* Winograd's planes (it reads the input as it lies) */
     } else if (mode != VMC_MODE_TRAIN) {
       s.a = xp;                        /* padded input */
       s.b = (size_t)c->ocg * c->nw;    /* wide output */
@@ -510,11 +509,12 @@ static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, fl
 
 /* Winograd over tile rows [ti0, ti1) of one image, on one thread with the
  * V and M planes of its own scratch slice: the tiles transformed from the
- * padded planes xp, one GEMM per position with the pre-packed transformed
- * kernel, the output transform with the epilogue o. */
-static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const float *xp,
-                      size_t xplane, const vmc_wino_out *o, float *slice, size_t slice_at,
-                      int ti0, int ti1) {
+ * image x (its planes xplane floats apart, rows xrow), one GEMM per position
+ * with the pre-packed transformed kernel, the output transform with the
+ * epilogue o. */
+static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const float *x,
+                      size_t xplane, size_t xrow, const vmc_wino_out *o, float *slice,
+                      size_t slice_at, int ti0, int ti1) {
   const vmc_conv_geom *g = &c->g;
   const vmc_wino_kernels *k = vmc_wino_kernels_best();
   const size_t ld = c->ldt, ps_v = wino_pos_stride(c, g->c), ps_m = wino_pos_stride(c, c->ocg);
@@ -522,42 +522,35 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
         *M = V + VMC_WINO_POS * ps_v, *rows = M + VMC_WINO_POS * ps_m;
   const int n = (ti1 - ti0) * ((g->ow + 1) / 2);
   const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
-  k->input(xp, g->c, xplane, (size_t)c->wp, g->h, g->w, &vb, ti0, ti1, rows);
+  k->input(x, g->c, xplane, xrow, g->h, g->w, &vb, ti0, ti1, rows);
   for (int ab = 0; ab < VMC_WINO_POS; ab++)
     vmc_sgemm_packed(&pk[ab], 0, n, V + ab * ps_v, (int)ld, 0.0f, M + ab * ps_m, (int)ld, NULL);
   k->output(&mb, ti0, ti1, c->ocg, g->oh, g->ow, o, rows);
 }
 
-/* Winograd over one image's padded planes xp (plane floats apart, rows
- * c->wp long) into the output o.  par: on this thread (its scratch slice
- * base); else the image's tile rows split over the team, each thread on its
- * own slice. */
+/* Winograd over one image x (planes xplane apart, rows xrow) into the
+ * output o.  par: on this thread (its scratch slice base); else the image's
+ * tile rows split over the team, each thread on its own slice. */
 static void wino_conv(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
-                      int par, const float *xp, size_t xplane, const vmc_wino_out *o,
+                      int par, const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
                       float *base, const scratch_plan *sp) {
   const int th = vmc_wino_tiles_h(c->g.oh), team = par ? 1 : ctx->nthreads < th ? ctx->nthreads : th;
   if (team <= 1) {
-    wino_rows(c, pk, xp, xplane, o, base, sp->a, 0, th);
+    wino_rows(c, pk, x, xplane, xrow, o, base, sp->a, 0, th);
   } else {
 #pragma omp parallel for schedule(static, 1) num_threads(team)
     for (int t = 0; t < team; t++)
-      wino_rows(c, pk, xp, xplane, o, slice_scratch(ctx, t), sp->a, chunk_lo(th, t, team),
+      wino_rows(c, pk, x, xplane, xrow, o, slice_scratch(ctx, t), sp->a, chunk_lo(th, t, team),
                 chunk_lo(th, t + 1, team));
   }
 }
 
-/* Winograd forward of one image (one group), from the padded input itself
- * or the planes padded here into base. */
+/* Winograd forward of one image (one group), from the plain or the padded
+ * input as it lies. */
 static void wino_image(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
                        int par, const float *x, float *y, float *base, const scratch_plan *sp) {
   const vmc_conv_geom *g = &c->g;
   const vmc_padded xq = vmc_padded_of(&ctx->xs[0]), yq = vmc_padded_of(&ctx->ys);
-  const float *xp = x;
-  if (!ctx->xpad[0]) {
-    pad_planes(x, g->c, g->h, g->w, g->ph, g->pw, c->hp, c->wp, sp->a - (size_t)g->c * c->plane,
-               base);
-    xp = base;
-  }
   const float *B = ctx->node->n_param > 1 ? ctx->g->params[ctx->node->param[1]].data : NULL;
   vmc_wino_out o = {y, (size_t)c->P, (size_t)g->ow, B, NULL, vmc_act_lo(ctx->act),
                     vmc_act_hi(ctx->act)};
@@ -567,7 +560,10 @@ static void wino_image(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_
     o.row = (size_t)yq.wp;
   }
   if (ctx->res) o.res = ctx->res + (o.y - ctx->y);
-  wino_conv(ctx, c, pk, par, xp, ctx->xpad[0] ? xq.plane : c->plane, &o, base, sp);
+  if (ctx->xpad[0])
+    wino_conv(ctx, c, pk, par, x + vmc_padded_origin(&xq), xq.plane, (size_t)xq.wp, &o, base, sp);
+  else
+    wino_conv(ctx, c, pk, par, x, (size_t)g->h * g->w, (size_t)g->w, &o, base, sp);
   if (ctx->ypad) vmc_padded_zero_borders(&yq, c->oc, y);
 }
 
@@ -696,10 +692,10 @@ static void dw_gemm(const vmc_opctx *ctx, int par, const conv_cfg *c, const floa
 }
 
 /* Winograd's weight gradient of one image: dU[ab] += dM[ab] . V[ab]^T over
- * its tiles (dM from dY, V from the padded input xp), one dot GEMM per
+ * its tiles (dM from dY, V from the input x), one dot GEMM per
  * position into the thread's private dU; conv_backward turns dU into dW. */
 static void wino_dw(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp, float *base,
-                    const float *xp, const float *dy, float *du) {
+                    const float *x, const float *dy, float *du) {
   const vmc_conv_geom *g = &c->g;
   const vmc_wino_kernels *k = vmc_wino_kernels_best();
   const size_t ld = c->ldt, ps_v = wino_pos_stride(c, g->c), ps_m = wino_pos_stride(c, c->ocg);
@@ -707,7 +703,7 @@ static void wino_dw(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan 
         *rows_f = M + VMC_WINO_POS * ps_m;
   const int th = vmc_wino_tiles_h(g->oh);
   const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
-  k->input(xp, g->c, c->plane, (size_t)c->wp, g->h, g->w, &vb, 0, th, rows_f);
+  k->input(x, g->c, (size_t)g->h * g->w, (size_t)g->w, g->h, g->w, &vb, 0, th, rows_f);
   k->grad_output(dy, (size_t)c->P, (size_t)g->ow, c->ocg, g->oh, g->ow, &mb, 0, th);
   const float **rows = thread_rows(ctx, sp, base);
   for (int ab = 0; ab < VMC_WINO_POS; ab++) {
@@ -715,6 +711,20 @@ static void wino_dw(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan 
     vmc_sgemm_dot(c->ocg, g->c, (int)c->nt, M + ab * ps_m, (int)ld, rows,
                   du + (size_t)ab * c->ocg * g->c, g->c);
   }
+}
+
+/* Winograd's dx of one image: dY convolved with the rotated kernel (its
+ * packs dxpk), written into dx or, with dx_beta 1, added. */
+static void wino_dx(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp, float *base,
+                    const float *dy, const vmc_sgemm_packed_a *dxpk, float *dx, float dx_beta,
+                    int par) {
+  const vmc_conv_geom *g = &c->g;
+  conv_cfg d = *c;
+  d.g.c = c->ocg;
+  d.ocg = d.oc = g->c;
+  const vmc_wino_out o = {dx, (size_t)g->h * g->w, (size_t)g->w, NULL,
+                          dx_beta != 0.0f ? dx : NULL, -INFINITY, INFINITY};
+  wino_conv(ctx, &d, dxpk, par, dy, (size_t)c->P, (size_t)g->ow, &o, base, sp);
 }
 
 /* WIDE backward of one image and group: dW (+)= dYw · rows^T (Winograd:
@@ -729,13 +739,13 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
   float *xp = base, *dyw = base + sp->a, *third = dyw + sp->b, *dxw = third + sp->c;
   const float **rows = thread_rows(ctx, sp, base);
   const size_t slack = (size_t)(g->kw - 1) * g->dw + 16;
-  pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c->hp, c->wp, slack, xp);
-  if (c->wino_dw) {
-    wino_dw(ctx, c, sp, base, xp, dyg, wino_du(c, dWg));
-    if (!dxg) return;
-  } else {
-    plane_rows(xp, g->c, c->plane, c->wp, g, rows);
+  if (c->wino_dw) { /* from x and dY as they lie */
+    wino_dw(ctx, c, sp, base, xg, dyg, wino_du(c, dWg));
+    if (dxg) wino_dx(ctx, c, sp, base, dyg, dxpk, dxg, dx_beta, par);
+    return;
   }
+  pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c->hp, c->wp, slack, xp);
+  plane_rows(xp, g->c, c->plane, c->wp, g, rows);
   /* wide dY: oh x wp with zero columns past ow.  When the padded dY of the
    * dx step has the same width (wq == wp: "same" padding), one copy serves
    * both: planes of hq x wq, the wide dY's rows at the top of each, start
@@ -763,13 +773,8 @@ static void wide_backward(const vmc_opctx *ctx, const conv_cfg *c, const scratch
     vmc_col2im_add(third, g, dxg);
     return;
   }
-  if (c->wino) { /* dx = the padded dY through Winograd with the rotated kernel */
-    conv_cfg d = *c;
-    d.g.c = c->ocg;
-    d.ocg = d.oc = g->c;
-    const vmc_wino_out o = {dxg, (size_t)g->h * g->w, (size_t)g->w, NULL,
-                            dx_beta != 0.0f ? dxg : NULL, -INFINITY, INFINITY};
-    wino_conv(ctx, &d, dxpk, par, dyA - pre, (size_t)c->hq * c->wq, &o, base, sp);
+  if (c->wino) {
+    wino_dx(ctx, c, sp, base, dyg, dxpk, dxg, dx_beta, par);
     return;
   }
   vmc_conv_geom gt = *g;
