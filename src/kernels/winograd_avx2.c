@@ -12,26 +12,25 @@
 static inline __m256i lanes(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-/* Lanes first <= k < n. */
-static inline __m256i span(int first, int n) {
-  return _mm256_andnot_si256(lanes(first), lanes(n));
+/* Lanes k with first <= k - at < n: of the 16 columns from `at` on, the
+ * ones read (two masks). */
+static inline void spans(int at, int first, int n, __m256i m[2]) {
+  m[0] = _mm256_andnot_si256(lanes(first - at), lanes(n - at));
+  m[1] = _mm256_andnot_si256(lanes(first - at - 8), lanes(n - at - 8));
 }
 
-/* Columns 2t + off and 2t + off + 1 (t < 8) of a row of which only the
- * columns in [first, n) are read, the others zero. */
-static inline void columns(const float *s, int off, int first, int n, __m256 *even,
-                           __m256 *odd) {
-  const __m256 lo = _mm256_maskload_ps(s + off, span(first - off, n - off));
-  const __m256 hi = _mm256_maskload_ps(s + off + 8, span(first - off - 8, n - off - 8));
+/* Columns 2t and 2t + 1 (t < 8) of a row, masked by m (the others zero). */
+static inline void columns(const float *s, const __m256i m[2], __m256 *even, __m256 *odd) {
+  const __m256 lo = _mm256_maskload_ps(s, m[0]), hi = _mm256_maskload_ps(s + 8, m[1]);
   const __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xdd);
   *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8));
   *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xd8));
 }
 
-static inline void row_b(const float *s, int first, int n, __m256 out[4]) {
+static inline void row_b(const float *s, const __m256i m[4], __m256 out[4]) {
   __m256 e, o, e1, o1;
-  columns(s, 0, first, n, &e, &o);
-  columns(s, 2, first, n, &e1, &o1);
+  columns(s, m, &e, &o);
+  columns(s + 2, m + 2, &e1, &o1);
   out[0] = _mm256_sub_ps(e, e1);
   out[1] = _mm256_add_ps(o, e1);
   out[2] = _mm256_sub_ps(e1, o);
@@ -48,11 +47,14 @@ static void wino_input(const float *x, int ch, size_t plane, size_t row, int h, 
       float *dst0 = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw;
       for (int t0 = 0; t0 < tw; t0 += 8) {
         const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
+        __m256i m[4];
+        spans(0, first, n, m);
+        spans(2, first, n, m + 2);
         __m256 r[4][4];
         for (int i = 0; i < 4; i++) {
           const int y = 2 * ti + i - 1;
           if (y >= 0 && y < h)
-            row_b(x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1, first, n, r[i]);
+            row_b(x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1, m, r[i]);
           else
             r[i][0] = r[i][1] = r[i][2] = r[i][3] = _mm256_setzero_ps();
         }
@@ -132,8 +134,10 @@ static void grad_output(const float *dy, size_t plane, size_t row, int oc, int h
       for (int t0 = 0; t0 < tw; t0 += 8) {
         const int n = w - 2 * t0;
         __m256 p, q, r = _mm256_setzero_ps(), s = _mm256_setzero_ps();
-        columns(d0 + 2 * t0, 0, 0, n, &p, &q);
-        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, 0, 0, n, &r, &s);
+        __m256i ms[2];
+        spans(0, 0, n, ms);
+        columns(d0 + 2 * t0, ms, &p, &q);
+        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, ms, &r, &s);
         const __m256 u[4] = {p, _mm256_add_ps(p, r), _mm256_sub_ps(p, r), _mm256_xor_ps(r, sign)};
         const __m256 v[4] = {q, _mm256_add_ps(q, s), _mm256_sub_ps(q, s), _mm256_xor_ps(s, sign)};
         float *dst = dst0 + t0;

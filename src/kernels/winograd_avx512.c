@@ -13,24 +13,29 @@ static inline __mmask16 lanes(int n) {
   return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
 
-/* Columns 2t + off and 2t + off + 1 (t < 16) of a row of which only the
- * columns in [first, n) are read, the others zero: (even, odd). */
-static inline void columns(const float *s, int off, int first, int n, __m512 *even,
-                           __m512 *odd) {
+/* Lanes k with first <= k - at < n: of the 32 columns from `at` on, the
+ * ones read (two masks). */
+static inline void spans(int at, int first, int n, __mmask16 m[2]) {
+  m[0] = lanes(n - at) & ~lanes(first - at);
+  m[1] = lanes(n - at - 16) & ~lanes(first - at - 16);
+}
+
+/* Columns 2t and 2t + 1 (t < 16) of a row, masked by m (the others zero):
+ * (even, odd). */
+static inline void columns(const float *s, const __mmask16 m[2], __m512 *even, __m512 *odd) {
   const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512 lo = _mm512_maskz_loadu_ps(lanes(n - off) & ~lanes(first - off), s + off);
-  const __m512 hi =
-      _mm512_maskz_loadu_ps(lanes(n - off - 16) & ~lanes(first - off - 16), s + off + 16);
+  const __m512 lo = _mm512_maskz_loadu_ps(m[0], s), hi = _mm512_maskz_loadu_ps(m[1], s + 16);
   *even = _mm512_permutex2var_ps(lo, ie, hi);
   *odd = _mm512_permutex2var_ps(lo, io, hi);
 }
 
-/* d B of one padded row for 16 tiles: (d0, d1, d2, d3) = (e, o, e', o'). */
-static inline void row_b(const float *s, int first, int n, __m512 out[4]) {
+/* d B of one padded row for 16 tiles: (d0, d1, d2, d3) = (e, o, e', o'),
+ * m the masks of spans() from column 0 and from column 2. */
+static inline void row_b(const float *s, const __mmask16 m[4], __m512 out[4]) {
   __m512 e, o, e1, o1;
-  columns(s, 0, first, n, &e, &o);
-  columns(s, 2, first, n, &e1, &o1);
+  columns(s, m, &e, &o);
+  columns(s + 2, m + 2, &e1, &o1);
   out[0] = _mm512_sub_ps(e, e1);
   out[1] = _mm512_add_ps(o, e1);
   out[2] = _mm512_sub_ps(e1, o);
@@ -51,11 +56,14 @@ static void wino_input(const float *x, int ch, size_t plane, size_t row, int h, 
       for (int t0 = 0; t0 < tw; t0 += 16) {
         /* padded columns 2 * t0 + k, read for k in [first, n): the pixels */
         const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
+        __mmask16 m[4];
+        spans(0, first, n, m);
+        spans(2, first, n, m + 2);
         __m512 r[4][4];
         for (int i = 0; i < 4; i++) {
           const int y = 2 * ti + i - 1; /* the image row of padded row 2ti + i */
           if (y >= 0 && y < h)
-            row_b(x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1, first, n, r[i]);
+            row_b(x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1, m, r[i]);
           else
             r[i][0] = r[i][1] = r[i][2] = r[i][3] = _mm512_setzero_ps();
         }
@@ -134,8 +142,10 @@ static void grad_output(const float *dy, size_t plane, size_t row, int oc, int h
       for (int t0 = 0; t0 < tw; t0 += 16) {
         const int n = w - 2 * t0;
         __m512 p, q, r = _mm512_setzero_ps(), s = _mm512_setzero_ps();
-        columns(d0 + 2 * t0, 0, 0, n, &p, &q);
-        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, 0, 0, n, &r, &s);
+        __mmask16 ms[2];
+        spans(0, 0, n, ms);
+        columns(d0 + 2 * t0, ms, &p, &q);
+        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, ms, &r, &s);
         const __m512 u[4] = {p, _mm512_add_ps(p, r), _mm512_sub_ps(p, r), _mm512_xor_ps(r, sign)};
         const __m512 v[4] = {q, _mm512_add_ps(q, s), _mm512_sub_ps(q, s), _mm512_xor_ps(s, sign)};
         float *dst = dst0 + t0; /* whole vectors, as the input */
