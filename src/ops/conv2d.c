@@ -84,6 +84,9 @@ vmc_conv_geom vmc_conv2d_window(const vmc_node *n, const vmc_shape *in) {
 /* Winograd needs this many input and output channels: below, its GEMMs are
  * too thin to repay the transforms. */
 #define WINO_MIN_C 8
+/* Winograd's dW needs this many tiles per image (resnet8 training: with
+ * 49 (14x14) it beats the wide dW, with 16 (7x7) it loses). */
+#define WINO_DW_MIN_TILES 32
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   conv_cfg c;
@@ -134,9 +137,8 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.nt = vmc_wino_tiles(g->oh, g->ow);
     c.ldt = vmc_align_up(c.nt + VMC_WINO_ROW_SLACK, 16);
     /* Its GEMMs run over an image's tiles, the wide dW's over its wide
-     * grid (4x as long): only where the dot GEMM reads the tiles in place
-     * does Winograd's dW beat the wide one. */
-    c.wino_dw = c.wino && vmc_sgemm_dot_in_place((int)c.nt);
+     * grid (4x as long): on too few tiles the wide one is faster. */
+    c.wino_dw = c.wino && c.nt >= WINO_DW_MIN_TILES;
   }
   if (c.kind == PHASE) {
     vmc_phase_geom *q = &c.pg;
