@@ -32,6 +32,7 @@
 #include "kernels/planes.h"
 #include "kernels/winograd.h"
 
+#include <omp.h>
 #include <string.h>
 
 enum { DIRECT, DEPTHWISE, WIDE, PHASE, IM2COL };
@@ -671,10 +672,15 @@ static void conv_forward(vmc_opctx *ctx) {
   scratch_plan sp = scratch_of(&c, ctx->mode);
   if (IMAGE_LOOP_PARALLEL(ctx)) {
     const int nt = ctx->nthreads;
-#pragma omp parallel for schedule(static, 1) num_threads(nt)
-    for (int t = 0; t < nt; t++)
-      for (int b = chunk_lo(ctx->batch, t, nt); b < chunk_lo(ctx->batch, t + 1, nt); b++)
-        forward_image(ctx, &c, &sp, b, slice_scratch(ctx, t), 1);
+    /* Images are independent here (backward's private dW is not: it keeps
+     * fixed chunks), so they go to whichever thread is free: a thread
+     * slowed by the machine's other work holds the team up less. */
+#pragma omp parallel num_threads(nt)
+    {
+      float *slice = slice_scratch(ctx, omp_get_thread_num());
+#pragma omp for schedule(dynamic, 2)
+      for (int b = 0; b < ctx->batch; b++) forward_image(ctx, &c, &sp, b, slice, 1);
+    }
   } else {
     /* No enclosing parallel region: the threaded GEMMs get the whole team. */
     for (int b = 0; b < ctx->batch; b++) forward_image(ctx, &c, &sp, b, slice_scratch(ctx, 0), 0);
