@@ -10,6 +10,7 @@
  * transform by transform. */
 #include "kernels/winograd.h"
 #include "core/core.h"
+#include "op_harness.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -303,4 +304,69 @@ TEST(winograd_weight_transform) {
     vmc_wino_weights(g, 1, 1, ab, &got, 1);
     CHECK_NEAR(got, u[ab / 4][ab % 4], 1e-6);
   }
+}
+
+/* The conv2d op with Winograd against the direct path (VMC_WINOGRAD=0) on
+ * an image large enough to be transformed in several bands of tile rows
+ * (src/ops/conv2d.c), odd-sized, unequal channel counts: inference on one
+ * and two threads (one image: the threads split its tile rows), training
+ * forward, dx, dW (banded Winograd dW) and dB on two threads. */
+#define WC_N 3
+#define WC_C 24
+#define WC_O 40
+#define WC_H 37
+#define WC_W 45
+
+static vmc_oph *conv_run(vmc_mode mode, int threads, int winograd) {
+  const vmc_oph_spec s = {
+      .op = "conv2d", .mode = mode, .n_in = 1, .in = {{.ndim = 4, .d = {WC_N, WC_C, WC_H, WC_W}}},
+      .n_attr = 10,
+      .attr = {{.key = "out_c", .i = WC_O}, {.key = "kh", .i = 3}, {.key = "kw", .i = 3},
+               {.key = "sh", .i = 1}, {.key = "sw", .i = 1}, {.key = "ph", .i = 1},
+               {.key = "pw", .i = 1}, {.key = "dh", .i = 1}, {.key = "dw", .i = 1},
+               {.key = "groups", .i = 1}},
+      .n_param = 2, .pshape = {{.ndim = 4, .d = {WC_O, WC_C, 3, 3}}, {.ndim = 1, .d = {WC_O}}},
+      .nthreads = threads};
+  if (!winograd) setenv("VMC_WINOGRAD", "0", 1);
+  vmc_oph *h = NULL;
+  if (vmc_oph_create(&s, &h) == VMC_OK) {
+    vmc_rng r;
+    vmc_rng_seed(&r, 5);
+    vmc_oph_fill(&r, h->x[0], h->xn[0], -1.0f, 1.0f);
+    for (int k = 0; k < 2; k++)
+      vmc_oph_fill(&r, vmc_oph_param(h, k), vmc_oph_param_count(h, k), -0.2f, 0.2f);
+    vmc_oph_forward(h, mode == VMC_MODE_TRAIN ? 0 : 1);
+    if (mode == VMC_MODE_TRAIN) {
+      vmc_oph_fill(&r, h->dy, h->yn, -1.0f, 1.0f);
+      vmc_oph_backward(h);
+    }
+  }
+  unsetenv("VMC_WINOGRAD");
+  return h;
+}
+
+static double rel_diff(const float *a, const float *b, size_t n) {
+  double scale = 1e-3, d = 0;
+  for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(a[i]));
+  for (size_t i = 0; i < n; i++) d = fmax(d, fabs(a[i] - b[i]));
+  return d / scale;
+}
+
+TEST(winograd_conv_op_in_bands_matches_direct) {
+  for (int t = 1; t <= 2; t++) { /* inference, image 0 */
+    vmc_oph *d = conv_run(VMC_MODE_INFER, t, 0), *w = conv_run(VMC_MODE_INFER, t, 1);
+    REQUIRE(d && w);
+    const size_t per = d->yn / WC_N;
+    const double e = rel_diff(w->y, d->y, per);
+    if (!(e <= 1e-5)) vmc_test_fail(__FILE__, __LINE__, "inference, %d threads: off by %g", t, e);
+    vmc_oph_free(d), vmc_oph_free(w);
+  }
+  vmc_oph *d = conv_run(VMC_MODE_TRAIN, 2, 0), *w = conv_run(VMC_MODE_TRAIN, 2, 1);
+  REQUIRE(d && w);
+  const double ey = rel_diff(w->y, d->y, d->yn), ex = rel_diff(w->dx[0], d->dx[0], d->xn[0]);
+  const double ew = rel_diff(vmc_oph_grad(w, 0), vmc_oph_grad(d, 0), vmc_oph_param_count(d, 0));
+  const double eb = rel_diff(vmc_oph_grad(w, 1), vmc_oph_grad(d, 1), vmc_oph_param_count(d, 1));
+  if (!(ey <= 1e-5 && ex <= 1e-5 && ew <= 1e-5 && eb <= 1e-6))
+    vmc_test_fail(__FILE__, __LINE__, "training: y %g, dx %g, dW %g, dB %g", ey, ex, ew, eb);
+  vmc_oph_free(d), vmc_oph_free(w);
 }

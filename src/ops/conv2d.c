@@ -59,6 +59,7 @@ typedef struct {
    * apart (winograd.h's slack, 64-byte multiples) */
   int wino;
   int wino_dw; /* training: dW through Winograd too (wino_dw) */
+  int wband;   /* tile rows transformed at a time */
   size_t nt, ldt;
 } conv_cfg;
 
@@ -88,6 +89,10 @@ vmc_conv_geom vmc_conv2d_window(const vmc_node *n, const vmc_shape *in) {
 /* Winograd's dW needs this many tiles per image (resnet8 training: with
  * 49 (14x14) it beats the wide dW, with 16 (7x7) it loses). */
 #define WINO_DW_MIN_TILES 32
+/* Winograd transforms an image in bands of tile rows whose transformed
+ * input and output planes take at most this much (or one tile row), so
+ * they stay in a core's L2 and the scratch stays bounded on large images. */
+#define WINO_BAND_BYTES (512u << 10)
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   conv_cfg c;
@@ -136,10 +141,15 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
              g->dw == 1 && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 && c.wq == c.wp &&
              g->c >= WINO_MIN_C && c.ocg >= WINO_MIN_C && vmc_wino_enabled();
     c.nt = vmc_wino_tiles(g->oh, g->ow);
-    c.ldt = vmc_align_up(c.nt + VMC_WINO_ROW_SLACK, 16);
-    /* Its GEMMs run over an image's tiles, the wide dW's over its wide
-     * grid (4x as long): on too few tiles the wide one is faster. */
-    c.wino_dw = c.wino && c.nt >= WINO_DW_MIN_TILES;
+    /* Bands of tile rows whose transformed planes fit WINO_BAND_BYTES. */
+    const int th = vmc_wino_tiles_h(g->oh), tw = (g->ow + 1) / 2;
+    const size_t per_row = (size_t)VMC_WINO_POS * (g->c + c.ocg) * tw * sizeof(float);
+    const size_t band = WINO_BAND_BYTES / (per_row ? per_row : 1);
+    c.wband = band < 1 ? 1 : band > (size_t)th ? th : (int)band;
+    c.ldt = vmc_align_up((size_t)c.wband * tw + VMC_WINO_ROW_SLACK, 16);
+    /* Its GEMMs run over a band's tiles, the wide dW's over the image's
+     * wide grid (4x as long): on too few tiles the wide one is faster. */
+    c.wino_dw = c.wino && c.wband * tw >= WINO_DW_MIN_TILES;
   }
   if (c.kind == PHASE) {
     vmc_phase_geom *q = &c.pg;
@@ -510,8 +520,8 @@ static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, fl
   return ok; /* the same geometry: every chunk taken, or none */
 }
 
-/* Winograd over tile rows [ti0, ti1) of one image, on one thread with the
- * V and M planes of its own scratch slice: the tiles transformed from the
+/* Winograd over tile rows [ti0, ti1) of one image, band by band, on one
+ * thread with the V and M planes of its own scratch slice: the tiles transformed from the
  * image x (its planes xplane floats apart, rows xrow), one GEMM per position
  * with the pre-packed transformed kernel, the output transform with the
  * epilogue o. */
@@ -523,12 +533,14 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
   const size_t ld = c->ldt, ps_v = wino_pos_stride(c, g->c), ps_m = wino_pos_stride(c, c->ocg);
   float *V = (float *)vmc_align_up((uintptr_t)(slice + slice_at), 64),
         *M = V + VMC_WINO_POS * ps_v, *rows = M + VMC_WINO_POS * ps_m;
-  const int n = (ti1 - ti0) * ((g->ow + 1) / 2);
   const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
-  k->input(x, g->c, xplane, xrow, g->h, g->w, &vb, ti0, ti1, rows);
-  for (int ab = 0; ab < VMC_WINO_POS; ab++)
-    vmc_sgemm_packed(&pk[ab], 0, n, V + ab * ps_v, (int)ld, 0.0f, M + ab * ps_m, (int)ld, NULL);
-  k->output(&mb, ti0, ti1, c->ocg, g->oh, g->ow, o, rows);
+  for (int b0 = ti0; b0 < ti1; b0 += c->wband) {
+    const int b1 = ti1 - b0 < c->wband ? ti1 : b0 + c->wband, n = (b1 - b0) * ((g->ow + 1) / 2);
+    k->input(x, g->c, xplane, xrow, g->h, g->w, &vb, b0, b1, rows);
+    for (int ab = 0; ab < VMC_WINO_POS; ab++)
+      vmc_sgemm_packed(&pk[ab], 0, n, V + ab * ps_v, (int)ld, 0.0f, M + ab * ps_m, (int)ld, NULL);
+    k->output(&mb, b0, b1, c->ocg, g->oh, g->ow, o, rows);
+  }
 }
 
 /* Winograd over one image x (planes xplane apart, rows xrow) into the
@@ -711,13 +723,16 @@ static void wino_dw(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan 
         *rows_f = M + VMC_WINO_POS * ps_m;
   const int th = vmc_wino_tiles_h(g->oh);
   const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
-  k->input(x, g->c, (size_t)g->h * g->w, (size_t)g->w, g->h, g->w, &vb, 0, th, rows_f);
-  k->grad_output(dy, (size_t)c->P, (size_t)g->ow, c->ocg, g->oh, g->ow, &mb, 0, th);
   const float **rows = thread_rows(ctx, sp, base);
-  for (int ab = 0; ab < VMC_WINO_POS; ab++) {
-    for (int ci = 0; ci < g->c; ci++) rows[ci] = V + ab * ps_v + (size_t)ci * ld;
-    vmc_sgemm_dot(c->ocg, g->c, (int)c->nt, M + ab * ps_m, (int)ld, rows,
-                  du + (size_t)ab * c->ocg * g->c, g->c);
+  for (int b0 = 0; b0 < th; b0 += c->wband) {
+    const int b1 = th - b0 < c->wband ? th : b0 + c->wband, n = (b1 - b0) * ((g->ow + 1) / 2);
+    k->input(x, g->c, (size_t)g->h * g->w, (size_t)g->w, g->h, g->w, &vb, b0, b1, rows_f);
+    k->grad_output(dy, (size_t)c->P, (size_t)g->ow, c->ocg, g->oh, g->ow, &mb, b0, b1);
+    for (int ab = 0; ab < VMC_WINO_POS; ab++) {
+      for (int ci = 0; ci < g->c; ci++) rows[ci] = V + ab * ps_v + (size_t)ci * ld;
+      vmc_sgemm_dot(c->ocg, g->c, n, M + ab * ps_m, (int)ld, rows,
+                    du + (size_t)ab * c->ocg * g->c, g->c);
+    }
   }
 }
 
