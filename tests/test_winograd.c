@@ -345,28 +345,24 @@ static vmc_oph *conv_run(vmc_mode mode, int threads, int winograd) {
   return h;
 }
 
-static double rel_diff(const float *a, const float *b, size_t n) {
-  double scale = 1e-3, d = 0;
-  for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(a[i]));
-  for (size_t i = 0; i < n; i++) d = fmax(d, fabs(a[i] - b[i]));
-  return d / scale;
-}
-
 TEST(winograd_conv_op_in_bands_matches_direct) {
   for (int t = 1; t <= 2; t++) { /* inference, image 0 */
     vmc_oph *d = conv_run(VMC_MODE_INFER, t, 0), *w = conv_run(VMC_MODE_INFER, t, 1);
     REQUIRE(d && w);
     const size_t per = d->yn / WC_N;
-    const double e = rel_diff(w->y, d->y, per);
+    const double e = vmc_test_max_rel(w->y, d->y, per);
     if (!(e <= 1e-5)) vmc_test_fail(__FILE__, __LINE__, "inference, %d threads: off by %g", t, e);
     vmc_oph_free(d), vmc_oph_free(w);
   }
   vmc_oph *d = conv_run(VMC_MODE_TRAIN, 2, 0), *w = conv_run(VMC_MODE_TRAIN, 2, 1);
   REQUIRE(d && w);
-  const double ey = rel_diff(w->y, d->y, d->yn), ex = rel_diff(w->dx[0], d->dx[0], d->xn[0]);
-  const double ew = rel_diff(vmc_oph_grad(w, 0), vmc_oph_grad(d, 0), vmc_oph_param_count(d, 0));
-  const double eb = rel_diff(vmc_oph_grad(w, 1), vmc_oph_grad(d, 1), vmc_oph_param_count(d, 1));
-  if (!(ey <= 1e-5 && ex <= 1e-5 && ew <= 1e-5 && eb <= 1e-6))
+  const double ey = vmc_test_max_rel(w->y, d->y, d->yn);
+  const double ex = vmc_test_max_rel(w->dx[0], d->dx[0], d->xn[0]);
+  const size_t nw = vmc_oph_param_count(d, 0), nb = vmc_oph_param_count(d, 1);
+  const double ew = vmc_test_max_rel(vmc_oph_grad(w, 0), vmc_oph_grad(d, 0), nw);
+  const double eb = vmc_test_max_rel(vmc_oph_grad(w, 1), vmc_oph_grad(d, 1), nb);
+  /* (dW: sums of 3 x 37 x 45 products, in another order) */
+  if (!(ey <= 1e-5 && ex <= 1e-5 && ew <= 1e-4 && eb <= 1e-6))
     vmc_test_fail(__FILE__, __LINE__, "training: y %g, dx %g, dW %g, dB %g", ey, ex, ew, eb);
   vmc_oph_free(d), vmc_oph_free(w);
 }
