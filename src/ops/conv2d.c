@@ -521,10 +521,10 @@ static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, fl
 }
 
 /* Winograd over tile rows [ti0, ti1) of one image, band by band, on one
- * thread with the V and M planes of its own scratch slice: the tiles transformed from the
- * image x (its planes xplane floats apart, rows xrow), one GEMM per position
- * with the pre-packed transformed kernel, the output transform with the
- * epilogue o. */
+ * thread with the V and M planes of its own scratch slice: the tiles
+ * transformed from the image x (its planes xplane floats apart, rows xrow),
+ * one GEMM per position with the pre-packed transformed kernel, the output
+ * transform with the epilogue o. */
 static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const float *x,
                       size_t xplane, size_t xrow, const vmc_wino_out *o, float *slice,
                       size_t slice_at, int ti0, int ti1) {
