@@ -121,7 +121,9 @@ static void wino_output(const vmc_wino_buf *mb, int ti0, int ti1, int oc, int h,
           const __m512 a = r ? y10 : y00, b = r ? y11 : y01;
           const float *res = o->res ? o->res + at : NULL;
           put(o->y + at, res, n, _mm512_permutex2var_ps(a, il, b), lo, hi);
-          put(o->y + at + 16, res ? res + 16 : NULL, n - 16, _mm512_permutex2var_ps(a, ih, b), lo, hi);
+          if (n > 16)
+            put(o->y + at + 16, res ? res + 16 : NULL, n - 16, _mm512_permutex2var_ps(a, ih, b), lo,
+                hi);
         }
       }
     }
