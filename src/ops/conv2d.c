@@ -140,16 +140,19 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
     c.wino = c.kind == WIDE && c.groups == 1 && g->kh == 3 && g->kw == 3 && g->dh == 1 &&
              g->dw == 1 && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 && c.wq == c.wp &&
              g->c >= WINO_MIN_C && c.ocg >= WINO_MIN_C && vmc_wino_enabled();
+  }
+  if (c.wino) {
     c.nt = vmc_wino_tiles(g->oh, g->ow);
     /* Bands of tile rows whose transformed planes fit WINO_BAND_BYTES. */
     const int th = vmc_wino_tiles_h(g->oh), tw = (g->ow + 1) / 2;
-    const size_t per_row = (size_t)VMC_WINO_POS * (g->c + c.ocg) * tw * sizeof(float);
-    const size_t band = WINO_BAND_BYTES / (per_row ? per_row : 1);
+    const size_t per_row =
+        (size_t)VMC_WINO_POS * ((size_t)g->c + (size_t)c.ocg) * (size_t)tw * sizeof(float);
+    const size_t band = WINO_BAND_BYTES / per_row;
     c.wband = band < 1 ? 1 : band > (size_t)th ? th : (int)band;
     c.ldt = vmc_align_up((size_t)c.wband * tw + VMC_WINO_ROW_SLACK, 16);
     /* Its GEMMs run over a band's tiles, the wide dW's over the image's
      * wide grid (4x as long): on too few tiles the wide one is faster. */
-    c.wino_dw = c.wino && c.wband * tw >= WINO_DW_MIN_TILES;
+    c.wino_dw = (size_t)c.wband * tw >= WINO_DW_MIN_TILES;
   }
   if (c.kind == PHASE) {
     vmc_phase_geom *q = &c.pg;
