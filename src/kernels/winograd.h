@@ -21,7 +21,7 @@
  *
  * The transforms are additions, subtractions and negations only, in a
  * fixed order: every ISA variant gives the reference's floats.  The
- * weight gradient runs the same machinery backwards (Lavin and Gray, 2016):
+ * weight gradient is the adjoint of the forward, through the same tiles:
  * 4x4 gradients dM = A dY A^T of the output tiles, one GEMM per position
  * with the input's transformed tiles, then dW = G^T dU G. */
 #ifndef VMC_KERNELS_WINOGRAD_H
