@@ -54,9 +54,10 @@ typedef struct {
    * nw = oh*phw */
   vmc_phase_geom pg;
   int phw, nslots; /* copies of pg's */
-  /* WIDE: Winograd F(2x2, 3x3) (kernels/winograd.h) over the same padded
-   * input (training: and for dx, over the padded dY), nt tiles in rows ldt
-   * apart (winograd.h's slack, 64-byte multiples) */
+  /* WIDE: Winograd F(2x2, 3x3) (kernels/winograd.h), reading x (and in
+   * training dY, for dx) as it lies; nt tiles an image, transformed wband
+   * tile rows at a time into rows ldt apart (winograd.h's slack, 64-byte
+   * multiples) */
   int wino;
   int wino_dw; /* training: dW through Winograd too (wino_dw) */
   int wband;   /* tile rows transformed at a time */
@@ -191,6 +192,27 @@ static size_t wino_pos_stride(const conv_cfg *c, int ch) { return (size_t)ch * c
 static size_t wino_floats(const conv_cfg *c) {
   return VMC_WINO_POS * (wino_pos_stride(c, c->g.c) + wino_pos_stride(c, c->ocg)) +
          vmc_wino_tmp_floats(c->g.ow) + 16;
+}
+
+/* Those planes in a scratch slice, from float `at` on (wino_floats of it). */
+typedef struct {
+  vmc_wino_buf v, m; /* V: the input's transformed tiles (c rows), M: ocg rows */
+  float *rows;       /* the transforms' rows */
+} wino_space;
+
+static wino_space wino_space_of(const conv_cfg *c, float *slice, size_t at) {
+  wino_space w;
+  w.v = (vmc_wino_buf){(float *)vmc_align_up((uintptr_t)(slice + at), 64),
+                       wino_pos_stride(c, c->g.c), c->ldt};
+  w.m = (vmc_wino_buf){w.v.base + VMC_WINO_POS * w.v.pos_stride, wino_pos_stride(c, c->ocg),
+                       c->ldt};
+  w.rows = w.m.base + VMC_WINO_POS * w.m.pos_stride;
+  return w;
+}
+
+/* The end of the band of tile rows starting at b0, before ti1. */
+static int wino_band_end(const conv_cfg *c, int b0, int ti1) {
+  return ti1 - b0 < c->wband ? ti1 : b0 + c->wband;
 }
 
 /* A PHASE convolution whose phase rows are exactly ow long (a 1x1
@@ -533,16 +555,15 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
                       size_t slice_at, int ti0, int ti1) {
   const vmc_conv_geom *g = &c->g;
   const vmc_wino_kernels *k = vmc_wino_kernels_best();
-  const size_t ld = c->ldt, ps_v = wino_pos_stride(c, g->c), ps_m = wino_pos_stride(c, c->ocg);
-  float *V = (float *)vmc_align_up((uintptr_t)(slice + slice_at), 64),
-        *M = V + VMC_WINO_POS * ps_v, *rows = M + VMC_WINO_POS * ps_m;
-  const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
+  const wino_space w = wino_space_of(c, slice, slice_at);
+  const int ld = (int)c->ldt;
   for (int b0 = ti0; b0 < ti1; b0 += c->wband) {
-    const int b1 = ti1 - b0 < c->wband ? ti1 : b0 + c->wband, n = (b1 - b0) * ((g->ow + 1) / 2);
-    k->input(x, g->c, xplane, xrow, g->h, g->w, &vb, b0, b1, rows);
+    const int b1 = wino_band_end(c, b0, ti1), n = (b1 - b0) * ((g->ow + 1) / 2);
+    k->input(x, g->c, xplane, xrow, g->h, g->w, &w.v, b0, b1, w.rows);
     for (int ab = 0; ab < VMC_WINO_POS; ab++)
-      vmc_sgemm_packed(&pk[ab], 0, n, V + ab * ps_v, (int)ld, 0.0f, M + ab * ps_m, (int)ld, NULL);
-    k->output(&mb, b0, b1, c->ocg, g->oh, g->ow, o, rows);
+      vmc_sgemm_packed(&pk[ab], 0, n, w.v.base + ab * w.v.pos_stride, ld, 0.0f,
+                       w.m.base + ab * w.m.pos_stride, ld, NULL);
+    k->output(&w.m, b0, b1, c->ocg, g->oh, g->ow, o, w.rows);
   }
 }
 
@@ -655,7 +676,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       break;
     }
     case WIDE: {
-      if (c.wino) { /* inference: the packs are the plan's (conv_prepare) */
+      if (c.wino) { /* the packs: the plan's (inference), this step's (training) */
         wino_image(ctx, &c, pk, par, x, y, base, &sp);
         break;
       }
@@ -721,19 +742,17 @@ static void wino_dw(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan 
                     const float *x, const float *dy, float *du) {
   const vmc_conv_geom *g = &c->g;
   const vmc_wino_kernels *k = vmc_wino_kernels_best();
-  const size_t ld = c->ldt, ps_v = wino_pos_stride(c, g->c), ps_m = wino_pos_stride(c, c->ocg);
-  float *V = (float *)vmc_align_up((uintptr_t)(base + sp->a), 64), *M = V + VMC_WINO_POS * ps_v,
-        *rows_f = M + VMC_WINO_POS * ps_m;
+  const wino_space w = wino_space_of(c, base, sp->a);
   const int th = vmc_wino_tiles_h(g->oh);
-  const vmc_wino_buf vb = {V, ps_v, ld}, mb = {M, ps_m, ld};
   const float **rows = thread_rows(ctx, sp, base);
   for (int b0 = 0; b0 < th; b0 += c->wband) {
-    const int b1 = th - b0 < c->wband ? th : b0 + c->wband, n = (b1 - b0) * ((g->ow + 1) / 2);
-    k->input(x, g->c, (size_t)g->h * g->w, (size_t)g->w, g->h, g->w, &vb, b0, b1, rows_f);
-    k->grad_output(dy, (size_t)c->P, (size_t)g->ow, c->ocg, g->oh, g->ow, &mb, b0, b1);
+    const int b1 = wino_band_end(c, b0, th), n = (b1 - b0) * ((g->ow + 1) / 2);
+    k->input(x, g->c, (size_t)g->h * g->w, (size_t)g->w, g->h, g->w, &w.v, b0, b1, w.rows);
+    k->grad_output(dy, (size_t)c->P, (size_t)g->ow, c->ocg, g->oh, g->ow, &w.m, b0, b1);
     for (int ab = 0; ab < VMC_WINO_POS; ab++) {
-      for (int ci = 0; ci < g->c; ci++) rows[ci] = V + ab * ps_v + (size_t)ci * ld;
-      vmc_sgemm_dot(c->ocg, g->c, n, M + ab * ps_m, (int)ld, rows,
+      const float *v = w.v.base + ab * w.v.pos_stride;
+      for (int ci = 0; ci < g->c; ci++) rows[ci] = v + (size_t)ci * c->ldt;
+      vmc_sgemm_dot(c->ocg, g->c, n, w.m.base + ab * w.m.pos_stride, (int)c->ldt, rows,
                     du + (size_t)ab * c->ocg * g->c, g->c);
     }
   }
