@@ -1,0 +1,141 @@
+/* winograd.h's transforms, one body for every SIMD width: VL tiles of a tile
+ * row per vector.  The including file defines
+ *   VL                   lanes per vector
+ *   vec, vmask           the vector type, a load mask
+ *   VZERO() VSET1(s) VLOAD(p) VSTORE(p, v) VADD(a, b) VSUB(a, b)
+ *   VNEG(v)              -v (the sign bit flipped, as C's unary minus)
+ *   spans(at, first, n, vmask m[2])
+ *                        masks of the 2 VL columns from `at` on: column k
+ *                        is read when first <= k - at < n
+ *   columns(s, const vmask m[2], vec *even, vec *odd)
+ *                        columns 2t and 2t + 1 (t < VL) of s, masked by m
+ *                        (the others zero)
+ *   ZIP_LO(a, b) ZIP_HI(a, b)
+ *                        a0 b0 a1 b1 ..., its first and its second vector
+ *   put(y, res, n, v, lo, hi)
+ *                        (v + res), clamped, into the first n floats of y
+ *   FN(name)             the variant's name for `name`
+ * and may define NARROW_INPUT, the input transform's arguments passed on
+ * where a row has at most VL / 2 tiles (a narrower variant).
+ * The arithmetic is the reference's (winograd.c), operation for operation,
+ * so the floats are its.  Whole vectors are loaded and stored in the
+ * transformed planes (winograd.h's slack); lanes past a row's tiles land on
+ * the next row's, written later, or on the slack. */
+#include "kernels/winograd.h"
+
+/* d B of one padded row for VL tiles: (d0, d1, d2, d3) = (e, o, e', o'),
+ * m the masks of spans() from column 0 and from column 2. */
+static inline void row_b(const float *s, const vmask m[4], vec out[4]) {
+  vec e, o, e1, o1;
+  columns(s, m, &e, &o);
+  columns(s + 2, m + 2, &e1, &o1);
+  out[0] = VSUB(e, e1);
+  out[1] = VADD(o, e1);
+  out[2] = VSUB(e1, o);
+  out[3] = VSUB(o, o1);
+}
+
+static void FN(wino_input)(const float *x, int ch, size_t plane, size_t row, int h, int w,
+                           const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
+  const int tw = (w + 1) / 2;
+#ifdef NARROW_INPUT
+  if (tw <= VL / 2) {
+    NARROW_INPUT(x, ch, plane, row, h, w, v, ti0, ti1, tmp);
+    return;
+  }
+#endif
+  (void)tmp;
+  const size_t ps = v->pos_stride;
+  for (int c = 0; c < ch; c++)
+    for (int ti = ti0; ti < ti1; ti++) {
+      float *dst0 = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw;
+      for (int t0 = 0; t0 < tw; t0 += VL) {
+        /* padded columns 2 * t0 + k, read for k in [first, n): the pixels */
+        const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
+        vmask m[4];
+        spans(0, first, n, m);
+        spans(2, first, n, m + 2);
+        vec r[4][4];
+        for (int i = 0; i < 4; i++) {
+          const int y = 2 * ti + i - 1; /* the image row of padded row 2ti + i */
+          if (y >= 0 && y < h)
+            row_b(x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1, m, r[i]);
+          else
+            r[i][0] = r[i][1] = r[i][2] = r[i][3] = VZERO();
+        }
+        float *dst = dst0 + t0;
+        for (int j = 0; j < 4; j++) {
+          VSTORE(dst + (0 + j) * ps, VSUB(r[0][j], r[2][j]));
+          VSTORE(dst + (4 + j) * ps, VADD(r[1][j], r[2][j]));
+          VSTORE(dst + (8 + j) * ps, VSUB(r[2][j], r[1][j]));
+          VSTORE(dst + (12 + j) * ps, VSUB(r[1][j], r[3][j]));
+        }
+      }
+    }
+}
+
+static void FN(wino_output)(const vmc_wino_buf *mb, int ti0, int ti1, int oc, int h, int w,
+                            const vmc_wino_out *o, float *tmp) {
+  (void)tmp;
+  const int tw = (w + 1) / 2;
+  const size_t ps = mb->pos_stride;
+  const vec lo = VSET1(o->lo), hi = VSET1(o->hi);
+  for (int k = 0; k < oc; k++) {
+    const vec bias = VSET1(o->bias ? o->bias[k] : 0.0f);
+    for (int ti = ti0; ti < ti1; ti++) {
+      const float *src0 = mb->base + (size_t)k * mb->ch_stride + (size_t)(ti - ti0) * tw;
+      for (int t0 = 0; t0 < tw; t0 += VL) {
+        const float *src = src0 + t0;
+        vec p[4], q[4];
+        for (int a = 0; a < 4; a++) {
+          const vec m0 = VLOAD(src + (4 * a + 0) * ps), m1 = VLOAD(src + (4 * a + 1) * ps);
+          const vec m2 = VLOAD(src + (4 * a + 2) * ps), m3 = VLOAD(src + (4 * a + 3) * ps);
+          p[a] = VADD(VADD(m0, m1), m2);
+          q[a] = VSUB(VSUB(m1, m2), m3);
+        }
+        const vec y00 = VADD(VADD(VADD(p[0], p[1]), p[2]), bias);
+        const vec y01 = VADD(VADD(VADD(q[0], q[1]), q[2]), bias);
+        const vec y10 = VADD(VSUB(VSUB(p[1], p[2]), p[3]), bias);
+        const vec y11 = VADD(VSUB(VSUB(q[1], q[2]), q[3]), bias);
+        const int n = w - 2 * t0; /* output columns 2 * t0 + j, j < n */
+        for (int r = 0; r < 2 && 2 * ti + r < h; r++) {
+          const size_t at = (size_t)k * o->plane + (size_t)(2 * ti + r) * o->row + 2 * (size_t)t0;
+          const float *res = o->res ? o->res + at : NULL;
+          const vec a = r ? y10 : y00, b = r ? y11 : y01;
+          put(o->y + at, res, n, ZIP_LO(a, b), lo, hi);
+          if (n > VL) put(o->y + at + VL, res ? res + VL : NULL, n - VL, ZIP_HI(a, b), lo, hi);
+        }
+      }
+    }
+  }
+}
+
+/* The even and odd columns of the tile row's two dY rows are the tiles'
+ * (p, q) and (r, s); columns past w load as zero. */
+static void FN(grad_output)(const float *dy, size_t plane, size_t row, int oc, int h, int w,
+                            const vmc_wino_buf *m, int ti0, int ti1) {
+  const int tw = (w + 1) / 2;
+  const size_t ps = m->pos_stride;
+  for (int k = 0; k < oc; k++)
+    for (int ti = ti0; ti < ti1; ti++) {
+      const float *d0 = dy + (size_t)k * plane + (size_t)(2 * ti) * row;
+      float *dst0 = m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw;
+      for (int t0 = 0; t0 < tw; t0 += VL) {
+        const int n = w - 2 * t0;
+        vec p, q, r = VZERO(), s = VZERO();
+        vmask ms[2];
+        spans(0, 0, n, ms);
+        columns(d0 + 2 * t0, ms, &p, &q);
+        if (2 * ti + 1 < h) columns(d0 + row + 2 * t0, ms, &r, &s);
+        const vec u[4] = {p, VADD(p, r), VSUB(p, r), VNEG(r)};
+        const vec v[4] = {q, VADD(q, s), VSUB(q, s), VNEG(s)};
+        float *dst = dst0 + t0;
+        for (int a = 0; a < 4; a++) {
+          VSTORE(dst + (4 * a + 0) * ps, u[a]);
+          VSTORE(dst + (4 * a + 1) * ps, VADD(u[a], v[a]));
+          VSTORE(dst + (4 * a + 2) * ps, VSUB(u[a], v[a]));
+          VSTORE(dst + (4 * a + 3) * ps, VNEG(v[a]));
+        }
+      }
+    }
+}
