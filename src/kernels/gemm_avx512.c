@@ -330,6 +330,9 @@ typedef struct tile {
    * from a row to the same row of the next tile (MR rows down), fetched a
    * line per row every 16 k; strided: from row k to row k + PF_K. */
   size_t pf;
+  /* tkernel: its tile spans mr rows (up to TPANELS(nr) panels of 8), panel
+   * p's A at a + p * ps */
+  size_t ps;
 } tile;
 
 /* Prefetch of p + off floats, computed as an integer (the address may lie
@@ -506,68 +509,110 @@ static int instance_rows(int mr) {
  * packed panel, or stored A^T in place) and B's are broadcast from the
  * packed panel (whose zero padding covers the NJ >= nr columns computed).
  * Zen 4 runs ymm FMAs at the zmm rate.  Each product and sum is the same FMA
- * as in ukernel (fma(a, b, acc) is fma(b, a, acc)), and the write-back does
- * the same operations one element at a time (fmaf for beta), so the bits
- * are the other kernels'. */
+ * as in ukernel (fma(a, b, acc) is fma(b, a, acc)), and the write-back,
+ * after an 8x8 transpose in registers, the same operations on 8 columns of
+ * a row, so the bits are the other kernels'. */
 #define TMAX 24
+#define TPMAX 4
 static inline int narrow_panel(int nr) { return nr <= 12 || (nr >= 17 && nr <= TMAX); }
 
-static inline __attribute__((always_inline)) void tkernel(const int NJ, const tile *t) {
-  __m256 acc[TMAX];
+static inline __attribute__((always_inline)) void tkernel(const int NJ, const int P,
+                                                          const tile *t) {
+  __m256 acc[TPMAX][TMAX];
   UNROLL_FULL
-  for (int j = 0; j < NJ; j++) acc[j] = _mm256_setzero_ps();
+  for (int p = 0; p < P; p++) {
+    UNROLL_FULL
+    for (int j = 0; j < NJ; j++) acc[p][j] = _mm256_setzero_ps();
+  }
   const float *restrict a = t->a;
   const float *restrict b = t->b;
-  const size_t as = t->as, bs = t->bs, pf = t->pf;
+  const size_t as = t->as, bs = t->bs, pf = t->pf, ps = t->ps;
   for (int k = 0; k < t->kc; k++) {
-    if (pf) prefetch(a, pf);
-    const __m256 av = _mm256_loadu_ps(a);
+    __m256 av[TPMAX];
     UNROLL_FULL
-    for (int j = 0; j < NJ; j++) acc[j] = _mm256_fmadd_ps(av, _mm256_set1_ps(b[j]), acc[j]);
+    for (int p = 0; p < P; p++) {
+      if (pf) prefetch(a + p * ps, pf);
+      av[p] = _mm256_loadu_ps(a + p * ps);
+    }
+    UNROLL_FULL
+    for (int j = 0; j < NJ; j++) {
+      const __m256 bj = _mm256_set1_ps(b[j]);
+      UNROLL_FULL
+      for (int p = 0; p < P; p++) acc[p][j] = _mm256_fmadd_ps(av[p], bj, acc[p][j]);
+    }
     a += as;
     b += bs;
   }
-  float tmp[TMAX][8];
-  UNROLL_FULL
-  for (int j = 0; j < NJ; j++) _mm256_storeu_ps(tmp[j], acc[j]);
+  /* The write-back, panel by panel and 8 columns at a time: the
+   * accumulators transposed in registers into the tile's rows, then the
+   * ukernel's operations. */
   const tile_epi *e = t->e;
-  const int nr = t->nr < NJ ? t->nr : NJ, mr = t->mr < 8 ? t->mr : 8;
-  for (int r = 0; r < mr; r++) {
-    float *cr = t->c + (size_t)r * t->ldc;
-    for (int j = 0; j < nr; j++) {
-      float x = tmp[j][r];
-      if (t->mode == STORE_ADD)
-        x = cr[j] + x;
-      else if (t->mode == STORE_BETA)
-        x = fmaf(t->beta, cr[j], x);
-      if (e) {
-        if (e->bias) x = x + e->bias[r];
-        if (e->res) x = x + e->res[(size_t)r * e->ldr + j];
-        if (e->clamp) {
-          x = x < e->lo ? e->lo : x;
-          x = x > e->hi ? e->hi : x;
+  const int nr = t->nr < NJ ? t->nr : NJ, mode = t->mode;
+  const __m256 vb = _mm256_set1_ps(t->beta);
+  UNROLL_FULL
+  for (int p = 0; p < P; p++) {
+    const int mr = t->mr - 8 * p < 8 ? t->mr - 8 * p : 8;
+    UNROLL_FULL
+    for (int j0 = 0; j0 < NJ; j0 += 8) {
+      if (j0 >= nr || mr <= 0) break;
+      __m256 r[8];
+      UNROLL_FULL
+      for (int j = 0; j < 8; j++) r[j] = j0 + j < NJ ? acc[p][j0 + j] : _mm256_setzero_ps();
+      transpose8x8(r);
+      const int n = nr - j0;
+      const __mmask8 m = (__mmask8)(n >= 8 ? 0xffu : (1u << n) - 1u);
+      UNROLL_FULL
+      for (int i = 0; i < 8; i++) {
+        if (i >= mr) break;
+        const int row = 8 * p + i;
+        float *cv = t->c + (size_t)row * t->ldc + j0;
+        __m256 x = r[i];
+        if (mode == STORE_ADD)
+          x = _mm256_add_ps(_mm256_maskz_loadu_ps(m, cv), x);
+        else if (mode == STORE_BETA)
+          x = _mm256_fmadd_ps(vb, _mm256_maskz_loadu_ps(m, cv), x);
+        if (e) {
+          if (e->bias) x = _mm256_add_ps(x, _mm256_set1_ps(e->bias[row]));
+          if (e->res)
+            x = _mm256_add_ps(x, _mm256_maskz_loadu_ps(m, e->res + (size_t)row * e->ldr + j0));
+          if (e->clamp)
+            x = _mm256_min_ps(_mm256_set1_ps(e->hi), _mm256_max_ps(_mm256_set1_ps(e->lo), x));
         }
+        _mm256_mask_storeu_ps(cv, m, x);
       }
-      cr[j] = x;
     }
   }
 }
-#define TKERNEL(nj) sgemm_tkernel_8x##nj##__avx512
-#define TKERNEL_INSTANCE(nj)                                                     \
-  static void TKERNEL(nj)(const tile *t) { tkernel(nj, t); }
-TKERNEL_INSTANCE(4)
-TKERNEL_INSTANCE(8)
-TKERNEL_INSTANCE(12)
-TKERNEL_INSTANCE(16)
-TKERNEL_INSTANCE(20)
-TKERNEL_INSTANCE(24)
-static ukernel_fn pick_tkernel(int nr) {
-  return nr <= 4 ? TKERNEL(4) : nr <= 8 ? TKERNEL(8) : nr <= 12 ? TKERNEL(12)
-         : nr <= 16 ? TKERNEL(16) : nr <= 20 ? TKERNEL(20) : TKERNEL(24);
+/* Panels one call takes for nr columns: enough independent accumulators
+ * for the FMA latency, all in registers. */
+static inline int tpanels(int nr) { return nr <= 4 ? 4 : nr <= 8 ? 3 : nr <= 12 ? 2 : 1; }
+#define TKERNEL(nj, p) sgemm_tkernel_8x##nj##_##p##__avx512
+#define TKERNEL_INSTANCE(nj, p)                                                  \
+  static void TKERNEL(nj, p)(const tile *t) { tkernel(nj, p, t); }
+TKERNEL_INSTANCE(4, 1)
+TKERNEL_INSTANCE(4, 2)
+TKERNEL_INSTANCE(4, 3)
+TKERNEL_INSTANCE(4, 4)
+TKERNEL_INSTANCE(8, 1)
+TKERNEL_INSTANCE(8, 2)
+TKERNEL_INSTANCE(8, 3)
+TKERNEL_INSTANCE(12, 1)
+TKERNEL_INSTANCE(12, 2)
+TKERNEL_INSTANCE(16, 1)
+TKERNEL_INSTANCE(20, 1)
+TKERNEL_INSTANCE(24, 1)
+/* The instance for nr columns over p panels (p <= tpanels(nr)). */
+static ukernel_fn pick_tkernel(int nr, int p) {
+  static const ukernel_fn k4[4] = {TKERNEL(4, 1), TKERNEL(4, 2), TKERNEL(4, 3), TKERNEL(4, 4)};
+  static const ukernel_fn k8[3] = {TKERNEL(8, 1), TKERNEL(8, 2), TKERNEL(8, 3)};
+  static const ukernel_fn k12[2] = {TKERNEL(12, 1), TKERNEL(12, 2)};
+  return nr <= 4 ? k4[p - 1] : nr <= 8 ? k8[p - 1] : nr <= 12 ? k12[p - 1]
+         : nr <= 16 ? TKERNEL(16, 1) : nr <= 20 ? TKERNEL(20, 1) : TKERNEL(24, 1);
 }
 #else
 static inline int narrow_panel(int nr) { return 0 * nr; }
-static ukernel_fn pick_tkernel(int nr) { return pick_ukernel(MR, nr, 0, 0); }
+static inline int tpanels(int nr) { return 1 + 0 * nr; }
+static ukernel_fn pick_tkernel(int nr, int p) { return pick_ukernel(MR, nr + 0 * p, 0, 0); }
 #endif
 
 /* M rounded up to whole tiles: the row stride of a pre-packed slice. */
@@ -670,16 +715,19 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
             t.b = pb + (size_t)jr * kc;
             t.bs = (size_t)panel_w(nc, jr);
           }
-          for (int ir = 0; ir < mc; ir += MR) {
+          for (int ir = 0, step = MR; ir < mc; ir += step) {
             const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
             t.mr = mr;
             t.c = C + (size_t)i * ldc + jc + jr;
             int arows = 0, a_full = 1; /* a_full: MR readable floats per k */
+            int panels = 1; /* row panels from ir on laid out as this one, t.ps apart */
             const float *ap[MR];
             t.pf = 0;
             if (ablk) {
               t.a = ablk + (size_t)ir * kc;
               t.as = MR;
+              t.ps = (size_t)MR * kc;
+              panels = (mc - ir + MR - 1) / MR; /* zero-padded */
             } else if (!trans_a) { /* A's rows in place, clamped to the last */
               for (int r = 0; r < MR; r++)
                 ap[r] = g->A + (size_t)(i + (r < mr ? r : mr - 1)) * lda + pc;
@@ -691,7 +739,9 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
               t.a = g->A + (size_t)pc * lda + i;
               t.as = lda;
               t.pf = PF_K * lda;
+              t.ps = MR;
               a_full = mr == MR;
+              panels = (mc - ir) / MR; /* whole ones */
             } else { /* a ragged A^T tile would read past row k: pack it */
               pack_a(1, g->A, lda, i, pc, mr, kc, 1.0f, pa);
               t.a = pa;
@@ -701,11 +751,17 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
               te.bias = epi->bias ? epi->bias + i : NULL;
               te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
             }
-            /* A narrow packed B panel, and MR readable floats of A per k. */
-            if (narrow_panel(t.nr) && a_full && !brows)
-              pick_tkernel(t.nr)(&t);
-            else
+            /* A narrow packed B panel, and MR readable floats of A per k:
+             * as many such row panels as tkernel takes at once. */
+            step = MR;
+            if (narrow_panel(t.nr) && a_full && !brows) {
+              const int np = tpanels(t.nr) < panels ? tpanels(t.nr) : panels;
+              t.mr = mc - ir < np * MR ? mc - ir : np * MR;
+              step = np * MR;
+              pick_tkernel(t.nr, np)(&t);
+            } else {
               pick_ukernel(mr, t.nr, arows, brows)(&t);
+            }
           }
         }
       }
