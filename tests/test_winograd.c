@@ -252,8 +252,10 @@ static void check_dw(const vmc_wino_kernels *k, const problem *p, vmc_rng *r) {
 static void check_variant(const vmc_wino_kernels *k) {
   vmc_rng r;
   vmc_rng_seed(&r, 33);
-  static const int hw[][2] = {{1, 1}, {2, 2}, {3, 5},  {7, 7},   {8, 9},  {14, 14},
-                              {15, 4}, {28, 28}, {5, 33}, {6, 40}, {4, 65}};
+  /* (7, 7), (5, 8), (9, 7): rows of 4 tiles, two tile rows per 8 lanes, an
+   * odd count of them and ranges starting at odd ones */
+  static const int hw[][2] = {{1, 1}, {2, 2},  {3, 5},  {7, 7},  {8, 9}, {14, 14}, {15, 4},
+                              {28, 28}, {5, 33}, {6, 40}, {4, 65}, {5, 8}, {9, 7}};
   for (size_t t = 0; t < sizeof hw / sizeof hw[0]; t++)
     for (int with_res = 0; with_res < 2; with_res++) {
       problem p;

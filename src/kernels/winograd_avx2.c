@@ -28,8 +28,9 @@ static inline void spans(int at, int first, int n, vmask m[2]) {
   m[1] = _mm256_andnot_si256(lanes(first - at - 8), lanes(n - at - 8));
 }
 
-static inline void columns(const float *s, const vmask m[2], vec *even, vec *odd) {
-  const __m256 lo = _mm256_maskload_ps(s, m[0]), hi = _mm256_maskload_ps(s + 8, m[1]);
+static inline void columns(const float *s, const float *s8, const vmask m[2], vec *even,
+                           vec *odd) {
+  const __m256 lo = _mm256_maskload_ps(s, m[0]), hi = _mm256_maskload_ps(s8, m[1]);
   const __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xdd);
   *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8));
   *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xd8));

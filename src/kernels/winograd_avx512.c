@@ -1,16 +1,108 @@
-/* winograd.h's transforms with AVX-512 (F/BW/VL/DQ; the body:
- * winograd_simd.h), 16 tiles per vector: the even and odd columns of 32
- * from two masked loads and two two-source permutes.  Input rows of at most
- * 8 tiles take the AVX2 variant's 8 lanes.  Call only where vmc_isa_name()
- * is "avx512". */
+/* winograd.h's transforms with AVX-512 (F/BW/VL/DQ), the body
+ * (winograd_simd.h) twice:
+ *  - 16 tiles per vector: the even and odd columns of 32 from two masked
+ *    loads and two two-source permutes;
+ *  - 8 tiles per ymm, for rows of at most 8 tiles (Zen 4 runs a zmm
+ *    operation in two halves, so half-empty zmm cost twice): AVX2's shuffles
+ *    with AVX-512VL's mask registers for the partial loads and stores.
+ * Call only where vmc_isa_name() is "avx512". */
 #include "kernels/winograd.h"
 
 #include <immintrin.h>
 #include <stdint.h>
 
+/* ---- 8 lanes ---- */
+
+static inline __mmask8 lanes8(int n) {
+  return n >= 8 ? (__mmask8)0xff : n <= 0 ? (__mmask8)0 : (__mmask8)((1u << n) - 1u);
+}
+
+static inline void spans8(int at, int first, int n, __mmask8 m[2]) {
+  m[0] = lanes8(n - at) & ~lanes8(first - at);
+  m[1] = lanes8(n - at - 8) & ~lanes8(first - at - 8);
+}
+
+static inline void columns8(const float *s, const float *s8, const __mmask8 m[2], __m256 *even,
+                            __m256 *odd) {
+  const __m256 lo = _mm256_maskz_loadu_ps(m[0], s), hi = _mm256_maskz_loadu_ps(m[1], s8);
+  const __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xdd);
+  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8));
+  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xd8));
+}
+
+static inline void put8(float *y, const float *res, int n, __m256 v, __m256 lo, __m256 hi) {
+  const __mmask8 m = lanes8(n);
+  if (res) v = _mm256_add_ps(v, _mm256_maskz_loadu_ps(m, res));
+  v = _mm256_min_ps(hi, _mm256_max_ps(lo, v)); /* v < lo ? lo : v > hi ? hi : v */
+  _mm256_mask_storeu_ps(y, m, v);
+}
+
+#define VL 8
+#define vec __m256
+#define vmask __mmask8
+#define VZERO() _mm256_setzero_ps()
+#define VSET1(s) _mm256_set1_ps(s)
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VSTORE(p, v) _mm256_storeu_ps(p, v)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VSUB(a, b) _mm256_sub_ps(a, b)
+#define VNEG(v) _mm256_xor_ps(v, _mm256_set1_ps(-0.0f))
+#define spans spans8
+#define columns columns8
+#define put put8
+#define ZIP_LO(a, b) \
+  _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20)
+#define ZIP_HI(a, b) \
+  _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31)
+#define FN(name) name##__avx512_8
+#include "kernels/winograd_simd.h"
+#undef VL
+#undef vec
+#undef vmask
+#undef VZERO
+#undef VSET1
+#undef VLOAD
+#undef VSTORE
+#undef VADD
+#undef VSUB
+#undef VNEG
+#undef spans
+#undef columns
+#undef put
+#undef ZIP_LO
+#undef ZIP_HI
+#undef FN
+
+/* ---- 16 lanes ---- */
+
+static inline __mmask16 lanes(int n) {
+  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+static inline void spans(int at, int first, int n, __mmask16 m[2]) {
+  m[0] = lanes(n - at) & ~lanes(first - at);
+  m[1] = lanes(n - at - 16) & ~lanes(first - at - 16);
+}
+
+static inline void columns(const float *s, const float *s16, const __mmask16 m[2], __m512 *even,
+                           __m512 *odd) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 lo = _mm512_maskz_loadu_ps(m[0], s), hi = _mm512_maskz_loadu_ps(m[1], s16);
+  *even = _mm512_permutex2var_ps(lo, ie, hi);
+  *odd = _mm512_permutex2var_ps(lo, io, hi);
+}
+
+static inline void put(float *y, const float *res, int n, __m512 v, __m512 lo, __m512 hi) {
+  const __mmask16 m = lanes(n);
+  if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res));
+  v = _mm512_min_ps(hi, _mm512_max_ps(lo, v)); /* v < lo ? lo : v > hi ? hi : v */
+  _mm512_mask_storeu_ps(y, m, v);
+}
+
 #define VL 16
-typedef __m512 vec;
-typedef __mmask16 vmask;
+#define vec __m512
+#define vmask __mmask16
 #define VZERO() _mm512_setzero_ps()
 #define VSET1(s) _mm512_set1_ps(s)
 #define VLOAD(p) _mm512_loadu_ps(p)
@@ -18,41 +110,16 @@ typedef __mmask16 vmask;
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VSUB(a, b) _mm512_sub_ps(a, b)
 #define VNEG(v) _mm512_xor_ps(v, _mm512_set1_ps(-0.0f))
-#define FN(name) name##__avx512
-
-static inline __mmask16 lanes(int n) {
-  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
-}
-
-static inline void spans(int at, int first, int n, vmask m[2]) {
-  m[0] = lanes(n - at) & ~lanes(first - at);
-  m[1] = lanes(n - at - 16) & ~lanes(first - at - 16);
-}
-
-static inline void columns(const float *s, const vmask m[2], vec *even, vec *odd) {
-  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512 lo = _mm512_maskz_loadu_ps(m[0], s), hi = _mm512_maskz_loadu_ps(m[1], s + 16);
-  *even = _mm512_permutex2var_ps(lo, ie, hi);
-  *odd = _mm512_permutex2var_ps(lo, io, hi);
-}
-
 #define ZIP_LO(a, b)                                                                              \
   _mm512_permutex2var_ps(                                                                         \
       a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b)
 #define ZIP_HI(a, b)                                                                              \
   _mm512_permutex2var_ps(                                                                         \
       a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), b)
-
-static inline void put(float *y, const float *res, int n, vec v, vec lo, vec hi) {
-  const __mmask16 m = lanes(n);
-  if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res));
-  v = _mm512_min_ps(hi, _mm512_max_ps(lo, v)); /* v < lo ? lo : v > hi ? hi : v */
-  _mm512_mask_storeu_ps(y, m, v);
-}
-
-/* Half a vector or less: 8 lanes cost half (Zen 4 runs 2 x 256 bits). */
-#define NARROW_INPUT vmc_wino_kernels__avx2.input
+#define FN(name) name##__avx512
+#define NARROW_INPUT wino_input__avx512_8
+#define NARROW_OUTPUT wino_output__avx512_8
+#define NARROW_GRAD grad_output__avx512_8
 #include "kernels/winograd_simd.h"
 
 const vmc_wino_kernels vmc_wino_kernels__avx512 = {"avx512", wino_input__avx512,
