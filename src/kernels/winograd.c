@@ -150,7 +150,86 @@ static void grad_output(const float *dy, size_t plane, size_t row, int oc, int h
     }
 }
 
-const vmc_wino_kernels vmc_wino_kernels__ref = {"ref", wino_input, wino_output, grad_output};
+/* F(4x4, 3x3).  B^T and A^T applied to 6 values, in the order every
+ * variant follows (winograd4_simd.h): products rounded, then the sums left
+ * to right as bracketed. */
+static void bt6(const float d[6], float o[6]) {
+  o[0] = (4.0f * d[0] - 5.0f * d[2]) + d[4];
+  o[1] = (d[3] + d[4]) - 4.0f * (d[1] + d[2]);
+  o[2] = (d[4] - d[3]) + 4.0f * (d[1] - d[2]);
+  o[3] = (d[4] - d[2]) - 2.0f * (d[1] - d[3]);
+  o[4] = (d[4] - d[2]) + 2.0f * (d[1] - d[3]);
+  o[5] = (4.0f * d[1] - 5.0f * d[3]) + d[5];
+}
+
+static void at4(const float m[6], float y[4]) {
+  const float s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+  y[0] = (m[0] + s12) + s34;
+  y[1] = d12 + 2.0f * d34;
+  y[2] = s12 + 4.0f * s34;
+  y[3] = (d12 + 8.0f * d34) + m[5];
+}
+
+/* d B along each of the tile's 6 padded rows, then B^T along its columns. */
+static void wino_input4(const float *x, int ch, size_t plane, size_t row, int h, int w,
+                        const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
+  (void)tmp;
+  const int tw = (w + 3) / 4;
+  for (int c = 0; c < ch; c++)
+    for (int ti = ti0; ti < ti1; ti++)
+      for (int tj = 0; tj < tw; tj++) {
+        float d[6][6], r[6][6], col[6], o[6];
+        for (int i = 0; i < 6; i++) {
+          const int y = 4 * ti + i - 1;
+          for (int j = 0; j < 6; j++) {
+            const int xj = 4 * tj + j - 1;
+            d[i][j] = y >= 0 && y < h && xj >= 0 && xj < w
+                          ? x[(size_t)c * plane + (size_t)y * row + (size_t)xj]
+                          : 0.0f;
+          }
+          bt6(d[i], r[i]);
+        }
+        float *dst = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw + tj;
+        for (int k = 0; k < 6; k++) {
+          for (int i = 0; i < 6; i++) col[i] = r[i][k];
+          bt6(col, o);
+          for (int a = 0; a < 6; a++) dst[(size_t)(6 * a + k) * v->pos_stride] = o[a];
+        }
+      }
+}
+
+/* M A along each of the 6 rows, then A^T along the 4 columns, the bias;
+ * the tile row's 4 pixel rows through the epilogue. */
+static void wino_output4(const vmc_wino_buf *m, int ti0, int ti1, int oc, int h, int w,
+                         const vmc_wino_out *o, float *tmp) {
+  const int tw = (w + 3) / 4;
+  const size_t n = 4 * (size_t)tw; /* floats of a pixel row in tmp */
+  for (int k = 0; k < oc; k++) {
+    const float bias = o->bias ? o->bias[k] : 0.0f;
+    for (int ti = ti0; ti < ti1; ti++) {
+      for (int tj = 0; tj < tw; tj++) {
+        const float *src = m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw + tj;
+        float mm[6], t[6][4], col[6], y[4];
+        for (int a = 0; a < 6; a++) {
+          for (int b = 0; b < 6; b++) mm[b] = src[(size_t)(6 * a + b) * m->pos_stride];
+          at4(mm, t[a]);
+        }
+        for (int j = 0; j < 4; j++) {
+          for (int a = 0; a < 6; a++) col[a] = t[a][j];
+          at4(col, y);
+          for (int i = 0; i < 4; i++) tmp[(size_t)i * n + 4 * (size_t)tj + (size_t)j] = y[i] + bias;
+        }
+      }
+      for (int i = 0; i < 4 && 4 * ti + i < h; i++) {
+        const size_t at = (size_t)k * o->plane + (size_t)(4 * ti + i) * o->row;
+        output_pixels(tmp + (size_t)i * n, w, o->res ? o->res + at : NULL, o->lo, o->hi, o->y + at);
+      }
+    }
+  }
+}
+
+const vmc_wino_kernels vmc_wino_kernels__ref = {"ref",       wino_input,  wino_output,
+                                                grad_output, wino_input4, wino_output4};
 
 void vmc_wino_weights(const float *w, int oc, int c, int ab, float *u, int ldu) {
   const int a = ab / 4, b = ab % 4;
@@ -167,6 +246,27 @@ void vmc_wino_weights(const float *w, int oc, int c, int ab, float *u, int ldu) 
         s += G[a][i] * r;
       }
       u[(size_t)o * ldu + ci] = s;
+    }
+}
+
+void vmc_wino4_weights(const float *w, int oc, int c, int ab, float *u, int ldu) {
+  const int a = ab / 6, b = ab % 6;
+  static const double G[6][3] = {{1.0 / 4, 0.0, 0.0},
+                                 {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                 {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                 {0.0, 0.0, 1.0}};
+  for (int o = 0; o < oc; o++)
+    for (int ci = 0; ci < c; ci++) {
+      const float *g = w + ((size_t)o * c + ci) * 9;
+      double s = 0.0;
+      for (int i = 0; i < 3; i++) {
+        double r = 0.0;
+        for (int j = 0; j < 3; j++) r += (double)g[i * 3 + j] * G[b][j];
+        s += G[a][i] * r;
+      }
+      u[(size_t)o * ldu + ci] = (float)s;
     }
 }
 

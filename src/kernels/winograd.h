@@ -73,6 +73,14 @@ typedef struct vmc_wino_kernels {
    * the image count as zero. */
   void (*grad_output)(const float *dy, size_t plane, size_t row, int oc, int h, int w,
                       const vmc_wino_buf *m, int ti0, int ti1);
+  /* F(4x4, 3x3) (below): input and output as above for 4x4 output tiles
+   * from 6x6 input tiles, 36 planes, tmp as above.  The SIMD variants do
+   * rows of exactly 4 tiles themselves and pass other widths to the
+   * reference. */
+  void (*input4)(const float *x, int ch, size_t plane, size_t row, int h, int w,
+                 const vmc_wino_buf *v, int ti0, int ti1, float *tmp);
+  void (*output4)(const vmc_wino_buf *m, int ti0, int ti1, int oc, int h, int w,
+                  const vmc_wino_out *o, float *tmp);
 } vmc_wino_kernels;
 
 extern const vmc_wino_kernels vmc_wino_kernels__ref;
@@ -102,5 +110,32 @@ void vmc_wino_weights_grad(const float *du, size_t pos_stride, int oc, int c, fl
  * sets VMC_WINOGRAD=0 (for comparison, or to keep the weights' memory at
  * 9/16), read whenever a plan is made. */
 int vmc_wino_enabled(void);
+
+/* Winograd F(4x4, 3x3): each 4x4 output tile from the 6x6 input tile
+ * around it (padded rows and columns 4t .. 4t + 5), with
+ *   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+ *          0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+ *   G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6;
+ *          1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+ *   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+ * 36 GEMMs, 4 times fewer multiply-adds than the direct convolution, at
+ * the price of larger rounding errors than F(2x2, 3x3) (the transforms
+ * scale by up to 8 and 1/24): about 1e-6 relative against 1e-7, used for
+ * inference only.  Tiles as above, th = ceil(h / 4) rows of tw = ceil(w /
+ * 4); input pixels past the padded image are read as zero, and an output
+ * past the image is computed and dropped.  The transforms multiply by the
+ * matrices' constants and add in a fixed order (vmc_wino4_bt, _at in
+ * winograd.c), without fused multiply-adds: every variant gives the
+ * reference's floats. */
+#define VMC_WINO4_POS 36
+
+static inline int vmc_wino4_tiles_h(int h) { return (h + 3) / 4; }
+static inline size_t vmc_wino4_tiles(int h, int w) {
+  return (size_t)((h + 3) / 4) * (size_t)((w + 3) / 4);
+}
+
+/* U[ab] = (G g G^T)[ab] (computed in double, rounded once) for the 36
+ * positions ab = 6a + b, as vmc_wino_weights. */
+void vmc_wino4_weights(const float *w, int oc, int c, int ab, float *u, int ldu);
 
 #endif

@@ -1,7 +1,8 @@
 /* winograd.h's transforms with AVX2 (the body: winograd_simd.h), 8 tiles
  * per vector: the even and odd columns of 16 from two masked loads, one
  * in-lane shuffle and one 64-bit permute each.  Partial rows of output are
- * stored through a small buffer (masked stores are slow on some cores). */
+ * stored through a small buffer (masked stores are slow on some cores).
+ * F(4x4, 3x3): winograd4_simd.h. */
 #include "kernels/winograd.h"
 
 #include <immintrin.h>
@@ -55,5 +56,16 @@ static inline void put(float *y, const float *res, int n, vec v, vec lo, vec hi)
 
 #include "kernels/winograd_simd.h"
 
-const vmc_wino_kernels vmc_wino_kernels__avx2 = {"avx2", wino_input__avx2, wino_output__avx2,
-                                                 grad_output__avx2};
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+typedef __m128i qmask;
+static inline qmask qmask_of(int first, int n) {
+  const __m128i l = _mm_setr_epi32(0, 1, 2, 3);
+  return _mm_andnot_si128(_mm_cmpgt_epi32(_mm_set1_epi32(first), l),
+                          _mm_cmpgt_epi32(_mm_set1_epi32(n), l));
+}
+static inline __m128 qload(const float *p, qmask m) { return _mm_maskload_ps(p, m); }
+#include "kernels/winograd4_simd.h"
+
+const vmc_wino_kernels vmc_wino_kernels__avx2 = {
+    "avx2",           wino_input__avx2,  wino_output__avx2, grad_output__avx2,
+    wino_input4__avx2, wino_output4__avx2};

@@ -4,7 +4,8 @@
  *    loads and two two-source permutes;
  *  - 8 tiles per ymm, for rows of at most 8 tiles (Zen 4 runs a zmm
  *    operation in two halves, so half-empty zmm cost twice): AVX2's shuffles
- *    with AVX-512VL's mask registers for the partial loads and stores.
+ *    with AVX-512VL's mask registers for the partial loads and stores; also
+ *    F(4x4, 3x3) (winograd4_simd.h).
  * Call only where vmc_isa_name() is "avx512". */
 #include "kernels/winograd.h"
 
@@ -56,6 +57,12 @@ static inline void put8(float *y, const float *res, int n, __m256 v, __m256 lo, 
   _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31)
 #define FN(name) name##__avx512_8
 #include "kernels/winograd_simd.h"
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+typedef __mmask8 qmask;
+static inline qmask qmask_of(int first, int n) { return lanes8(n) & ~lanes8(first) & 0xf; }
+static inline __m128 qload(const float *p, qmask m) { return _mm_maskz_loadu_ps(m, p); }
+#include "kernels/winograd4_simd.h"
+#undef VMUL
 #undef VL
 #undef vec
 #undef vmask
@@ -122,5 +129,6 @@ static inline void put(float *y, const float *res, int n, __m512 v, __m512 lo, _
 #define NARROW_GRAD grad_output__avx512_8
 #include "kernels/winograd_simd.h"
 
-const vmc_wino_kernels vmc_wino_kernels__avx512 = {"avx512", wino_input__avx512,
-                                                   wino_output__avx512, grad_output__avx512};
+const vmc_wino_kernels vmc_wino_kernels__avx512 = {
+    "avx512",           wino_input__avx512,    wino_output__avx512, grad_output__avx512,
+    wino_input4__avx512_8, wino_output4__avx512_8};

@@ -54,13 +54,15 @@ typedef struct {
    * nw = oh*phw */
   vmc_phase_geom pg;
   int phw, nslots; /* copies of pg's */
-  /* WIDE: Winograd F(2x2, 3x3) (kernels/winograd.h), reading x (and in
-   * training dY, for dx) as it lies; nt tiles an image, transformed wband
-   * tile rows at a time into rows ldt apart (winograd.h's slack, 64-byte
-   * multiples) */
+  /* WIDE: Winograd (kernels/winograd.h), reading x (and in training dY,
+   * for dx) as it lies; nt tiles an image (th rows of tw), transformed
+   * wband tile rows at a time into rows ldt apart (winograd.h's slack,
+   * 64-byte multiples), npos planes */
   int wino;
+  int wm;      /* output tiles wm x wm: 2, F(2x2, 3x3); 4, F(4x4, 3x3) (inference) */
   int wino_dw; /* training: dW through Winograd too (wino_dw) */
   int wband;   /* tile rows transformed at a time */
+  int th, tw, npos;
   size_t nt, ldt;
 } conv_cfg;
 
@@ -94,6 +96,26 @@ vmc_conv_geom vmc_conv2d_window(const vmc_node *n, const vmc_shape *in) {
  * input and output planes take at most this much (or one tile row), so
  * they stay in a core's L2 and the scratch stays bounded on large images. */
 #define WINO_BAND_BYTES (512u << 10)
+
+/* Winograd's tiles of wm x wm outputs and the bands they are transformed
+ * in. */
+static void wino_tiling(conv_cfg *c, int wm) {
+  const vmc_conv_geom *g = &c->g;
+  c->wm = wm;
+  c->npos = (wm + 2) * (wm + 2);
+  c->th = (g->oh + wm - 1) / wm;
+  c->tw = (g->ow + wm - 1) / wm;
+  c->nt = (size_t)c->th * c->tw;
+  /* Bands of tile rows whose transformed planes fit WINO_BAND_BYTES. */
+  const size_t per_row =
+      (size_t)c->npos * ((size_t)g->c + (size_t)c->ocg) * (size_t)c->tw * sizeof(float);
+  const size_t band = WINO_BAND_BYTES / per_row;
+  c->wband = band < 1 ? 1 : band > (size_t)c->th ? c->th : (int)band;
+  c->ldt = vmc_align_up((size_t)c->wband * c->tw + VMC_WINO_ROW_SLACK, 16);
+  /* Its GEMMs run over a band's tiles, the wide dW's over the image's
+   * wide grid (4x as long): on too few tiles the wide one is faster. */
+  c->wino_dw = wm == 2 && (size_t)c->wband * c->tw >= WINO_DW_MIN_TILES;
+}
 
 static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   conv_cfg c;
@@ -142,19 +164,7 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
              g->dw == 1 && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 && c.wq == c.wp &&
              g->c >= WINO_MIN_C && c.ocg >= WINO_MIN_C && vmc_wino_enabled();
   }
-  if (c.wino) {
-    c.nt = vmc_wino_tiles(g->oh, g->ow);
-    /* Bands of tile rows whose transformed planes fit WINO_BAND_BYTES. */
-    const int th = vmc_wino_tiles_h(g->oh), tw = (g->ow + 1) / 2;
-    const size_t per_row =
-        (size_t)VMC_WINO_POS * ((size_t)g->c + (size_t)c.ocg) * (size_t)tw * sizeof(float);
-    const size_t band = WINO_BAND_BYTES / per_row;
-    c.wband = band < 1 ? 1 : band > (size_t)th ? th : (int)band;
-    c.ldt = vmc_align_up((size_t)c.wband * tw + VMC_WINO_ROW_SLACK, 16);
-    /* Its GEMMs run over a band's tiles, the wide dW's over the image's
-     * wide grid (4x as long): on too few tiles the wide one is faster. */
-    c.wino_dw = (size_t)c.wband * tw >= WINO_DW_MIN_TILES;
-  }
+  if (c.wino) wino_tiling(&c, 2);
   if (c.kind == PHASE) {
     vmc_phase_geom *q = &c.pg;
     *q = (vmc_phase_geom){.h = g->h, .w = g->w, .top = g->ph, .left = g->pw, .sh = g->sh,
@@ -182,6 +192,16 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   return c;
 }
 
+/* An inference plan's configuration: F(4x4, 3x3) where rows of 4 tiles
+ * take its SIMD transforms (outputs 13 to 16 pixels wide; its 36 GEMMs
+ * over 16 tiles of 14x14 outputs then take 0.6 of the time of F(2x2,
+ * 3x3)'s 16 over 49, see docs/benchmarks.md), and at least two tile rows. */
+static conv_cfg cfg_infer(const vmc_node *n, const vmc_shape *in) {
+  conv_cfg c = cfg_of(n, in);
+  if (c.wino && (c.g.ow + 3) / 4 == 4 && c.g.oh > 4) wino_tiling(&c, 4);
+  return c;
+}
+
 /* Winograd's planes: position ab's at ab * (channels * ldt) + 16 floats
  * (64 bytes more than the rows, so that the 16 planes a transform streams
  * through do not share L1 sets, as they would 4 KiB apart). */
@@ -190,7 +210,7 @@ static size_t wino_pos_stride(const conv_cfg *c, int ch) { return (size_t)ch * c
 /* Scratch floats of Winograd's V and M planes (forward: c then ocg
  * channels, dx: the other way round), the transforms' rows, alignment. */
 static size_t wino_floats(const conv_cfg *c) {
-  return VMC_WINO_POS * (wino_pos_stride(c, c->g.c) + wino_pos_stride(c, c->ocg)) +
+  return (size_t)c->npos * (wino_pos_stride(c, c->g.c) + wino_pos_stride(c, c->ocg)) +
          vmc_wino_tmp_floats(c->g.ow) + 16;
 }
 
@@ -204,9 +224,9 @@ static wino_space wino_space_of(const conv_cfg *c, float *slice, size_t at) {
   wino_space w;
   w.v = (vmc_wino_buf){(float *)vmc_align_up((uintptr_t)(slice + at), 64),
                        wino_pos_stride(c, c->g.c), c->ldt};
-  w.m = (vmc_wino_buf){w.v.base + VMC_WINO_POS * w.v.pos_stride, wino_pos_stride(c, c->ocg),
+  w.m = (vmc_wino_buf){w.v.base + (size_t)c->npos * w.v.pos_stride, wino_pos_stride(c, c->ocg),
                        c->ldt};
-  w.rows = w.m.base + VMC_WINO_POS * w.m.pos_stride;
+  w.rows = w.m.base + (size_t)c->npos * w.m.pos_stride;
   return w;
 }
 
@@ -322,7 +342,7 @@ static float *wino_du(const conv_cfg *c, float *dW) { return dW + (size_t)c->oc 
 
 static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                            vmc_mode mode, int nthreads) {
-  conv_cfg c = cfg_of(n, &in[0]);
+  conv_cfg c = mode != VMC_MODE_TRAIN ? cfg_infer(n, &in[0]) : cfg_of(n, &in[0]);
   if (mode != VMC_MODE_TRAIN && phase_widens(&c)) phase_widen(&c); /* the larger */
   scratch_plan s = scratch_of(&c, mode);
   size_t f = s.a + s.b + s.c + s.d + (mode == VMC_MODE_TRAIN ? dw_floats(&c) : 0);
@@ -335,22 +355,23 @@ static size_t conv_scratch(const vmc_node *n, const vmc_shape *in, const vmc_sha
  * position of the transformed kernel, then room to transform one; training
  * adds the same for its dx convolution (the rotated kernel, c x ocg). */
 typedef struct {
-  int np, M, K, wino; /* np packs of M x K; wino: of a 3x3 kernel's positions */
+  int np, M, K, wm; /* np packs of M x K; wm: of a 3x3 kernel's Winograd positions (tiling) */
 } pack_set;
 
 static pack_set fwd_set(const conv_cfg *c) {
-  return (pack_set){c->wino ? VMC_WINO_POS : c->groups, c->ocg, c->wino ? c->g.c : c->K, c->wino};
+  return c->wino ? (pack_set){c->npos, c->ocg, c->g.c, c->wm}
+                 : (pack_set){c->groups, c->ocg, c->K, 0};
 }
-static pack_set dx_set(const conv_cfg *c) { return (pack_set){VMC_WINO_POS, c->g.c, c->ocg, 1}; }
+static pack_set dx_set(const conv_cfg *c) { return (pack_set){VMC_WINO_POS, c->g.c, c->ocg, 2}; }
 
 static size_t set_bytes(pack_set p) {
-  const size_t stage = p.wino ? (size_t)p.M * p.K * sizeof(float) : 0;
+  const size_t stage = p.wm ? (size_t)p.M * p.K * sizeof(float) : 0;
   return vmc_align_up((size_t)p.np * sizeof(vmc_sgemm_packed_a), VMC_ALIGN) +
          (size_t)p.np * vmc_align_up(vmc_sgemm_pack_a_bytes(p.M, p.K), VMC_ALIGN) +
          vmc_align_up(stage, VMC_ALIGN);
 }
 
-/* Packs W (np groups of M x K, or with wino the M x K x 3 x 3 kernel
+/* Packs W (np groups of M x K, or with wm the M x K x 3 x 3 kernel
  * transformed position by position) into the set at pk. */
 static void pack_set_fill(pack_set p, const float *W, vmc_sgemm_packed_a *pk) {
   uint8_t *data = (uint8_t *)pk + vmc_align_up((size_t)p.np * sizeof *pk, VMC_ALIGN);
@@ -358,8 +379,8 @@ static void pack_set_fill(pack_set p, const float *W, vmc_sgemm_packed_a *pk) {
   float *stage = (float *)(data + (size_t)p.np * each);
   for (int i = 0; i < p.np; i++) {
     const float *A = W + (size_t)i * p.M * p.K;
-    if (p.wino) {
-      vmc_wino_weights(W, p.M, p.K, i, stage, p.K);
+    if (p.wm) {
+      (p.wm == 4 ? vmc_wino4_weights : vmc_wino_weights)(W, p.M, p.K, i, stage, p.K);
       A = stage;
     }
     if (vmc_sgemm_pack_a(0, p.M, p.K, 1.0f, A, p.K, data + (size_t)i * each, each, &pk[i]))
@@ -381,7 +402,7 @@ static size_t wt_bytes(const conv_cfg *c) {
 
 static size_t conv_state(const vmc_node *n, const vmc_shape *in, const vmc_shape *out,
                          vmc_mode mode) {
-  conv_cfg c = cfg_of(n, &in[0]);
+  conv_cfg c = mode != VMC_MODE_TRAIN ? cfg_infer(n, &in[0]) : cfg_of(n, &in[0]);
   const size_t packs = c.kind == DEPTHWISE ? 0 : set_bytes(fwd_set(&c));
   if (mode != VMC_MODE_TRAIN) return cfg_bytes() + packs;
   return wt_bytes(&c) + packs + (c.wino ? set_bytes(dx_set(&c)) : 0);
@@ -407,7 +428,7 @@ static void pack_weights(const vmc_opctx *ctx, const conv_cfg *c, vmc_sgemm_pack
 
 static void conv_prepare(vmc_opctx *ctx) {
   if (!ctx->state) return;
-  conv_cfg c = cfg_of(ctx->node, &ctx->xs[0]);
+  conv_cfg c = cfg_infer(ctx->node, &ctx->xs[0]);
   memcpy(ctx->state, &c, sizeof c);
   vmc_sgemm_packed_a *pk = packs_of(ctx, &c);
   if (pk) pack_weights(ctx, &c, pk);
@@ -558,12 +579,12 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
   const wino_space w = wino_space_of(c, slice, slice_at);
   const int ld = (int)c->ldt;
   for (int b0 = ti0; b0 < ti1; b0 += c->wband) {
-    const int b1 = wino_band_end(c, b0, ti1), n = (b1 - b0) * ((g->ow + 1) / 2);
-    k->input(x, g->c, xplane, xrow, g->h, g->w, &w.v, b0, b1, w.rows);
-    for (int ab = 0; ab < VMC_WINO_POS; ab++)
+    const int b1 = wino_band_end(c, b0, ti1), n = (b1 - b0) * c->tw;
+    (c->wm == 4 ? k->input4 : k->input)(x, g->c, xplane, xrow, g->h, g->w, &w.v, b0, b1, w.rows);
+    for (int ab = 0; ab < c->npos; ab++)
       vmc_sgemm_packed(&pk[ab], 0, n, w.v.base + ab * w.v.pos_stride, ld, 0.0f,
                        w.m.base + ab * w.m.pos_stride, ld, NULL);
-    k->output(&w.m, b0, b1, c->ocg, g->oh, g->ow, o, w.rows);
+    (c->wm == 4 ? k->output4 : k->output)(&w.m, b0, b1, c->ocg, g->oh, g->ow, o, w.rows);
   }
 }
 
@@ -573,7 +594,7 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
 static void wino_conv(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
                       int par, const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
                       float *base, const scratch_plan *sp) {
-  const int th = vmc_wino_tiles_h(c->g.oh), team = par ? 1 : ctx->nthreads < th ? ctx->nthreads : th;
+  const int th = c->th, team = par ? 1 : ctx->nthreads < th ? ctx->nthreads : th;
   if (team <= 1) {
     wino_rows(c, pk, x, xplane, xrow, o, base, sp->a, 0, th);
   } else {
@@ -743,10 +764,10 @@ static void wino_dw(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan 
   const vmc_conv_geom *g = &c->g;
   const vmc_wino_kernels *k = vmc_wino_kernels_best();
   const wino_space w = wino_space_of(c, base, sp->a);
-  const int th = vmc_wino_tiles_h(g->oh);
+  const int th = c->th;
   const float **rows = thread_rows(ctx, sp, base);
   for (int b0 = 0; b0 < th; b0 += c->wband) {
-    const int b1 = wino_band_end(c, b0, th), n = (b1 - b0) * ((g->ow + 1) / 2);
+    const int b1 = wino_band_end(c, b0, th), n = (b1 - b0) * c->tw;
     k->input(x, g->c, (size_t)g->h * g->w, (size_t)g->w, g->h, g->w, &w.v, b0, b1, w.rows);
     k->grad_output(dy, (size_t)c->P, (size_t)g->ow, c->ocg, g->oh, g->ow, &w.m, b0, b1);
     for (int ab = 0; ab < VMC_WINO_POS; ab++) {

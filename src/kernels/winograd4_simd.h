@@ -1,0 +1,141 @@
+/* winograd.h's F(4x4, 3x3) transforms in 8 lanes of 256 bits, for rows of
+ * exactly 4 tiles (images 13 to 16 pixels wide): two tile rows per vector,
+ * tile row ti in the low 128 bits and ti + 1 in the high ones, as the
+ * planes hold them.  Other widths go to the reference.  The including file
+ * (winograd_simd.h's definitions, VL 8) also defines
+ *   VMUL(a, b)           a * b
+ *   qmask, qmask_of(first, n), qload(p, m)
+ *                        a 4-float load of p masked to the lanes l with
+ *                        first <= l < n (the others zero)
+ * The arithmetic is the reference's (winograd.c: bt6, at4), operation for
+ * operation, so the floats are its. */
+#include "kernels/winograd.h"
+
+#include <immintrin.h>
+
+/* Zeros, read for a padded row outside the image. */
+static const float FN(zero_row4)[32];
+
+static inline void FN(bt6v)(const vec d[6], vec o[6]) {
+  const vec two = VSET1(2.0f), four = VSET1(4.0f), five = VSET1(5.0f);
+  o[0] = VADD(VSUB(VMUL(four, d[0]), VMUL(five, d[2])), d[4]);
+  o[1] = VSUB(VADD(d[3], d[4]), VMUL(four, VADD(d[1], d[2])));
+  o[2] = VADD(VSUB(d[4], d[3]), VMUL(four, VSUB(d[1], d[2])));
+  o[3] = VSUB(VSUB(d[4], d[2]), VMUL(two, VSUB(d[1], d[3])));
+  o[4] = VADD(VSUB(d[4], d[2]), VMUL(two, VSUB(d[1], d[3])));
+  o[5] = VADD(VSUB(VMUL(four, d[1]), VMUL(five, d[3])), d[5]);
+}
+
+static inline void FN(at4v)(const vec m[6], vec y[4]) {
+  const vec s12 = VADD(m[1], m[2]), d12 = VSUB(m[1], m[2]);
+  const vec s34 = VADD(m[3], m[4]), d34 = VSUB(m[3], m[4]);
+  y[0] = VADD(VADD(m[0], s12), s34);
+  y[1] = VADD(d12, VMUL(VSET1(2.0f), d34));
+  y[2] = VADD(s12, VMUL(VSET1(4.0f), s34));
+  y[3] = VADD(VADD(d12, VMUL(VSET1(8.0f), d34)), m[5]);
+}
+
+/* Two 4x4 transposes, one per 128-bit half. */
+static inline void FN(transpose4)(vec r[4]) {
+  const vec t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const vec t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  r[0] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  r[1] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+  r[2] = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+  r[3] = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+}
+
+/* Columns j = 0..5 of the 4 tiles of a padded row in two tile rows: a and
+ * b point one float before the rows' first pixels (a[k] is pixel k - 1),
+ * m[t] masks floats 4t .. 4t + 3 to the pixels.  Lane l of d[j] is padded
+ * column 4l + j of row a (low half) or b (high half). */
+static inline void FN(columns4)(const float *a, const float *b, const qmask m[5], vec d[6]) {
+  vec x[4];
+  for (int t = 0; t < 4; t++) x[t] = _mm256_set_m128(qload(b + 4 * t, m[t]), qload(a + 4 * t, m[t]));
+  FN(transpose4)(x);
+  const vec x4 = _mm256_set_m128(qload(b + 16, m[4]), qload(a + 16, m[4]));
+  for (int j = 0; j < 4; j++) d[j] = x[j];
+  /* columns 4 and 5: columns 0 and 1 of the next tile, the last tile's
+   * from floats 16 and 17 */
+  d[4] = _mm256_castsi256_ps(
+      _mm256_alignr_epi8(_mm256_castps_si256(x4), _mm256_castps_si256(x[0]), 4));
+  d[5] = _mm256_castsi256_ps(_mm256_alignr_epi8(
+      _mm256_castps_si256(_mm256_permute_ps(x4, 0x39)), _mm256_castps_si256(x[1]), 4));
+}
+
+static void FN(wino_input4)(const float *x, int ch, size_t plane, size_t row, int h, int w,
+                            const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
+  if ((w + 3) / 4 != 4) {
+    vmc_wino_kernels__ref.input4(x, ch, plane, row, h, w, v, ti0, ti1, tmp);
+    return;
+  }
+  const size_t ps = v->pos_stride;
+  qmask m[5];
+  for (int t = 0; t < 5; t++) m[t] = qmask_of(1 - 4 * t, w + 1 - 4 * t);
+  for (int c = 0; c < ch; c++) {
+    const float *xc = x + (size_t)c * plane;
+    for (int ti = ti0; ti < ti1; ti += 2) {
+      vec r[6][6];
+      for (int i = 0; i < 6; i++) {
+        const int ya = 4 * ti + i - 1, yb = ya + 4; /* the image rows of padded row i */
+        const float *a = ya >= 0 && ya < h ? xc + (size_t)ya * row - 1 : FN(zero_row4);
+        const float *b =
+            ti + 1 < ti1 && yb >= 0 && yb < h ? xc + (size_t)yb * row - 1 : FN(zero_row4);
+        vec d[6];
+        FN(columns4)(a, b, m, d);
+        FN(bt6v)(d, r[i]);
+      }
+      float *dst = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * 4;
+      for (int k = 0; k < 6; k++) {
+        const vec col[6] = {r[0][k], r[1][k], r[2][k], r[3][k], r[4][k], r[5][k]};
+        vec o[6];
+        FN(bt6v)(col, o);
+        for (int a = 0; a < 6; a++) VSTORE(dst + (size_t)(6 * a + k) * ps, o[a]);
+      }
+    }
+  }
+}
+
+static void FN(wino_output4)(const vmc_wino_buf *mb, int ti0, int ti1, int oc, int h, int w,
+                             const vmc_wino_out *o, float *tmp) {
+  if ((w + 3) / 4 != 4) {
+    vmc_wino_kernels__ref.output4(mb, ti0, ti1, oc, h, w, o, tmp);
+    return;
+  }
+  const size_t ps = mb->pos_stride;
+  const vec lo = VSET1(o->lo), hi = VSET1(o->hi);
+  for (int k = 0; k < oc; k++) {
+    const vec bias = VSET1(o->bias ? o->bias[k] : 0.0f);
+    for (int ti = ti0; ti < ti1; ti += 2) {
+      const float *src = mb->base + (size_t)k * mb->ch_stride + (size_t)(ti - ti0) * 4;
+      vec t[6][4];
+      for (int a = 0; a < 6; a++) {
+        vec mm[6];
+        for (int b = 0; b < 6; b++) mm[b] = VLOAD(src + (size_t)(6 * a + b) * ps);
+        FN(at4v)(mm, t[a]);
+      }
+      vec y[4][4]; /* y[i][j]: pixel (i, j) of each tile */
+      for (int j = 0; j < 4; j++) {
+        const vec col[6] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j]};
+        vec yy[4];
+        FN(at4v)(col, yy);
+        for (int i = 0; i < 4; i++) y[i][j] = VADD(yy[i], bias);
+      }
+      for (int i = 0; i < 4; i++) {
+        FN(transpose4)(y[i]); /* y[i][l]: tile l's 4 pixels, in both halves */
+        for (int half = 0; half < 2; half++) {
+          const int r = 4 * (ti + half) + i;
+          if (r >= h || (half && ti + 1 >= ti1)) continue;
+          const vec p0 = half ? _mm256_permute2f128_ps(y[i][0], y[i][1], 0x31)
+                              : _mm256_permute2f128_ps(y[i][0], y[i][1], 0x20);
+          const vec p1 = half ? _mm256_permute2f128_ps(y[i][2], y[i][3], 0x31)
+                              : _mm256_permute2f128_ps(y[i][2], y[i][3], 0x20);
+          const size_t at = (size_t)k * o->plane + (size_t)r * o->row;
+          const float *res = o->res ? o->res + at : NULL;
+          put(o->y + at, res, 8, p0, lo, hi);
+          put(o->y + at + 8, res ? res + 8 : NULL, w - 8, p1, lo, hi);
+        }
+      }
+    }
+  }
+}
