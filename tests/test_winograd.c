@@ -273,10 +273,11 @@ static void check_variant(const vmc_wino_kernels *k) {
   vmc_rng_seed(&r, 33);
   /* (7, 7), (5, 8), (9, 7): rows of 4 tiles of F(2x2, 3x3), two tile rows
    * per 8 lanes, an odd count of them and ranges starting at odd ones;
-   * (14, 14), (13, 16), (6, 15), (9, 13) the same for F(4x4, 3x3) */
-  static const int hw[][2] = {{1, 1},  {2, 2},  {3, 5},  {7, 7},   {8, 9},   {14, 14},
-                              {15, 4}, {28, 28}, {5, 33}, {6, 40}, {4, 65},  {5, 8},
-                              {9, 7},  {13, 16}, {6, 15}, {9, 13}};
+   * (14, 14), (13, 16), (6, 15), (9, 13) the same for F(4x4, 3x3), and
+   * (28, 28), (10, 25), (7, 32) its rows of 7 and 8 tiles */
+  static const int hw[][2] = {{1, 1},  {2, 2},  {3, 5},   {7, 7},   {8, 9},  {14, 14},
+                              {15, 4}, {28, 28}, {5, 33}, {6, 40},  {4, 65}, {5, 8},
+                              {9, 7},  {13, 16}, {6, 15}, {9, 13}, {10, 25}, {7, 32}};
   for (size_t t = 0; t < sizeof hw / sizeof hw[0]; t++)
     for (int with_res = 0; with_res < 2; with_res++) {
       problem p;
@@ -344,6 +345,8 @@ static const conv_dims k_wc = {3, 24, 40, 37, 45};
 /* 15 wide: F(4x4, 3x3) in inference, 10 tile rows in bands of 7 (odd
  * bands and odd thread ranges: tile rows left without a pair) */
 static const conv_dims k_wc4 = {2, 56, 64, 37, 15};
+/* 29 wide: F(4x4, 3x3)'s rows of 8 tiles */
+static const conv_dims k_wc8 = {2, 24, 40, 21, 29};
 
 static vmc_oph *conv_run(vmc_mode mode, int threads, int winograd, const conv_dims *cd) {
   const vmc_oph_spec s = {
@@ -403,4 +406,7 @@ TEST(winograd_conv_op_in_bands_matches_direct) {
 }
 
 /* F(4x4, 3x3) rounds more (winograd.h): sums of 56 x 9 products here. */
-TEST(winograd_f4_conv_op_matches_direct) { infer_matches(&k_wc4, 1e-4); }
+TEST(winograd_f4_conv_op_matches_direct) {
+  infer_matches(&k_wc4, 1e-4);
+  infer_matches(&k_wc8, 1e-4);
+}

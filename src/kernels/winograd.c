@@ -170,6 +170,9 @@ static void at4(const float m[6], float y[4]) {
   y[3] = (d12 + 8.0f * d34) + m[5];
 }
 
+/* Where tile tj of a row of tw lies in the planes (winograd.h). */
+static int slot4(int tj, int tw) { return tw == 7 || tw == 8 ? tj % 2 * 4 + tj / 2 : tj; }
+
 /* d B along each of the tile's 6 padded rows, then B^T along its columns. */
 static void wino_input4(const float *x, int ch, size_t plane, size_t row, int h, int w,
                         const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
@@ -189,7 +192,7 @@ static void wino_input4(const float *x, int ch, size_t plane, size_t row, int h,
           }
           bt6(d[i], r[i]);
         }
-        float *dst = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw + tj;
+        float *dst = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw + slot4(tj, tw);
         for (int k = 0; k < 6; k++) {
           for (int i = 0; i < 6; i++) col[i] = r[i][k];
           bt6(col, o);
@@ -208,7 +211,8 @@ static void wino_output4(const vmc_wino_buf *m, int ti0, int ti1, int oc, int h,
     const float bias = o->bias ? o->bias[k] : 0.0f;
     for (int ti = ti0; ti < ti1; ti++) {
       for (int tj = 0; tj < tw; tj++) {
-        const float *src = m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw + tj;
+        const float *src =
+            m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw + slot4(tj, tw);
         float mm[6], t[6][4], col[6], y[4];
         for (int a = 0; a < 6; a++) {
           for (int b = 0; b < 6; b++) mm[b] = src[(size_t)(6 * a + b) * m->pos_stride];

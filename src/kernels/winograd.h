@@ -75,7 +75,7 @@ typedef struct vmc_wino_kernels {
                       const vmc_wino_buf *m, int ti0, int ti1);
   /* F(4x4, 3x3) (below): input and output as above for 4x4 output tiles
    * from 6x6 input tiles, 36 planes, tmp as above.  The SIMD variants do
-   * rows of exactly 4 tiles themselves and pass other widths to the
+   * rows of 4, 7 or 8 tiles themselves and pass other widths to the
    * reference. */
   void (*input4)(const float *x, int ch, size_t plane, size_t row, int h, int w,
                  const vmc_wino_buf *v, int ti0, int ti1, float *tmp);
@@ -123,7 +123,10 @@ int vmc_wino_enabled(void);
  * scale by up to 8 and 1/24): about 1e-6 relative against 1e-7, used for
  * inference only.  Tiles as above, th = ceil(h / 4) rows of tw = ceil(w /
  * 4); input pixels past the padded image are read as zero, and an output
- * past the image is computed and dropped.  The transforms multiply by the
+ * past the image is computed and dropped.  In a row of 7 or 8 tiles the
+ * tiles lie in the order 0, 2, 4, 6, 1, 3, 5, 7 (tile tj at (tj % 2) * 4 +
+ * tj / 2 of the row: the order 8-lane transposes give), in other rows in
+ * order; the GEMMs between the transforms do not mind.  The transforms multiply by the
  * matrices' constants and add in a fixed order (vmc_wino4_bt, _at in
  * winograd.c), without fused multiply-adds: every variant gives the
  * reference's floats. */

@@ -1,12 +1,21 @@
 /* winograd.h's F(4x4, 3x3) transforms in 8 lanes of 256 bits, for rows of
- * exactly 4 tiles (images 13 to 16 pixels wide): two tile rows per vector,
- * tile row ti in the low 128 bits and ti + 1 in the high ones, as the
- * planes hold them.  Other widths go to the reference.  The including file
- * (winograd_simd.h's definitions, VL 8) also defines
+ * 4, 7 or 8 tiles (images 13 to 16 and 25 to 32 pixels wide); other widths
+ * go to the reference.
+ *  - 4 tiles: two tile rows per vector, tile row ti in the low 128 bits and
+ *    ti + 1 in the high ones, as the planes hold them.
+ *  - 7 or 8: one tile row per vector, tiles 0, 2, 4, 6 in the low half and
+ *    1, 3, 5, 7 in the high one.  The planes hold the tiles in that order
+ *    (the GEMMs between the transforms do not mind; a missing tile 7 is the
+ *    last lane, which the next tile row's store covers), which is the order
+ *    in-lane transposes give from a pixel row's 8-float chunks and take
+ *    back to whole 8-pixel runs.
+ * The including file (winograd_simd.h's definitions, VL 8) also defines
  *   VMUL(a, b)           a * b
  *   qmask, qmask_of(first, n), qload(p, m)
  *                        a 4-float load of p masked to the lanes l with
  *                        first <= l < n (the others zero)
+ *   ymask, ymask_of(first, n), yload(p, m)
+ *                        the same for 8 floats
  * The arithmetic is the reference's (winograd.c: bt6, at4), operation for
  * operation, so the floats are its. */
 #include "kernels/winograd.h"
@@ -63,64 +72,130 @@ static inline void FN(columns4)(const float *a, const float *b, const qmask m[5]
       _mm256_castps_si256(_mm256_permute_ps(x4, 0x39)), _mm256_castps_si256(x[1]), 4));
 }
 
+/* Columns j = 0..5 of the 8 tiles of a padded row, p one float before
+ * the row's first pixel, m[k] masking floats 8k .. 8k + 7 to the pixels,
+ * m32 floats 32 .. 35.  Lane L of d[j] is tile 2 (L % 4) + L / 4's. */
+static inline void FN(columns8x4)(const float *p, const ymask m[4], qmask m32, vec d[6]) {
+  vec x[4]; /* floats 8k .. 8k + 7: tiles 2k and 2k + 1 */
+  for (int k = 0; k < 4; k++) x[k] = yload(p + 8 * k, m[k]);
+  FN(transpose4)(x);
+  for (int j = 0; j < 4; j++) d[j] = x[j];
+  /* columns 4 and 5 of tile t are columns 0 and 1 of tile t + 1: the high
+   * half of columns 0 and 1 for the tiles in the low half; the low half
+   * moved up a lane, floats 32 and 33 last, for those in the high half */
+  const __m128 q = qload(p + 32, m32);
+  const vec n0 = _mm256_insertf128_ps(_mm256_setzero_ps(), q, 1);
+  const vec n1 = _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_permute_ps(q, 0x39), 1);
+  for (int j = 0; j < 2; j++) {
+    const vec sw = _mm256_permute2f128_ps(x[j], x[j], 0x01);
+    const vec up = _mm256_castsi256_ps(
+        _mm256_alignr_epi8(_mm256_castps_si256(j ? n1 : n0), _mm256_castps_si256(sw), 4));
+    d[4 + j] = _mm256_blend_ps(sw, up, 0xf0);
+  }
+}
+
+/* V = B^T d B from the rows' columns d[6][6] (padded row i's in d[i]). */
+static inline void FN(input_tiles4)(vec d[6][6], float *dst, size_t ps) {
+  vec r[6][6];
+  for (int i = 0; i < 6; i++) FN(bt6v)(d[i], r[i]);
+  for (int k = 0; k < 6; k++) {
+    const vec col[6] = {r[0][k], r[1][k], r[2][k], r[3][k], r[4][k], r[5][k]};
+    vec o[6];
+    FN(bt6v)(col, o);
+    for (int a = 0; a < 6; a++) VSTORE(dst + (size_t)(6 * a + k) * ps, o[a]);
+  }
+}
+
 static void FN(wino_input4)(const float *x, int ch, size_t plane, size_t row, int h, int w,
                             const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
-  if ((w + 3) / 4 != 4) {
+  const int tw = (w + 3) / 4;
+  const size_t ps = v->pos_stride;
+  if (tw == 7 || tw == 8) {
+    ymask m[4];
+    for (int k = 0; k < 4; k++) m[k] = ymask_of(1 - 8 * k, w + 1 - 8 * k);
+    const qmask m32 = qmask_of(1 - 32, w + 1 - 32);
+    for (int c = 0; c < ch; c++)
+      for (int ti = ti0; ti < ti1; ti++) {
+        vec d[6][6];
+        for (int i = 0; i < 6; i++) {
+          const int y = 4 * ti + i - 1;
+          const float *p = y >= 0 && y < h ? x + (size_t)c * plane + (size_t)y * row - 1
+                                           : FN(zero_row4);
+          FN(columns8x4)(p, m, m32, d[i]);
+        }
+        FN(input_tiles4)(d, v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw, ps);
+      }
+    return;
+  }
+  if (tw != 4) {
     vmc_wino_kernels__ref.input4(x, ch, plane, row, h, w, v, ti0, ti1, tmp);
     return;
   }
-  const size_t ps = v->pos_stride;
   qmask m[5];
   for (int t = 0; t < 5; t++) m[t] = qmask_of(1 - 4 * t, w + 1 - 4 * t);
   for (int c = 0; c < ch; c++) {
     const float *xc = x + (size_t)c * plane;
     for (int ti = ti0; ti < ti1; ti += 2) {
-      vec r[6][6];
+      vec d[6][6];
       for (int i = 0; i < 6; i++) {
         const int ya = 4 * ti + i - 1, yb = ya + 4; /* the image rows of padded row i */
         const float *a = ya >= 0 && ya < h ? xc + (size_t)ya * row - 1 : FN(zero_row4);
         const float *b =
             ti + 1 < ti1 && yb >= 0 && yb < h ? xc + (size_t)yb * row - 1 : FN(zero_row4);
-        vec d[6];
-        FN(columns4)(a, b, m, d);
-        FN(bt6v)(d, r[i]);
+        FN(columns4)(a, b, m, d[i]);
       }
-      float *dst = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * 4;
-      for (int k = 0; k < 6; k++) {
-        const vec col[6] = {r[0][k], r[1][k], r[2][k], r[3][k], r[4][k], r[5][k]};
-        vec o[6];
-        FN(bt6v)(col, o);
-        for (int a = 0; a < 6; a++) VSTORE(dst + (size_t)(6 * a + k) * ps, o[a]);
-      }
+      FN(input_tiles4)(d, v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * 4, ps);
     }
+  }
+}
+
+/* Y = A^T M A + bias of the tiles at src: y[i][j] pixel (i, j) of each. */
+static inline void FN(output_tiles4)(const float *src, size_t ps, vec bias, vec y[4][4]) {
+  vec t[6][4];
+  for (int a = 0; a < 6; a++) {
+    vec mm[6];
+    for (int b = 0; b < 6; b++) mm[b] = VLOAD(src + (size_t)(6 * a + b) * ps);
+    FN(at4v)(mm, t[a]);
+  }
+  for (int j = 0; j < 4; j++) {
+    const vec col[6] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j]};
+    vec yy[4];
+    FN(at4v)(col, yy);
+    for (int i = 0; i < 4; i++) y[i][j] = VADD(yy[i], bias);
   }
 }
 
 static void FN(wino_output4)(const vmc_wino_buf *mb, int ti0, int ti1, int oc, int h, int w,
                              const vmc_wino_out *o, float *tmp) {
-  if ((w + 3) / 4 != 4) {
+  const int tw = (w + 3) / 4;
+  const size_t ps = mb->pos_stride;
+  const vec lo = VSET1(o->lo), hi = VSET1(o->hi);
+  if (tw == 7 || tw == 8) { /* transposed, the tiles' pixels are 8-pixel runs in order */
+    for (int k = 0; k < oc; k++) {
+      const vec bias = VSET1(o->bias ? o->bias[k] : 0.0f);
+      for (int ti = ti0; ti < ti1; ti++) {
+        vec y[4][4];
+        FN(output_tiles4)(mb->base + (size_t)k * mb->ch_stride + (size_t)(ti - ti0) * tw, ps, bias,
+                          y);
+        for (int i = 0; i < 4 && 4 * ti + i < h; i++) {
+          FN(transpose4)(y[i]);
+          const size_t at = (size_t)k * o->plane + (size_t)(4 * ti + i) * o->row;
+          for (int l = 0; l < 4 && 8 * l < w; l++)
+            put(o->y + at + 8 * l, o->res ? o->res + at + 8 * l : NULL, w - 8 * l, y[i][l], lo, hi);
+        }
+      }
+    }
+    return;
+  }
+  if (tw != 4) {
     vmc_wino_kernels__ref.output4(mb, ti0, ti1, oc, h, w, o, tmp);
     return;
   }
-  const size_t ps = mb->pos_stride;
-  const vec lo = VSET1(o->lo), hi = VSET1(o->hi);
   for (int k = 0; k < oc; k++) {
     const vec bias = VSET1(o->bias ? o->bias[k] : 0.0f);
     for (int ti = ti0; ti < ti1; ti += 2) {
-      const float *src = mb->base + (size_t)k * mb->ch_stride + (size_t)(ti - ti0) * 4;
-      vec t[6][4];
-      for (int a = 0; a < 6; a++) {
-        vec mm[6];
-        for (int b = 0; b < 6; b++) mm[b] = VLOAD(src + (size_t)(6 * a + b) * ps);
-        FN(at4v)(mm, t[a]);
-      }
       vec y[4][4]; /* y[i][j]: pixel (i, j) of each tile */
-      for (int j = 0; j < 4; j++) {
-        const vec col[6] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j]};
-        vec yy[4];
-        FN(at4v)(col, yy);
-        for (int i = 0; i < 4; i++) y[i][j] = VADD(yy[i], bias);
-      }
+      FN(output_tiles4)(mb->base + (size_t)k * mb->ch_stride + (size_t)(ti - ti0) * 4, ps, bias, y);
       for (int i = 0; i < 4; i++) {
         FN(transpose4)(y[i]); /* y[i][l]: tile l's 4 pixels, in both halves */
         for (int half = 0; half < 2; half++) {

@@ -64,6 +64,9 @@ static inline qmask qmask_of(int first, int n) {
                           _mm_cmpgt_epi32(_mm_set1_epi32(n), l));
 }
 static inline __m128 qload(const float *p, qmask m) { return _mm_maskload_ps(p, m); }
+typedef __m256i ymask;
+static inline ymask ymask_of(int first, int n) { return _mm256_andnot_si256(lanes(first), lanes(n)); }
+static inline __m256 yload(const float *p, ymask m) { return _mm256_maskload_ps(p, m); }
 #include "kernels/winograd4_simd.h"
 
 const vmc_wino_kernels vmc_wino_kernels__avx2 = {

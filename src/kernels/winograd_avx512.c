@@ -61,6 +61,9 @@ static inline void put8(float *y, const float *res, int n, __m256 v, __m256 lo, 
 typedef __mmask8 qmask;
 static inline qmask qmask_of(int first, int n) { return lanes8(n) & ~lanes8(first) & 0xf; }
 static inline __m128 qload(const float *p, qmask m) { return _mm_maskz_loadu_ps(m, p); }
+typedef __mmask8 ymask;
+static inline ymask ymask_of(int first, int n) { return lanes8(n) & ~lanes8(first); }
+static inline __m256 yload(const float *p, ymask m) { return _mm256_maskz_loadu_ps(m, p); }
 #include "kernels/winograd4_simd.h"
 #undef VMUL
 #undef VL

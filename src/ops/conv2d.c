@@ -192,13 +192,15 @@ static conv_cfg cfg_of(const vmc_node *n, const vmc_shape *in) {
   return c;
 }
 
-/* An inference plan's configuration: F(4x4, 3x3) where rows of 4 tiles
- * take its SIMD transforms (outputs 13 to 16 pixels wide; its 36 GEMMs
- * over 16 tiles of 14x14 outputs then take 0.6 of the time of F(2x2,
- * 3x3)'s 16 over 49, see docs/benchmarks.md), and at least two tile rows. */
+/* An inference plan's configuration: F(4x4, 3x3) where rows of 4, 7 or 8
+ * tiles take its SIMD transforms (outputs 13 to 16 and 25 to 32 pixels
+ * wide; on 14x14 outputs its 36 GEMMs over 16 tiles take 0.6 of the time
+ * of F(2x2, 3x3)'s 16 over 49, see docs/benchmarks.md), and at least two
+ * tile rows. */
 static conv_cfg cfg_infer(const vmc_node *n, const vmc_shape *in) {
   conv_cfg c = cfg_of(n, in);
-  if (c.wino && (c.g.ow + 3) / 4 == 4 && c.g.oh > 4) wino_tiling(&c, 4);
+  const int tw4 = (c.g.ow + 3) / 4;
+  if (c.wino && (tw4 == 4 || tw4 == 7 || tw4 == 8) && c.g.oh > 4) wino_tiling(&c, 4);
   return c;
 }
 
