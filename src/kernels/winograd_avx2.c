@@ -4,20 +4,13 @@
  * stored through a small buffer (masked stores are slow on some cores).
  * F(4x4, 3x3): winograd4_simd.h. */
 #include "kernels/winograd.h"
+#include "kernels/winograd_ymm.h"
 
 #include <immintrin.h>
 #include <string.h>
 
-#define VL 8
-typedef __m256 vec;
+#include "kernels/winograd_ymm_ops.h"
 typedef __m256i vmask;
-#define VZERO() _mm256_setzero_ps()
-#define VSET1(s) _mm256_set1_ps(s)
-#define VLOAD(p) _mm256_loadu_ps(p)
-#define VSTORE(p, v) _mm256_storeu_ps(p, v)
-#define VADD(a, b) _mm256_add_ps(a, b)
-#define VSUB(a, b) _mm256_sub_ps(a, b)
-#define VNEG(v) _mm256_xor_ps(v, _mm256_set1_ps(-0.0f))
 #define FN(name) name##__avx2
 
 static inline __m256i lanes(int n) {
@@ -31,16 +24,9 @@ static inline void spans(int at, int first, int n, vmask m[2]) {
 
 static inline void columns(const float *s, const float *s8, const vmask m[2], vec *even,
                            vec *odd) {
-  const __m256 lo = _mm256_maskload_ps(s, m[0]), hi = _mm256_maskload_ps(s8, m[1]);
-  const __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xdd);
-  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8));
-  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xd8));
+  ymm_evens_odds(_mm256_maskload_ps(s, m[0]), _mm256_maskload_ps(s8, m[1]), even, odd);
 }
 
-#define ZIP_LO(a, b) \
-  _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20)
-#define ZIP_HI(a, b) \
-  _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31)
 
 static inline void put(float *y, const float *res, int n, vec v, vec lo, vec hi) {
   if (res) v = _mm256_add_ps(v, n >= 8 ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, lanes(n)));
@@ -56,7 +42,6 @@ static inline void put(float *y, const float *res, int n, vec v, vec lo, vec hi)
 
 #include "kernels/winograd_simd.h"
 
-#define VMUL(a, b) _mm256_mul_ps(a, b)
 typedef __m128i qmask;
 static inline qmask qmask_of(int first, int n) {
   const __m128i l = _mm_setr_epi32(0, 1, 2, 3);

@@ -8,27 +8,35 @@
  *    F(4x4, 3x3) (winograd4_simd.h).
  * Call only where vmc_isa_name() is "avx512". */
 #include "kernels/winograd.h"
+#include "kernels/winograd_ymm.h"
 
 #include <immintrin.h>
 #include <stdint.h>
 
-/* ---- 8 lanes ---- */
-
-static inline __mmask8 lanes8(int n) {
-  return n >= 8 ? (__mmask8)0xff : n <= 0 ? (__mmask8)0 : (__mmask8)((1u << n) - 1u);
+/* Bits 0 .. n - 1 of a vl-lane mask (none for n <= 0, all for n >= vl). */
+static inline unsigned lane_bits(int n, int vl) {
+  return n >= vl ? (1u << vl) - 1u : n <= 0 ? 0u : (1u << n) - 1u;
 }
 
+/* winograd_simd.h's spans() as bits, for vl lanes. */
+static inline void span_bits(int at, int first, int n, int vl, unsigned m[2]) {
+  for (int k = 0; k < 2; k++)
+    m[k] = lane_bits(n - at - k * vl, vl) & ~lane_bits(first - at - k * vl, vl);
+}
+
+/* ---- 8 lanes ---- */
+
+static inline __mmask8 lanes8(int n) { return (__mmask8)lane_bits(n, 8); }
+
 static inline void spans8(int at, int first, int n, __mmask8 m[2]) {
-  m[0] = lanes8(n - at) & ~lanes8(first - at);
-  m[1] = lanes8(n - at - 8) & ~lanes8(first - at - 8);
+  unsigned b[2];
+  span_bits(at, first, n, 8, b);
+  m[0] = (__mmask8)b[0], m[1] = (__mmask8)b[1];
 }
 
 static inline void columns8(const float *s, const float *s8, const __mmask8 m[2], __m256 *even,
                             __m256 *odd) {
-  const __m256 lo = _mm256_maskz_loadu_ps(m[0], s), hi = _mm256_maskz_loadu_ps(m[1], s8);
-  const __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xdd);
-  *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xd8));
-  *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xd8));
+  ymm_evens_odds(_mm256_maskz_loadu_ps(m[0], s), _mm256_maskz_loadu_ps(m[1], s8), even, odd);
 }
 
 static inline void put8(float *y, const float *res, int n, __m256 v, __m256 lo, __m256 hi) {
@@ -38,26 +46,13 @@ static inline void put8(float *y, const float *res, int n, __m256 v, __m256 lo, 
   _mm256_mask_storeu_ps(y, m, v);
 }
 
-#define VL 8
-#define vec __m256
+#include "kernels/winograd_ymm_ops.h"
 #define vmask __mmask8
-#define VZERO() _mm256_setzero_ps()
-#define VSET1(s) _mm256_set1_ps(s)
-#define VLOAD(p) _mm256_loadu_ps(p)
-#define VSTORE(p, v) _mm256_storeu_ps(p, v)
-#define VADD(a, b) _mm256_add_ps(a, b)
-#define VSUB(a, b) _mm256_sub_ps(a, b)
-#define VNEG(v) _mm256_xor_ps(v, _mm256_set1_ps(-0.0f))
 #define spans spans8
 #define columns columns8
 #define put put8
-#define ZIP_LO(a, b) \
-  _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x20)
-#define ZIP_HI(a, b) \
-  _mm256_permute2f128_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b), 0x31)
 #define FN(name) name##__avx512_8
 #include "kernels/winograd_simd.h"
-#define VMUL(a, b) _mm256_mul_ps(a, b)
 typedef __mmask8 qmask;
 static inline qmask qmask_of(int first, int n) { return lanes8(n) & ~lanes8(first) & 0xf; }
 static inline __m128 qload(const float *p, qmask m) { return _mm_maskz_loadu_ps(m, p); }
@@ -85,13 +80,12 @@ static inline __m256 yload(const float *p, ymask m) { return _mm256_maskz_loadu_
 
 /* ---- 16 lanes ---- */
 
-static inline __mmask16 lanes(int n) {
-  return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
-}
+static inline __mmask16 lanes(int n) { return (__mmask16)lane_bits(n, 16); }
 
 static inline void spans(int at, int first, int n, __mmask16 m[2]) {
-  m[0] = lanes(n - at) & ~lanes(first - at);
-  m[1] = lanes(n - at - 16) & ~lanes(first - at - 16);
+  unsigned b[2];
+  span_bits(at, first, n, 16, b);
+  m[0] = (__mmask16)b[0], m[1] = (__mmask16)b[1];
 }
 
 static inline void columns(const float *s, const float *s16, const __mmask16 m[2], __m512 *even,
