@@ -22,8 +22,9 @@
 
 #include <immintrin.h>
 
-/* Zeros, read for a padded row outside the image. */
-static const float FN(zero_row4)[32];
+/* Zeros, read for a padded row outside the image: up to float 35 (a row
+ * of 8 tiles reads 36 from one float before its first pixel). */
+static const float FN(zero_row4)[36];
 
 static inline void FN(bt6v)(const vec d[6], vec o[6]) {
   const vec two = VSET1(2.0f), four = VSET1(4.0f), five = VSET1(5.0f);
