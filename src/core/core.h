@@ -15,6 +15,11 @@
 #define VMC_PRINTF(a, b)
 #endif
 
+/* vmc_isa_name() as an index, for the kernel families' tables of variants
+ * (the first call detects the CPU; after it, one load). */
+enum { VMC_ISA_REF, VMC_ISA_AVX2, VMC_ISA_AVX512 };
+int vmc_isa_level(void);
+
 /* Record a message for vmc_last_error() and return s. */
 vmc_status vmc_error(vmc_status s, const char *fmt, ...) VMC_PRINTF(2, 3);
 void vmc_clear_error(void);

@@ -31,6 +31,7 @@ static unsigned detect(void) {
 
 static unsigned g_features;
 static const char *g_isa;
+static int g_level = -1; /* VMC_ISA_* of g_isa, set last */
 static char g_names[128];
 
 static void init_all(void) {
@@ -47,18 +48,20 @@ static void init_all(void) {
       strcat(buf, names[i].name);
     }
   unsigned avx512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_FMA;
-  const char *best = (f & avx512) == avx512                              ? "avx512"
-                     : (f & (VMC_CPU_AVX2 | VMC_CPU_FMA)) == (VMC_CPU_AVX2 | VMC_CPU_FMA) ? "avx2"
-                                                                          : "ref";
+  int best = (f & avx512) == avx512                                                  ? VMC_ISA_AVX512
+             : (f & (VMC_CPU_AVX2 | VMC_CPU_FMA)) == (VMC_CPU_AVX2 | VMC_CPU_FMA) ? VMC_ISA_AVX2
+                                                                                  : VMC_ISA_REF;
   const char *want = getenv("VMC_ISA");
   if (want && *want) {
     /* Only ever step down: a forced ISA the CPU lacks falls back to the best. */
-    if (!strcmp(want, "ref")) best = "ref";
-    else if (!strcmp(want, "avx2") && strcmp(best, "ref")) best = "avx2";
+    if (!strcmp(want, "ref")) best = VMC_ISA_REF;
+    else if (!strcmp(want, "avx2") && best != VMC_ISA_REF) best = VMC_ISA_AVX2;
   }
+  static const char *const isa_names[] = {"ref", "avx2", "avx512"};
   g_features = f;
   memcpy(g_names, buf, sizeof g_names);
-  __atomic_store_n(&g_isa, best, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_isa, isa_names[best], __ATOMIC_RELEASE);
+  __atomic_store_n(&g_level, best, __ATOMIC_RELEASE);
 }
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -75,6 +78,12 @@ const char *vmc_cpu_features_str(void) {
 const char *vmc_isa_name(void) {
   init_once();
   return g_isa;
+}
+int vmc_isa_level(void) {
+  const int l = __atomic_load_n(&g_level, __ATOMIC_ACQUIRE);
+  if (l >= 0) return l;
+  init_once();
+  return __atomic_load_n(&g_level, __ATOMIC_ACQUIRE);
 }
 
 static int g_threads;

@@ -2,9 +2,6 @@
  * SIMD variants use) and the dispatch. */
 #include "kernels/bn.h"
 
-#include <stdatomic.h>
-#include <string.h>
-
 #define L VMC_BN_LANES
 
 /* v = a*x + b, the product rounded first (two statements: no contraction). */
@@ -103,15 +100,8 @@ static void bwd_dx_ref(const float *x, const float *dy, const vmc_bn_planes *p,
 const vmc_bn_kernels vmc_bn_kernels__ref = {"ref", stats_ref, apply_ref, bwd_sums_ref,
                                             bwd_dx_ref};
 
-static _Atomic(const vmc_bn_kernels *) g_best;
-
 const vmc_bn_kernels *vmc_bn_kernels_best(void) {
-  const vmc_bn_kernels *k = atomic_load_explicit(&g_best, memory_order_acquire);
-  if (k) return k;
-  const char *isa = vmc_isa_name();
-  k = !strcmp(isa, "avx512") ? &vmc_bn_kernels__avx512
-      : !strcmp(isa, "avx2") ? &vmc_bn_kernels__avx2
-                             : &vmc_bn_kernels__ref;
-  atomic_store_explicit(&g_best, k, memory_order_release);
-  return k;
+  static const vmc_bn_kernels *const k[] = {&vmc_bn_kernels__ref, &vmc_bn_kernels__avx2,
+                                            &vmc_bn_kernels__avx512};
+  return k[vmc_isa_level()];
 }

@@ -1,9 +1,6 @@
 /* Depthwise convolution: the ISA variants, chosen once. */
 #include "kernels/conv.h"
 
-#include <stdatomic.h>
-#include <string.h>
-
 typedef void (*fwd_fn)(const float *, int, const float *, float, const vmc_conv_geom *, float *);
 typedef void (*bwd_fn)(const float *, int, const float *, const float *, const vmc_conv_geom *,
                        float *, float *);
@@ -22,8 +19,7 @@ typedef struct {
   int avx512;
 } dw_variant;
 
-/* Chosen once (vmc_isa_name() is fixed after its first call); the kernels
- * run once per channel, so the choice is not remade per call. */
+/* The variant vmc_isa_name() picks. */
 static const dw_variant *pick(void) {
   static const dw_variant v512 = {vmc_dwconv_wide_forward__avx512, vmc_dwconv_wide_backward__avx512,
                                   vmc_dwconv_planes__avx512, vmc_dwconv_planes_backward__avx512, 1};
@@ -31,13 +27,8 @@ static const dw_variant *pick(void) {
                                 vmc_dwconv_planes__avx2, vmc_dwconv_planes_backward__avx2, 0};
   static const dw_variant vref = {vmc_dwconv_wide_forward__ref, vmc_dwconv_wide_backward__ref,
                                   vmc_dwconv_planes__ref, vmc_dwconv_planes_backward__ref, 0};
-  static _Atomic(const dw_variant *) best;
-  const dw_variant *v = atomic_load_explicit(&best, memory_order_acquire);
-  if (v) return v;
-  const char *isa = vmc_isa_name();
-  v = !strcmp(isa, "avx512") ? &v512 : !strcmp(isa, "avx2") ? &v2 : &vref;
-  atomic_store_explicit(&best, v, memory_order_release);
-  return v;
+  static const dw_variant *const v[] = {&vref, &v2, &v512};
+  return v[vmc_isa_level()];
 }
 
 void vmc_dwconv_wide_forward(const float *xp, int wp, const float *w, float bias,

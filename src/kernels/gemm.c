@@ -9,7 +9,6 @@
 #include "kernels/gemm.h"
 
 #include <omp.h>
-#include <stdatomic.h>
 #include <string.h>
 
 typedef void (*run_fn)(const vmc_gemm_args *);
@@ -19,18 +18,9 @@ static const run_fn k_run[] = {vmc_sgemm_run__ref, vmc_sgemm_run__avx2,
 _Static_assert(sizeof k_run / sizeof k_run[0] == VMC_GEMM_AVX512 + 1,
                "one run function per VMC_GEMM_* variant");
 
-/* Chosen once; a race between first callers stores the same value twice. */
-static _Atomic int g_variant = -1;
-
 static int dispatched_variant(void) {
-  int v = atomic_load_explicit(&g_variant, memory_order_acquire);
-  if (v >= 0) return v;
-  const char *isa = vmc_isa_name();
-  v = strcmp(isa, "avx512") == 0 ? VMC_GEMM_AVX512
-      : strcmp(isa, "avx2") == 0 ? VMC_GEMM_AVX2
-                                 : VMC_GEMM_REF;
-  atomic_store_explicit(&g_variant, v, memory_order_release);
-  return v;
+  static const int v[] = {VMC_GEMM_REF, VMC_GEMM_AVX2, VMC_GEMM_AVX512};
+  return v[vmc_isa_level()];
 }
 
 /* Whether the CPU runs a variant (VMC_ISA may have chosen a lower one). */

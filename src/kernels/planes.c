@@ -2,7 +2,6 @@
  * loops) and the dispatch. */
 #include "kernels/planes.h"
 
-#include <stdatomic.h>
 #include <string.h>
 
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -100,12 +99,6 @@ static void merge_ref(const float *dq, int ch, const vmc_phase_geom *g, float *d
 
 const vmc_planes_kernels vmc_planes_kernels__ref = {"ref", pad_ref, crop_ref, split_ref, merge_ref};
 
-static _Atomic(const vmc_planes_kernels *) g_best;
-
 const vmc_planes_kernels *vmc_planes_kernels_best(void) {
-  const vmc_planes_kernels *k = atomic_load_explicit(&g_best, memory_order_acquire);
-  if (k) return k;
-  k = !strcmp(vmc_isa_name(), "avx512") ? &vmc_planes_kernels__avx512 : &vmc_planes_kernels__ref;
-  atomic_store_explicit(&g_best, k, memory_order_release);
-  return k;
+  return vmc_isa_level() == VMC_ISA_AVX512 ? &vmc_planes_kernels__avx512 : &vmc_planes_kernels__ref;
 }

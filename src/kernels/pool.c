@@ -1,9 +1,6 @@
 /* fp32 pooling kernels: the reference and the dispatch (pool.h). */
 #include "kernels/pool.h"
 
-#include <stdatomic.h>
-#include <string.h>
-
 void vmc_maxpool2__ref(const float *x, int h, int w, float *y, int32_t *arg) {
   const int oh = h / 2, ow = w / 2;
   for (int oy = 0; oy < oh; oy++)
@@ -19,15 +16,7 @@ void vmc_maxpool2__ref(const float *x, int h, int w, float *y, int32_t *arg) {
     }
 }
 
-static _Atomic(vmc_maxpool2_fn) g_maxpool2;
-
 vmc_maxpool2_fn vmc_maxpool2_best(void) {
-  vmc_maxpool2_fn f = atomic_load_explicit(&g_maxpool2, memory_order_acquire);
-  if (f) return f;
-  const char *isa = vmc_isa_name();
-  f = !strcmp(isa, "avx512") ? vmc_maxpool2__avx512
-      : !strcmp(isa, "avx2") ? vmc_maxpool2__avx2
-                             : vmc_maxpool2__ref;
-  atomic_store_explicit(&g_maxpool2, f, memory_order_release);
-  return f;
+  static const vmc_maxpool2_fn f[] = {vmc_maxpool2__ref, vmc_maxpool2__avx2, vmc_maxpool2__avx512};
+  return f[vmc_isa_level()];
 }

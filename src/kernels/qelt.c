@@ -2,7 +2,6 @@
  * compiler vectorises for the base ISA: one code path on every CPU. */
 #include "kernels/qelt.h"
 
-#include <stdatomic.h>
 #include <string.h>
 
 #ifdef __SSE2__
@@ -60,19 +59,11 @@ static void gather_u8(uint8_t *dst, const uint8_t *src, int n, int stride) {
 #include "kernels/qelt_loops.h"
 
 
-/* The widest build vmc_isa_name() allows, chosen once (a race between first
- * callers stores the same pointer twice). */
-static _Atomic(const vmc_qelt_loops *) g_loops;
-
+/* The widest build vmc_isa_name() allows. */
 static const vmc_qelt_loops *loops(void) {
-  const vmc_qelt_loops *l = atomic_load_explicit(&g_loops, memory_order_acquire);
-  if (l) return l;
-  const char *isa = vmc_isa_name();
-  l = !strcmp(isa, "avx512") ? &vmc_qelt_loops_avx512
-      : strcmp(isa, "ref")   ? &vmc_qelt_loops_avx2
-                             : &vmc_qelt_loops_base;
-  atomic_store_explicit(&g_loops, l, memory_order_release);
-  return l;
+  static const vmc_qelt_loops *const l[] = {&vmc_qelt_loops_base, &vmc_qelt_loops_avx2,
+                                            &vmc_qelt_loops_avx512};
+  return l[vmc_isa_level()];
 }
 
 void vmc_qfake_f32(const float *x, size_t n, float inv, float s, float lo, float hi, float *y) {

@@ -36,9 +36,8 @@ static _Atomic(const vmc_qgemm_variant *) g_best;
 const vmc_qgemm_variant *vmc_qgemm_best(void) {
   const vmc_qgemm_variant *v = atomic_load_explicit(&g_best, memory_order_acquire);
   if (v) return v;
-  const char *isa = vmc_isa_name();
-  const int avx512 = strcmp(isa, "avx512") == 0;
-  const int avx2 = avx512 || strcmp(isa, "avx2") == 0;
+  const int avx512 = vmc_isa_level() == VMC_ISA_AVX512;
+  const int avx2 = vmc_isa_level() >= VMC_ISA_AVX2;
   if (avx512 && vmc_qgemm_variant_ok(&vmc_qgemm_u8s8s32_8x32__avx512vnni))
     v = &vmc_qgemm_u8s8s32_8x32__avx512vnni;
   else if (avx2 && vmc_qgemm_variant_ok(&vmc_qgemm_u8s8s32_4x24__avxvnni))

@@ -6,7 +6,6 @@
 
 #include "core/core.h"
 
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -295,17 +294,10 @@ void vmc_wino_weights_grad(const float *du, size_t pos_stride, int oc, int c, fl
     }
 }
 
-static _Atomic(const vmc_wino_kernels *) g_best;
-
 const vmc_wino_kernels *vmc_wino_kernels_best(void) {
-  const vmc_wino_kernels *k = atomic_load_explicit(&g_best, memory_order_acquire);
-  if (k) return k;
-  const char *isa = vmc_isa_name();
-  k = !strcmp(isa, "avx512") ? &vmc_wino_kernels__avx512
-      : !strcmp(isa, "ref")  ? &vmc_wino_kernels__ref
-                             : &vmc_wino_kernels__avx2;
-  atomic_store_explicit(&g_best, k, memory_order_release);
-  return k;
+  static const vmc_wino_kernels *const k[] = {&vmc_wino_kernels__ref, &vmc_wino_kernels__avx2,
+                                              &vmc_wino_kernels__avx512};
+  return k[vmc_isa_level()];
 }
 
 int vmc_wino_enabled(void) {
