@@ -6,6 +6,8 @@
 
 #include <immintrin.h>
 
+#include "kernels/ymm.h"
+
 typedef struct {
   __m256 lo, hi;
 } v16;
@@ -23,9 +25,10 @@ static inline v16 load_tail(const float *p, __m256i m0, __m256i m1) {
   return (v16){_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p + 8, m1)};
 }
 
-static inline void store_tail(float *p, __m256i m0, __m256i m1, v16 v) {
-  _mm256_maskstore_ps(p, m0, v.lo);
-  _mm256_maskstore_ps(p + 8, m1, v.hi);
+/* The first r of 16 lanes. */
+static inline void store_tail(float *p, int r, v16 v) {
+  ymm_store_first(p, v.lo, r);
+  ymm_store_first(p + 8, v.hi, r - 8);
 }
 
 static inline v16 add(v16 a, v16 b) { return (v16){_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
@@ -106,7 +109,7 @@ static void apply_avx2(const float *x, const vmc_bn_planes *p, const vmc_bn_chan
     if (i < hw) {
       v16 v = fwd(load_tail(xk + i, m0, m1), a, b);
       if (cl) v = clamp(v, lo, hi);
-      store_tail(yk + i, m0, m1, v);
+      store_tail(yk + i, hw % 16, v);
     }
   }
 }
@@ -182,7 +185,7 @@ static void bwd_dx_avx2(const float *x, const float *dy, const vmc_bn_planes *p,
       v16 r = dx_of(ux, xv, mask_dy(cl, xv, load_tail(dyk + i, m0, m1), a, b, lo, hi), k, c1, c2,
                     mu);
       if (accumulate) r = add(load_tail(dxk + i, m0, m1), r);
-      store_tail(dxk + i, m0, m1, r);
+      store_tail(dxk + i, hw % 16, r);
     }
   }
 }

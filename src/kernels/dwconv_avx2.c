@@ -3,6 +3,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "kernels/ymm.h"
+
 static inline float sum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -32,11 +34,9 @@ static inline __m256i expand8(unsigned bits) {
   return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), bit), bit);
 }
 
+/* keep is always a run of low lanes (lanes_below). */
 static inline void store8(float *y, unsigned keep, __m256 v) {
-  if (keep == 0xff)
-    _mm256_storeu_ps(y, v);
-  else
-    _mm256_maskstore_ps(y, expand8(keep), v);
+  ymm_store_first(y, v, __builtin_popcount(keep));
 }
 
 #define VADD(a, b) _mm256_add_ps(a, b)

@@ -7,8 +7,9 @@
  * full tiles; B read in place when it is not transposed and M is small, A
  * read in place when alpha == 1 and N is small, A pre-packed by
  * vmc_sgemm_pack_a (slice pc at pc * Mp floats, Mp = M rounded up to MR);
- * masked write-back for N remainders; the epilogue in the write-back of the
- * last K slice.
+ * masked loads and piecewise stores (ymm_store_first) for N remainders; the
+ * epilogue in the write-back of the last K slice; whole tiles without an
+ * epilogue written by a short straight-line path.
  *
  * Reduction order: each C element is, per KC slice in order, a chain of FMAs
  * over k from a zero accumulator, then added to C; it depends only on K, so
@@ -19,6 +20,7 @@
  * packing reads the rows through the pointers, and the in-place B path uses
  * micro-kernel instances that load one row pointer per k. */
 #include "kernels/gemm.h"
+#include "kernels/ymm.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -211,7 +213,6 @@ static void pack_a(int trans_a, const float *A, size_t lda, int i0, int k0,
    * panel, written later, except at the last k, whose spill would land on
    * the next panel's first k, already written: it stores MR lanes. */
   const __m256 va = _mm256_set1_ps(alpha);
-  const __m256i exact = lane_mask(MR);
   for (int k = 0; k < kc; k++) {
     const float *s = A + (size_t)(k0 + k) * lda + i0;
     for (int ip = 0; ip < mc; ip += MR) {
@@ -221,7 +222,7 @@ static void pack_a(int trans_a, const float *A, size_t lda, int i0, int k0,
       if (k + 1 < kc)
         _mm256_storeu_ps(d, v);
       else
-        _mm256_maskstore_ps(d, exact, v);
+        ymm_store_first(d, v, MR);
     }
   }
 }
@@ -313,10 +314,11 @@ epi_vec(__m256 x, const tile_epi *e, int r, int v, __m256i m, int full) {
 }
 
 /* One accumulator's write-back: C (op)= x, the epilogue, the store (all 8
- * lanes when full, else masked by m). */
+ * lanes when full, else the n lanes that m masks: masked loads, and
+ * ymm_store_first, not a masked store). */
 static inline __attribute__((always_inline)) void
 store_vec(__m256 x, float *cv, int mode, __m256 vb, const tile_epi *e, int r, int v,
-          __m256i m, int full) {
+          __m256i m, int n, int full) {
   if (mode == STORE_ADD)
     x = _mm256_add_ps(full ? _mm256_loadu_ps(cv) : _mm256_maskload_ps(cv, m), x);
   else if (mode == STORE_BETA)
@@ -325,7 +327,7 @@ store_vec(__m256 x, float *cv, int mode, __m256 vb, const tile_epi *e, int r, in
   if (full)
     _mm256_storeu_ps(cv, x);
   else
-    _mm256_maskstore_ps(cv, m, x);
+    ymm_store_first(cv, x, n);
 }
 
 /* X(0) ... X(MR - 1): the loops over the tile's rows are written out (each
@@ -392,6 +394,23 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const size_t ldc = t->ldc;
   const int mr = t->mr, nr = t->nr, mode = t->mode;
   const tile_epi *e = t->e;
+  /* The common whole tile, no epilogue, written or added: straight-line
+   * stores (the general write-back below is branchy and several KiB of
+   * code per instance, which costs more than the FMAs at small K). */
+  if (nr == NV * 8 && mr >= MRE && !e && mode != STORE_BETA) {
+    const int add = mode == STORE_ADD;
+#define PLAIN_ROW(r)                                                                \
+  if ((r) < MRE) {                                                                  \
+    float *cr = c + (size_t)(r) * ldc;                                              \
+    _mm256_storeu_ps(cr, add ? _mm256_add_ps(_mm256_loadu_ps(cr), acc[r][0]) : acc[r][0]); \
+    if (NV > 1)                                                                     \
+      _mm256_storeu_ps(cr + 8, add ? _mm256_add_ps(_mm256_loadu_ps(cr + 8), acc[r][1])    \
+                                   : acc[r][1]);                                    \
+  }
+    REP_MR(PLAIN_ROW)
+#undef PLAIN_ROW
+    return;
+  }
   const __m256 vb = _mm256_set1_ps(t->beta);
   /* Full width: plain loads and stores; else masked. */
   const int full = nr == NV * 8;
@@ -399,8 +418,9 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const __m256i m1 = full ? _mm256_set1_epi32(-1) : lane_mask(nr - 8);
 #define STORE_ROW(r)                                                                \
   if ((r) < MRE && (r) < mr) {                                                      \
-    store_vec(acc[r][0], c + (size_t)(r) * ldc, mode, vb, e, r, 0, m0, full);       \
-    if (NV > 1) store_vec(acc[r][1], c + (size_t)(r) * ldc + 8, mode, vb, e, r, 1, m1, full); \
+    store_vec(acc[r][0], c + (size_t)(r) * ldc, mode, vb, e, r, 0, m0, nr, full);   \
+    if (NV > 1)                                                                     \
+      store_vec(acc[r][1], c + (size_t)(r) * ldc + 8, mode, vb, e, r, 1, m1, nr - 8, full); \
   }
   REP_MR(STORE_ROW)
 #undef STORE_ROW

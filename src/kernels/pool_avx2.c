@@ -6,16 +6,7 @@
 
 #include <immintrin.h>
 
-/* Lanes l < n all ones. */
-static inline __m256i first(int n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-/* Even (sel 0x88) or odd (0xdd) floats of lo, hi in order. */
-static inline __m256 pick(__m256 lo, __m256 hi, const int sel) {
-  const __m256 s = sel == 0x88 ? _mm256_shuffle_ps(lo, hi, 0x88) : _mm256_shuffle_ps(lo, hi, 0xdd);
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xd8));
-}
+#include "kernels/ymm.h"
 
 void vmc_maxpool2__avx2(const float *x, int h, int w, float *y, int32_t *arg) {
   const int oh = h / 2, ow = w / 2;
@@ -26,24 +17,25 @@ void vmc_maxpool2__avx2(const float *x, int h, int w, float *y, int32_t *arg) {
     float *yr = y + (size_t)oy * ow;
     for (int ox = 0; ox < ow; ox += 8) {
       const int n = ow - ox;
-      const __m256i k = first(n), k0 = first(2 * n), k1 = first(2 * n - 8);
+      const __m256i k0 = ymm_lanes(2 * n), k1 = ymm_lanes(2 * n - 8);
       const __m256 a0 = _mm256_maskload_ps(r0 + 2 * ox, k0), a1 = _mm256_maskload_ps(r0 + 2 * ox + 8, k1);
       const __m256 b0 = _mm256_maskload_ps(r1 + 2 * ox, k0), b1 = _mm256_maskload_ps(r1 + 2 * ox + 8, k1);
-      const __m256 c[4] = {pick(a0, a1, 0x88), pick(a0, a1, 0xdd), pick(b0, b1, 0x88),
-                           pick(b0, b1, 0xdd)};
+      __m256 c[4];
+      ymm_evens_odds(a0, a1, &c[0], &c[1]);
+      ymm_evens_odds(b0, b1, &c[2], &c[3]);
       __m256 best = c[0], gt[4];
       for (int t = 1; t < 4; t++) {
         gt[t] = _mm256_cmp_ps(c[t], best, _CMP_GT_OQ);
         best = _mm256_blendv_ps(best, c[t], gt[t]);
       }
-      _mm256_maskstore_ps(yr + ox, k, best);
+      ymm_store_first(yr + ox, best, n);
       if (arg) {
         const __m256i i0 = _mm256_add_epi32(_mm256_set1_epi32(2 * oy * w + 2 * ox), even);
         const __m256i cand[4] = {i0, _mm256_add_epi32(i0, one), _mm256_add_epi32(i0, down),
                                  _mm256_add_epi32(_mm256_add_epi32(i0, down), one)};
         __m256 bi = _mm256_castsi256_ps(cand[0]);
         for (int t = 1; t < 4; t++) bi = _mm256_blendv_ps(bi, _mm256_castsi256_ps(cand[t]), gt[t]);
-        _mm256_maskstore_epi32(arg + (size_t)oy * ow + ox, k, _mm256_castps_si256(bi));
+        ymm_store_first(arg + (size_t)oy * ow + ox, bi, n);
       }
     }
   }

@@ -1,25 +1,20 @@
 /* winograd.h's transforms with AVX2 (the body: winograd_simd.h), 8 tiles
  * per vector: the even and odd columns of 16 from two masked loads, one
  * in-lane shuffle and one 64-bit permute each.  Partial rows of output are
- * stored through a small buffer (masked stores are slow on some cores).
+ * stored in pieces (ymm_store_first: masked stores are slow on AMD cores).
  * F(4x4, 3x3): winograd4_simd.h. */
 #include "kernels/winograd.h"
-#include "kernels/winograd_ymm.h"
+#include "kernels/ymm.h"
 
 #include <immintrin.h>
-#include <string.h>
 
 #include "kernels/winograd_ymm_ops.h"
 typedef __m256i vmask;
 #define FN(name) name##__avx2
 
-static inline __m256i lanes(int n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 static inline void spans(int at, int first, int n, vmask m[2]) {
-  m[0] = _mm256_andnot_si256(lanes(first - at), lanes(n - at));
-  m[1] = _mm256_andnot_si256(lanes(first - at - 8), lanes(n - at - 8));
+  m[0] = ymm_span(first - at, n - at);
+  m[1] = ymm_span(first - at - 8, n - at - 8);
 }
 
 static inline void columns(const float *s, const float *s8, const vmask m[2], vec *even,
@@ -29,15 +24,9 @@ static inline void columns(const float *s, const float *s8, const vmask m[2], ve
 
 
 static inline void put(float *y, const float *res, int n, vec v, vec lo, vec hi) {
-  if (res) v = _mm256_add_ps(v, n >= 8 ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, lanes(n)));
+  if (res) v = _mm256_add_ps(v, n >= 8 ? _mm256_loadu_ps(res) : _mm256_maskload_ps(res, ymm_lanes(n)));
   v = _mm256_min_ps(hi, _mm256_max_ps(lo, v)); /* v < lo ? lo : v > hi ? hi : v */
-  if (n >= 8) {
-    _mm256_storeu_ps(y, v);
-  } else {
-    float part[8];
-    _mm256_storeu_ps(part, v);
-    memcpy(y, part, (size_t)n * sizeof(float));
-  }
+  ymm_store_first(y, v, n);
 }
 
 #include "kernels/winograd_simd.h"
@@ -50,7 +39,7 @@ static inline qmask qmask_of(int first, int n) {
 }
 static inline __m128 qload(const float *p, qmask m) { return _mm_maskload_ps(p, m); }
 typedef __m256i ymask;
-static inline ymask ymask_of(int first, int n) { return _mm256_andnot_si256(lanes(first), lanes(n)); }
+static inline ymask ymask_of(int first, int n) { return ymm_span(first, n); }
 static inline __m256 yload(const float *p, ymask m) { return _mm256_maskload_ps(p, m); }
 #include "kernels/winograd4_simd.h"
 

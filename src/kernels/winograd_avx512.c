@@ -8,7 +8,7 @@
  *    F(4x4, 3x3) (winograd4_simd.h).
  * Call only where vmc_isa_name() is "avx512". */
 #include "kernels/winograd.h"
-#include "kernels/winograd_ymm.h"
+#include "kernels/ymm.h"
 
 #include <immintrin.h>
 #include <stdint.h>
