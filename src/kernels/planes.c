@@ -100,5 +100,7 @@ static void merge_ref(const float *dq, int ch, const vmc_phase_geom *g, float *d
 const vmc_planes_kernels vmc_planes_kernels__ref = {"ref", pad_ref, crop_ref, split_ref, merge_ref};
 
 const vmc_planes_kernels *vmc_planes_kernels_best(void) {
-  return vmc_isa_level() == VMC_ISA_AVX512 ? &vmc_planes_kernels__avx512 : &vmc_planes_kernels__ref;
+  static const vmc_planes_kernels *const best[] = {
+      &vmc_planes_kernels__ref, &vmc_planes_kernels__avx2, &vmc_planes_kernels__avx512};
+  return best[vmc_isa_level()];
 }

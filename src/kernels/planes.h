@@ -56,10 +56,10 @@ typedef struct vmc_planes_kernels {
 } vmc_planes_kernels;
 
 extern const vmc_planes_kernels vmc_planes_kernels__ref;
+extern const vmc_planes_kernels vmc_planes_kernels__avx2;
 extern const vmc_planes_kernels vmc_planes_kernels__avx512;
 
-/* The variant vmc_isa_name() picks (AVX2 machines take the reference),
- * chosen once. */
+/* The variant vmc_isa_name() picks, chosen once. */
 const vmc_planes_kernels *vmc_planes_kernels_best(void);
 
 #endif
