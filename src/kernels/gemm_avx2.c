@@ -487,6 +487,69 @@ static int instance_rows(int mr) {
   return MR;
 }
 
+/* The last columns of a block when they are too few for a tile (at most
+ * TAIL_COLS, B read in place, A packed): a tile of 1 to 3 columns leaves
+ * most of the FMA latency idle and is packed alone, so a GEMM over 49
+ * Winograd tiles cost as much as one over 56 (Zen 3, one core, variants
+ * side by side: 16x49x16 +14-19 %, 64x49x256 +35 %, 32x17x288 +37 %,
+ * 1 to 3 columns +4-17 %; at 4 columns no gain, -7 % at K = 576).  Here the rows are in the
+ * lanes instead: for up to 3 row panels at once, the 8 floats of panel p
+ * at depth k (its MR rows, then 2 of the next k's, never stored; PACK_SLACK
+ * floats follow every packed block) times B[k][j] broadcast.  Each C
+ * element is still a chain of FMAs over k from zero, then written or added
+ * as the micro-kernel does: the same bits. */
+#define TAIL_COLS 3
+#define TAIL_PANELS 3
+static inline __attribute__((always_inline)) void
+tail_group(const int NJ, const float *a, int np, int mr_last, int kc, const bsrc *B, int k0,
+           int j0, float *c, size_t ldc, int add) {
+  __m256 acc[TAIL_PANELS][TAIL_COLS];
+  UNROLL_FULL
+  for (int p = 0; p < TAIL_PANELS; p++)
+    UNROLL_FULL
+    for (int j = 0; j < NJ; j++) acc[p][j] = _mm256_setzero_ps();
+  for (int k = 0; k < kc; k++) {
+    const float *bk = bsrc_row(B, k0 + k) + j0;
+    __m256 av[TAIL_PANELS];
+    UNROLL_FULL
+    for (int p = 0; p < TAIL_PANELS; p++)
+      av[p] = p < np ? _mm256_loadu_ps(a + (size_t)p * MR * kc + (size_t)k * MR) : av[0];
+    UNROLL_FULL
+    for (int j = 0; j < NJ; j++) {
+      const __m256 bj = _mm256_broadcast_ss(bk + j);
+      UNROLL_FULL
+      for (int p = 0; p < TAIL_PANELS; p++)
+        if (p < np) acc[p][j] = _mm256_fmadd_ps(av[p], bj, acc[p][j]);
+    }
+  }
+  for (int p = 0; p < np; p++) {
+    const int rows = p == np - 1 ? mr_last : MR;
+    for (int j = 0; j < NJ; j++) {
+      float v[8];
+      _mm256_storeu_ps(v, acc[p][j]);
+      float *cj = c + (size_t)p * MR * ldc + j;
+      for (int r = 0; r < rows; r++) cj[(size_t)r * ldc] = add ? cj[(size_t)r * ldc] + v[r] : v[r];
+    }
+  }
+}
+
+/* C[0:mc, j0 - jc ...] of the block: nj <= TAIL_COLS columns from A's
+ * packed panels ablk (mc rows, kc deep) and B's rows k0 ... in place. */
+static void tail_columns(const float *ablk, int mc, int kc, const bsrc *B, int k0, int j0,
+                         int nj, float *c, size_t ldc, int add) {
+  for (int ir = 0; ir < mc; ir += TAIL_PANELS * MR) {
+    const int rows = mc - ir < TAIL_PANELS * MR ? mc - ir : TAIL_PANELS * MR;
+    const int np = (rows + MR - 1) / MR, mr_last = rows - (np - 1) * MR;
+    const float *a = ablk + (size_t)ir * kc;
+    float *ci = c + (size_t)ir * ldc;
+    switch (nj) {
+    case 1: tail_group(1, a, np, mr_last, kc, B, k0, j0, ci, ldc, add); break;
+    case 2: tail_group(2, a, np, mr_last, kc, B, k0, j0, ci, ldc, add); break;
+    default: tail_group(3, a, np, mr_last, kc, B, k0, j0, ci, ldc, add); break;
+    }
+  }
+}
+
 /* M rounded up to whole tiles: the row stride of a pre-packed slice. */
 static size_t packed_rows(int M) { return (size_t)(M + MR - 1) / MR * MR; }
 
@@ -552,9 +615,14 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
       const int last = pc + kc >= K;
       tile t = {.kc = kc, .ldc = ldc, .beta = beta, .e = last && epi ? &te : NULL};
       t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
+      /* A ragged last panel of at most TAIL_COLS columns, read in place: by
+       * tail_columns where A is packed and nothing but C's old value joins
+       * the sums. */
+      const int col_tail = direct_b && nc - nc_full <= TAIL_COLS && (pre || !direct_a) && !t.e &&
+                           t.mode != STORE_BETA;
       if (!direct_b)
         pack_b(trans_b, &src, pc, jc, kc, nc, pb);
-      else if (nc_full < nc)
+      else if (nc_full < nc && !col_tail)
         pack_b(trans_b, &src, pc, jc + nc_full, kc, nc - nc_full, pb);
       for (int ic = 0; ic < M; ic += MC) {
         const int mc = M - ic < MC ? M - ic : MC;
@@ -566,6 +634,11 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
           ablk = pa;
         }
         for (int jr = 0; jr < nc; jr += NR) {
+          if (col_tail && jr == nc_full) {
+            tail_columns(ablk, mc, kc, &src, pc, jc + jr, nc - jr, C + (size_t)ic * ldc + jc + jr,
+                         ldc, t.mode == STORE_ADD);
+            break;
+          }
           t.nr = nc - jr < NR ? nc - jr : NR;
           const int in_place = direct_b && jr < nc_full;
           int brows = 0;
