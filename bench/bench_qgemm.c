@@ -14,9 +14,10 @@
  *
  * Each cell is the median of 7 timed batches, each batch repeated to take
  * about 20 ms.  The reference is skipped (-) above 64^3 multiply-adds unless
- * --all.  Where the CPU has AVX-512 VNNI the header also gives the measured
- * vpdpbusd peak of one core (a register-only loop) and the last column the
- * fraction of it the best single-thread int8 variant reaches.
+ * --all.  The header also gives one core's peak for the instruction of the
+ * best variant (bench/peak.h's register-only loops: vpdpbusd with AVX-512
+ * VNNI, else vpmaddwd + vpaddd with AVX2), and "%peak" is the fraction of
+ * it the best single-thread int8 variant reaches.
  *
  * "direct" is the int8 convolution the integer runtime runs on pixel-major
  * activations (vmc_qconv, AVX-512 VNNI only) on the layer behind each conv
@@ -25,6 +26,7 @@
 #include "kernels/gemm.h"
 #include "kernels/qelt.h"
 #include "kernels/qgemm.h"
+#include "peak.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -107,39 +109,6 @@ static double measure(const bench_case *c, const vmc_qgemm_variant *v, int what)
   return 2.0 * c->M * c->N * c->K / t[BATCHES / 2] / 1e9;
 }
 
-/* One core's vpdpbusd peak, GOP/s: 16 independent zmm accumulators in
- * registers (more than latency x throughput on current cores). */
-#define PEAK_ACCS(X)                                                             \
-  X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
-__attribute__((target("avx512f,avx512vnni"), noinline)) static double vnni_peak(void) {
-#define DECL(i) __m512i acc##i = _mm512_set1_epi32(i);
-  PEAK_ACCS(DECL)
-  const __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x01ff01ff);
-  double best = 0;
-  for (int trial = 0; trial < 5; trial++) {
-    const long iters = 400000;
-    const double t0 = now_s();
-    for (long it = 0; it < iters; it++) {
-#define STEP(i) acc##i = _mm512_dpbusd_epi32(acc##i, a, b);
-      PEAK_ACCS(STEP)
-      __asm__ volatile("" : "+v"(acc0), "+v"(acc1), "+v"(acc2), "+v"(acc3), "+v"(acc4),
-                       "+v"(acc5), "+v"(acc6), "+v"(acc7));
-    }
-    const double dt = now_s() - t0;
-    const double g = (double)iters * 16 * 64 * 2 / dt / 1e9; /* 64 MACs per op */
-    if (g > best) best = g;
-  }
-#define SUM(i) s = _mm512_add_epi32(s, acc##i);
-  __m512i s = _mm512_setzero_si512();
-  PEAK_ACCS(SUM)
-  int32_t sink[16];
-  _mm512_storeu_si512(sink, s);
-  return sink[0] == 42 ? best + 1e-9 : best; /* keep the sums alive */
-#undef DECL
-#undef STEP
-#undef SUM
-}
-
 static void print_cell(double g) {
   if (g > 0)
     printf(" %7.1f", g);
@@ -187,11 +156,14 @@ int main(int argc, char **argv) {
   const int n_shapes = (int)(sizeof shapes / sizeof shapes[0]);
   const vmc_qgemm_variant *best = vmc_qgemm_best();
   const int has_vnni512 = vmc_qgemm_variant_ok(&vmc_qgemm_u8s8s32_8x32__avx512vnni);
-  const double peak = has_vnni512 ? vnni_peak() : 0;
+  const int peak_loop = has_vnni512 ? PEAK_VNNI : peak_has_avx2() ? PEAK_MADDWD : -1;
+  const double peak = peak_loop >= 0 ? peak_measure(peak_loop, 1, 9, 0.1) : 0;
   printf("int8 GEMM GOP/s vs fp32 GFLOP/s (isa %s, cpu: %s; best %s; mt on %d threads; "
          "median of 7)\n",
          vmc_isa_name(), vmc_cpu_features_str(), best->name, vmc_get_threads());
-  if (peak > 0) printf("vpdpbusd zmm peak, one core: %.1f GOP/s\n", peak);
+  if (peak > 0)
+    printf("%s peak, one core: %.1f GOP/s\n",
+           peak_loop == PEAK_VNNI ? "vpdpbusd zmm" : "vpmaddwd+vpaddd ymm", peak);
   printf("%-22s %5s %5s %5s", "problem", "M", "N", "K");
   for (int v = 0; v < vmc_qgemm_variant_count; v++) {
     const char *n = vmc_qgemm_variants[v]->name;

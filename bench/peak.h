@@ -5,7 +5,10 @@
  *   fp32 FMA, zmm (AVX-512F): 16 independent accumulators, 32 flops each;
  *   fp32 FMA, ymm (AVX2+FMA): 12 independent accumulators, 16 flops each;
  *   int8 vpdpbusd, zmm (AVX512-VNNI): 16 accumulators, 64 u8 x s8
- *     multiply-adds = 128 ops each.
+ *     multiply-adds = 128 ops each;
+ *   int8 without VNNI, ymm (AVX2): the step of the AVX2 int8 GEMM
+ *     (qgemm_avx2.c), vpmaddwd into a vpaddd, 12 accumulators, 16 s16
+ *     multiply-adds = 32 ops each.
  * Enough accumulators to cover FMA latency x throughput on current x86
  * (4 cycles x 2 pipes).  Nothing is loaded or stored inside the loops.
  *
@@ -49,6 +52,7 @@ static inline int peak_has_vnni512(void) {
 #define PEAK_ZMM_ACC 16
 #define PEAK_YMM_ACC 12
 #define PEAK_VNNI_ACC 16
+#define PEAK_MADDWD_ACC 12
 
 /* Each function runs iters iterations of one instruction per accumulator
  * and returns a value depending on every accumulator (so nothing is dead).
@@ -112,13 +116,37 @@ peak_loop_vnni(long iters) {
   return (float)_mm512_reduce_add_epi32(s);
 }
 
-enum { PEAK_YMM, PEAK_ZMM, PEAK_VNNI };
+/* acc += madd(u, v), as the GEMM's step, both instructions in one asm
+ * (with a scratch register): intrinsics let the compiler hoist the
+ * loop-invariant products, and a separate asm output made gcc spill the
+ * accumulators. */
+__attribute__((target("avx2"), noinline)) static float peak_loop_maddwd(long iters) {
+  const __m256i u = _mm256_set1_epi16(3), v = _mm256_set1_epi16(-2);
+#define DECL(j) __m256i a##j = _mm256_set1_epi32(j);
+#define STEP(j)                                                                    \
+  __asm__("vpmaddwd %2, %1, %%ymm15\n\tvpaddd %%ymm15, %0, %0" : "+x"(a##j)       \
+          : "x"(u), "x"(v) : "xmm15");
+#define SUM(j) s = _mm256_add_epi32(s, a##j);
+  PEAK_REP12(DECL)
+  for (long i = 0; i < iters; i++) {
+    PEAK_REP12(STEP)
+  }
+  __m256i s = _mm256_setzero_si256();
+  PEAK_REP12(SUM)
+#undef DECL
+#undef STEP
+#undef SUM
+  return (float)_mm256_extract_epi32(s, 0);
+}
+
+enum { PEAK_YMM, PEAK_ZMM, PEAK_VNNI, PEAK_MADDWD };
 
 /* Arithmetic (flops or ops) of one iteration of a loop. */
 static inline double peak_ops_per_iter(int which) {
   switch (which) {
   case PEAK_YMM: return PEAK_YMM_ACC * 8 * 2.0;
   case PEAK_ZMM: return PEAK_ZMM_ACC * 16 * 2.0;
+  case PEAK_MADDWD: return PEAK_MADDWD_ACC * 16 * 2.0;
   default: return PEAK_VNNI_ACC * 64 * 2.0;
   }
 }
@@ -135,9 +163,10 @@ static inline double peak_run(int which, int nt, long iters) {
 #pragma omp barrier
 #pragma omp master
     t0 = peak_now_s();
-    float v = which == PEAK_YMM   ? peak_loop_ymm(iters)
-              : which == PEAK_ZMM ? peak_loop_zmm(iters)
-                                  : peak_loop_vnni(iters);
+    float v = which == PEAK_YMM      ? peak_loop_ymm(iters)
+              : which == PEAK_ZMM    ? peak_loop_zmm(iters)
+              : which == PEAK_MADDWD ? peak_loop_maddwd(iters)
+                                     : peak_loop_vnni(iters);
 #pragma omp barrier
 #pragma omp master
     {
@@ -151,8 +180,8 @@ static inline double peak_run(int which, int nt, long iters) {
 
 /* Median over `runs` runs of about `seconds` each; 0 if the CPU lacks it. */
 static inline double peak_measure(int which, int nt, int runs, double seconds) {
-  if ((which == PEAK_YMM && !peak_has_avx2()) || (which == PEAK_ZMM && !peak_has_avx512()) ||
-      (which == PEAK_VNNI && !peak_has_vnni512()))
+  if (((which == PEAK_YMM || which == PEAK_MADDWD) && !peak_has_avx2()) ||
+      (which == PEAK_ZMM && !peak_has_avx512()) || (which == PEAK_VNNI && !peak_has_vnni512()))
     return 0;
   if (runs > 64) runs = 64;
   if (runs < 1) runs = 1;
