@@ -16,9 +16,8 @@ static inline v16 load(const float *p) { return (v16){_mm256_loadu_ps(p), _mm256
 
 /* Lane masks (all ones) for the first r of 16 lanes, 0 <= r < 16. */
 static inline void tail(int r, __m256i *m0, __m256i *m1) {
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  *m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), idx);
-  *m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(r - 8), idx);
+  *m0 = ymm_lanes(r);
+  *m1 = ymm_lanes(r - 8);
 }
 
 static inline v16 load_tail(const float *p, __m256i m0, __m256i m1) {

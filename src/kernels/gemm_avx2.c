@@ -129,14 +129,6 @@ static float *pack_buffer(float **buf, size_t *cap, size_t n) {
   return p;
 }
 
-/* Lane mask for the first n (clamped to 0..8) lanes of a ymm. */
-static const int32_t mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
-                                       0,  0,  0,  0,  0,  0,  0,  0};
-static inline __m256i lane_mask(int n) {
-  n = n < 0 ? 0 : n > 8 ? 8 : n;
-  return _mm256_loadu_si256((const __m256i *)(mask_table + 8 - n));
-}
-
 /* In-register transpose of 8 rows of 8 floats. */
 static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -222,7 +214,7 @@ static void pack_a(int trans_a, const float *A, size_t lda, int i0, int k0,
     const float *s = A + (size_t)(k0 + k) * lda + i0;
     for (int ip = 0; ip < mc; ip += MR) {
       const int mr = mc - ip < MR ? mc - ip : MR;
-      const __m256 v = _mm256_mul_ps(va, _mm256_maskload_ps(s + ip, lane_mask(mr)));
+      const __m256 v = _mm256_mul_ps(va, _mm256_maskload_ps(s + ip, ymm_lanes(mr)));
       float *d = dst + (size_t)ip * kc + (size_t)k * MR;
       if (k + 1 < kc)
         _mm256_storeu_ps(d, v);
@@ -245,7 +237,7 @@ static void pack_b(int trans_b, const bsrc *B, int k0, int j0, int kc, int nc,
     float *d = dst + (size_t)jp * kc;
     if (!trans_b) {
       /* op(B)(k,j) = B[k*ldb + j]: the columns are contiguous for each k. */
-      const __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
+      const __m256i m0 = ymm_lanes(nr), m1 = ymm_lanes(nr - 8);
       for (int k = 0; k < kc; k++) {
         const float *s = bsrc_row(B, k0 + k) + j0 + jp;
         _mm256_storeu_ps(d + (size_t)k * w, _mm256_maskload_ps(s, m0));
@@ -419,8 +411,8 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const __m256 vb = _mm256_set1_ps(t->beta);
   /* Full width: plain loads and stores; else masked. */
   const int full = nr == NV * 8;
-  const __m256i m0 = full ? _mm256_set1_epi32(-1) : lane_mask(nr);
-  const __m256i m1 = full ? _mm256_set1_epi32(-1) : lane_mask(nr - 8);
+  const __m256i m0 = full ? _mm256_set1_epi32(-1) : ymm_lanes(nr);
+  const __m256i m1 = full ? _mm256_set1_epi32(-1) : ymm_lanes(nr - 8);
 #define STORE_ROW(r)                                                                \
   if ((r) < MRE && (r) < mr) {                                                      \
     store_vec(acc[r][0], c + (size_t)(r) * ldc, mode, vb, e, r, 0, m0, nr, full);   \
@@ -492,8 +484,8 @@ static int instance_rows(int mr) {
  * most of the FMA latency idle and is packed alone, so a GEMM over 49
  * Winograd tiles cost as much as one over 56 (Zen 3, one core, variants
  * side by side: 16x49x16 +14-19 %, 64x49x256 +35 %, 32x17x288 +37 %,
- * 1 to 3 columns +4-17 %; at 4 columns no gain, -7 % at K = 576).  Here the rows are in the
- * lanes instead: for up to 3 row panels at once, the 8 floats of panel p
+ * 1 to 3 columns +4-17 %; at 4 columns no gain, -7 % at K = 576).  Here
+ * the rows are in the lanes instead: for up to 3 row panels at once, the 8 floats of panel p
  * at depth k (its MR rows, then 2 of the next k's, never stored; PACK_SLACK
  * floats follow every packed block) times B[k][j] broadcast.  Each C
  * element is still a chain of FMAs over k from zero, then written or added

@@ -146,10 +146,10 @@ static void merge_avx2(const float *dq, int ch, const vmc_phase_geom *g, float *
     const __m256 keep_e = qe ? ones : none, keep_o = qo ? ones : none;
     const __m256 keep_lo = YMM_ZIP_LO(keep_e, keep_o), keep_hi = YMM_ZIP_HI(keep_e, keep_o);
     const int blend = add && !(qe && qo);
+    if (add && !qe && !qo) continue; /* nothing to add in these rows */
     for (int u = 0; u < g->phh; u++) {
       const int y = g->sh * u + r - g->top;
       if (y < 0 || y >= g->h) continue;
-      if (add && !qe && !qo) continue;
       for (int ci = 0; ci < ch; ci++) {
         const float *se = qe ? qe + ci * chan_q + (size_t)u * phw : NULL;
         const float *so = qo ? qo + ci * chan_q + (size_t)u * phw : NULL;
