@@ -67,6 +67,18 @@ static inline void FN(input_pair)(const float *xc, size_t row, int h, const vmas
   FN(store_v)(dst, ps, r);
 }
 
+/* d B of image row y (zero outside the image) for the VL tiles whose first
+ * padded column lies at xc in row 0. */
+static inline void FN(padded_row)(const float *xc, size_t row, int h, int y, const vmask m[4],
+                                  vec out[4]) {
+  if (y >= 0 && y < h) {
+    const float *s = xc + (size_t)y * row;
+    FN(row_b)(s, s + VL, m, out);
+  } else {
+    out[0] = out[1] = out[2] = out[3] = VZERO();
+  }
+}
+
 static void FN(wino_input)(const float *x, int ch, size_t plane, size_t row, int h, int w,
                            const vmc_wino_buf *v, int ti0, int ti1, float *tmp) {
   const int tw = (w + 1) / 2;
@@ -90,26 +102,35 @@ static void FN(wino_input)(const float *x, int ch, size_t plane, size_t row, int
                        v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw, ps);
     return;
   }
+  /* Down a column of tile blocks: tile row ti + 1 reads the two padded
+   * rows tile row ti read last, so each row is loaded and transformed once.
+   * The last block first: its lanes past the row land on the next row's
+   * first tiles, which the first block writes later. */
   for (int c = 0; c < ch; c++)
-    for (int ti = ti0; ti < ti1; ti++) {
-      float *dst0 = v->base + (size_t)c * v->ch_stride + (size_t)(ti - ti0) * tw;
-      for (int t0 = 0; t0 < tw; t0 += VL) {
-        /* padded columns 2 * t0 + k, read for k in [first, n): the pixels */
-        const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
-        vmask m[4];
-        spans(0, first, n, m);
-        spans(2, first, n, m + 2);
-        vec r[4][4];
-        for (int i = 0; i < 4; i++) {
-          const int y = 2 * ti + i - 1; /* the image row of padded row 2ti + i */
-          if (y >= 0 && y < h) {
-            const float *s = x + (size_t)c * plane + (size_t)y * row + 2 * t0 - 1;
-            FN(row_b)(s, s + VL, m, r[i]);
-          } else {
-            r[i][0] = r[i][1] = r[i][2] = r[i][3] = VZERO();
-          }
+    for (int t0 = (tw - 1) / VL * VL; t0 >= 0; t0 -= VL) {
+      /* padded columns 2 * t0 + k, read for k in [first, n): the pixels */
+      const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
+      vmask m[4];
+      spans(0, first, n, m);
+      spans(2, first, n, m + 2);
+      const float *xc = x + (size_t)c * plane + 2 * t0 - 1;
+      float *dst = v->base + (size_t)c * v->ch_stride + t0;
+      vec r0[4], r1[4], r2[4], r3[4];
+      FN(padded_row)(xc, row, h, 2 * ti0 - 1, m, r0);
+      FN(padded_row)(xc, row, h, 2 * ti0, m, r1);
+      for (int ti = ti0; ti < ti1; ti++, dst += tw) {
+        FN(padded_row)(xc, row, h, 2 * ti + 1, m, r2);
+        for (int j = 0; j < 4; j++) {
+          VSTORE(dst + (0 + j) * ps, VSUB(r0[j], r2[j]));
+          VSTORE(dst + (4 + j) * ps, VADD(r1[j], r2[j]));
+          VSTORE(dst + (8 + j) * ps, VSUB(r2[j], r1[j]));
         }
-        FN(store_v)(dst0 + t0, ps, r);
+        FN(padded_row)(xc, row, h, 2 * ti + 2, m, r3);
+        for (int j = 0; j < 4; j++) {
+          VSTORE(dst + (12 + j) * ps, VSUB(r1[j], r3[j]));
+          r0[j] = r2[j];
+          r1[j] = r3[j];
+        }
       }
     }
 }
