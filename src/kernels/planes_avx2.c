@@ -7,6 +7,7 @@
  * per call, for rows of at most MAX_BLOCKS steps (longer rows take the
  * reference). */
 #include "kernels/planes.h"
+#include "kernels/prefetch.h"
 #include "kernels/ymm.h"
 
 #include <immintrin.h>
@@ -33,6 +34,7 @@ static void pad_avx2(const float *x, int ch, int h, int w, int top, int left, in
   for (int c = 0; c < ch; c++) {
     float *dst = xp + (size_t)c * hp * wp;
     const float *src = x + (size_t)c * h * w;
+    if (c + 1 < ch && h > 0) vmc_prefetch_span(src + (size_t)h * w, (size_t)h * w);
     zero(dst, (size_t)top * wp);
     for (int y = 0; y < h; y++) {
       float *r = dst + (size_t)(top + y) * wp;
@@ -54,7 +56,8 @@ static void crop_avx2(const float *src, int ch, size_t plane, int wp, int top, i
   }
   __m256i m[MAX_BLOCKS];
   for (int b = 0; b < nb; b++) m[b] = ymm_lanes(w - 8 * b);
-  for (int c = 0; c < ch; c++)
+  for (int c = 0; c < ch; c++) {
+    if (c + 1 < ch && h > 0) vmc_prefetch_span(dst + (size_t)(c + 1) * h * w, (size_t)h * w);
     for (int y = 0; y < h; y++) {
       const float *s = src + (size_t)c * plane + (size_t)(top + y) * wp + left;
       float *d = dst + ((size_t)c * h + y) * w;
@@ -64,6 +67,7 @@ static void crop_avx2(const float *src, int ch, size_t plane, int wp, int top, i
         ymm_store_first(d + 8 * b, v, w - 8 * b);
       }
     }
+  }
 }
 
 static float *phase_row(float *base, int ci, const vmc_phase_geom *g, int r, int s, int u) {
@@ -88,7 +92,8 @@ static void split_avx2(const float *x, int ch, const vmc_phase_geom *g, size_t s
     mb[b] = ymm_span(-x0 - 8, w - x0 - 8);
   }
   const size_t xrow = vmc_phase_xrow(g), xplane = vmc_phase_xplane(g);
-  for (int ci = 0; ci < ch; ci++)
+  for (int ci = 0; ci < ch; ci++) {
+    if (ci + 1 < ch) vmc_prefetch_span(x + (ci + 1) * xplane, (size_t)g->h * xrow);
     for (int r = 0; r < g->sh; r++) {
       float *d0 = phase_row(xq, ci, g, r, 0, 0), *d1 = phase_row(xq, ci, g, r, 1, 0);
       if (!d0 && !d1) continue;
@@ -109,6 +114,7 @@ static void split_avx2(const float *x, int ch, const vmc_phase_geom *g, size_t s
         }
       }
     }
+  }
   zero(xq + (size_t)ch * g->nslots * g->phh * phw, slack);
 }
 
@@ -154,6 +160,7 @@ static void merge_avx2(const float *dq, int ch, const vmc_phase_geom *g, float *
         const float *se = qe ? qe + ci * chan_q + (size_t)u * phw : NULL;
         const float *so = qo ? qo + ci * chan_q + (size_t)u * phw : NULL;
         float *d = dx + ci * chan_x + (size_t)y * w;
+        if (y + g->sh < g->h) vmc_prefetch_span(d + (size_t)g->sh * w, (size_t)w); /* next u's row */
         for (int b = 0; b < nb; b++) {
           const __m256 pe_v = se ? _mm256_maskload_ps(se + ve[b], me[b]) : none;
           const __m256 po_v = so ? _mm256_maskload_ps(so + vo[b], mo[b]) : none;

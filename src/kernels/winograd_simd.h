@@ -26,6 +26,7 @@
  * so the floats are its.  Whole vectors are loaded and stored in the
  * transformed planes (winograd.h's slack); lanes past a row's tiles land on
  * the next row's, written later, or on the slack. */
+#include "kernels/prefetch.h"
 #include "kernels/winograd.h"
 
 /* Zeros, read for a padded row outside the image in a pair of tile rows. */
@@ -106,7 +107,10 @@ static void FN(wino_input)(const float *x, int ch, size_t plane, size_t row, int
    * rows tile row ti read last, so each row is loaded and transformed once.
    * The last block first: its lanes past the row land on the next row's
    * first tiles, which the first block writes later. */
-  for (int c = 0; c < ch; c++)
+  const int y0 = 2 * ti0 - 1 < 0 ? 0 : 2 * ti0 - 1, y1 = 2 * ti1 + 1 < h ? 2 * ti1 + 1 : h;
+  for (int c = 0; c < ch; c++) {
+    if (c + 1 < ch && y0 < y1) /* the next channel's rows */
+      vmc_prefetch_span(x + (size_t)(c + 1) * plane + (size_t)y0 * row, (size_t)(y1 - y0) * row);
     for (int t0 = (tw - 1) / VL * VL; t0 >= 0; t0 -= VL) {
       /* padded columns 2 * t0 + k, read for k in [first, n): the pixels */
       const int first = 1 - 2 * t0, n = w + 1 - 2 * t0;
@@ -133,6 +137,7 @@ static void FN(wino_input)(const float *x, int ch, size_t plane, size_t row, int
         }
       }
     }
+  }
 }
 
 /* A^T M A of VL tiles at src, plus the bias: output rows 0 and 1, even and
@@ -180,8 +185,12 @@ static void FN(wino_output)(const vmc_wino_buf *mb, int ti0, int ti1, int oc, in
     }
     return;
   }
+  const int y0 = 2 * ti0, y1 = 2 * ti1 < h ? 2 * ti1 : h;
   for (int k = 0; k < oc; k++) {
     const vec bias = VSET1(o->bias ? o->bias[k] : 0.0f);
+    if (k + 1 < oc && y0 < y1) /* the next channel's rows, about to be written */
+      vmc_prefetch_span(o->y + (size_t)(k + 1) * o->plane + (size_t)y0 * o->row,
+                        (size_t)(y1 - y0) * o->row);
     for (int ti = ti0; ti < ti1; ti++) {
       const float *src0 = mb->base + (size_t)k * mb->ch_stride + (size_t)(ti - ti0) * tw;
       for (int t0 = 0; t0 < tw; t0 += VL) {
@@ -212,7 +221,10 @@ static void FN(grad_output)(const float *dy, size_t plane, size_t row, int oc, i
   }
 #endif
   const size_t ps = m->pos_stride;
-  for (int k = 0; k < oc; k++)
+  const int y0 = 2 * ti0, y1 = 2 * ti1 < h ? 2 * ti1 : h;
+  for (int k = 0; k < oc; k++) {
+    if (k + 1 < oc && y0 < y1) /* the next channel's rows */
+      vmc_prefetch_span(dy + (size_t)(k + 1) * plane + (size_t)y0 * row, (size_t)(y1 - y0) * row);
     for (int ti = ti0; ti < ti1; ti++) {
       const float *d0 = dy + (size_t)k * plane + (size_t)(2 * ti) * row;
       float *dst0 = m->base + (size_t)k * m->ch_stride + (size_t)(ti - ti0) * tw;
@@ -234,4 +246,5 @@ static void FN(grad_output)(const float *dy, size_t plane, size_t row, int oc, i
         }
       }
     }
+  }
 }
