@@ -336,7 +336,8 @@ TEST(winograd_weight_transform) {
 /* The conv2d op with Winograd against the direct path (VMC_WINOGRAD=0) on
  * an image large enough to be transformed in several bands of tile rows
  * (src/ops/conv2d.c), odd-sized, unequal channel counts: inference on one
- * and two threads (one image: the threads split its tile rows), training
+ * and two threads (one image: the threads split its channels and
+ * positions), training
  * forward, dx, dW (banded Winograd dW) and dB on two threads. */
 typedef struct {
   int n, c, o, h, w;
@@ -376,8 +377,11 @@ static vmc_oph *conv_run(vmc_mode mode, int threads, int winograd, const conv_di
   return h;
 }
 
-/* Inference, image 0, on one and two threads, within tol of the direct. */
+/* Inference, image 0, on one and two threads, within tol of the direct;
+ * two threads (the image's work split between them) give one thread's
+ * floats. */
 static void infer_matches(const conv_dims *cd, double tol) {
+  vmc_oph *one = NULL;
   for (int t = 1; t <= 2; t++) {
     vmc_oph *d = conv_run(VMC_MODE_INFER, t, 0, cd), *w = conv_run(VMC_MODE_INFER, t, 1, cd);
     REQUIRE(d && w);
@@ -386,8 +390,14 @@ static void infer_matches(const conv_dims *cd, double tol) {
     if (!(e <= tol))
       vmc_test_fail(__FILE__, __LINE__, "inference %dx%d, %d threads: off by %g", cd->h, cd->w, t,
                     e);
-    vmc_oph_free(d), vmc_oph_free(w);
+    if (one && memcmp(one->y, w->y, per * sizeof(float)))
+      vmc_test_fail(__FILE__, __LINE__, "inference %dx%d: two threads differ from one", cd->h,
+                    cd->w);
+    vmc_oph_free(d);
+    if (one) vmc_oph_free(w);
+    else one = w;
   }
+  vmc_oph_free(one);
 }
 
 TEST(winograd_conv_op_in_bands_matches_direct) {

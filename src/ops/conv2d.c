@@ -590,21 +590,61 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
   }
 }
 
+/* Winograd over one image on a team of threads, band by band in the first
+ * thread's planes: the input transform split by input channels, the
+ * position GEMMs by positions, the output transform by output channels.
+ * Every GEMM keeps the band's whole width (split by tile rows, a thread's
+ * share of a small image is a few tiles wide, too narrow for the register
+ * tile), and each result is computed as on one thread. */
+static void wino_team(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
+                      int team, const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
+                      size_t slice_at) {
+  const vmc_conv_geom *g = &c->g;
+  const vmc_wino_kernels *k = vmc_wino_kernels_best();
+  const wino_space w = wino_space_of(c, slice_scratch(ctx, 0), slice_at);
+  const int ld = (int)c->ldt;
+#pragma omp parallel num_threads(team)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float *rows = wino_space_of(c, slice_scratch(ctx, t), slice_at).rows;
+    const int c0 = chunk_lo(g->c, t, nt), c1 = chunk_lo(g->c, t + 1, nt);
+    const int k0 = chunk_lo(c->ocg, t, nt), k1 = chunk_lo(c->ocg, t + 1, nt);
+    const int p0 = chunk_lo(c->npos, t, nt), p1 = chunk_lo(c->npos, t + 1, nt);
+    vmc_wino_buf v = w.v, m = w.m;
+    v.base += (size_t)c0 * v.ch_stride;
+    m.base += (size_t)k0 * m.ch_stride;
+    vmc_wino_out ot = *o;
+    ot.y += (size_t)k0 * o->plane;
+    if (o->res) ot.res += (size_t)k0 * o->plane;
+    if (o->bias) ot.bias += k0;
+    for (int b0 = 0; b0 < c->th; b0 += c->wband) {
+      const int b1 = wino_band_end(c, b0, c->th), n = (b1 - b0) * c->tw;
+      /* (the barrier before the GEMMs also keeps them from the M planes
+       * until every thread's output transform of the band before is done) */
+      if (c1 > c0)
+        (c->wm == 4 ? k->input4 : k->input)(x + (size_t)c0 * xplane, c1 - c0, xplane, xrow, g->h,
+                                            g->w, &v, b0, b1, rows);
+#pragma omp barrier
+      for (int ab = p0; ab < p1; ab++)
+        vmc_sgemm_packed(&pk[ab], 0, n, w.v.base + ab * w.v.pos_stride, ld, 0.0f,
+                         w.m.base + ab * w.m.pos_stride, ld, NULL);
+#pragma omp barrier
+      if (k1 > k0)
+        (c->wm == 4 ? k->output4 : k->output)(&m, b0, b1, k1 - k0, g->oh, g->ow, &ot, rows);
+    }
+  }
+}
+
 /* Winograd over one image x (planes xplane apart, rows xrow) into the
- * output o.  par: on this thread (its scratch slice base); else the image's
- * tile rows split over the team, each thread on its own slice. */
+ * output o.  par: on this thread (its scratch slice base); else on the
+ * team (wino_team). */
 static void wino_conv(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
                       int par, const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
                       float *base, const scratch_plan *sp) {
-  const int th = c->th, team = par ? 1 : ctx->nthreads < th ? ctx->nthreads : th;
-  if (team <= 1) {
-    wino_rows(c, pk, x, xplane, xrow, o, base, sp->a, 0, th);
-  } else {
-#pragma omp parallel for schedule(static, 1) num_threads(team)
-    for (int t = 0; t < team; t++)
-      wino_rows(c, pk, x, xplane, xrow, o, slice_scratch(ctx, t), sp->a, chunk_lo(th, t, team),
-                chunk_lo(th, t + 1, team));
-  }
+  if (par || ctx->nthreads <= 1)
+    wino_rows(c, pk, x, xplane, xrow, o, base, sp->a, 0, c->th);
+  else
+    wino_team(ctx, c, pk, ctx->nthreads, x, xplane, xrow, o, sp->a);
 }
 
 /* Winograd forward of one image (one group), from the plain or the padded
