@@ -336,7 +336,7 @@ TEST(winograd_weight_transform) {
 /* The conv2d op with Winograd against the direct path (VMC_WINOGRAD=0) on
  * an image large enough to be transformed in several bands of tile rows
  * (src/ops/conv2d.c), odd-sized, unequal channel counts: inference on one
- * and two threads (one image: the threads split its channels and
+ * to three threads (one image: the threads split its channels and
  * positions), training
  * forward, dx, dW (banded Winograd dW) and dB on two threads. */
 typedef struct {
@@ -377,12 +377,12 @@ static vmc_oph *conv_run(vmc_mode mode, int threads, int winograd, const conv_di
   return h;
 }
 
-/* Inference, image 0, on one and two threads, within tol of the direct;
- * two threads (the image's work split between them) give one thread's
- * floats. */
+/* Inference, image 0, on one to three threads, within tol of the direct;
+ * several threads (the image's work split between them, unevenly with
+ * three) give one thread's floats. */
 static void infer_matches(const conv_dims *cd, double tol) {
   vmc_oph *one = NULL;
-  for (int t = 1; t <= 2; t++) {
+  for (int t = 1; t <= 3; t++) {
     vmc_oph *d = conv_run(VMC_MODE_INFER, t, 0, cd), *w = conv_run(VMC_MODE_INFER, t, 1, cd);
     REQUIRE(d && w);
     const size_t per = d->yn / cd->n;
@@ -391,8 +391,8 @@ static void infer_matches(const conv_dims *cd, double tol) {
       vmc_test_fail(__FILE__, __LINE__, "inference %dx%d, %d threads: off by %g", cd->h, cd->w, t,
                     e);
     if (one && memcmp(one->y, w->y, per * sizeof(float)))
-      vmc_test_fail(__FILE__, __LINE__, "inference %dx%d: two threads differ from one", cd->h,
-                    cd->w);
+      vmc_test_fail(__FILE__, __LINE__, "inference %dx%d: %d threads differ from one", cd->h,
+                    cd->w, t);
     vmc_oph_free(d);
     if (one) vmc_oph_free(w);
     else one = w;
