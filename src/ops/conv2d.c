@@ -597,13 +597,13 @@ static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const flo
  * share of a small image is a few tiles wide, too narrow for the register
  * tile), and each result is computed as on one thread. */
 static void wino_team(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
-                      int team, const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
+                      const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
                       size_t slice_at) {
   const vmc_conv_geom *g = &c->g;
   const vmc_wino_kernels *k = vmc_wino_kernels_best();
   const wino_space w = wino_space_of(c, slice_scratch(ctx, 0), slice_at);
   const int ld = (int)c->ldt;
-#pragma omp parallel num_threads(team)
+#pragma omp parallel num_threads(ctx->nthreads)
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     float *rows = wino_space_of(c, slice_scratch(ctx, t), slice_at).rows;
@@ -644,7 +644,7 @@ static void wino_conv(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_p
   if (par || ctx->nthreads <= 1)
     wino_rows(c, pk, x, xplane, xrow, o, base, sp->a, 0, c->th);
   else
-    wino_team(ctx, c, pk, ctx->nthreads, x, xplane, xrow, o, sp->a);
+    wino_team(ctx, c, pk, x, xplane, xrow, o, sp->a);
 }
 
 /* Winograd forward of one image (one group), from the plain or the padded
