@@ -391,11 +391,13 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const size_t ldc = t->ldc;
   const int mr = t->mr, nr = t->nr, mode = t->mode;
   const tile_epi *e = t->e;
-  /* The common whole tile, no epilogue, written or added: straight-line
-   * stores (the general write-back below is branchy and several KiB of
-   * code per instance, which costs more than the FMAs at small K). */
-  if (nr == NV * 8 && mr >= MRE && !e && mode != STORE_BETA) {
+  /* The common whole tile, written or added: straight-line stores, with
+   * the epilogue's terms chosen once per tile (the general write-back below
+   * is branchy and several KiB of code per instance, which costs more than
+   * the FMAs at small K). */
+  if (nr == NV * 8 && mr >= MRE && mode != STORE_BETA) {
     const int add = mode == STORE_ADD;
+    if (!e) {
 #define PLAIN_ROW(r)                                                                \
   if ((r) < MRE) {                                                                  \
     float *cr = c + (size_t)(r) * ldc;                                              \
@@ -404,8 +406,31 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
       _mm256_storeu_ps(cr + 8, add ? _mm256_add_ps(_mm256_loadu_ps(cr + 8), acc[r][1])    \
                                    : acc[r][1]);                                    \
   }
-    REP_MR(PLAIN_ROW)
+      REP_MR(PLAIN_ROW)
 #undef PLAIN_ROW
+      return;
+    }
+    /* As epi_vec, in its order: C's old value, bias, res, clamp (infinite
+     * bounds clamp nothing, NaN included, so they are applied anyway). */
+    const float *restrict bias = e->bias, *restrict res = e->res;
+    const size_t ldr = e->ldr;
+    const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi);
+#define EPI_VEC(r, v)                                                               \
+  {                                                                                 \
+    float *cv = c + (size_t)(r) * ldc + 8 * (v);                                    \
+    __m256 x = add ? _mm256_add_ps(_mm256_loadu_ps(cv), acc[r][v]) : acc[r][v];     \
+    if (bias) x = _mm256_add_ps(x, _mm256_broadcast_ss(bias + (r)));                \
+    if (res) x = _mm256_add_ps(x, _mm256_loadu_ps(res + (size_t)(r) * ldr + 8 * (v))); \
+    _mm256_storeu_ps(cv, _mm256_min_ps(hi, _mm256_max_ps(lo, x)));                  \
+  }
+#define EPI_ROW(r)                                                                  \
+  if ((r) < MRE) {                                                                  \
+    EPI_VEC(r, 0)                                                                   \
+    if (NV > 1) EPI_VEC(r, 1)                                                       \
+  }
+    REP_MR(EPI_ROW)
+#undef EPI_ROW
+#undef EPI_VEC
     return;
   }
   const __m256 vb = _mm256_set1_ps(t->beta);
