@@ -946,6 +946,12 @@ TEST(gemm_rows_epi_bit_identical) {
           vmc_sgemm_rows_epi_mt(rp.tb, rp.M, rp.N, rp.K, rp.alpha, rp.A, rp.lda, rows,
                                 rp.beta, C2, rp.ldc, &e);
           if (bits_differ(C1, C2, nc)) break;
+          /* the same split as a team's parts, run in turn (t = nt: none) */
+          memcpy(C2, rp.C0, nc * sizeof(float));
+          for (int t = nt; t >= 0; t--)
+            vmc_sgemm_rows_epi_part(rp.tb, rp.M, rp.N, rp.K, rp.alpha, rp.A, rp.lda, rows,
+                                    rp.beta, C2, rp.ldc, &e, t, nt);
+          if (bits_differ(C1, C2, nc)) break;
         }
       }
       const size_t diff = bits_differ(C1, C2, nc);
@@ -1019,18 +1025,22 @@ static void check_packed(int which, const run_variant *rv, const epi_problem *e,
                              .brow = (const float *const *)rp->rows, .beta = rp->beta,
                              .C = want, .ldc = rp->ldc, .epi = &ep};
     rv->fn(&g);
-    for (int form = 0; form < 2; form++) {
+    static const char *forms[] = {"", "_mt", "_part"};
+    for (int form = 0; form < 3; form++) {
       memcpy(got, rp->C0, nc * sizeof(float));
+      const float *const *rows = (const float *const *)rp->rows;
       if (form == 0)
-        vmc_sgemm_rows_packed(&pk, rp->tb, rp->N, (const float *const *)rp->rows, rp->beta,
-                              got, rp->ldc, &ep);
-      else
-        vmc_sgemm_rows_packed_mt(&pk, rp->tb, rp->N, (const float *const *)rp->rows,
-                                 rp->beta, got, rp->ldc, &ep);
+        vmc_sgemm_rows_packed(&pk, rp->tb, rp->N, rows, rp->beta, got, rp->ldc, &ep);
+      else if (form == 1)
+        vmc_sgemm_rows_packed_mt(&pk, rp->tb, rp->N, rows, rp->beta, got, rp->ldc, &ep);
+      else /* a team of three's parts, in turn */
+        for (int t = 0; t < 3; t++)
+          vmc_sgemm_rows_packed_part(&pk, rp->tb, rp->N, rows, rp->beta, got, rp->ldc, &ep, t,
+                                     3);
       const size_t diff = bits_differ(want, got, nc);
       if (diff)
         vmc_test_fail(__FILE__, __LINE__, "rows_packed%s %s tb=%d M=%d N=%d K=%d: %zu differ",
-                      form ? "_mt" : "", rv->name, rp->tb, rp->M, rp->N, rp->K, diff);
+                      forms[form], rv->name, rp->tb, rp->M, rp->N, rp->K, diff);
     }
   }
   free(want);

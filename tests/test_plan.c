@@ -104,6 +104,36 @@ TEST(plan_infer_winograd_matches_direct) {
   }
 }
 
+/* One image on a team of threads (conv2d splits each convolution's
+ * planes, GEMM and write-back, or Winograd's transforms and positions,
+ * between them): the logits on two and three threads are one thread's, bit
+ * for bit, with the padded layout and without (wide results cropped), and
+ * with Winograd off (every 3x3 convolution on the split GEMM). */
+TEST(plan_infer_one_image_on_a_team_same_bits) {
+  const char *models[] = {"lenet5", "resnet8", "mobilenetv2-tiny"};
+  const char *knobs[] = {NULL, "VMC_NO_PADDED", "VMC_WINOGRAD"};
+  for (int m = 0; m < 3; m++) {
+    vmc_graph *g = test_zoo_model(models[m], 7, 11);
+    REQUIRE(g);
+    for (int k = 0; k < 3; k++) {
+      if (knobs[k]) setenv(knobs[k], k == 2 ? "0" : "1", 1);
+      size_t n1, nt;
+      float *one = logits(g, 1, 2, 1, &n1, NULL);
+      for (int t = 2; t <= 3; t++) {
+        float *team = logits(g, 1, 2, t, &nt, NULL);
+        REQUIRE(one && team && n1 == nt);
+        if (memcmp(one, team, n1 * sizeof(float)))
+          vmc_test_fail(__FILE__, __LINE__, "%s (%s): %d threads differ from one", models[m],
+                        knobs[k] ? knobs[k] : "defaults", t);
+        free(team);
+      }
+      free(one);
+      if (knobs[k]) unsetenv(knobs[k]);
+    }
+    vmc_graph_free(g);
+  }
+}
+
 TEST(plan_infer_shares_activation_buffers) {
   vmc_graph *g = test_zoo_model("resnet20", 7, 11);
   REQUIRE(g);

@@ -163,6 +163,11 @@ static inline vmc_padded vmc_padded_of(const vmc_shape *s) {
 static inline size_t vmc_padded_origin(const vmc_padded *p) { return (size_t)p->wp + 1; }
 /* Zeroes every float of image y (channels ch) that is not a pixel. */
 void vmc_padded_zero_borders(const vmc_padded *p, int ch, float *y);
+/* The same for channels [c0, c1) of the ch.  The zeros between two
+ * channels' pixels are the upper one's (those before channel 0's, channel
+ * 0's), so threads taking disjoint ranges write disjoint floats, and none
+ * a pixel. */
+void vmc_padded_zero_channels(const vmc_padded *p, int ch, int c0, int c1, float *y);
 
 /* Shared helpers for ops. */
 static inline int vmc_ceil_div(int a, int b) { return (a + b - 1) / b; }

@@ -53,10 +53,64 @@ static void tile_of(int variant, int *mr, int *nr) {
   }
 }
 
-/* Runs g on one variant, split over threads in whole tiles of the longer
- * of M and N (each thread then reads its share of the larger operand and all
- * of the smaller one), unless that side has fewer tiles than there are
- * threads and the other has more. */
+/* How g splits over nt threads: in whole tiles of the longer of M and N
+ * (each thread then reads its share of the larger operand and all of the
+ * smaller one), unless that side has fewer tiles than there are threads and
+ * the other has more. */
+typedef struct {
+  int by_n;    /* blocks of columns, else of rows */
+  int len;     /* N or M */
+  int block;   /* its length per block */
+  int nblocks; /* blocks, at most nt */
+} mt_split;
+
+static mt_split split_of(int variant, const vmc_gemm_args *g, int nt) {
+  int mr, nr;
+  tile_of(variant, &mr, &nr);
+  const int M = g->M, N = g->N;
+  const int n_tiles = (N + nr - 1) / nr, m_tiles = (M + mr - 1) / mr;
+  mt_split s;
+  s.by_n = N >= M ? n_tiles >= nt || m_tiles < n_tiles : m_tiles < nt && n_tiles > m_tiles;
+  s.len = s.by_n ? N : M;
+  const int align = s.by_n ? nr : mr;
+  const int units = (s.len + align - 1) / align; /* whole tiles */
+  const int per = (units + nt - 1) / nt;         /* tiles per block */
+  s.block = per * align;
+  s.nblocks = (units + per - 1) / per;
+  return s;
+}
+
+/* Block t of the split, on the calling thread. */
+static void run_block(run_fn f, const vmc_gemm_args *g, const mt_split *sp, int t) {
+  const int lo = t * sp->block, n = sp->len - lo < sp->block ? sp->len - lo : sp->block;
+  vmc_gemm_args s = *g;
+  vmc_gemm_epi e = g->epi ? *g->epi : VMC_GEMM_EPI_NONE;
+  if (sp->by_n) {
+    s.N = n;
+    if (g->brow && g->trans_b)
+      s.brow = g->brow + lo;
+    else if (g->brow)
+      s.boff = g->boff + (size_t)lo;
+    else
+      s.B = g->B + (g->trans_b ? (size_t)lo * g->ldb : (size_t)lo);
+    s.C = g->C + lo;
+    if (e.res) e.res += lo;
+  } else {
+    s.M = n;
+    if (g->pa)
+      s.pa_row = g->pa_row + lo;
+    else
+      s.A = g->A + (g->trans_a ? (size_t)lo : (size_t)lo * g->lda);
+    s.C = g->C + (size_t)lo * g->ldc;
+    if (e.bias) e.bias += lo;
+    if (e.res) e.res += (size_t)lo * e.ldr;
+  }
+  s.epi = g->epi ? &e : NULL;
+  f(&s);
+}
+
+/* Runs g on one variant, split over the threads (split_of) when it is
+ * worth a team. */
 static void run_mt(int variant, const vmc_gemm_args *g) {
   const run_fn f = k_run[variant];
   const int M = g->M, N = g->N, K = g->pa ? g->pa->K : g->K;
@@ -66,47 +120,20 @@ static void run_mt(int variant, const vmc_gemm_args *g) {
     f(g);
     return;
   }
-  int mr, nr;
-  tile_of(variant, &mr, &nr);
-  const int n_tiles = (N + nr - 1) / nr, m_tiles = (M + mr - 1) / mr;
-  const int by_n = N >= M ? n_tiles >= nt || m_tiles < n_tiles
-                          : m_tiles < nt && n_tiles > m_tiles;
-  const int len = by_n ? N : M, align = by_n ? nr : mr;
-  const int units = (len + align - 1) / align;        /* whole tiles */
-  const int per = (units + nt - 1) / nt;              /* tiles per block */
-  const int block = per * align, nblocks = (units + per - 1) / per;
-  if (nblocks <= 1) {
+  const mt_split sp = split_of(variant, g, nt);
+  if (sp.nblocks <= 1) {
     f(g);
     return;
   }
-#pragma omp parallel for num_threads(nblocks) schedule(static, 1)
-  for (int t = 0; t < nblocks; t++) {
-    const int lo = t * block, n = len - lo < block ? len - lo : block;
-    vmc_gemm_args s = *g;
-    vmc_gemm_epi e = g->epi ? *g->epi : VMC_GEMM_EPI_NONE;
-    if (by_n) {
-      s.N = n;
-      if (g->brow && g->trans_b)
-        s.brow = g->brow + lo;
-      else if (g->brow)
-        s.boff = g->boff + (size_t)lo;
-      else
-        s.B = g->B + (g->trans_b ? (size_t)lo * g->ldb : (size_t)lo);
-      s.C = g->C + lo;
-      if (e.res) e.res += lo;
-    } else {
-      s.M = n;
-      if (g->pa)
-        s.pa_row = g->pa_row + lo;
-      else
-        s.A = g->A + (g->trans_a ? (size_t)lo : (size_t)lo * g->lda);
-      s.C = g->C + (size_t)lo * g->ldc;
-      if (e.bias) e.bias += lo;
-      if (e.res) e.res += (size_t)lo * e.ldr;
-    }
-    s.epi = g->epi ? &e : NULL;
-    f(&s);
-  }
+#pragma omp parallel for num_threads(sp.nblocks) schedule(static, 1)
+  for (int t = 0; t < sp.nblocks; t++) run_block(f, g, &sp, t);
+}
+
+/* Thread t's block of g split over a team of nt (nothing if it has none). */
+static void run_part(int variant, const vmc_gemm_args *g, int t, int nt) {
+  if (g->M <= 0 || g->N <= 0 || t < 0 || t >= nt) return;
+  const mt_split sp = split_of(variant, g, nt);
+  if (t < sp.nblocks) run_block(k_run[variant], g, &sp, t);
 }
 
 static vmc_gemm_args plain_args(int trans_a, int trans_b, int M, int N, int K, float alpha,
@@ -182,6 +209,13 @@ void vmc_sgemm_rows_epi_mt(int trans_b, int M, int N, int K, float alpha,
                            float *C, int ldc, const vmc_gemm_epi *epi) {
   const vmc_gemm_args g = rows_args(trans_b, M, N, K, alpha, A, lda, brow, beta, C, ldc, epi);
   run_mt(dispatched_variant(), &g);
+}
+
+void vmc_sgemm_rows_epi_part(int trans_b, int M, int N, int K, float alpha, const float *A,
+                             int lda, const float *const *brow, float beta, float *C, int ldc,
+                             const vmc_gemm_epi *epi, int t, int nt) {
+  const vmc_gemm_args g = rows_args(trans_b, M, N, K, alpha, A, lda, brow, beta, C, ldc, epi);
+  run_part(dispatched_variant(), &g, t, nt);
 }
 
 int vmc_sgemm_dot_in_place(int K) {
@@ -301,4 +335,11 @@ void vmc_sgemm_rows_packed_mt(const vmc_sgemm_packed_a *pa, int trans_b, int N,
                               const vmc_gemm_epi *epi) {
   const vmc_gemm_args g = packed_args(pa, trans_b, N, NULL, 0, brow, beta, C, ldc, epi);
   run_mt(pa->variant, &g);
+}
+
+void vmc_sgemm_rows_packed_part(const vmc_sgemm_packed_a *pa, int trans_b, int N,
+                                const float *const *brow, float beta, float *C, int ldc,
+                                const vmc_gemm_epi *epi, int t, int nt) {
+  const vmc_gemm_args g = packed_args(pa, trans_b, N, NULL, 0, brow, beta, C, ldc, epi);
+  run_part(pa->variant, &g, t, nt);
 }

@@ -82,6 +82,14 @@ void vmc_sgemm_rows_epi(int trans_b, int M, int N, int K, float alpha, const flo
 void vmc_sgemm_rows_epi_mt(int trans_b, int M, int N, int K, float alpha,
                            const float *A, int lda, const float *const *brow, float beta,
                            float *C, int ldc, const vmc_gemm_epi *epi);
+/* Thread t's share of the _mt form split over a team of nt threads, for a
+ * caller that is thread t of a parallel region of its own (a threaded op
+ * with work of its own before or after the GEMM): once every thread of the
+ * team has run its part, C is the _mt form's, bit for bit.  A thread may
+ * have no share (a small GEMM splits into fewer blocks than threads). */
+void vmc_sgemm_rows_epi_part(int trans_b, int M, int N, int K, float alpha, const float *A,
+                             int lda, const float *const *brow, float beta, float *C, int ldc,
+                             const vmc_gemm_epi *epi, int t, int nt);
 
 /* The variants, same contract; exposed for tests and benchmarks. */
 void vmc_sgemm_rows__ref(int trans_b, int M, int N, int K, float alpha, const float *A,
@@ -164,6 +172,9 @@ void vmc_sgemm_rows_packed(const vmc_sgemm_packed_a *pa, int trans_b, int N,
 void vmc_sgemm_rows_packed_mt(const vmc_sgemm_packed_a *pa, int trans_b, int N,
                               const float *const *brow, float beta, float *C, int ldc,
                               const vmc_gemm_epi *epi);
+void vmc_sgemm_rows_packed_part(const vmc_sgemm_packed_a *pa, int trans_b, int N,
+                                const float *const *brow, float beta, float *C, int ldc,
+                                const vmc_gemm_epi *epi, int t, int nt); /* as _epi_part */
 
 /* ---- Internal: one call of a variant, every option --------------------
  * The entries above fill this and run one variant on it (the _mt ones on a

@@ -517,29 +517,134 @@ static void fwd_gemm(const vmc_sgemm_packed_a *pk, int par, const conv_cfg *c, c
                                              0.0f, C, c->P, epi);
 }
 
+/* The GEMM of a WIDE or PHASE forward, over the row pointers of its planes
+ * into C (rows ldc apart): all of it, threaded unless par; or, t < nt,
+ * thread t's share of it on a team (vmc_sgemm_rows_*_part). */
 static void fwd_gemm_rows(const vmc_sgemm_packed_a *pk, int par, const conv_cfg *c,
                           const float *Wg, const float *const *rows, float *C, int ldc,
-                          const vmc_gemm_epi *epi) {
-  if (pk)
+                          const vmc_gemm_epi *epi, int t, int nt) {
+  if (t < nt && pk)
+    vmc_sgemm_rows_packed_part(pk, 0, c->nw, rows, 0.0f, C, ldc, epi, t, nt);
+  else if (t < nt)
+    vmc_sgemm_rows_epi_part(0, c->ocg, c->nw, c->K, 1.0f, Wg, c->K, rows, 0.0f, C, ldc, epi, t,
+                            nt);
+  else if (pk)
     (par ? vmc_sgemm_rows_packed : vmc_sgemm_rows_packed_mt)(pk, 0, c->nw, rows, 0.0f, C, ldc, epi);
   else
     (par ? vmc_sgemm_rows_epi : vmc_sgemm_rows_epi_mt)(0, c->ocg, c->nw, c->K, 1.0f, Wg, c->K, rows,
                                                        0.0f, C, ldc, epi);
 }
 
-/* The wide result of a WIDE or PHASE GEMM (rows row_len long): at a padded
- * output's origin, its garbage columns on the padding, which is zeroed
- * after; or into the grid yw, cropped into plain y. */
-static void wide_out(const vmc_opctx *ctx, const vmc_sgemm_packed_a *pk, int par,
-                     const conv_cfg *c, const float *Wg, const float *const *rows, int row_len,
-                     float *yw, float *yg, const vmc_gemm_epi *epi) {
-  if (ctx->ypad) {
-    const vmc_padded q = vmc_padded_of(&ctx->ys);
-    fwd_gemm_rows(pk, par, c, Wg, rows, yg + vmc_padded_origin(&q), (int)q.plane, epi);
-    vmc_padded_zero_borders(&q, c->oc, yg);
+/* A WIDE or PHASE forward of one group of one image: its planes (the
+ * padding or the phase split; none where WIDE reads a padded input in
+ * place), one GEMM over the planes' row pointers, then its wide result's
+ * garbage columns: on a padded output's borders, zeroed; or cropped from
+ * the grid yw into plain y.  Each step can be split: the planes by input
+ * channels, the GEMM in blocks, the last step by output channels. */
+typedef struct {
+  const vmc_opctx *ctx;
+  const conv_cfg *c;
+  const vmc_sgemm_packed_a *pk;
+  const float *Wg, *xg; /* the group's weights, its input (at its pixels) */
+  float *yg, *planes, *yw;
+  const float **rows;
+  size_t slack; /* zero floats after the planes */
+  vmc_phase_geom pg; /* PHASE: the split's, with the input's strides */
+  int row_len;       /* the wide grid's rows */
+  float *C;          /* where the GEMM writes, rows ldc apart */
+  int ldc;
+  const vmc_gemm_epi *epi;
+} rows_conv;
+
+static rows_conv rows_conv_of(const vmc_opctx *ctx, const conv_cfg *c, const scratch_plan *sp,
+                              const vmc_sgemm_packed_a *pk, const float *Wg, const float *xg,
+                              float *yg, float *base, const vmc_gemm_epi *epi) {
+  const vmc_conv_geom *g = &c->g;
+  const vmc_padded xpl = vmc_padded_of(&ctx->xs[0]);
+  rows_conv r = {.ctx = ctx, .c = c, .pk = pk, .Wg = Wg, .xg = xg, .yg = yg, .planes = base,
+                 .yw = base + sp->a, .rows = thread_rows(ctx, sp, base), .epi = epi};
+  if (c->kind == PHASE) {
+    r.pg = c->pg;
+    if (ctx->xpad[0]) { /* the pixels of a padded input */
+      r.pg.xrow = xpl.wp;
+      r.pg.xplane = xpl.plane;
+      r.xg += vmc_padded_origin(&xpl);
+    }
+    r.slack = sp->a - (size_t)g->c * c->nslots * c->plane;
+    r.row_len = c->phw;
+    phase_rows(r.planes, g->c, c, r.rows);
   } else {
-    fwd_gemm_rows(pk, par, c, Wg, rows, yw, c->nw, epi);
-    crop_planes(yw, c->ocg, (size_t)c->nw, row_len, 0, 0, c->g.oh, c->g.ow, yg, 0);
+    r.slack = sp->a - (size_t)g->c * c->plane;
+    r.row_len = c->wp;
+    plane_rows(ctx->xpad[0] ? xg : r.planes, g->c, c->plane, c->wp, g, r.rows);
+  }
+  if (c->kind == PHASE && c->phw == g->ow) { /* no garbage columns: straight into y */
+    r.C = yg;
+    r.ldc = c->P;
+  } else if (ctx->ypad) {
+    const vmc_padded q = vmc_padded_of(&ctx->ys);
+    r.C = yg + vmc_padded_origin(&q);
+    r.ldc = (int)q.plane;
+  } else {
+    r.C = r.yw;
+    r.ldc = c->nw;
+  }
+  return r;
+}
+
+/* Input channels [c0, c1) into the planes (the last range: the slack too). */
+static void rows_conv_planes(const rows_conv *r, int c0, int c1) {
+  const conv_cfg *c = r->c;
+  const vmc_conv_geom *g = &c->g;
+  if (c1 <= c0) return;
+  const size_t slack = c1 == g->c ? r->slack : 0;
+  if (c->kind == PHASE)
+    vmc_planes_kernels_best()->phase_split(r->xg + (size_t)c0 * vmc_phase_xplane(&r->pg), c1 - c0,
+                                           &r->pg, slack,
+                                           r->planes + (size_t)c0 * c->nslots * c->plane);
+  else if (!r->ctx->xpad[0])
+    pad_planes(r->xg + (size_t)c0 * g->h * g->w, c1 - c0, g->h, g->w, g->ph, g->pw, c->hp, c->wp,
+               slack, r->planes + (size_t)c0 * c->plane);
+}
+
+/* Output channels [k0, k1) of the GEMM's wide result into y. */
+static void rows_conv_finish(const rows_conv *r, int k0, int k1) {
+  const conv_cfg *c = r->c;
+  if (k1 <= k0 || r->C == r->yg) return;
+  if (r->ctx->ypad) {
+    const vmc_padded q = vmc_padded_of(&r->ctx->ys);
+    vmc_padded_zero_channels(&q, c->oc, k0, k1, r->yg);
+  } else {
+    crop_planes(r->yw + (size_t)k0 * c->nw, k1 - k0, (size_t)c->nw, r->row_len, 0, 0, c->g.oh,
+                c->g.ow, r->yg + (size_t)k0 * c->P, 0);
+  }
+}
+
+/* The whole of it: on the calling thread (par), with a threaded GEMM, or,
+ * for one image on several threads, on a team with barriers between the
+ * steps.  Each float is computed as on one thread.  The team also takes
+ * GEMMs below the threaded GEMM's threshold: resnet8's 1x1 downsamples (100k
+ * multiply-adds) and first convolution (117k) run faster on it at batch 1
+ * on two threads (docs/benchmarks.md).  Far smaller ones (a few
+ * microseconds of work) stay on one thread. */
+#define ROWS_TEAM_MIN_WORK (32.0 * 1024.0)
+static void rows_conv_run(const rows_conv *r, int par) {
+  const conv_cfg *c = r->c;
+  const int nt = r->ctx->nthreads;
+  if (par || nt <= 1 || (double)c->ocg * c->nw * c->K < ROWS_TEAM_MIN_WORK) {
+    rows_conv_planes(r, 0, c->g.c);
+    fwd_gemm_rows(r->pk, par, c, r->Wg, r->rows, r->C, r->ldc, r->epi, 0, 0);
+    rows_conv_finish(r, 0, c->ocg);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    rows_conv_planes(r, chunk_lo(c->g.c, t, n), chunk_lo(c->g.c, t + 1, n));
+#pragma omp barrier
+    fwd_gemm_rows(r->pk, 1, c, r->Wg, r->rows, r->C, r->ldc, r->epi, t, n);
+#pragma omp barrier
+    rows_conv_finish(r, chunk_lo(c->ocg, t, n), chunk_lo(c->ocg, t + 1, n));
   }
 }
 
@@ -721,21 +826,8 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
       fwd_gemm(pk, par, &c, Wg, base, yg, &epi);
       break;
     case PHASE: {
-      float *xq = base, *yw = base + sp.a;
-      const float **rows = thread_rows(ctx, &sp, base);
-      vmc_phase_geom pg = c.pg;
-      if (ctx->xpad[0]) { /* the pixels of a padded input */
-        pg.xrow = xpl.wp;
-        pg.xplane = xpl.plane;
-        xg += vmc_padded_origin(&xpl);
-      }
-      vmc_planes_kernels_best()->phase_split(xg, g->c, &pg,
-                                             sp.a - (size_t)g->c * c.nslots * c.plane, xq);
-      phase_rows(xq, g->c, &c, rows);
-      if (c.phw == g->ow) /* no garbage columns: straight into y */
-        fwd_gemm_rows(pk, par, &c, Wg, rows, yg, c.P, &epi);
-      else
-        wide_out(ctx, pk, par, &c, Wg, rows, c.phw, yw, yg, &epi);
+      const rows_conv r = rows_conv_of(ctx, &c, &sp, pk, Wg, xg, yg, base, &epi);
+      rows_conv_run(&r, par);
       break;
     }
     case WIDE: {
@@ -743,13 +835,8 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
         wino_image(ctx, &c, pk, par, x, y, base, &sp);
         break;
       }
-      float *xp = base, *yw = base + sp.a;
-      const float **rows = thread_rows(ctx, &sp, base);
-      if (!ctx->xpad[0])
-        pad_planes(xg, g->c, g->h, g->w, g->ph, g->pw, c.hp, c.wp, sp.a - (size_t)g->c * c.plane,
-                   xp);
-      plane_rows(ctx->xpad[0] ? xg : xp, g->c, c.plane, c.wp, g, rows);
-      wide_out(ctx, pk, par, &c, Wg, rows, c.wp, yw, yg, &epi);
+      const rows_conv r = rows_conv_of(ctx, &c, &sp, pk, Wg, xg, yg, base, &epi);
+      rows_conv_run(&r, par);
       break;
     }
     }
