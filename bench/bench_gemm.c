@@ -15,7 +15,9 @@
  * A third table times the inference forms on the NCHW conv GEMMs of one
  * image: vmc_sgemm followed by a separate bias + ReLU pass, the same fused
  * into the GEMM (vmc_sgemm_epi), and with A (the weights) packed once
- * (vmc_sgemm_packed), single thread.
+ * (vmc_sgemm_packed), single thread; and the packed GEMM without its
+ * epilogue, so that the last column, measured in one process, is what the
+ * fused epilogue costs.
  *
  * Each cell is the median of 7 timed batches, each batch repeated to take
  * about 20 ms.  The reference is skipped (-) above 256^3 multiply-adds unless
@@ -202,7 +204,7 @@ static int rows_table(int has_avx2, int has_avx512) {
 
 /* One inference form of a conv GEMM (see epi_table). */
 typedef struct epi_case {
-  int form; /* 0: sgemm + bias/ReLU pass, 1: sgemm_epi, 2: sgemm_packed */
+  int form; /* 0: sgemm + bias/ReLU pass, 1: sgemm_epi, 2: sgemm_packed, 3: the same bare */
   int M, N, K;
   const float *A, *B, *bias;
   const vmc_sgemm_packed_a *pa;
@@ -226,7 +228,7 @@ static void epi_run(const epi_case *c) {
     vmc_sgemm_epi(0, 0, c->M, c->N, c->K, 1.0f, c->A, c->K, c->B, c->N, 0.0f, c->C, c->N,
                   &e);
   } else {
-    vmc_sgemm_packed(c->pa, 0, c->N, c->B, c->N, 0.0f, c->C, c->N, &e);
+    vmc_sgemm_packed(c->pa, 0, c->N, c->B, c->N, 0.0f, c->C, c->N, c->form == 2 ? &e : NULL);
   }
 }
 
@@ -253,12 +255,13 @@ static double measure_epi(const epi_case *c) {
  * C_in * 9; bias + ReLU), single thread. */
 static int epi_table(void) {
   static const int shapes[][3] = {{16, 784, 144}, {32, 196, 288}, {64, 49, 576},
-                                  {16, 784, 9},   {64, 49, 288}};
+                                  {16, 784, 9},   {64, 49, 288},  {32, 196, 16}};
   printf("\ninference forms, GFLOP/s (sgemm+pass: GEMM then a bias+ReLU loop; epi: "
-         "fused; packed: fused, weights packed once)\n");
-  printf("%-18s %5s %5s %5s %10s %10s %10s %9s\n", "conv fwd", "M", "N", "K", "sgemm+pass",
-         "epi", "packed", "best/pass");
-  for (int s = 0; s < 5; s++) {
+         "fused; packed: fused, weights packed once; bare: packed without the epilogue, "
+         "so packed/bare is what the fused epilogue costs)\n");
+  printf("%-18s %5s %5s %5s %10s %10s %10s %10s %9s %11s\n", "conv fwd", "M", "N", "K",
+         "sgemm+pass", "epi", "packed", "bare", "best/pass", "packed/bare");
+  for (int s = 0; s < 6; s++) {
     const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
     float *A = malloc((size_t)M * K * sizeof *A), *B = malloc((size_t)K * N * sizeof *B);
     float *bias = malloc((size_t)M * sizeof *bias), *C = malloc((size_t)M * N * sizeof *C);
@@ -281,10 +284,12 @@ static int epi_table(void) {
     const double g1 = measure_epi(&c);
     c.form = 2;
     const double g2 = measure_epi(&c);
+    c.form = 3;
+    const double g3 = measure_epi(&c);
     char what[32];
     snprintf(what, sizeof what, "%dx%d k%d", M, N, K);
-    printf("%-18s %5d %5d %5d %10.1f %10.1f %10.1f %8.2fx\n", what, M, N, K, g0, g1, g2,
-           fmax(g1, g2) / g0);
+    printf("%-18s %5d %5d %5d %10.1f %10.1f %10.1f %10.1f %8.2fx %10.2fx\n", what, M, N, K, g0,
+           g1, g2, g3, fmax(g1, g2) / g0, g2 / g3);
     fflush(stdout);
     vmc_sgemm_packed_a_free(&pa);
     free(A);
