@@ -312,10 +312,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  const unsigned f = vmc_cpu_features();
-  const int has_avx2 = (f & (VMC_CPU_AVX2 | VMC_CPU_FMA)) == (VMC_CPU_AVX2 | VMC_CPU_FMA);
-  const unsigned avx512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL;
-  const int has_avx512 = has_avx2 && (f & avx512) == avx512;
+  const int has_avx2 = vmc_cpu_runs(VMC_ISA_AVX2), has_avx512 = vmc_cpu_runs(VMC_ISA_AVX512);
   static const shape shapes[] = {
       {0, 0, 64, 64, 64, "square"},      {0, 0, 128, 128, 128, "square"},
       {0, 0, 256, 256, 256, "square"},   {0, 0, 384, 384, 384, "square"},

@@ -38,10 +38,7 @@ static inline int peak_cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static inline int peak_has_avx2(void) {
-  const unsigned need = VMC_CPU_AVX2 | VMC_CPU_FMA;
-  return (vmc_cpu_features() & need) == need;
-}
+static inline int peak_has_avx2(void) { return vmc_cpu_runs(VMC_ISA_AVX2); }
 static inline int peak_has_avx512(void) {
   return peak_has_avx2() && (vmc_cpu_features() & VMC_CPU_AVX512F);
 }

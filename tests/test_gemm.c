@@ -25,10 +25,10 @@ typedef struct variant {
 } variant;
 
 static const variant k_variants[] = {
-    {"avx2", vmc_sgemm__avx2, VMC_CPU_AVX2 | VMC_CPU_FMA},
+    {"avx2", vmc_sgemm__avx2, VMC_CPU_NEEDS_AVX2},
     /* the file is built with -mavx512bw/vl/dq too, as vmc_isa_name() requires */
     {"avx512", vmc_sgemm__avx512,
-     VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_AVX2 | VMC_CPU_FMA},
+     VMC_CPU_NEEDS_AVX512},
     {"dispatch", vmc_sgemm, 0},
     {"mt", vmc_sgemm_mt, 0},
 };
@@ -313,9 +313,9 @@ typedef struct rows_variant {
 } rows_variant;
 
 static const rows_variant k_rows_variants[] = {
-    {"avx2", vmc_sgemm_rows__avx2, vmc_sgemm__avx2, VMC_CPU_AVX2 | VMC_CPU_FMA},
+    {"avx2", vmc_sgemm_rows__avx2, vmc_sgemm__avx2, VMC_CPU_NEEDS_AVX2},
     {"avx512", vmc_sgemm_rows__avx512, vmc_sgemm__avx512,
-     VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_AVX2 | VMC_CPU_FMA},
+     VMC_CPU_NEEDS_AVX512},
     {"dispatch", vmc_sgemm_rows, vmc_sgemm, 0},
     {"mt", vmc_sgemm_rows_mt, vmc_sgemm, 0},
 };
@@ -661,9 +661,9 @@ typedef struct run_variant {
 
 static const run_variant k_run_variants[] = {
     {"ref", vmc_sgemm_run__ref, 0, VMC_GEMM_REF},
-    {"avx2", vmc_sgemm_run__avx2, VMC_CPU_AVX2 | VMC_CPU_FMA, VMC_GEMM_AVX2},
+    {"avx2", vmc_sgemm_run__avx2, VMC_CPU_NEEDS_AVX2, VMC_GEMM_AVX2},
     {"avx512", vmc_sgemm_run__avx512,
-     VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_AVX2 | VMC_CPU_FMA,
+     VMC_CPU_NEEDS_AVX512,
      VMC_GEMM_AVX512},
     {"dispatch", run_dispatch, 0, -1},
     {"mt", run_dispatch_mt, 0, -1},

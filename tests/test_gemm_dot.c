@@ -22,11 +22,7 @@ static float frand(void) { /* uniform in [-1, 1) */
   return (float)(g_seed >> 8) * (2.0f / 16777216.0f) - 1.0f;
 }
 
-static int has_avx512(void) {
-  const unsigned need = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_AVX2 |
-                        VMC_CPU_FMA;
-  return (vmc_cpu_features() & need) == need;
-}
+static int has_avx512(void) { return vmc_cpu_runs(VMC_ISA_AVX512); }
 
 typedef struct dot_case {
   int M, N, K, lda, ldc, overlap;

@@ -13,15 +13,13 @@
 /* SIMD variant v (0, 1, ...; NULL past the last) if the CPU runs it, else
  * the next one that it runs. */
 static const vmc_planes_kernels *simd(int *v) {
-  const unsigned avx2 = VMC_CPU_AVX2 | VMC_CPU_FMA;
   const struct {
     const vmc_planes_kernels *k;
-    unsigned needs;
-  } all[] = {{&vmc_planes_kernels__avx2, avx2},
-             {&vmc_planes_kernels__avx512,
-              avx2 | VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL}};
+    int isa;
+  } all[] = {{&vmc_planes_kernels__avx2, VMC_ISA_AVX2},
+             {&vmc_planes_kernels__avx512, VMC_ISA_AVX512}};
   for (; *v < (int)(sizeof all / sizeof all[0]); ++*v)
-    if ((vmc_cpu_features() & all[*v].needs) == all[*v].needs) return all[(*v)++].k;
+    if (vmc_cpu_runs(all[*v].isa)) return all[(*v)++].k;
   return NULL;
 }
 

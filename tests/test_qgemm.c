@@ -338,8 +338,7 @@ static void requant_case(vmc_qout out, float scale, int32_t zp, int32_t lo, int3
   /* Depthwise: a 1 x n plane, 1x1 kernel of weight 1. */
   static const vmc_qdwconv_fn dws[] = {vmc_qdwconv__ref, vmc_qdwconv__avx2,
                                        vmc_qdwconv__avx512};
-  const unsigned f = vmc_cpu_features();
-  const int ok[] = {1, (f & VMC_CPU_AVX2) != 0,
+  const int ok[] = {1, vmc_cpu_runs(VMC_ISA_AVX2),
                     vmc_qgemm_variant_ok(&vmc_qgemm_u8s8s32_8x32__avx512vnni)};
   const vmc_qdw_params dp = {1, n, 1, 1, 1, 1, 0, 0, 0};
   for (int d = 0; d < 3; d++) {
@@ -477,8 +476,7 @@ TEST(qdwconv_vs_naive) {
   static const vmc_qdwconv_fn fns[] = {vmc_qdwconv__ref, vmc_qdwconv__avx2,
                                        vmc_qdwconv__avx512, vmc_qdwconv};
   static const char *names[] = {"ref", "avx2", "avx512", "dispatch"};
-  const unsigned f = vmc_cpu_features();
-  const int ok[] = {1, (f & (VMC_CPU_AVX2 | VMC_CPU_FMA)) == (VMC_CPU_AVX2 | VMC_CPU_FMA),
+  const int ok[] = {1, vmc_cpu_runs(VMC_ISA_AVX2),
                     vmc_qgemm_variant_ok(&vmc_qgemm_u8s8s32_8x32__avx512vnni), 1};
   if (!ok[2]) vmc_test_skip("no AVX-512 VNNI: avx512 depthwise not run");
   uint8_t x[28 * 40];

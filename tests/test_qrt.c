@@ -136,10 +136,10 @@ TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
   enum { N = 6 };
   vmc_dataset *d = test_blobs(N, 5, 3, 30, 0);
   REQUIRE(d);
-  const unsigned cpu = vmc_cpu_features(), v512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW |
-                                                  VMC_CPU_AVX512VL | VMC_CPU_AVX512VNNI;
   const vmc_qdwconv_fn dws[] = {vmc_qdwconv__ref, vmc_qdwconv__avx2, vmc_qdwconv__avx512};
-  const int dw_ok[] = {1, (cpu & VMC_CPU_AVX2) != 0, (cpu & v512) == v512};
+  const int dw_ok[] = {1, vmc_cpu_runs(VMC_ISA_AVX2),
+                       vmc_cpu_runs(VMC_ISA_AVX512) &&
+                           (vmc_cpu_features() & VMC_CPU_AVX512VNNI)};
   const vmc_qconv_fn convs[] = {vmc_qconv__ref, vmc_qconv__avx512};
   const vmc_qdwp_fn dwps[] = {vmc_qdwp__ref, vmc_qdwp__avx512};
   const int conv_ok[] = {1, vmc_qconv_best() == vmc_qconv__avx512};
@@ -240,9 +240,8 @@ TEST(qrt_add_requant_by_hand) {
  * build's bits (random codes and parameters, ties, NaN and infinities
  * included, odd lengths). */
 TEST(qrt_elementwise_simd_matches_base) {
-  if (!(vmc_cpu_features() & VMC_CPU_AVX2)) SKIP("the CPU lacks AVX2");
-  const unsigned v512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL;
-  const int avx512 = (vmc_cpu_features() & v512) == v512;
+  if (!vmc_cpu_runs(VMC_ISA_AVX2)) SKIP("the CPU lacks AVX2 and FMA");
+  const int avx512 = vmc_cpu_runs(VMC_ISA_AVX512);
   const vmc_qelt_loops *simd[2] = {&vmc_qelt_loops_avx2, &vmc_qelt_loops_avx512};
   enum { N = 1000 };
   vmc_rng r;

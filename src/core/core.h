@@ -19,6 +19,13 @@
  * (the first call detects the CPU; after it, one load). */
 enum { VMC_ISA_REF, VMC_ISA_AVX2, VMC_ISA_AVX512 };
 int vmc_isa_level(void);
+/* The CPU features each level's kernels need (the AVX-512 variants use
+ * AVX2 and FMA instructions too), and whether this CPU has them for level
+ * isa, whatever VMC_ISA chose: where a test or benchmark may run a variant. */
+#define VMC_CPU_NEEDS_AVX2 (VMC_CPU_AVX2 | VMC_CPU_FMA)
+#define VMC_CPU_NEEDS_AVX512 \
+  (VMC_CPU_NEEDS_AVX2 | VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL)
+int vmc_cpu_runs(int isa);
 
 /* Record a message for vmc_last_error() and return s. */
 vmc_status vmc_error(vmc_status s, const char *fmt, ...) VMC_PRINTF(2, 3);

@@ -47,10 +47,9 @@ static void init_all(void) {
       if (buf[0]) strcat(buf, " ");
       strcat(buf, names[i].name);
     }
-  unsigned avx512 = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL | VMC_CPU_FMA;
-  int best = (f & avx512) == avx512                                                  ? VMC_ISA_AVX512
-             : (f & (VMC_CPU_AVX2 | VMC_CPU_FMA)) == (VMC_CPU_AVX2 | VMC_CPU_FMA) ? VMC_ISA_AVX2
-                                                                                  : VMC_ISA_REF;
+  int best = (f & VMC_CPU_NEEDS_AVX512) == VMC_CPU_NEEDS_AVX512 ? VMC_ISA_AVX512
+             : (f & VMC_CPU_NEEDS_AVX2) == VMC_CPU_NEEDS_AVX2   ? VMC_ISA_AVX2
+                                                                : VMC_ISA_REF;
   const char *want = getenv("VMC_ISA");
   if (want && *want) {
     /* Only ever step down: a forced ISA the CPU lacks falls back to the best. */
@@ -78,6 +77,15 @@ const char *vmc_cpu_features_str(void) {
 const char *vmc_isa_name(void) {
   init_once();
   return g_isa;
+}
+int vmc_cpu_runs(int isa) {
+  const unsigned f = vmc_cpu_features();
+  switch (isa) {
+  case VMC_ISA_REF: return 1;
+  case VMC_ISA_AVX2: return (f & VMC_CPU_NEEDS_AVX2) == VMC_CPU_NEEDS_AVX2;
+  case VMC_ISA_AVX512: return (f & VMC_CPU_NEEDS_AVX512) == VMC_CPU_NEEDS_AVX512;
+  default: return 0;
+  }
 }
 int vmc_isa_level(void) {
   const int l = __atomic_load_n(&g_level, __ATOMIC_ACQUIRE);

@@ -18,6 +18,8 @@ static const run_fn k_run[] = {vmc_sgemm_run__ref, vmc_sgemm_run__avx2,
 _Static_assert(sizeof k_run / sizeof k_run[0] == VMC_GEMM_AVX512 + 1,
                "one run function per VMC_GEMM_* variant");
 
+static const int k_variant_isa[] = {VMC_ISA_REF, VMC_ISA_AVX2, VMC_ISA_AVX512};
+
 static int dispatched_variant(void) {
   static const int v[] = {VMC_GEMM_REF, VMC_GEMM_AVX2, VMC_GEMM_AVX512};
   return v[vmc_isa_level()];
@@ -25,15 +27,8 @@ static int dispatched_variant(void) {
 
 /* Whether the CPU runs a variant (VMC_ISA may have chosen a lower one). */
 static int cpu_runs(int variant) {
-  const unsigned f = vmc_cpu_features();
-  const unsigned avx2 = VMC_CPU_AVX2 | VMC_CPU_FMA;
-  const unsigned avx512 = avx2 | VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL;
-  switch (variant) {
-  case VMC_GEMM_REF: return 1;
-  case VMC_GEMM_AVX2: return (f & avx2) == avx2;
-  case VMC_GEMM_AVX512: return (f & avx512) == avx512;
-  default: return 0;
-  }
+  return variant >= VMC_GEMM_REF && variant <= VMC_GEMM_AVX512 &&
+         vmc_cpu_runs(k_variant_isa[variant]);
 }
 
 /* Below this many multiply-adds a thread team costs more than it saves: on

@@ -35,7 +35,7 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
 
 const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16__avx2 = {
     .name = "qgemm_u8s8s32_6x16__avx2",
-    .needs = VMC_CPU_AVX2 | VMC_CPU_FMA,
+    .needs = VMC_CPU_NEEDS_AVX2,
     .mr = MR,
     .nr = NR,
     .ka = 2,

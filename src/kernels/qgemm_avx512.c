@@ -57,8 +57,7 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
 
 const vmc_qgemm_variant vmc_qgemm_u8s8s32_8x32__avx512vnni = {
     .name = "qgemm_u8s8s32_8x32__avx512vnni",
-    .needs = VMC_CPU_AVX512F | VMC_CPU_AVX512BW | VMC_CPU_AVX512VL |
-             VMC_CPU_AVX512VNNI | VMC_CPU_AVX2 | VMC_CPU_FMA,
+    .needs = VMC_CPU_NEEDS_AVX512 | VMC_CPU_AVX512VNNI,
     .mr = MR,
     .nr = NR,
     .ka = 4,

@@ -46,7 +46,7 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
 
 const vmc_qgemm_variant vmc_qgemm_u8s8s32_4x24__avxvnni = {
     .name = "qgemm_u8s8s32_4x24__avxvnni",
-    .needs = NEEDS_VNNI | VMC_CPU_AVX2 | VMC_CPU_FMA,
+    .needs = NEEDS_VNNI | VMC_CPU_NEEDS_AVX2,
     .mr = MR,
     .nr = NR,
     .ka = 4,
