@@ -517,22 +517,17 @@ static void fwd_gemm(const vmc_sgemm_packed_a *pk, int par, const conv_cfg *c, c
                                              0.0f, C, c->P, epi);
 }
 
-/* The GEMM of a WIDE or PHASE forward, over the row pointers of its planes
- * into C (rows ldc apart): all of it, threaded unless par; or, t < nt,
- * thread t's share of it on a team (vmc_sgemm_rows_*_part). */
-static void fwd_gemm_rows(const vmc_sgemm_packed_a *pk, int par, const conv_cfg *c,
-                          const float *Wg, const float *const *rows, float *C, int ldc,
-                          const vmc_gemm_epi *epi, int t, int nt) {
-  if (t < nt && pk)
+/* Thread t's share, among nt, of the GEMM of a WIDE or PHASE forward, over
+ * the row pointers of its planes into C (rows ldc apart); nt == 1: all of
+ * it (vmc_sgemm_rows_*_part). */
+static void fwd_gemm_rows(const vmc_sgemm_packed_a *pk, const conv_cfg *c, const float *Wg,
+                          const float *const *rows, float *C, int ldc, const vmc_gemm_epi *epi,
+                          int t, int nt) {
+  if (pk)
     vmc_sgemm_rows_packed_part(pk, 0, c->nw, rows, 0.0f, C, ldc, epi, t, nt);
-  else if (t < nt)
+  else
     vmc_sgemm_rows_epi_part(0, c->ocg, c->nw, c->K, 1.0f, Wg, c->K, rows, 0.0f, C, ldc, epi, t,
                             nt);
-  else if (pk)
-    (par ? vmc_sgemm_rows_packed : vmc_sgemm_rows_packed_mt)(pk, 0, c->nw, rows, 0.0f, C, ldc, epi);
-  else
-    (par ? vmc_sgemm_rows_epi : vmc_sgemm_rows_epi_mt)(0, c->ocg, c->nw, c->K, 1.0f, Wg, c->K, rows,
-                                                       0.0f, C, ldc, epi);
 }
 
 /* A WIDE or PHASE forward of one group of one image: its planes (the
@@ -620,32 +615,39 @@ static void rows_conv_finish(const rows_conv *r, int k0, int k1) {
   }
 }
 
-/* The whole of it: on the calling thread (par), with a threaded GEMM, or,
- * for one image on several threads, on a team with barriers between the
- * steps.  Each float is computed as on one thread.  The team also takes
- * GEMMs below the threaded GEMM's threshold: resnet8's 1x1 downsamples (100k
- * multiply-adds) and first convolution (117k) run faster on it at batch 1
- * on two threads (docs/benchmarks.md).  Far smaller ones (a few
- * microseconds of work) stay on one thread. */
+/* Thread t's part of it on a team of nt: the planes of its share of the
+ * input channels, its blocks of the GEMM, the write-back of its share of
+ * the output channels, barriers between (none for nt == 1: the whole of
+ * it on the calling thread).  Each float is computed as on one thread. */
+static void rows_conv_part(const rows_conv *r, int t, int nt) {
+  const conv_cfg *c = r->c;
+  rows_conv_planes(r, chunk_lo(c->g.c, t, nt), chunk_lo(c->g.c, t + 1, nt));
+  if (nt > 1) {
+#pragma omp barrier
+  }
+  fwd_gemm_rows(r->pk, c, r->Wg, r->rows, r->C, r->ldc, r->epi, t, nt);
+  if (nt > 1) {
+#pragma omp barrier
+  }
+  rows_conv_finish(r, chunk_lo(c->ocg, t, nt), chunk_lo(c->ocg, t + 1, nt));
+}
+
+/* The whole of it: on the calling thread (par), or, for one image on
+ * several threads, on a team.  The team also takes GEMMs below the threaded
+ * GEMM's threshold: resnet8's 1x1 downsamples (100k multiply-adds) and
+ * first convolution (117k) run faster on it at batch 1 on two threads
+ * (docs/benchmarks.md).  Far smaller ones (a few microseconds of work) stay
+ * on one thread. */
 #define ROWS_TEAM_MIN_WORK (32.0 * 1024.0)
 static void rows_conv_run(const rows_conv *r, int par) {
   const conv_cfg *c = r->c;
   const int nt = r->ctx->nthreads;
   if (par || nt <= 1 || (double)c->ocg * c->nw * c->K < ROWS_TEAM_MIN_WORK) {
-    rows_conv_planes(r, 0, c->g.c);
-    fwd_gemm_rows(r->pk, par, c, r->Wg, r->rows, r->C, r->ldc, r->epi, 0, 0);
-    rows_conv_finish(r, 0, c->ocg);
+    rows_conv_part(r, 0, 1);
     return;
   }
 #pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    rows_conv_planes(r, chunk_lo(c->g.c, t, n), chunk_lo(c->g.c, t + 1, n));
-#pragma omp barrier
-    fwd_gemm_rows(r->pk, 1, c, r->Wg, r->rows, r->C, r->ldc, r->epi, t, n);
-#pragma omp barrier
-    rows_conv_finish(r, chunk_lo(c->ocg, t, n), chunk_lo(c->ocg, t + 1, n));
-  }
+  rows_conv_part(r, omp_get_thread_num(), omp_get_num_threads());
 }
 
 /* Depthwise, one image: every channel in one kernel call where the ISA's
@@ -673,83 +675,70 @@ static int dw_planes(const vmc_opctx *ctx, const conv_cfg *c, const float *x, fl
   return ok; /* the same geometry: every chunk taken, or none */
 }
 
-/* Winograd over tile rows [ti0, ti1) of one image, band by band, on one
- * thread with the V and M planes of its own scratch slice: the tiles
- * transformed from the image x (its planes xplane floats apart, rows xrow),
- * one GEMM per position with the pre-packed transformed kernel, the output
- * transform with the epilogue o. */
-static void wino_rows(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const float *x,
-                      size_t xplane, size_t xrow, const vmc_wino_out *o, float *slice,
-                      size_t slice_at, int ti0, int ti1) {
+/* Thread t's part of Winograd over one image, band by band, for a team of
+ * nt sharing the V and M planes of w (rows: the thread's own transform
+ * rows): the input transform of its share of the input channels, from the
+ * image x (planes xplane floats apart, rows xrow); the GEMMs of its share
+ * of the positions, with the pre-packed transformed kernel; the output
+ * transform of its share of the output channels, with the epilogue o;
+ * barriers between (none for nt == 1, which is the whole of it on the
+ * calling thread).  Every GEMM keeps the band's whole width (split by tile
+ * rows, a thread's share of a small image is a few tiles wide, too narrow
+ * for the register tile), and each result is computed as on one thread. */
+static void wino_part(const conv_cfg *c, const vmc_sgemm_packed_a *pk, const float *x,
+                      size_t xplane, size_t xrow, const vmc_wino_out *o, const wino_space *w,
+                      float *rows, int t, int nt) {
   const vmc_conv_geom *g = &c->g;
   const vmc_wino_kernels *k = vmc_wino_kernels_best();
-  const wino_space w = wino_space_of(c, slice, slice_at);
   const int ld = (int)c->ldt;
-  for (int b0 = ti0; b0 < ti1; b0 += c->wband) {
-    const int b1 = wino_band_end(c, b0, ti1), n = (b1 - b0) * c->tw;
-    (c->wm == 4 ? k->input4 : k->input)(x, g->c, xplane, xrow, g->h, g->w, &w.v, b0, b1, w.rows);
-    for (int ab = 0; ab < c->npos; ab++)
-      vmc_sgemm_packed(&pk[ab], 0, n, w.v.base + ab * w.v.pos_stride, ld, 0.0f,
-                       w.m.base + ab * w.m.pos_stride, ld, NULL);
-    (c->wm == 4 ? k->output4 : k->output)(&w.m, b0, b1, c->ocg, g->oh, g->ow, o, w.rows);
-  }
-}
-
-/* Winograd over one image on a team of threads, band by band in the first
- * thread's planes: the input transform split by input channels, the
- * position GEMMs by positions, the output transform by output channels.
- * Every GEMM keeps the band's whole width (split by tile rows, a thread's
- * share of a small image is a few tiles wide, too narrow for the register
- * tile), and each result is computed as on one thread. */
-static void wino_team(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
-                      const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
-                      size_t slice_at) {
-  const vmc_conv_geom *g = &c->g;
-  const vmc_wino_kernels *k = vmc_wino_kernels_best();
-  const wino_space w = wino_space_of(c, slice_scratch(ctx, 0), slice_at);
-  const int ld = (int)c->ldt;
-#pragma omp parallel num_threads(ctx->nthreads)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    float *rows = wino_space_of(c, slice_scratch(ctx, t), slice_at).rows;
-    const int c0 = chunk_lo(g->c, t, nt), c1 = chunk_lo(g->c, t + 1, nt);
-    const int k0 = chunk_lo(c->ocg, t, nt), k1 = chunk_lo(c->ocg, t + 1, nt);
-    const int p0 = chunk_lo(c->npos, t, nt), p1 = chunk_lo(c->npos, t + 1, nt);
-    vmc_wino_buf v = w.v, m = w.m;
-    v.base += (size_t)c0 * v.ch_stride;
-    m.base += (size_t)k0 * m.ch_stride;
-    vmc_wino_out ot = *o;
-    ot.y += (size_t)k0 * o->plane;
-    if (o->res) ot.res += (size_t)k0 * o->plane;
-    if (o->bias) ot.bias += k0;
-    for (int b0 = 0; b0 < c->th; b0 += c->wband) {
-      const int b1 = wino_band_end(c, b0, c->th), n = (b1 - b0) * c->tw;
-      /* (the barrier before the GEMMs also keeps them from the M planes
-       * until every thread's output transform of the band before is done) */
-      if (c1 > c0)
-        (c->wm == 4 ? k->input4 : k->input)(x + (size_t)c0 * xplane, c1 - c0, xplane, xrow, g->h,
-                                            g->w, &v, b0, b1, rows);
+  const int c0 = chunk_lo(g->c, t, nt), c1 = chunk_lo(g->c, t + 1, nt);
+  const int k0 = chunk_lo(c->ocg, t, nt), k1 = chunk_lo(c->ocg, t + 1, nt);
+  const int p0 = chunk_lo(c->npos, t, nt), p1 = chunk_lo(c->npos, t + 1, nt);
+  vmc_wino_buf v = w->v, m = w->m;
+  v.base += (size_t)c0 * v.ch_stride;
+  m.base += (size_t)k0 * m.ch_stride;
+  vmc_wino_out ot = *o;
+  ot.y += (size_t)k0 * o->plane;
+  if (o->res) ot.res += (size_t)k0 * o->plane;
+  if (o->bias) ot.bias += k0;
+  for (int b0 = 0; b0 < c->th; b0 += c->wband) {
+    const int b1 = wino_band_end(c, b0, c->th), n = (b1 - b0) * c->tw;
+    /* (the barrier before the GEMMs also keeps them from the M planes
+     * until every thread's output transform of the band before is done) */
+    if (c1 > c0)
+      (c->wm == 4 ? k->input4 : k->input)(x + (size_t)c0 * xplane, c1 - c0, xplane, xrow, g->h,
+                                          g->w, &v, b0, b1, rows);
+    if (nt > 1) {
 #pragma omp barrier
-      for (int ab = p0; ab < p1; ab++)
-        vmc_sgemm_packed(&pk[ab], 0, n, w.v.base + ab * w.v.pos_stride, ld, 0.0f,
-                         w.m.base + ab * w.m.pos_stride, ld, NULL);
-#pragma omp barrier
-      if (k1 > k0)
-        (c->wm == 4 ? k->output4 : k->output)(&m, b0, b1, k1 - k0, g->oh, g->ow, &ot, rows);
     }
+    for (int ab = p0; ab < p1; ab++)
+      vmc_sgemm_packed(&pk[ab], 0, n, w->v.base + ab * w->v.pos_stride, ld, 0.0f,
+                       w->m.base + ab * w->m.pos_stride, ld, NULL);
+    if (nt > 1) {
+#pragma omp barrier
+    }
+    if (k1 > k0)
+      (c->wm == 4 ? k->output4 : k->output)(&m, b0, b1, k1 - k0, g->oh, g->ow, &ot, rows);
   }
 }
 
-/* Winograd over one image x (planes xplane apart, rows xrow) into the
- * output o.  par: on this thread (its scratch slice base); else on the
- * team (wino_team). */
+/* Winograd over one image x into the output o.  par: on this thread, in
+ * its scratch slice base; else on the team, in the first thread's planes. */
 static void wino_conv(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_packed_a *pk,
                       int par, const float *x, size_t xplane, size_t xrow, const vmc_wino_out *o,
                       float *base, const scratch_plan *sp) {
-  if (par || ctx->nthreads <= 1)
-    wino_rows(c, pk, x, xplane, xrow, o, base, sp->a, 0, c->th);
-  else
-    wino_team(ctx, c, pk, x, xplane, xrow, o, sp->a);
+  if (par || ctx->nthreads <= 1) {
+    const wino_space w = wino_space_of(c, base, sp->a);
+    wino_part(c, pk, x, xplane, xrow, o, &w, w.rows, 0, 1);
+    return;
+  }
+  const wino_space w = wino_space_of(c, slice_scratch(ctx, 0), sp->a);
+#pragma omp parallel num_threads(ctx->nthreads)
+  {
+    const int t = omp_get_thread_num();
+    wino_part(c, pk, x, xplane, xrow, o, &w, wino_space_of(c, slice_scratch(ctx, t), sp->a).rows,
+              t, omp_get_num_threads());
+  }
 }
 
 /* Winograd forward of one image (one group), from the plain or the padded
