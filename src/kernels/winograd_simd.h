@@ -45,14 +45,26 @@ static inline void FN(row_b)(const float *lo, const float *hi, const vmask m[4],
   out[3] = VSUB(o, o1);
 }
 
+/* V's positions 0 to 11 of VL tiles, from the row-transformed padded rows
+ * r0, r1 and r2 (B^T's first three rows). */
+static inline void FN(store_v012)(float *dst, size_t ps, const vec r0[4], const vec r1[4],
+                                  const vec r2[4]) {
+  for (int j = 0; j < 4; j++) {
+    VSTORE(dst + (0 + j) * ps, VSUB(r0[j], r2[j]));
+    VSTORE(dst + (4 + j) * ps, VADD(r1[j], r2[j]));
+    VSTORE(dst + (8 + j) * ps, VSUB(r2[j], r1[j]));
+  }
+}
+
+/* Positions 12 to 15, from rows r1 and r3 (B^T's last row). */
+static inline void FN(store_v3)(float *dst, size_t ps, const vec r1[4], const vec r3[4]) {
+  for (int j = 0; j < 4; j++) VSTORE(dst + (12 + j) * ps, VSUB(r1[j], r3[j]));
+}
+
 /* V's 16 positions of VL tiles from the row-transformed padded rows r. */
 static inline void FN(store_v)(float *dst, size_t ps, vec r[4][4]) {
-  for (int j = 0; j < 4; j++) {
-    VSTORE(dst + (0 + j) * ps, VSUB(r[0][j], r[2][j]));
-    VSTORE(dst + (4 + j) * ps, VADD(r[1][j], r[2][j]));
-    VSTORE(dst + (8 + j) * ps, VSUB(r[2][j], r[1][j]));
-    VSTORE(dst + (12 + j) * ps, VSUB(r[1][j], r[3][j]));
-  }
+  FN(store_v012)(dst, ps, r[0], r[1], r[2]);
+  FN(store_v3)(dst, ps, r[1], r[3]);
 }
 
 /* Tile rows ti and ti + 1 (if < ti1) of channel c, tw = VL / 2. */
@@ -124,14 +136,10 @@ static void FN(wino_input)(const float *x, int ch, size_t plane, size_t row, int
       FN(padded_row)(xc, row, h, 2 * ti0, m, r1);
       for (int ti = ti0; ti < ti1; ti++, dst += tw) {
         FN(padded_row)(xc, row, h, 2 * ti + 1, m, r2);
-        for (int j = 0; j < 4; j++) {
-          VSTORE(dst + (0 + j) * ps, VSUB(r0[j], r2[j]));
-          VSTORE(dst + (4 + j) * ps, VADD(r1[j], r2[j]));
-          VSTORE(dst + (8 + j) * ps, VSUB(r2[j], r1[j]));
-        }
+        FN(store_v012)(dst, ps, r0, r1, r2);
         FN(padded_row)(xc, row, h, 2 * ti + 2, m, r3);
+        FN(store_v3)(dst, ps, r1, r3);
         for (int j = 0; j < 4; j++) {
-          VSTORE(dst + (12 + j) * ps, VSUB(r1[j], r3[j]));
           r0[j] = r2[j];
           r1[j] = r3[j];
         }
