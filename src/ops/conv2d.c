@@ -774,7 +774,7 @@ static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratc
   const int C = ctx->xs[0].d[1], HW = g->h * g->w;
   const float hi = vmc_act_hi(ctx->act), lo = vmc_act_lo(ctx->act);
   /* Padded input or output (op.h; one group then, see conv_padded_in/out):
-   * the input is already the plane WIDE pads to; the output, wide_out. */
+   * the input is already the plane WIDE pads to; the output, rows_conv_of. */
   const vmc_padded xpl = vmc_padded_of(&ctx->xs[0]), yq = vmc_padded_of(&ctx->ys);
   /* Bias and activation are applied as the GEMM writes each output. */
   vmc_gemm_epi epi = VMC_GEMM_EPI_NONE;
