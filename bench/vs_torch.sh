@@ -5,6 +5,10 @@
 #     for both and the ratio;
 #  2. fp32 inference of MODELS at batch 1 and 64: median latency and
 #     images/s for both and the ratio.
+# Each measurement runs REPEATS times, vmc and PyTorch alternating, so both
+# see the machine's same slow and fast spells; the tables give the medians
+# over the repeats (inference: of each run's median latency) and, with
+# REPEATS > 1, the range of the per-repeat ratios.
 # Usage: bench/vs_torch.sh [THREADS]
 #   env IMAGES=60000 REPEATS=1 MODELS="resnet8 resnet20" TRAIN_MODEL=resnet8
 # Run `make` first.  Prints a markdown table.
@@ -49,12 +53,22 @@ echo "|---|---:|---:|---:|---:|---:|---:|"
 for m in $MODELS; do
   for b in 1 64; do
     reps=$([ "$b" = 1 ] && echo 300 || echo 40)
-    out=$($VMC bench "$m" --batch "$b" --repeats "$reps" --warmup 20 --threads "$THREADS" --json)
-    vms=$(echo "$out" | sed -n 's/.*"median_ms":[[:space:]]*\([0-9.e+-]*\).*/\1/p' | tail -n 1)
-    tj=$($PY bench/peer_torch.py --task infer --model "$m" --batch "$b" --threads "$THREADS" --repeats "$reps")
-    tms=$(echo "$tj" | num latency_ms_median)
+    v=""; t=""; r=""
+    i=0
+    while [ $i -lt "$REPEATS" ]; do
+      out=$($VMC bench "$m" --batch "$b" --repeats "$reps" --warmup 20 --threads "$THREADS" --json)
+      vms=$(echo "$out" | sed -n 's/.*"median_ms":[[:space:]]*\([0-9.e+-]*\).*/\1/p' | tail -n 1)
+      tms=$($PY bench/peer_torch.py --task infer --model "$m" --batch "$b" --threads "$THREADS" \
+              --repeats "$reps" | num latency_ms_median)
+      v="$v $vms"; t="$t $tms"; r="$r $(ratio "$tms" "$vms")"
+      i=$((i + 1))
+    done
+    vms=$(echo $v | tr ' ' '\n' | median); tms=$(echo $t | tr ' ' '\n' | median)
     vi=$(awk -v b="$b" -v ms="$vms" 'BEGIN { printf "%.0f", b * 1000 / ms }')
     ti=$(awk -v b="$b" -v ms="$tms" 'BEGIN { printf "%.0f", b * 1000 / ms }')
-    printf '| %s | %s | %.3f | %.3f | %s | %s | **%s** |\n' "$m" "$b" "$vms" "$tms" "$vi" "$ti" "$(ratio "$tms" "$vms")"
+    spread=""
+    [ "$REPEATS" -gt 1 ] && spread=" ($(echo $r | tr ' ' '\n' | sort -g | sed -n '1p;$p' | paste -sd '-')x)"
+    printf '| %s | %s | %.3f | %.3f | %s | %s | **%s**%s |\n' "$m" "$b" "$vms" "$tms" "$vi" "$ti" \
+      "$(ratio "$tms" "$vms")" "$spread"
   done
 done
