@@ -67,6 +67,13 @@ int vmc_test_failed_now(void);
       vmc_test_fail(__FILE__, __LINE__, "%s = %lld, %s = %lld", #a, a_, #b,    \
                     b_);                                                       \
   } while (0)
+#define CHECK_EQ_STR(a, b)                                                     \
+  do {                                                                         \
+    const char *a_ = (a), *b_ = (b);                                           \
+    if (strcmp(a_, b_) != 0)                                                   \
+      vmc_test_fail(__FILE__, __LINE__, "%s = \"%s\", %s = \"%s\"", #a, a_, #b,  \
+                    b_);                                                       \
+  } while (0)
 #define SKIP(why)                                                              \
   do {                                                                         \
     vmc_test_skip(why);                                                        \

@@ -168,6 +168,49 @@ static size_t read_logits(const char *path, float *z, size_t cap) {
   return n;
 }
 
+/* The "kernel" of the layer named node in bench's --json profile (into
+ * buf), or "" when the layer or its kernel is missing. */
+static const char *profile_kernel(const char *json, const char *node, char *buf, size_t n) {
+  char key[96];
+  snprintf(key, sizeof key, "\"%s\"", node);
+  buf[0] = 0;
+  const char *at = strstr(json, key), *next = at ? strstr(at + 1, "\"node\"") : NULL;
+  const char *k = at ? strstr(at, "\"kernel\":") : NULL;
+  if (!k || (next && k > next)) return buf;
+  k = strchr(k + 9, '"');
+  const char *end = k ? strchr(k + 1, '"') : NULL;
+  if (end && (size_t)(end - k - 1) < n) {
+    memcpy(buf, k + 1, (size_t)(end - k - 1));
+    buf[end - k - 1] = 0;
+  }
+  return buf;
+}
+
+/* bench --profile names the way each layer ran: the plan's choice for its
+ * shape (Winograd's tiling by output width, the phase GEMM for strides) and
+ * VMC_WINOGRAD=0's. */
+TEST(cli_profile_names_each_layers_kernel) {
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
+  const char *cmd = "bench resnet8 --batch 2 --repeats 1 --warmup 0 --profile --json";
+  REQUIRE(run(g_out, sizeof g_out, "%s", cmd) == 0);
+  char k[32];
+  CHECK_EQ_STR(profile_kernel(g_out, "conv1", k, sizeof k), "gemm-wide");
+  CHECK_EQ_STR(profile_kernel(g_out, "layer1.0.conv1", k, sizeof k), "winograd-4x4");
+  CHECK_EQ_STR(profile_kernel(g_out, "layer2.0.conv1", k, sizeof k), "gemm-phase");
+  CHECK_EQ_STR(profile_kernel(g_out, "layer2.0.downsample.0", k, sizeof k), "gemm-phase");
+  CHECK_EQ_STR(profile_kernel(g_out, "layer3.0.conv2", k, sizeof k), "winograd-2x2");
+  profile_kernel(g_out, "fc", k, sizeof k);
+  CHECK(!strcmp(k, "gemm") || !strcmp(k, "dot"));
+  CHECK_EQ_STR(profile_kernel(g_out, "avgpool", k, sizeof k), ""); /* one way: no name */
+  setenv("VMC_WINOGRAD", "0", 1);
+  const int rc = run(g_out, sizeof g_out, "%s", cmd);
+  unsetenv("VMC_WINOGRAD");
+  REQUIRE(rc == 0);
+  CHECK_EQ_STR(profile_kernel(g_out, "layer1.0.conv1", k, sizeof k), "gemm-wide");
+  REQUIRE(run(g_out, sizeof g_out, "bench lenet5 --batch 2 --repeats 1 --warmup 0 --profile") == 0);
+  CHECK(strstr(g_out, " kernel ") != NULL);
+}
+
 /* One binary, every ISA path it can run on this CPU (VMC_ISA), the same
  * outputs for every zoo model (fp32: within 1e-4 of the logits' scale). */
 TEST(cli_zoo_same_outputs_on_every_isa) {

@@ -499,6 +499,22 @@ TEST(qrt_hand_graph_groups_dilation_strides) {
   CHECK(strstr(all, "c3 gemm 8x54x25 wide") != NULL);
   CHECK(strstr(all, "fc linear") == NULL && strstr(all, "fc gemm 3x8x1 direct -> f32") != NULL);
   if (vmc_test_failed_now()) printf("%s", all);
+  /* Their names in profiles. */
+  const char *want[][2] = {{"c1", "gemm-im2col"}, {"c3", "gemm-phase"}, {"fc", "gemm"}};
+  int seen = 0;
+  for (int i = 0; i < vmc_qrt_step_info(q, -1, NULL, NULL, NULL, NULL); i++) {
+    const char *node, *op, *k = vmc_qrt_step_kernel(q, i);
+    double sec, macs;
+    vmc_qrt_step_info(q, i, &node, &op, &sec, &macs);
+    if (!strcmp(op, "fakequant")) CHECK(k == NULL);
+    for (int w = 0; w < 3; w++)
+      if (!strcmp(node, want[w][0])) {
+        CHECK_EQ_STR(k ? k : "(none)", want[w][1]);
+        seen++;
+      }
+  }
+  CHECK_EQ_INT(seen, 3);
+  CHECK(vmc_qrt_step_kernel(q, -1) == NULL);
   vmc_qrt_destroy(q);
   vmc_plan_destroy(p);
   vmc_graph_free(g);

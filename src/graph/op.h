@@ -133,6 +133,10 @@ typedef struct vmc_op {
   int (*fuses_residual)(const vmc_node *n, const vmc_shape *in, int ypad);
   /* Multiply-accumulates per image (NULL: 0). */
   uint64_t (*macs)(const vmc_node *n, const vmc_shape *in, const vmc_shape *out);
+  /* How forward computes the node on these inputs in this mode, a short
+   * name for profiles (e.g. "winograd-4x4"); NULL (or a NULL hook): the
+   * op's one way. */
+  const char *(*kernel)(const vmc_node *n, const vmc_shape *in, vmc_mode mode);
 } vmc_op;
 
 const vmc_op *vmc_op_find(const char *name);

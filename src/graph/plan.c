@@ -535,26 +535,43 @@ double vmc_plan_node_seconds(const vmc_plan *p, int i, int backward) {
   return s;
 }
 
+/* Node i of p, and its input shapes (an outer plan keeps no inner shapes:
+ * its first sub-plan's). */
+static const vmc_node *node_inputs(const vmc_plan *p, int i, vmc_shape *in, const vmc_plan **q) {
+  *q = p->n_sub ? p->sub[0] : p;
+  const vmc_node *n = &(*q)->g->nodes[i];
+  for (int k = 0; k < n->n_in; k++) in[k] = (*q)->shape[n->in[k]];
+  return n;
+}
+
 uint64_t vmc_plan_node_macs(const vmc_plan *p, int i) {
   if (i < 0 || i >= p->g->n_nodes) return 0;
-  const vmc_plan *q = p->n_sub ? p->sub[0] : p; /* an outer plan keeps no inner shapes */
-  const vmc_node *n = &q->g->nodes[i];
-  if (!n->op->macs) return 0;
   vmc_shape in[VMC_MAX_INPUTS];
-  for (int k = 0; k < n->n_in; k++) in[k] = q->shape[n->in[k]];
-  return n->op->macs(n, in, &q->shape[n->out]);
+  const vmc_plan *q;
+  const vmc_node *n = node_inputs(p, i, in, &q);
+  return n->op->macs ? n->op->macs(n, in, &q->shape[n->out]) : 0;
+}
+
+const char *vmc_plan_node_kernel(const vmc_plan *p, int i) {
+  if (i < 0 || i >= p->g->n_nodes) return NULL;
+  vmc_shape in[VMC_MAX_INPUTS];
+  const vmc_plan *q;
+  const vmc_node *n = node_inputs(p, i, in, &q);
+  return n->op->kernel ? n->op->kernel(n, in, p->mode) : NULL;
 }
 
 static void prof_print(const vmc_plan *p) {
   double tot = 0;
   for (int i = 0; i < p->g->n_nodes; i++) tot += p->prof[i] + p->prof[p->g->n_nodes + i];
   if (tot <= 0) return;
-  fprintf(stderr, "%-28s %-10s %9s %9s %6s\n", "node", "op", "fwd s", "bwd s", "%");
+  fprintf(stderr, "%-28s %-10s %-13s %9s %9s %6s\n", "node", "op", "kernel", "fwd s", "bwd s",
+          "%");
   for (int i = 0; i < p->g->n_nodes; i++) {
     const double f = p->prof[i], b = p->prof[p->g->n_nodes + i];
     if (f + b <= 0) continue;
-    fprintf(stderr, "%-28s %-10s %9.3f %9.3f %6.1f\n", p->g->nodes[i].name, p->g->nodes[i].op->name,
-            f, b, 100 * (f + b) / tot);
+    const char *k = vmc_plan_node_kernel(p, i);
+    fprintf(stderr, "%-28s %-10s %-13s %9.3f %9.3f %6.1f\n", p->g->nodes[i].name,
+            p->g->nodes[i].op->name, k ? k : "-", f, b, 100 * (f + b) / tot);
   }
   fprintf(stderr, "total %.3f s\n", tot);
 }

@@ -53,6 +53,8 @@ const vmc_graph *vmc_plan_graph(const vmc_plan *p);
 double vmc_plan_node_seconds(const vmc_plan *p, int i, int backward);
 /* Multiply-adds of node i per image (0 for ops that do not count them). */
 uint64_t vmc_plan_node_macs(const vmc_plan *p, int i);
+/* How node i's forward runs in this plan (vmc_op.kernel), or NULL. */
+const char *vmc_plan_node_kernel(const vmc_plan *p, int i);
 
 /* An inference plan that runs g as given, layer by layer over the whole
  * batch: no BatchNorm folding, no private copy of the weights (recreate it

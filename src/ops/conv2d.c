@@ -1197,9 +1197,21 @@ static uint64_t conv_macs(const vmc_node *n, const vmc_shape *in, const vmc_shap
   return (uint64_t)c.oc * c.P * c.K;
 }
 
+/* The names of the forward's ways (the header lists them). */
+static const char *conv_kernel(const vmc_node *n, const vmc_shape *in, vmc_mode mode) {
+  const conv_cfg c = mode != VMC_MODE_TRAIN ? cfg_infer(n, &in[0]) : cfg_of(n, &in[0]);
+  switch (c.kind) {
+  case DIRECT: return "gemm-1x1";
+  case DEPTHWISE: return "depthwise";
+  case WIDE: return !c.wino ? "gemm-wide" : c.wm == 4 ? "winograd-4x4" : "winograd-2x2";
+  case PHASE: return "gemm-phase";
+  default: return "gemm-im2col";
+  }
+}
+
 const vmc_op vmc_op_conv2d = {
     .name = "conv2d", .min_in = 1, .max_in = 1, .n_param_min = 1, .n_param_max = 2,
     .sets_dx = 1, .can_fuse_act = 1, .infer = conv_infer, .state_bytes = conv_state, .prepare = conv_prepare,
     .scratch_bytes = conv_scratch, .forward = conv_forward, .backward = conv_backward,
     .padded_in = conv_padded_in, .padded_out = conv_padded_out,
-    .fuses_residual = conv_fuses_residual, .macs = conv_macs};
+    .fuses_residual = conv_fuses_residual, .macs = conv_macs, .kernel = conv_kernel};

@@ -76,6 +76,11 @@ static uint64_t linear_macs(const vmc_node *n, const vmc_shape *in, const vmc_sh
   return (uint64_t)in_features(&in[0]) * (uint64_t)out->d[1];
 }
 
+static const char *linear_kernel(const vmc_node *n, const vmc_shape *in, vmc_mode mode) {
+  return in[0].d[0] <= DOT_MAX_N && vmc_sgemm_dot_in_place(in_features(&in[0])) ? "dot" : "gemm";
+}
+
 const vmc_op vmc_op_linear = {.name = "linear", .min_in = 1, .max_in = 1, .n_param_min = 1,
                               .n_param_max = 2, .infer = linear_infer, .forward = linear_forward,
-                              .backward = linear_backward, .macs = linear_macs, .sets_dx = 1};
+                              .backward = linear_backward, .macs = linear_macs, .sets_dx = 1,
+                              .kernel = linear_kernel};

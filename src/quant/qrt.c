@@ -832,6 +832,20 @@ int vmc_qrt_step_info(const vmc_qrt *q, int i, const char **node, const char **o
   return q->n_s;
 }
 
+const char *vmc_qrt_step_kernel(const vmc_qrt *q, int i) {
+  if (i < 0 || i >= q->n_s) return NULL;
+  const qrt_step *s = &q->s[i];
+  switch (s->kind) {
+  case QRT_GEMM:
+    if (s->op && !strcmp(s->op, "linear")) return "gemm";
+    if (s->wide) return s->geom.sh > 1 || s->geom.sw > 1 ? "gemm-phase" : "gemm-wide";
+    return s->direct ? "gemm-1x1" : "gemm-im2col";
+  case QRT_CONV: return "direct";
+  case QRT_DWCONV: return "depthwise";
+  default: return NULL;
+  }
+}
+
 /* ---- the batch ------------------------------------------------------------------------ */
 
 vmc_status vmc_qrt_forward(vmc_qrt *q, int n) {

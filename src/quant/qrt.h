@@ -118,5 +118,8 @@ int vmc_qrt_describe(const vmc_qrt *q, int i, char *buf, size_t n);
 vmc_status vmc_qrt_profile(vmc_qrt *q, int on);
 int vmc_qrt_step_info(const vmc_qrt *q, int i, const char **node, const char **op,
                       double *seconds, double *macs);
+/* How step i computes, a short name for profiles ("gemm-phase", "direct",
+ * ...; vmc_op.kernel's names for the float plan's ways), or NULL. */
+const char *vmc_qrt_step_kernel(const vmc_qrt *q, int i);
 
 #endif

@@ -22,7 +22,8 @@ static const char *const HELP =
     "  --warmup N    untimed runs first (default 10)\n"
     "  --simulate    run a quantized model's fp32 simulation instead\n"
     "  --profile     then time every layer (the integer runtime: every step) at\n"
-    "                the larger batch, as many runs again: time per image,\n"
+    "                the larger batch, as many runs again: the kernel it ran\n"
+    "                (winograd-4x4, gemm-phase, depthwise, ...), time per image,\n"
     "                share, multiply-adds and GFLOP/s (GOP/s for int8) of each\n"
     "                (on several threads, images run on one thread each and the\n"
     "                times add up over the threads)\n"
@@ -144,17 +145,20 @@ static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup
       printf("\nper %s, batch %d, %d runs, %d thread%s%s:\n", pg ? "layer" : "step of the integer runtime",
              batch, repeats, nt, nt > 1 ? "s" : "",
              batch > 1 && nt > 1 ? " (time summed over the threads)" : "");
-      printf("%-28s %-10s %12s %7s %12s %9s\n", "node", "op", "us/image", "%", "MMAC/image",
-             "GFLOP/s");
+      printf("%-28s %-10s %-13s %12s %7s %12s %9s\n", "node", "op", "kernel", "us/image", "%",
+             "MMAC/image", "GFLOP/s");
     }
     for (int i = 0; i < units; i++) {
+      const char *kernel;
       if (pg) {
         node = pg->nodes[i].name;
         op = pg->nodes[i].op->name;
         sec = vmc_plan_node_seconds(e.p, i, 0);
         macs = (double)vmc_plan_node_macs(e.p, i);
+        kernel = vmc_plan_node_kernel(e.p, i);
       } else {
         vmc_qrt_step_info(e.q, i, &node, &op, &sec, &macs);
+        kernel = vmc_qrt_step_kernel(e.q, i);
       }
       if (sec <= 0) continue; /* folded into another node */
       if (!pass) {
@@ -167,6 +171,7 @@ static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup
         cJSON *r = cJSON_CreateObject();
         cJSON_AddStringToObject(r, "node", node);
         cJSON_AddStringToObject(r, "op", op);
+        if (kernel) cJSON_AddStringToObject(r, "kernel", kernel);
         cJSON_AddNumberToObject(r, "us_per_image", us);
         cJSON_AddNumberToObject(r, "share", sec / total);
         cJSON_AddNumberToObject(r, "macs", macs);
@@ -174,7 +179,8 @@ static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup
         cJSON_AddItemToArray(arr, r);
         continue;
       }
-      printf("%-28s %-10s %12.2f %7.1f ", node, op, us, 100 * sec / total);
+      printf("%-28s %-10s %-13s %12.2f %7.1f ", node, op, kernel ? kernel : "-", us,
+             100 * sec / total);
       if (macs > 0)
         printf("%12.3f %9.1f\n", macs / 1e6, gflops);
       else
@@ -190,8 +196,8 @@ static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup
       cJSON_AddItemToObject(o, "layers", arr);
       cJSON_AddItemToObject(json, "profile", o);
     } else {
-      printf("%-28s %-10s %12.2f %7.1f %12.3f %9.1f\n", "all", "", us, 100.0, total_macs / 1e6,
-             2.0 * total_macs / (us * 1e-6) / 1e9);
+      printf("%-28s %-10s %-13s %12.2f %7.1f %12.3f %9.1f\n", "all", "", "", us, 100.0,
+             total_macs / 1e6, 2.0 * total_macs / (us * 1e-6) / 1e9);
     }
   }
   engine_destroy(&e);
