@@ -60,6 +60,16 @@ typedef __m256i vint;
     (hi) = _mm256_permute2f128_ps(l_, h_, 0x31);                         \
   } while (0)
 #define PLANES(name) name##__avx2
+/* The stride-2 forward by pairs: vshufps keeps each 128-bit lane's evens
+ * (odds) of lo then hi, [x0 x2 x8 x10 | x4 x6 x12 x14]; swapping the middle
+ * 64-bit pairs restores the order (as ymm_evens_odds). */
+#define S2_PAIRS
+#define VEVENS_SCR(lo, hi) _mm256_shuffle_ps(lo, hi, 0x88)
+#define VODDS_SCR(lo, hi) _mm256_shuffle_ps(lo, hi, 0xdd)
+#define VUNSCRAMBLE(v) _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xd8))
+typedef __m256i vmask;
+#define VMASK(m) expand8(m)
+#define VMLOADV(mv, p) _mm256_maskload_ps(p, mv)
 
 /* Tap column j's inputs, elements e = 2l + j*dw of the window: from window
  * vector e / 8 by one in-lane permute each, blended. */

@@ -18,6 +18,13 @@
  *                       2l + j*dw of the 3*VL-float window va vb vc (vc
  *                       unread unless need_c)
  *   PLANES(name)        the variant's name for name
+ * and it may define S2_PAIRS, with
+ *   VEVENS_SCR(lo, hi) VODDS_SCR(lo, hi)   the even (odd) floats of lo's VL
+ *                       then hi's VL, in an order of the lanes the variant
+ *                       chooses (the same for both)
+ *   VUNSCRAMBLE(v)      that order back to the natural one
+ *   vmask VMASK(m) VMLOADV(mv, p)   VMLOAD's mask made once, and the load
+ * for the stride-2 forward of 3-wide kernels below.
  *
  * Stride 1 with the output the input's size ("same" padding): each plane is
  * one run of P pixels; tap t of output n reads x[n + off[t]] where lane
@@ -29,7 +36,13 @@
  *
  * Stride 2: per block of VL output columns and image row, one window of
  * 3*VL input floats from column ws = 2*b0 - pw (masked loads: zeros outside
- * the row), from which s2_gather takes each tap column's inputs.  The
+ * the row), from which s2_gather takes each tap column's inputs.  With
+ * S2_PAIRS the forward of a 3-wide undilated kernel instead loads two pairs
+ * of vectors, 2*VL floats from ws and from ws + 2: tap columns 0 and 1 take
+ * the first pair's even and odd floats, column 2 the second's evens, one
+ * shuffle each, where a gather takes up to three permutes and two blends.
+ * The accumulators then hold the lanes in the shuffles' order, put back
+ * before the store (the same floats).  The
  * input gradient is gathered per input row: column 2m + p (parity p) takes
  * w[i][j] * dY[oy][m + (p + pw - j*dw) / 2] from the tap columns j of its
  * parity, so each parity is a short correlation of the dY row, and the two
@@ -163,6 +176,10 @@ typedef struct {
   ptrdiff_t ws[S2_MAX_BLOCKS];                   /* window start column */
   lmask ma[S2_MAX_BLOCKS], mb[S2_MAX_BLOCKS], mc[S2_MAX_BLOCKS]; /* window columns in the row */
   unsigned char used[S2_MAX_BLOCKS][S2_MAX_KW];  /* some stored lane reads the row */
+#ifdef S2_PAIRS
+  int pairs3;                                    /* kw == 3, dw == 1: by pairs */
+  lmask pm[S2_MAX_BLOCKS][2][2];                 /* pair q's columns in the row */
+#endif
 } s2_geom;
 
 static int s2_prepare(const vmc_conv_geom *g, s2_geom *s) {
@@ -187,7 +204,21 @@ static int s2_prepare(const vmc_conv_geom *g, s2_geom *s) {
         if (col >= 0 && col < g->w) s->used[bo][j] = 1;
       }
     }
+#ifdef S2_PAIRS
+    for (int q = 0; q < 2; q++)
+      for (int h = 0; h < 2; h++) {
+        unsigned mq = 0;
+        for (int e = 0; e < VL; e++) {
+          const int col = ws + 2 * q + h * VL + e;
+          if (col >= 0 && col < g->w) mq |= 1u << e;
+        }
+        s->pm[bo][q][h] = (lmask)mq;
+      }
+#endif
   }
+#ifdef S2_PAIRS
+  s->pairs3 = g->kw == 3 && g->dw == 1;
+#endif
   return 1;
 }
 
@@ -195,6 +226,48 @@ static int s2_prepare(const vmc_conv_geom *g, s2_geom *s) {
 static inline int s2_need_c(const vmc_conv_geom *g, int nb) {
   return 2 * (nb - 1) + (g->kw - 1) * g->dw >= 2 * VL;
 }
+
+#ifdef S2_PAIRS
+/* The forward by pairs (the header) of a 3-wide kernel, undilated: tap
+ * columns 0 and 1 take pair 0's evens and odds, column 2 pair 1's evens.
+ * The same floats as s2_channels' (the same FMAs in the same order). */
+INLINE void s2_channels_pairs3(const int NC, const float *x, const float *w,
+                               const vmc_dwconv_epi *e, const float *bias,
+                               const vmc_conv_geom *g, const s2_geom *s, float *y) {
+  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
+  const int taps = g->kh * 3;
+  vmask pmv[S2_MAX_BLOCKS][4];
+  for (int bo = 0; bo < s->nbk; bo++)
+    for (int q = 0; q < 4; q++) pmv[bo][q] = VMASK(s->pm[bo][q / 2][q % 2]);
+  for (int oy = 0; oy < g->oh; oy++)
+    for (int bo = 0; bo < s->nbk; bo++) {
+      const int b0 = VL * bo, nb = g->ow - b0 < VL ? g->ow - b0 : VL;
+      const int u0 = s->used[bo][0], u1 = s->used[bo][1], u2 = s->used[bo][2];
+      const vmask m00 = pmv[bo][0], m01 = pmv[bo][1], m10 = pmv[bo][2], m11 = pmv[bo][3];
+      vec acc[4];
+      UNROLL4
+      for (int k = 0; k < NC; k++) acc[k] = VSET1(bias ? bias[k] : 0.0f);
+      for (int i = 0; i < g->kh; i++) {
+        const int iy = oy * g->sh - g->ph + i * g->dh;
+        if (iy < 0 || iy >= g->h) continue;
+        const float *win = at_offset(x + (size_t)iy * g->w, s->ws[bo]);
+        UNROLL4
+        for (int k = 0; k < NC; k++) {
+          const float *wk = win + k * in_plane, *wt = w + (size_t)k * taps + i * 3;
+          const vec a0 = VMLOADV(m00, wk), a1 = VMLOADV(m01, wk + VL);
+          const vec c0 = VMLOADV(m10, wk + 2), c1 = VMLOADV(m11, wk + 2 + VL);
+          if (u0) acc[k] = VFMA(VSET1(wt[0]), VEVENS_SCR(a0, a1), acc[k]);
+          if (u1) acc[k] = VFMA(VSET1(wt[1]), VODDS_SCR(a0, a1), acc[k]);
+          if (u2) acc[k] = VFMA(VSET1(wt[2]), VEVENS_SCR(c0, c1), acc[k]);
+        }
+      }
+      float *yr = y + (size_t)oy * g->ow + b0;
+      UNROLL4
+      for (int k = 0; k < NC; k++)
+        VMSTORE(yr + k * out_plane, lanes_below(nb), VUNSCRAMBLE(finish(acc[k], e)));
+    }
+}
+#endif
 
 INLINE void s2_channels(const int NC, const float *x, const float *w, const vmc_dwconv_epi *e,
                         const float *bias, const vmc_conv_geom *g, const s2_geom *s, float *y) {
@@ -371,6 +444,17 @@ int PLANES(vmc_dwconv_planes)(const float *x, int ch, const float *w, const vmc_
   }
   s2_geom s;
   if (!s2_prepare(g, &s)) return 0;
+#ifdef S2_PAIRS
+  if (s.pairs3) {
+    for (; c + 4 <= ch; c += 4)
+      s2_channels_pairs3(4, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s,
+                         y + c * out);
+    for (; c < ch; c++)
+      s2_channels_pairs3(1, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s,
+                         y + c * out);
+    return 1;
+  }
+#endif
   for (; c + 4 <= ch; c += 4)
     s2_channels(4, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s, y + c * out);
   for (; c < ch; c++)
