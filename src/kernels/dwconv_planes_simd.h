@@ -227,52 +227,26 @@ static inline int s2_need_c(const vmc_conv_geom *g, int nb) {
   return 2 * (nb - 1) + (g->kw - 1) * g->dw >= 2 * VL;
 }
 
+/* The forward of NC channels: each tap column's inputs gathered from the
+ * window, or with PAIRS (S2_PAIRS, a 3-wide undilated kernel) split from
+ * two pairs of vectors (the header): tap columns 0 and 1 take pair 0's
+ * evens and odds, column 2 pair 1's evens.  Both make the same FMAs in the
+ * same order, so the same floats. */
 #ifdef S2_PAIRS
-/* The forward by pairs (the header) of a 3-wide kernel, undilated: tap
- * columns 0 and 1 take pair 0's evens and odds, column 2 pair 1's evens.
- * The same floats as s2_channels' (the same FMAs in the same order). */
-INLINE void s2_channels_pairs3(const int NC, const float *x, const float *w,
-                               const vmc_dwconv_epi *e, const float *bias,
-                               const vmc_conv_geom *g, const s2_geom *s, float *y) {
-  const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
-  const int taps = g->kh * 3;
-  vmask pmv[S2_MAX_BLOCKS][4];
-  for (int bo = 0; bo < s->nbk; bo++)
-    for (int q = 0; q < 4; q++) pmv[bo][q] = VMASK(s->pm[bo][q / 2][q % 2]);
-  for (int oy = 0; oy < g->oh; oy++)
-    for (int bo = 0; bo < s->nbk; bo++) {
-      const int b0 = VL * bo, nb = g->ow - b0 < VL ? g->ow - b0 : VL;
-      const int u0 = s->used[bo][0], u1 = s->used[bo][1], u2 = s->used[bo][2];
-      const vmask m00 = pmv[bo][0], m01 = pmv[bo][1], m10 = pmv[bo][2], m11 = pmv[bo][3];
-      vec acc[4];
-      UNROLL4
-      for (int k = 0; k < NC; k++) acc[k] = VSET1(bias ? bias[k] : 0.0f);
-      for (int i = 0; i < g->kh; i++) {
-        const int iy = oy * g->sh - g->ph + i * g->dh;
-        if (iy < 0 || iy >= g->h) continue;
-        const float *win = at_offset(x + (size_t)iy * g->w, s->ws[bo]);
-        UNROLL4
-        for (int k = 0; k < NC; k++) {
-          const float *wk = win + k * in_plane, *wt = w + (size_t)k * taps + i * 3;
-          const vec a0 = VMLOADV(m00, wk), a1 = VMLOADV(m01, wk + VL);
-          const vec c0 = VMLOADV(m10, wk + 2), c1 = VMLOADV(m11, wk + 2 + VL);
-          if (u0) acc[k] = VFMA(VSET1(wt[0]), VEVENS_SCR(a0, a1), acc[k]);
-          if (u1) acc[k] = VFMA(VSET1(wt[1]), VODDS_SCR(a0, a1), acc[k]);
-          if (u2) acc[k] = VFMA(VSET1(wt[2]), VEVENS_SCR(c0, c1), acc[k]);
-        }
-      }
-      float *yr = y + (size_t)oy * g->ow + b0;
-      UNROLL4
-      for (int k = 0; k < NC; k++)
-        VMSTORE(yr + k * out_plane, lanes_below(nb), VUNSCRAMBLE(finish(acc[k], e)));
-    }
-}
+#define S2_OUT(PAIRS, v) ((PAIRS) ? VUNSCRAMBLE(v) : (v))
+#else
+#define S2_OUT(PAIRS, v) (v)
 #endif
-
-INLINE void s2_channels(const int NC, const float *x, const float *w, const vmc_dwconv_epi *e,
-                        const float *bias, const vmc_conv_geom *g, const s2_geom *s, float *y) {
+INLINE void s2_channels(const int NC, const int PAIRS, const float *x, const float *w,
+                        const vmc_dwconv_epi *e, const float *bias, const vmc_conv_geom *g,
+                        const s2_geom *s, float *y) {
   const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
   const int taps = g->kh * g->kw;
+#ifdef S2_PAIRS
+  vmask pmv[S2_MAX_BLOCKS][4]; /* the pairs' masks, made once */
+  for (int bo = 0; PAIRS && bo < s->nbk; bo++)
+    for (int q = 0; q < 4; q++) pmv[bo][q] = VMASK(s->pm[bo][q / 2][q % 2]);
+#endif
   for (int oy = 0; oy < g->oh; oy++)
     for (int bo = 0; bo < s->nbk; bo++) {
       const int b0 = VL * bo, nb = g->ow - b0 < VL ? g->ow - b0 : VL, need_c = s2_need_c(g, nb);
@@ -283,6 +257,21 @@ INLINE void s2_channels(const int NC, const float *x, const float *w, const vmc_
         const int iy = oy * g->sh - g->ph + i * g->dh;
         if (iy < 0 || iy >= g->h) continue;
         const float *win = at_offset(x + (size_t)iy * g->w, s->ws[bo]);
+#ifdef S2_PAIRS
+        if (PAIRS) {
+          const int u0 = s->used[bo][0], u1 = s->used[bo][1], u2 = s->used[bo][2];
+          UNROLL4
+          for (int k = 0; k < NC; k++) {
+            const float *wk = win + k * in_plane, *wt = w + (size_t)k * taps + i * 3;
+            const vec a0 = VMLOADV(pmv[bo][0], wk), a1 = VMLOADV(pmv[bo][1], wk + VL);
+            const vec c0 = VMLOADV(pmv[bo][2], wk + 2), c1 = VMLOADV(pmv[bo][3], wk + 2 + VL);
+            if (u0) acc[k] = VFMA(VSET1(wt[0]), VEVENS_SCR(a0, a1), acc[k]);
+            if (u1) acc[k] = VFMA(VSET1(wt[1]), VODDS_SCR(a0, a1), acc[k]);
+            if (u2) acc[k] = VFMA(VSET1(wt[2]), VEVENS_SCR(c0, c1), acc[k]);
+          }
+          continue;
+        }
+#endif
         vec va[4], vb[4], vc[4];
         UNROLL4
         for (int k = 0; k < NC; k++) {
@@ -301,7 +290,8 @@ INLINE void s2_channels(const int NC, const float *x, const float *w, const vmc_
       }
       float *yr = y + (size_t)oy * g->ow + b0;
       UNROLL4
-      for (int k = 0; k < NC; k++) VMSTORE(yr + k * out_plane, lanes_below(nb), finish(acc[k], e));
+      for (int k = 0; k < NC; k++)
+        VMSTORE(yr + k * out_plane, lanes_below(nb), S2_OUT(PAIRS, finish(acc[k], e)));
     }
 }
 
@@ -447,18 +437,16 @@ int PLANES(vmc_dwconv_planes)(const float *x, int ch, const float *w, const vmc_
 #ifdef S2_PAIRS
   if (s.pairs3) {
     for (; c + 4 <= ch; c += 4)
-      s2_channels_pairs3(4, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s,
-                         y + c * out);
+      s2_channels(4, 1, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s, y + c * out);
     for (; c < ch; c++)
-      s2_channels_pairs3(1, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s,
-                         y + c * out);
+      s2_channels(1, 1, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s, y + c * out);
     return 1;
   }
 #endif
   for (; c + 4 <= ch; c += 4)
-    s2_channels(4, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s, y + c * out);
+    s2_channels(4, 0, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s, y + c * out);
   for (; c < ch; c++)
-    s2_channels(1, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s, y + c * out);
+    s2_channels(1, 0, x + c * in, w + c * taps, e, bias ? bias + c : NULL, g, &s, y + c * out);
   return 1;
 }
 
