@@ -234,6 +234,11 @@ static inline int s2_need_c(const vmc_conv_geom *g, int nb) {
  * same order, so the same floats. */
 #ifdef S2_PAIRS
 #define S2_OUT(PAIRS, v) ((PAIRS) ? VUNSCRAMBLE(v) : (v))
+/* The pairs' masks of every block, made once per call. */
+INLINE void s2_pair_masks(const s2_geom *s, vmask pmv[][4]) {
+  for (int bo = 0; bo < s->nbk; bo++)
+    for (int q = 0; q < 4; q++) pmv[bo][q] = VMASK(s->pm[bo][q / 2][q % 2]);
+}
 #else
 #define S2_OUT(PAIRS, v) (v)
 #endif
@@ -243,9 +248,8 @@ INLINE void s2_channels(const int NC, const int PAIRS, const float *x, const flo
   const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
   const int taps = g->kh * g->kw;
 #ifdef S2_PAIRS
-  vmask pmv[S2_MAX_BLOCKS][4]; /* the pairs' masks, made once */
-  for (int bo = 0; PAIRS && bo < s->nbk; bo++)
-    for (int q = 0; q < 4; q++) pmv[bo][q] = VMASK(s->pm[bo][q / 2][q % 2]);
+  vmask pmv[S2_MAX_BLOCKS][4];
+  if (PAIRS) s2_pair_masks(s, pmv);
 #endif
   for (int oy = 0; oy < g->oh; oy++)
     for (int bo = 0; bo < s->nbk; bo++) {
@@ -298,11 +302,20 @@ INLINE void s2_channels(const int NC, const int PAIRS, const float *x, const flo
 /* dw of NC channels for tap columns j0 .. j0 + nj - 1 (nj <= 3) of every
  * tap row: each channel's window and dY block are loaded once per row for
  * those taps (up to 12 chains for four channels).  Taps whose columns lie
- * outside the row gather zeros, so nothing is skipped. */
-INLINE void s2_dw_channels(const int NC, int j0, int nj, const float *x, const float *dy,
-                           const vmc_conv_geom *g, const s2_geom *s, float *dw) {
+ * outside the row gather zeros, so nothing is skipped.  With PAIRS (all
+ * three columns of a 3-wide undilated kernel) the inputs come by pairs as
+ * in the forward, dY's lanes are put in their order (the same permutation
+ * both ways), and the sums back in the natural order before the horizontal
+ * add: each lane's chain is the gather's, so the same floats. */
+INLINE void s2_dw_channels(const int NC, const int PAIRS, int j0, int nj, const float *x,
+                           const float *dy, const vmc_conv_geom *g, const s2_geom *s,
+                           float *dw) {
   const size_t in_plane = (size_t)g->h * g->w, out_plane = (size_t)g->oh * g->ow;
   const int taps = g->kh * g->kw;
+#ifdef S2_PAIRS
+  vmask pmv[S2_MAX_BLOCKS][4];
+  if (PAIRS) s2_pair_masks(s, pmv);
+#endif
   for (int i = 0; i < g->kh; i++) {
     vec a0[4], a1[4], a2[4];
     UNROLL4
@@ -314,6 +327,21 @@ INLINE void s2_dw_channels(const int NC, int j0, int nj, const float *x, const f
         const int b0 = VL * bo, nb = g->ow - b0 < VL ? g->ow - b0 : VL, need_c = s2_need_c(g, nb);
         const float *win = at_offset(x + (size_t)iy * g->w, s->ws[bo]);
         const float *dyr = dy + (size_t)oy * g->ow + b0;
+#ifdef S2_PAIRS
+        if (PAIRS) {
+          UNROLL4
+          for (int k = 0; k < NC; k++) {
+            const float *wk = win + k * in_plane;
+            const vec p0 = VMLOADV(pmv[bo][0], wk), p1 = VMLOADV(pmv[bo][1], wk + VL);
+            const vec q0 = VMLOADV(pmv[bo][2], wk + 2), q1 = VMLOADV(pmv[bo][3], wk + 2 + VL);
+            const vec d = VUNSCRAMBLE(VMLOAD(lanes_below(nb), dyr + k * out_plane));
+            a0[k] = VFMA(d, VEVENS_SCR(p0, p1), a0[k]);
+            a1[k] = VFMA(d, VODDS_SCR(p0, p1), a1[k]);
+            a2[k] = VFMA(d, VEVENS_SCR(q0, q1), a2[k]);
+          }
+          continue;
+        }
+#endif
         UNROLL4
         for (int k = 0; k < NC; k++) {
           const float *wk = win + k * in_plane;
@@ -329,18 +357,25 @@ INLINE void s2_dw_channels(const int NC, int j0, int nj, const float *x, const f
     UNROLL4
     for (int k = 0; k < NC; k++) {
       float *dk = dw + (size_t)k * taps + i * g->kw + j0;
-      dk[0] += VSUM(a0[k]);
-      if (nj > 1) dk[1] += VSUM(a1[k]);
-      if (nj > 2) dk[2] += VSUM(a2[k]);
+      dk[0] += VSUM(S2_OUT(PAIRS, a0[k]));
+      if (nj > 1) dk[1] += VSUM(S2_OUT(PAIRS, a1[k]));
+      if (nj > 2) dk[2] += VSUM(S2_OUT(PAIRS, a2[k]));
     }
   }
 }
 
-/* All tap columns, three at a time. */
+/* All tap columns, three at a time (a 3-wide undilated kernel by pairs
+ * where the variant has them). */
 INLINE void s2_dw_all(const int NC, const float *x, const float *dy, const vmc_conv_geom *g,
                       const s2_geom *s, float *dw) {
+#ifdef S2_PAIRS
+  if (s->pairs3) {
+    s2_dw_channels(NC, 1, 0, 3, x, dy, g, s, dw);
+    return;
+  }
+#endif
   for (int j0 = 0; j0 < g->kw; j0 += 3)
-    s2_dw_channels(NC, j0, g->kw - j0 < 3 ? g->kw - j0 : 3, x, dy, g, s, dw);
+    s2_dw_channels(NC, 0, j0, g->kw - j0 < 3 ? g->kw - j0 : 3, x, dy, g, s, dw);
 }
 
 /* The dx gather's dY lanes: block q (2*VL input columns), parity p, tap
