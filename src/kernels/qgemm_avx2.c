@@ -16,6 +16,7 @@
  * Needs AVX2 (the file is built with -mavx2 -mfma): vmc_qgemm_best() calls it
  * only where vmc_isa_name() is at least "avx2". */
 #include "kernels/qgemm.h"
+#include "kernels/ymm.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -63,17 +64,34 @@ static void epi_init(epi_ctx *e, const vmc_qepi *q) {
   e->zp = _mm256_set1_epi32(p.zp);
 }
 
+/* The first n < 8 bytes of v at y, in 4-, 2- and 1-byte pieces (fixed-size
+ * copies, written inline: a call per partial row cost more than the row's
+ * arithmetic on 7x7 planes). */
+INLINE void store_bytes_first(void *y, uint64_t v, int n) {
+  uint8_t *d = y;
+  if (n & 4) {
+    const uint32_t w = (uint32_t)v;
+    memcpy(d, &w, 4);
+    d += 4;
+    v >>= 32;
+  }
+  if (n & 2) {
+    const uint16_t h = (uint16_t)v;
+    memcpy(d, &h, 2);
+    d += 2;
+    v >>= 16;
+  }
+  if (n & 1) *d = (uint8_t)v;
+}
+
 /* Stores 8 lanes (acc + bias already added) at y, the first n of them. */
 INLINE void store8(const epi_ctx *e, const vmc_qout OUT, __m256i t, __m256 s, void *y,
                    int n) {
-  union {
-    __m256i v;
-    uint8_t b[32];
-  } tmp;
+  __m256 v;
   if (OUT == VMC_QOUT_S32) {
-    tmp.v = t;
+    v = _mm256_castsi256_ps(t);
   } else if (OUT == VMC_QOUT_F32) {
-    tmp.v = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(t), s));
+    v = _mm256_mul_ps(_mm256_cvtepi32_ps(t), s);
   } else {
     __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(t), s);
     f = _mm256_min_ps(_mm256_max_ps(f, e->lo), e->hi);
@@ -86,14 +104,10 @@ INLINE void store8(const epi_ctx *e, const vmc_qout OUT, __m256i t, __m256 s, vo
       _mm_storel_epi64((__m128i *)y, b);
       return;
     }
-    _mm_storel_epi64((__m128i *)tmp.b, b);
-    memcpy(y, tmp.b, (size_t)(n > 0 ? n : 0));
+    store_bytes_first(y, (uint64_t)_mm_cvtsi128_si64(b), n);
     return;
   }
-  if (n >= 8)
-    _mm256_storeu_si256((__m256i *)y, tmp.v);
-  else
-    memcpy(y, tmp.b, (size_t)(n > 0 ? n : 0) * 4);
+  ymm_store_first(y, v, n); /* all 8 for n >= 8 */
 }
 
 /* C rows m0..m0+mr-1, columns 0..nr-1 (nr <= NVE * 8) = epi(A-panel x
@@ -237,6 +251,58 @@ static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *
  * into scratch with its x_zp padding and slack, each tap of 8 outputs is one
  * load (8 bytes for stride 1, 16 for stride 2 with every other byte kept),
  * products exact in s32 via vpmaddwd. */
+/* The output rows of one channel from the padded plane P (rows wpad bytes
+ * apart): KH x KW taps at column stride SW, compile-time constants in the
+ * 3x3 instances (the tap loops unrolled), the call's values otherwise. */
+INLINE void dw_rows(const int KH, const int KW, const int SW, const uint8_t *P, int wpad,
+                    int sh, int oh, int ow, const __m256i *wv, __m256i vb, __m256 vs,
+                    const epi_ctx *e, void *y) {
+  const size_t osz = vmc_qout_bytes(e->out);
+  const __m256i lo16 = _mm256_set1_epi32(0xffff);
+  for (int oy = 0; oy < oh; oy++) {
+    const uint8_t *row = P + (size_t)oy * sh * wpad;
+    uint8_t *yr = (uint8_t *)y + (size_t)oy * ow * osz;
+    for (int ox = 0; ox < ow; ox += 8) {
+      __m256i acc = vb;
+      const uint8_t *base = row + (size_t)ox * SW;
+      for (int i = 0; i < KH; i++) {
+        const uint8_t *s = base + (size_t)i * wpad;
+        for (int j = 0; j < KW; j++) {
+          __m256i xv;
+          if (SW == 1)
+            xv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(s + j)));
+          else
+            xv = _mm256_and_si256(
+                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + j))), lo16);
+          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv[i * KW + j]));
+        }
+      }
+      store8(e, e->out, acc, vs, yr + (size_t)ox * osz, ow - ox);
+    }
+  }
+}
+
+/* n bytes from s to d: 16 at a time, then 8-, 4-, 2- and 1-byte pieces
+ * (fixed-size copies, inline; rows are a few dozen bytes). */
+INLINE void copy_bytes(uint8_t *d, const uint8_t *s, int n) {
+  int k = 0;
+  for (; k + 16 <= n; k += 16)
+    _mm_storeu_si128((__m128i *)(d + k), _mm_loadu_si128((const __m128i *)(s + k)));
+  if (n - k >= 8) {
+    memcpy(d + k, s + k, 8);
+    k += 8;
+  }
+  if (n - k >= 4) {
+    memcpy(d + k, s + k, 4);
+    k += 4;
+  }
+  if (n - k >= 2) {
+    memcpy(d + k, s + k, 2);
+    k += 2;
+  }
+  if (n - k >= 1) d[k] = s[k];
+}
+
 void vmc_qdwconv__avx2(const vmc_qdw_params *p, const uint8_t *x, const int8_t *wk,
                        const vmc_qepi *epi, void *y) {
   const int oh = vmc_qdw_out_h(p), ow = vmc_qdw_out_w(p);
@@ -247,18 +313,20 @@ void vmc_qdwconv__avx2(const vmc_qdw_params *p, const uint8_t *x, const int8_t *
   }
   const int hp = (oh - 1) * p->sh + p->kh, wp = (ow - 1) * p->sw + p->kw;
   const int wpad = wp + 32; /* a load may run 16 past the last tap */
-  uint8_t *P = vmc_qscratch((size_t)hp * (size_t)wpad);
+  /* 32 bytes more: the last row's fill runs to a whole vector */
+  uint8_t *P = vmc_qscratch((size_t)hp * (size_t)wpad + 32);
   if (!P) {
     vmc_qdwconv__ref(p, x, wk, epi, y);
     return;
   }
-  for (int r = 0; r < hp; r++) {
+  const __m256i zpv = _mm256_set1_epi8((char)p->x_zp);
+  for (int r = 0; r < hp; r++) { /* rows in order: a fill's overrun is the next row's */
     uint8_t *d = P + (size_t)r * wpad;
     const int iy = r - p->ph;
-    memset(d, p->x_zp, (size_t)wpad);
+    for (int k = 0; k < wpad; k += 32) _mm256_storeu_si256((__m256i *)(d + k), zpv);
     if (iy < 0 || iy >= p->h) continue;
     const int x0 = p->pw, n = p->w < wp - x0 ? p->w : wp - x0;
-    if (n > 0) memcpy(d + x0, x + (size_t)iy * (size_t)p->w, (size_t)n);
+    if (n > 0) copy_bytes(d + x0, x + (size_t)iy * (size_t)p->w, n);
   }
 
   epi_ctx e;
@@ -268,27 +336,10 @@ void vmc_qdwconv__avx2(const vmc_qdw_params *p, const uint8_t *x, const int8_t *
   for (int t = 0; t < taps; t++) wv[t] = _mm256_set1_epi32((uint16_t)(int16_t)wk[t]);
   const __m256i vb = _mm256_set1_epi32(epi->bias ? epi->bias[0] : 0);
   const __m256 vs = _mm256_set1_ps(epi->out == VMC_QOUT_S32 ? 0.0f : epi->scale[0]);
-  const size_t osz = vmc_qout_bytes(epi->out);
-  const __m256i lo16 = _mm256_set1_epi32(0xffff);
-  for (int oy = 0; oy < oh; oy++) {
-    const uint8_t *row = P + (size_t)oy * p->sh * wpad;
-    uint8_t *yr = (uint8_t *)y + (size_t)oy * ow * osz;
-    for (int ox = 0; ox < ow; ox += 8) {
-      __m256i acc = vb;
-      const uint8_t *base = row + (size_t)ox * p->sw;
-      for (int i = 0; i < p->kh; i++) {
-        const uint8_t *s = base + (size_t)i * wpad;
-        for (int j = 0; j < p->kw; j++) {
-          __m256i xv;
-          if (p->sw == 1)
-            xv = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(s + j)));
-          else
-            xv = _mm256_and_si256(
-                _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + j))), lo16);
-          acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv[i * p->kw + j]));
-        }
-      }
-      store8(&e, e.out, acc, vs, yr + (size_t)ox * osz, ow - ox);
-    }
-  }
+  if (p->kh == 3 && p->kw == 3 && p->sw == 1)
+    dw_rows(3, 3, 1, P, wpad, p->sh, oh, ow, wv, vb, vs, &e, y);
+  else if (p->kh == 3 && p->kw == 3)
+    dw_rows(3, 3, 2, P, wpad, p->sh, oh, ow, wv, vb, vs, &e, y);
+  else
+    dw_rows(p->kh, p->kw, p->sw, P, wpad, p->sh, oh, ow, wv, vb, vs, &e, y);
 }
