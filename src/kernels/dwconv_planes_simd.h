@@ -24,7 +24,7 @@
  *                       chooses (the same for both)
  *   VUNSCRAMBLE(v)      that order back to the natural one
  *   vmask VMASK(m) VMLOADV(mv, p)   VMLOAD's mask made once, and the load
- * for the stride-2 forward of 3-wide kernels below.
+ * for the stride-2 forward and dw of 3-wide undilated kernels below.
  *
  * Stride 1 with the output the input's size ("same" padding): each plane is
  * one run of P pixels; tap t of output n reads x[n + off[t]] where lane
@@ -37,13 +37,13 @@
  * Stride 2: per block of VL output columns and image row, one window of
  * 3*VL input floats from column ws = 2*b0 - pw (masked loads: zeros outside
  * the row), from which s2_gather takes each tap column's inputs.  With
- * S2_PAIRS the forward of a 3-wide undilated kernel instead loads two pairs
- * of vectors, 2*VL floats from ws and from ws + 2: tap columns 0 and 1 take
- * the first pair's even and odd floats, column 2 the second's evens, one
- * shuffle each, where a gather takes up to three permutes and two blends.
- * The accumulators then hold the lanes in the shuffles' order, put back
- * before the store (the same floats).  The
- * input gradient is gathered per input row: column 2m + p (parity p) takes
+ * S2_PAIRS the forward and dw of a 3-wide undilated kernel instead load
+ * two pairs of vectors, 2*VL floats from ws and from ws + 2: tap columns 0
+ * and 1 take the first pair's even and odd floats, column 2 the second's
+ * evens, one shuffle each, where a gather takes up to three permutes and
+ * two blends.  The accumulators then hold the lanes in the shuffles' order,
+ * put back before the store or the sum (the same floats).  The input
+ * gradient is gathered per input row: column 2m + p (parity p) takes
  * w[i][j] * dY[oy][m + (p + pw - j*dw) / 2] from the tap columns j of its
  * parity, so each parity is a short correlation of the dY row, and the two
  * are interleaved.
