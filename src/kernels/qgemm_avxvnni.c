@@ -17,6 +17,7 @@
  * Testing without such a CPU: built with -DQGEMM_AVXVNNI_EVEX and
  * -mavx512vnni -mavx512vl instead, the kernel uses the EVEX form of the same
  * instruction (identical semantics), so it runs on AVX-512 VNNI machines. */
+#include "kernels/qepi_ymm.h"
 #include "kernels/qgemm.h"
 
 #include <immintrin.h>
@@ -53,59 +54,6 @@ const vmc_qgemm_variant vmc_qgemm_u8s8s32_4x24__avxvnni = {
     .a_bytes = 1,
     .run = qgemm_run,
 };
-
-typedef struct epi_ctx {
-  vmc_qout out;
-  const int32_t *bias;
-  const float *scale;
-  int per_tensor;
-  __m256 lo, hi;
-  __m256i zp;
-} epi_ctx;
-
-static void epi_init(epi_ctx *e, const vmc_qepi *q) {
-  const vmc_qepi_prep p = vmc_qepi_prepare(q);
-  e->out = q->out;
-  e->bias = q->bias;
-  e->scale = q->scale;
-  e->per_tensor = q->per_tensor;
-  e->lo = _mm256_set1_ps(p.lo);
-  e->hi = _mm256_set1_ps(p.hi);
-  e->zp = _mm256_set1_epi32(p.zp);
-}
-
-/* Stores 8 lanes (acc + bias already added) at y, the first n of them (as
- * qgemm_avx2.c). */
-INLINE void store8(const epi_ctx *e, const vmc_qout OUT, __m256i t, __m256 s, void *y,
-                   int n) {
-  union {
-    __m256i v;
-    uint8_t b[32];
-  } tmp;
-  if (OUT == VMC_QOUT_S32) {
-    tmp.v = t;
-  } else if (OUT == VMC_QOUT_F32) {
-    tmp.v = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(t), s));
-  } else {
-    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(t), s);
-    f = _mm256_min_ps(_mm256_max_ps(f, e->lo), e->hi);
-    const __m256i i = _mm256_add_epi32(_mm256_cvtps_epi32(f), e->zp);
-    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i),
-                                      _mm256_extracti128_si256(i, 1));
-    const __m128i b = OUT == VMC_QOUT_U8 ? _mm_packus_epi16(w, w) : _mm_packs_epi16(w, w);
-    if (n >= 8) {
-      _mm_storel_epi64((__m128i *)y, b);
-      return;
-    }
-    _mm_storel_epi64((__m128i *)tmp.b, b);
-    memcpy(y, tmp.b, (size_t)(n > 0 ? n : 0));
-    return;
-  }
-  if (n >= 8)
-    _mm256_storeu_si256((__m256i *)y, tmp.v);
-  else
-    memcpy(y, tmp.b, (size_t)(n > 0 ? n : 0) * 4);
-}
 
 INLINE void ukernel(const int MRE, const int NVE, const vmc_qout OUT, int kq, const uint8_t *restrict a,
                     const uint8_t *restrict b, const epi_ctx *e, int m0,
