@@ -9,7 +9,8 @@
  * vmc_sgemm_pack_a (slice pc at pc * Mp floats, Mp = M rounded up to MR);
  * masked loads and piecewise stores (ymm_store_first) for N remainders; the
  * epilogue in the write-back of the last K slice; whole tiles without an
- * epilogue written by a short straight-line path.
+ * epilogue written by a short straight-line path.  Here only: C's rows
+ * fetched at each tile's start when C exceeds the L2.
  *
  * Reduction order: each C element is, per KC slice in order, a chain of FMAs
  * over k from a zero accumulator, then added to C; it depends only on K, so
@@ -57,6 +58,11 @@
 #endif
 #ifndef GEMM256_PF_K
 #define GEMM256_PF_K 32
+#endif
+/* C's footprint (M rows of ldc floats) above which each tile fetches its C
+ * rows ahead (tile.pfc). */
+#ifndef GEMM256_PF_C_BYTES
+#define GEMM256_PF_C_BYTES (256 << 10)
 #endif
 #define DIRECT_B_MAX_M GEMM256_DIRECT_B_MAX_M
 #define DIRECT_A_MAX_N GEMM256_DIRECT_A_MAX_N
@@ -289,6 +295,9 @@ typedef struct tile {
    * from a row to the same row of a tile PF_TILES tiles down, a line per row
    * every 16 k; strided: from row k to row k + PF_K. */
   size_t pf;
+  /* C's rows are fetched at the call's start (C larger than the L2, where
+   * its lines would otherwise arrive from memory only at the write-back). */
+  int pfc;
 } tile;
 
 /* Prefetch of p + off floats, computed as an integer (the address may lie
@@ -363,6 +372,15 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   }
   const int kc = t->kc;
   const size_t pf = t->pf;
+  if (t->pfc) {
+#define PF_C_ROW(r)                                                                 \
+  if ((r) < MRE) {                                                                  \
+    prefetch(t->c, (size_t)(r) * t->ldc);                                           \
+    prefetch(t->c, (size_t)(r) * t->ldc + NV * 8 - 1);                              \
+  }
+    REP_MR(PF_C_ROW)
+#undef PF_C_ROW
+  }
   for (int k0 = 0; k0 < kc; k0 += 16) {
     /* A read in place streams from memory: fetch ahead (see tile.pf). */
     if (AROWS && pf) {
@@ -635,6 +653,7 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
       tile t;
       t.kc = kc, t.ldc = ldc, t.beta = beta, t.e = last && epi ? &te : NULL;
       t.a = t.b = NULL, t.ar = NULL, t.brow = NULL, t.as = t.bs = 0;
+      t.pfc = (size_t)M * ldc * sizeof(float) > GEMM256_PF_C_BYTES;
       t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
       /* A ragged last panel of at most TAIL_COLS columns, read in place: by
        * tail_columns where A is packed and nothing but C's old value joins
