@@ -1081,6 +1081,57 @@ TEST(gemm_packed_bit_identical) {
   vmc_set_threads(threads_before);
 }
 
+TEST(gemm_a_transposed_in_place_bit_identical) {
+  /* op(A) = A^T with alpha 1 and N <= 64 reads A in place; with a long K it
+   * walks K in sub-slices of A's rows, carrying each tile's sums from one to
+   * the next.  Its C columns must equal, bit for bit, those of the same call
+   * on 65 more columns of B (which packs A), and the reference within the
+   * tolerance: rows of 9 to 580 floats (sub-slices from 512 rows down to the
+   * 32-row floor, and none: short rows, N above 32), lda well above M,
+   * ragged M and N, B in place (M <= 64) and packed, both transposes of B,
+   * 1 to 3 threads, every variant the CPU runs. */
+  static const int shapes[][4] = {{144, 16, 1000, 0}, {150, 32, 700, 3}, {576, 24, 300, 4},
+                                  {9, 16, 1500, 0},   {31, 8, 530, 5},   {40, 17, 2000, 200},
+                                  {301, 13, 1100, 1}, {64, 40, 900, 0}};
+  const int threads_before = vmc_get_threads();
+  for (int v = 0; v < N_VARIANTS; v++) {
+    const variant *var = &k_variants[v];
+    if ((vmc_cpu_features() & var->needs) != var->needs) continue;
+    for (int s = 0; s < 8; s++) {
+      for (int tb = 0; tb < 2; tb++) {
+        vmc_set_threads(1 + (s + tb) % 3);
+        const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], N2 = N + 65;
+        const float beta = k_betas[(s + tb) % 3];
+        problem p; /* the wide problem: its reference and tolerance */
+        REQUIRE(problem_init(&p, 1, tb, M, N2, K, shapes[s][3], 1.0f, beta));
+        float *wide = alloc_floats(c_size(&p)), *narrow = alloc_floats(c_size(&p));
+        REQUIRE(wide && narrow);
+        memcpy(wide, p.C0, c_size(&p) * sizeof(float));
+        memcpy(narrow, p.C0, c_size(&p) * sizeof(float));
+        var->fn(1, tb, M, N2, K, 1.0f, p.A, p.lda, p.B, p.ldb, beta, wide, p.ldc);
+        var->fn(1, tb, M, N, K, 1.0f, p.A, p.lda, p.B, p.ldb, beta, narrow, p.ldc);
+        size_t diff = 0, far = 0;
+        for (int i = 0; i < M; i++) {
+          const size_t row = (size_t)i * p.ldc;
+          diff += bits_differ(wide + row, narrow + row, (size_t)N);
+          for (int j = 0; j < N; j++)
+            far += !(fabsf(narrow[row + j] - p.ref[row + j]) <= p.tol[row + j]);
+          for (int j = N; j < p.ldc; j++) /* columns past N untouched */
+            far += memcmp(&narrow[row + j], &p.C0[row + j], sizeof(float)) != 0;
+        }
+        if (diff || far)
+          vmc_test_fail(__FILE__, __LINE__,
+                        "%s tb=%d M=%d N=%d K=%d lda=%d: %zu differ from N=%d, %zu wrong",
+                        var->name, tb, M, N, K, p.lda, diff, N2, far);
+        free(wide);
+        free(narrow);
+        problem_free(&p);
+      }
+    }
+  }
+  vmc_set_threads(threads_before);
+}
+
 TEST(gemm_pack_a_buffers_and_errors) {
   /* A caller's buffer (the arena case) gives the same pack as an allocated
    * one; a small or misaligned buffer, a bad variant or shape is refused; an

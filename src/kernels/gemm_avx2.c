@@ -10,7 +10,8 @@
  * masked loads and piecewise stores (ymm_store_first) for N remainders; the
  * epilogue in the write-back of the last K slice; whole tiles without an
  * epilogue written by a short straight-line path.  Here only: C's rows
- * fetched at each tile's start when C exceeds the L2.
+ * fetched at each tile's start when C exceeds the L2, and A^T read in place
+ * in sub-slices of its rows, fetched in order ahead (the driver says why).
  *
  * Reduction order: each C element is, per KC slice in order, a chain of FMAs
  * over k from a zero accumulator, then added to C; it depends only on K, so
@@ -64,6 +65,16 @@
 #ifndef GEMM256_PF_C_BYTES
 #define GEMM256_PF_C_BYTES (256 << 10)
 #endif
+/* A^T read in place (see the driver), for N <= A_SUB_MAX_N (more columns
+ * make the stream of A matter less) and rows of at least A_SUB_MIN_LDA
+ * floats (shorter ones are read nearly in order anyway): sub-slices of about
+ * A_SUB_BYTES of A's rows, at least A_SUB_MIN rows, where the scratch
+ * accumulators of all tiles take at most A_SUB_ACC_BYTES. */
+#define A_SUB_MAX_N 32
+#define A_SUB_MIN_LDA 64
+#define A_SUB_BYTES (32 << 10)
+#define A_SUB_MIN 32
+#define A_SUB_ACC_BYTES (256 << 10)
 #define DIRECT_B_MAX_M GEMM256_DIRECT_B_MAX_M
 #define DIRECT_A_MAX_N GEMM256_DIRECT_A_MAX_N
 /* Prefetch distances of A read in place: tiles ahead (row pointers), rows of
@@ -90,12 +101,13 @@ _Static_assert(MR <= 8, "the A packing transposes 8 rows at a time");
 
 /* Per-thread packing buffers, grown on first use and kept: the hot path does
  * not allocate once a thread has seen its largest problem.  Capacities are in
- * floats; they never exceed MC*KC (A) and KC*NC (B).  A thread-specific key's
+ * floats; they never exceed MC*KC (A), KC*NC (B) and A_SUB_ACC_BYTES (the
+ * accumulators carried between sub-slices).  A thread-specific key's
  * destructor frees them when a thread (an OpenMP worker) exits; the
  * _Thread_local pointer is the fast path. */
 typedef struct pack_bufs {
-  float *a, *b;
-  size_t cap_a, cap_b;
+  float *a, *b, *acc;
+  size_t cap_a, cap_b, cap_acc;
 } pack_bufs;
 
 static _Thread_local pack_bufs *tl_bufs;
@@ -107,6 +119,7 @@ static void bufs_free(void *p) {
   pack_bufs *pb = p;
   free(pb->a);
   free(pb->b);
+  free(pb->acc);
   free(pb);
 }
 static void bufs_key_init(void) {
@@ -265,7 +278,9 @@ static void pack_b(int trans_b, const bsrc *B, int k0, int j0, int kc, int nc,
 
 /* How the tile meets C: overwrite (first K slice, beta == 0), add (later
  * slices or beta == 1), or scale-and-add (first slice, other beta). */
-enum { STORE_SET, STORE_ADD, STORE_BETA };
+/* STORE_KEEP: all MRE x NV accumulators to a chain's scratch tile (t.c,
+ * NR floats a row), whatever mr and nr; no epilogue. */
+enum { STORE_SET, STORE_ADD, STORE_BETA, STORE_KEEP };
 
 /* The epilogue as one tile sees it: bias at the tile's first row, res at its
  * first element; clamp unless the bounds are infinite. */
@@ -298,6 +313,13 @@ typedef struct tile {
   /* C's rows are fetched at the call's start (C larger than the L2, where
    * its lines would otherwise arrive from memory only at the write-back). */
   int pfc;
+  /* A^T read in place: one line per k of the rows after this tile's slice,
+   * in order (tiles of a slice take consecutive spans), into the L2; NULL
+   * for none (then pf). */
+  const float *pfs;
+  /* Accumulators to continue (MR rows of NR floats, as STORE_KEEP left
+   * them), or NULL to start from zero. */
+  const float *acc0;
 } tile;
 
 /* Prefetch of p + off floats, computed as an integer (the address may lie
@@ -357,8 +379,12 @@ store_vec(__m256 x, float *cv, int mode, __m256 vb, const tile_epi *e, int r, in
 static inline __attribute__((always_inline)) void
 ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const tile *t) {
   __m256 acc[MR][2];
+  const float *restrict acc0 = t->acc0;
 #define ZERO_ROW(r)                                                                 \
-  if ((r) < MRE) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  if ((r) < MRE) {                                                                  \
+    acc[r][0] = acc0 ? _mm256_loadu_ps(acc0 + (r) * NR) : _mm256_setzero_ps();      \
+    acc[r][1] = acc0 && NV > 1 ? _mm256_loadu_ps(acc0 + (r) * NR + 8) : _mm256_setzero_ps(); \
+  }
   REP_MR(ZERO_ROW)
 #undef ZERO_ROW
   const float *restrict a = t->a;
@@ -372,6 +398,7 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   }
   const int kc = t->kc;
   const size_t pf = t->pf;
+  const float *const pfs = t->pfs;
   if (t->pfc) {
 #define PF_C_ROW(r)                                                                 \
   if ((r) < MRE) {                                                                  \
@@ -388,6 +415,13 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
       for (int r = 0; r < MRE; r++) prefetch(ap[r], pf + (size_t)k0);
     }
     const int k1 = kc - k0 < 16 ? kc : k0 + 16;
+    /* The next rows of A^T, a line per k, issued per 16 k (outside the
+     * k loop, which stays as the other paths have it). */
+    if (!AROWS && pfs) {
+      UNROLL_FULL
+      for (int k = 0; k < 16; k++)
+        _mm_prefetch((const char *)(pfs + (size_t)(k0 + k) * 16), _MM_HINT_T1);
+    }
     for (int k = k0; k < k1; k++) {
       if (!AROWS && pf) prefetch(a, pf);
       const float *bk = BROWS ? brow[k] + bs : b;
@@ -409,6 +443,16 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const size_t ldc = t->ldc;
   const int mr = t->mr, nr = t->nr, mode = t->mode;
   const tile_epi *e = t->e;
+  if (mode == STORE_KEEP) {
+#define KEEP_ROW(r)                                                                 \
+  if ((r) < MRE) {                                                                  \
+    _mm256_storeu_ps(c + (r) * NR, acc[r][0]);                                      \
+    if (NV > 1) _mm256_storeu_ps(c + (r) * NR + 8, acc[r][1]);                      \
+  }
+    REP_MR(KEEP_ROW)
+#undef KEEP_ROW
+    return;
+  }
   /* The common whole tile, written or added: straight-line stores, with
    * the epilogue's terms chosen once per tile (the general write-back below
    * is branchy and several KiB of code per instance, which costs more than
@@ -623,15 +667,32 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
   const int kc_max = K < KC ? K : KC;
   const int mc_max = direct_a ? MR : M < MC ? (M + MR - 1) / MR * MR : MC;
   const int nc_max = direct_b ? NR : N < NC ? (N + NR - 1) / NR * NR : NC;
+  /* A^T read in place (a tile's MR floats of each stored row) walks a K
+   * slice a line per row, which memory serves slowly when A streams from it.
+   * The tiles then fetch, in order, the rows after their slice into the L2
+   * (tile.pfs), and where a slice of such rows would not stay there the
+   * slice is taken in sub-slices of about A_SUB_BYTES of rows, every tile
+   * over one sub-slice before the next; each tile's accumulators carry from
+   * one sub-slice to the next through a scratch tile (STORE_KEEP, acc0), so
+   * each sum is still one chain per KC slice: the same bits. */
+  const int a_rows = direct_a && trans_a && N <= A_SUB_MAX_N && lda >= A_SUB_MIN_LDA;
+  const int a_seq = a_rows && lda <= 2 * (size_t)M;
+  int ksub = kc_max;
+  const size_t n_acc = (size_t)((M + MR - 1) / MR) * (size_t)((N + NR - 1) / NR) * MR * NR;
+  if (a_rows && n_acc * sizeof(float) <= A_SUB_ACC_BYTES) {
+    const size_t rows = A_SUB_BYTES / (sizeof(float) * lda) / 16 * 16;
+    ksub = rows < A_SUB_MIN ? A_SUB_MIN : rows > (size_t)kc_max ? kc_max : (int)rows;
+  }
   pack_bufs *bufs = thread_bufs();
-  float *pa = NULL, *pb = NULL;
+  float *pa = NULL, *pb = NULL, *acc = NULL;
   if (bufs) {
     const size_t na = (size_t)mc_max * kc_max + PACK_SLACK;
     pa = pre ? NULL : pack_buffer(&bufs->a, &bufs->cap_a, na);
     pb = pack_buffer(&bufs->b, &bufs->cap_b, (size_t)nc_max * kc_max);
+    if (ksub < kc_max) acc = pack_buffer(&bufs->acc, &bufs->cap_acc, n_acc);
   }
-  if ((!pre && !pa) || !pb) { /* out of memory: the reference needs no buffers */
-    vmc_sgemm_run__ref(g);
+  if ((!pre && !pa) || !pb || (ksub < kc_max && !acc)) {
+    vmc_sgemm_run__ref(g); /* out of memory: the reference needs no buffers */
     return;
   }
   const size_t pre_mp = pre ? packed_rows(pre->M) : 0;
@@ -654,7 +715,10 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
       t.kc = kc, t.ldc = ldc, t.beta = beta, t.e = last && epi ? &te : NULL;
       t.a = t.b = NULL, t.ar = NULL, t.brow = NULL, t.as = t.bs = 0;
       t.pfc = (size_t)M * ldc * sizeof(float) > GEMM256_PF_C_BYTES;
+      t.pfs = NULL, t.acc0 = NULL;
       t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
+      const int slice_mode = t.mode, slice_pfc = t.pfc;
+      const tile_epi *const slice_e = t.e;
       /* A ragged last panel of at most TAIL_COLS columns, read in place: by
        * tail_columns where A is packed and nothing but C's old value joins
        * the sums. */
@@ -664,68 +728,90 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
         pack_b(trans_b, &src, pc, jc, kc, nc, pb);
       else if (nc_full < nc && !col_tail)
         pack_b(trans_b, &src, pc, jc + nc_full, kc, nc - nc_full, pb);
-      for (int ic = 0; ic < M; ic += MC) {
-        const int mc = M - ic < MC ? M - ic : MC;
-        const float *ablk = NULL; /* the block's packed panels */
-        if (pre)
-          ablk = pre->data + (size_t)pc * pre_mp + (size_t)(g->pa_row + ic) * kc;
-        else if (!direct_a) {
-          pack_a(trans_a, g->A, lda, ic, pc, mc, kc, alpha, pa);
-          ablk = pa;
-        }
-        for (int jr = 0; jr < nc; jr += NR) {
-          if (col_tail && jr == nc_full) {
-            tail_columns(ablk, mc, kc, &src, pc, jc + jr, nc - jr, C + (size_t)ic * ldc + jc + jr,
-                         ldc, t.mode == STORE_ADD);
-            break;
+      for (int s0 = 0; s0 < kc; s0 += ksub) {
+        const int sk = kc - s0 < ksub ? kc - s0 : ksub, fin = s0 + sk >= kc;
+        const int k_next = pc + s0 + sk; /* the rows tile.pfs fetches start here */
+        const int n_next = K - k_next < ksub ? K - k_next : ksub;
+        const size_t span = /* lines from row k_next's start to row k_next + n_next - 1's */
+            a_seq && n_next > 0 ? ((size_t)(n_next - 1) * lda + (size_t)M + 15) / 16 : 0;
+        size_t q = 0; /* tiles of this sub-slice so far */
+        t.kc = sk;
+        for (int ic = 0; ic < M; ic += MC) {
+          const int mc = M - ic < MC ? M - ic : MC;
+          const float *ablk = NULL; /* the block's packed panels */
+          if (pre)
+            ablk = pre->data + (size_t)pc * pre_mp + (size_t)(g->pa_row + ic) * kc;
+          else if (!direct_a) {
+            pack_a(trans_a, g->A, lda, ic, pc, mc, kc, alpha, pa);
+            ablk = pa;
           }
-          t.nr = nc - jr < NR ? nc - jr : NR;
-          const int in_place = direct_b && jr < nc_full;
-          int brows = 0;
-          if (in_place && src.brow) { /* row pointers of this K slice */
-            t.brow = src.brow + pc;
-            t.bs = src.boff + (size_t)(jc + jr);
-            brows = 1;
-          } else if (in_place) {
-            t.b = src.B + (size_t)pc * src.ldb + jc + jr;
-            t.bs = src.ldb;
-          } else if (direct_b) { /* the ragged last panel, packed alone */
-            t.b = pb;
-            t.bs = (size_t)panel_w(nc - nc_full, 0);
-          } else {
-            t.b = pb + (size_t)jr * kc;
-            t.bs = (size_t)panel_w(nc, jr);
-          }
-          for (int ir = 0; ir < mc; ir += MR) {
-            const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
-            t.mr = mr;
-            t.c = C + (size_t)i * ldc + jc + jr;
-            int arows = 0;
-            const float *ap[MR];
-            t.pf = 0;
-            if (ablk) {
-              t.a = ablk + (size_t)ir * kc;
-              t.as = MR;
-            } else if (!trans_a) { /* A's rows in place, clamped to the last */
-              for (int r = 0; r < MR; r++)
-                ap[r] = g->A + (size_t)(i + (r < mr ? r : mr - 1)) * lda + pc;
-              t.ar = ap;
-              t.pf = PF_TILES * MR * lda;
-              arows = 1;
-            } else if (instance_rows(mr) == mr) { /* A^T: MR floats of row k */
-              t.a = g->A + (size_t)pc * lda + i;
-              t.as = lda;
-              t.pf = PF_K * lda;
-            } else { /* a ragged A^T tile would read past row k: pack it */
-              pack_a(1, g->A, lda, i, pc, mr, kc, 1.0f, pa);
-              t.a = pa;
-              t.as = MR;
+          for (int jr = 0; jr < nc; jr += NR) {
+            if (col_tail && jr == nc_full) {
+              tail_columns(ablk, mc, kc, &src, pc, jc + jr, nc - jr, C + (size_t)ic * ldc + jc + jr,
+                           ldc, t.mode == STORE_ADD);
+              break;
             }
-            if (t.e) {
-              te.bias = epi->bias ? epi->bias + i : NULL;
-              te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
+            t.nr = nc - jr < NR ? nc - jr : NR;
+            const int in_place = direct_b && jr < nc_full;
+            int brows = 0;
+            if (in_place && src.brow) { /* row pointers of this K slice */
+              t.brow = src.brow + pc;
+              t.bs = src.boff + (size_t)(jc + jr);
+              brows = 1;
+            } else if (in_place) {
+              t.b = src.B + (size_t)pc * src.ldb + jc + jr;
+              t.bs = src.ldb;
+            } else if (direct_b) { /* the ragged last panel, packed alone */
+              t.b = pb;
+              t.bs = (size_t)panel_w(nc - nc_full, 0);
+            } else {
+              t.b = pb + (size_t)jr * kc;
+              t.bs = (size_t)panel_w(nc, jr);
             }
-            pick_ukernel(mr, t.nr, arows, brows)(&t);
+            if (brows)
+              t.brow += s0;
+            else
+              t.b += (size_t)s0 * t.bs;
+            for (int ir = 0; ir < mc; ir += MR) {
+              const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
+              t.mr = mr;
+              t.c = C + (size_t)i * ldc + jc + jr;
+              int arows = 0;
+              const float *ap[MR];
+              t.pf = 0;
+              if (ablk) {
+                t.a = ablk + (size_t)ir * kc + (size_t)s0 * MR;
+                t.as = MR;
+              } else if (!trans_a) { /* A's rows in place, clamped to the last */
+                for (int r = 0; r < MR; r++)
+                  ap[r] = g->A + (size_t)(i + (r < mr ? r : mr - 1)) * lda + pc + s0;
+                t.ar = ap;
+                t.pf = PF_TILES * MR * lda;
+                arows = 1;
+              } else if (instance_rows(mr) == mr) { /* A^T: MR floats of row k */
+                t.a = g->A + (size_t)(pc + s0) * lda + i;
+                t.as = lda;
+                t.pf = a_seq ? 0 : PF_K * lda;
+              } else { /* a ragged A^T tile would read past row k: pack it */
+                pack_a(1, g->A, lda, i, pc + s0, mr, sk, 1.0f, pa);
+                t.a = pa;
+                t.as = MR;
+              }
+              t.pfs = q * sk < span ? g->A + (size_t)k_next * lda + q * sk * 16 : NULL;
+              t.acc0 = s0 > 0 ? acc + q * MR * NR : NULL;
+              if (fin) {
+                t.mode = slice_mode, t.e = slice_e, t.pfc = slice_pfc;
+              } else {
+                t.c = acc + q * MR * NR;
+                t.mode = STORE_KEEP, t.e = NULL, t.pfc = 0;
+              }
+              q++;
+              if (t.e) {
+                te.bias = epi->bias ? epi->bias + i : NULL;
+                te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
+              }
+              pick_ukernel(mr, t.nr, arows, brows)(&t);
+            }
           }
         }
       }
