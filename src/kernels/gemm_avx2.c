@@ -377,9 +377,10 @@ store_vec(__m256 x, float *cv, int mode, __m256 vb, const tile_epi *e, int r, in
  * ymm columns; MRE, NV, AROWS and BROWS are compile-time constants in each
  * instance. */
 static inline __attribute__((always_inline)) void
-ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const tile *t) {
+ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int CHAIN,
+        const tile *t) {
   __m256 acc[MR][2];
-  const float *restrict acc0 = t->acc0;
+  const float *restrict acc0 = CHAIN ? t->acc0 : NULL;
 #define ZERO_ROW(r)                                                                 \
   if ((r) < MRE) {                                                                  \
     acc[r][0] = acc0 ? _mm256_loadu_ps(acc0 + (r) * NR) : _mm256_setzero_ps();      \
@@ -398,7 +399,7 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   }
   const int kc = t->kc;
   const size_t pf = t->pf;
-  const float *const pfs = t->pfs;
+  const float *const pfs = CHAIN ? t->pfs : NULL;
   if (t->pfc) {
 #define PF_C_ROW(r)                                                                 \
   if ((r) < MRE) {                                                                  \
@@ -443,7 +444,7 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
   const size_t ldc = t->ldc;
   const int mr = t->mr, nr = t->nr, mode = t->mode;
   const tile_epi *e = t->e;
-  if (mode == STORE_KEEP) {
+  if (CHAIN && mode == STORE_KEEP) {
 #define KEEP_ROW(r)                                                                 \
   if ((r) < MRE) {                                                                  \
     _mm256_storeu_ps(c + (r) * NR, acc[r][0]);                                      \
@@ -515,15 +516,19 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const til
  * or in place) or r (row pointers). */
 #define UKERNEL(rows, cols, a, b) UKERNEL_(rows, cols, a, b)
 #define UKERNEL_(rows, cols, a, b) sgemm_ukernel_##rows##x##cols##_##a##b##__avx2
-#define UKERNEL_INSTANCE(rows, cols, a, b, AROWS, BROWS)                         \
+#define UKERNEL_INSTANCE(rows, cols, a, b, AROWS, BROWS, CHAIN)                  \
   static void UKERNEL(rows, cols, a, b)(const tile *t) {                       \
-    ukernel(rows, (cols) / 8, AROWS, BROWS, t);                                \
+    ukernel(rows, (cols) / 8, AROWS, BROWS, CHAIN, t);                         \
   }
+/* a: c is s with the A^T sub-slices' extras (acc0, STORE_KEEP, pfs), which
+ * the other instances leave out. */
 #define UKERNEL_INSTANCES(rows, cols)                                            \
-  UKERNEL_INSTANCE(rows, cols, s, s, 0, 0)                                     \
-  UKERNEL_INSTANCE(rows, cols, s, r, 0, 1)                                     \
-  UKERNEL_INSTANCE(rows, cols, r, s, 1, 0)                                     \
-  UKERNEL_INSTANCE(rows, cols, r, r, 1, 1)
+  UKERNEL_INSTANCE(rows, cols, s, s, 0, 0, 0)                                  \
+  UKERNEL_INSTANCE(rows, cols, s, r, 0, 1, 0)                                  \
+  UKERNEL_INSTANCE(rows, cols, r, s, 1, 0, 0)                                  \
+  UKERNEL_INSTANCE(rows, cols, r, r, 1, 1, 0)                                  \
+  UKERNEL_INSTANCE(rows, cols, c, s, 0, 0, 1)                                  \
+  UKERNEL_INSTANCE(rows, cols, c, r, 0, 1, 1)
 UKERNEL_INSTANCES(MR, 16)
 UKERNEL_INSTANCES(MR, 8)
 #if MR > 4
@@ -538,21 +543,22 @@ UKERNEL_INSTANCES(2, 8)
 typedef void (*ukernel_fn)(const tile *);
 
 /* Smallest instance covering an mr x nr tile, for A and B read by rows or
- * strided. */
-#define PICK(rows, wide, arows, brows)                                          \
-  ((arows) ? ((brows) ? ((wide) ? UKERNEL(rows, 16, r, r) : UKERNEL(rows, 8, r, r))        \
-                      : ((wide) ? UKERNEL(rows, 16, r, s) : UKERNEL(rows, 8, r, s)))       \
-           : ((brows) ? ((wide) ? UKERNEL(rows, 16, s, r) : UKERNEL(rows, 8, s, r))        \
-                      : ((wide) ? UKERNEL(rows, 16, s, s) : UKERNEL(rows, 8, s, s))))
-static ukernel_fn pick_ukernel(int mr, int nr, int arows, int brows) {
+ * strided, or A strided in chained sub-slices. */
+#define PICK2(rows, wide, a, brows)                                                 \
+  ((brows) ? ((wide) ? UKERNEL(rows, 16, a, r) : UKERNEL(rows, 8, a, r))            \
+           : ((wide) ? UKERNEL(rows, 16, a, s) : UKERNEL(rows, 8, a, s)))
+#define PICK(rows, wide, arows, brows, chain)                                       \
+  ((chain) ? PICK2(rows, wide, c, brows)                                            \
+           : (arows) ? PICK2(rows, wide, r, brows) : PICK2(rows, wide, s, brows))
+static ukernel_fn pick_ukernel(int mr, int nr, int arows, int brows, int chain) {
   const int wide = nr > 8;
 #if MR > 2
-  if (mr <= 2) return PICK(2, wide, arows, brows);
+  if (mr <= 2) return PICK(2, wide, arows, brows, chain);
 #endif
 #if MR > 4
-  if (mr <= 4) return PICK(4, wide, arows, brows);
+  if (mr <= 4) return PICK(4, wide, arows, brows, chain);
 #endif
-  return PICK(MR, wide, arows, brows);
+  return PICK(MR, wide, arows, brows, chain);
 }
 /* Rows an instance computes for mr rows (reading A in place must not go past
  * them). */
@@ -647,8 +653,15 @@ void vmc_sgemm_pack_a__avx2(int trans_a, int M, int K, float alpha, const float 
   }
 }
 
-/* The driver of every entry point (gemm.h's vmc_gemm_args). */
-void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
+/* A^T read in place with few columns from long rows: the sub-slices below. */
+static int a_sub_path(const vmc_gemm_args *g) {
+  return !g->pa && g->trans_a && g->alpha == 1.0f && g->N <= DIRECT_A_MAX_N &&
+         g->N <= A_SUB_MAX_N && g->lda >= A_SUB_MIN_LDA;
+}
+
+/* The driver; SUB (a constant in each instance) admits the sub-slices, whose
+ * per-tile bookkeeping the other instance folds away. */
+static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, const int SUB) {
   const int M = g->M, N = g->N;
   if (M <= 0 || N <= 0) return;
   const vmc_sgemm_packed_a *pre = g->pa;
@@ -675,7 +688,7 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
    * over one sub-slice before the next; each tile's accumulators carry from
    * one sub-slice to the next through a scratch tile (STORE_KEEP, acc0), so
    * each sum is still one chain per KC slice: the same bits. */
-  const int a_rows = direct_a && trans_a && N <= A_SUB_MAX_N && lda >= A_SUB_MIN_LDA;
+  const int a_rows = SUB && direct_a && trans_a && N <= A_SUB_MAX_N && lda >= A_SUB_MIN_LDA;
   const int a_seq = a_rows && lda <= 2 * (size_t)M;
   int ksub = kc_max;
   const size_t n_acc = (size_t)((M + MR - 1) / MR) * (size_t)((N + NR - 1) / NR) * MR * NR;
@@ -728,8 +741,9 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
         pack_b(trans_b, &src, pc, jc, kc, nc, pb);
       else if (nc_full < nc && !col_tail)
         pack_b(trans_b, &src, pc, jc + nc_full, kc, nc - nc_full, pb);
-      for (int s0 = 0; s0 < kc; s0 += ksub) {
-        const int sk = kc - s0 < ksub ? kc - s0 : ksub, fin = s0 + sk >= kc;
+      for (int s1 = 0; s1 < kc; s1 += ksub) { /* once unless SUB: ksub >= kc */
+        const int s0 = SUB ? s1 : 0;
+        const int sk = !SUB ? kc : kc - s0 < ksub ? kc - s0 : ksub, fin = !SUB || s0 + sk >= kc;
         const int k_next = pc + s0 + sk; /* the rows tile.pfs fetches start here */
         const int n_next = K - k_next < ksub ? K - k_next : ksub;
         const size_t span = /* lines from row k_next's start to row k_next + n_next - 1's */
@@ -810,13 +824,24 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
                 te.bias = epi->bias ? epi->bias + i : NULL;
                 te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
               }
-              pick_ukernel(mr, t.nr, arows, brows)(&t);
+              pick_ukernel(mr, t.nr, arows, brows, SUB)(&t);
             }
           }
         }
       }
     }
   }
+}
+
+static void run_plain(const vmc_gemm_args *g) { run(g, 0); }
+static void run_sub(const vmc_gemm_args *g) { run(g, 1); }
+
+/* The driver of every entry point (gemm.h's vmc_gemm_args). */
+void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
+  if (a_sub_path(g))
+    run_sub(g);
+  else
+    run_plain(g);
 }
 
 void vmc_sgemm__avx2(int trans_a, int trans_b, int M, int N, int K, float alpha,
