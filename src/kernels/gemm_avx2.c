@@ -374,8 +374,8 @@ store_vec(__m256 x, float *cv, int mode, __m256 vb, const tile_epi *e, int r, in
 #endif
 
 /* C[0:mr, 0:nr] (op)= A-tile * B-tile over kc, computing MRE rows and NV
- * ymm columns; MRE, NV, AROWS and BROWS are compile-time constants in each
- * instance. */
+ * ymm columns; MRE, NV, AROWS, BROWS and CHAIN are compile-time constants in
+ * each instance. */
 static inline __attribute__((always_inline)) void
 ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int CHAIN,
         const tile *t) {
