@@ -688,7 +688,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
    * over one sub-slice before the next; each tile's accumulators carry from
    * one sub-slice to the next through a scratch tile (STORE_KEEP, acc0), so
    * each sum is still one chain per KC slice: the same bits. */
-  const int a_rows = SUB && direct_a && trans_a && N <= A_SUB_MAX_N && lda >= A_SUB_MIN_LDA;
+  const int a_rows = SUB; /* the instance a_sub_path picked */
   const int a_seq = a_rows && lda <= 2 * (size_t)M;
   int ksub = kc_max;
   const size_t n_acc = (size_t)((M + MR - 1) / MR) * (size_t)((N + NR - 1) / NR) * MR * NR;
@@ -811,15 +811,17 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
                 t.a = pa;
                 t.as = MR;
               }
-              t.pfs = q * sk < span ? g->A + (size_t)k_next * lda + q * sk * 16 : NULL;
-              t.acc0 = s0 > 0 ? acc + q * MR * NR : NULL;
-              if (fin) {
-                t.mode = slice_mode, t.e = slice_e, t.pfc = slice_pfc;
-              } else {
-                t.c = acc + q * MR * NR;
-                t.mode = STORE_KEEP, t.e = NULL, t.pfc = 0;
+              if (SUB) { /* the other instance keeps the slice's fields as set */
+                t.pfs = q * sk < span ? g->A + (size_t)k_next * lda + q * sk * 16 : NULL;
+                t.acc0 = s0 > 0 ? acc + q * MR * NR : NULL;
+                if (fin) {
+                  t.mode = slice_mode, t.e = slice_e, t.pfc = slice_pfc;
+                } else {
+                  t.c = acc + q * MR * NR;
+                  t.mode = STORE_KEEP, t.e = NULL, t.pfc = 0;
+                }
+                q++;
               }
-              q++;
               if (t.e) {
                 te.bias = epi->bias ? epi->bias + i : NULL;
                 te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
