@@ -53,9 +53,10 @@ static size_t a_size(const problem *p) { return (size_t)(p->ta ? p->K : p->M) * 
 static size_t b_size(const problem *p) { return (size_t)(p->tb ? p->N : p->K) * p->ldb; }
 static size_t c_size(const problem *p) { return (size_t)p->M * p->ldc; }
 
-/* Builds operands and the reference; returns 0 if out of memory. */
-static int problem_init(problem *p, int ta, int tb, int M, int N, int K, int pad,
-                        float alpha, float beta) {
+/* Builds operands and the reference of C's first ref_n columns (the others
+ * keep C0's values); returns 0 if out of memory. */
+static int problem_init_cols(problem *p, int ta, int tb, int M, int N, int K, int pad,
+                             float alpha, float beta, int ref_n) {
   *p = (problem){ta, tb, M, N, K, 0, 0, 0, alpha, beta, 0, 0, 0, 0, 0};
   p->lda = (ta ? M : K) + pad;
   p->ldb = (tb ? K : N) + pad;
@@ -73,10 +74,11 @@ static int problem_init(problem *p, int ta, int tb, int M, int N, int K, int pad
     for (size_t i = 0; i < c_size(p); i++)
       p->C0[i] = beta == 0.0f ? NAN : frand(); /* beta 0 must not read C */
     memcpy(p->ref, p->C0, c_size(p) * sizeof(float));
-    vmc_sgemm__ref(ta, tb, M, N, K, alpha, p->A, p->lda, p->B, p->ldb, beta, p->ref,
+    vmc_sgemm__ref(ta, tb, M, ref_n, K, alpha, p->A, p->lda, p->B, p->ldb, beta, p->ref,
                    p->ldc);
     /* |alpha| * sum_k |a||b| by the reference itself, then the bound. */
-    vmc_sgemm__ref(ta, tb, M, N, K, fabsf(alpha), absA, p->lda, absB, p->ldb, 0.0f,
+    memset(p->tol, 0, c_size(p) * sizeof(float));
+    vmc_sgemm__ref(ta, tb, M, ref_n, K, fabsf(alpha), absA, p->lda, absB, p->ldb, 0.0f,
                    p->tol, p->ldc);
     for (size_t i = 0; i < c_size(p); i++) {
       float bc = beta == 0.0f ? 0.0f : fabsf(beta * p->C0[i]);
@@ -86,6 +88,12 @@ static int problem_init(problem *p, int ta, int tb, int M, int N, int K, int pad
   free(absA);
   free(absB);
   return ok;
+}
+
+/* Builds operands and the whole reference; returns 0 if out of memory. */
+static int problem_init(problem *p, int ta, int tb, int M, int N, int K, int pad,
+                        float alpha, float beta) {
+  return problem_init_cols(p, ta, tb, M, N, K, pad, alpha, beta, N);
 }
 
 static void problem_free(problem *p) {
@@ -1082,30 +1090,39 @@ TEST(gemm_packed_bit_identical) {
 }
 
 TEST(gemm_a_transposed_in_place_bit_identical) {
-  /* op(A) = A^T with alpha 1 and N <= 64 reads A in place; with a long K it
-   * walks K in sub-slices of A's rows, carrying each tile's sums from one to
-   * the next.  Its C columns must equal, bit for bit, those of the same call
-   * on 65 more columns of B (which packs A), and the reference within the
-   * tolerance: rows of 9 to 580 floats (sub-slices from 512 rows down to the
-   * 32-row floor, and none: short rows, N above 32), lda well above M,
-   * ragged M and N, B in place (M <= 64) and packed, both transposes of B,
-   * 1 to 3 threads, every variant the CPU runs. */
-  static const int shapes[][4] = {{144, 16, 1000, 0}, {150, 32, 700, 3}, {576, 24, 300, 4},
-                                  {9, 16, 1500, 0},   {31, 8, 530, 5},   {40, 17, 2000, 200},
-                                  {301, 13, 1100, 1}, {64, 40, 900, 0}};
+  /* op(A) = A^T with alpha 1 and N <= 64 reads A in place; where it reads
+   * more than 3 MiB of A (K rows of M floats) it walks K in sub-slices of
+   * A's rows, carrying each tile's sums from one to the next.  Its C columns
+   * must equal, bit for bit, those of the same call on 65 columns of B
+   * (which packs A), and the reference within the tolerance: below and above
+   * the 3 MiB, rows of 9 to 576 floats (sub-slices from 512 rows down to the
+   * 32-row floor, and none: short rows), lda equal to M, up to 2M (whole
+   * rows fetched ahead) and well above, ragged M and N, N up to 64, B in
+   * place (M <= 64) and packed, both transposes of B (one each for the big
+   * ones), 1 to 3 threads, every variant the CPU runs.  The last exceeds
+   * the 6 MiB of whole rows (lda == M) past which each sub-slice is first
+   * read through in order, with ragged sub-slices at the end of each K
+   * slice and of K. */
+  static const int shapes[][4] = {
+      {144, 16, 1000, 0},  {150, 32, 700, 3},   {576, 24, 300, 4},  {9, 16, 1500, 0},
+      {31, 8, 530, 5},     {301, 13, 1100, 1},  {64, 40, 900, 0},   {40, 17, 2000, 200},
+      {72, 16, 11000, 60}, {40, 32, 19700, 60}, {31, 40, 25400, 40}, {33, 56, 23850, 33},
+      {145, 20, 10901, 0}};
+  enum { N_SHAPES = (int)(sizeof shapes / sizeof shapes[0]), N_SMALL = 8 };
   const int threads_before = vmc_get_threads();
-  for (int v = 0; v < N_VARIANTS; v++) {
-    const variant *var = &k_variants[v];
-    if ((vmc_cpu_features() & var->needs) != var->needs) continue;
-    for (int s = 0; s < 8; s++) {
-      for (int tb = 0; tb < 2; tb++) {
-        vmc_set_threads(1 + (s + tb) % 3);
-        const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], N2 = N + 65;
-        const float beta = k_betas[(s + tb) % 3];
-        problem p; /* the wide problem: its reference and tolerance */
-        REQUIRE(problem_init(&p, 1, tb, M, N2, K, shapes[s][3], 1.0f, beta));
-        float *wide = alloc_floats(c_size(&p)), *narrow = alloc_floats(c_size(&p));
-        REQUIRE(wide && narrow);
+  for (int s = 0; s < N_SHAPES; s++) {
+    for (int tb = s < N_SMALL ? 0 : s % 2; tb < (s < N_SMALL ? 2 : s % 2 + 1); tb++) {
+      const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], N2 = 65;
+      const float beta = k_betas[(s + tb) % 3];
+      problem p; /* the wide problem; the reference of the narrow one */
+      REQUIRE(problem_init_cols(&p, 1, tb, M, N2, K, shapes[s][3], 1.0f, beta, N));
+      float *wide = alloc_floats(c_size(&p)), *narrow = alloc_floats(c_size(&p));
+      REQUIRE(wide && narrow);
+      for (int v = 0; v < N_VARIANTS; v++) {
+        const variant *var = &k_variants[v];
+        if ((vmc_cpu_features() & var->needs) != var->needs) continue;
+        /* the last on one thread: vmc_sgemm_mt's M split leaves lda > M */
+        vmc_set_threads(s == N_SHAPES - 1 ? 1 : 1 + (s + tb + v) % 3);
         memcpy(wide, p.C0, c_size(&p) * sizeof(float));
         memcpy(narrow, p.C0, c_size(&p) * sizeof(float));
         var->fn(1, tb, M, N2, K, 1.0f, p.A, p.lda, p.B, p.ldb, beta, wide, p.ldc);
@@ -1123,10 +1140,10 @@ TEST(gemm_a_transposed_in_place_bit_identical) {
           vmc_test_fail(__FILE__, __LINE__,
                         "%s tb=%d M=%d N=%d K=%d lda=%d: %zu differ from N=%d, %zu wrong",
                         var->name, tb, M, N, K, p.lda, diff, N2, far);
-        free(wide);
-        free(narrow);
-        problem_free(&p);
       }
+      free(wide);
+      free(narrow);
+      problem_free(&p);
     }
   }
   vmc_set_threads(threads_before);

@@ -65,16 +65,41 @@
 #ifndef GEMM256_PF_C_BYTES
 #define GEMM256_PF_C_BYTES (256 << 10)
 #endif
-/* A^T read in place (see the driver), for N <= A_SUB_MAX_N (more columns
- * make the stream of A matter less) and rows of at least A_SUB_MIN_LDA
- * floats (shorter ones are read nearly in order anyway): sub-slices of about
- * A_SUB_BYTES of A's rows, at least A_SUB_MIN rows, where the scratch
- * accumulators of all tiles take at most A_SUB_ACC_BYTES. */
-#define A_SUB_MAX_N 32
+/* A^T read in place (see the driver) in sub-slices of about A_SUB_BYTES of
+ * A's rows, at least A_SUB_MIN rows, where the scratch accumulators of all
+ * tiles take at most A_SUB_ACC_BYTES; for N <= A_SUB_MAX_N, rows of at
+ * least A_SUB_MIN_LDA floats (shorter ones are read nearly in order anyway)
+ * and more than A_SUB_MIN_BYTES of A to read (K rows of M floats).  Less
+ * stays in the caches, where the tiles' strided walk costs less than the
+ * sub-slices' bookkeeping.  Zen 3, one thread, alternating in one process,
+ * GFLOP/s, before (sub-slices for N <= 32 at any size) and after: 144x16x512
+ * (0.3 MiB) 76.9 -> 85.2, 49.8 -> 56.1, 54.1 -> 65.7; 288x32x512 69.9 ->
+ * 79.8, 47.5 -> 56.2, 48.7 -> 59.1; 144x16x3136 (1.7 MiB) 73.0 -> 75.0,
+ * 48.7 -> 52.8, 48.4 -> 56.1; 288x64x3136 (3.4 MiB) 39.3 -> 44.2, 49.0 ->
+ * 53.4, 34.0 -> 36.8; 576x64x3136 31.0 -> 40.2, 42.5 -> 56.0, 27.0 -> 30.8;
+ * 144x64x3136 (1.7 MiB) lost 4-7 % with the sub-slices, and between 2 and
+ * 4 MiB either way won as often as it lost.  A thread of vmc_sgemm_mt's M
+ * split counts its own columns: 288x64x3136 on two threads lost 8-14 % when
+ * each took the sub-slices, which fetch whole rows. */
+#define A_SUB_MAX_N 64
 #define A_SUB_MIN_LDA 64
+#define A_SUB_MIN_BYTES (3u << 20)
 #define A_SUB_BYTES (32 << 10)
 #define A_SUB_MIN 32
 #define A_SUB_ACC_BYTES (256 << 10)
+/* Where A^T is one stream of whole rows (lda == M) larger than
+ * A_TOUCH_BYTES, each sub-slice is first read through in address order
+ * (touch_lines): memory streams to a sequential walk faster than to the
+ * tiles' prefetches.  Zen 3 (32 MiB L3, about 10 GB/s from memory on one
+ * core), one thread, old and new alternating in one process, GFLOP/s:
+ * 144x16x50176 (A 27.6 MiB) 25.0 -> 30.8, 23.9 -> 29.2; 288x32x12544
+ * (13.8 MiB) 26.2 -> 32.0, 31.8 -> 41.3; 144x32x12544 (6.9 MiB) 35.8 ->
+ * 40.7, 42.9 -> 53.3.  Where A stays in the L3 the walk only adds its time
+ * (144x32x4096, 2.3 MiB: 57.5 -> 50.9, 75.4 -> 71.5; at 4.5 MiB no gain):
+ * hence the threshold.  A thread given some of the columns (vmc_sgemm_mt's
+ * split of M) would walk the others' too, which cost two threads 5-8 %:
+ * it is left out. */
+#define A_TOUCH_BYTES (6u << 20)
 #define DIRECT_B_MAX_M GEMM256_DIRECT_B_MAX_M
 #define DIRECT_A_MAX_N GEMM256_DIRECT_A_MAX_N
 /* Prefetch distances of A read in place: tiles ahead (row pointers), rows of
@@ -653,10 +678,19 @@ void vmc_sgemm_pack_a__avx2(int trans_a, int M, int K, float alpha, const float 
   }
 }
 
+/* Reads one float of each 64-byte line of p[0:n) (n > 0), in order. */
+static void touch_lines(const float *p, size_t n) {
+  __m128 sink = _mm_setzero_ps();
+  for (size_t i = 0; i < n; i += 16) sink = _mm_or_ps(sink, _mm_load_ss(p + i));
+  sink = _mm_or_ps(sink, _mm_load_ss(p + n - 1));
+  __asm__ volatile("" ::"x"(sink));
+}
+
 /* A^T read in place with few columns from long rows: the sub-slices below. */
 static int a_sub_path(const vmc_gemm_args *g) {
   return !g->pa && g->trans_a && g->alpha == 1.0f && g->N <= DIRECT_A_MAX_N &&
-         g->N <= A_SUB_MAX_N && g->lda >= A_SUB_MIN_LDA;
+         g->N <= A_SUB_MAX_N && g->lda >= A_SUB_MIN_LDA &&
+         (size_t)g->K * (size_t)g->M * sizeof(float) > A_SUB_MIN_BYTES;
 }
 
 /* The driver; SUB (a constant in each instance) admits the sub-slices, whose
@@ -685,11 +719,14 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
    * The tiles then fetch, in order, the rows after their slice into the L2
    * (tile.pfs), and where a slice of such rows would not stay there the
    * slice is taken in sub-slices of about A_SUB_BYTES of rows, every tile
-   * over one sub-slice before the next; each tile's accumulators carry from
+   * over one sub-slice before the next (first read through in order where A
+   * is whole rows larger than A_TOUCH_BYTES); each tile's accumulators carry from
    * one sub-slice to the next through a scratch tile (STORE_KEEP, acc0), so
    * each sum is still one chain per KC slice: the same bits. */
   const int a_rows = SUB; /* the instance a_sub_path picked */
   const int a_seq = a_rows && lda <= 2 * (size_t)M;
+  const int a_touch =
+      a_rows && lda == (size_t)M && (size_t)K * lda * sizeof(float) > A_TOUCH_BYTES;
   int ksub = kc_max;
   const size_t n_acc = (size_t)((M + MR - 1) / MR) * (size_t)((N + NR - 1) / NR) * MR * NR;
   if (a_rows && n_acc * sizeof(float) <= A_SUB_ACC_BYTES) {
@@ -748,6 +785,8 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
         const int n_next = K - k_next < ksub ? K - k_next : ksub;
         const size_t span = /* lines from row k_next's start to row k_next + n_next - 1's */
             a_seq && n_next > 0 ? ((size_t)(n_next - 1) * lda + (size_t)M + 15) / 16 : 0;
+        if (SUB && a_touch) /* the sub-slice's lines, in order */
+          touch_lines(g->A + (size_t)(pc + s0) * lda, (size_t)sk * lda);
         size_t q = 0; /* tiles of this sub-slice so far */
         t.kc = sk;
         for (int ic = 0; ic < M; ic += MC) {
