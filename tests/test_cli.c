@@ -211,6 +211,36 @@ TEST(cli_profile_names_each_layers_kernel) {
   CHECK(strstr(g_out, " kernel ") != NULL);
 }
 
+/* VMC_ISA: a name no path has is refused (exit 2, the names listed); one
+ * this CPU cannot run falls back to the best with a warning; one it can run
+ * is used without a word. */
+TEST(cli_isa_env_checked) {
+  if (!have_binary()) SKIP("vmc binary not built (set VMC_BIN)");
+  setenv("VMC_ISA", "avx-512", 1); /* run() passes the environment on */
+  int rc = run(g_out, sizeof g_out, "info lenet5");
+  CHECK_EQ_INT(rc, 2);
+  CHECK(strstr(g_out, "VMC_ISA=avx-512: unknown kernel path; use ref, avx2 or avx512") != NULL);
+  CHECK(strstr(g_out, "lenet5: input") == NULL); /* nothing ran */
+  setenv("VMC_ISA", "ref", 1);
+  rc = run(g_out, sizeof g_out, "--version");
+  CHECK_EQ_INT(rc, 0);
+  CHECK(strstr(g_out, "kernels: ref)") != NULL && strstr(g_out, "VMC_ISA") == NULL);
+  setenv("VMC_ISA", "avx512", 1);
+  rc = run(g_out, sizeof g_out, "--version");
+  CHECK_EQ_INT(rc, 0);
+  if (strcmp(vmc_isa_name(), "avx512")) { /* the fallback, said */
+    char want[160];
+    snprintf(want, sizeof want, "VMC_ISA=avx512: this CPU (%s) cannot run it; running %s kernels",
+             vmc_cpu_features_str(), vmc_isa_name());
+    CHECK(strstr(g_out, want) != NULL);
+  } else {
+    CHECK(strstr(g_out, "VMC_ISA") == NULL);
+  }
+  unsetenv("VMC_ISA");
+  REQUIRE(run(g_out, sizeof g_out, "--help") == 0);
+  CHECK(strstr(g_out, "VMC_ISA=ref|avx2|avx512") != NULL);
+}
+
 /* One binary, every ISA path it can run on this CPU (VMC_ISA), the same
  * outputs for every zoo model (fp32: within 1e-4 of the logits' scale). */
 TEST(cli_zoo_same_outputs_on_every_isa) {

@@ -1,6 +1,7 @@
 /* vmc: train, evaluate, inspect and benchmark vision models. */
 #include "cli.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const struct {
@@ -26,7 +27,32 @@ static void usage(FILE *f) {
              "  vmc eval r8.vmc --data fashion-mnist --json\n"
              "  vmc bench r8.vmc --batch 64 --json\n"
              "  vmc info r8.vmc --json\n"
-             "  vmc quantize r8.vmc --calib fashion-mnist --observer kl -o r8q.vmc --eval\n");
+             "  vmc quantize r8.vmc --calib fashion-mnist --observer kl -o r8q.vmc --eval\n"
+             "\nEnvironment:\n"
+             "  VMC_ISA=ref|avx2|avx512  force a kernel path, at most the CPU's best (the\n"
+             "                           default; `vmc --version` names it)\n"
+             "  VMC_WINOGRAD=0           direct 3x3 convolutions instead of Winograd\n"
+             "  VMC_PROFILE=1            training: each op's forward and backward seconds\n"
+             "                           on stderr\n"
+             "  VMC_DATA=DIR             where named data sets are looked for first\n");
+}
+
+/* VMC_ISA: an unknown name is refused (a comparison run on a mistyped one
+ * would measure the default path); a path this CPU cannot run falls back to
+ * the best it can (core/cpu.c), with a warning. */
+static int check_isa_env(void) {
+  const char *want = getenv("VMC_ISA");
+  if (!want || !*want) return 0;
+  if (strcmp(want, "ref") && strcmp(want, "avx2") && strcmp(want, "avx512")) {
+    fprintf(stderr, "vmc: VMC_ISA=%s: unknown kernel path; use ref, avx2 or avx512, or unset "
+                    "it for the best this CPU runs (%s)\n",
+            want, vmc_isa_name());
+    return 2;
+  }
+  if (strcmp(want, vmc_isa_name()))
+    fprintf(stderr, "vmc: VMC_ISA=%s: this CPU (%s) cannot run it; running %s kernels\n", want,
+            vmc_cpu_features_str(), vmc_isa_name());
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -38,6 +64,7 @@ int main(int argc, char **argv) {
     usage(stdout);
     return 0;
   }
+  if (check_isa_env()) return 2;
   if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
     printf("vmc %s (cpu: %s; kernels: %s)\n", VMC_VERSION_STRING, vmc_cpu_features_str(),
            vmc_isa_name());
