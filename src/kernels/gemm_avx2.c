@@ -724,13 +724,12 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
    * accumulators carry from one sub-slice to the next through a scratch tile
    * (STORE_KEEP, acc0), so each sum is still one chain per KC slice: the
    * same bits. */
-  const int a_rows = SUB; /* the instance a_sub_path picked */
-  const int a_seq = a_rows && lda <= 2 * (size_t)M;
+  const int a_seq = SUB && lda <= 2 * (size_t)M; /* SUB: a_sub_path's choice */
   const int a_touch =
-      a_rows && lda == (size_t)M && (size_t)K * lda * sizeof(float) > A_TOUCH_BYTES;
+      SUB && lda == (size_t)M && (size_t)K * lda * sizeof(float) > A_TOUCH_BYTES;
   int ksub = kc_max;
   const size_t n_acc = (size_t)((M + MR - 1) / MR) * (size_t)((N + NR - 1) / NR) * MR * NR;
-  if (a_rows && n_acc * sizeof(float) <= A_SUB_ACC_BYTES) {
+  if (SUB && n_acc * sizeof(float) <= A_SUB_ACC_BYTES) {
     const size_t rows = A_SUB_BYTES / (sizeof(float) * lda) / 16 * 16;
     ksub = rows < A_SUB_MIN ? A_SUB_MIN : rows > (size_t)kc_max ? kc_max : (int)rows;
   }
@@ -786,7 +785,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
         const int n_next = K - k_next < ksub ? K - k_next : ksub;
         const size_t span = /* lines from row k_next's start to row k_next + n_next - 1's */
             a_seq && n_next > 0 ? ((size_t)(n_next - 1) * lda + (size_t)M + 15) / 16 : 0;
-        if (SUB && a_touch) /* the sub-slice's lines, in order */
+        if (a_touch) /* the sub-slice's lines, in order */
           touch_lines(g->A + (size_t)(pc + s0) * lda, (size_t)sk * lda);
         size_t q = 0; /* tiles of this sub-slice so far */
         t.kc = sk;
