@@ -1095,7 +1095,7 @@ TEST(gemm_a_transposed_in_place_bit_identical) {
    * A's rows, carrying each tile's sums from one to the next.  Its C columns
    * must equal, bit for bit, those of the same call on 65 columns of B
    * (which packs A), and the reference within the tolerance: below and above
-   * the 3 MiB, rows of 9 to 576 floats (sub-slices from 512 rows down to the
+   * the 3 MiB, rows of 9 to 580 floats (sub-slices from 112 rows down to the
    * 32-row floor, and none: short rows), lda equal to M, up to 2M (whole
    * rows fetched ahead) and well above, ragged M and N, N up to 64, B in
    * place (M <= 64) and packed, both transposes of B (one each for the big
@@ -1107,7 +1107,7 @@ TEST(gemm_a_transposed_in_place_bit_identical) {
       {144, 16, 1000, 0},  {150, 32, 700, 3},   {576, 24, 300, 4},  {9, 16, 1500, 0},
       {31, 8, 530, 5},     {301, 13, 1100, 1},  {64, 40, 900, 0},   {40, 17, 2000, 200},
       {72, 16, 11000, 60}, {40, 32, 19700, 60}, {31, 40, 25400, 40}, {33, 56, 23850, 33},
-      {145, 20, 10901, 0}};
+      {576, 8, 1400, 4},   {145, 20, 10901, 0}};
   enum { N_SHAPES = (int)(sizeof shapes / sizeof shapes[0]), N_SMALL = 8 };
   const int threads_before = vmc_get_threads();
   for (int s = 0; s < N_SHAPES; s++) {
