@@ -627,9 +627,10 @@ tail_group(const int NJ, const float *a, int np, int mr_last, int kc, const bsrc
     UNROLL_FULL
     for (int j = 0; j < NJ; j++) {
       const __m256 bj = _mm256_broadcast_ss(bk + j);
+      /* every panel, the missing ones on panel 0's values (not stored):
+       * a conditional update would keep the sums in memory */
       UNROLL_FULL
-      for (int p = 0; p < TAIL_PANELS; p++)
-        if (p < np) acc[p][j] = _mm256_fmadd_ps(av[p], bj, acc[p][j]);
+      for (int p = 0; p < TAIL_PANELS; p++) acc[p][j] = _mm256_fmadd_ps(av[p], bj, acc[p][j]);
     }
   }
   for (int p = 0; p < np; p++) {
