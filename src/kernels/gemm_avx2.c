@@ -503,20 +503,35 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int
     const float *restrict bias = e->bias, *restrict res = e->res;
     const size_t ldr = e->ldr;
     const __m256 lo = _mm256_set1_ps(e->lo), hi = _mm256_set1_ps(e->hi);
-#define EPI_VEC(r, v)                                                               \
+#define EPI_VEC(r, v, ADD, BIAS, RES)                                               \
   {                                                                                 \
     float *cv = c + (size_t)(r) * ldc + 8 * (v);                                    \
-    __m256 x = add ? _mm256_add_ps(_mm256_loadu_ps(cv), acc[r][v]) : acc[r][v];     \
-    if (bias) x = _mm256_add_ps(x, _mm256_broadcast_ss(bias + (r)));                \
-    if (res) x = _mm256_add_ps(x, _mm256_loadu_ps(res + (size_t)(r) * ldr + 8 * (v))); \
+    __m256 x = (ADD) ? _mm256_add_ps(_mm256_loadu_ps(cv), acc[r][v]) : acc[r][v];   \
+    if (BIAS) x = _mm256_add_ps(x, _mm256_broadcast_ss(bias + (r)));                \
+    if (RES) x = _mm256_add_ps(x, _mm256_loadu_ps(res + (size_t)(r) * ldr + 8 * (v))); \
     _mm256_storeu_ps(cv, _mm256_min_ps(hi, _mm256_max_ps(lo, x)));                  \
   }
-#define EPI_ROW(r)                                                                  \
+#define EPI_ROW(r, ADD, BIAS, RES)                                                  \
   if ((r) < MRE) {                                                                  \
-    EPI_VEC(r, 0)                                                                   \
-    if (NV > 1) EPI_VEC(r, 1)                                                       \
+    EPI_VEC(r, 0, ADD, BIAS, RES)                                                   \
+    if (NV > 1) EPI_VEC(r, 1, ADD, BIAS, RES)                                       \
   }
-    REP_MR(EPI_ROW)
+    /* The commonest, a first write with a bias, with or without a residual,
+     * have the terms as constants: tested per vector, the tests cost a
+     * third of a tile's time at K = 9. */
+#define EPI_ROW_B(r) EPI_ROW(r, 0, 1, 0)
+#define EPI_ROW_BR(r) EPI_ROW(r, 0, 1, 1)
+#define EPI_ROW_ANY(r) EPI_ROW(r, add, bias, res)
+    if (!add && bias && !res) {
+      REP_MR(EPI_ROW_B)
+    } else if (!add && bias) {
+      REP_MR(EPI_ROW_BR)
+    } else {
+      REP_MR(EPI_ROW_ANY)
+    }
+#undef EPI_ROW_ANY
+#undef EPI_ROW_BR
+#undef EPI_ROW_B
 #undef EPI_ROW
 #undef EPI_VEC
     return;
