@@ -10,8 +10,9 @@
  * masked loads and piecewise stores (ymm_store_first) for N remainders; the
  * epilogue in the write-back of the last K slice; whole tiles without an
  * epilogue written by a short straight-line path.  Here only: C's rows
- * fetched at each tile's start when C exceeds the L2, and A^T read in place
- * in sub-slices of its rows, fetched in order ahead (the driver says why).
+ * fetched at each tile's start when C exceeds the L2, A^T read in place in
+ * sub-slices of its rows, fetched in order ahead (the driver says why), and
+ * at small K a strip of tiles per micro-kernel call (tile.nt).
  *
  * Reduction order: each C element is, per KC slice in order, a chain of FMAs
  * over k from a zero accumulator, then added to C; it depends only on K, so
@@ -100,6 +101,18 @@
  * split of M) would walk the others' too, which cost two threads 5-8 %:
  * it is left out. */
 #define A_TOUCH_BYTES (6u << 20)
+/* K slices up to this deep run strips of tiles per micro-kernel call (see
+ * tile.nt): at K = 9 a call's fixed costs were half a tile's time.  Zen 3,
+ * one core, alternating in one process, against one tile a call: 16x784x9
+ * with bias and ReLU +14-20 %, 50176x16x9 (A's rows in place) +11 %,
+ * 32x196x16 +5-12 %, 16x49x16 +5 %; against strips only up to K = 16:
+ * K = 32 +5-13 %, K = 64 0-8 %.  At K = 144 the strip of a row tile's
+ * panels lost 17-23 % (B no longer stays in the L1 from one row tile to
+ * the next), a strip of row tiles gained 0-3 %. */
+#ifndef GEMM256_STRIP_MAX_K
+#define GEMM256_STRIP_MAX_K 64
+#endif
+#define STRIP_MAX_K GEMM256_STRIP_MAX_K
 #define DIRECT_B_MAX_M GEMM256_DIRECT_B_MAX_M
 #define DIRECT_A_MAX_N GEMM256_DIRECT_A_MAX_N
 /* Prefetch distances of A read in place: tiles ahead (row pointers), rows of
@@ -345,6 +358,14 @@ typedef struct tile {
   /* Accumulators to continue (MR rows of NR floats, as STORE_KEEP left
    * them), or NULL to start from zero. */
   const float *acc0;
+  /* Tiles this call computes (not CHAIN): the first as above, each next one
+   * a_step floats further in A (each row pointer, when A is read by rows),
+   * b_step in B (the row offset bs, when B is read by rows), c_step in C,
+   * bias_step in the bias and r_step in res.  Small K pays a per-call cost
+   * per tile otherwise (see the driver's strips). */
+  int nt;
+  size_t a_step, b_step, c_step, r_step;
+  int bias_step;
 } tile;
 
 /* Prefetch of p + off floats, computed as an integer (the address may lie
@@ -398,12 +419,14 @@ store_vec(__m256 x, float *cv, int mode, __m256 vb, const tile_epi *e, int r, in
 #error "GEMM256_MR must be 4, 6 or 8"
 #endif
 
-/* C[0:mr, 0:nr] (op)= A-tile * B-tile over kc, computing MRE rows and NV
- * ymm columns; MRE, NV, AROWS, BROWS and CHAIN are compile-time constants in
- * each instance. */
+/* One tile: C[0:mr, 0:nr] (op)= A-tile * B-tile over kc, computing MRE rows
+ * and NV ymm columns; MRE, NV, AROWS, BROWS and CHAIN are compile-time
+ * constants in each instance.  The operands' positions come as arguments
+ * (ta or ap for A, tb and tbs for B, tc, e), the rest from t. */
 static inline __attribute__((always_inline)) void
-ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int CHAIN,
-        const tile *t) {
+ukernel_tile(const int MRE, const int NV, const int AROWS, const int BROWS, const int CHAIN,
+             const tile *t, const float *const *ap, const float *ta, const float *tb,
+             size_t tbs, float *tc, const tile_epi *e) {
   __m256 acc[MR][2];
   const float *restrict acc0 = CHAIN ? t->acc0 : NULL;
 #define ZERO_ROW(r)                                                                 \
@@ -413,23 +436,18 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int
   }
   REP_MR(ZERO_ROW)
 #undef ZERO_ROW
-  const float *restrict a = t->a;
-  const float *restrict b = t->b;
+  const float *restrict a = ta;
+  const float *restrict b = tb;
   const float *const *restrict brow = t->brow;
-  const size_t as = t->as, bs = t->bs;
-  const float *ap[MR];
-  if (AROWS) {
-    UNROLL_FULL
-    for (int r = 0; r < MRE; r++) ap[r] = t->ar[r];
-  }
+  const size_t as = t->as, bs = tbs;
   const int kc = t->kc;
   const size_t pf = t->pf;
   const float *const pfs = CHAIN ? t->pfs : NULL;
   if (t->pfc) {
 #define PF_C_ROW(r)                                                                 \
   if ((r) < MRE) {                                                                  \
-    prefetch(t->c, (size_t)(r) * t->ldc);                                           \
-    prefetch(t->c, (size_t)(r) * t->ldc + NV * 8 - 1);                              \
+    prefetch(tc, (size_t)(r) * t->ldc);                                             \
+    prefetch(tc, (size_t)(r) * t->ldc + NV * 8 - 1);                                \
   }
     REP_MR(PF_C_ROW)
 #undef PF_C_ROW
@@ -465,10 +483,9 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int
       if (!BROWS) b += bs;
     }
   }
-  float *restrict c = t->c;
+  float *restrict c = tc;
   const size_t ldc = t->ldc;
   const int mr = t->mr, nr = t->nr, mode = t->mode;
-  const tile_epi *e = t->e;
   if (CHAIN && mode == STORE_KEEP) {
 #define KEEP_ROW(r)                                                                 \
   if ((r) < MRE) {                                                                  \
@@ -549,6 +566,41 @@ ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int
   }
   REP_MR(STORE_ROW)
 #undef STORE_ROW
+}
+
+/* The instance's call: t->nt tiles (one if CHAIN), each next one where the
+ * steps put it (tile.nt). */
+static inline __attribute__((always_inline)) void
+ukernel(const int MRE, const int NV, const int AROWS, const int BROWS, const int CHAIN,
+        const tile *t) {
+  const float *ap[MR];
+  if (AROWS) {
+    UNROLL_FULL
+    for (int r = 0; r < MRE; r++) ap[r] = t->ar[r];
+  }
+  const int nt = CHAIN ? 1 : t->nt;
+  tile_epi es = {0}; /* t->e, advanced from tile to tile */
+  if (t->e) es = *t->e;
+  const float *ta = t->a, *tb = t->b;
+  size_t tbs = t->bs;
+  float *tc = t->c;
+  for (int n = 0;;) {
+    ukernel_tile(MRE, NV, AROWS, BROWS, CHAIN, t, ap, ta, tb, tbs, tc, t->e ? &es : NULL);
+    if (++n == nt) return;
+    if (AROWS) {
+      UNROLL_FULL
+      for (int r = 0; r < MRE; r++) ap[r] += t->a_step;
+    } else {
+      ta += t->a_step;
+    }
+    if (BROWS)
+      tbs += t->b_step;
+    else
+      tb += t->b_step;
+    tc += t->c_step;
+    if (es.bias) es.bias += t->bias_step;
+    if (es.res) es.res += t->r_step;
+  }
 }
 
 /* The instances, named by tile and operand access:
@@ -782,6 +834,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
       t.a = t.b = NULL, t.ar = NULL, t.brow = NULL, t.as = t.bs = 0;
       t.pfc = (size_t)M * ldc * sizeof(float) > GEMM256_PF_C_BYTES;
       t.pfs = NULL, t.acc0 = NULL;
+      t.nt = 1, t.a_step = t.b_step = t.c_step = t.r_step = 0, t.bias_step = 0;
       t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
       const int slice_mode = t.mode, slice_pfc = t.pfc;
       const tile_epi *const slice_e = t.e;
@@ -822,6 +875,13 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
             }
             t.nr = nc - jr < NR ? nc - jr : NR;
             const int in_place = direct_b && jr < nc_full;
+            /* Small K: each call runs a strip of tiles, all of a row tile's
+             * in-place panels (B read in place), else all of the block's
+             * whole row tiles from here (the same tiles, in another order:
+             * the same floats). */
+            const int np = !SUB && kc <= STRIP_MAX_K && in_place && jr == 0 && nc_full >= 2 * NR
+                               ? nc_full / NR
+                               : 1;
             int brows = 0;
             if (in_place && src.brow) { /* row pointers of this K slice */
               t.brow = src.brow + pc;
@@ -881,8 +941,20 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
                 te.bias = epi->bias ? epi->bias + i : NULL;
                 te.res = epi->res ? epi->res + (size_t)i * te.ldr + jc + jr : NULL;
               }
+              if (np > 1) {
+                t.nt = np;
+                t.a_step = 0, t.b_step = NR, t.c_step = NR, t.r_step = NR, t.bias_step = 0;
+              } else if (!SUB && kc <= STRIP_MAX_K && mr == MR && mc - ir >= 2 * MR) {
+                t.nt = (mc - ir) / MR;
+                t.a_step = ablk ? (size_t)MR * kc : arows ? (size_t)MR * lda : MR;
+                t.b_step = 0, t.c_step = (size_t)MR * ldc, t.r_step = (size_t)MR * te.ldr;
+                t.bias_step = MR;
+              }
               pick_ukernel(mr, t.nr, arows, brows, SUB)(&t);
+              if (np == 1) ir += (t.nt - 1) * MR; /* the column strip's tiles */
+              t.nt = 1;
             }
+            jr += (np - 1) * NR;
           }
         }
       }
