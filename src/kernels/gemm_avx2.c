@@ -127,8 +127,10 @@
  * which keeps the accumulators in registers (each compiler's spelling). */
 #if defined(__clang__)
 #define UNROLL_FULL _Pragma("unroll")
+#define UNROLL_4 _Pragma("unroll 4")
 #else
 #define UNROLL_FULL _Pragma("GCC unroll 16")
+#define UNROLL_4 _Pragma("GCC unroll 4")
 #endif
 _Static_assert(MC % MR == 0, "MC must be a multiple of MR");
 _Static_assert(NC % NR == 0, "NC must be a multiple of NR");
@@ -466,6 +468,11 @@ ukernel_tile(const int MRE, const int NV, const int AROWS, const int BROWS, cons
       for (int k = 0; k < 16; k++)
         _mm_prefetch((const char *)(pfs + (size_t)(k0 + k) * 16), _MM_HINT_T1);
     }
+    /* Unrolled: Zen 3, one core, against the rolled loop, two runs
+     * alternating in one process: 16x48x16 +8 %, +3 %; 32x16x32 +11 %,
+     * +25 %; 64x56x288 (rows) +10 %, +11 %; squares of 512 and 1024 +2 to
+     * +8 %.  By 8 instead: 0 to -9 % at K <= 16, up to +17 % at K = 288. */
+    UNROLL_4
     for (int k = k0; k < k1; k++) {
       if (!AROWS && pf) prefetch(a, pf);
       const float *bk = BROWS ? brow[k] + bs : b;
