@@ -54,6 +54,8 @@ const char *vmc_cpu_features_str(void);
 /* Name of the ISA path the kernels use: "avx512", "avx2" or "ref".
  * VMC_ISA=avx512|avx2|ref in the environment forces one (never above the CPU). */
 const char *vmc_isa_name(void);
+/* Whether name is one of those paths' names (what VMC_ISA may say). */
+int vmc_isa_known(const char *name);
 void vmc_set_threads(int n); /* n <= 0: one per core */
 int vmc_get_threads(void);
 

@@ -34,6 +34,18 @@ static const char *g_isa;
 static int g_level = -1; /* VMC_ISA_* of g_isa, set last */
 static char g_names[128];
 
+/* The ISA paths' names, indexed by VMC_ISA_*. */
+static const char *const k_isa_names[] = {"ref", "avx2", "avx512"};
+
+/* VMC_ISA_* of a path's name, or -1. */
+static int isa_level_of(const char *name) {
+  for (int i = 0; i < (int)(sizeof k_isa_names / sizeof k_isa_names[0]); i++)
+    if (!strcmp(name, k_isa_names[i])) return i;
+  return -1;
+}
+
+int vmc_isa_known(const char *name) { return name && isa_level_of(name) >= 0; }
+
 static void init_all(void) {
   unsigned f = detect();
   static const struct { unsigned bit; const char *name; } names[] = {
@@ -51,15 +63,13 @@ static void init_all(void) {
              : (f & VMC_CPU_NEEDS_AVX2) == VMC_CPU_NEEDS_AVX2   ? VMC_ISA_AVX2
                                                                 : VMC_ISA_REF;
   const char *want = getenv("VMC_ISA");
-  if (want && *want) {
-    /* Only ever step down: a forced ISA the CPU lacks falls back to the best. */
-    if (!strcmp(want, "ref")) best = VMC_ISA_REF;
-    else if (!strcmp(want, "avx2") && best != VMC_ISA_REF) best = VMC_ISA_AVX2;
-  }
-  static const char *const isa_names[] = {"ref", "avx2", "avx512"};
+  /* Only ever step down: a forced ISA the CPU lacks falls back to the best
+   * (an unknown name changes nothing; the tool refuses it). */
+  const int forced = want && *want ? isa_level_of(want) : -1;
+  if (forced >= 0 && forced < best) best = forced;
   g_features = f;
   memcpy(g_names, buf, sizeof g_names);
-  __atomic_store_n(&g_isa, isa_names[best], __ATOMIC_RELEASE);
+  __atomic_store_n(&g_isa, k_isa_names[best], __ATOMIC_RELEASE);
   __atomic_store_n(&g_level, best, __ATOMIC_RELEASE);
 }
 

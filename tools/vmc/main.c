@@ -43,7 +43,7 @@ static void usage(FILE *f) {
 static int check_isa_env(void) {
   const char *want = getenv("VMC_ISA");
   if (!want || !*want) return 0;
-  if (strcmp(want, "ref") && strcmp(want, "avx2") && strcmp(want, "avx512")) {
+  if (!vmc_isa_known(want)) {
     fprintf(stderr, "vmc: VMC_ISA=%s: unknown kernel path; use ref, avx2 or avx512, or unset "
                     "it for the best this CPU runs (%s)\n",
             want, vmc_isa_name());
