@@ -702,7 +702,7 @@ tail_group(const int NJ, const float *a, int np, int mr_last, int kc, const bsrc
     for (int j = 0; j < NJ; j++) {
       const __m256 bj = _mm256_broadcast_ss(bk + j);
       /* every panel, the missing ones on panel 0's values (not stored):
-       * a conditional update would keep the sums in memory */
+       * a conditional update made each k reload the sums from the stack */
       UNROLL_FULL
       for (int p = 0; p < TAIL_PANELS; p++) acc[p][j] = _mm256_fmadd_ps(av[p], bj, acc[p][j]);
     }
@@ -844,6 +844,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
       t.nt = 1, t.a_step = t.b_step = t.c_step = t.r_step = 0, t.bias_step = 0;
       t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
       const int slice_mode = t.mode, slice_pfc = t.pfc;
+      const int strip = !SUB && kc <= STRIP_MAX_K; /* strips of tiles per call (tile.nt) */
       const tile_epi *const slice_e = t.e;
       /* A ragged last panel of at most TAIL_COLS columns, read in place: by
        * tail_columns where A is packed and nothing but C's old value joins
@@ -886,9 +887,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
              * in-place panels (B read in place), else all of the block's
              * whole row tiles from here (the same tiles, in another order:
              * the same floats). */
-            const int np = !SUB && kc <= STRIP_MAX_K && in_place && jr == 0 && nc_full >= 2 * NR
-                               ? nc_full / NR
-                               : 1;
+            const int np = strip && in_place && jr == 0 && nc_full >= 2 * NR ? nc_full / NR : 1;
             int brows = 0;
             if (in_place && src.brow) { /* row pointers of this K slice */
               t.brow = src.brow + pc;
@@ -951,7 +950,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
               if (np > 1) {
                 t.nt = np;
                 t.a_step = 0, t.b_step = NR, t.c_step = NR, t.r_step = NR, t.bias_step = 0;
-              } else if (!SUB && kc <= STRIP_MAX_K && mr == MR && mc - ir >= 2 * MR) {
+              } else if (strip && mr == MR && mc - ir >= 2 * MR) {
                 t.nt = (mc - ir) / MR;
                 t.a_step = ablk ? (size_t)MR * kc : arows ? (size_t)MR * lda : MR;
                 t.b_step = 0, t.c_step = (size_t)MR * ldc, t.r_step = (size_t)MR * te.ldr;
