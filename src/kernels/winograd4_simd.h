@@ -11,13 +11,19 @@
  *    back to whole 8-pixel runs.
  * The including file (winograd_simd.h's definitions, VL 8) also defines
  *   VMUL(a, b)           a * b
+ *   VFMA(a, b, c), VFMS, VFNMA
+ *                        a * b + c, a * b - c, c - a * b, fused
  *   qmask, qmask_of(first, n), qload(p, m)
  *                        a 4-float load of p masked to the lanes l with
  *                        first <= l < n (the others zero)
  *   ymask, ymask_of(first, n), yload(p, m)
  *                        the same for 8 floats
  * The arithmetic is the reference's (winograd.c: bt6, at4), operation for
- * operation, so the floats are its. */
+ * operation, so the floats are its, except that a product by 2, 4 or 8 and
+ * the sum it enters are one fused multiply-add: the product is exact, so
+ * the fused result is the reference's rounded sum (short of overflow, where
+ * the product alone would be infinite).  That takes the multiplies off the
+ * adders' ports. */
 #include "kernels/winograd.h"
 
 #include <immintrin.h>
@@ -28,21 +34,22 @@ static const float FN(zero_row4)[36];
 
 static inline void FN(bt6v)(const vec d[6], vec o[6]) {
   const vec two = VSET1(2.0f), four = VSET1(4.0f), five = VSET1(5.0f);
-  o[0] = VADD(VSUB(VMUL(four, d[0]), VMUL(five, d[2])), d[4]);
-  o[1] = VSUB(VADD(d[3], d[4]), VMUL(four, VADD(d[1], d[2])));
-  o[2] = VADD(VSUB(d[4], d[3]), VMUL(four, VSUB(d[1], d[2])));
-  o[3] = VSUB(VSUB(d[4], d[2]), VMUL(two, VSUB(d[1], d[3])));
-  o[4] = VADD(VSUB(d[4], d[2]), VMUL(two, VSUB(d[1], d[3])));
-  o[5] = VADD(VSUB(VMUL(four, d[1]), VMUL(five, d[3])), d[5]);
+  const vec d42 = VSUB(d[4], d[2]), d13 = VSUB(d[1], d[3]);
+  o[0] = VADD(VFMS(four, d[0], VMUL(five, d[2])), d[4]);
+  o[1] = VFNMA(four, VADD(d[1], d[2]), VADD(d[3], d[4]));
+  o[2] = VFMA(four, VSUB(d[1], d[2]), VSUB(d[4], d[3]));
+  o[3] = VFNMA(two, d13, d42);
+  o[4] = VFMA(two, d13, d42);
+  o[5] = VADD(VFMS(four, d[1], VMUL(five, d[3])), d[5]);
 }
 
 static inline void FN(at4v)(const vec m[6], vec y[4]) {
   const vec s12 = VADD(m[1], m[2]), d12 = VSUB(m[1], m[2]);
   const vec s34 = VADD(m[3], m[4]), d34 = VSUB(m[3], m[4]);
   y[0] = VADD(VADD(m[0], s12), s34);
-  y[1] = VADD(d12, VMUL(VSET1(2.0f), d34));
-  y[2] = VADD(s12, VMUL(VSET1(4.0f), s34));
-  y[3] = VADD(VADD(d12, VMUL(VSET1(8.0f), d34)), m[5]);
+  y[1] = VFMA(VSET1(2.0f), d34, d12);
+  y[2] = VFMA(VSET1(4.0f), s34, s12);
+  y[3] = VADD(VFMA(VSET1(8.0f), d34, d12), m[5]);
 }
 
 /* Two 4x4 transposes, one per 128-bit half. */

@@ -61,6 +61,9 @@ static inline ymask ymask_of(int first, int n) { return lanes8(n) & ~lanes8(firs
 static inline __m256 yload(const float *p, ymask m) { return _mm256_maskz_loadu_ps(m, p); }
 #include "kernels/winograd4_simd.h"
 #undef VMUL
+#undef VFMA
+#undef VFMS
+#undef VFNMA
 #undef VL
 #undef vec
 #undef vmask

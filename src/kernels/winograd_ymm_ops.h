@@ -11,5 +11,8 @@
 #define VSUB(a, b) _mm256_sub_ps(a, b)
 #define VNEG(v) _mm256_xor_ps(v, _mm256_set1_ps(-0.0f))
 #define VMUL(a, b) _mm256_mul_ps(a, b)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VFMS(a, b, c) _mm256_fmsub_ps(a, b, c)
+#define VFNMA(a, b, c) _mm256_fnmadd_ps(a, b, c)
 #define ZIP_LO YMM_ZIP_LO
 #define ZIP_HI YMM_ZIP_HI
