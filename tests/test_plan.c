@@ -4,6 +4,7 @@
 #include "test.h"
 #include "zoo_fixture.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +223,68 @@ TEST(plan_infer_padded_layout_and_folded_adds_change_no_bit) {
     free(plain), free(plain1);
     vmc_graph_free(g);
   }
+}
+
+/* Logits of one image (seeded as logits() seeds it) through a batch-1
+ * plan on one thread whose padded buffers hold NaN before the forward;
+ * counts[l]: the values of layout l (0 plain, VMC_PAD_*). */
+static float *logits_poisoned(vmc_graph *g, size_t *count, int counts[3]) {
+  vmc_set_threads(1);
+  vmc_plan *p = NULL;
+  float *out = NULL;
+  if (vmc_plan_create(g, 1, VMC_MODE_INFER, &p)) goto done;
+  counts[0] = counts[1] = counts[2] = 0;
+  for (int v = 0; v < p->g->n_values; v++) {
+    const int lay = p->padded ? p->padded[v] : 0;
+    counts[lay]++;
+    if (!lay) continue;
+    const size_t n = vmc_padded_of(&p->shape[v]).image * (size_t)p->shape[v].d[0];
+    for (size_t i = 0; i < n; i++) p->act[v][i] = NAN;
+  }
+  vmc_rng r;
+  vmc_rng_seed(&r, 3);
+  float *x = vmc_plan_input(p);
+  for (size_t i = 0; i < vmc_shape_count(&g->in_shape); i++) x[i] = vmc_rng_normal(&r);
+  if (vmc_plan_forward(p, 1)) goto done;
+  const vmc_shape *os = vmc_plan_value_shape(p, g->output);
+  *count = vmc_shape_count(os);
+  out = malloc(*count * sizeof(float));
+  if (out) memcpy(out, vmc_plan_output(p), *count * sizeof(float));
+done:
+  vmc_plan_destroy(p);
+  vmc_set_threads(0);
+  return out;
+}
+
+/* Producers zero a padded value's borders only where a consumer reads
+ * them: resnet8's Winograd and strided convolutions read pixels alone, so
+ * the borders of their inputs keep whatever lay there (NaN here); with
+ * Winograd off, the 3x3 convolutions' GEMMs read the borders, which are
+ * then zeroed.  The logits are the plain layout's either way. */
+TEST(plan_infer_padded_borders_zeroed_where_read) {
+  vmc_graph *g = test_zoo_model("resnet8", 7, 11);
+  REQUIRE(g);
+  for (int wino = 1; wino >= 0; wino--) {
+    if (!wino) setenv("VMC_WINOGRAD", "0", 1);
+    size_t n0 = 0, n1 = 0;
+    int counts[3] = {0, 0, 0};
+    setenv("VMC_NO_PADDED", "1", 1);
+    float *plain = logits(g, 1, 1, 1, &n0, NULL);
+    unsetenv("VMC_NO_PADDED");
+    float *padded = logits_poisoned(g, &n1, counts);
+    REQUIRE(plain && padded && n0 == n1);
+    if (memcmp(plain, padded, n0 * sizeof(float)))
+      vmc_test_fail(__FILE__, __LINE__, "Winograd %d: NaN borders changed the logits", wino);
+    /* With Winograd, each padded value: a conv's output read by Winograd
+     * or strided convs; without, the 3x3 convs read their inputs' borders. */
+    if (wino ? !(counts[VMC_PAD_PIXELS] > 0 && counts[VMC_PAD_ZEROS] == 0)
+             : !(counts[VMC_PAD_ZEROS] > 0))
+      vmc_test_fail(__FILE__, __LINE__, "Winograd %d: %d values with pixels only, %d zeroed", wino,
+                    counts[VMC_PAD_PIXELS], counts[VMC_PAD_ZEROS]);
+    if (!wino) unsetenv("VMC_WINOGRAD");
+    free(plain), free(padded);
+  }
+  vmc_graph_free(g);
 }
 
 /* A conv with seeded weights and bias in a hand-built graph. */

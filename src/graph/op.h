@@ -85,9 +85,9 @@ typedef struct vmc_opctx {
    * not zero dx[k]: the op writes it (=) instead of accumulating.  Only
    * for ops with sets_dx; always 0 for the others. */
   uint8_t dx_set[VMC_MAX_INPUTS];
-  /* Inference only: input k / the output is in the padded layout (below)
-   * instead of plain NCHW.  Set only for ops whose padded_in / padded_out
-   * said yes. */
+  /* Inference only: input k / the output is in the padded layout (below,
+   * VMC_PAD_PIXELS or VMC_PAD_ZEROS) instead of plain NCHW (0).  Set only
+   * for ops whose padded_in / padded_out said yes. */
   uint8_t xpad[VMC_MAX_INPUTS];
   uint8_t ypad;
   /* Inference only (ops with fuses_residual): a tensor of the output's
@@ -124,7 +124,9 @@ typedef struct vmc_op {
   int sets_dx;
   /* Nonzero: forward reads input k (writes its output) in the padded layout
    * when the plan sets xpad[k] (ypad).  NULL: never.  The plan pads a value
-   * only where its producer and every consumer say yes. */
+   * only where its producer and every consumer say yes.  padded_in says
+   * VMC_PAD_PIXELS where forward reads only the input's pixels, else
+   * VMC_PAD_ZEROS (it reads the borders too, as zeros). */
   int (*padded_in)(const vmc_node *n, const vmc_shape *in, int k);
   int (*padded_out)(const vmc_node *n, const vmc_shape *in);
   /* Nonzero: forward honours vmc_opctx.res when its output has the given
@@ -144,13 +146,18 @@ const vmc_op *const *vmc_op_all(int *count);
 
 /* The padded layout of an inference activation [N, C, H, W]: each image is
  * C planes of (H + 2) x (W + 1) floats, pixel (i, j) at (i + 1)(W + 1) + 1 + j
- * of its plane, zero everywhere else, then VMC_PADDED_SLACK zero floats.
- * It is the zero-padded plane a 3x3-reach stride-1 convolution with padding
- * 1 reads (rows share their padding column, src/ops/conv2d.c), and the
- * plane a convolution whose wide output rows are W + 1 long writes: where
- * producer and consumers both take it, the pad and crop copies between them
- * vanish.  Pads are rewritten by every producer on every forward. */
+ * of its plane, then VMC_PADDED_SLACK floats.  With zero borders it is the
+ * zero-padded plane a 3x3-reach stride-1 convolution with padding 1 reads
+ * (rows share their padding column, src/ops/conv2d.c), and the plane a
+ * convolution whose wide output rows are W + 1 long writes: where producer
+ * and consumers both take it, the pad and crop copies between them vanish.
+ * A value's layout (vmc_opctx.xpad, ypad):
+ *   VMC_PAD_PIXELS  padded, every consumer reads only its pixels: the
+ *                   producer leaves the borders as they are (garbage);
+ *   VMC_PAD_ZEROS   padded, some consumer reads the borders: the producer
+ *                   rewrites them with zeros on every forward. */
 #define VMC_PADDED_SLACK 32
+enum { VMC_PAD_PIXELS = 1, VMC_PAD_ZEROS = 2 };
 typedef struct vmc_padded {
   int h, w, wp;      /* wp = w + 1 */
   size_t plane;      /* (h + 2) * wp */

@@ -128,9 +128,9 @@ static int alias_root(const vmc_plan *p, int v) {
 }
 
 /* Batch-1 inference: the values whose producer and every consumer take the
- * padded layout (op.h) get it; each alias shares its owner's flag.
- * VMC_NO_PADDED=1: none (the same bits; for tests and comparisons).
- * Returns 0 when out of memory. */
+ * padded layout (op.h) get it (1 here, plan_borders tells which kind); each
+ * alias shares its owner's flag.  VMC_NO_PADDED=1: none (the same bits; for
+ * tests and comparisons).  Returns 0 when out of memory. */
 static int plan_padded(vmc_plan *p) {
   const vmc_graph *g = p->g;
   const int nv = g->n_values;
@@ -158,6 +158,27 @@ static int plan_padded(vmc_plan *p) {
   for (int v = 0; v < nv; v++) p->padded[v] = p->padded[alias_root(p, v)] && !veto[alias_root(p, v)];
   vmc_free(veto);
   return 1;
+}
+
+/* After plan_residuals: each padded value's kind (op.h), VMC_PAD_ZEROS where
+ * a node that still runs reads its borders, else VMC_PAD_PIXELS.  A folded
+ * add's operand is read by its producer's epilogue instead, where any
+ * garbage lands only in the output's own borders. */
+static void plan_borders(vmc_plan *p) {
+  const vmc_graph *g = p->g;
+  for (int v = 0; v < g->n_values; v++)
+    if (p->padded[v]) p->padded[v] = VMC_PAD_PIXELS;
+  for (int i = 0; i < g->n_nodes; i++) {
+    if (p->skip[i]) continue;
+    const vmc_node *n = &g->nodes[i];
+    vmc_shape in[VMC_MAX_INPUTS];
+    for (int k = 0; k < n->n_in; k++) in[k] = p->shape[n->in[k]];
+    for (int k = 0; k < n->n_in; k++) {
+      const int r = alias_root(p, n->in[k]);
+      if (p->padded[r] && n->op->padded_in(n, in, k) == VMC_PAD_ZEROS) p->padded[r] = VMC_PAD_ZEROS;
+    }
+  }
+  for (int v = 0; v < g->n_values; v++) p->padded[v] = p->padded[alias_root(p, v)];
 }
 
 /* Inference: an add whose operand k is read by it alone, and produced by
@@ -320,6 +341,7 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
     vmc_plan_destroy(p);
     return vmc_error(VMC_ERR_NOMEM, "plan tables");
   }
+  if (p->padded) plan_borders(p);
   /* Sizes. */
   size_t acts = off ? plan_offsets(p, off) : 0, state_total = 0, grads = 0;
   const int shared = acts > 0;

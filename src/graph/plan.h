@@ -16,7 +16,7 @@ struct vmc_plan {
   vmc_act *fused;   /* per node: activation fused into it */
   uint8_t *skip;    /* per node: a relu folded into its producer */
   int *alias;       /* per value: value whose buffers it shares, or -1 */
-  uint8_t *padded;  /* per value: held in the padded layout (op.h), or NULL */
+  uint8_t *padded;  /* per value: its layout (op.h: 0 plain, VMC_PAD_*), or NULL */
   int *res;         /* per node: value added to its output (op.h), -1; or NULL */
   uint8_t *zero_grad; /* per value: backward zeroes its gradient buffer */
   uint8_t *dx_set;    /* per node, bit k: the node writes dx[k] (=) */

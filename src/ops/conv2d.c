@@ -533,9 +533,10 @@ static void fwd_gemm_rows(const vmc_sgemm_packed_a *pk, const conv_cfg *c, const
 /* A WIDE or PHASE forward of one group of one image: its planes (the
  * padding or the phase split; none where WIDE reads a padded input in
  * place), one GEMM over the planes' row pointers, then its wide result's
- * garbage columns: on a padded output's borders, zeroed; or cropped from
- * the grid yw into plain y.  Each step can be split: the planes by input
- * channels, the GEMM in blocks, the last step by output channels. */
+ * garbage columns: on a padded output's borders, zeroed (VMC_PAD_ZEROS) or
+ * left (VMC_PAD_PIXELS); or cropped from the grid yw into plain y.  Each
+ * step can be split: the planes by input channels, the GEMM in blocks, the
+ * last step by output channels. */
 typedef struct {
   const vmc_opctx *ctx;
   const conv_cfg *c;
@@ -606,10 +607,10 @@ static void rows_conv_planes(const rows_conv *r, int c0, int c1) {
 static void rows_conv_finish(const rows_conv *r, int k0, int k1) {
   const conv_cfg *c = r->c;
   if (k1 <= k0 || r->C == r->yg) return;
-  if (r->ctx->ypad) {
+  if (r->ctx->ypad == VMC_PAD_ZEROS) {
     const vmc_padded q = vmc_padded_of(&r->ctx->ys);
     vmc_padded_zero_channels(&q, c->oc, k0, k1, r->yg);
-  } else {
+  } else if (!r->ctx->ypad) {
     crop_planes(r->yw + (size_t)k0 * c->nw, k1 - k0, (size_t)c->nw, r->row_len, 0, 0, c->g.oh,
                 c->g.ow, r->yg + (size_t)k0 * c->P, 0);
   }
@@ -760,7 +761,7 @@ static void wino_image(const vmc_opctx *ctx, const conv_cfg *c, const vmc_sgemm_
     wino_conv(ctx, c, pk, par, x + vmc_padded_origin(&xq), xq.plane, (size_t)xq.wp, &o, base, sp);
   else
     wino_conv(ctx, c, pk, par, x, (size_t)g->h * g->w, (size_t)g->w, &o, base, sp);
-  if (ctx->ypad) vmc_padded_zero_borders(&yq, c->oc, y);
+  if (ctx->ypad == VMC_PAD_ZEROS) vmc_padded_zero_borders(&yq, c->oc, y);
 }
 
 static void forward_image(const vmc_opctx *ctx, const conv_cfg *cp, const scratch_plan *spp,
@@ -1154,18 +1155,21 @@ static void conv_backward(vmc_opctx *ctx) {
   }
 }
 
-/* The padded layout (op.h), inference only, one group.  In: a WIDE
- * convolution whose padded plane is exactly that layout's (padding 1, rows
- * W + 1 long, a reach past a row within the layout's slack), or any PHASE one
- * (its split reads the pixels where they lie).  Out: a WIDE or PHASE
- * convolution whose wide output rows are OW + 1 long, or made so
- * (phase_widen). */
+/* The padded layout (op.h), inference only, one group.  In: any PHASE
+ * convolution (its split reads the pixels where they lie), or a WIDE one
+ * whose padded plane is exactly that layout's (padding 1, rows W + 1 long, a
+ * reach past a row within the layout's slack): Winograd reads the pixels,
+ * the GEMM's rows the borders too.  Out: a WIDE or PHASE convolution whose
+ * wide output rows are OW + 1 long, or made so (phase_widen). */
 static int conv_padded_in(const vmc_node *n, const vmc_shape *in, int k) {
   const conv_cfg c = cfg_of(n, &in[0]);
   const vmc_conv_geom *g = &c.g;
   if (k != 0 || c.groups != 1) return 0;
-  return c.kind == PHASE || (c.kind == WIDE && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 &&
-                             (size_t)(g->kw - 1) * g->dw + 16 <= VMC_PADDED_SLACK);
+  if (c.kind == PHASE) return VMC_PAD_PIXELS;
+  if (c.kind == WIDE && g->ph == 1 && g->pw == 1 && c.wp == g->w + 1 &&
+      (size_t)(g->kw - 1) * g->dw + 16 <= VMC_PADDED_SLACK)
+    return c.wino ? VMC_PAD_PIXELS : VMC_PAD_ZEROS;
+  return 0;
 }
 
 static int conv_padded_out(const vmc_node *n, const vmc_shape *in) {

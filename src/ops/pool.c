@@ -174,8 +174,11 @@ static void gap_forward(vmc_opctx *c) {
               inv;
 }
 
-/* Global pooling reads a padded input (op.h) in the plain sums' order. */
-static int gap_padded_in(const vmc_node *n, const vmc_shape *in, int k) { return in[0].ndim == 4; }
+/* Global pooling reads a padded input's pixels (op.h) in the plain sums'
+ * order. */
+static int gap_padded_in(const vmc_node *n, const vmc_shape *in, int k) {
+  return in[0].ndim == 4 ? VMC_PAD_PIXELS : 0;
+}
 
 static void gap_backward(vmc_opctx *c) {
   if (!c->dx[0]) return;

@@ -49,14 +49,14 @@ static void add_rows(const vmc_opctx *c, float lo, float hi) {
       for (int r = 0; r < q.h; r++, a += va.row, b += vb.row, y += vy.row)
         add_row(a, b, y, q.w, lo, hi);
     }
-    if (c->ypad) vmc_padded_zero_borders(&q, ch, c->y + i * q.image);
+    if (c->ypad == VMC_PAD_ZEROS) vmc_padded_zero_borders(&q, ch, c->y + i * q.image);
   }
 }
 
 static void add_forward(vmc_opctx *c) {
   const float *a = c->x[0], *b = c->x[1];
   const float lo = vmc_act_lo(c->act), hi = vmc_act_hi(c->act);
-  const int pads = c->xpad[0] + c->xpad[1] + c->ypad;
+  const int pads = !!c->xpad[0] + !!c->xpad[1] + !!c->ypad;
   if (pads && pads < 3) {
     add_rows(c, lo, hi);
     return;
@@ -177,8 +177,11 @@ static void flatten_backward(vmc_opctx *c) {
   for (size_t i = 0; i < n; i++) c->dx[0][i] += c->dy[i];
 }
 
-/* Any operand of a 4-d add may be padded (op.h). */
-static int add_padded_in(const vmc_node *n, const vmc_shape *in, int k) { return in[k].ndim == 4; }
+/* Any operand of a 4-d add may be padded (op.h); where all are, the borders
+ * are added too. */
+static int add_padded_in(const vmc_node *n, const vmc_shape *in, int k) {
+  return in[k].ndim == 4 ? VMC_PAD_ZEROS : 0;
+}
 static int add_padded_out(const vmc_node *n, const vmc_shape *in) { return in[0].ndim == 4; }
 
 const vmc_op vmc_op_add = {.name = "add", .min_in = 2, .max_in = 2, .infer = add_infer,
