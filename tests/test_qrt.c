@@ -645,9 +645,10 @@ TEST(qrt_cli_eval_and_bench) {
   /* Per-step timing of the integer runtime, per-layer of its simulation. */
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 2 --warmup 0 --batch 2 --profile", qp), 0);
   CHECK(strstr(g_out, "per step of the integer runtime, batch 2") && strstr(g_out, "conv2d") &&
-        strstr(g_out, "all "));
+        strstr(g_out, "all ") && strstr(g_out, " GOP/s") && !strstr(g_out, "GFLOP/s"));
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --repeats 1 --warmup 0 --batch 1 --profile --json", qp), 0);
-  CHECK(strstr(g_out, "\"profile\"") && strstr(g_out, "\"macs\""));
+  CHECK(strstr(g_out, "\"profile\"") && strstr(g_out, "\"macs\"") && strstr(g_out, "\"gops\"") &&
+        !strstr(g_out, "\"gflops\""));
   CHECK_EQ_INT(run(g_out, sizeof g_out, "bench %s --simulate --repeats 1 --warmup 0 --batch 2 --profile", qp), 0);
   CHECK(strstr(g_out, "per layer") && strstr(g_out, "fakequant"));
   char cmd[700];

@@ -24,9 +24,9 @@ static const char *const HELP =
     "  --profile     then time every layer (the integer runtime: every step) at\n"
     "                the larger batch, as many runs again: the kernel it ran\n"
     "                (winograd-4x4, gemm-phase, depthwise, ...), time per image,\n"
-    "                share, multiply-adds and GFLOP/s (GOP/s for int8) of each\n"
-    "                (on several threads, images run on one thread each and the\n"
-    "                times add up over the threads)\n"
+    "                share, multiply-adds and GFLOP/s (GOP/s on the integer\n"
+    "                runtime) of each (on several threads, images run on one\n"
+    "                thread each and the times add up over the threads)\n"
     "  --vs OTHER    also bench OTHER (e.g. the float model MODEL came from) and\n"
     "                print both side by side: file size, parameter storage,\n"
     "                batch-1 latency, batch-N throughput (medians), ratios\n\n" CLI_COMMON_HELP;
@@ -137,6 +137,8 @@ static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup
   double sec, macs;
   const int units = pg ? pg->n_nodes : vmc_qrt_step_info(e.q, -1, &node, &op, &sec, &macs);
   const double images = (double)batch * repeats;
+  /* The integer runtime's rate counts integer operations, not flops. */
+  const char *rate = e.q ? "GOP/s" : "GFLOP/s", *rate_key = e.q ? "gops" : "gflops";
   double total = 0, total_macs = 0;
   for (int pass = 0; pass < 2; pass++) {
     cJSON *arr = json && pass ? cJSON_CreateArray() : NULL;
@@ -146,7 +148,7 @@ static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup
              batch, repeats, nt, nt > 1 ? "s" : "",
              batch > 1 && nt > 1 ? " (time summed over the threads)" : "");
       printf("%-28s %-10s %-13s %12s %7s %12s %9s\n", "node", "op", "kernel", "us/image", "%",
-             "MMAC/image", "GFLOP/s");
+             "MMAC/image", rate);
     }
     for (int i = 0; i < units; i++) {
       const char *kernel;
@@ -175,7 +177,7 @@ static vmc_status bench_profile(vmc_graph *g, int integer, int batch, int warmup
         cJSON_AddNumberToObject(r, "us_per_image", us);
         cJSON_AddNumberToObject(r, "share", sec / total);
         cJSON_AddNumberToObject(r, "macs", macs);
-        cJSON_AddNumberToObject(r, "gflops", gflops);
+        cJSON_AddNumberToObject(r, rate_key, gflops);
         cJSON_AddItemToArray(arr, r);
         continue;
       }
