@@ -12,8 +12,10 @@
 #include "kernels/gemm.h"
 #include "test.h"
 
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef void (*sgemm_fn)(int, int, int, int, int, float, const float *, int,
                          const float *, int, float, float *, int);
@@ -1147,6 +1149,33 @@ TEST(gemm_a_transposed_in_place_bit_identical) {
     }
   }
   vmc_set_threads(threads_before);
+}
+
+/* The kernels' per-thread scratch (core.h): 64-byte aligned, one buffer per
+ * slot, kept while big enough (its contents with it), grown otherwise;
+ * every thread its own. */
+TEST(thread_scratch_slots_and_threads) {
+  char *a = vmc_thread_scratch(VMC_SCRATCH_GEMM_A, 100);
+  char *b = vmc_thread_scratch(VMC_SCRATCH_GEMM_B, 100);
+  REQUIRE(a && b && a != b);
+  CHECK((uintptr_t)a % 64 == 0 && (uintptr_t)b % 64 == 0);
+  memset(a, 7, 100);
+  CHECK(vmc_thread_scratch(VMC_SCRATCH_GEMM_A, 50) == a && a[99] == 7);
+  char *big = vmc_thread_scratch(VMC_SCRATCH_GEMM_A, 1u << 20);
+  REQUIRE(big);
+  CHECK((uintptr_t)big % 64 == 0);
+  memset(big, 1, 1u << 20); /* all of it ours (ASan checks) */
+  CHECK(vmc_thread_scratch(VMC_SCRATCH_GEMM_B, 100) == b);
+  void *per[2] = {NULL, NULL};
+#pragma omp parallel num_threads(2)
+  {
+    const int t = omp_get_thread_num();
+    if (t < 2) {
+      per[t] = vmc_thread_scratch(VMC_SCRATCH_QGEMM, 4096);
+      if (per[t]) memset(per[t], t, 4096);
+    }
+  }
+  if (per[0] && per[1]) CHECK(per[0] != per[1]);
 }
 
 TEST(gemm_pack_a_buffers_and_errors) {

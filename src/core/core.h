@@ -41,8 +41,9 @@ void vmc_clear_error(void);
 /* ---- memory ------------------------------------------------------------ */
 #define VMC_ALIGN 64
 /* 64-byte aligned, zeroed; NULL on failure (no error set).  Size 0 gives a
- * valid pointer.  All library allocations go through these so tests can
- * inject failures (vmc_fail_alloc_after). */
+ * valid pointer.  All library allocations but the kernels' per-thread
+ * scratch (below) go through these so tests can inject failures
+ * (vmc_fail_alloc_after). */
 void *vmc_alloc(size_t bytes);
 void *vmc_realloc_plain(void *p, size_t bytes); /* unaligned realloc */
 void *vmc_malloc_plain(size_t bytes);           /* unaligned, zeroed */
@@ -51,6 +52,23 @@ void vmc_free(void *p);
 void vmc_fail_alloc_after(long n);
 
 static inline size_t vmc_align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+/* The kernels' per-thread scratch: a few buffers per thread, one per slot,
+ * each grown on first use and kept (so the hot path allocates nothing once a
+ * thread has seen its largest problem) and freed when the thread (an OpenMP
+ * worker) exits.  Returns at least `bytes` 64-byte aligned bytes of the
+ * calling thread's buffer for slot, its old contents lost when it grows, or
+ * NULL when out of memory (the kernels then take their reference path).
+ * A kernel must not hold a slot across a call to another kernel that uses
+ * it. */
+typedef enum {
+  VMC_SCRATCH_GEMM_A,   /* fp32 GEMM: packed A */
+  VMC_SCRATCH_GEMM_B,   /* fp32 GEMM: packed B */
+  VMC_SCRATCH_GEMM_ACC, /* fp32 GEMM: accumulators carried between K sub-slices */
+  VMC_SCRATCH_QGEMM,    /* int8 kernels (vmc_qscratch) */
+  VMC_SCRATCH_SLOTS
+} vmc_scratch_slot;
+void *vmc_thread_scratch(vmc_scratch_slot slot, size_t bytes);
 
 /* Overflow-checked size arithmetic: returns false on overflow. */
 static inline bool vmc_mul_size(size_t a, size_t b, size_t *out) {

@@ -57,10 +57,10 @@
  * transpose when trans_b), and the in-place B path reads brow[k] + n with a
  * micro-kernel instance that loads one row pointer per k. */
 #include "kernels/gemm.h"
+#include "kernels/ymm.h"
 
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -121,73 +121,6 @@ static inline __mmask16 mask_hi(int nr) {
   return (__mmask16)(nr >= 32 ? 0xffffu : nr <= 16 ? 0u : (1u << (nr - 16)) - 1u);
 }
 
-/* Per-thread packing buffers, grown on first use and kept: the hot path does
- * not allocate once a thread has seen its largest problem.  Capacities are in
- * floats; they never exceed MC*KC (A) and KC*NC (B).  A thread-specific key's
- * destructor frees them when a thread (an OpenMP worker) exits; the
- * _Thread_local pointer is the fast path. */
-typedef struct pack_bufs {
-  float *a, *b;
-  size_t cap_a, cap_b;
-} pack_bufs;
-
-static _Thread_local pack_bufs *tl_bufs;
-static pthread_key_t g_bufs_key;
-static pthread_once_t g_bufs_once = PTHREAD_ONCE_INIT;
-static int g_bufs_key_ok;
-
-static void bufs_free(void *p) {
-  pack_bufs *pb = p;
-  free(pb->a);
-  free(pb->b);
-  free(pb);
-}
-static void bufs_key_init(void) {
-  g_bufs_key_ok = pthread_key_create(&g_bufs_key, bufs_free) == 0;
-}
-static pack_bufs *thread_bufs(void) {
-  if (tl_bufs) return tl_bufs;
-  pthread_once(&g_bufs_once, bufs_key_init);
-  pack_bufs *pb = g_bufs_key_ok ? calloc(1, sizeof *pb) : NULL;
-  if (!pb) return NULL;
-  if (pthread_setspecific(g_bufs_key, pb) != 0) {
-    free(pb);
-    return NULL;
-  }
-  return tl_bufs = pb;
-}
-
-static float *pack_buffer(float **buf, size_t *cap, size_t n) {
-  if (*cap >= n) return *buf;
-  size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
-  float *p = aligned_alloc(64, bytes);
-  if (!p) return NULL;
-  free(*buf);
-  *buf = p;
-  *cap = bytes / sizeof(float);
-  return p;
-}
-
-/* In-register transpose of 8 rows of 8 floats. */
-static inline __attribute__((always_inline)) void transpose8x8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
 /* dst[k*dst_stride + r] = scale * src[r][k] for r < rows (<= 8), zero for
  * rows <= r < lanes (<= 8), k < kc: a transpose of rows given by pointers
  * (src[r] read only for r < rows, and only its first kc floats), 8x8 at a
@@ -203,7 +136,7 @@ static void pack_transpose8(const float *const src[8], int rows, int lanes, int 
     UNROLL_FULL
     for (int i = 0; i < 8; i++)
       r[i] = i < rows ? _mm256_loadu_ps(src[i] + k) : _mm256_setzero_ps();
-    transpose8x8(r);
+    ymm_transpose8x8(r);
     UNROLL_FULL
     for (int t = 0; t < 8; t++)
       _mm256_mask_storeu_ps(dst + (size_t)(k + t) * dst_stride, m,
@@ -558,7 +491,7 @@ static inline __attribute__((always_inline)) void tkernel(const int NJ, const in
       __m256 r[8];
       UNROLL_FULL
       for (int j = 0; j < 8; j++) r[j] = j0 + j < NJ ? acc[p][j0 + j] : _mm256_setzero_ps();
-      transpose8x8(r);
+      ymm_transpose8x8(r);
       const int n = nr - j0;
       const __mmask8 m = (__mmask8)(n >= 8 ? 0xffu : (1u << n) - 1u);
       UNROLL_FULL
@@ -658,12 +591,10 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
   const int kc_max = K < KC ? K : KC;
   const int mc_max = direct_a ? MR : M < MC ? (M + MR - 1) / MR * MR : MC;
   const int nc_max = direct_b ? NR : N < NC ? (N + NR - 1) / NR * NR : NC;
-  pack_bufs *bufs = thread_bufs();
-  float *pa = NULL, *pb = NULL;
-  if (bufs) {
-    pa = pre ? NULL : pack_buffer(&bufs->a, &bufs->cap_a, (size_t)mc_max * kc_max);
-    pb = pack_buffer(&bufs->b, &bufs->cap_b, (size_t)nc_max * kc_max);
-  }
+  /* The thread's packing buffers (core.h), at most MC*KC (A) and KC*NC (B). */
+  float *pa = pre ? NULL
+                  : vmc_thread_scratch(VMC_SCRATCH_GEMM_A, (size_t)mc_max * kc_max * sizeof(float));
+  float *pb = vmc_thread_scratch(VMC_SCRATCH_GEMM_B, (size_t)nc_max * kc_max * sizeof(float));
   if ((!pre && !pa) || !pb) { /* out of memory: the reference needs no buffers */
     vmc_sgemm_run__ref(g);
     return;

@@ -8,7 +8,6 @@
 #include "kernels/qgemm.h"
 
 #include <omp.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,49 +139,7 @@ void vmc_qgemm_packed_scalar(const vmc_qgemm_variant *layout, int M, int N, int 
 
 /* ---- per-thread scratch ------------------------------------------------------ */
 
-/* Grown on first use and kept, so the hot path allocates nothing once a
- * thread has seen its largest problem; a thread-specific key's destructor
- * frees it when the thread (an OpenMP worker) exits. */
-typedef struct scratch {
-  void *p;
-  size_t cap;
-} scratch;
-
-static _Thread_local scratch *tl_scratch;
-static pthread_key_t g_scratch_key;
-static pthread_once_t g_scratch_once = PTHREAD_ONCE_INIT;
-static int g_scratch_key_ok;
-
-static void scratch_free(void *p) {
-  scratch *s = p;
-  free(s->p);
-  free(s);
-}
-static void scratch_key_init(void) {
-  g_scratch_key_ok = pthread_key_create(&g_scratch_key, scratch_free) == 0;
-}
-
-void *vmc_qscratch(size_t bytes) {
-  scratch *s = tl_scratch;
-  if (!s) {
-    pthread_once(&g_scratch_once, scratch_key_init);
-    s = g_scratch_key_ok ? calloc(1, sizeof *s) : NULL;
-    if (!s) return NULL;
-    if (pthread_setspecific(g_scratch_key, s) != 0) {
-      free(s);
-      return NULL;
-    }
-    tl_scratch = s;
-  }
-  if (s->cap >= bytes) return s->p;
-  const size_t cap = (bytes + 4095) / 4096 * 4096;
-  void *p = aligned_alloc(64, cap);
-  if (!p) return NULL;
-  free(s->p);
-  s->p = p;
-  s->cap = cap;
-  return p;
-}
+void *vmc_qscratch(size_t bytes) { return vmc_thread_scratch(VMC_SCRATCH_QGEMM, bytes); }
 
 /* ---- entry points ------------------------------------------------------------ */
 
