@@ -264,16 +264,19 @@ TEST(gemm_k0_and_alpha0_scale_c) {
 }
 
 TEST(gemm_mt_bit_identical) {
-  /* Shapes large enough to split (by N, and by M when N is small), each
-   * thread count: the K reduction order must not depend on the split. */
-  static const int shapes[][3] = {{64, 784, 144}, {16, 1000, 27}, {300, 40, 300},
-                                  {300, 10, 100}, {100, 129, 65}, {33, 2100, 17}};
+  /* Shapes large enough to split (by N, and by M when N is small, and the
+   * last two over K: a small C, long K), each thread count: the K reduction
+   * order must not depend on the split.  alpha 1 on the K splits admits
+   * AVX2's sub-slices of A^T. */
+  static const int shapes[][3] = {{64, 784, 144},  {16, 1000, 27}, {300, 40, 300},
+                                  {300, 10, 100},  {100, 129, 65}, {33, 2100, 17},
+                                  {40, 24, 21000}, {144, 16, 12000}};
   const int threads_before = vmc_get_threads();
-  for (int s = 0; s < 6; s++) {
+  for (int s = 0; s < 8; s++) {
     for (int t = 0; t < 4; t++) {
       problem p;
       REQUIRE(problem_init(&p, t & 1, t >> 1, shapes[s][0], shapes[s][1],
-                           shapes[s][2], 1, 1.25f, k_betas[(s + t) % 3]));
+                           shapes[s][2], 1, s >= 6 ? 1.0f : 1.25f, k_betas[(s + t) % 3]));
       float *C1 = alloc_floats(c_size(&p)), *Cn = alloc_floats(c_size(&p));
       REQUIRE(C1 && Cn);
       memcpy(C1, p.C0, c_size(&p) * sizeof(float));
@@ -603,13 +606,15 @@ TEST(gemm_rows_k0_and_alpha0_scale_c) {
 
 TEST(gemm_rows_mt_bit_identical) {
   /* vmc_sgemm_rows_mt at 1..4 threads equals vmc_sgemm_rows bit for bit,
-   * splitting by N (row offsets, or row pointers when trans_b) and by M. */
+   * splitting by N (row offsets, or row pointers when trans_b), by M, and
+   * over K (the last two). */
   static const int shapes[][4] = {/* tb, M, N, K */
                                   {0, 16, 840, 144}, {1, 16, 144, 840}, {0, 64, 63, 576},
                                   {1, 64, 576, 63},  {0, 300, 10, 100}, {1, 300, 10, 100},
-                                  {0, 33, 2100, 17}, {1, 100, 129, 65}};
+                                  {0, 33, 2100, 17}, {1, 100, 129, 65}, {0, 16, 24, 40000},
+                                  {1, 24, 16, 40000}};
   const int threads_before = vmc_get_threads();
-  for (int s = 0; s < 8; s++) {
+  for (int s = 0; s < 10; s++) {
     rows_problem p;
     REQUIRE(rows_problem_init(&p, shapes[s][0], shapes[s][1], shapes[s][2],
                               shapes[s][3], shapes[s][3] + 5, 1, 1.25f,

@@ -65,6 +65,7 @@ typedef enum {
   VMC_SCRATCH_GEMM_A,   /* fp32 GEMM: packed A */
   VMC_SCRATCH_GEMM_B,   /* fp32 GEMM: packed B */
   VMC_SCRATCH_GEMM_ACC, /* fp32 GEMM: accumulators carried between K sub-slices */
+  VMC_SCRATCH_GEMM_KSPLIT, /* fp32 GEMM: K slices' sums of vmc_sgemm_mt's K split */
   VMC_SCRATCH_QGEMM,    /* int8 kernels (vmc_qscratch) */
   VMC_SCRATCH_SLOTS
 } vmc_scratch_slot;

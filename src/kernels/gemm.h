@@ -182,7 +182,9 @@ void vmc_sgemm_rows_packed_part(const vmc_sgemm_packed_a *pa, int trans_b, int N
  * is set (trans_a, alpha, A, lda unused; pa_row a multiple of the variant's
  * tile rows), else (trans_a, alpha, A, lda).  op(B) is read through brow (each
  * row pointer advanced by boff floats; trans_a must be 0) when brow is set,
- * else from (B, ldb). */
+ * else from (B, ldb).  c_slice > 0 (AVX2 and AVX-512 only, which sum each
+ * element per K slice of vmc_sgemm_slice_k floats, see gemm.c) stores each
+ * slice's sums alone, set, at C + slice * c_slice: beta and epi unused. */
 typedef struct vmc_gemm_args {
   int trans_a, trans_b, M, N, K;
   float alpha;
@@ -198,11 +200,14 @@ typedef struct vmc_gemm_args {
   float *C;
   int ldc;
   const vmc_gemm_epi *epi;
+  size_t c_slice;
 } vmc_gemm_args;
 
 void vmc_sgemm_run__ref(const vmc_gemm_args *g);
 void vmc_sgemm_run__avx2(const vmc_gemm_args *g);
 void vmc_sgemm_run__avx512(const vmc_gemm_args *g);
+int vmc_sgemm_slice_k__avx2(void);
+int vmc_sgemm_slice_k__avx512(void);
 
 /* Each variant's packed layout: floats it takes, and the packing. */
 size_t vmc_sgemm_pack_a_floats__ref(int M, int K);

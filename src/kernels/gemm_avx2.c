@@ -766,12 +766,17 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
       /* Field by field: an initializer zeroes the whole struct (a rep stos,
        * 5 % of this driver's time at Winograd's small K). */
       tile t;
-      t.kc = kc, t.ldc = ldc, t.beta = beta, t.e = last && epi ? &te : NULL;
+      /* A slice stored alone (vmc_gemm_args.c_slice) is set, without epilogue. */
+      float *const Cs = g->c_slice ? C + (size_t)(pc / KC) * g->c_slice : C;
+      t.kc = kc, t.ldc = ldc, t.beta = beta, t.e = last && epi && !g->c_slice ? &te : NULL;
       t.a = t.b = NULL, t.ar = NULL, t.brow = NULL, t.as = t.bs = 0;
       t.pfc = (size_t)M * ldc * sizeof(float) > GEMM256_PF_C_BYTES;
       t.pfs = NULL, t.acc0 = NULL;
       t.nt = 1, t.a_step = t.b_step = t.c_step = t.r_step = 0, t.bias_step = 0;
-      t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
+      t.mode = g->c_slice                  ? STORE_SET
+               : pc > 0 || beta == 1.0f ? STORE_ADD
+               : beta == 0.0f           ? STORE_SET
+                                        : STORE_BETA;
       const int slice_mode = t.mode, slice_pfc = t.pfc;
       const int strip = !SUB && kc <= STRIP_MAX_K; /* strips of tiles per call (tile.nt) */
       const tile_epi *const slice_e = t.e;
@@ -806,7 +811,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
           }
           for (int jr = 0; jr < nc; jr += NR) {
             if (col_tail && jr == nc_full) {
-              tail_columns(ablk, mc, kc, &src, pc, jc + jr, nc - jr, C + (size_t)ic * ldc + jc + jr,
+              tail_columns(ablk, mc, kc, &src, pc, jc + jr, nc - jr, Cs + (size_t)ic * ldc + jc + jr,
                            ldc, t.mode == STORE_ADD);
               break;
             }
@@ -839,7 +844,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
             for (int ir = 0; ir < mc; ir += MR) {
               const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
               t.mr = mr;
-              t.c = C + (size_t)i * ldc + jc + jr;
+              t.c = Cs + (size_t)i * ldc + jc + jr;
               int arows = 0;
               const float *ap[MR];
               t.pf = 0;
@@ -907,6 +912,8 @@ void vmc_sgemm_run__avx2(const vmc_gemm_args *g) {
   else
     run_plain(g);
 }
+
+int vmc_sgemm_slice_k__avx2(void) { return KC; }
 
 void vmc_sgemm__avx2(int trans_a, int trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta,

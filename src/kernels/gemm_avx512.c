@@ -613,8 +613,14 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
     for (int pc = 0; pc < K; pc += KC) {
       const int kc = K - pc < KC ? K - pc : KC;
       const int last = pc + kc >= K;
-      tile t = {.kc = kc, .ldc = ldc, .beta = beta, .e = last && epi ? &te : NULL};
-      t.mode = pc > 0 || beta == 1.0f ? STORE_ADD : beta == 0.0f ? STORE_SET : STORE_BETA;
+      /* A slice stored alone (vmc_gemm_args.c_slice) is set, without epilogue. */
+      float *const Cs = g->c_slice ? C + (size_t)(pc / KC) * g->c_slice : C;
+      tile t = {.kc = kc, .ldc = ldc, .beta = beta,
+                .e = last && epi && !g->c_slice ? &te : NULL};
+      t.mode = g->c_slice                  ? STORE_SET
+               : pc > 0 || beta == 1.0f ? STORE_ADD
+               : beta == 0.0f           ? STORE_SET
+                                        : STORE_BETA;
       if (!direct_b)
         pack_b(trans_b, &src, pc, jc, kc, nc, pb);
       else if (nc_full < nc)
@@ -649,7 +655,7 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
           for (int ir = 0, step = MR; ir < mc; ir += step) {
             const int mr = mc - ir < MR ? mc - ir : MR, i = ic + ir;
             t.mr = mr;
-            t.c = C + (size_t)i * ldc + jc + jr;
+            t.c = Cs + (size_t)i * ldc + jc + jr;
             int arows = 0, a_full = 1; /* a_full: MR readable floats per k */
             int panels = 1; /* row panels from ir on laid out as this one, t.ps apart */
             const float *ap[MR];
@@ -699,6 +705,8 @@ void vmc_sgemm_run__avx512(const vmc_gemm_args *g) {
     }
   }
 }
+
+int vmc_sgemm_slice_k__avx512(void) { return KC; }
 
 void vmc_sgemm__avx512(int trans_a, int trans_b, int M, int N, int K, float alpha,
                        const float *A, int lda, const float *B, int ldb, float beta,
