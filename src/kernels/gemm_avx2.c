@@ -283,10 +283,11 @@ typedef struct tile {
   /* C's rows are fetched at the call's start (C larger than the L2, where
    * its lines would otherwise arrive from memory only at the write-back). */
   int pfc;
-  /* A^T read in place: one line per k of the rows after this tile's slice,
-   * in order (tiles of a slice take consecutive spans), into the L2; NULL
-   * for none (then pf). */
+  /* A^T read in place: pfn lines of the rows after this tile's slice, in
+   * order (the slice's tiles take consecutive spans, evenly), into the L2
+   * at the tile's start; NULL for none (then pf). */
   const float *pfs;
+  int pfn;
   /* Accumulators to continue (MR rows of NR floats, as STORE_KEEP left
    * them), or NULL to start from zero. */
   const float *acc0;
@@ -384,6 +385,10 @@ ukernel_tile(const int MRE, const int NV, const int AROWS, const int BROWS, cons
     REP_MR(PF_C_ROW)
 #undef PF_C_ROW
   }
+  /* The tile's share of the next rows of A^T (tile.pfs). */
+  if (!AROWS && pfs)
+    for (int l = 0; l < t->pfn; l++)
+      _mm_prefetch((const char *)(pfs + (size_t)l * 16), _MM_HINT_T1);
   for (int k0 = 0; k0 < kc; k0 += 16) {
     /* A read in place streams from memory: fetch ahead (see tile.pf). */
     if (AROWS && pf) {
@@ -391,13 +396,6 @@ ukernel_tile(const int MRE, const int NV, const int AROWS, const int BROWS, cons
       for (int r = 0; r < MRE; r++) prefetch(ap[r], pf + (size_t)k0);
     }
     const int k1 = kc - k0 < 16 ? kc : k0 + 16;
-    /* The next rows of A^T, a line per k, issued per 16 k (outside the
-     * k loop, which stays as the other paths have it). */
-    if (!AROWS && pfs) {
-      UNROLL_FULL
-      for (int k = 0; k < 16; k++)
-        _mm_prefetch((const char *)(pfs + (size_t)(k0 + k) * 16), _MM_HINT_T1);
-    }
     /* Unrolled: Zen 3, one core, against the rolled loop, two runs
      * alternating in one process: 16x48x16 +8 %, +3 %; 32x16x32 +11 %,
      * +25 %; 64x56x288 (rows) +10 %, +11 %; squares of 512 and 1024 +2 to
@@ -771,7 +769,7 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
       t.kc = kc, t.ldc = ldc, t.beta = beta, t.e = last && epi && !g->c_slice ? &te : NULL;
       t.a = t.b = NULL, t.ar = NULL, t.brow = NULL, t.as = t.bs = 0;
       t.pfc = (size_t)M * ldc * sizeof(float) > GEMM256_PF_C_BYTES;
-      t.pfs = NULL, t.acc0 = NULL;
+      t.pfs = NULL, t.pfn = 0, t.acc0 = NULL;
       t.nt = 1, t.a_step = t.b_step = t.c_step = t.r_step = 0, t.bias_step = 0;
       t.mode = g->c_slice                  ? STORE_SET
                : pc > 0 || beta == 1.0f ? STORE_ADD
@@ -799,6 +797,14 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
         if (a_touch) /* the sub-slice's lines, in order */
           touch_lines(g->A + (size_t)(pc + s0) * lda, (size_t)sk * lda);
         size_t q = 0; /* tiles of this sub-slice so far */
+        /* Each tile fetches an even share of the next sub-slice's lines.
+         * Against a line per k of each tile's own rows (so the first tiles
+         * fetched it all), Zen 3, one thread, alternating in one process,
+         * three rounds: 288x32x12544 +13, +15, +20 %; 144x16x50176 +9, +23,
+         * +16 %; 144x32x12544 +5, +9, +7 %; 576x64x3136 +9, +7, +14 %;
+         * 288x64x3136 -2, +17, +4 %. */
+        const size_t n_tiles = (size_t)((M + MR - 1) / MR) * (size_t)((nc + NR - 1) / NR);
+        const size_t share = (span + n_tiles - 1) / n_tiles;
         t.kc = sk;
         for (int ic = 0; ic < M; ic += MC) {
           const int mc = M - ic < MC ? M - ic : MC;
@@ -867,7 +873,8 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
                 t.as = MR;
               }
               if (SUB) { /* the other instance keeps the slice's fields as set */
-                t.pfs = q * sk < span ? g->A + (size_t)k_next * lda + q * sk * 16 : NULL;
+                t.pfs = q * share < span ? g->A + (size_t)k_next * lda + q * share * 16 : NULL;
+                t.pfn = t.pfs ? (int)(span - q * share < share ? span - q * share : share) : 0;
                 t.acc0 = s0 > 0 ? acc + q * MR * NR : NULL;
                 if (fin) {
                   t.mode = slice_mode, t.e = slice_e, t.pfc = slice_pfc;
