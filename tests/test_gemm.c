@@ -1106,10 +1106,9 @@ TEST(gemm_a_transposed_in_place_bit_identical) {
    * 32-row floor, and none: short rows), lda equal to M, up to 2M (whole
    * rows fetched ahead) and well above, ragged M and N, N up to 64, B in
    * place (M <= 64) and packed, both transposes of B (one each for the big
-   * ones), 1 to 3 threads, every variant the CPU runs.  The last exceeds
-   * the 6 MiB of whole rows (lda == M) past which each sub-slice is first
-   * read through in order, with ragged sub-slices at the end of each K
-   * slice and of K. */
+   * ones), 1 to 3 threads, every variant the CPU runs.  The last streams
+   * 6 MiB of whole rows (lda == M), with ragged sub-slices at the end of
+   * each K slice and of K. */
   static const int shapes[][4] = {
       {144, 16, 1000, 0},  {150, 32, 700, 3},   {576, 24, 300, 4},  {9, 16, 1500, 0},
       {31, 8, 530, 5},     {301, 13, 1100, 1},  {64, 40, 900, 0},   {40, 17, 2000, 200},

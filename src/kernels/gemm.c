@@ -108,9 +108,8 @@ static void run_block(run_fn f, const vmc_gemm_args *g, const mt_split *sp, int 
 /* ---- K split ------------------------------------------------------------
  * A small C over a long K (the weight gradients of batch-folded convs: 288 x
  * 32 x 12544) split by rows or columns has each thread read part of every
- * row of its streamed operand, which memory serves worse than whole rows,
- * and on AVX2 it cannot read its rows ahead in order (gemm_avx2.c's
- * A_TOUCH_BYTES).  Such a GEMM is split over K instead, in whole K slices
+ * row of its streamed operand, which memory serves worse than whole rows.
+ * Such a GEMM is split over K instead, in whole K slices
  * of the variant (each element's sum is a chain per slice, the chains added
  * to C in order): thread 0 runs the first slices on C as one call would,
  * the others store each of their slices' sums alone (c_slice) in the

@@ -87,19 +87,6 @@
 #define A_SUB_BYTES (32 << 10)
 #define A_SUB_MIN 32
 #define A_SUB_ACC_BYTES (256 << 10)
-/* Where A^T is one stream of whole rows (lda == M) larger than
- * A_TOUCH_BYTES, each sub-slice is first read through in address order
- * (touch_lines): memory streams to a sequential walk faster than to the
- * tiles' prefetches.  Zen 3 (32 MiB L3, about 10 GB/s from memory on one
- * core), one thread, old and new alternating in one process, GFLOP/s:
- * 144x16x50176 (A 27.6 MiB) 25.0 -> 30.8, 23.9 -> 29.2; 288x32x12544
- * (13.8 MiB) 26.2 -> 32.0, 31.8 -> 41.3; 144x32x12544 (6.9 MiB) 35.8 ->
- * 40.7, 42.9 -> 53.3.  Where A stays in the L3 the walk only adds its time
- * (144x32x4096, 2.3 MiB: 57.5 -> 50.9, 75.4 -> 71.5; at 4.5 MiB no gain):
- * hence the threshold.  A thread given some of the columns (vmc_sgemm_mt's
- * split of M) would walk the others' too, which cost two threads 5-8 %:
- * it is left out. */
-#define A_TOUCH_BYTES (6u << 20)
 /* K slices up to this deep run strips of tiles per micro-kernel call (see
  * tile.nt): at K = 9 a call's fixed costs were half a tile's time.  Zen 3,
  * one core, alternating in one process, against one tile a call: 16x784x9
@@ -681,14 +668,6 @@ void vmc_sgemm_pack_a__avx2(int trans_a, int M, int K, float alpha, const float 
   }
 }
 
-/* Reads one float of each 64-byte line of p[0:n) (n > 0), in order. */
-static void touch_lines(const float *p, size_t n) {
-  __m128 sink = _mm_setzero_ps();
-  for (size_t i = 0; i < n; i += 16) sink = _mm_or_ps(sink, _mm_load_ss(p + i));
-  sink = _mm_or_ps(sink, _mm_load_ss(p + n - 1));
-  __asm__ volatile("" ::"x"(sink));
-}
-
 /* A^T read in place with few columns from long rows: the sub-slices below. */
 static int a_sub_path(const vmc_gemm_args *g) {
   return !g->pa && g->trans_a && g->alpha == 1.0f && g->N <= DIRECT_A_MAX_N &&
@@ -722,14 +701,11 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
    * The tiles then fetch, in order, the rows after their slice into the L2
    * (tile.pfs), and where a slice of such rows would not stay there the
    * slice is taken in sub-slices of about A_SUB_BYTES of rows, every tile
-   * over one sub-slice before the next (each first read through in order
-   * where A is whole rows larger than A_TOUCH_BYTES); each tile's
+   * over one sub-slice before the next; each tile's
    * accumulators carry from one sub-slice to the next through a scratch tile
    * (STORE_KEEP, acc0), so each sum is still one chain per KC slice: the
    * same bits. */
   const int a_seq = SUB && lda <= 2 * (size_t)M; /* SUB: a_sub_path's choice */
-  const int a_touch =
-      SUB && lda == (size_t)M && (size_t)K * lda * sizeof(float) > A_TOUCH_BYTES;
   int ksub = kc_max;
   const size_t n_acc = (size_t)((M + MR - 1) / MR) * (size_t)((N + NR - 1) / NR) * MR * NR;
   if (SUB && n_acc * sizeof(float) <= A_SUB_ACC_BYTES) {
@@ -794,15 +770,17 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
         const int n_next = K - k_next < ksub ? K - k_next : ksub;
         const size_t span = /* lines from row k_next's start to row k_next + n_next - 1's */
             a_seq && n_next > 0 ? ((size_t)(n_next - 1) * lda + (size_t)M + 15) / 16 : 0;
-        if (a_touch) /* the sub-slice's lines, in order */
-          touch_lines(g->A + (size_t)(pc + s0) * lda, (size_t)sk * lda);
         size_t q = 0; /* tiles of this sub-slice so far */
         /* Each tile fetches an even share of the next sub-slice's lines.
          * Against a line per k of each tile's own rows (so the first tiles
          * fetched it all), Zen 3, one thread, alternating in one process,
          * three rounds: 288x32x12544 +13, +15, +20 %; 144x16x50176 +9, +23,
          * +16 %; 144x32x12544 +5, +9, +7 %; 576x64x3136 +9, +7, +14 %;
-         * 288x64x3136 -2, +17, +4 %. */
+         * 288x64x3136 -2, +17, +4 %.  A walk through each sub-slice's
+         * lines in address order before its tiles, which had gained 20-30 %
+         * over the old fetches where more than 6 MiB of whole rows stream
+         * from memory, then only cost time (no walk: 288x32x12544 +3 to
+         * +7 %, 144x32x12544 +4 to +6 %, the others within +-1 %). */
         const size_t n_tiles = (size_t)((M + MR - 1) / MR) * (size_t)((nc + NR - 1) / NR);
         const size_t share = (span + n_tiles - 1) / n_tiles;
         t.kc = sk;
