@@ -109,12 +109,12 @@ static void run_block(run_fn f, const vmc_gemm_args *g, const mt_split *sp, int 
  * A small C over a long K (the weight gradients of batch-folded convs: 288 x
  * 32 x 12544) split by rows or columns has each thread read part of every
  * row of its streamed operand, which memory serves worse than whole rows.
- * Such a GEMM is split over K instead, in whole K slices
- * of the variant (each element's sum is a chain per slice, the chains added
- * to C in order): thread 0 runs the first slices on C as one call would,
- * the others store each of their slices' sums alone (c_slice) in the
- * caller's scratch, and the team then adds those to C in slice order, rows
- * split: the same operations in the same order, so the same bits.  Zen 3,
+ * Such a GEMM is split over K instead, in whole K slices of the variant
+ * (each element's sum is a chain per slice, the chains added to C in
+ * order): thread 0 runs the first slices on C as one call would, the others
+ * store each of their slices' sums alone (c_slice) in the caller's scratch,
+ * and the team then adds those to C in slice order, rows split: the same
+ * operations in the same order, so the same bits.  Zen 3,
  * two threads, against the row split, alternating, three rounds, GFLOP/s:
  * 288x32x12544 (A^T 13.8 MiB) 56.2 -> 66.9, 63.7 -> 68.7, 71.7 -> 69.7;
  * 144x16x50176 38.1 -> 53.0, 51.2 -> 54.4, 50.4 -> 82.0; 144x32x12544

@@ -701,10 +701,9 @@ static inline __attribute__((always_inline)) void run(const vmc_gemm_args *g, co
    * The tiles then fetch, in order, the rows after their slice into the L2
    * (tile.pfs), and where a slice of such rows would not stay there the
    * slice is taken in sub-slices of about A_SUB_BYTES of rows, every tile
-   * over one sub-slice before the next; each tile's
-   * accumulators carry from one sub-slice to the next through a scratch tile
-   * (STORE_KEEP, acc0), so each sum is still one chain per KC slice: the
-   * same bits. */
+   * over one sub-slice before the next; each tile's accumulators carry from
+   * one sub-slice to the next through a scratch tile (STORE_KEEP, acc0), so
+   * each sum is still one chain per KC slice: the same bits. */
   const int a_seq = SUB && lda <= 2 * (size_t)M; /* SUB: a_sub_path's choice */
   int ksub = kc_max;
   const size_t n_acc = (size_t)((M + MR - 1) / MR) * (size_t)((N + NR - 1) / NR) * MR * NR;
