@@ -121,6 +121,11 @@ done:
   vmc_free(producer);
 }
 
+/* Node n's input shapes in p. */
+static void input_shapes(const vmc_plan *p, const vmc_node *n, vmc_shape *in) {
+  for (int k = 0; k < n->n_in; k++) in[k] = p->shape[n->in[k]];
+}
+
 /* Root of a value's alias chain: the value that owns the buffer. */
 static int alias_root(const vmc_plan *p, int v) {
   while (p->alias[v] >= 0) v = p->alias[v];
@@ -148,7 +153,7 @@ static int plan_padded(vmc_plan *p) {
     const vmc_node *n = &g->nodes[i];
     const vmc_op *op = n->op;
     vmc_shape in[VMC_MAX_INPUTS];
-    for (int k = 0; k < n->n_in; k++) in[k] = p->shape[n->in[k]];
+    input_shapes(p, n, in);
     const int r = alias_root(p, n->out);
     if (p->shape[r].ndim == 4 && op->padded_out && op->padded_out(n, in)) p->padded[r] = 1;
     else veto[r] = 1;
@@ -172,7 +177,7 @@ static void plan_borders(vmc_plan *p) {
     if (p->skip[i]) continue;
     const vmc_node *n = &g->nodes[i];
     vmc_shape in[VMC_MAX_INPUTS];
-    for (int k = 0; k < n->n_in; k++) in[k] = p->shape[n->in[k]];
+    input_shapes(p, n, in);
     for (int k = 0; k < n->n_in; k++) {
       const int r = alias_root(p, n->in[k]);
       if (p->padded[r] && n->op->padded_in(n, in, k) == VMC_PAD_ZEROS) p->padded[r] = VMC_PAD_ZEROS;
@@ -353,7 +358,7 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
   for (int i = 0; i < g->n_nodes; i++) {
     const vmc_node *n = &g->nodes[i];
     vmc_shape in[VMC_MAX_INPUTS];
-    for (int k = 0; k < n->n_in; k++) in[k] = p->shape[n->in[k]];
+    input_shapes(p, n, in);
     if (n->op->state_bytes)
       state_total += vmc_align_up(n->op->state_bytes(n, in, &p->shape[n->out], mode), VMC_ALIGN);
     if (n->op->scratch_bytes) {
@@ -384,7 +389,7 @@ static vmc_status plan_build(vmc_graph *g, int batch, vmc_mode mode, int nthread
   for (int i = 0; i < g->n_nodes; i++) {
     const vmc_node *n = &g->nodes[i];
     vmc_shape in[VMC_MAX_INPUTS];
-    for (int k = 0; k < n->n_in; k++) in[k] = p->shape[n->in[k]];
+    input_shapes(p, n, in);
     size_t sb = n->op->state_bytes ? n->op->state_bytes(n, in, &p->shape[n->out], mode) : 0;
     p->state[i] = sb ? vmc_arena_take(&p->arena, sb) : NULL;
   }
@@ -562,7 +567,7 @@ double vmc_plan_node_seconds(const vmc_plan *p, int i, int backward) {
 static const vmc_node *node_inputs(const vmc_plan *p, int i, vmc_shape *in, const vmc_plan **q) {
   *q = p->n_sub ? p->sub[0] : p;
   const vmc_node *n = &(*q)->g->nodes[i];
-  for (int k = 0; k < n->n_in; k++) in[k] = (*q)->shape[n->in[k]];
+  input_shapes(*q, n, in);
   return n;
 }
 
