@@ -1,6 +1,7 @@
 /* The machine's limit: register-only loops (bench/peak.h) for fp32 FMA on
- * zmm and ymm, int8 vpdpbusd on zmm and int8 vpmaddwd on ymm (the AVX2
- * int8 GEMM's step), on one thread and on every thread.
+ * zmm and ymm, int8 vpdpbusd on zmm, int8 vpmaddwd on ymm (the AVX2 int8
+ * GEMM's step) and vpmaddubsw on ymm (its step for 7-bit weights), on one
+ * thread and on every thread.
  * Every kernel figure elsewhere is a fraction of these.
  *
  *   build/bench/bench_peak [--runs N] [--seconds S] [--threads N]
@@ -8,7 +9,7 @@
  * Each cell is the median of N runs (default 9) of about S seconds (0.1)
  * each.  GFLOP/s counts 2 flops per FMA lane; GOP/s counts 2 ops per u8 x s8
  * multiply-add, 64 multiply-adds (128 ops) per vpdpbusd zmm, 16 (32 ops) per
- * vpmaddwd ymm. */
+ * vpmaddwd ymm, 32 (64 ops) per vpmaddubsw ymm. */
 #include "peak.h"
 
 #include <stdio.h>
@@ -46,6 +47,7 @@ int main(int argc, char **argv) {
       {PEAK_YMM, "fp32 FMA ymm (avx2+fma, 12 acc)", "GFLOP/s"},
       {PEAK_VNNI, "int8 vpdpbusd zmm (avx512vnni, 16 acc)", "GOP/s"},
       {PEAK_MADDWD, "int8 vpmaddwd+vpaddd ymm (avx2, 12 acc)", "GOP/s"},
+      {PEAK_MADDUBS, "int8 vpmaddubsw+.. ymm (7-bit w, 12 acc)", "GOP/s"},
   };
   char hdr[32];
   snprintf(hdr, sizeof hdr, "%d threads", nt_all);

@@ -8,7 +8,10 @@
  *     multiply-adds = 128 ops each;
  *   int8 without VNNI, ymm (AVX2): the step of the AVX2 int8 GEMM
  *     (qgemm_avx2.c), vpmaddwd into a vpaddd, 12 accumulators, 16 s16
- *     multiply-adds = 32 ops each.
+ *     multiply-adds = 32 ops each;
+ *   the same for 7-bit weights: the narrow AVX2 GEMM's step, vpmaddubsw,
+ *     vpmaddwd by ones, vpaddd, 12 accumulators, 32 u8 x s8 multiply-adds
+ *     = 64 ops each.
  * Enough accumulators to cover FMA latency x throughput on current x86
  * (4 cycles x 2 pipes).  Nothing is loaded or stored inside the loops.
  *
@@ -136,7 +139,28 @@ __attribute__((target("avx2"), noinline)) static float peak_loop_maddwd(long ite
   return (float)_mm256_extract_epi32(s, 0);
 }
 
-enum { PEAK_YMM, PEAK_ZMM, PEAK_VNNI, PEAK_MADDWD };
+/* acc += madd(maddubs(u, v), ones), the narrow GEMM's step, likewise. */
+__attribute__((target("avx2"), noinline)) static float peak_loop_maddubs(long iters) {
+  const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+#define DECL(j) __m256i a##j = _mm256_set1_epi32(j);
+#define STEP(j)                                                                    \
+  __asm__("vpmaddubsw %2, %1, %%ymm15\n\tvpmaddwd %3, %%ymm15, %%ymm15\n\t"         \
+          "vpaddd %%ymm15, %0, %0"                                                 \
+          : "+x"(a##j) : "x"(u), "x"(v), "x"(ones) : "xmm15");
+#define SUM(j) s = _mm256_add_epi32(s, a##j);
+  PEAK_REP12(DECL)
+  for (long i = 0; i < iters; i++) {
+    PEAK_REP12(STEP)
+  }
+  __m256i s = _mm256_setzero_si256();
+  PEAK_REP12(SUM)
+#undef DECL
+#undef STEP
+#undef SUM
+  return (float)_mm256_extract_epi32(s, 0);
+}
+
+enum { PEAK_YMM, PEAK_ZMM, PEAK_VNNI, PEAK_MADDWD, PEAK_MADDUBS };
 
 /* Arithmetic (flops or ops) of one iteration of a loop. */
 static inline double peak_ops_per_iter(int which) {
@@ -144,6 +168,7 @@ static inline double peak_ops_per_iter(int which) {
   case PEAK_YMM: return PEAK_YMM_ACC * 8 * 2.0;
   case PEAK_ZMM: return PEAK_ZMM_ACC * 16 * 2.0;
   case PEAK_MADDWD: return PEAK_MADDWD_ACC * 16 * 2.0;
+  case PEAK_MADDUBS: return PEAK_MADDWD_ACC * 32 * 2.0;
   default: return PEAK_VNNI_ACC * 64 * 2.0;
   }
 }
@@ -163,6 +188,7 @@ static inline double peak_run(int which, int nt, long iters) {
     float v = which == PEAK_YMM      ? peak_loop_ymm(iters)
               : which == PEAK_ZMM    ? peak_loop_zmm(iters)
               : which == PEAK_MADDWD ? peak_loop_maddwd(iters)
+              : which == PEAK_MADDUBS ? peak_loop_maddubs(iters)
                                      : peak_loop_vnni(iters);
 #pragma omp barrier
 #pragma omp master
@@ -177,7 +203,7 @@ static inline double peak_run(int which, int nt, long iters) {
 
 /* Median over `runs` runs of about `seconds` each; 0 if the CPU lacks it. */
 static inline double peak_measure(int which, int nt, int runs, double seconds) {
-  if (((which == PEAK_YMM || which == PEAK_MADDWD) && !peak_has_avx2()) ||
+  if (((which == PEAK_YMM || which == PEAK_MADDWD || which == PEAK_MADDUBS) && !peak_has_avx2()) ||
       (which == PEAK_ZMM && !peak_has_avx512()) || (which == PEAK_VNNI && !peak_has_vnni512()))
     return 0;
   if (runs > 64) runs = 64;

@@ -77,6 +77,31 @@ static int qproblem_init(qproblem *p, int M, int N, int K, int pad, int kind) {
   return 1;
 }
 
+/* For a variant with a pair bound (the narrow AVX2 GEMM), A's weights
+ * redrawn within it: kind 0 pairs at random (first weight anywhere in s8, the
+ * second within what is left), 1 and 2 every weight -64 / 64, 3 pairs
+ * (-128, 0) and (127, 1), all at the bound with B = 255. */
+static void qproblem_fit(const vmc_qgemm_variant *v, qproblem *p, int kind) {
+  if (!v->pair_max) return;
+  for (int m = 0; m < p->M; m++)
+    for (int k = 0; k < p->lda; k += 2) {
+      int8_t *a = p->A + (size_t)m * p->lda + k;
+      int x, y;
+      if (kind == 0) {
+        x = rnd_in(-128, 127);
+        const int left = v->pair_max - (x < 0 ? -x : x);
+        y = rnd_in(-left, left > 127 ? 127 : left);
+      } else if (kind == 3) {
+        x = k % 4 ? 127 : -128;
+        y = k % 4 ? 1 : 0;
+      } else {
+        x = y = kind == 1 ? -64 : 64;
+      }
+      a[0] = (int8_t)x;
+      if (k + 1 < p->lda) a[1] = (int8_t)y;
+    }
+}
+
 /* The epilogue variant e of the problem (every output kind, clamps, zero
  * points 0/128/255, per-row and per-tensor scale, with and without bias). */
 static void qproblem_epi(qproblem *p, int e) {
@@ -155,6 +180,7 @@ static void check_variant(const vmc_qgemm_variant *v) {
         qproblem_free(&p);
         REQUIRE(0);
       }
+      qproblem_fit(v, &p, 0);
       for (int r = 0; r < 2; r++) {
         qproblem_epi(&p, e++);
         check_problem(v, &p, "edge");
@@ -170,6 +196,7 @@ static void check_variant(const vmc_qgemm_variant *v) {
         qproblem_free(&p);
         REQUIRE(0);
       }
+      qproblem_fit(v, &p, kind);
       qproblem_epi(&p, out);
       p.epi.out = (vmc_qout)out;
       p.epi.scale = p.scale;
@@ -213,6 +240,61 @@ TEST(qgemm_ref_is_exact) {
 }
 
 TEST(qgemm_avx2_vs_ref) { check_variant(&vmc_qgemm_u8s8s32_6x16__avx2); }
+TEST(qgemm_avx2_narrow_vs_ref) { check_variant(&vmc_qgemm_u8s8s32_6x16_narrow__avx2); }
+
+/* The narrow GEMM's bound: the pairs of a row (an odd K's last weight alone),
+ * the choice it drives, and that the bound is tight: a pair of 128 with B =
+ * 255 gives the reference, 129 does not (vpmaddubsw saturates). */
+TEST(qgemm_narrow_bound) {
+  const int8_t A[2][5] = {{100, -28, 3, 4, -90}, {-128, 0, 7, -7, 127}};
+  CHECK_EQ_INT(vmc_qgemm_pair_max(1, 5, A[0], 5, 0), 128);
+  CHECK_EQ_INT(vmc_qgemm_pair_max(2, 5, A, 5, 0), 128);
+  CHECK_EQ_INT(vmc_qgemm_pair_max(2, 4, A, 5, 0), 128);
+  CHECK_EQ_INT(vmc_qgemm_pair_max(1, 2, A[1] + 1, 5, 0), 7);
+  CHECK_EQ_INT(vmc_qgemm_pair_max(1, 4, A[1] + 1, 5, 0), 134);
+  const int8_t B2[4] = {127, 2, -3, 1};
+  CHECK_EQ_INT(vmc_qgemm_pair_max(1, 4, B2, 4, 0), 129);
+  CHECK_EQ_INT(vmc_qgemm_pair_max(1, 1, B2, 4, 0), 127);
+  uint8_t a4[2];
+  const int8_t s4[4] = {-8, 7, 5, -1};
+  vmc_s4_pack(s4, 4, a4);
+  CHECK_EQ_INT(vmc_qgemm_pair_max(1, 4, a4, 4, 1), 15);
+  CHECK_EQ_INT(vmc_qgemm_pair_max(2, 1, a4, 3, 1), 8); /* odd lda: rows start mid-byte */
+
+  const vmc_qgemm_variant *w = &vmc_qgemm_u8s8s32_6x16__avx2,
+                          *n = &vmc_qgemm_u8s8s32_6x16_narrow__avx2;
+  CHECK(vmc_qgemm_for_weights(w, 128, 1) == n);
+  CHECK(vmc_qgemm_for_weights(w, 129, 1) == w);
+  CHECK(vmc_qgemm_for_weights(w, 15, 0) == w);
+  CHECK(vmc_qgemm_for_weights(n, 128, 0) == n);
+  CHECK(vmc_qgemm_for_weights(n, 129, 0) == w);
+  CHECK(vmc_qgemm_for_weights(n, 129, 1) == w);
+  for (int vi = 0; vi < vmc_qgemm_variant_count; vi++) {
+    const vmc_qgemm_variant *v = vmc_qgemm_variants[vi];
+    if (v != w && v != n) CHECK(vmc_qgemm_for_weights(v, 255, 1) == v);
+  }
+
+  if (!vmc_qgemm_variant_ok(n)) SKIP("the CPU lacks AVX2");
+  for (int pair = 128; pair <= 129; pair++) {
+    qproblem p;
+    if (!qproblem_init(&p, 6, 16, 64, 0, 2)) {
+      qproblem_free(&p);
+      REQUIRE(0);
+    }
+    for (int i = 0; i < p.M * p.lda; i++) p.A[i] = (int8_t)(i % 2 ? pair - 127 : 127);
+    qproblem_epi(&p, 2);
+    p.epi.out = VMC_QOUT_S32;
+    int32_t *ref = malloc(p.c_bytes), *got = malloc(p.c_bytes);
+    REQUIRE(ref && got);
+    run_v(&vmc_qgemm_u8s8s32__ref, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, NULL, &p.epi, ref,
+          p.ldc);
+    run_v(n, 0, p.M, p.N, p.K, p.A, p.lda, p.B, p.ldb, NULL, &p.epi, got, p.ldc);
+    CHECK_EQ_INT(memcmp(ref, got, p.c_bytes) == 0, pair == 128);
+    free(ref);
+    free(got);
+    qproblem_free(&p);
+  }
+}
 TEST(qgemm_avxvnni_vs_ref) { check_variant(&vmc_qgemm_u8s8s32_4x24__avxvnni); }
 TEST(qgemm_avx512vnni_vs_ref) { check_variant(&vmc_qgemm_u8s8s32_8x32__avx512vnni); }
 
@@ -263,6 +345,7 @@ TEST(qgemm_mt_equals_single) {
         qproblem_free(&p);
         REQUIRE(0);
       }
+      qproblem_fit(v, &p, 0);
       qproblem_epi(&p, (int)s);
       uint8_t *one = malloc(p.c_bytes), *many = malloc(p.c_bytes);
       REQUIRE(one && many);

@@ -127,12 +127,30 @@ static int same_floats(const float *a, const float *b, size_t n) {
   return !memcmp(a, b, n * sizeof *a);
 }
 
+/* How many GEMM steps of q's planar runtime run the narrow AVX2 GEMM. */
+static int narrow_steps(const vmc_graph *g) {
+  const vmc_qrt_opts o = {.layout = VMC_QRT_LAYOUT_PLANAR};
+  vmc_qrt *q = NULL;
+  if (vmc_qrt_create(g, 1, &o, &q)) return -1;
+  int n = 0;
+  char buf[200];
+  for (int i = 0; i < vmc_qrt_describe(q, -1, NULL, 0); i++) {
+    vmc_qrt_describe(q, i, buf, sizeof buf);
+    n += strstr(buf, " gemm ") && strstr(buf, "(narrow pairs)");
+  }
+  vmc_qrt_destroy(q);
+  return n;
+}
+
 /* Every GEMM variant the CPU runs, every depthwise variant, both layouts
  * (pixel-major on every direct-conv and depthwise variant: the reference
  * pair and the AVX-512 pair), and any batch split over threads: the bits of
  * the planar reference. */
 TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
-  static const char *const models[] = {"resnet8", "mobilenetv2-tiny"};
+  /* resnet8 twice: s8 weights, and s4 ones, which fit the narrow AVX2 GEMM
+   * (chosen by default, and refused when forced on the s8 weights) */
+  static const char *const models[] = {"resnet8", "mobilenetv2-tiny", "resnet8"};
+  static const vmc_qscheme wschemes[] = {VMC_QSCHEME_S8, VMC_QSCHEME_S8, VMC_QSCHEME_S4};
   enum { N = 6 };
   vmc_dataset *d = test_blobs(N, 5, 3, 30, 0);
   REQUIRE(d);
@@ -144,9 +162,11 @@ TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
   const vmc_qdwp_fn dwps[] = {vmc_qdwp__ref, vmc_qdwp__avx512};
   const int conv_ok[] = {1, vmc_qconv_best() == vmc_qconv__avx512};
   const int threads = vmc_get_threads();
-  for (int m = 0; m < 2; m++) {
-    vmc_graph *q = quantized(models[m], VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
+  for (int m = 0; m < 3; m++) {
+    vmc_graph *q = quantized(models[m], wschemes[m], VMC_QSCHEME_U8, d);
     REQUIRE(q);
+    if (vmc_qgemm_best() == &vmc_qgemm_u8s8s32_6x16__avx2 && wschemes[m] == VMC_QSCHEME_S4)
+      CHECK_EQ_INT(narrow_steps(q), 10); /* every conv and the fc */
     const vmc_qrt_opts ref = {.gemm = &vmc_qgemm_u8s8s32__ref, .dwconv = vmc_qdwconv__ref,
                               .layout = VMC_QRT_LAYOUT_PLANAR};
     float *want = int_logits(q, d, N, 1, &ref);

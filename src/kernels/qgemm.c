@@ -17,12 +17,13 @@
 const vmc_qgemm_variant *const vmc_qgemm_variants[] = {
     &vmc_qgemm_u8s8s32__ref,
     &vmc_qgemm_u8s8s32_6x16__avx2,
+    &vmc_qgemm_u8s8s32_6x16_narrow__avx2,
     &vmc_qgemm_u8s8s32_4x24__avxvnni,
     &vmc_qgemm_u8s8s32_8x32__avx512vnni,
 };
 const int vmc_qgemm_variant_count =
     (int)(sizeof vmc_qgemm_variants / sizeof vmc_qgemm_variants[0]);
-_Static_assert(sizeof vmc_qgemm_variants / sizeof vmc_qgemm_variants[0] == 4,
+_Static_assert(sizeof vmc_qgemm_variants / sizeof vmc_qgemm_variants[0] == 5,
                "one entry per variant");
 
 int vmc_qgemm_variant_ok(const vmc_qgemm_variant *v) {
@@ -46,6 +47,28 @@ const vmc_qgemm_variant *vmc_qgemm_best(void) {
   else
     v = &vmc_qgemm_u8s8s32__ref;
   atomic_store_explicit(&g_best, v, memory_order_release);
+  return v;
+}
+
+int vmc_qgemm_pair_max(int M, int K, const void *A, int lda, int s4) {
+  int most = 0;
+  for (int m = 0; m < M; m++)
+    for (int k = 0; k < K; k += 2) {
+      const size_t i = (size_t)m * (size_t)lda + (size_t)k;
+      int a = s4 ? vmc_s4_get(A, i) : ((const int8_t *)A)[i], b = 0;
+      if (k + 1 < K) b = s4 ? vmc_s4_get(A, i + 1) : ((const int8_t *)A)[i + 1];
+      const int sum = (a < 0 ? -a : a) + (b < 0 ? -b : b);
+      if (sum > most) most = sum;
+    }
+  return most;
+}
+
+const vmc_qgemm_variant *vmc_qgemm_for_weights(const vmc_qgemm_variant *v, int pair,
+                                               int upgrade) {
+  const vmc_qgemm_variant *wide = &vmc_qgemm_u8s8s32_6x16__avx2,
+                          *narrow = &vmc_qgemm_u8s8s32_6x16_narrow__avx2;
+  if (v == narrow && pair > narrow->pair_max) return wide;
+  if (v == wide && upgrade && pair <= narrow->pair_max) return narrow;
   return v;
 }
 

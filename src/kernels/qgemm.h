@@ -10,9 +10,9 @@
  *    unused): rows may lie anywhere and overlap, e.g. the K shifted slices of
  *    one padded image that make an implicit im2col matrix.  Read in place:
  *    each call packs it into the layout its variant wants (the VNNI ones: 4
- *    consecutive k of one pixel per 32-bit lane, pixels across lanes; AVX2: 2
- *    k per lane as s16), K padded with zeros to the variant's k group (4, or
- *    2).
+ *    consecutive k of one pixel per 32-bit lane, pixels across lanes, and so
+ *    does the narrow AVX2 one; AVX2: 2 k per lane as s16), K padded with
+ *    zeros to the variant's k group (4, or 2).
  * That is the NCHW convolution layout: M = output channels, N = pixels,
  * K = C_in*kh*kw (im2col rows), or K = C_in for a 1x1 convolution.
  * C: M x N row-major, ldc >= N elements of the output type.
@@ -26,7 +26,12 @@
  * u8 x s8 products, 4 per lane, added into s32 without saturation); the AVX2
  * variant does NOT use vpmaddubsw on raw u8 x s8 pairs (its s16 sum of two
  * products saturates: 255*127*2 > 32767) but widens both operands to s16 and
- * uses vpmaddwd, whose pair sums (<= 65280) are exact in s32.
+ * uses vpmaddwd, whose pair sums (<= 65280) are exact in s32.  Its "narrow"
+ * twin does use vpmaddubsw, and only for weights it cannot saturate on: each
+ * pair of A's row m, k = 2j and 2j + 1, with |A[m][2j]| + |A[m][2j+1]| <=
+ * 128 (pair_max), so that a pair's sum is at most 255 * 128 = 32640 (any s4
+ * weights, 7-bit ones, or s8 ones of that shape); vmc_qgemm_for_weights
+ * picks it.
  *
  * ---- Epilogue (fused into the micro-kernels' write-back) ---------------------
  * With t = acc + bias[m] (s32, wrapping; bias may be NULL = 0) and
@@ -55,8 +60,11 @@
  * needs, and its packed-A layout; the dispatcher (vmc_qgemm_best) picks once:
  * avx512vnni if vmc_isa_name() is "avx512" and the CPU has AVX512-VNNI; else
  * avxvnni if the CPU has AVX-VNNI and the ISA is at least avx2; else avx2 if
- * the ISA is at least avx2; else the scalar reference.  All variants give
- * bit-identical results (integer sums, the same fp32 epilogue), and so does
+ * the ISA is at least avx2; else the scalar reference.  The narrow AVX2 twin
+ * is never "best": a caller that knows its weights asks for it
+ * (vmc_qgemm_for_weights, as the integer runtime does per layer).  All
+ * variants give bit-identical results (integer sums, the same fp32
+ * epilogue; the narrow one on weights within its bound), and so does
  * vmc_qgemm_mt at any thread count. */
 #ifndef VMC_QGEMM_H
 #define VMC_QGEMM_H
@@ -167,10 +175,13 @@ typedef struct vmc_qgemm_variant {
   int ka, a_bytes;    /* packed A: k per group, bytes per element */
   vmc_qgemm_fn run;   /* C = epi(A * B), A packed for this variant; boff may
                          be NULL (rows ldb apart) */
+  int pair_max;       /* 0, or exact only where every pair of a row's
+                         weights (k = 2j, 2j + 1) has |a| + |b| <= pair_max */
 } vmc_qgemm_variant;
 
 extern const vmc_qgemm_variant vmc_qgemm_u8s8s32__ref;
 extern const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16__avx2;
+extern const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16_narrow__avx2;
 extern const vmc_qgemm_variant vmc_qgemm_u8s8s32_4x24__avxvnni;
 extern const vmc_qgemm_variant vmc_qgemm_u8s8s32_8x32__avx512vnni;
 
@@ -182,6 +193,16 @@ int vmc_qgemm_variant_ok(const vmc_qgemm_variant *v); /* the CPU runs it */
 
 /* The variant vmc_qgemm, vmc_qgemm_mt and vmc_qgemm_pack_a use (chosen once). */
 const vmc_qgemm_variant *vmc_qgemm_best(void);
+
+/* The largest |A[m][2j]| + |A[m][2j+1]| over A's M x K s8 codes (row stride
+ * lda; s4 != 0: int4-packed as for vmc_qgemm_pack_a_s4), an odd K's last
+ * weight paired with 0. */
+int vmc_qgemm_pair_max(int M, int K, const void *A, int lda, int s4);
+/* The variant for weights whose pairs reach pair (vmc_qgemm_pair_max), given
+ * v: v where its pair_max allows them, else its full-range twin; and with
+ * upgrade != 0, the AVX2 variant's narrow twin where they fit it. */
+const vmc_qgemm_variant *vmc_qgemm_for_weights(const vmc_qgemm_variant *v, int pair,
+                                               int upgrade);
 
 /* Bytes of A packed for v (NULL: the best variant); M, K >= 0. */
 size_t vmc_qgemm_packed_a_size(const vmc_qgemm_variant *v, int M, int K);

@@ -1,4 +1,5 @@
-/* int8 kernels, AVX2 (no VNNI): the 6x16 GEMM and the depthwise convolution.
+/* int8 kernels, AVX2 (no VNNI): the 6x16 GEMM, full-range and narrow, and
+ * the depthwise convolution.
  *
  * No saturating step: vpmaddubsw would multiply u8 x s8 pairs and add them
  * into s16 with saturation (255*127 + 255*127 > 32767), so instead both
@@ -12,6 +13,14 @@
  * past K and N).  The micro-kernel keeps 6 x 2 ymm accumulators over the
  * whole of K and applies the epilogue from registers (qgemm.h); the ragged
  * right edge goes through a small buffer.
+ *
+ * The narrow GEMM, for weights whose pairs (k = 2j, 2j + 1) have |a| + |b|
+ * <= 128 (qgemm.h: vmc_qgemm_for_weights) and so cannot saturate
+ * vpmaddubsw: the same tiles over k-quads, A as s8 (ka = 4, a_bytes = 1) and
+ * B's panels as 16 lanes of 4 u8, the VNNI variants' layout.  A quad is a
+ * vpmaddubsw (4 products into 2 exact s16 sums), a vpmaddwd by ones (their
+ * s32 sum) and a vpaddd: 3 instructions per 32 products where the full-range
+ * step takes 2 per 16, and half the bytes of B.
  *
  * Needs AVX2 (the file is built with -mavx2 -mfma): vmc_qgemm_best() calls it
  * only where vmc_isa_name() is at least "avx2". */
@@ -34,6 +43,9 @@
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
                       int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc);
+static void qgemm_run_narrow(int M, int N, int K, const void *packed_a, const uint8_t *B,
+                             int ldb, const int32_t *boff, const vmc_qepi *epi, void *C,
+                             int ldc);
 
 const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16__avx2 = {
     .name = "qgemm_u8s8s32_6x16__avx2",
@@ -45,11 +57,24 @@ const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16__avx2 = {
     .run = qgemm_run,
 };
 
+const vmc_qgemm_variant vmc_qgemm_u8s8s32_6x16_narrow__avx2 = {
+    .name = "qgemm_u8s8s32_6x16_narrow__avx2",
+    .needs = VMC_CPU_NEEDS_AVX2,
+    .mr = MR,
+    .nr = NR,
+    .ka = 4,
+    .a_bytes = 1,
+    .run = qgemm_run_narrow,
+    .pair_max = 128,
+};
+
 /* C rows m0..m0+mr-1, columns 0..nr-1 (nr <= NVE * 8) = epi(A-panel x
- * B-panel) over kp k-pairs. */
-INLINE void ukernel(const int MRE, const int NVE, const vmc_qout OUT, int kp, const uint8_t *restrict a,
-                    const uint8_t *restrict b, const epi_ctx *e, int m0,
-                    uint8_t *restrict c, size_t ldc_bytes, int mr, int nr) {
+ * B-panel) over kg k-groups: pairs of s16, or with NARROW quads of u8 x s8.
+ * Both layouts hold 4 bytes of a row of A and 64 bytes of B per group. */
+INLINE void ukernel(const int NARROW, const int MRE, const int NVE, const vmc_qout OUT, int kg,
+                    const uint8_t *restrict a, const uint8_t *restrict b, const epi_ctx *e,
+                    int m0, uint8_t *restrict c, size_t ldc_bytes, int mr, int nr) {
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc[MR][2];
   /* The accumulators start at the bias (rows past mr: zero, unread). */
   UNROLL_FULL
@@ -58,7 +83,7 @@ INLINE void ukernel(const int MRE, const int NVE, const vmc_qout OUT, int kp, co
     UNROLL_FULL
     for (int v = 0; v < NVE; v++) acc[r][v] = vb;
   }
-  for (int q = 0; q < kp; q++) {
+  for (int q = 0; q < kg; q++) {
     __m256i bv[2];
     UNROLL_FULL
     for (int v = 0; v < NVE; v++) bv[v] = _mm256_load_si256((const __m256i *)(b + 32 * v));
@@ -68,8 +93,11 @@ INLINE void ukernel(const int MRE, const int NVE, const vmc_qout OUT, int kp, co
       memcpy(&w, a + 4 * r, sizeof w);
       const __m256i av = _mm256_set1_epi32(w);
       UNROLL_FULL
-      for (int v = 0; v < NVE; v++)
-        acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(bv[v], av));
+      for (int v = 0; v < NVE; v++) {
+        const __m256i p = NARROW ? _mm256_madd_epi16(_mm256_maddubs_epi16(bv[v], av), ones)
+                                 : _mm256_madd_epi16(bv[v], av);
+        acc[r][v] = _mm256_add_epi32(acc[r][v], p);
+      }
     }
     a += MR * 4;
     b += NR * 4;
@@ -91,60 +119,79 @@ INLINE void ukernel(const int MRE, const int NVE, const vmc_qout OUT, int kp, co
 typedef void (*ukernel_fn)(int, const uint8_t *, const uint8_t *, const epi_ctx *, int,
                            uint8_t *, size_t, int, int);
 
-/* The instances: qgemm_ukernel_<rows>x<pixels>_<out>__avx2, one per output
- * kind so the write-back has no branches. */
-#define UKERNEL(rows, px, out) qgemm_ukernel_##rows##x##px##_##out##__avx2
-#define UKERNEL_INSTANCE(rows, px, out, OUT)                                      \
-  static void UKERNEL(rows, px, out)(int kp, const uint8_t *a, const uint8_t *b,  \
-                                     const epi_ctx *e, int m0, uint8_t *c,        \
-                                     size_t ldc_bytes, int mr, int nr) {          \
-    ukernel(rows, (px) / 8, OUT, kp, a, b, e, m0, c, ldc_bytes, mr, nr);          \
+/* The instances: qgemm_ukernel_<rows>x<pixels>_<out>[n]__avx2 (n: narrow),
+ * one per output kind so the write-back has no branches. */
+#define UKERNEL(rows, px, out, n) qgemm_ukernel_##rows##x##px##_##out##n##__avx2
+#define UKERNEL_INSTANCE(rows, px, out, OUT, n, NARROW)                           \
+  static void UKERNEL(rows, px, out, n)(int kg, const uint8_t *a, const uint8_t *b, \
+                                        const epi_ctx *e, int m0, uint8_t *c,     \
+                                        size_t ldc_bytes, int mr, int nr) {       \
+    ukernel(NARROW, rows, (px) / 8, OUT, kg, a, b, e, m0, c, ldc_bytes, mr, nr);  \
   }
-#define UKERNEL_OUTS(rows, px)                                                    \
-  UKERNEL_INSTANCE(rows, px, u8, VMC_QOUT_U8)                                     \
-  UKERNEL_INSTANCE(rows, px, s8, VMC_QOUT_S8)                                     \
-  UKERNEL_INSTANCE(rows, px, s32, VMC_QOUT_S32)                                   \
-  UKERNEL_INSTANCE(rows, px, f32, VMC_QOUT_F32)                                   \
-  static const ukernel_fn ukernels_##rows##x##px[4] = {                           \
-      UKERNEL(rows, px, u8), UKERNEL(rows, px, s8), UKERNEL(rows, px, s32),        \
-      UKERNEL(rows, px, f32)};
-UKERNEL_OUTS(6, 16)
-UKERNEL_OUTS(6, 8)
-UKERNEL_OUTS(4, 16)
-UKERNEL_OUTS(4, 8)
-UKERNEL_OUTS(2, 16)
-UKERNEL_OUTS(2, 8)
+#define UKERNEL_OUTS(rows, px, n, NARROW)                                         \
+  UKERNEL_INSTANCE(rows, px, u8, VMC_QOUT_U8, n, NARROW)                          \
+  UKERNEL_INSTANCE(rows, px, s8, VMC_QOUT_S8, n, NARROW)                          \
+  UKERNEL_INSTANCE(rows, px, s32, VMC_QOUT_S32, n, NARROW)                        \
+  UKERNEL_INSTANCE(rows, px, f32, VMC_QOUT_F32, n, NARROW)                        \
+  static const ukernel_fn ukernels_##rows##x##px##n[4] = {                        \
+      UKERNEL(rows, px, u8, n), UKERNEL(rows, px, s8, n), UKERNEL(rows, px, s32, n), \
+      UKERNEL(rows, px, f32, n)};
+#define UKERNEL_TILES(n, NARROW)                                                  \
+  UKERNEL_OUTS(6, 16, n, NARROW)                                                  \
+  UKERNEL_OUTS(6, 8, n, NARROW)                                                   \
+  UKERNEL_OUTS(4, 16, n, NARROW)                                                  \
+  UKERNEL_OUTS(4, 8, n, NARROW)                                                   \
+  UKERNEL_OUTS(2, 16, n, NARROW)                                                  \
+  UKERNEL_OUTS(2, 8, n, NARROW)
+UKERNEL_TILES(, 0)
+UKERNEL_TILES(n, 1)
 _Static_assert(VMC_QOUT_U8 == 0 && VMC_QOUT_S8 == 1 && VMC_QOUT_S32 == 2 &&
                    VMC_QOUT_F32 == 3,
                "ukernels_* tables are indexed by vmc_qout");
 
 /* Smallest instance covering an mr x nr tile. */
-static ukernel_fn pick_ukernel(int mr, int nr, vmc_qout out) {
+static ukernel_fn pick_ukernel(int narrow, int mr, int nr, vmc_qout out) {
   const int wide = nr > 8;
+  if (narrow) {
+    if (mr <= 2) return wide ? ukernels_2x16n[out] : ukernels_2x8n[out];
+    if (mr <= 4) return wide ? ukernels_4x16n[out] : ukernels_4x8n[out];
+    return wide ? ukernels_6x16n[out] : ukernels_6x8n[out];
+  }
   if (mr <= 2) return wide ? ukernels_2x16[out] : ukernels_2x8[out];
   if (mr <= 4) return wide ? ukernels_4x16[out] : ukernels_4x8[out];
   return wide ? ukernels_6x16[out] : ukernels_6x8[out];
+}
+
+/* Row k of B's panel at column j, its first nr <= 16 bytes (zeros past nr;
+ * zeros for k >= K). */
+static inline __m128i b_row16(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int k,
+                              int K, int nr) {
+  if (k >= K) return _mm_setzero_si128();
+  const uint8_t *s = vmc_qgemm_brow(B, ldb, boff, k) + j;
+  if (nr >= 16) return _mm_loadu_si128((const __m128i *)s);
+  uint8_t t[16] = {0};
+  memcpy(t, s, (size_t)nr);
+  return _mm_loadu_si128((const __m128i *)t);
+}
+
+/* Rows k .. k + n - 1 of B's panel at column j, 16 bytes each: straight
+ * loads (whole panels, k + n <= K), or b_row16 (the last group, or nr < 16). */
+INLINE void b_rows(const int n, int whole, const uint8_t *B, size_t ldb, const int32_t *boff,
+                   int j, int k, int K, int nr, __m128i *x) {
+  UNROLL_FULL
+  for (int i = 0; i < n; i++)
+    x[i] = whole ? _mm_loadu_si128((const __m128i *)(vmc_qgemm_brow(B, ldb, boff, k + i) + j))
+                 : b_row16(B, ldb, boff, j, k + i, K, nr);
 }
 
 /* dst <- B[0:K, 0:nr] (nr <= 16) as one panel: for each k pair, 16 lanes of
  * two s16. */
 static void pack_b(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int K, int nr,
                    uint8_t *dst) {
-  const int kp = (K + 1) / 2;
+  const int kp = (K + 1) / 2, whole = nr == NR ? K / 2 : 0;
   for (int q = 0; q < kp; q++) {
     __m128i x[2];
-    for (int i = 0; i < 2; i++) {
-      const int k = 2 * q + i;
-      if (k >= K) {
-        x[i] = _mm_setzero_si128();
-      } else if (nr >= 16) {
-        x[i] = _mm_loadu_si128((const __m128i *)(vmc_qgemm_brow(B, ldb, boff, k) + j));
-      } else {
-        uint8_t t[16] = {0};
-        memcpy(t, vmc_qgemm_brow(B, ldb, boff, k) + j, (size_t)nr);
-        x[i] = _mm_loadu_si128((const __m128i *)t);
-      }
-    }
+    b_rows(2, q < whole, B, ldb, boff, j, 2 * q, K, nr, x);
     uint8_t *d = dst + (size_t)q * NR * 4;
     _mm256_store_si256((__m256i *)d, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(x[0], x[1])));
     _mm256_store_si256((__m256i *)(d + 32),
@@ -152,33 +199,61 @@ static void pack_b(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int
   }
 }
 
-static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
-                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
+/* The same for the narrow GEMM: for each k-quad, 16 lanes of 4 u8. */
+static void pack_b_quads(const uint8_t *B, size_t ldb, const int32_t *boff, int j, int K,
+                         int nr, uint8_t *dst) {
+  const int kq = (K + 3) / 4, whole = nr == NR ? K / 4 : 0;
+  for (int q = 0; q < kq; q++) {
+    __m128i x[4];
+    b_rows(4, q < whole, B, ldb, boff, j, 4 * q, K, nr, x);
+    const __m128i p01l = _mm_unpacklo_epi8(x[0], x[1]), p01h = _mm_unpackhi_epi8(x[0], x[1]);
+    const __m128i p23l = _mm_unpacklo_epi8(x[2], x[3]), p23h = _mm_unpackhi_epi8(x[2], x[3]);
+    uint8_t *d = dst + (size_t)q * NR * 4;
+    _mm_store_si128((__m128i *)d, _mm_unpacklo_epi16(p01l, p23l));
+    _mm_store_si128((__m128i *)(d + 16), _mm_unpackhi_epi16(p01l, p23l));
+    _mm_store_si128((__m128i *)(d + 32), _mm_unpacklo_epi16(p01h, p23h));
+    _mm_store_si128((__m128i *)(d + 48), _mm_unpackhi_epi16(p01h, p23h));
+  }
+}
+
+INLINE void run(const int NARROW, const vmc_qgemm_variant *v, int M, int N, int K,
+                const void *packed_a, const uint8_t *B, int ldb, const int32_t *boff,
+                const vmc_qepi *epi, void *C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K < 0) K = 0;
-  const int kp = (K + 1) / 2;
-  uint8_t *pb = vmc_qscratch((size_t)(kp > 0 ? kp : 1) * NR * 4);
+  const int kg = (K + v->ka - 1) / v->ka;
+  uint8_t *pb = vmc_qscratch((size_t)(kg > 0 ? kg : 1) * NR * 4);
   if (!pb) {
-    vmc_qgemm_packed_scalar(&vmc_qgemm_u8s8s32_6x16__avx2, M, N, K, packed_a, B, ldb,
-                            boff, epi, C, ldc);
+    vmc_qgemm_packed_scalar(v, M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
     return;
   }
   epi_ctx e;
   epi_init(&e, epi);
   const size_t osz = vmc_qout_bytes(epi->out), ldc_bytes = (size_t)ldc * osz;
-  const size_t a_panel = (size_t)kp * MR * 4;
+  const size_t a_panel = (size_t)kg * MR * 4;
   const uint8_t *A = packed_a;
   for (int j = 0; j < N; j += NR) {
     const int nr = N - j < NR ? N - j : NR;
-    pack_b(B, (size_t)ldb, boff, j, K, nr, pb);
-    const ukernel_fn full = pick_ukernel(MR, nr, epi->out);
+    (NARROW ? pack_b_quads : pack_b)(B, (size_t)ldb, boff, j, K, nr, pb);
+    const ukernel_fn full = pick_ukernel(NARROW, MR, nr, epi->out);
     for (int i = 0; i < M; i += MR) {
       const int mr = M - i < MR ? M - i : MR;
       uint8_t *c = (uint8_t *)C + (size_t)i * ldc_bytes + (size_t)j * osz;
-      (mr == MR ? full : pick_ukernel(mr, nr, epi->out))(
-          kp, A + (size_t)(i / MR) * a_panel, pb, &e, i, c, ldc_bytes, mr, nr);
+      (mr == MR ? full : pick_ukernel(NARROW, mr, nr, epi->out))(
+          kg, A + (size_t)(i / MR) * a_panel, pb, &e, i, c, ldc_bytes, mr, nr);
     }
   }
+}
+
+static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
+                      int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
+  run(0, &vmc_qgemm_u8s8s32_6x16__avx2, M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
+}
+
+static void qgemm_run_narrow(int M, int N, int K, const void *packed_a, const uint8_t *B,
+                             int ldb, const int32_t *boff, const vmc_qepi *epi, void *C,
+                             int ldc) {
+  run(1, &vmc_qgemm_u8s8s32_6x16_narrow__avx2, M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
 }
 
 /* ---- depthwise ----------------------------------------------------------------

@@ -232,9 +232,16 @@ static vmc_status gemm_epilogue(lower *L, const vmc_node *n, qrt_step *s, int ro
   return VMC_OK;
 }
 
-/* Packs the codes of each group (M x K) for the GEMM variant. */
+/* Packs the codes of each group (M x K) for the GEMM variant that suits
+ * them (the narrow AVX2 one where their pairs allow it). */
 static vmc_status pack_groups(lower *L, const vmc_node *n, qrt_step *s, const int8_t *codes) {
-  const vmc_qgemm_variant *v = L->q->gemm;
+  int pair = 0;
+  for (int gi = 0; gi < s->groups; gi++) {
+    const int p = vmc_qgemm_pair_max(s->M, s->K, codes + (size_t)gi * s->M * s->K, s->K, 0);
+    if (p > pair) pair = p;
+  }
+  const vmc_qgemm_variant *v = vmc_qgemm_for_weights(L->q->gemm, pair, !L->q->gemm_given);
+  s->gemm = v;
   const int s4 = L->g->params[n->param[0]].store == VMC_S4;
   s->packed_bytes = vmc_align_up(vmc_qgemm_packed_a_size(v, s->M, s->K), VMC_ALIGN);
   s->packed = vmc_alloc(s->packed_bytes * (size_t)s->groups);
@@ -699,6 +706,7 @@ static vmc_status create(const vmc_graph *g, int batch, const vmc_qrt_opts *opts
     s = vmc_error(VMC_ERR_NOMEM, "integer runtime");
   } else {
     q->gemm = opts && opts->gemm ? opts->gemm : vmc_qgemm_best();
+    q->gemm_given = opts && opts->gemm;
     q->dwconv = opts && opts->dwconv ? opts->dwconv : vmc_qdwconv;
     q->conv = conv;
     q->dwp = conv ? (opts && opts->dwp ? opts->dwp : vmc_qdwp_best()) : NULL;
@@ -802,6 +810,8 @@ int vmc_qrt_describe(const vmc_qrt *q, int i, char *buf, size_t n) {
     snprintf(buf + k, n - (size_t)k, " (requantize)");
   if (k > 0 && (size_t)k < n && s->out < 0 && s->kind != QRT_DEQUANTIZE)
     snprintf(buf + strlen(buf), n - strlen(buf), " -> f32");
+  if (k > 0 && (size_t)k < n && s->kind == QRT_GEMM && s->gemm && s->gemm->pair_max)
+    snprintf(buf + strlen(buf), n - strlen(buf), " (narrow pairs)");
   return q->n_s;
 }
 

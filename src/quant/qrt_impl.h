@@ -48,6 +48,8 @@ typedef struct qrt_step {
   vmc_qdwp_params dwp;   /* DWCONV on pixel-major tensors (packed: its weights) */
   int res;               /* CONV: the residual of a fused add (its tensor), or -1 */
   vmc_qconv_add add;     /* its constants (add.res is set when running) */
+  const vmc_qgemm_variant *gemm; /* GEMM: the runtime's, or its twin for these
+                                    weights (vmc_qgemm_for_weights) */
   size_t packed_bytes; /* per group */
   uint8_t *packed;     /* vmc_alloc'd */
   int32_t *bias;       /* per output channel, zero point folded in */
@@ -71,6 +73,7 @@ struct vmc_qrt {
   uint8_t **ctx;          /* n_ctx arenas of ctx_bytes */
   float *input, *output;
   const vmc_qgemm_variant *gemm;
+  int gemm_given;         /* gemm came from the options: no narrow twin unasked */
   vmc_qdwconv_fn dwconv;
   vmc_qconv_fn conv;      /* non-NULL: pixel-major tensors, convs on it */
   vmc_qdwp_fn dwp;        /* and depthwise convs */

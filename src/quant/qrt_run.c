@@ -11,7 +11,7 @@ static void run_wide(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx) {
   uint8_t *xp = ctx + q->col_off;
   uint8_t *yw = xp + vmc_align_up(vmc_qphase_bytes(g), VMC_ALIGN);
   vmc_qphase_u8(ctx + x->off, g, (uint8_t)x->q.zp, xp);
-  vmc_qgemm_run_mt(q->gemm, s->M, nw, s->K, s->packed, xp, 0, s->boff, &s->epi, yw, nw);
+  vmc_qgemm_run_mt(s->gemm, s->M, nw, s->K, s->packed, xp, 0, s->boff, &s->epi, yw, nw);
   vmc_qcrop_u8(yw, s->M, g->oh, wp, g->ow, ctx + q->t[s->out].off);
 }
 
@@ -35,7 +35,7 @@ static void run_gemm(const vmc_qrt *q, const qrt_step *s, uint8_t *ctx, float *y
     e.scale = s->scale + (size_t)gi * s->M;
     const size_t c0 = (size_t)gi * s->M * s->N;
     void *C = s->out >= 0 ? (void *)(ctx + q->t[s->out].off + c0) : (void *)(y + c0);
-    vmc_qgemm_run_mt(q->gemm, s->M, s->N, s->K, s->packed + (size_t)gi * s->packed_bytes, B,
+    vmc_qgemm_run_mt(s->gemm, s->M, s->N, s->K, s->packed + (size_t)gi * s->packed_bytes, B,
                      s->N, NULL, &e, C, s->N);
   }
 }
