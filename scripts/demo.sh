@@ -24,9 +24,12 @@ echo "== train $MODEL on fashion-mnist for $EPOCHS epochs ($THREADS threads)"
   --checkpoint "$OUT/$MODEL.ckpt" -o "$FP32"
 
 Q8="$OUT/$MODEL-int8.vmc"
+Q7="$OUT/$MODEL-int7.vmc"
 Q4="$OUT/$MODEL-int4.vmc"
-echo "== quantize: int8 weights and activations (w8a8), and 4-bit weights (w4a8 $W4_OPTS)"
+echo "== quantize: int8 weights and activations (w8a8), 7-bit weights (w7a8), and 4-bit"
+echo "   weights (w4a8 $W4_OPTS)"
 "$VMC" quantize "$FP32" --data fashion-mnist --scheme w8a8 --threads "$THREADS" --quiet -o "$Q8"
+"$VMC" quantize "$FP32" --data fashion-mnist --scheme w7a8 --threads "$THREADS" --quiet -o "$Q7"
 "$VMC" quantize "$FP32" --data fashion-mnist --scheme w4a8 $W4_OPTS --threads "$THREADS" --quiet -o "$Q4"
 
 # One table row per model file: test accuracy, size, latency, throughput.
@@ -47,6 +50,7 @@ echo "== evaluate on the 10,000 test images and benchmark inference"
 : > "$OUT/table.txt"
 row fp32 "$FP32"
 row int8 "$Q8"
+row int7w "$Q7"
 row int4w "$Q4"
 "$VMC" info "$FP32" --json > "$OUT/info.json"
 params=$(field "$OUT/info.json" params)
@@ -59,4 +63,4 @@ awk 'NR == 1 { a0 = $2; b0 = $3; t0 = $5 }
      { printf "%-9s %8.2f%% %7.2f %10.1f %6.1f%% %11.3f %11.0f %7.2fx  %s\n", $1, 100 * $2,
        100 * (a0 - $2), $3 / 1024, 100 * $3 / b0, $4, $5, $5 / t0, $6 }' "$OUT/table.txt"
 echo
-echo "models: $FP32 $Q8 $Q4   (inspect with: $VMC info FILE)"
+echo "models: $FP32 $Q8 $Q7 $Q4   (inspect with: $VMC info FILE)"

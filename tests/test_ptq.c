@@ -480,7 +480,7 @@ TEST(ptq_resnet8_structure_weights_and_ranges) {
   CHECK(strstr(meta, "\"observer\":\"minmax\",\"input_observer\":\"minmax\"") != NULL);
   CHECK(strstr(meta, "\"granularity\":\"per-channel\"") && strstr(meta, "\"images\":36"));
   CHECK(strstr(meta, "\"batchnorm_folded\":9") && strstr(meta, "\"quantized_values\":14"));
-  CHECK(strstr(meta, "\"weight_layers\":{\"s8\":10,\"s4\":0,\"f32\":0}") != NULL);
+  CHECK(strstr(meta, "\"weight_layers\":{\"s8\":10,\"s7\":0,\"s4\":0,\"f32\":0}") != NULL);
   CHECK(!strstr(meta, "\"node\"") && strlen(meta) < 512);
   CHECK(!strcmp(rep.layers[rep.n_layers - 1].node, "fc"));
   const char *hist = vmc_graph_meta(q, "history");
@@ -516,28 +516,40 @@ TEST(ptq_layer_rules_and_layer_sites) {
   vmc_graph *g = test_zoo_model("resnet8", 7, 11), *q = NULL;
   vmc_dataset *d = test_blobs(8, 7, 3, 20, 0);
   REQUIRE(g && d);
-  /* Mixed precision: one layer 4-bit, one kept fp32, the rest 8-bit. */
-  const vmc_ptq_rule rules[2] = {{.node = "layer2.0.conv1", .weight_bits = 4, .quant_input = 1},
+  /* Mixed precision: one layer 4-bit, one 7-bit, one kept fp32, the rest
+   * 8-bit. */
+  const vmc_ptq_rule rules[3] = {{.node = "layer2.0.conv1", .weight_bits = 4, .quant_input = 1},
+                                 {.node = "layer3.0.conv2", .weight_bits = 7, .quant_input = 1},
                                  {.node = "fc", .weight_bits = 0, .quant_input = 1}};
   vmc_ptq_opts o = opts(VMC_QSCHEME_S8, 1, VMC_OBSERVER_MINMAX, 8);
   o.rules = rules;
-  o.n_rules = 2;
+  o.n_rules = 3;
   vmc_ptq_report rep;
   REQUIRE_OK(vmc_ptq_quantize(g, d, &o, &q, &rep));
   for (int i = 0; i < rep.n_layers; i++) {
     const vmc_ptq_layer *l = &rep.layers[i];
     const vmc_param *w = &q->params[test_node_of(q, l->node)->param[0]];
-    const int want = !strcmp(l->node, "fc") ? 0 : !strcmp(l->node, "layer2.0.conv1") ? 4 : 8;
+    const int want = !strcmp(l->node, "fc")               ? 0
+                     : !strcmp(l->node, "layer2.0.conv1") ? 4
+                     : !strcmp(l->node, "layer3.0.conv2") ? 7
+                                                          : 8;
     CHECK_EQ_INT(l->weight_bits, want);
     CHECK_EQ_INT((int)w->store, want == 0 ? VMC_F32 : want == 4 ? VMC_S4 : VMC_S8);
     CHECK_EQ_INT(w->n_qscale, want ? w->shape.d[0] : 0);
+    /* The codes span the scheme's range: max |code| is its qmax. */
+    int most = 0;
+    for (size_t k = 0; want && k < vmc_shape_count(&w->shape); k++) {
+      const int c = vmc_param_code(w, k);
+      most = c > most ? c : -c > most ? -c : most;
+    }
+    if (want) CHECK_EQ_INT(most, want == 4 ? 7 : want == 7 ? 63 : 127);
   }
   const vmc_ptq_layer *fc = &rep.layers[rep.n_layers - 1];
   CHECK(!strcmp(fc->node, "fc") && !strcmp(fc->input, "flatten") &&
         !strcmp(fc->quant, "avgpool.quant"));
   CHECK_EQ_INT(fc->weight_bits, 0);
   const char *meta = vmc_graph_meta(q, "quant");
-  CHECK(meta && strstr(meta, "\"weight_layers\":{\"s8\":8,\"s4\":1,\"f32\":1}"));
+  CHECK(meta && strstr(meta, "\"weight_layers\":{\"s8\":7,\"s7\":1,\"s4\":1,\"f32\":1}"));
   vmc_ptq_report_free(&rep);
   vmc_graph_free(q);
   /* Without integer sites: only the layers' inputs, 8 distinct values; a
@@ -807,6 +819,14 @@ TEST(ptq_cli_quantize) {
   fclose(rf);
   CHECK(strstr(g_out, "\"scheme\":\t\"w4a8\"") && strstr(g_out, "\"weight_bits\":\t4") &&
         strstr(g_out, "\"act_sqnr_db\"") && strstr(g_out, "\"range_hi\""));
+  /* 7-bit weights: s7 codes, stored as s8; an unknown scheme is refused with the known ones. */
+  rc = run(g_out, sizeof g_out, "quantize %s --calib-images 32 --scheme w7a8 -o %s --json", in,
+           again);
+  CHECK_EQ_INT(rc, 0);
+  CHECK(strstr(g_out, "\"scheme\":\t\"w7a8\"") && strstr(g_out, "\"weights\":\t\"s7\"") &&
+        strstr(g_out, "\"weight_bits\":\t7"));
+  rc = run(g_out, sizeof g_out, "quantize %s --calib-images 32 --scheme w9a8 -o %s", in, again);
+  CHECK(rc == 2 && strstr(g_out, "w9a8") && strstr(g_out, "w7a8"));
   rc = run(g_out, sizeof g_out, "quantize %s --calib-images 32 -o %s --report /nonexistent/r.json",
            in, again);
   CHECK(rc == 1 && strstr(g_out, "/nonexistent/r.json"));

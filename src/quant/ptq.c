@@ -59,7 +59,7 @@ static const vmc_ptq_rule *rule_for(const vmc_ptq_opts *o, const char *node) {
 
 static int layer_weight_bits(const vmc_ptq_opts *o, const vmc_node *n) {
   const vmc_ptq_rule *r = rule_for(o, n->name);
-  return r ? r->weight_bits : o->weight_scheme == VMC_QSCHEME_S4 ? 4 : 8;
+  return r ? r->weight_bits : vmc_qscheme_weight_bits(o->weight_scheme);
 }
 
 static vmc_status check_opts(const vmc_graph *g, const vmc_dataset *d, const vmc_ptq_opts *o) {
@@ -79,9 +79,9 @@ static vmc_status check_opts(const vmc_graph *g, const vmc_dataset *d, const vmc
     if (found < 0 || !is_target(&g->nodes[found]))
       return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer rule %d: '%s' is not a conv2d or "
                        "linear node of the model", i, r->node ? r->node : "(null)");
-    if (r->weight_bits != 0 && r->weight_bits != 4 && r->weight_bits != 8)
-      return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer '%s': %d-bit weights (4, 8 or 0 for "
-                       "fp32)", r->node, r->weight_bits);
+    if (r->weight_bits != 0 && r->weight_bits != 4 && r->weight_bits != 7 && r->weight_bits != 8)
+      return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer '%s': %d-bit weights (4, 7, 8 or 0 "
+                       "for fp32)", r->node, r->weight_bits);
     if (!r->quant_input && o->integer_sites)
       return vmc_error(VMC_ERR_INVALID_ARG, "ptq: layer '%s' reads a float input, which the "
                        "integer runtime cannot run (turn integer sites off to simulate it)",
@@ -344,8 +344,8 @@ static vmc_status quantize_weights(vmc_graph *q, const vmc_node *n, const vmc_pt
     }
     s = vmc_qfake_quantize(w->data, blocks, bk, wp, w->data);
     /* Files store the codes and scales. */
-    if (!s) s = vmc_param_set_quantized(q, n->param[0], scheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8,
-                                        wscale, blocks);
+    if (!s) s = vmc_param_set_quantized(q, n->param[0], vmc_qscheme_get(scheme)->dtype, wscale,
+                                        blocks);
   }
   if (!s && o->bias_s32 && act && n->n_param > 1) {
     /* s32 codes with scale s_w[c] * s_x: what the integer runtime adds to its
@@ -401,8 +401,6 @@ static void sb_num(sbuf *b, double v) {
   else sb_printf(b, "null");
 }
 
-static int weight_bits(vmc_qscheme s) { return s == VMC_QSCHEME_S4 ? 4 : 8; }
-
 static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_report *r,
                              const char *data_name) {
   const char *wn = vmc_qscheme_get(o->weight_scheme)->name, *an = vmc_qscheme_get(o->act_scheme)->name;
@@ -412,7 +410,7 @@ static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_
   sb_printf(&b, "{\"method\":\"ptq\",\"scheme\":\"w%da8\",\"weights\":{\"scheme\":\"%s\","
             "\"granularity\":\"%s\"},\"activations\":{\"scheme\":\"%s\",\"observer\":\"%s\","
             "\"input_observer\":\"%s\"",
-            weight_bits(o->weight_scheme), wn, o->per_channel ? "per-channel" : "per-tensor", an,
+            vmc_qscheme_weight_bits(o->weight_scheme), wn, o->per_channel ? "per-channel" : "per-tensor", an,
             obs, iobs);
   if (o->observer == VMC_OBSERVER_MOVING_AVG || o->input_observer == VMC_OBSERVER_MOVING_AVG) {
     sb_printf(&b, ",\"momentum\":");
@@ -425,22 +423,24 @@ static vmc_status write_meta(vmc_graph *q, const vmc_ptq_opts *o, const vmc_ptq_
   if (o->observer >= VMC_OBSERVER_PERCENTILE || o->input_observer >= VMC_OBSERVER_PERCENTILE) sb_printf(&b, ",\"bins\":%d", o->obs.bins > 0 ? o->obs.bins : 2048);
   /* A summary: what each layer got is in the graph (the fakequant nodes'
    * attributes, the weights' storage and scales), the rest in the report. */
-  int bits[3] = {0, 0, 0}; /* layers with s8, s4, f32 weights */
-  for (int i = 0; i < r->n_layers; i++)
-    bits[r->layers[i].weight_bits == 8 ? 0 : r->layers[i].weight_bits == 4 ? 1 : 2]++;
+  int bits[4] = {0, 0, 0, 0}; /* layers with s8, s7, s4, f32 weights */
+  for (int i = 0; i < r->n_layers; i++) {
+    const int wb = r->layers[i].weight_bits;
+    bits[wb == 8 ? 0 : wb == 7 ? 1 : wb == 4 ? 2 : 3]++;
+  }
   sb_printf(&b, "},\"bias\":\"%s\",\"calibration\":{\"data\":\"%s\",\"split\":\"train\","
             "\"images\":%d,\"batch\":%d},\"batchnorm_folded\":%d,\"equalized_pairs\":%d,"
             "\"bias_corrected\":%d,\"quantized_values\":%d,"
-            "\"weight_layers\":{\"s8\":%d,\"s4\":%d,\"f32\":%d}}",
+            "\"weight_layers\":{\"s8\":%d,\"s7\":%d,\"s4\":%d,\"f32\":%d}}",
             o->bias_s32 ? "s32" : "f32", data_name, r->calib_images, o->batch, r->bn_folded,
-            r->equalized_pairs, r->bias_corrected, r->n_sites, bits[0], bits[1], bits[2]);
+            r->equalized_pairs, r->bias_corrected, r->n_sites, bits[0], bits[1], bits[2], bits[3]);
   vmc_status s = b.oom ? vmc_error(VMC_ERR_NOMEM, "ptq: metadata") : vmc_graph_set_meta(q, "quant", b.p);
   vmc_free(b.p);
   if (s) return s;
   char line[384];
   snprintf(line, sizeof line, "ptq w%da8: weights %s %s, activations %s (%s observer, input %s, "
            "%d calibration images of %s/train), bias %s, %d batchnorms folded%s%s",
-           weight_bits(o->weight_scheme), wn, o->per_channel ? "per-channel" : "per-tensor", an,
+           vmc_qscheme_weight_bits(o->weight_scheme), wn, o->per_channel ? "per-channel" : "per-tensor", an,
            obs, iobs, r->calib_images, data_name, o->bias_s32 ? "s32" : "f32", r->bn_folded,
            r->equalized_pairs ? ", cross-layer equalization" : "",
            r->bias_corrected ? ", bias correction" : "");
@@ -552,7 +552,7 @@ vmc_status vmc_ptq_quantize(const vmc_graph *g, const vmc_dataset *calib, const 
     float *wscale = vmc_malloc_plain((size_t)ch * sizeof *wscale);
     if (!s && !wscale) s = vmc_error(VMC_ERR_NOMEM, "ptq");
     if (!s && l->weight_bits)
-      s = quantize_weights(q, n, &o, l->weight_bits == 4 ? VMC_QSCHEME_S4 : VMC_QSCHEME_S8,
+      s = quantize_weights(q, n, &o, vmc_qscheme_of_weight_bits(l->weight_bits),
                            st ? &st->qp : NULL, l, wscale);
     vmc_free(wscale);
     done_param[n->param[0]] = 1;

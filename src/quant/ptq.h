@@ -63,13 +63,13 @@
 /* A per-layer exception to the schemes in vmc_ptq_opts (mixed precision). */
 typedef struct vmc_ptq_rule {
   const char *node;  /* a conv2d or linear node */
-  int weight_bits;   /* 8 (s8), 4 (s4), or 0: its weights stay fp32 */
+  int weight_bits;   /* 8 (s8), 7 (s7), 4 (s4), or 0: its weights stay fp32 */
   int quant_input;   /* 0: it reads its input in float (simulation only: needs
                         integer_sites = 0, or another reader keeps the site) */
 } vmc_ptq_rule;
 
 typedef struct vmc_ptq_opts {
-  vmc_qscheme weight_scheme;   /* VMC_QSCHEME_S8 or S4 (symmetric) */
+  vmc_qscheme weight_scheme;   /* VMC_QSCHEME_S8, S7 or S4 (symmetric) */
   int per_channel;             /* weights per output channel (1) or per tensor (0) */
   vmc_qscheme act_scheme;      /* VMC_QSCHEME_U8 or S8; U4 as a start for QAT */
   int integer_sites;           /* quantize every value the integer runtime reads (1) */
@@ -97,7 +97,7 @@ typedef struct vmc_ptq_layer {
   char op[16];               /* "conv2d" or "linear" */
   char input[VMC_NAME_MAX];  /* the float value it read */
   char quant[VMC_NAME_MAX];  /* the fakequant node it reads now ("" if none) */
-  int weight_bits;           /* 8, 4, or 0 (fp32) */
+  int weight_bits;           /* 8, 7, 4, or 0 (fp32) */
   vmc_observer_kind observer; /* that chose them */
   vmc_qparams act;           /* activation parameters */
   float lo, hi;              /* the observer's range (before 0 is put inside) */

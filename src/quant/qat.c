@@ -215,7 +215,7 @@ static vmc_status setup_weights(qat_state *st, const vmc_graph *f, const vmc_ptq
     w->node = i;
     w->w = nd->param[0];
     w->b = nd->n_param > 1 ? nd->param[1] : -1;
-    w->scheme = l->weight_bits == 4 ? VMC_QSCHEME_S4 : VMC_QSCHEME_S8;
+    w->scheme = vmc_qscheme_of_weight_bits(l->weight_bits);
     w->fq = l->quant[0] ? vmc_graph_find_node(q, l->quant) : -1;
     if (l->quant[0] && (w->fq < 0 || strcmp(q->nodes[w->fq].op->name, "fakequant")))
       return vmc_error(VMC_ERR_INTERNAL, "qat: node '%s' reads '%s', not a fakequant", nd->name,
@@ -438,7 +438,7 @@ static vmc_status qat_before_step(void *user, vmc_plan *p, long step) {
 static void ckpt_header(const qat_state *st, char *buf, size_t n) {
   const vmc_qat_opts *o = st->o;
   snprintf(buf, n, "qat 1 w%d a%s %s fixed %d lsq %d bn %d fq %d layers %d",
-           o->ptq.weight_scheme == VMC_QSCHEME_S4 ? 4 : 8, vmc_qscheme_get(o->ptq.act_scheme)->name,
+           vmc_qscheme_weight_bits(o->ptq.weight_scheme), vmc_qscheme_get(o->ptq.act_scheme)->name,
            o->ptq.per_channel ? "per-channel" : "per-tensor", o->fixed_weight_scales,
            o->learn_act_scales, o->freeze_bn_epoch, st->nobs, st->nw);
 }
@@ -604,8 +604,7 @@ static vmc_status finish_weights(qat_state *st) {
     scales = vmc_malloc_plain((size_t)w->blocks * sizeof *scales);
     if (!scales) return vmc_error(VMC_ERR_NOMEM, "qat: scales");
     for (int c = 0; c < w->blocks; c++) scales[c] = w->qp[c].scale;
-    s = vmc_param_set_quantized(q, w->w, w->scheme == VMC_QSCHEME_S4 ? VMC_S4 : VMC_S8, scales,
-                                w->blocks);
+    s = vmc_param_set_quantized(q, w->w, vmc_qscheme_get(w->scheme)->dtype, scales, w->blocks);
   }
   vmc_free(scales);
   return s;
@@ -629,7 +628,7 @@ static vmc_status fill_report(const qat_state *st, vmc_qat_report *r) {
     snprintf(l->node, sizeof l->node, "%s", st->q->nodes[w->node].name);
     snprintf(l->quant, sizeof l->quant, "%s", fq ? fq->name : "");
     snprintf(l->input, sizeof l->input, "%s", fq ? st->q->values[fq->in[0]].name : "");
-    l->weight_bits = w->scheme == VMC_QSCHEME_S4 ? 4 : 8;
+    l->weight_bits = vmc_qscheme_weight_bits(w->scheme);
     l->channels = w->blocks;
     l->w_scale_min = FLT_MAX;
     for (int k = 0; k < w->blocks; k++) { /* the scales themselves are on the parameter */
@@ -793,7 +792,7 @@ vmc_status vmc_qat(const vmc_graph *g, const vmc_dataset *train, const vmc_datas
   }
   if (!s && o.freeze_bn_epoch > 0) s = fold_bn(&st);
   char scheme[8];
-  snprintf(scheme, sizeof scheme, "w%da%d", o.ptq.weight_scheme == VMC_QSCHEME_S4 ? 4 : 8,
+  snprintf(scheme, sizeof scheme, "w%da%d", vmc_qscheme_weight_bits(o.ptq.weight_scheme),
            o.ptq.act_scheme == VMC_QSCHEME_U4 ? 4 : 8);
   if (!s) s = finish_weights(&st);
   if (!s) s = write_meta(&st, &pr, train->name[0] ? train->name : train->source, scheme);

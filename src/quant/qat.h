@@ -75,7 +75,7 @@ typedef struct vmc_qat_layer {
   char node[VMC_NAME_MAX];   /* the conv2d/linear node */
   char quant[VMC_NAME_MAX];  /* the fakequant node it reads ("" if none: a float input) */
   char input[VMC_NAME_MAX];  /* the value that fakequant reads ("" if none) */
-  int weight_bits;           /* 8 or 4 */
+  int weight_bits;           /* 8, 7 or 4 */
   int channels;              /* weight scales: output channels, or 1 per tensor */
   float w_scale_min, w_scale_max; /* the final scales (stored on the parameter) */
 } vmc_qat_layer;

@@ -13,11 +13,20 @@ static const vmc_qscheme_info g_schemes[VMC_QSCHEME_COUNT] = {
     [VMC_QSCHEME_S4] = {"s4", -7, 7, 1, VMC_S4},
     [VMC_QSCHEME_U8] = {"u8", 0, 255, 0, VMC_U8},
     [VMC_QSCHEME_U4] = {"u4", 0, 15, 0, VMC_U8},
+    [VMC_QSCHEME_S7] = {"s7", -63, 63, 1, VMC_S8},
 };
 _Static_assert(sizeof g_schemes / sizeof g_schemes[0] == VMC_QSCHEME_COUNT, "schemes");
 
 const vmc_qscheme_info *vmc_qscheme_get(vmc_qscheme s) {
   return (int)s >= 0 && s < VMC_QSCHEME_COUNT ? &g_schemes[s] : NULL;
+}
+
+int vmc_qscheme_weight_bits(vmc_qscheme s) {
+  return s == VMC_QSCHEME_S4 ? 4 : s == VMC_QSCHEME_S7 ? 7 : 8;
+}
+
+vmc_qscheme vmc_qscheme_of_weight_bits(int bits) {
+  return bits == 4 ? VMC_QSCHEME_S4 : bits == 7 ? VMC_QSCHEME_S7 : VMC_QSCHEME_S8;
 }
 
 /* Integer range of a storage type; 0 if the type cannot hold quantized values. */

@@ -22,6 +22,9 @@
  *                   do for weights; -128 is never produced)
  *   VMC_QSCHEME_S4  symmetric, zp = 0, [-7, 7]      (narrow, same reason;
  *                   stored packed two per byte, vmc_s4_pack's layout)
+ *   VMC_QSCHEME_S7  symmetric, zp = 0, [-63, 63]    (stored as s8: weights
+ *                   that CPUs without VNNI multiply on vpmaddubsw, whose s16
+ *                   pair sums they cannot saturate, kernels/qgemm.h)
  *   VMC_QSCHEME_U8  asymmetric, [0, 255], zp in [0, 255]
  *   VMC_QSCHEME_U4  asymmetric, [0, 15], zp in [0, 15]   (stored one per byte)
  * Weights use the symmetric schemes (the int8 GEMM subtracts no weight zero
@@ -136,11 +139,12 @@ typedef enum vmc_qscheme {
   VMC_QSCHEME_S4,
   VMC_QSCHEME_U8,
   VMC_QSCHEME_U4,
+  VMC_QSCHEME_S7,
   VMC_QSCHEME_COUNT
 } vmc_qscheme;
 
 typedef struct vmc_qscheme_info {
-  const char *name; /* "s8", "s4", "u8", "u4" */
+  const char *name; /* "s8", "s4", "u8", "u4", "s7" */
   int32_t qmin, qmax;
   int symmetric;    /* zp = 0 */
   vmc_dtype dtype;  /* storage: VMC_S8, VMC_S4 (packed), VMC_U8 */
@@ -148,6 +152,10 @@ typedef struct vmc_qscheme_info {
 
 /* The scheme's table entry, or NULL for an unknown scheme. */
 const vmc_qscheme_info *vmc_qscheme_get(vmc_qscheme s);
+/* Bits of a weight scheme (S8 8, S7 7, S4 4), and the weight scheme of a
+ * width (8, 7 or 4; anything else: S8). */
+int vmc_qscheme_weight_bits(vmc_qscheme s);
+vmc_qscheme vmc_qscheme_of_weight_bits(int bits);
 
 typedef struct vmc_qparams {
   float scale;        /* > 0, finite, >= FLT_MIN */
