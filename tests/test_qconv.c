@@ -16,6 +16,10 @@ static int rnd_in(int lo, int hi) {
   return lo + (int)((g_seed >> 8) % (uint32_t)(hi - lo + 1));
 }
 
+/* The weights' range: 127, or 64 for a variant that takes narrow weights
+ * (vmc_qconv_pair_max), whose pairs then reach its bound of 128. */
+static int g_wlim = 127;
+
 typedef struct case_ {
   int c, h, w, k, s, pad, M;
 } case_;
@@ -61,7 +65,10 @@ static int prob_init(prob *P, const case_ *c, int e) {
     for (int x = 0; x < g.w; x++)
       for (int ch = 0; ch < g.c; ch++)
         P->x[(size_t)(y + 1) * P->row + (size_t)(x + 1) * P->c4 + ch] = (uint8_t)rnd_in(0, 255);
-  for (size_t i = 0; i < (size_t)c->M * K; i++) P->w[i] = (int8_t)rnd_in(-127, 127);
+  for (size_t i = 0; i < (size_t)c->M * K; i++) {
+    const int v = rnd_in(-g_wlim, g_wlim);
+    P->w[i] = (int8_t)(i % 7 == 0 ? (v < 0 ? -g_wlim : g_wlim) : v); /* some at the limit */
+  }
   for (int m = 0; m < c->M; m++) {
     P->bias[m] = rnd_in(-30000, 30000);
     P->scale[m] = (float)rnd_in(1, 400) * 1e-5f;
@@ -129,6 +136,7 @@ TEST(qconv_ref_vs_naive) {
 }
 
 static void check_variant(vmc_qconv_fn f, const char *name) {
+  g_wlim = vmc_qconv_pair_max(f) ? vmc_qconv_pair_max(f) / 2 : 127;
   static const case_ cases[] = {
       {1, 28, 28, 3, 1, 1, 16},  {16, 28, 28, 3, 1, 1, 16}, {16, 28, 28, 3, 2, 1, 32},
       {32, 14, 14, 3, 1, 1, 32}, {32, 14, 14, 3, 2, 1, 64}, {64, 7, 7, 3, 1, 1, 64},
@@ -166,11 +174,19 @@ static void check_variant(vmc_qconv_fn f, const char *name) {
       free(ref), free(got), free(res);
       prob_free(&P);
     }
+  g_wlim = 127;
 }
 
 TEST(qconv_avx512_vs_ref) {
   if (vmc_qconv_best() != vmc_qconv__avx512) SKIP("the CPU lacks AVX-512 VNNI");
   check_variant(vmc_qconv__avx512, "avx512");
+}
+
+TEST(qconv_avx2_vs_ref) {
+  if (!vmc_cpu_runs(VMC_ISA_AVX2)) SKIP("the CPU lacks AVX2");
+  CHECK_EQ_INT(vmc_qconv_pair_max(vmc_qconv__avx2), 128);
+  CHECK_EQ_INT(vmc_qconv_pair_max(vmc_qconv__ref), 0);
+  check_variant(vmc_qconv__avx2, "avx2");
 }
 
 /* The pixel-major depthwise convolution (vmc_qdwp): the reference against a

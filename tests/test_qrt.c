@@ -144,8 +144,8 @@ static int narrow_steps(const vmc_graph *g) {
 
 /* Every GEMM variant the CPU runs, every depthwise variant, both layouts
  * (pixel-major on every direct-conv and depthwise variant: the reference
- * pair and the AVX-512 pair), and any batch split over threads: the bits of
- * the planar reference. */
+ * pair, the AVX-512 pair, and the AVX2 conv where the weights are narrow),
+ * and any batch split over threads: the bits of the planar reference. */
 TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
   /* resnet8 twice: s8 weights, and s4 ones, which fit the narrow AVX2 GEMM
    * (chosen by default, and refused when forced on the s8 weights) */
@@ -158,13 +158,16 @@ TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
   const int dw_ok[] = {1, vmc_cpu_runs(VMC_ISA_AVX2),
                        vmc_cpu_runs(VMC_ISA_AVX512) &&
                            (vmc_cpu_features() & VMC_CPU_AVX512VNNI)};
-  const vmc_qconv_fn convs[] = {vmc_qconv__ref, vmc_qconv__avx512};
-  const vmc_qdwp_fn dwps[] = {vmc_qdwp__ref, vmc_qdwp__avx512};
-  const int conv_ok[] = {1, vmc_qconv_best() == vmc_qconv__avx512};
+  /* pixel-major on the reference pair, the AVX-512 pair, and the AVX2 conv
+   * (narrow weights, no depthwise: the s4 resnet8) */
+  const vmc_qconv_fn convs[] = {vmc_qconv__ref, vmc_qconv__avx512, vmc_qconv__avx2};
+  const vmc_qdwp_fn dwps[] = {vmc_qdwp__ref, vmc_qdwp__avx512, NULL};
   const int threads = vmc_get_threads();
   for (int m = 0; m < 3; m++) {
     vmc_graph *q = quantized(models[m], wschemes[m], VMC_QSCHEME_U8, d);
     REQUIRE(q);
+    const int conv_ok[] = {1, vmc_qconv_best() == vmc_qconv__avx512,
+                           vmc_cpu_runs(VMC_ISA_AVX2) && wschemes[m] == VMC_QSCHEME_S4};
     if (vmc_qgemm_best() == &vmc_qgemm_u8s8s32_6x16__avx2 && wschemes[m] == VMC_QSCHEME_S4)
       CHECK_EQ_INT(narrow_steps(q), 10); /* every conv and the fc */
     const vmc_qrt_opts ref = {.gemm = &vmc_qgemm_u8s8s32__ref, .dwconv = vmc_qdwconv__ref,
@@ -185,7 +188,7 @@ TEST(qrt_variants_layouts_batches_and_threads_bit_identical) {
         r[0] = -1, r[1] = k, r[2] = 1, r[3] = 1, r[4] = -1;
       }
     static const int tb[][2] = {{1, N}, {2, 1}, {2, 4}};
-    for (int lay = -2; lay < 2; lay++) {
+    for (int lay = -2; lay < 3; lay++) {
       if (lay >= 0 && !conv_ok[lay]) continue;
       for (int k = 0; k < 3; k++) {
         int *r = runs[nr++];
@@ -684,15 +687,19 @@ TEST(qrt_cli_eval_and_bench) {
 
 /* The default layout: pixel-major for resnet8 and mobilenetv2-tiny where
  * the CPU has the direct kernels, planar for lenet5 (5x5 convs padded by 2,
- * max pooling), whose pixel-major request is refused with the node named. */
+ * max pooling), whose pixel-major request is refused with the node named.
+ * With AVX2 alone the direct kernel takes narrow weights: resnet8 with s7
+ * weights goes pixel-major, with s8 ones planar (refused when asked for, the
+ * reason given), and mobilenetv2-tiny planar (no depthwise kernel). */
 TEST(qrt_layout_choice) {
   vmc_dataset *d = test_blobs(8, 5, 3, 30, 0);
   REQUIRE(d);
   vmc_graph *r8 = quantized("resnet8", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
   vmc_graph *mb = quantized("mobilenetv2-tiny", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
   vmc_graph *le = quantized("lenet5", VMC_QSCHEME_S8, VMC_QSCHEME_U8, d);
-  REQUIRE(r8 && mb && le);
-  const int pixel = vmc_qconv_best() != NULL;
+  vmc_graph *r87 = quantized("resnet8", VMC_QSCHEME_S7, VMC_QSCHEME_U8, d);
+  REQUIRE(r8 && mb && le && r87);
+  const int pixel = vmc_qconv_best() == vmc_qconv__avx512;
   vmc_qrt *q = NULL;
   char buf[256];
   REQUIRE_OK(vmc_qrt_create(r8, 2, NULL, &q));
@@ -720,6 +727,17 @@ TEST(qrt_layout_choice) {
   REQUIRE_OK(vmc_qrt_create(le, 2, NULL, &q));
   CHECK(!strcmp(vmc_qrt_layout_name(q), "planar"));
   vmc_qrt_destroy(q);
+  REQUIRE_OK(vmc_qrt_create(r87, 2, NULL, &q));
+  CHECK(!strcmp(vmc_qrt_layout_name(q), vmc_qconv_best() ? "pixel-major" : "planar"));
+  vmc_qrt_destroy(q);
+  if (vmc_cpu_runs(VMC_ISA_AVX2)) {
+    const vmc_qrt_opts p2 = {.layout = VMC_QRT_LAYOUT_PIXEL, .conv = vmc_qconv__avx2};
+    CHECK(vmc_qrt_create(r8, 2, &p2, &q) == VMC_ERR_UNSUPPORTED && !q);
+    CHECK(strstr(vmc_last_error(), "w7a8") != NULL);
+    REQUIRE_OK(vmc_qrt_create(r87, 2, &p2, &q));
+    vmc_qrt_destroy(q);
+  }
+  vmc_graph_free(r87);
   vmc_graph_free(r8);
   vmc_graph_free(mb);
   vmc_graph_free(le);

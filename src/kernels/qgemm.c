@@ -274,7 +274,14 @@ void vmc_qconv_pack_w(int M, int kq, const int8_t *w, int8_t *dst) {
 }
 
 vmc_qconv_fn vmc_qconv_best(void) {
-  return vmc_qgemm_best() == &vmc_qgemm_u8s8s32_8x32__avx512vnni ? vmc_qconv__avx512 : NULL;
+  const vmc_qgemm_variant *g = vmc_qgemm_best();
+  return g == &vmc_qgemm_u8s8s32_8x32__avx512vnni ? vmc_qconv__avx512
+         : g == &vmc_qgemm_u8s8s32_6x16__avx2     ? vmc_qconv__avx2
+                                                  : NULL;
+}
+
+int vmc_qconv_pair_max(vmc_qconv_fn f) {
+  return f == vmc_qconv__avx2 ? vmc_qgemm_u8s8s32_6x16_narrow__avx2.pair_max : 0;
 }
 
 void vmc_qdwp_pack_w(int C, int taps, const int8_t *wk, int8_t *dst) {
@@ -284,5 +291,5 @@ void vmc_qdwp_pack_w(int C, int taps, const int8_t *wk, int8_t *dst) {
 }
 
 vmc_qdwp_fn vmc_qdwp_best(void) {
-  return vmc_qconv_best() ? vmc_qdwp__avx512 : NULL;
+  return vmc_qconv_best() == vmc_qconv__avx512 ? vmc_qdwp__avx512 : NULL;
 }

@@ -335,15 +335,24 @@ void vmc_qconv_pack_w(int M, int kq, const int8_t *w, int8_t *dst);
 typedef void (*vmc_qconv_fn)(const vmc_qconv_params *p, const uint8_t *x,
                              const int8_t *w_packed, const vmc_qepi *epi,
                              const vmc_qconv_add *add, uint8_t *y);
-/* The avx512 variant where vmc_qgemm_best() is the avx512vnni GEMM, else NULL
- * (the integer runtime then keeps its GEMM layout). */
+/* The avx512 variant where vmc_qgemm_best() is the avx512vnni GEMM; else the
+ * avx2 one where it is the avx2 GEMM (it takes only narrow weights: see
+ * vmc_qconv_pair_max); else NULL (the integer runtime then keeps its GEMM
+ * layout). */
 vmc_qconv_fn vmc_qconv_best(void);
+/* The bound a variant puts on its weights: 0 (any s8 weights), or the
+ * largest |a| + |b| it takes over the pairs of a quad's weights (bytes 0-1
+ * and 2-3, as vmc_qgemm_pair_max measures the quad-major rows). */
+int vmc_qconv_pair_max(vmc_qconv_fn f);
 /* add: NULL, or a residual add fused into the write-back. */
 void vmc_qconv__ref(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
                     const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y);
 /* Built with the AVX-512 VNNI file's flags. */
 void vmc_qconv__avx512(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
                        const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y);
+/* Built with AVX2 (vpmaddubsw): narrow weights only, pair bound 128. */
+void vmc_qconv__avx2(const vmc_qconv_params *p, const uint8_t *x, const int8_t *w_packed,
+                     const vmc_qepi *epi, const vmc_qconv_add *add, uint8_t *y);
 
 /* ---- Depthwise convolution on pixel-major activations --------------------------
  * One kernel of kh x kw taps per channel, channels together in each pixel:
@@ -382,7 +391,8 @@ void vmc_qdwp__ref(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
 /* Built with the AVX-512 VNNI file's flags (vpdpbusd). */
 void vmc_qdwp__avx512(const vmc_qdwp_params *p, const uint8_t *x, const int8_t *w,
                       const vmc_qepi *epi, uint8_t *y);
-/* The avx512 variant where vmc_qconv_best() is the avx512 one, else NULL. */
+/* The avx512 variant where vmc_qconv_best() is the avx512 one, else NULL
+ * (nets with depthwise convolutions then stay planar). */
 vmc_qdwp_fn vmc_qdwp_best(void);
 
 #endif

@@ -339,6 +339,12 @@ static vmc_status lower_direct(lower *L, const vmc_node *n, const vmc_conv_geom 
     return vmc_error(VMC_ERR_NOMEM, "node '%s': packed weights", n->name);
   }
   vmc_qconv_quads(gm, xg.c4, row, rows, codes, koff, wq);
+  const int bound = vmc_qconv_pair_max(L->q->conv);
+  if (bound && vmc_qgemm_pair_max(rows, 4 * kq, wq, 4 * kq, 0) > bound) {
+    vmc_free(wq);
+    return unsupported(n, "weights wider than the pixel-major kernel takes (7-bit ones run "
+                       "on it: --scheme w7a8)");
+  }
   vmc_qconv_pack_w(rows, kq, wq, (int8_t *)s->packed);
   vmc_free(wq);
   s->cp = (vmc_qconv_params){.oh = gm->oh, .ow = gm->ow, .M = rows, .kq = kq,
@@ -739,7 +745,7 @@ vmc_status vmc_qrt_create(const vmc_graph *g, int batch, const vmc_qrt_opts *opt
   if (!conv) {
     if (layout == VMC_QRT_LAYOUT_AUTO) return create(g, batch, opts, NULL, out);
     return vmc_error(VMC_ERR_UNSUPPORTED, "integer runtime: no pixel-major convolution "
-                     "kernel for this CPU (it needs AVX-512 VNNI)");
+                     "kernel for this CPU (it needs AVX-512 VNNI, or AVX2 for 7-bit weights)");
   }
   const vmc_status s = create(g, batch, opts, conv, out);
   if (s == VMC_ERR_UNSUPPORTED && layout == VMC_QRT_LAYOUT_AUTO)
