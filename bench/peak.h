@@ -116,46 +116,37 @@ peak_loop_vnni(long iters) {
   return (float)_mm512_reduce_add_epi32(s);
 }
 
-/* acc += madd(u, v), as the GEMM's step, both instructions in one asm
- * (with a scratch register): intrinsics let the compiler hoist the
- * loop-invariant products, and a separate asm output made gcc spill the
- * accumulators. */
-__attribute__((target("avx2"), noinline)) static float peak_loop_maddwd(long iters) {
-  const __m256i u = _mm256_set1_epi16(3), v = _mm256_set1_epi16(-2);
-#define DECL(j) __m256i a##j = _mm256_set1_epi32(j);
-#define STEP(j)                                                                    \
-  __asm__("vpmaddwd %2, %1, %%ymm15\n\tvpaddd %%ymm15, %0, %0" : "+x"(a##j)       \
-          : "x"(u), "x"(v) : "xmm15");
-#define SUM(j) s = _mm256_add_epi32(s, a##j);
-  PEAK_REP12(DECL)
-  for (long i = 0; i < iters; i++) {
-    PEAK_REP12(STEP)
-  }
-  __m256i s = _mm256_setzero_si256();
-  PEAK_REP12(SUM)
-#undef DECL
-#undef STEP
-#undef SUM
-  return (float)_mm256_extract_epi32(s, 0);
-}
-
-/* acc += madd(maddubs(u, v), ones), the narrow GEMM's step, likewise. */
-__attribute__((target("avx2"), noinline)) static float peak_loop_maddubs(long iters) {
+/* The AVX2 int8 GEMMs' steps, each in one asm (with a scratch register):
+ * intrinsics let the compiler hoist the loop-invariant products, and a
+ * separate asm output made gcc spill the accumulators.  narrow == 0: acc +=
+ * madd(u, v), the full-range step; else acc += madd(maddubs(u, v), ones),
+ * the narrow one. */
+__attribute__((target("avx2"), noinline)) static float peak_loop_int_ymm(long iters,
+                                                                         int narrow) {
   const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
 #define DECL(j) __m256i a##j = _mm256_set1_epi32(j);
-#define STEP(j)                                                                    \
+#define WIDE(j)                                                                    \
+  __asm__("vpmaddwd %2, %1, %%ymm15\n\tvpaddd %%ymm15, %0, %0" : "+x"(a##j)       \
+          : "x"(u), "x"(v) : "xmm15");
+#define NARROW(j)                                                                  \
   __asm__("vpmaddubsw %2, %1, %%ymm15\n\tvpmaddwd %3, %%ymm15, %%ymm15\n\t"         \
           "vpaddd %%ymm15, %0, %0"                                                 \
           : "+x"(a##j) : "x"(u), "x"(v), "x"(ones) : "xmm15");
 #define SUM(j) s = _mm256_add_epi32(s, a##j);
   PEAK_REP12(DECL)
-  for (long i = 0; i < iters; i++) {
-    PEAK_REP12(STEP)
-  }
+  if (narrow)
+    for (long i = 0; i < iters; i++) {
+      PEAK_REP12(NARROW)
+    }
+  else
+    for (long i = 0; i < iters; i++) {
+      PEAK_REP12(WIDE)
+    }
   __m256i s = _mm256_setzero_si256();
   PEAK_REP12(SUM)
 #undef DECL
-#undef STEP
+#undef WIDE
+#undef NARROW
 #undef SUM
   return (float)_mm256_extract_epi32(s, 0);
 }
@@ -187,8 +178,8 @@ static inline double peak_run(int which, int nt, long iters) {
     t0 = peak_now_s();
     float v = which == PEAK_YMM      ? peak_loop_ymm(iters)
               : which == PEAK_ZMM    ? peak_loop_zmm(iters)
-              : which == PEAK_MADDWD ? peak_loop_maddwd(iters)
-              : which == PEAK_MADDUBS ? peak_loop_maddubs(iters)
+              : which == PEAK_MADDWD ? peak_loop_int_ymm(iters, 0)
+              : which == PEAK_MADDUBS ? peak_loop_int_ymm(iters, 1)
                                      : peak_loop_vnni(iters);
 #pragma omp barrier
 #pragma omp master

@@ -2,7 +2,7 @@
 # vmc's post-training int8 quantization against PyTorch's own (Debian's python3-torch,
 # FX graph mode static PTQ on the oneDNN engine), the same trained float weights, in one run:
 #  1. accuracy on the 10,000 Fashion-MNIST test images: the float model in both (PyTorch's
-#     must match `vmc eval`), then `vmc quantize --scheme w8a8 --per-channel` with each
+#     must match `vmc eval`), then `vmc quantize --scheme $SCHEME --per-channel` with each
 #     observer of $OBSERVERS and PyTorch's PTQ (per-channel s8 weights, u8 activations) with
 #     its counterpart: minmax <-> MinMaxObserver, kl and mse <-> HistogramObserver (the
 #     activation observer of PyTorch's default qconfig, which minimises the L2 error);
@@ -15,7 +15,8 @@
 #   Without models it trains resnet8 (8 epochs), resnet20 and mobilenetv2-tiny (15 epochs)
 #   with the default recipe into $ZOO (kept: a rerun reuses them; about 2 hours on 2 cores).
 # env: VMC (build/vmc), OBSERVERS ("minmax kl mse"), SPEED ("resnet8 resnet20"; empty: none),
-#      REPEATS (3), ENGINE (onednn), ZOO (out/zoo)
+#      REPEATS (3), ENGINE (onednn), ZOO (out/zoo), SCHEME (vmc's, w8a8; w7a8: 7-bit weights,
+#      the faster kernels of CPUs without VNNI; PyTorch's stays s8 weights)
 # Run `make` first.  Prints a markdown table, a row as each result is ready.
 set -eu
 cd "$(dirname "$0")/.."
@@ -26,6 +27,7 @@ OBSERVERS=${OBSERVERS:-minmax kl mse}
 SPEED=${SPEED-resnet8 resnet20}
 REPEATS=${REPEATS:-3}
 ENGINE=${ENGINE:-onednn}
+SCHEME=${SCHEME:-w8a8}
 ZOO=${ZOO:-out/zoo}
 PY=/usr/bin/python3
 [ -x "$VMC" ] || { echo "build vmc first: make" >&2; exit 1; }
@@ -54,7 +56,7 @@ if [ $# -eq 0 ]; then
 fi
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads $THREADS"
-echo "vmc: $($VMC --version); torch: $($PY -c 'import torch; print(torch.__version__)'), engine $ENGINE"
+echo "vmc: $($VMC --version), scheme $SCHEME; torch: $($PY -c 'import torch; print(torch.__version__)'), engine $ENGINE"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
@@ -71,7 +73,7 @@ for model in "$@"; do
   speed_cells="| | |"
   path="–"
   case " $SPEED " in *" $arch "*)
-    "$VMC" quantize "$model" --calib fashion-mnist --scheme w8a8 --observer minmax --per-channel \
+    "$VMC" quantize "$model" --calib fashion-mnist --scheme "$SCHEME" --observer minmax --per-channel \
       --calib-images 512 --threads "$THREADS" --quiet -o "$TMP/speed.vmc" > /dev/null
     v1=""; v64=""; t1=""; t64=""
     i=0
@@ -98,7 +100,7 @@ for model in "$@"; do
 
   first=1
   for obs in $OBSERVERS; do
-    "$VMC" quantize "$model" --calib fashion-mnist --scheme w8a8 --observer "$obs" --per-channel \
+    "$VMC" quantize "$model" --calib fashion-mnist --scheme "$SCHEME" --observer "$obs" --per-channel \
       --calib-images 512 --threads "$THREADS" --quiet -o "$TMP/q.vmc" > /dev/null
     vq=$("$VMC" eval "$TMP/q.vmc" --data fashion-mnist --threads "$THREADS" --quiet --json | num accuracy)
     pobs=$(peer_of "$obs")
