@@ -13,10 +13,10 @@
  * vpmaddwd by ones (their s32 sum) and a vpaddd.  P <= 6: 12 accumulators,
  * the weights, the broadcast and a product fill the 16 registers.  A row
  * is split into the fewest such tiles, of sizes that differ by at most one
- * (a 14-pixel row 5 + 5 + 4, a 7-pixel one 4 + 3).  The
- * write-back requantizes from registers (qepi_ymm.h's rule) and, with a
- * fused add, adds the residual as vmc_qconv_add1 does; 8 channels of a pixel
- * are 8 contiguous bytes, the last block's past M left alone. */
+ * (a 14-pixel row 5 + 5 + 4, a 7-pixel one 4 + 3).  The write-back
+ * requantizes from registers (qepi_ymm.h's code8, put8) and, with a fused
+ * add, adds the residual as vmc_qconv_add1 does; 8 channels of a pixel are
+ * 8 contiguous bytes, the last block's past M left alone. */
 #include "kernels/qepi_ymm.h"
 #include "kernels/qgemm.h"
 
@@ -42,14 +42,6 @@ static void add_init(add_ctx *c, const vmc_qconv_add *a) {
   c->zo = _mm256_set1_epi32(a->o.zp);
 }
 
-/* The epilogue's code of 8 lanes (acc + bias): qgemm.h's rule, as store8. */
-static inline __attribute__((always_inline)) __m256i code8(const epi_ctx *e, __m256i t,
-                                                            __m256 s) {
-  __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(t), s);
-  f = _mm256_min_ps(_mm256_max_ps(f, e->lo), e->hi);
-  return _mm256_add_epi32(_mm256_cvtps_epi32(f), e->zp);
-}
-
 /* vmc_qconv_add1 on 8 lanes: codes c and residual bytes r (s32). */
 static inline __attribute__((always_inline)) __m256i add8(const add_ctx *a, __m256i c,
                                                            __m256i r) {
@@ -58,16 +50,6 @@ static inline __attribute__((always_inline)) __m256i add8(const add_ctx *a, __m2
   __m256 v = _mm256_mul_ps(_mm256_add_ps(vc, vr), a->inv);
   v = _mm256_min_ps(_mm256_max_ps(v, a->lo), a->hi);
   return _mm256_add_epi32(_mm256_cvtps_epi32(v), a->zo);
-}
-
-/* The first n (<= 8) of 8 u8 or s8 codes (s32 lanes, in range) at y. */
-static inline __attribute__((always_inline)) void put8(__m256i i, int u8, uint8_t *y, int n) {
-  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-  const __m128i b = u8 ? _mm_packus_epi16(w, w) : _mm_packs_epi16(w, w);
-  if (n >= 8)
-    _mm_storel_epi64((__m128i *)y, b);
-  else
-    store_bytes_first(y, (uint64_t)_mm_cvtsi128_si64(b), n);
 }
 
 /* The first n (<= 8) residual bytes at r as s32 lanes. */
