@@ -216,9 +216,10 @@ static void pack_b_quads(const uint8_t *B, size_t ldb, const int32_t *boff, int 
   }
 }
 
-INLINE void run(const int NARROW, const vmc_qgemm_variant *v, int M, int N, int K,
-                const void *packed_a, const uint8_t *B, int ldb, const int32_t *boff,
-                const vmc_qepi *epi, void *C, int ldc) {
+INLINE void run(const int NARROW, int M, int N, int K, const void *packed_a, const uint8_t *B,
+                int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
+  const vmc_qgemm_variant *v =
+      NARROW ? &vmc_qgemm_u8s8s32_6x16_narrow__avx2 : &vmc_qgemm_u8s8s32_6x16__avx2;
   if (M <= 0 || N <= 0) return;
   if (K < 0) K = 0;
   const int kg = (K + v->ka - 1) / v->ka;
@@ -247,13 +248,13 @@ INLINE void run(const int NARROW, const vmc_qgemm_variant *v, int M, int N, int 
 
 static void qgemm_run(int M, int N, int K, const void *packed_a, const uint8_t *B,
                       int ldb, const int32_t *boff, const vmc_qepi *epi, void *C, int ldc) {
-  run(0, &vmc_qgemm_u8s8s32_6x16__avx2, M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
+  run(0, M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
 }
 
 static void qgemm_run_narrow(int M, int N, int K, const void *packed_a, const uint8_t *B,
                              int ldb, const int32_t *boff, const vmc_qepi *epi, void *C,
                              int ldc) {
-  run(1, &vmc_qgemm_u8s8s32_6x16_narrow__avx2, M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
+  run(1, M, N, K, packed_a, B, ldb, boff, epi, C, ldc);
 }
 
 /* ---- depthwise ----------------------------------------------------------------
